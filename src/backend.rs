@@ -1,0 +1,83 @@
+//! Assembles the execution stack (runtime, image, pool, executor) from a
+//! [`Config`], in the background, so the MCP handshake never waits for an
+//! engine or a warm-up.
+//!
+//! Owns startup ordering and its failures: connecting to the engine,
+//! resolving the image, removing orphans of dead instances, starting the
+//! pool; and shutdown. A failed start is not cached: the next call tries
+//! again, so an engine started after the server is picked up.
+
+use tokio::sync::OnceCell;
+
+use crate::config::Config;
+use crate::execution::{Executor, Limits, RunRequest};
+use crate::pool::Pool;
+use crate::report::{RunReport, RunStatus};
+use crate::runtime::Runtime;
+
+pub struct Backend {
+    config: Config,
+    limits: Limits,
+    executor: OnceCell<Executor>,
+}
+
+impl Backend {
+    pub fn new(config: Config) -> Self {
+        Self {
+            limits: Limits::from(&config),
+            config,
+            executor: OnceCell::new(),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The executor, starting the stack on first use (concurrent callers share one start).
+    pub async fn executor(&self) -> Result<&Executor, String> {
+        self.executor
+            .get_or_try_init(|| async {
+                let config = &self.config;
+                let runtime = Runtime::connect(config.runtime).await.map_err(|e| e.to_string())?;
+                let engine = runtime.describe().await.unwrap_or_else(|e| e.to_string());
+                let image = runtime.resolve_image(&config.image).await.map_err(|e| e.to_string())?;
+                tracing::info!(endpoint = runtime.endpoint(), %engine, %image, "container engine ready");
+                let cleanup = runtime.clone();
+                tokio::spawn(async move {
+                    match cleanup.remove_orphans().await {
+                        Ok(0) => {}
+                        Ok(count) => tracing::info!(count, "removed containers left by instances no longer running"),
+                        Err(error) => tracing::warn!(%error, "could not look for leftover containers"),
+                    }
+                });
+                let pool = Pool::start(runtime, config, &image);
+                Ok(Executor::new(pool, self.limits.clone()))
+            })
+            .await
+    }
+
+    /// Validates and runs a request. Never fails: a bad request, or a stack
+    /// that cannot start, is a report like any other. Dropping the future
+    /// mid-run (client cancellation) destroys the sandbox.
+    pub async fn execute(&self, request: &RunRequest) -> RunReport {
+        let timeout = match self.limits.validate(request, &[]) {
+            Ok(timeout) => timeout,
+            Err(message) => return RunReport::rejected(RunStatus::ValidationError, message),
+        };
+        match self.executor().await {
+            Ok(executor) => executor.run(&request.code, timeout).await,
+            Err(error) => RunReport::rejected(
+                RunStatus::Error,
+                format!("the sandbox backend is unavailable: {error}"),
+            ),
+        }
+    }
+
+    /// Removes every container of this instance (bounded by the pool's shutdown timeout).
+    pub async fn shutdown(&self) {
+        if let Some(executor) = self.executor.get() {
+            executor.pool().shutdown().await;
+        }
+    }
+}

@@ -1,0 +1,405 @@
+//! Configuration: the `MCP_BRIDGE_*` environment variables, parsed and
+//! validated without side effects.
+//!
+//! Owns names, defaults and units; builds nothing expensive (the runtime,
+//! pool and server are built from a finished [`Config`] by their own
+//! modules). Every error names the variable, the value and what it accepts.
+
+use std::time::Duration;
+
+/// Which container engine to talk to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeKind {
+    /// `DOCKER_HOST`, then the Docker socket, then the Podman sockets.
+    Auto,
+    Docker,
+    Podman,
+}
+
+/// How the text content of a `run_python` result is rendered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputMode {
+    /// stdout, then a `stderr:` block, then `status:`/`exit:` lines when not a success.
+    Compact,
+    /// The structured payload as a TOON block.
+    Toon,
+    /// The structured payload as JSON.
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub runtime: RuntimeKind,
+    pub image: String,
+    pub container_user: String,
+    pub memory_bytes: u64,
+    pub pids_limit: i64,
+    pub cpus: Option<f64>,
+    pub pool_min_idle: usize,
+    pub pool_max: usize,
+    pub pool_max_uses: u32,
+    pub pool_max_age: Duration,
+    /// How long a call waits for a free sandbox before it fails.
+    pub pool_wait_timeout: Duration,
+    pub default_timeout: Duration,
+    pub max_timeout: Duration,
+    pub max_code_bytes: usize,
+    /// Per stream (stdout and stderr each).
+    pub max_output_bytes: u64,
+    pub output_mode: OutputMode,
+    pub log_level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            runtime: RuntimeKind::Auto,
+            image: "python:3.12-slim".into(),
+            container_user: "65534:65534".into(),
+            memory_bytes: 512 * MIB,
+            pids_limit: 128,
+            cpus: None,
+            pool_min_idle: 2,
+            pool_max: 8,
+            pool_max_uses: 100,
+            pool_max_age: Duration::from_secs(30 * 60),
+            pool_wait_timeout: Duration::from_secs(30),
+            default_timeout: Duration::from_secs(30),
+            max_timeout: Duration::from_secs(120),
+            max_code_bytes: MIB as usize,
+            max_output_bytes: MIB,
+            output_mode: OutputMode::Compact,
+            log_level: "info".into(),
+        }
+    }
+}
+
+const MIB: u64 = 1024 * 1024;
+
+/// A variable that is set to something it does not accept.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{name}={value:?}: {expected}")]
+pub struct ConfigError {
+    pub name: &'static str,
+    pub value: String,
+    pub expected: String,
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads variables through `lookup`; unset and empty mean "default".
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let vars = Vars(&lookup);
+        let defaults = Self::default();
+        let config = Self {
+            runtime: vars.parse("MCP_BRIDGE_RUNTIME", defaults.runtime, |v| match v {
+                "auto" => Ok(RuntimeKind::Auto),
+                "docker" => Ok(RuntimeKind::Docker),
+                "podman" => Ok(RuntimeKind::Podman),
+                _ => Err("one of auto, docker, podman".into()),
+            })?,
+            image: vars.string("MCP_BRIDGE_IMAGE", defaults.image),
+            container_user: vars.parse(
+                "MCP_BRIDGE_CONTAINER_USER",
+                defaults.container_user,
+                parse_user,
+            )?,
+            memory_bytes: vars.parse("MCP_BRIDGE_MEMORY", defaults.memory_bytes, |v| {
+                parse_bytes(v).filter(|&b| b >= 32 * MIB).ok_or_else(|| {
+                    "a size of at least 32m, like 512m or 1g (suffixes b, k, m, g)".into()
+                })
+            })?,
+            pids_limit: vars.parse("MCP_BRIDGE_PIDS", defaults.pids_limit, |v| {
+                v.parse::<i64>()
+                    .ok()
+                    .filter(|&n| n >= 8)
+                    .ok_or_else(|| "a whole number of at least 8".into())
+            })?,
+            cpus: vars.parse("MCP_BRIDGE_CPUS", defaults.cpus, |v| {
+                v.parse::<f64>()
+                    .ok()
+                    .filter(|&c| c.is_finite() && c > 0.0)
+                    .map(Some)
+                    .ok_or_else(|| "a positive number of CPUs, like 1 or 0.5".into())
+            })?,
+            pool_min_idle: vars.parse("MCP_BRIDGE_POOL_MIN_IDLE", defaults.pool_min_idle, |v| {
+                v.parse::<usize>()
+                    .map_err(|_| "a whole number (0 or more)".into())
+            })?,
+            pool_max: vars.parse("MCP_BRIDGE_POOL_MAX", defaults.pool_max, |v| {
+                v.parse::<usize>()
+                    .ok()
+                    .filter(|&n| (1..=1024).contains(&n))
+                    .ok_or_else(|| "a whole number from 1 to 1024".into())
+            })?,
+            pool_max_uses: vars.parse("MCP_BRIDGE_POOL_MAX_USES", defaults.pool_max_uses, |v| {
+                v.parse::<u32>()
+                    .ok()
+                    .filter(|&n| n >= 1)
+                    .ok_or_else(|| "a whole number of at least 1".into())
+            })?,
+            pool_max_age: vars.parse(
+                "MCP_BRIDGE_POOL_MAX_AGE",
+                defaults.pool_max_age,
+                parse_duration,
+            )?,
+            pool_wait_timeout: vars.parse(
+                "MCP_BRIDGE_POOL_WAIT_TIMEOUT",
+                defaults.pool_wait_timeout,
+                parse_duration,
+            )?,
+            default_timeout: vars.parse(
+                "MCP_BRIDGE_TIMEOUT",
+                defaults.default_timeout,
+                parse_duration,
+            )?,
+            max_timeout: vars.parse(
+                "MCP_BRIDGE_MAX_TIMEOUT",
+                defaults.max_timeout,
+                parse_duration,
+            )?,
+            max_code_bytes: vars.parse(
+                "MCP_BRIDGE_MAX_CODE_BYTES",
+                defaults.max_code_bytes,
+                |v| {
+                    parse_bytes(v)
+                        .filter(|&b| (1..=64 * MIB).contains(&b))
+                        .map(|b| b as usize)
+                        .ok_or_else(|| "a size from 1 byte to 64m, like 1m or 65536".into())
+                },
+            )?,
+            max_output_bytes: vars.parse(
+                "MCP_BRIDGE_MAX_OUTPUT_BYTES",
+                defaults.max_output_bytes,
+                |v| {
+                    parse_bytes(v)
+                        .filter(|&b| (1..=256 * MIB).contains(&b))
+                        .ok_or_else(|| "a size from 1 byte to 256m, like 1m or 65536".into())
+                },
+            )?,
+            output_mode: vars.parse(
+                "MCP_BRIDGE_OUTPUT_MODE",
+                defaults.output_mode,
+                |v| match v {
+                    "compact" | "text" => Ok(OutputMode::Compact),
+                    "toon" => Ok(OutputMode::Toon),
+                    "json" => Ok(OutputMode::Json),
+                    _ => Err("one of compact, toon, json".into()),
+                },
+            )?,
+            log_level: vars.string("MCP_BRIDGE_LOG_LEVEL", defaults.log_level),
+        };
+        config.check()
+    }
+
+    /// Cross-field rules, reported against the variable a user would change.
+    fn check(self) -> Result<Self, ConfigError> {
+        if self.pool_min_idle > self.pool_max {
+            return Err(ConfigError {
+                name: "MCP_BRIDGE_POOL_MIN_IDLE",
+                value: self.pool_min_idle.to_string(),
+                expected: format!("at most MCP_BRIDGE_POOL_MAX ({})", self.pool_max),
+            });
+        }
+        if self.default_timeout.is_zero() || self.default_timeout > self.max_timeout {
+            return Err(ConfigError {
+                name: "MCP_BRIDGE_TIMEOUT",
+                value: humantime::format_duration(self.default_timeout).to_string(),
+                expected: format!(
+                    "more than 0 and at most MCP_BRIDGE_MAX_TIMEOUT ({})",
+                    humantime::format_duration(self.max_timeout)
+                ),
+            });
+        }
+        Ok(self)
+    }
+}
+
+/// Typed access to the variables with uniform error reporting.
+struct Vars<'a, F: Fn(&str) -> Option<String>>(&'a F);
+
+impl<F: Fn(&str) -> Option<String>> Vars<'_, F> {
+    fn raw(&self, name: &str) -> Option<String> {
+        (self.0)(name)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn string(&self, name: &str, default: String) -> String {
+        self.raw(name).unwrap_or(default)
+    }
+
+    fn parse<T>(
+        &self,
+        name: &'static str,
+        default: T,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        match self.raw(name) {
+            None => Ok(default),
+            Some(value) => parse(&value.to_ascii_lowercase()).map_err(|expected| ConfigError {
+                name,
+                value,
+                expected,
+            }),
+        }
+    }
+}
+
+/// A duration as humantime (`30s`, `2m`, `1h 30m`) or plain seconds (`30`, `0.5`).
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    let value = value.trim();
+    let parsed = match value.parse::<f64>() {
+        Ok(seconds) if seconds.is_finite() && seconds >= 0.0 => {
+            Duration::try_from_secs_f64(seconds).ok()
+        }
+        Ok(_) => None,
+        Err(_) => humantime::parse_duration(value).ok(),
+    };
+    parsed
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| "a positive duration: seconds (30, 0.5) or humantime (30s, 2m, 1h)".into())
+}
+
+/// A byte size: a number with an optional suffix b, k, m, g (also kb/kib...).
+pub fn parse_bytes(value: &str) -> Option<u64> {
+    let value = value.trim().to_ascii_lowercase();
+    let digits_end = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (number, suffix) = value.split_at(digits_end);
+    let number: u64 = number.parse().ok()?;
+    let multiplier: u64 = match suffix.trim() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return None,
+    };
+    number.checked_mul(multiplier)
+}
+
+/// `uid[:gid]` as numbers: names would need the image's /etc/passwd.
+fn parse_user(value: &str) -> Result<String, String> {
+    let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let ok = match value.split_once(':') {
+        Some((uid, gid)) => numeric(uid) && numeric(gid),
+        None => numeric(value),
+    };
+    if !ok {
+        return Err("a numeric uid or uid:gid, like 65534:65534".into());
+    }
+    if value == "0" || value.starts_with("0:") {
+        return Err("a non-root uid: the sandbox never runs code as root".into());
+    }
+    Ok(value.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_when_nothing_is_set() {
+        assert_eq!(config(&[]).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn durations_accept_humantime_and_plain_seconds() {
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert!(parse_duration("0").is_err());
+        assert!(parse_duration("-3").is_err());
+        assert!(parse_duration("soon").is_err());
+        let c = config(&[
+            ("MCP_BRIDGE_TIMEOUT", "45s"),
+            ("MCP_BRIDGE_POOL_MAX_AGE", "600"),
+        ])
+        .unwrap();
+        assert_eq!(c.default_timeout, Duration::from_secs(45));
+        assert_eq!(c.pool_max_age, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(parse_bytes("512m"), Some(512 << 20));
+        assert_eq!(parse_bytes("1G"), Some(1 << 30));
+        assert_eq!(parse_bytes("64KiB"), Some(64 << 10));
+        assert_eq!(parse_bytes("1048576"), Some(1 << 20));
+        assert_eq!(parse_bytes("12x"), None);
+        assert_eq!(parse_bytes("m"), None);
+        assert_eq!(parse_bytes("99999999999999999999g"), None);
+        assert_eq!(
+            config(&[("MCP_BRIDGE_MEMORY", "1g")]).unwrap().memory_bytes,
+            1 << 30
+        );
+    }
+
+    #[test]
+    fn errors_name_the_variable_and_what_it_accepts() {
+        let error = config(&[("MCP_BRIDGE_MEMORY", "lots")]).unwrap_err();
+        assert_eq!(error.name, "MCP_BRIDGE_MEMORY");
+        assert!(error.to_string().contains("\"lots\""), "{error}");
+        assert!(error.to_string().contains("512m"), "{error}");
+
+        let error = config(&[("MCP_BRIDGE_RUNTIME", "lxc")]).unwrap_err();
+        assert!(
+            error.to_string().contains("auto, docker, podman"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn cross_field_rules() {
+        let error = config(&[("MCP_BRIDGE_POOL_MIN_IDLE", "9")]).unwrap_err();
+        assert_eq!(error.name, "MCP_BRIDGE_POOL_MIN_IDLE");
+        let error = config(&[("MCP_BRIDGE_TIMEOUT", "5m")]).unwrap_err();
+        assert_eq!(error.name, "MCP_BRIDGE_TIMEOUT");
+        assert!(
+            config(&[
+                ("MCP_BRIDGE_TIMEOUT", "5m"),
+                ("MCP_BRIDGE_MAX_TIMEOUT", "10m")
+            ])
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn never_root() {
+        assert!(config(&[("MCP_BRIDGE_CONTAINER_USER", "0:0")]).is_err());
+        assert!(config(&[("MCP_BRIDGE_CONTAINER_USER", "root")]).is_err());
+        assert_eq!(
+            config(&[("MCP_BRIDGE_CONTAINER_USER", "1000:1000")])
+                .unwrap()
+                .container_user,
+            "1000:1000"
+        );
+    }
+
+    #[test]
+    fn modes_and_cpus() {
+        let c = config(&[
+            ("MCP_BRIDGE_OUTPUT_MODE", "TOON"),
+            ("MCP_BRIDGE_CPUS", "1.5"),
+        ])
+        .unwrap();
+        assert_eq!(c.output_mode, OutputMode::Toon);
+        assert_eq!(c.cpus, Some(1.5));
+        assert!(config(&[("MCP_BRIDGE_CPUS", "0")]).is_err());
+    }
+}

@@ -1,0 +1,27 @@
+//! mcp-code-exec: an MCP server whose one tool, `run_python`, runs Python in
+//! warm, hardened containers at interactive speed.
+//!
+//! # Layout
+//! - [`config`]: the `MCP_BRIDGE_*` variables, parsed and validated (pure).
+//! - [`runtime`]: the container engine (Docker/Podman via bollard) and, in
+//!   [`runtime::spec`], the hardened container specification.
+//! - [`sandbox`]: one container and its agent (`sandbox/agent.py`, PID 1 in
+//!   the container); [`sandbox::protocol`] is the frame format between them.
+//! - [`pool`]: warm sandboxes, leases, reset/recycle off the caller's path.
+//! - [`execution`]: one call from request to [`report::RunReport`].
+//! - [`report`]: the result's shape and its text renderings.
+//! - [`backend`]: assembles the stack in the background; shutdown.
+//! - [`mcp`]: the stdio MCP server (rmcp).
+//!
+//! Data flows `mcp` → `backend` → `execution` → `pool` → `sandbox` →
+//! `runtime`; nothing below `runtime` imports bollard, and nothing but `mcp`
+//! speaks MCP. See ARCHITECTURE.md.
+
+pub mod backend;
+pub mod config;
+pub mod execution;
+pub mod mcp;
+pub mod pool;
+pub mod report;
+pub mod runtime;
+pub mod sandbox;

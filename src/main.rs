@@ -1,0 +1,241 @@
+//! The `mcp-code-exec` binary: a thin command line over the library.
+//!
+//! `serve` (the default) speaks MCP on stdin/stdout, so in that mode nothing
+//! but protocol may reach stdout: logs go to stderr. `run` and `doctor` are
+//! for people and scripts, and print their results on stdout.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use rmcp::ServiceExt;
+use tracing_subscriber::EnvFilter;
+
+use mcp_code_exec::backend::Backend;
+use mcp_code_exec::config::Config;
+use mcp_code_exec::execution::RunRequest;
+use mcp_code_exec::mcp::CodeExecServer;
+use mcp_code_exec::report::RunStatus;
+use mcp_code_exec::runtime::Runtime;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Run Python for AI agents in warm, hardened containers (an MCP server)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve MCP over stdin/stdout (the default).
+    Serve,
+    /// Run code once through the same pool and print the result.
+    Run {
+        /// File with the code; `-` or nothing reads stdin.
+        file: Option<PathBuf>,
+        /// Time limit in seconds.
+        #[arg(long)]
+        timeout: Option<f64>,
+    },
+    /// Check the engine, the image, a warm-up and one run; say what to fix.
+    Doctor,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("mcp-code-exec: invalid configuration: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config.log_level);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime can be built");
+    runtime.block_on(async move {
+        match cli.command.unwrap_or(Command::Serve) {
+            Command::Serve => serve(config).await,
+            Command::Run { file, timeout } => run_once(config, file, timeout).await,
+            Command::Doctor => doctor(config).await,
+        }
+    })
+}
+
+/// `MCP_BRIDGE_LOG_LEVEL` is a level for this program (dependencies stay at
+/// `info` or quieter), or full `tracing` directives when it contains `=`.
+fn init_logging(level: &str) {
+    let directives = match level {
+        "trace" | "debug" => format!("info,mcp_code_exec={level}"),
+        level if level.contains('=') => level.to_owned(),
+        level => level.to_owned(),
+    };
+    let filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+}
+
+async fn serve(config: Config) -> ExitCode {
+    let output_mode = config.output_mode;
+    let backend = Arc::new(Backend::new(config));
+    // Warm up in the background: the MCP handshake never waits for it.
+    let warm = backend.clone();
+    tokio::spawn(async move {
+        if let Err(error) = warm.executor().await {
+            tracing::error!(%error, "sandbox backend unavailable; will retry on the first call");
+        }
+    });
+    let server = CodeExecServer::new(backend.clone(), output_mode);
+    let exit = match server.serve(rmcp::transport::stdio()).await {
+        Ok(service) => {
+            tokio::select! {
+                result = service.waiting() => {
+                    if let Err(error) = result {
+                        tracing::error!(%error, "MCP session ended with an error");
+                    }
+                }
+                signal = shutdown_signal() => tracing::info!(signal, "shutting down"),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            tracing::error!(%error, "MCP initialization failed");
+            ExitCode::FAILURE
+        }
+    };
+    backend.shutdown().await;
+    exit
+}
+
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler can be installed");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler can be installed");
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
+async fn run_once(mut config: Config, file: Option<PathBuf>, timeout: Option<f64>) -> ExitCode {
+    let code = match read_code(file) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("mcp-code-exec: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    // One run needs one sandbox, not a warm spare.
+    config.pool_min_idle = 0;
+    let output_mode = config.output_mode;
+    let backend = Backend::new(config);
+    let request = RunRequest {
+        code,
+        servers: vec![],
+        timeout_secs: timeout,
+    };
+    let report = tokio::select! {
+        report = backend.execute(&request) => report,
+        signal = shutdown_signal() => {
+            backend.shutdown().await;
+            eprintln!("mcp-code-exec: interrupted by {signal}");
+            return ExitCode::from(130);
+        }
+    };
+    backend.shutdown().await;
+    let text = report.render(output_mode);
+    if text.ends_with('\n') {
+        print!("{text}");
+    } else {
+        println!("{text}");
+    }
+    if report.status == RunStatus::Success {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn read_code(file: Option<PathBuf>) -> Result<String, String> {
+    match file {
+        Some(path) if path.as_os_str() != "-" => std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display())),
+        _ => {
+            let mut code = String::new();
+            std::io::stdin()
+                .read_to_string(&mut code)
+                .map_err(|e| format!("cannot read stdin: {e}"))?;
+            Ok(code)
+        }
+    }
+}
+
+/// Each check prints one line; the first failure says how to fix it.
+async fn doctor(mut config: Config) -> ExitCode {
+    println!("mcp-code-exec {} doctor", env!("CARGO_PKG_VERSION"));
+    let runtime = match Runtime::connect(config.runtime).await {
+        Ok(runtime) => runtime,
+        Err(error) => return fail("container engine", error),
+    };
+    let engine = runtime.describe().await.unwrap_or_else(|e| e.to_string());
+    println!("ok    engine: {engine} at {}", runtime.endpoint());
+    let image = match runtime.resolve_image(&config.image).await {
+        Ok(image) => image,
+        Err(error) => return fail("image", error),
+    };
+    println!("ok    image: {image}");
+    config.pool_min_idle = 1;
+    let backend = Backend::new(config);
+    let started = Instant::now();
+    let warm = match backend.executor().await {
+        Ok(executor) => executor.pool().wait_warm(Duration::from_secs(60)).await,
+        Err(error) => return fail("sandbox backend", error),
+    };
+    if !warm {
+        let pool = backend
+            .executor()
+            .await
+            .map(|e| e.pool().last_start_error());
+        backend.shutdown().await;
+        return fail(
+            "warm-up",
+            format!("no sandbox became ready in 60 s: {pool:?}"),
+        );
+    }
+    println!(
+        "ok    warm-up: first sandbox ready in {:.0} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    let request = RunRequest {
+        code: "import sys; print(6*7, sys.version.split()[0])".into(),
+        ..RunRequest::default()
+    };
+    let report = backend.execute(&request).await;
+    backend.shutdown().await;
+    if report.status != RunStatus::Success || !report.stdout.starts_with("42 ") {
+        return fail("run", format!("{report:?}"));
+    }
+    println!(
+        "ok    run: print(6*7) in {:.2} ms on Python {}",
+        report.duration_ms,
+        report.stdout.trim().trim_start_matches("42 ")
+    );
+    println!("all checks passed");
+    ExitCode::SUCCESS
+}
+
+fn fail(step: &str, error: impl std::fmt::Display) -> ExitCode {
+    println!("FAIL  {step}: {error}");
+    ExitCode::FAILURE
+}

@@ -1,0 +1,252 @@
+//! The result of a `run_python` call, and how it is shown to a model.
+//!
+//! Owns the report's shape (the tool's `structuredContent` and output schema),
+//! the status vocabulary and the three text renderings (compact, TOON, JSON).
+//! Pure: it never sees a container, only what the pool measured.
+
+use schemars::JsonSchema;
+use serde::Serialize;
+
+use crate::config::OutputMode;
+
+/// How a run ended, from the caller's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// The code ran to the end (or called `sys.exit(0)`).
+    Success,
+    /// The code raised, exited non-zero, was killed by a signal, or the
+    /// sandbox failed underneath it.
+    Error,
+    /// The code was still running at its deadline and was killed.
+    Timeout,
+    /// The code exceeded the sandbox's memory limit.
+    Oom,
+    /// The request was rejected before anything ran.
+    ValidationError,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Error => "error",
+            Self::Timeout => "timeout",
+            Self::Oom => "oom",
+            Self::ValidationError => "validation_error",
+        }
+    }
+}
+
+/// The structured result of one `run_python` call.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunReport {
+    pub status: RunStatus,
+    /// Everything the code wrote to stdout (fd 1), decoded as UTF-8 with
+    /// replacement characters; ends with a truncation marker when cut.
+    pub stdout: String,
+    /// Everything the code wrote to stderr (fd 2), tracebacks included.
+    pub stderr: String,
+    /// Process exit code; negative for a signal (-11: SIGSEGV); absent when
+    /// the code did not run to an exit (validation, timeout).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Wall time of the run inside the sandbox, as the host measured it.
+    pub duration_ms: f64,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+    /// What went wrong, in one line, when status is not `success`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl RunReport {
+    /// A report for a request rejected before it ran.
+    pub fn rejected(status: RunStatus, error: impl Into<String>) -> Self {
+        Self {
+            status,
+            stdout: String::new(),
+            stderr: String::new(),
+            exit_code: None,
+            duration_ms: 0.0,
+            stdout_truncated: false,
+            stderr_truncated: false,
+            error: Some(error.into()),
+        }
+    }
+
+    /// The text content for the model, in the configured mode.
+    pub fn render(&self, mode: OutputMode) -> String {
+        match mode {
+            OutputMode::Compact => self.render_compact(),
+            OutputMode::Json => serde_json::to_string(self).expect("a report always serializes"),
+            OutputMode::Toon => toon_format::encode_default(self).unwrap_or_else(|_| {
+                serde_json::to_string(self).expect("a report always serializes")
+            }),
+        }
+    }
+
+    /// stdout; then a `stderr:` block; then `status:`, `exit:` and `error:`
+    /// lines when the run did not succeed.
+    fn render_compact(&self) -> String {
+        let mut text = String::with_capacity(self.stdout.len() + self.stderr.len() + 64);
+        text.push_str(&self.stdout);
+        if !self.stderr.is_empty() {
+            end_line(&mut text);
+            text.push_str("stderr:\n");
+            text.push_str(&self.stderr);
+        }
+        if self.status != RunStatus::Success {
+            end_line(&mut text);
+            text.push_str("status: ");
+            text.push_str(self.status.as_str());
+            if let Some(code) = self.exit_code {
+                text.push_str(&format!("\nexit: {code}"));
+            }
+            // A traceback already ends with the exception line: don't repeat it.
+            if let Some(error) = self
+                .error
+                .as_deref()
+                .filter(|e| !self.stderr.trim_end().ends_with(e))
+            {
+                text.push_str("\nerror: ");
+                text.push_str(error);
+            }
+        }
+        if text.is_empty() {
+            text.push_str("(no output)");
+        }
+        text
+    }
+}
+
+fn end_line(text: &mut String) {
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+}
+
+/// Decodes captured bytes for the report, appending a marker when cut.
+pub fn decode_output(bytes: &[u8], dropped: u64, stream: &str, limit: u64) -> String {
+    let mut text = String::from_utf8_lossy(bytes).into_owned();
+    if dropped > 0 {
+        end_line(&mut text);
+        text.push_str(&format!(
+            "[{stream} truncated: {dropped} more bytes not shown (limit {limit} bytes, MCP_BRIDGE_MAX_OUTPUT_BYTES)]"
+        ));
+    }
+    text
+}
+
+/// `SIGSEGV (segmentation fault)` for a signal number.
+pub fn describe_signal(signal: i32) -> String {
+    let (name, meaning) = match signal {
+        1 => ("SIGHUP", "hangup"),
+        2 => ("SIGINT", "interrupt"),
+        3 => ("SIGQUIT", "quit"),
+        4 => ("SIGILL", "illegal instruction"),
+        5 => ("SIGTRAP", "trace trap"),
+        6 => ("SIGABRT", "aborted"),
+        7 => ("SIGBUS", "bus error"),
+        8 => ("SIGFPE", "floating point exception"),
+        9 => ("SIGKILL", "killed"),
+        10 => ("SIGUSR1", "user signal 1"),
+        11 => ("SIGSEGV", "segmentation fault"),
+        12 => ("SIGUSR2", "user signal 2"),
+        13 => ("SIGPIPE", "broken pipe"),
+        14 => ("SIGALRM", "alarm clock"),
+        15 => ("SIGTERM", "terminated"),
+        24 => ("SIGXCPU", "CPU time limit exceeded"),
+        25 => ("SIGXFSZ", "file size limit exceeded"),
+        31 => ("SIGSYS", "bad system call"),
+        _ => return format!("signal {signal}"),
+    };
+    format!("{name} ({meaning})")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(status: RunStatus) -> RunReport {
+        RunReport {
+            status,
+            stdout: "42\n".into(),
+            stderr: String::new(),
+            exit_code: Some(0),
+            duration_ms: 1.25,
+            stdout_truncated: false,
+            stderr_truncated: false,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn compact_success_is_just_stdout() {
+        assert_eq!(
+            report(RunStatus::Success).render(OutputMode::Compact),
+            "42\n"
+        );
+        let empty = RunReport {
+            stdout: String::new(),
+            ..report(RunStatus::Success)
+        };
+        assert_eq!(empty.render(OutputMode::Compact), "(no output)");
+    }
+
+    #[test]
+    fn compact_error_has_stderr_block_and_status_lines() {
+        let failed = RunReport {
+            stdout: "partial".into(),
+            stderr: "Traceback (most recent call last):\nZeroDivisionError: division by zero\n"
+                .into(),
+            exit_code: Some(1),
+            error: Some("ZeroDivisionError: division by zero".into()),
+            ..report(RunStatus::Error)
+        };
+        assert_eq!(
+            failed.render(OutputMode::Compact),
+            "partial\nstderr:\nTraceback (most recent call last):\nZeroDivisionError: division by zero\nstatus: error\nexit: 1"
+        );
+        let timeout = RunReport {
+            stdout: String::new(),
+            exit_code: None,
+            error: Some("timed out after 1s".into()),
+            ..report(RunStatus::Timeout)
+        };
+        assert_eq!(
+            timeout.render(OutputMode::Compact),
+            "status: timeout\nerror: timed out after 1s"
+        );
+    }
+
+    #[test]
+    fn json_and_toon_carry_the_structured_fields() {
+        let r = report(RunStatus::Success);
+        let json: serde_json::Value = serde_json::from_str(&r.render(OutputMode::Json)).unwrap();
+        assert_eq!(json["status"], "success");
+        assert_eq!(json["exitCode"], 0);
+        assert_eq!(json["stdoutTruncated"], false);
+        assert!(json.get("error").is_none());
+        let toon = r.render(OutputMode::Toon);
+        assert!(toon.contains("status: success"), "{toon}");
+        assert!(toon.contains("exitCode: 0"), "{toon}");
+    }
+
+    #[test]
+    fn truncation_marker_and_lossy_decoding() {
+        let text = decode_output(b"abc\xff", 10, "stdout", 4);
+        assert!(
+            text.starts_with("abc\u{fffd}\n[stdout truncated: 10 more bytes"),
+            "{text}"
+        );
+        assert_eq!(decode_output(b"ok", 0, "stdout", 4), "ok");
+    }
+
+    #[test]
+    fn signal_names() {
+        assert_eq!(describe_signal(11), "SIGSEGV (segmentation fault)");
+        assert_eq!(describe_signal(64), "signal 64");
+    }
+}

@@ -1,0 +1,462 @@
+//! The container engine: Docker or Podman through the Docker-compatible API.
+//!
+//! Owns the bollard client and every engine request (connect and negotiate,
+//! resolve the image, create + attach + start, remove, list by label). It
+//! hands out containers as an id plus plain byte streams, so nothing above
+//! this module imports bollard. It knows nothing of the agent protocol or of
+//! pooling.
+
+pub mod spec;
+
+use std::collections::HashMap;
+use std::io;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::errors::Error as EngineError;
+use bollard::models::ContainerCreateBody;
+use bollard::query_parameters::{
+    AttachContainerOptionsBuilder, CreateContainerOptions, CreateImageOptionsBuilder,
+    InspectContainerOptions, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+    StartContainerOptions,
+};
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt, TryStreamExt};
+use tokio::io::AsyncWrite;
+
+use crate::config::RuntimeKind;
+
+/// The image `scripts/setup-engine.sh` builds from Debian packages when no
+/// registry is reachable; used when the configured image is missing and
+/// cannot be pulled.
+pub const OFFLINE_IMAGE: &str = "mcp-code-exec-sandbox:trixie";
+
+/// How long engine requests (not attach streams) may take.
+const REQUEST_TIMEOUT_SECS: u64 = 60;
+const PULL_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// A chunk of a container's output, as the engine demultiplexed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputChunk {
+    Stdout(Bytes),
+    Stderr(Bytes),
+}
+
+pub type OutputStream = Pin<Box<dyn Stream<Item = io::Result<OutputChunk>> + Send>>;
+pub type InputSink = Pin<Box<dyn AsyncWrite + Send>>;
+
+/// A started container, attached before start so no output is missed.
+pub struct StartedContainer {
+    pub id: String,
+    pub input: InputSink,
+    pub output: OutputStream,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(
+        "no container engine answers ({tried}): {source}. Start Docker or Podman (on Debian as root: \
+         scripts/setup-engine.sh), or point DOCKER_HOST at a running engine"
+    )]
+    Unreachable {
+        tried: String,
+        #[source]
+        source: EngineError,
+    },
+    #[error(
+        "image {wanted} is not present and could not be pulled ({reason}); and the offline image {offline} \
+         does not exist either. Either `docker pull {wanted}` where a registry is reachable, or run \
+         scripts/setup-engine.sh to build {offline} from Debian packages"
+    )]
+    NoImage {
+        wanted: String,
+        offline: &'static str,
+        reason: String,
+    },
+    #[error("{action} failed: {source}")]
+    Engine {
+        action: &'static str,
+        #[source]
+        source: EngineError,
+    },
+}
+
+fn engine(action: &'static str) -> impl FnOnce(EngineError) -> RuntimeError {
+    move |source| RuntimeError::Engine { action, source }
+}
+
+/// Identity of this server process, written on each container it creates, so
+/// a later instance can tell whether the owner of a leftover is still running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    host: String,
+    pid: u32,
+    /// Process start time in clock ticks since boot: guards against pid reuse.
+    start: u64,
+}
+
+impl Owner {
+    pub fn current() -> Self {
+        let pid = std::process::id();
+        Self {
+            host: hostname(),
+            pid,
+            start: process_start_ticks(pid).unwrap_or(0),
+        }
+    }
+
+    pub fn label(&self) -> String {
+        format!("{}/{}/{}", self.host, self.pid, self.start)
+    }
+
+    fn parse(label: &str) -> Option<Self> {
+        let mut parts = label.rsplitn(3, '/');
+        let start = parts.next()?.parse().ok()?;
+        let pid = parts.next()?.parse().ok()?;
+        let host = parts.next()?.to_owned();
+        Some(Self { host, pid, start })
+    }
+
+    /// Whether the process this label names is known to be gone. Owners on
+    /// other hosts (a shared remote engine) are never judged: we cannot see them.
+    fn is_gone(&self) -> bool {
+        self.host == hostname() && process_start_ticks(self.pid) != Some(self.start)
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn process_start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22; fields after the parenthesised command name, which may hold spaces.
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    after_name.split(' ').nth(19)?.parse().ok()
+}
+
+/// A connected, version-negotiated engine client.
+#[derive(Clone)]
+pub struct Runtime {
+    docker: Docker,
+    owner: Owner,
+    /// Where we connected, for messages.
+    endpoint: String,
+}
+
+impl Runtime {
+    pub async fn connect(kind: RuntimeKind) -> Result<Self, RuntimeError> {
+        let (endpoint, connected) = match kind {
+            RuntimeKind::Docker => docker_endpoint(),
+            RuntimeKind::Podman => podman_endpoint(),
+            RuntimeKind::Auto => {
+                let (endpoint, connected) = docker_endpoint();
+                let answered = match connected {
+                    Ok(docker) => docker.ping().await.map(|_| docker),
+                    Err(error) => Err(error),
+                };
+                match answered {
+                    Ok(docker) => (endpoint, Ok(docker)),
+                    // DOCKER_HOST set explicitly: do not second-guess it.
+                    Err(error) if std::env::var_os("DOCKER_HOST").is_some() => {
+                        (endpoint, Err(error))
+                    }
+                    Err(_) => podman_endpoint(),
+                }
+            }
+        };
+        let unreachable = |source| RuntimeError::Unreachable {
+            tried: endpoint.clone(),
+            source,
+        };
+        let docker = connected
+            .map_err(unreachable)?
+            .negotiate_version()
+            .await
+            .map_err(unreachable)?;
+        docker.ping().await.map_err(unreachable)?;
+        Ok(Self {
+            docker,
+            owner: Owner::current(),
+            endpoint,
+        })
+    }
+
+    pub fn owner_label(&self) -> String {
+        self.owner.label()
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// `name version (API x.y)` of the engine, for logs and `doctor`.
+    pub async fn describe(&self) -> Result<String, RuntimeError> {
+        let version = self
+            .docker
+            .version()
+            .await
+            .map_err(engine("reading the engine version"))?;
+        let product = version
+            .components
+            .as_ref()
+            .and_then(|components| components.first())
+            .map(|component| component.name.clone())
+            .unwrap_or_else(|| "Engine".into());
+        Ok(format!(
+            "{product} {} (API {})",
+            version.version.unwrap_or_default(),
+            version.api_version.unwrap_or_default()
+        ))
+    }
+
+    /// The image to run: `wanted` if present or pullable, else the offline image.
+    pub async fn resolve_image(&self, wanted: &str) -> Result<String, RuntimeError> {
+        if self.docker.inspect_image(wanted).await.is_ok() {
+            return Ok(wanted.to_owned());
+        }
+        let reason = match tokio::time::timeout(PULL_TIMEOUT, self.pull(wanted)).await {
+            Ok(Ok(())) => return Ok(wanted.to_owned()),
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => format!("no answer within {}s", PULL_TIMEOUT.as_secs()),
+        };
+        if self.docker.inspect_image(OFFLINE_IMAGE).await.is_ok() {
+            tracing::warn!(image = wanted, %reason, fallback = OFFLINE_IMAGE, "image unavailable; using the offline image");
+            return Ok(OFFLINE_IMAGE.to_owned());
+        }
+        Err(RuntimeError::NoImage {
+            wanted: wanted.to_owned(),
+            offline: OFFLINE_IMAGE,
+            reason,
+        })
+    }
+
+    async fn pull(&self, image: &str) -> Result<(), EngineError> {
+        tracing::info!(image, "pulling image");
+        let (name, tag) = split_image_tag(image);
+        let options = CreateImageOptionsBuilder::default()
+            .from_image(name)
+            .tag(tag)
+            .build();
+        let mut progress = self.docker.create_image(Some(options), None, None);
+        while let Some(info) = progress.try_next().await? {
+            if let Some(error) = info.error_detail.and_then(|detail| detail.message) {
+                return Err(EngineError::DockerStreamError { error });
+            }
+            if let (Some(status), Some(id)) = (info.status, info.id) {
+                tracing::info!(image, layer = %id, %status, "pull progress");
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates, attaches and starts a container. Attaching before starting
+    /// means the agent's first frame cannot be missed.
+    pub async fn start_container(
+        &self,
+        body: ContainerCreateBody,
+    ) -> Result<StartedContainer, RuntimeError> {
+        let created = self
+            .docker
+            .create_container(None::<CreateContainerOptions>, body)
+            .await
+            .map_err(engine("creating the sandbox container"))?;
+        let id = created.id;
+        let attached = async {
+            let options = AttachContainerOptionsBuilder::default()
+                .stdin(true)
+                .stdout(true)
+                .stderr(true)
+                .stream(true)
+                .build();
+            let attached = self
+                .docker
+                .attach_container(&id, Some(options))
+                .await
+                .map_err(engine("attaching to the sandbox container"))?;
+            self.docker
+                .start_container(&id, None::<StartContainerOptions>)
+                .await
+                .map_err(engine("starting the sandbox container"))?;
+            Ok(attached)
+        }
+        .await;
+        let attached = match attached {
+            Ok(attached) => attached,
+            Err(error) => {
+                self.remove(&id).await;
+                return Err(error);
+            }
+        };
+        let output = attached.output.filter_map(|item| async move {
+            match item {
+                Ok(LogOutput::StdOut { message }) => Some(Ok(OutputChunk::Stdout(message))),
+                Ok(LogOutput::StdErr { message }) => Some(Ok(OutputChunk::Stderr(message))),
+                Ok(LogOutput::StdIn { .. } | LogOutput::Console { .. }) => None,
+                Err(error) => Some(Err(io::Error::other(error))),
+            }
+        });
+        Ok(StartedContainer {
+            id,
+            input: attached.input,
+            output: Box::pin(output),
+        })
+    }
+
+    /// Force-removes a container; one that is already gone is not an error.
+    pub async fn remove(&self, id: &str) {
+        let options = RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
+        match self.docker.remove_container(id, Some(options)).await {
+            Ok(()) => {}
+            // 404: gone already; 409: the engine's auto-remove is under way.
+            Err(EngineError::DockerResponseServerError {
+                status_code: 404 | 409,
+                ..
+            }) => {}
+            Err(error) => {
+                tracing::warn!(container = id, %error, "could not remove sandbox container")
+            }
+        }
+    }
+
+    /// Whether the engine recorded an OOM kill for the container, if it still exists.
+    pub async fn oom_killed(&self, id: &str) -> Option<bool> {
+        let inspect = self
+            .docker
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+            .ok()?;
+        inspect.state?.oom_killed
+    }
+
+    /// Ids and owner labels of every container this program created, on any instance.
+    async fn list_managed(&self) -> Result<Vec<(String, String)>, RuntimeError> {
+        let filters = HashMap::from([("label", vec![spec::MANAGED_LABEL])]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let containers = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(engine("listing sandbox containers"))?;
+        Ok(containers
+            .into_iter()
+            .filter_map(|container| {
+                let owner = container.labels?.remove(spec::OWNER_LABEL)?;
+                Some((container.id?, owner))
+            })
+            .collect())
+    }
+
+    /// Removes the containers of instances that are no longer running.
+    pub async fn remove_orphans(&self) -> Result<usize, RuntimeError> {
+        let orphans: Vec<String> = self
+            .list_managed()
+            .await?
+            .into_iter()
+            .filter(|(_, owner)| Owner::parse(owner).is_some_and(|owner| owner.is_gone()))
+            .map(|(id, _)| id)
+            .collect();
+        futures_util::future::join_all(orphans.iter().map(|id| self.remove(id))).await;
+        Ok(orphans.len())
+    }
+
+    /// Removes every container of this instance, concurrently.
+    pub async fn remove_all_owned(&self) -> Result<usize, RuntimeError> {
+        let mine = self.owner.label();
+        let owned: Vec<String> = self
+            .list_managed()
+            .await?
+            .into_iter()
+            .filter(|(_, owner)| *owner == mine)
+            .map(|(id, _)| id)
+            .collect();
+        futures_util::future::join_all(owned.iter().map(|id| self.remove(id))).await;
+        Ok(owned.len())
+    }
+}
+
+fn docker_endpoint() -> (String, Result<Docker, EngineError>) {
+    match std::env::var("DOCKER_HOST") {
+        Ok(host) => (host.clone(), Docker::connect_with_host(&host)),
+        Err(_) => (
+            "unix:///var/run/docker.sock".into(),
+            Docker::connect_with_unix(
+                "/var/run/docker.sock",
+                REQUEST_TIMEOUT_SECS,
+                bollard::API_DEFAULT_VERSION,
+            ),
+        ),
+    }
+}
+
+fn podman_endpoint() -> (String, Result<Docker, EngineError>) {
+    (
+        "the Podman sockets".into(),
+        Docker::connect_with_podman_defaults(),
+    )
+}
+
+/// `name:tag` split at the last colon that is not part of a registry port.
+fn split_image_tag(image: &str) -> (&str, &str) {
+    let image = image.split('@').next().unwrap_or(image);
+    match image.rsplit_once(':') {
+        Some((name, tag)) if !tag.contains('/') => (name, tag),
+        _ => (image, "latest"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_tags() {
+        assert_eq!(split_image_tag("python:3.12-slim"), ("python", "3.12-slim"));
+        assert_eq!(split_image_tag("python"), ("python", "latest"));
+        assert_eq!(
+            split_image_tag("registry:5000/team/py"),
+            ("registry:5000/team/py", "latest")
+        );
+        assert_eq!(
+            split_image_tag("registry:5000/team/py:3"),
+            ("registry:5000/team/py", "3")
+        );
+    }
+
+    #[test]
+    fn owner_labels_round_trip_and_judge_liveness() {
+        let me = Owner::current();
+        assert!(me.start > 0, "reads its own start time from /proc");
+        let parsed = Owner::parse(&me.label()).unwrap();
+        assert_eq!(parsed, me);
+        assert!(!parsed.is_gone(), "this process is running");
+        let reused_pid = Owner {
+            start: me.start + 1,
+            ..me.clone()
+        };
+        assert!(
+            reused_pid.is_gone(),
+            "same pid, other start time: a different process"
+        );
+        let elsewhere = Owner {
+            host: "another-host".into(),
+            pid: u32::MAX,
+            start: 1,
+        };
+        assert!(
+            !elsewhere.is_gone(),
+            "owners on other hosts are never judged"
+        );
+        assert_eq!(Owner::parse("garbage"), None);
+    }
+}

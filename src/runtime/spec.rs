@@ -1,0 +1,154 @@
+//! The hardened container specification of a sandbox.
+//!
+//! Owns every isolation and limit setting, in one pure function from
+//! [`Config`] to the engine's create body, so that the whole security posture
+//! can be read (and unit-tested) in one place. It does not talk to the
+//! engine; [`super::Runtime`] does.
+
+use std::collections::HashMap;
+
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, ResourcesUlimits};
+
+use crate::config::Config;
+
+/// Label present on every container this program creates.
+pub const MANAGED_LABEL: &str = "mcp-code-exec.managed";
+/// Label naming the server instance that owns a container (see [`super::Owner`]).
+pub const OWNER_LABEL: &str = "mcp-code-exec.owner";
+
+/// Where user code starts, and its `HOME`.
+pub const WORKSPACE: &str = "/workspace";
+const TMP_OPTIONS: &str = "rw,noexec,nosuid,nodev,size=64m,mode=1777";
+const WORKSPACE_OPTIONS: &str = "rw,noexec,nosuid,nodev,size=128m,mode=1777";
+/// `/dev/shm` is memory too; keep it small (it also counts against the memory limit).
+const SHM_BYTES: i64 = 64 * 1024 * 1024;
+const NOFILE: i64 = 1024;
+/// RLIMIT_NPROC counts every process of the uid on the host, across all
+/// sandboxes; the per-container pids cgroup is the real limit.
+const NPROC: i64 = 4096;
+
+/// The create body for one sandbox container running `agent_source`.
+pub fn container_body(
+    config: &Config,
+    image: &str,
+    owner: &str,
+    agent_source: &str,
+) -> ContainerCreateBody {
+    let labels = HashMap::from([
+        (MANAGED_LABEL.to_owned(), "true".to_owned()),
+        (OWNER_LABEL.to_owned(), owner.to_owned()),
+    ]);
+    let ulimit = |name: &str, limit: i64| ResourcesUlimits {
+        name: Some(name.to_owned()),
+        soft: Some(limit),
+        hard: Some(limit),
+    };
+    let memory = i64::try_from(config.memory_bytes).unwrap_or(i64::MAX);
+    let host_config = HostConfig {
+        network_mode: Some("none".into()),
+        readonly_rootfs: Some(true),
+        cap_drop: Some(vec!["ALL".into()]),
+        security_opt: Some(vec!["no-new-privileges".into()]),
+        memory: Some(memory),
+        // Equal to memory: no swap on top of the limit.
+        memory_swap: Some(memory),
+        pids_limit: Some(config.pids_limit),
+        nano_cpus: config.cpus.map(|cpus| (cpus * 1e9) as i64),
+        ulimits: Some(vec![ulimit("nofile", NOFILE), ulimit("nproc", NPROC)]),
+        // The agent is the container's init (PID 1): it reaps orphans and is
+        // the only holder of the protocol pipes. A separate init would hold
+        // them too, and could be used to forge frames (see agent.py).
+        init: Some(false),
+        // Output travels only over the attach stream. With an engine-side log
+        // driver, a sandbox that floods its output fills the host's disk.
+        log_config: Some(HostConfigLogConfig {
+            typ: Some("none".into()),
+            config: None,
+        }),
+        tmpfs: Some(HashMap::from([
+            ("/tmp".to_owned(), TMP_OPTIONS.to_owned()),
+            (WORKSPACE.to_owned(), WORKSPACE_OPTIONS.to_owned()),
+        ])),
+        shm_size: Some(SHM_BYTES),
+        ipc_mode: Some("private".into()),
+        // If this process dies, the agent sees stdin close, exits, and the
+        // engine removes the container: no orphans even after a crash.
+        auto_remove: Some(true),
+        ..Default::default()
+    };
+    ContainerCreateBody {
+        image: Some(image.to_owned()),
+        entrypoint: Some(vec!["python3".into(), "-c".into(), agent_source.to_owned()]),
+        cmd: Some(vec![]),
+        user: Some(config.container_user.clone()),
+        working_dir: Some(WORKSPACE.into()),
+        env: Some(vec![
+            format!("HOME={WORKSPACE}"),
+            "PYTHONDONTWRITEBYTECODE=1".into(),
+            "LANG=C.UTF-8".into(),
+        ]),
+        hostname: Some("sandbox".into()),
+        network_disabled: Some(true),
+        labels: Some(labels),
+        open_stdin: Some(true),
+        stdin_once: Some(true),
+        attach_stdin: Some(true),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        tty: Some(false),
+        host_config: Some(host_config),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_hardening_setting_is_present() {
+        let config = Config {
+            cpus: Some(1.5),
+            ..Config::default()
+        };
+        let body = container_body(&config, "img:tag", "host:1:2", "print(1)");
+        let host = body.host_config.as_ref().unwrap();
+        assert_eq!(host.network_mode.as_deref(), Some("none"));
+        assert_eq!(host.readonly_rootfs, Some(true));
+        assert_eq!(host.cap_drop, Some(vec!["ALL".to_owned()]));
+        assert_eq!(
+            host.security_opt,
+            Some(vec!["no-new-privileges".to_owned()])
+        );
+        assert_eq!(host.memory, Some(512 << 20));
+        assert_eq!(host.memory_swap, host.memory);
+        assert_eq!(host.pids_limit, Some(128));
+        assert_eq!(host.nano_cpus, Some(1_500_000_000));
+        assert_eq!(
+            host.log_config.as_ref().unwrap().typ.as_deref(),
+            Some("none")
+        );
+        assert!(
+            host.binds.is_none() && host.mounts.is_none(),
+            "no bind mounts"
+        );
+        let tmpfs = host.tmpfs.as_ref().unwrap();
+        for path in ["/tmp", WORKSPACE] {
+            assert!(
+                tmpfs[path].contains("noexec,nosuid,nodev"),
+                "{path}: {}",
+                tmpfs[path]
+            );
+        }
+        let ulimits = host.ulimits.as_ref().unwrap();
+        assert!(ulimits.iter().any(|u| u.name.as_deref() == Some("nofile")));
+        assert!(ulimits.iter().any(|u| u.name.as_deref() == Some("nproc")));
+        assert_eq!(body.user.as_deref(), Some("65534:65534"));
+        assert_eq!(body.network_disabled, Some(true));
+        assert_eq!(body.labels.as_ref().unwrap()[OWNER_LABEL], "host:1:2");
+        assert_eq!(
+            body.entrypoint.as_ref().unwrap().last().unwrap(),
+            "print(1)"
+        );
+    }
+}

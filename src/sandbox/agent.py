@@ -1,0 +1,476 @@
+# mcp-code-exec sandbox agent.
+#
+# Runs as PID 1 of a sandbox container, started as `python3 -c <this file>`
+# (injected, no bind mount). It idles on stdin, runs each request's code in a
+# forked child, streams the child's output back, then resets the container so
+# that nothing of the run survives.
+#
+# Why PID 1 (and no separate init): the container's stdin/stdout are the
+# protocol channel, and every process holding them could forge or steal frames.
+# Only this process holds them, and it is non-dumpable, so user code (same uid)
+# can neither ptrace it nor open /proc/1/fd/*. As the namespace's init it is
+# also shielded by the kernel from signals sent inside the container (user code
+# cannot kill or stop it), it inherits every orphan (so it reaps them, which is
+# the job an init process would do), and `kill(-1, SIGKILL)` reaches every other
+# process in the container, including ones that called setsid or double-forked.
+#
+# Frames, both directions: 1 byte kind, 4 bytes big-endian payload length,
+# payload. Host -> agent: b"R" run (JSON request). Agent -> host: b"Y" ready
+# (JSON; sent at start and after each successful reset), b"O"/b"E" a chunk of
+# the run's stdout/stderr (raw bytes), b"D" run done (JSON), b"F" reset failed
+# (JSON; the host then recycles the container). Keep in sync with protocol.rs.
+#
+# User code never touches the protocol: its fd 0 is /dev/null and its fd 1/2
+# are pipes this agent reads, so `os.write(1, ...)`, `sys.__stdout__` and
+# subprocesses all land in the run's output.
+
+import ast
+import asyncio
+import builtins
+import ctypes
+import gc
+import inspect
+import io
+import json
+import os
+import resource
+import select
+import signal
+import struct
+import sys
+import time
+import traceback
+
+HEADER = struct.Struct(">BI")
+READ_CHUNK = 64 * 1024
+# Bytes read from the run's pipes after the child exited: what it (or a process
+# it left behind) had buffered. Bounded so a leftover writer cannot keep us here.
+DRAIN_LIMIT = 8 * 1024 * 1024
+STATUS_LIMIT = 16 * 1024
+WIPE_DIRS = ("/tmp", "/workspace", "/dev/shm", "/dev/mqueue")
+RESET_DEADLINE_S = 3.0
+PR_SET_DUMPABLE = 4
+IPC_RMID = 0
+RUN_FILENAME = "<run_python>"
+WARMUP_CODE = "x = [i * 2 for i in range(8)]\nprint(6 * 7, sum(x), 'warm')\n"
+
+libc = ctypes.CDLL(None, use_errno=True)
+proto_in = io.open(0, "rb", buffering=READ_CHUNK, closefd=False)
+devnull = os.open(os.devnull, os.O_RDWR)
+
+
+def send(kind, payload):
+    header = HEADER.pack(kind, len(payload))
+    data = header + payload if len(payload) < 4096 else None
+    if data is not None:
+        write_all(1, data)
+    else:
+        write_all(1, header)
+        write_all(1, payload)
+
+
+def write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def send_json(kind, obj):
+    send(kind, json.dumps(obj, separators=(",", ":")).encode())
+
+
+def read_frame():
+    header = proto_in.read(HEADER.size)
+    if len(header) < HEADER.size:
+        return None, None
+    kind, length = HEADER.unpack(header)
+    payload = proto_in.read(length)
+    if len(payload) < length:
+        return None, None
+    return kind, payload
+
+
+# ---------------------------------------------------------------- the child
+
+
+def close_fds_except(keep):
+    low = 3
+    for fd in sorted(keep):
+        if fd >= low:
+            os.closerange(low, fd)
+            low = fd + 1
+    os.closerange(low, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+
+
+def child_main(code_r, status_w, out_w, err_w):
+    """The spare: wires its stdio, warms itself up, then waits for code."""
+    os.dup2(devnull, 0)
+    os.dup2(out_w, 1)
+    os.dup2(err_w, 2)
+    close_fds_except({code_r, status_w})
+    # Dumpable again, so user code sees a normal /proc/self. First in line for
+    # the OOM killer, so a memory bomb kills the run, not the agent.
+    libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")
+    except OSError:
+        pass
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
+    # Line buffered: output printed before a hang or a kill still reaches us.
+    sys.stdout = io.TextIOWrapper(
+        io.FileIO(1, "w", closefd=False), encoding="utf-8", line_buffering=True
+    )
+    sys.stderr = io.TextIOWrapper(
+        io.FileIO(2, "w", closefd=False),
+        encoding="utf-8",
+        errors="backslashreplace",
+        line_buffering=True,
+    )
+    sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
+    sys.argv = [""]
+    warm_up()
+
+    chunks = []
+    while True:
+        chunk = os.read(code_r, 1 << 20)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(code_r)
+    exit_code, status = execute(b"".join(chunks).decode("utf-8", "surrogateescape"))
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    try:
+        write_all(status_w, json.dumps(status).encode()[:STATUS_LIMIT])
+    except OSError:
+        pass
+    os._exit(exit_code)
+
+
+def warm_up():
+    """Run a tiny snippet to /dev/null so that the copy-on-write faults and
+    caches of a first execution happen before a request, not during it."""
+    real = sys.stdout
+    sys.stdout = io.TextIOWrapper(io.FileIO(0, "w", closefd=False))  # fd 0 is /dev/null, opened read-write
+    try:
+        execute(WARMUP_CODE)
+        sys.stdout.flush()
+    finally:
+        sys.stdout = real
+
+
+def execute(source):
+    """Runs user code as __main__; returns (exit code, status for the host)."""
+    env = {"__name__": "__main__", "__builtins__": builtins, "__doc__": None}
+    try:
+        code = compile(
+            source, RUN_FILENAME, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True
+        )
+        if code.co_flags & inspect.CO_COROUTINE:
+            asyncio.run(eval(code, env))
+        else:
+            exec(code, env)
+        return 0, {}
+    except SystemExit as exc:
+        return system_exit_code(exc), {}
+    except BaseException as exc:
+        print_user_traceback(exc)
+        summary = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        return 1, {"error": summary[:4000], "error_type": type(exc).__name__}
+
+
+def system_exit_code(exc):
+    # Mirrors the interpreter: None -> 0, int -> itself, anything else printed -> 1.
+    code = exc.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    try:
+        print(code, file=sys.stderr)
+    except Exception:
+        pass
+    return 1
+
+
+def print_user_traceback(exc):
+    # Start the traceback at the first frame of the user's code, hiding ours.
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename != RUN_FILENAME:
+        tb = tb.tb_next
+    try:
+        traceback.print_exception(type(exc), exc, tb, file=sys.stderr)
+    except Exception:
+        pass
+
+
+# ---------------------------------------------------------------- the agent
+
+
+class Spare:
+    """A forked child waiting for code, with the agent's ends of its pipes."""
+
+    def __init__(self):
+        code_r, self.code_w = os.pipe()
+        self.status_r, status_w = os.pipe()
+        self.out_r, out_w = os.pipe()
+        self.err_r, err_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                child_main(code_r, status_w, out_w, err_w)
+            except BaseException:
+                # An agent bug, not the user's: show it in the run's stderr.
+                traceback.print_exc()
+            finally:
+                os._exit(70)
+        self.pid = pid
+        for fd in (code_r, status_w, out_w, err_w):
+            os.close(fd)
+        for fd in (self.out_r, self.err_r, self.status_r):
+            os.set_blocking(fd, False)
+        self.pidfd = os.pidfd_open(pid)
+
+    def close(self):
+        for fd in (self.code_w, self.status_r, self.out_r, self.err_r, self.pidfd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+class Output:
+    """Forwards one stream's chunks up to the byte cap, counts the rest."""
+
+    def __init__(self, kind, cap):
+        self.kind = kind
+        self.room = cap
+        self.dropped = 0
+
+    def forward(self, data):
+        if self.room > 0:
+            head = data[: self.room]
+            self.room -= len(head)
+            send(self.kind, head)
+            data = data[len(head):]
+        self.dropped += len(data)
+
+
+def run(spare, request):
+    started = time.monotonic_ns()
+    oom_before = oom_kills()
+    outputs = {
+        spare.out_r: Output(ord("O"), request["max_output_bytes"]),
+        spare.err_r: Output(ord("E"), request["max_output_bytes"]),
+    }
+    try:
+        write_all(spare.code_w, request["code"].encode("utf-8", "surrogateescape"))
+    except OSError:
+        pass  # the child is gone; its exit status says why
+    os.close(spare.code_w)
+    spare.code_w = -1
+
+    poller = select.poll()
+    for fd in (*outputs, spare.pidfd):
+        poller.register(fd, select.POLLIN)
+    open_pipes = len(outputs)
+    exited = False
+    while not exited:
+        for fd, _ in poller.poll():
+            if fd == spare.pidfd:
+                exited = True
+                continue
+            data = read_some(fd)
+            if data:
+                outputs[fd].forward(data)
+            elif data is not None:
+                poller.unregister(fd)
+                open_pipes -= 1
+        if open_pipes == 0 and not exited:
+            # Both pipes closed but the child lives on: only its exit is left.
+            poller.poll()
+            exited = True
+    for fd, output in outputs.items():
+        budget = DRAIN_LIMIT
+        while budget > 0:
+            data = read_some(fd)
+            if not data:
+                break
+            budget -= len(data)
+            output.forward(data)
+
+    _, wait_status = os.waitpid(spare.pid, 0)
+    status = read_status(spare.status_r)
+    done = {
+        "exit_code": os.waitstatus_to_exitcode(wait_status),
+        "oom": oom_kills() > oom_before or status.get("error_type") == "MemoryError",
+        "error": status.get("error"),
+        "error_type": status.get("error_type"),
+        "dropped_stdout": outputs[spare.out_r].dropped,
+        "dropped_stderr": outputs[spare.err_r].dropped,
+        "agent_us": (time.monotonic_ns() - started) // 1000,
+    }
+    send_json(ord("D"), done)
+
+
+def read_some(fd):
+    """A chunk, b"" at end of file, or None when nothing is there right now."""
+    try:
+        return os.read(fd, READ_CHUNK)
+    except BlockingIOError:
+        return None
+
+
+def read_status(fd):
+    data = read_some(fd) or b""
+    try:
+        status = json.loads(data[:STATUS_LIMIT])
+    except ValueError:
+        return {}
+    if not isinstance(status, dict):
+        return {}
+    return {k: v for k, v in status.items() if k in ("error", "error_type") and isinstance(v, str)}
+
+
+def oom_kills():
+    """The container's OOM-kill counter (cgroup v2, then v1), or 0 if unreadable."""
+    for path, key in (
+        ("/sys/fs/cgroup/memory.events", "oom_kill"),
+        ("/sys/fs/cgroup/memory/memory.oom_control", "oom_kill"),
+    ):
+        try:
+            with open(path) as f:
+                for line in f:
+                    name, _, value = line.partition(" ")
+                    if name == key:
+                        return int(value)
+        except (OSError, ValueError):
+            continue
+    return 0
+
+
+# ---------------------------------------------------------------- the reset
+
+
+def reset(baseline):
+    """Returns None when the container is as it was before the run, or why not."""
+    if not kill_all_others():
+        return "processes survived SIGKILL"
+    for path in WIPE_DIRS:
+        try:
+            wipe_children(path)
+        except FileNotFoundError:
+            continue
+        except (OSError, RecursionError) as exc:
+            return f"could not empty {path}: {exc}"
+    remove_sysv_ipc()
+    if integrity() != baseline:
+        return "the agent's limits or scheduling were changed"
+    return None
+
+
+def kill_all_others():
+    deadline = time.monotonic() + RESET_DEADLINE_S
+    while True:
+        try:
+            os.kill(-1, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        reap()
+        if not other_pids():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.0005)
+
+
+def reap():
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def other_pids():
+    return [name for name in os.listdir("/proc") if name.isdigit() and name != "1"]
+
+
+def wipe_children(path):
+    for entry in os.scandir(path):
+        if entry.is_dir(follow_symlinks=False):
+            os.chmod(entry.path, 0o700)
+            wipe_children(entry.path)
+            os.rmdir(entry.path)
+        else:
+            os.unlink(entry.path)
+
+
+def remove_sysv_ipc():
+    # SysV objects outlive processes; the container's IPC namespace is private.
+    for table, remove in (
+        ("shm", lambda ident: libc.shmctl(ident, IPC_RMID, None)),
+        ("sem", lambda ident: libc.semctl(ident, 0, IPC_RMID)),
+        ("msg", lambda ident: libc.msgctl(ident, IPC_RMID, None)),
+    ):
+        try:
+            with open(f"/proc/sysvipc/{table}") as f:
+                next(f, None)
+                for line in f:
+                    fields = line.split()
+                    if len(fields) > 1:
+                        remove(int(fields[1]))
+        except (OSError, ValueError):
+            continue
+
+
+def integrity():
+    """What user code could change about the agent from outside it (same uid)."""
+    limits = tuple(resource.getrlimit(getattr(resource, name)) for name in dir(resource) if name.startswith("RLIMIT_"))
+    return limits, os.getpriority(os.PRIO_PROCESS, 0), tuple(sorted(os.sched_getaffinity(0)))
+
+
+# ---------------------------------------------------------------- main
+
+
+def main():
+    if os.getpid() != 1:
+        # kill(-1) outside a PID namespace would hit every process of this uid.
+        sys.stderr.write("mcp-code-exec agent: refusing to run outside a container (not PID 1)\n")
+        sys.exit(2)
+    libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    # The root filesystem is read-only and /workspace is wiped: caches are noise.
+    sys.dont_write_bytecode = True
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.chdir("/workspace")
+    baseline = integrity()
+    gc.collect()
+    gc.freeze()
+    spare = Spare()
+    send_json(ord("Y"), {"python": sys.version.split()[0]})
+    while True:
+        kind, payload = read_frame()
+        if kind is None:
+            os._exit(0)
+        if kind != ord("R"):
+            sys.stderr.write(f"mcp-code-exec agent: unknown frame kind {kind}\n")
+            os._exit(3)
+        run(spare, json.loads(payload))
+        spare.close()
+        failure = reset(baseline)
+        if failure:
+            # The host recycles this container; nothing here can be trusted now.
+            send_json(ord("F"), {"reason": failure})
+            os._exit(4)
+        spare = Spare()
+        send_json(ord("Y"), {})
+
+
+main()
