@@ -1,0 +1,87 @@
+//! Shared harness for tests that need a container engine.
+//!
+//! They run against the real engine, never a mock. When no engine answers
+//! they fail, with the fix in the message; only the explicit opt-out
+//! `MCP_CODE_EXEC_SKIP_ENGINE_TESTS=1` turns them into a printed skip.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use mcp_code_exec::backend::Backend;
+use mcp_code_exec::config::Config;
+use mcp_code_exec::execution::RunRequest;
+use mcp_code_exec::report::{RunReport, RunStatus};
+
+/// One runtime for the whole test binary, so pools outlive single tests.
+pub fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    })
+}
+
+/// False (after saying so) when engine tests are explicitly opted out.
+pub fn engine_tests_enabled() -> bool {
+    if std::env::var_os("MCP_CODE_EXEC_SKIP_ENGINE_TESTS").is_some_and(|v| v != "0") {
+        eprintln!("SKIPPED: MCP_CODE_EXEC_SKIP_ENGINE_TESTS is set");
+        return false;
+    }
+    true
+}
+
+/// The configuration tests use: small pool, short waits, env respected
+/// (so MCP_BRIDGE_IMAGE and MCP_BRIDGE_RUNTIME still choose the engine).
+pub fn test_config() -> Config {
+    let mut config = Config::from_env().expect("valid MCP_BRIDGE_* environment");
+    config.pool_min_idle = 1;
+    config.pool_max = 4;
+    config.memory_bytes = 256 << 20;
+    config.pool_wait_timeout = Duration::from_secs(90);
+    config
+}
+
+/// A backend shared by the tests of one binary, started and checked once.
+pub fn shared_backend() -> &'static Backend {
+    static BACKEND: OnceLock<Backend> = OnceLock::new();
+    BACKEND.get_or_init(|| started_backend(test_config()))
+}
+
+/// A backend of its own (e.g. a one-sandbox pool to observe reuse).
+pub fn started_backend(config: Config) -> Backend {
+    let backend = Backend::new(config);
+    if let Err(error) = runtime().block_on(backend.executor()) {
+        panic!(
+            "these tests need a container engine and the sandbox image: {error}\n\
+             Run scripts/setup-engine.sh (or set MCP_CODE_EXEC_SKIP_ENGINE_TESTS=1 to skip them explicitly)."
+        );
+    }
+    backend
+}
+
+pub fn request(code: &str, timeout_secs: Option<f64>) -> RunRequest {
+    RunRequest {
+        code: code.into(),
+        servers: vec![],
+        timeout_secs,
+    }
+}
+
+pub fn run_on(backend: &Backend, code: &str, timeout_secs: Option<f64>) -> RunReport {
+    runtime().block_on(backend.execute(&request(code, timeout_secs)))
+}
+
+pub fn run(code: &str) -> RunReport {
+    run_on(shared_backend(), code, Some(20.0))
+}
+
+/// The recovery check every bad-input test ends with.
+pub fn assert_next_call_works(backend: &Backend) {
+    let report = run_on(backend, "print(6*7)", Some(20.0));
+    assert_eq!(report.status, RunStatus::Success, "{report:#?}");
+    assert_eq!(report.stdout, "42\n");
+}
