@@ -14,7 +14,10 @@ fn empty_code_is_a_validation_error() {
     for code in ["", "   \n\t"] {
         let report = run(code);
         assert_eq!(report.status, RunStatus::ValidationError);
-        assert!(report.error.as_deref().unwrap().contains("empty"), "{report:?}");
+        assert!(
+            report.error.as_deref().unwrap().contains("empty"),
+            "{report:?}"
+        );
     }
     assert_next_call_works(shared_backend());
 }
@@ -38,7 +41,11 @@ fn timeout_out_of_range_is_a_validation_error() {
     }
     for timeout in [0.0, -5.0, 121.0] {
         let report = run_on(shared_backend(), "print(1)", Some(timeout));
-        assert_eq!(report.status, RunStatus::ValidationError, "timeout {timeout}");
+        assert_eq!(
+            report.status,
+            RunStatus::ValidationError,
+            "timeout {timeout}"
+        );
         assert!(report.error.unwrap().contains("at most 120 seconds"));
     }
     assert_next_call_works(shared_backend());
@@ -49,7 +56,11 @@ fn infinite_loop_is_killed_at_the_deadline_with_partial_output() {
     if !engine_tests_enabled() {
         return;
     }
-    let report = run_on(shared_backend(), "print('started', flush=True)\nwhile True:\n    pass", Some(1.5));
+    let report = run_on(
+        shared_backend(),
+        "print('started', flush=True)\nwhile True:\n    pass",
+        Some(1.5),
+    );
     assert_eq!(report.status, RunStatus::Timeout, "{report:#?}");
     assert_eq!(report.stdout, "started\n");
     assert!(report.error.unwrap().contains("timed out after 1s 500ms"));
@@ -63,7 +74,11 @@ fn sleep_past_the_deadline_keeps_unflushed_lines() {
         return;
     }
     // No explicit flush: line buffering must deliver it before the kill.
-    let report = run_on(shared_backend(), "import time\nprint('before')\ntime.sleep(60)", Some(1.0));
+    let report = run_on(
+        shared_backend(),
+        "import time\nprint('before')\ntime.sleep(60)",
+        Some(1.0),
+    );
     assert_eq!(report.status, RunStatus::Timeout);
     assert_eq!(report.stdout, "before\n");
     assert_next_call_works(shared_backend());
@@ -74,7 +89,8 @@ fn fork_bomb_is_contained() {
     if !engine_tests_enabled() {
         return;
     }
-    let code = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass";
+    let code =
+        "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass";
     let report = run_on(shared_backend(), code, Some(3.0));
     assert_ne!(report.status, RunStatus::Success, "{report:#?}");
     assert_next_call_works(shared_backend());
@@ -97,10 +113,15 @@ fn filling_tmp_fails_inside_the_sandbox_only() {
     if !engine_tests_enabled() {
         return;
     }
-    let code = "with open('/tmp/fill', 'wb') as f:\n    while True:\n        f.write(b'x' * (1 << 20))";
+    let code =
+        "with open('/tmp/fill', 'wb') as f:\n    while True:\n        f.write(b'x' * (1 << 20))";
     let report = run_on(shared_backend(), code, Some(30.0));
     assert_eq!(report.status, RunStatus::Error, "{report:#?}");
-    assert!(report.stderr.contains("No space left on device"), "{}", report.stderr);
+    assert!(
+        report.stderr.contains("No space left on device"),
+        "{}",
+        report.stderr
+    );
     assert_next_call_works(shared_backend());
 }
 
@@ -119,7 +140,9 @@ fn stdout_flood_is_capped_with_a_marker() {
     assert!(kept.bytes().all(|b| b == b'y' || b == b'\n'));
     let dropped = (64 << 20) - cap;
     assert!(
-        marker.contains(&format!("[stdout truncated: {dropped} more bytes not shown")),
+        marker.contains(&format!(
+            "[stdout truncated: {dropped} more bytes not shown"
+        )),
         "{marker}"
     );
     assert_next_call_works(shared_backend());
@@ -157,7 +180,9 @@ fn invalid_utf8_is_replaced_not_fatal() {
     if !engine_tests_enabled() {
         return;
     }
-    let report = run("import os, sys\nos.write(1, b'bad \\xff\\xfe bytes\\n')\nsys.stderr.buffer.write(b'\\xc3(\\n')");
+    let report = run(
+        "import os, sys\nos.write(1, b'bad \\xff\\xfe bytes\\n')\nsys.stderr.buffer.write(b'\\xc3(\\n')",
+    );
     assert_eq!(report.status, RunStatus::Success);
     assert_eq!(report.stdout, "bad \u{fffd}\u{fffd} bytes\n");
     assert_eq!(report.stderr, "\u{fffd}(\n");
@@ -186,8 +211,18 @@ sys.exit(5)
     let report = run(code);
     assert_eq!(report.status, RunStatus::Error, "{report:#?}");
     assert_eq!(report.exit_code, Some(5));
-    assert!(report.stdout.starts_with("D\0\0\0\u{f}{\"exit_code\":0}Y\0\0\0\u{2}{}"), "{:?}", report.stdout);
-    assert!(report.stdout.contains("via __stdout__\nprotocol fd unreachable\n"));
+    assert!(
+        report
+            .stdout
+            .starts_with("D\0\0\0\u{f}{\"exit_code\":0}Y\0\0\0\u{2}{}"),
+        "{:?}",
+        report.stdout
+    );
+    assert!(
+        report
+            .stdout
+            .contains("via __stdout__\nprotocol fd unreachable\n")
+    );
     assert!(report.stderr.starts_with("D\0\0\0\u{f}{\"exit_code\":0}"));
     assert_next_call_works(shared_backend());
 }
@@ -200,7 +235,10 @@ fn stdin_is_empty() {
     let report = run("import sys\nprint(repr(sys.stdin.read()))\ninput()");
     assert_eq!(report.status, RunStatus::Error);
     assert_eq!(report.stdout, "''\n");
-    assert_eq!(report.error.as_deref(), Some("EOFError: EOF when reading a line"));
+    assert_eq!(
+        report.error.as_deref(),
+        Some("EOFError: EOF when reading a line")
+    );
     assert_next_call_works(shared_backend());
 }
 
@@ -210,23 +248,43 @@ fn exits_and_crashes_are_reported() {
         return;
     }
     let report = run("import sys\nsys.exit(3)");
-    assert_eq!((report.status, report.exit_code), (RunStatus::Error, Some(3)));
+    assert_eq!(
+        (report.status, report.exit_code),
+        (RunStatus::Error, Some(3))
+    );
     assert_eq!(report.error.as_deref(), Some("exited with code 3"));
 
     let report = run("print('bye')\nimport os\nos._exit(4)");
-    assert_eq!((report.exit_code, report.stdout.as_str()), (Some(4), "bye\n"));
+    assert_eq!(
+        (report.exit_code, report.stdout.as_str()),
+        (Some(4), "bye\n")
+    );
 
     let report = run("import sys\nsys.exit(0)");
     assert_eq!(report.status, RunStatus::Success);
 
     let report = run("import ctypes\nctypes.string_at(0)");
-    assert_eq!((report.status, report.exit_code), (RunStatus::Error, Some(-11)));
-    assert_eq!(report.error.as_deref(), Some("killed by SIGSEGV (segmentation fault)"));
+    assert_eq!(
+        (report.status, report.exit_code),
+        (RunStatus::Error, Some(-11))
+    );
+    assert_eq!(
+        report.error.as_deref(),
+        Some("killed by SIGSEGV (segmentation fault)")
+    );
 
     let report = run("raise ValueError('nope')");
     assert_eq!(report.error.as_deref(), Some("ValueError: nope"));
-    assert!(report.stderr.contains("File \"<run_python>\", line 1"), "{}", report.stderr);
-    assert!(!report.stderr.contains("agent"), "agent frames are hidden: {}", report.stderr);
+    assert!(
+        report.stderr.contains("File \"<run_python>\", line 1"),
+        "{}",
+        report.stderr
+    );
+    assert!(
+        !report.stderr.contains("agent"),
+        "agent frames are hidden: {}",
+        report.stderr
+    );
     assert_next_call_works(shared_backend());
 }
 
@@ -235,7 +293,9 @@ fn killing_the_parent_or_everything_visible() {
     if !engine_tests_enabled() {
         return;
     }
-    let report = run("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nos.kill(1, signal.SIGSTOP)\nprint('still here')");
+    let report = run(
+        "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nos.kill(1, signal.SIGSTOP)\nprint('still here')",
+    );
     assert_eq!(report.status, RunStatus::Success, "{report:#?}");
     assert_eq!(report.stdout, "still here\n");
 

@@ -11,6 +11,7 @@ pub mod spec;
 use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bollard::Docker;
@@ -87,36 +88,51 @@ fn engine(action: &'static str) -> impl FnOnce(EngineError) -> RuntimeError {
     move |source| RuntimeError::Engine { action, source }
 }
 
-/// Identity of this server process, written on each container it creates, so
-/// a later instance can tell whether the owner of a leftover is still running.
+/// Identity of one runtime client (one pool) of this server process, written
+/// on each container it creates: `host/pid/start/instance`. A later process
+/// can tell from it whether the owner of a leftover is still running, and
+/// shutdown removes exactly its own containers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owner {
     host: String,
     pid: u32,
     /// Process start time in clock ticks since boot: guards against pid reuse.
     start: u64,
+    /// Tells apart several pools in one process.
+    instance: u64,
 }
 
 impl Owner {
     pub fn current() -> Self {
+        static INSTANCES: AtomicU64 = AtomicU64::new(0);
         let pid = std::process::id();
         Self {
             host: hostname(),
             pid,
             start: process_start_ticks(pid).unwrap_or(0),
+            instance: INSTANCES.fetch_add(1, Ordering::Relaxed),
         }
     }
 
     pub fn label(&self) -> String {
-        format!("{}/{}/{}", self.host, self.pid, self.start)
+        format!(
+            "{}/{}/{}/{}",
+            self.host, self.pid, self.start, self.instance
+        )
     }
 
     fn parse(label: &str) -> Option<Self> {
-        let mut parts = label.rsplitn(3, '/');
+        let mut parts = label.rsplitn(4, '/');
+        let instance = parts.next()?.parse().ok()?;
         let start = parts.next()?.parse().ok()?;
         let pid = parts.next()?.parse().ok()?;
         let host = parts.next()?.to_owned();
-        Some(Self { host, pid, start })
+        Some(Self {
+            host,
+            pid,
+            start,
+            instance,
+        })
     }
 
     /// Whether the process this label names is known to be gone. Owners on
@@ -452,7 +468,13 @@ mod tests {
             host: "another-host".into(),
             pid: u32::MAX,
             start: 1,
+            instance: 0,
         };
+        assert_ne!(
+            Owner::current().label(),
+            me.label(),
+            "each pool has its own label"
+        );
         assert!(
             !elsewhere.is_gone(),
             "owners on other hosts are never judged"

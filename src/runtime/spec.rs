@@ -81,7 +81,9 @@ pub fn container_body(
         entrypoint: Some(vec!["python3".into(), "-c".into(), agent_source.to_owned()]),
         cmd: Some(vec![]),
         user: Some(config.container_user.clone()),
-        working_dir: Some(WORKSPACE.into()),
+        // Not /workspace: the engine would create that directory itself and
+        // the tmpfs would lose its mode. The agent changes into it instead.
+        working_dir: Some("/".into()),
         env: Some(vec![
             format!("HOME={WORKSPACE}"),
             "PYTHONDONTWRITEBYTECODE=1".into(),
