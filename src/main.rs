@@ -61,22 +61,26 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("a tokio runtime can be built");
-    runtime.block_on(async move {
+    let exit = runtime.block_on(async move {
         match cli.command.unwrap_or(Command::Serve) {
             Command::Serve => serve(config).await,
             Command::Run { file, timeout } => run_once(config, file, timeout).await,
             Command::Doctor => doctor(config).await,
         }
-    })
+    });
+    // Don't wait for the blocking stdin reader: after a signal, stdin may never close.
+    runtime.shutdown_background();
+    exit
 }
 
-/// `MCP_BRIDGE_LOG_LEVEL` is a level for this program (dependencies stay at
-/// `info` or quieter), or full `tracing` directives when it contains `=`.
+/// `MCP_BRIDGE_LOG_LEVEL` is a level for this program (dependencies only
+/// warn: rmcp logs every request at info), or full `tracing` directives when
+/// it contains `=`.
 fn init_logging(level: &str) {
     let directives = match level {
-        "trace" | "debug" => format!("info,mcp_code_exec={level}"),
+        "error" | "warn" => level.to_owned(),
         level if level.contains('=') => level.to_owned(),
-        level => level.to_owned(),
+        level => format!("warn,mcp_code_exec={level}"),
     };
     let filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()

@@ -246,13 +246,8 @@ mod tests {
                 let len = (next() % 64) as usize;
                 let chunk: Vec<u8> = (0..len).map(|_| next() as u8).collect();
                 decoder.extend(&chunk);
-                loop {
-                    match decoder.next_frame() {
-                        Ok(Some(frame)) => {
-                            let _ = parse_payload::<RunDone>("done", &frame.payload);
-                        }
-                        Ok(None) | Err(_) => break,
-                    }
+                while let Ok(Some(frame)) = decoder.next_frame() {
+                    let _ = parse_payload::<RunDone>("done", &frame.payload);
                 }
             }
         }

@@ -1,0 +1,102 @@
+"""End-to-end check of the built server with the official MCP Python SDK.
+
+Usage: python mcp_client.py PATH_TO_MCP_CODE_EXEC
+Spawns the server over stdio as an MCP client would, runs the scenarios,
+prints one line per passed check, exits non-zero on the first failure.
+"""
+
+import asyncio
+import os
+import sys
+
+import anyio
+from mcp import ClientSession, StdioServerParameters
+from mcp.client.stdio import stdio_client
+from mcp.types import CancelledNotification, CancelledNotificationParams, ClientNotification
+
+
+def check(condition, what, detail=None):
+    if not condition:
+        raise AssertionError(f"{what}: {detail!r}")
+    print(f"ok  {what}", flush=True)
+
+
+async def call(session, code, **extra):
+    return await session.call_tool("run_python", {"code": code, **extra})
+
+
+async def main(binary):
+    env = dict(os.environ)
+    env.update(
+        MCP_BRIDGE_POOL_MAX="1",
+        MCP_BRIDGE_POOL_MIN_IDLE="1",
+        MCP_BRIDGE_POOL_WAIT_TIMEOUT="20s",
+        MCP_BRIDGE_LOG_LEVEL="info",
+    )
+    params = StdioServerParameters(command=binary, args=["serve"], env=env)
+    async with stdio_client(params) as (read, write):
+        async with ClientSession(read, write) as session:
+            init = await session.initialize()
+            check(init.serverInfo.name == "mcp-code-exec", "initialize names the server", init.serverInfo)
+
+            tools = (await session.list_tools()).tools
+            check([t.name for t in tools] == ["run_python"], "exactly one tool: run_python", tools)
+            tool = tools[0]
+            check(set(tool.inputSchema["properties"]) == {"code", "servers", "timeout"}, "input schema", tool.inputSchema)
+            check(tool.inputSchema.get("required") == ["code"], "only code is required", tool.inputSchema)
+            check(tool.outputSchema and "status" in tool.outputSchema["properties"], "output schema", tool.outputSchema)
+
+            result = await call(session, "print(6*7)")
+            check(result.content[0].text == "42\n", "print(6*7) -> 42", result.content)
+            check(result.isError is False, "success is not an error", result.isError)
+            structured = result.structuredContent
+            check(structured["status"] == "success" and structured["exitCode"] == 0, "structured success", structured)
+            check(structured["stdout"] == "42\n" and structured["durationMs"] > 0, "structured stdout, duration", structured)
+
+            result = await call(session, "import sys\nprint('partial')\nsys.exit(3)")
+            check(result.isError is True, "non-zero exit is an error result", result)
+            check(result.content[0].text == "partial\nstatus: error\nexit: 3\nerror: exited with code 3", "compact error text", result.content[0].text)
+
+            result = await call(session, "print(1)", timeout=0)
+            check(result.structuredContent["status"] == "validation_error", "timeout 0 is a validation error", result.structuredContent)
+
+            result = await call(session, "print(1)", servers=["github"])
+            check("unknown MCP server" in result.structuredContent["error"], "unknown server is a validation error", result.structuredContent)
+
+            result = await call(session, "import time\nprint('t', flush=True)\ntime.sleep(30)", timeout=1)
+            check(result.structuredContent["status"] == "timeout" and result.structuredContent["stdout"] == "t\n", "timeout keeps partial output", result.structuredContent)
+
+            # Cancellation: the only sandbox (pool max 1) runs a 60 s sleep; the
+            # client cancels; the next call must get a fresh sandbox well within
+            # the 20 s pool wait, which it can only if the cancel killed the run.
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(call_and_ignore, session, "import time\ntime.sleep(60)")
+                await anyio.sleep(1.0)
+                request_id = session._request_id - 1
+                await session.send_notification(
+                    ClientNotification(
+                        CancelledNotification(
+                            method="notifications/cancelled",
+                            params=CancelledNotificationParams(requestId=request_id, reason="test"),
+                        )
+                    )
+                )
+                await anyio.sleep(0.2)
+                tasks.cancel_scope.cancel()
+            result = await call(session, "print('after cancel')")
+            check(result.content[0].text == "after cancel\n", "a cancelled run frees its sandbox", result.content)
+
+            results = await asyncio.gather(*(call(session, f"print({i})") for i in range(5)))
+            check([r.content[0].text for r in results] == [f"{i}\n" for i in range(5)], "concurrent calls queue and succeed", results)
+    print("all e2e checks passed")
+
+
+async def call_and_ignore(session, code):
+    try:
+        await call(session, code, timeout=90)
+    except Exception:
+        pass
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1]))
