@@ -1,1 +1,191 @@
-fn main() {}
+//! Latency of a run through the warm pool, beside the cold baseline (create +
+//! start + run + remove with the same hardening flags), in the same process.
+//!
+//! `cargo bench --bench latency`. Criterion reports means and medians; the
+//! percentile pass after it prints p50/p90/p99 from plain samples, because
+//! tail latency is the promise. Skips with a message when no engine answers.
+
+use std::time::{Duration, Instant};
+
+use criterion::Criterion;
+use mcp_code_exec::backend::Backend;
+use mcp_code_exec::config::Config;
+use mcp_code_exec::execution::RunRequest;
+use mcp_code_exec::report::RunStatus;
+use mcp_code_exec::runtime::{Runtime, spec};
+use mcp_code_exec::sandbox::{AGENT_SOURCE, CapturedOutput, Sandbox};
+
+const PRINT: &str = "print(6*7)";
+const ONE_MB: &str = "import sys\nsys.stdout.write('x' * 1_000_000)";
+
+struct Setup {
+    tokio: tokio::runtime::Runtime,
+    backend: Backend,
+    runtime: Runtime,
+    config: Config,
+    image: String,
+}
+
+fn setup() -> Option<Setup> {
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // The defaults users run (min idle 2, max 8), unless the environment says otherwise.
+    let config = Config::from_env().expect("valid MCP_BRIDGE_* environment");
+    let (runtime, image) = match tokio.block_on(async {
+        let runtime = Runtime::connect(config.runtime).await?;
+        let image = runtime.resolve_image(&config.image).await?;
+        Ok::<_, mcp_code_exec::runtime::RuntimeError>((runtime, image))
+    }) {
+        Ok(found) => found,
+        Err(error) => {
+            eprintln!("SKIPPED latency benchmarks: {error}");
+            return None;
+        }
+    };
+    let backend = Backend::new(config.clone());
+    let warm = tokio.block_on(async {
+        let executor = backend.executor().await.expect("backend starts");
+        executor.pool().wait_warm(Duration::from_secs(60)).await
+    });
+    assert!(warm, "the pool warmed up");
+    Some(Setup {
+        tokio,
+        backend,
+        runtime,
+        config,
+        image,
+    })
+}
+
+impl Setup {
+    async fn warm_run(&self, code: &str) {
+        let request = RunRequest {
+            code: code.into(),
+            ..RunRequest::default()
+        };
+        let report = self.backend.execute(&request).await;
+        assert_eq!(report.status, RunStatus::Success, "{report:?}");
+    }
+
+    /// What a fresh container per call costs, with our own flags and agent.
+    async fn cold_run(&self) {
+        let body = spec::container_body(
+            &self.config,
+            &self.image,
+            &self.runtime.owner_label(),
+            AGENT_SOURCE,
+        );
+        let container = self.runtime.start_container(body).await.unwrap();
+        let id = container.id.clone();
+        let mut sandbox = Sandbox::attach(container, Duration::from_secs(60))
+            .await
+            .unwrap();
+        let mut output = CapturedOutput::default();
+        let done = sandbox
+            .run(PRINT, 1 << 20, Duration::from_secs(30), &mut output)
+            .await
+            .unwrap();
+        assert_eq!(
+            (done.exit_code, &output.stdout.bytes[..]),
+            (0, &b"42\n"[..])
+        );
+        drop(sandbox);
+        self.runtime.remove(&id).await;
+    }
+}
+
+fn criterion_benches(c: &mut Criterion, setup: &Setup) {
+    let mut group = c.benchmark_group("run_python");
+    group.bench_function("warm print(6*7)", |b| {
+        b.to_async(&setup.tokio).iter(|| setup.warm_run(PRINT))
+    });
+    group.bench_function("warm 1 MB of output", |b| {
+        b.to_async(&setup.tokio).iter(|| setup.warm_run(ONE_MB))
+    });
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(8));
+    group.bench_function("cold create+start+run+remove", |b| {
+        b.to_async(&setup.tokio).iter(|| setup.cold_run())
+    });
+    group.finish();
+}
+
+fn percentiles(label: &str, mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    let at = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "{label:<36} n={:<5} p50 {:>8.3} ms   p90 {:>8.3} ms   p99 {:>8.3} ms   max {:>8.3} ms",
+        samples.len(),
+        ms(at(0.50)),
+        ms(at(0.90)),
+        ms(at(0.99)),
+        ms(*samples.last().unwrap()),
+    );
+    at(0.50)
+}
+
+/// Times `n` sequential calls of `call`, with `pause` (not timed) between
+/// them. Back to back (no pause), each call also competes for the 2 cores
+/// with the reset of the one before: that measures throughput as much as
+/// latency. A short pause models an agent, whose calls come seconds apart.
+fn sample<F: Future<Output = ()>>(
+    setup: &Setup,
+    n: usize,
+    pause: Duration,
+    call: impl Fn() -> F,
+) -> Vec<Duration> {
+    (0..n)
+        .map(|_| {
+            std::thread::sleep(pause);
+            let started = Instant::now();
+            setup.tokio.block_on(call());
+            started.elapsed()
+        })
+        .collect()
+}
+
+/// `full`: `cargo bench`; otherwise (`cargo test --all-targets` runs benches
+/// once as a smoke test) a few samples only.
+fn percentile_pass(setup: &Setup, full: bool) {
+    let n = |count: usize| if full { count } else { 2 };
+    let config = &setup.config;
+    println!(
+        "\npercentiles (sequential calls, pool min idle {} / max {}):",
+        config.pool_min_idle, config.pool_max
+    );
+    let pause = Duration::from_millis(10);
+    let none = Duration::ZERO;
+    let warm = percentiles(
+        "warm print(6*7), 10 ms apart",
+        sample(setup, n(1000), pause, || setup.warm_run(PRINT)),
+    );
+    percentiles(
+        "warm print(6*7), back to back",
+        sample(setup, n(2000), none, || setup.warm_run(PRINT)),
+    );
+    percentiles(
+        "warm 1 MB of output, 10 ms apart",
+        sample(setup, n(300), pause, || setup.warm_run(ONE_MB)),
+    );
+    let cold = percentiles(
+        "cold create+start+run+remove",
+        sample(setup, n(20), none, || setup.cold_run()),
+    );
+    println!(
+        "warm is {:.0}x faster than cold at p50",
+        cold.as_secs_f64() / warm.as_secs_f64()
+    );
+}
+
+fn main() {
+    let Some(setup) = setup() else { return };
+    let mut criterion = Criterion::default().configure_from_args();
+    criterion_benches(&mut criterion, &setup);
+    percentile_pass(&setup, std::env::args().any(|arg| arg == "--bench"));
+    setup.tokio.block_on(setup.backend.shutdown());
+    criterion.final_summary();
+}

@@ -57,6 +57,9 @@ WARMUP_CODE = "x = [i * 2 for i in range(8)]\nprint(6 * 7, sum(x), 'warm')\n"
 libc = ctypes.CDLL(None, use_errno=True)
 proto_in = io.open(0, "rb", buffering=READ_CHUNK, closefd=False)
 devnull = os.open(os.devnull, os.O_RDWR)
+# What a spare writes on its status pipe once warmed up.
+WARM = b"W"
+SPARE_WARM_TIMEOUT_S = 10.0
 
 
 def send(kind, payload):
@@ -131,6 +134,7 @@ def child_main(code_r, status_w, out_w, err_w):
     sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
     sys.argv = [""]
     warm_up()
+    write_all(status_w, WARM)
 
     chunks = []
     while True:
@@ -145,8 +149,13 @@ def child_main(code_r, status_w, out_w, err_w):
             stream.flush()
         except Exception:
             pass
+    # The output is in its pipes now. Closing the status pipe tells the agent
+    # the run is over before this process's teardown, which is slow (its
+    # whole copy-on-write address space) and need not delay the answer.
+    status["exit_code"] = exit_code
     try:
         write_all(status_w, json.dumps(status).encode()[:STATUS_LIMIT])
+        os.close(status_w)
     except OSError:
         pass
     os._exit(exit_code)
@@ -236,6 +245,11 @@ class Spare:
             os.set_blocking(fd, False)
         self.pidfd = os.pidfd_open(pid)
 
+    def wait_warm(self, timeout_s):
+        """True once the spare has warmed up and waits for code."""
+        ready, _, _ = select.select([self.status_r], [], [], timeout_s)
+        return bool(ready) and read_some(self.status_r) == WARM
+
     def close(self):
         for fd in (self.code_w, self.status_r, self.out_r, self.err_r, self.pidfd):
             try:
@@ -263,7 +277,7 @@ class Output:
 
 def run(spare, request):
     started = time.monotonic_ns()
-    oom_before = oom_kills()
+    oom_before = oom_counter.read()
     outputs = {
         spare.out_r: Output(ord("O"), request["max_output_bytes"]),
         spare.err_r: Output(ord("E"), request["max_output_bytes"]),
@@ -275,26 +289,34 @@ def run(spare, request):
     os.close(spare.code_w)
     spare.code_w = -1
 
+    # The run is over when the child closes its status pipe after a complete
+    # status (the fast, usual way) or when it exits (killed, os._exit, crash).
     poller = select.poll()
-    for fd in (*outputs, spare.pidfd):
+    for fd in (*outputs, spare.status_r, spare.pidfd):
         poller.register(fd, select.POLLIN)
-    open_pipes = len(outputs)
-    exited = False
-    while not exited:
+    status_bytes = b""
+    exit_code = None
+    while exit_code is None:
         for fd, _ in poller.poll():
             if fd == spare.pidfd:
-                exited = True
+                _, wait_status = os.waitpid(spare.pid, 0)
+                exit_code = os.waitstatus_to_exitcode(wait_status)
                 continue
             data = read_some(fd)
-            if data:
+            if data is None:
+                continue
+            if fd == spare.status_r:
+                status_bytes += data[: STATUS_LIMIT - len(status_bytes)]
+                if not data:
+                    poller.unregister(fd)
+                    exit_code = parse_status(status_bytes).get("exit_code")
+            elif data:
                 outputs[fd].forward(data)
-            elif data is not None:
+            else:
                 poller.unregister(fd)
-                open_pipes -= 1
-        if open_pipes == 0 and not exited:
-            # Both pipes closed but the child lives on: only its exit is left.
-            poller.poll()
-            exited = True
+    # Exited before we read its status (both became ready at once): read it now.
+    while len(status_bytes) < STATUS_LIMIT and (data := read_some(spare.status_r)):
+        status_bytes += data[: STATUS_LIMIT - len(status_bytes)]
     for fd, output in outputs.items():
         budget = DRAIN_LIMIT
         while budget > 0:
@@ -304,11 +326,10 @@ def run(spare, request):
             budget -= len(data)
             output.forward(data)
 
-    _, wait_status = os.waitpid(spare.pid, 0)
-    status = read_status(spare.status_r)
+    status = parse_status(status_bytes)
     done = {
-        "exit_code": os.waitstatus_to_exitcode(wait_status),
-        "oom": oom_kills() > oom_before or status.get("error_type") == "MemoryError",
+        "exit_code": exit_code,
+        "oom": oom_counter.read() > oom_before or status.get("error_type") == "MemoryError",
         "error": status.get("error"),
         "error_type": status.get("error_type"),
         "dropped_stdout": outputs[spare.out_r].dropped,
@@ -326,41 +347,58 @@ def read_some(fd):
         return None
 
 
-def read_status(fd):
-    data = read_some(fd) or b""
+def parse_status(data):
+    """The child's report, if whole and well-formed (user code can write to it)."""
     try:
-        status = json.loads(data[:STATUS_LIMIT])
+        status = json.loads(data)
     except ValueError:
         return {}
     if not isinstance(status, dict):
         return {}
-    return {k: v for k, v in status.items() if k in ("error", "error_type") and isinstance(v, str)}
+    clean = {k: v for k, v in status.items() if k in ("error", "error_type") and isinstance(v, str)}
+    code = status.get("exit_code")
+    if isinstance(code, int) and not isinstance(code, bool) and 0 <= code <= 255:
+        clean["exit_code"] = code
+    return clean
 
 
-def oom_kills():
-    """The container's OOM-kill counter (cgroup v2, then v1), or 0 if unreadable."""
-    for path, key in (
-        ("/sys/fs/cgroup/memory.events", "oom_kill"),
-        ("/sys/fs/cgroup/memory/memory.oom_control", "oom_kill"),
-    ):
+class OomCounter:
+    """The container's OOM-kill counter (cgroup v2, then v1), read through a
+    file kept open: a pread instead of an open per run."""
+
+    def __init__(self):
+        self.fd = None
+        for path in ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"):
+            try:
+                self.fd = os.open(path, os.O_RDONLY)
+                break
+            except OSError:
+                continue
+
+    def read(self):
+        if self.fd is None:
+            return 0
         try:
-            with open(path) as f:
-                for line in f:
-                    name, _, value = line.partition(" ")
-                    if name == key:
-                        return int(value)
+            for line in os.pread(self.fd, 4096, 0).split(b"\n"):
+                name, _, value = line.partition(b" ")
+                if name == b"oom_kill":
+                    return int(value)
         except (OSError, ValueError):
-            continue
-    return 0
+            pass
+        return 0
+
+
+oom_counter = OomCounter()
 
 
 # ---------------------------------------------------------------- the reset
 
 
-def reset(baseline):
+def reset(spare, baseline):
     """Returns None when the container is as it was before the run, or why not."""
-    if not kill_all_others():
+    if not kill_all_others(spare):
         return "processes survived SIGKILL"
+    spare.close()
     for path in WIPE_DIRS:
         try:
             wipe_children(path)
@@ -374,19 +412,23 @@ def reset(baseline):
     return None
 
 
-def kill_all_others():
+def kill_all_others(spare):
+    """SIGKILL every process but this one until none is left (zombies reaped).
+    kill(-1) from PID 1 reaches every other process in the container."""
     deadline = time.monotonic() + RESET_DEADLINE_S
+    # Usually only the run's child is left, still tearing down its address
+    # space: the first wait is for exactly that; later ones poll briefly.
+    wait_for = [spare.pidfd]
     while True:
         try:
             os.kill(-1, signal.SIGKILL)
         except ProcessLookupError:
-            pass
+            return True  # nothing else exists, not even a zombie
+        select.select(wait_for, [], [], 0.0002 if not wait_for else 0.05)
+        wait_for = []
         reap()
-        if not other_pids():
-            return True
         if time.monotonic() > deadline:
             return False
-        time.sleep(0.0005)
 
 
 def reap():
@@ -397,10 +439,6 @@ def reap():
             return
         if pid == 0:
             return
-
-
-def other_pids():
-    return [name for name in os.listdir("/proc") if name.isdigit() and name != "1"]
 
 
 def wipe_children(path):
@@ -454,6 +492,9 @@ def main():
     gc.collect()
     gc.freeze()
     spare = Spare()
+    if not spare.wait_warm(SPARE_WARM_TIMEOUT_S):
+        sys.stderr.write("mcp-code-exec agent: the first spare did not warm up\n")
+        os._exit(5)
     send_json(ord("Y"), {"python": sys.version.split()[0]})
     while True:
         kind, payload = read_frame()
@@ -463,13 +504,16 @@ def main():
             sys.stderr.write(f"mcp-code-exec agent: unknown frame kind {kind}\n")
             os._exit(3)
         run(spare, json.loads(payload))
-        spare.close()
-        failure = reset(baseline)
+        failure = reset(spare, baseline)
         if failure:
             # The host recycles this container; nothing here can be trusted now.
             send_json(ord("F"), {"reason": failure})
             os._exit(4)
         spare = Spare()
+        # Ready means warm: the next run must not pay for the warm-up.
+        if not spare.wait_warm(SPARE_WARM_TIMEOUT_S):
+            send_json(ord("F"), {"reason": "the new spare did not warm up"})
+            os._exit(4)
         send_json(ord("Y"), {})
 
 
