@@ -135,8 +135,8 @@ impl Executor {
         let limit = self.limits.max_output_bytes;
         RunReport {
             status: outcome.status,
-            stdout: decode_output(&output.stdout.bytes, output.stdout.dropped, "stdout", limit),
-            stderr: decode_output(&output.stderr.bytes, output.stderr.dropped, "stderr", limit),
+            stdout: decode_output(output.stdout.bytes, output.stdout.dropped, "stdout", limit),
+            stderr: decode_output(output.stderr.bytes, output.stderr.dropped, "stderr", limit),
             exit_code: outcome.exit_code,
             duration_ms: duration.as_secs_f64() * 1e3,
             stdout_truncated: output.stdout.dropped > 0,

@@ -127,9 +127,11 @@ fn end_line(text: &mut String) {
     }
 }
 
-/// Decodes captured bytes for the report, appending a marker when cut.
-pub fn decode_output(bytes: &[u8], dropped: u64, stream: &str, limit: u64) -> String {
-    let mut text = String::from_utf8_lossy(bytes).into_owned();
+/// Decodes captured bytes for the report (reusing the buffer when it is
+/// valid UTF-8, as it nearly always is), appending a marker when cut.
+pub fn decode_output(bytes: Vec<u8>, dropped: u64, stream: &str, limit: u64) -> String {
+    let mut text = String::from_utf8(bytes)
+        .unwrap_or_else(|invalid| String::from_utf8_lossy(invalid.as_bytes()).into_owned());
     if dropped > 0 {
         end_line(&mut text);
         text.push_str(&format!(
@@ -236,12 +238,12 @@ mod tests {
 
     #[test]
     fn truncation_marker_and_lossy_decoding() {
-        let text = decode_output(b"abc\xff", 10, "stdout", 4);
+        let text = decode_output(b"abc\xff".to_vec(), 10, "stdout", 4);
         assert!(
             text.starts_with("abc\u{fffd}\n[stdout truncated: 10 more bytes"),
             "{text}"
         );
-        assert_eq!(decode_output(b"ok", 0, "stdout", 4), "ok");
+        assert_eq!(decode_output(b"ok".to_vec(), 0, "stdout", 4), "ok");
     }
 
     #[test]
