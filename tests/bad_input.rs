@@ -131,21 +131,15 @@ fn stdout_flood_is_capped_with_a_marker() {
         return;
     }
     let cap = common::test_config().max_output_bytes as usize;
-    // 128 MiB: far more than the cap; the host keeps only the cap, so its
-    // peak memory cannot grow by anything like the flood.
-    let peak_before = peak_rss_kib();
-    let code = "import sys\nline = 'y' * 1023 + '\\n'\nfor _ in range(128 * 1024):\n    sys.stdout.write(line)";
+    // 64 MiB: far more than the cap; the host keeps only the cap (its memory
+    // during a flood is measured alone in tests/host_memory.rs).
+    let code = "import sys\nline = 'y' * 1023 + '\\n'\nfor _ in range(64 * 1024):\n    sys.stdout.write(line)";
     let report = run_on(shared_backend(), code, Some(60.0));
-    let growth_mib = (peak_rss_kib() - peak_before) / 1024;
-    assert!(
-        growth_mib < 48,
-        "host peak memory grew {growth_mib} MiB during a 128 MiB flood"
-    );
     assert_eq!(report.status, RunStatus::Success, "{:?}", report.error);
     assert!(report.stdout_truncated);
     let (kept, marker) = report.stdout.split_at(cap);
     assert!(kept.bytes().all(|b| b == b'y' || b == b'\n'));
-    let dropped = (128 << 20) - cap;
+    let dropped = (64 << 20) - cap;
     assert!(
         marker.contains(&format!(
             "[stdout truncated: {dropped} more bytes not shown"
@@ -323,11 +317,4 @@ fn syntax_errors_point_at_the_line() {
     assert!(report.error.unwrap().starts_with("SyntaxError"));
     assert!(report.stderr.contains("line 2"), "{}", report.stderr);
     assert_next_call_works(shared_backend());
-}
-
-/// This process's peak resident memory (VmHWM), in KiB.
-fn peak_rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
