@@ -13,7 +13,7 @@ use mcp_code_exec::config::Config;
 use mcp_code_exec::execution::RunRequest;
 use mcp_code_exec::report::RunStatus;
 use mcp_code_exec::runtime::{Runtime, spec};
-use mcp_code_exec::sandbox::{AGENT_SOURCE, CapturedOutput, Sandbox};
+use mcp_code_exec::sandbox::{AGENT, CapturedOutput, Sandbox};
 
 const PRINT: &str = "print(6*7)";
 const ONE_MB: &str = "import sys\nsys.stdout.write('x' * 1_000_000)";
@@ -75,7 +75,7 @@ impl Setup {
             &self.config,
             &self.image,
             &self.runtime.owner_label(),
-            AGENT_SOURCE,
+            AGENT,
         );
         let container = self.runtime.start_container(body).await.unwrap();
         let id = container.id.clone();
@@ -84,7 +84,7 @@ impl Setup {
             .unwrap();
         let mut output = CapturedOutput::default();
         let done = sandbox
-            .run(PRINT, 1 << 20, Duration::from_secs(30), &mut output)
+            .run(PRINT, 1 << 20, Duration::from_secs(30), None, &mut output)
             .await
             .unwrap();
         assert_eq!(

@@ -7,27 +7,42 @@
 //! pool; and shutdown. A failed start is not cached: the next call tries
 //! again, so an engine started after the server is picked up.
 
+use std::sync::Arc;
+
 use tokio::sync::OnceCell;
 
 use crate::config::Config;
 use crate::execution::{Executor, Limits, RunRequest};
 use crate::pool::Pool;
+use crate::proxy::Proxy;
 use crate::report::{RunReport, RunStatus};
 use crate::runtime::Runtime;
+use crate::sandbox::RunProxy;
 
 pub struct Backend {
     config: Config,
     limits: Limits,
     executor: OnceCell<Executor>,
+    proxy: Arc<Proxy>,
 }
 
 impl Backend {
+    /// A backend whose sandboxes can call no MCP servers.
     pub fn new(config: Config) -> Self {
+        Self::with_proxy(config, Arc::new(Proxy::new(Vec::new())))
+    }
+
+    pub fn with_proxy(config: Config, proxy: Arc<Proxy>) -> Self {
         Self {
             limits: Limits::from(&config),
             config,
             executor: OnceCell::new(),
+            proxy,
         }
+    }
+
+    pub fn proxy(&self) -> &Arc<Proxy> {
+        &self.proxy
     }
 
     pub fn config(&self) -> &Config {
@@ -61,21 +76,34 @@ impl Backend {
     /// that cannot start, is a report like any other. Dropping the future
     /// mid-run (client cancellation) destroys the sandbox.
     pub async fn execute(&self, request: &RunRequest) -> RunReport {
-        let timeout = match self.limits.validate(request, &[]) {
+        let timeout = match self.limits.validate(request, self.proxy.names()) {
             Ok(timeout) => timeout,
             Err(message) => return RunReport::rejected(RunStatus::ValidationError, message),
         };
-        match self.executor().await {
-            Ok(executor) => executor.run(&request.code, timeout).await,
-            Err(error) => RunReport::rejected(
-                RunStatus::Error,
-                format!("the sandbox backend is unavailable: {error}"),
-            ),
-        }
+        let executor = match self.executor().await {
+            Ok(executor) => executor,
+            Err(error) => {
+                return RunReport::rejected(
+                    RunStatus::Error,
+                    format!("the sandbox backend is unavailable: {error}"),
+                );
+            }
+        };
+        let prepared = match self.proxy.prepare(&request.servers).await {
+            Ok(prepared) => prepared,
+            Err(error) => return RunReport::rejected(RunStatus::Error, error.to_string()),
+        };
+        let proxy = prepared.as_ref().map(|prepared| RunProxy {
+            metadata: &prepared.metadata,
+            calls: &prepared.calls,
+        });
+        executor.run(&request.code, timeout, proxy).await
     }
 
-    /// Removes every container of this instance (bounded by the pool's shutdown timeout).
+    /// Removes every container of this instance (bounded by the pool's
+    /// shutdown timeout) and stops the MCP servers it started.
     pub async fn shutdown(&self) {
+        self.proxy.shutdown().await;
         if let Some(executor) = self.executor.get() {
             executor.pool().shutdown().await;
         }

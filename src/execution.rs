@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::pool::{Pool, RecycleReason, Verdict};
 use crate::report::{RunReport, RunStatus, decode_output, describe_signal};
 use crate::sandbox::protocol::RunDone;
-use crate::sandbox::{CapturedOutput, SandboxFailure};
+use crate::sandbox::{CapturedOutput, RunProxy, SandboxFailure};
 
 /// A `run_python` request as the caller sent it.
 #[derive(Debug, Clone, Default)]
@@ -103,7 +103,12 @@ impl Executor {
     /// Runs already validated code (see [`Limits::validate`]). Never fails:
     /// every outcome, including a broken sandbox or an exhausted pool, is a
     /// report the caller can read.
-    pub async fn run(&self, code: &str, timeout: Duration) -> RunReport {
+    pub async fn run(
+        &self,
+        code: &str,
+        timeout: Duration,
+        proxy: Option<RunProxy<'_>>,
+    ) -> RunReport {
         let mut lease = match self.pool.acquire().await {
             Ok(lease) => lease,
             Err(error) => return RunReport::rejected(RunStatus::Error, error.to_string()),
@@ -112,7 +117,13 @@ impl Executor {
         let started = Instant::now();
         let result = lease
             .sandbox()
-            .run(code, self.limits.max_output_bytes, timeout, &mut output)
+            .run(
+                code,
+                self.limits.max_output_bytes,
+                timeout,
+                proxy,
+                &mut output,
+            )
             .await;
         let duration = started.elapsed();
         let outcome = match result {

@@ -22,6 +22,7 @@ pub mod config;
 pub mod execution;
 pub mod mcp;
 pub mod pool;
+pub mod proxy;
 pub mod report;
 pub mod runtime;
 pub mod sandbox;

@@ -18,6 +18,8 @@ use mcp_code_exec::backend::Backend;
 use mcp_code_exec::config::Config;
 use mcp_code_exec::execution::RunRequest;
 use mcp_code_exec::mcp::CodeExecServer;
+use mcp_code_exec::proxy::Proxy;
+use mcp_code_exec::proxy::discovery::SearchRoots;
 use mcp_code_exec::report::RunStatus;
 use mcp_code_exec::runtime::Runtime;
 
@@ -42,6 +44,9 @@ enum Command {
         /// Time limit in seconds.
         #[arg(long)]
         timeout: Option<f64>,
+        /// A configured MCP server the code may call (repeatable).
+        #[arg(long = "server")]
+        servers: Vec<String>,
     },
     /// Check the engine, the image, a warm-up and one run; say what to fix.
     Doctor,
@@ -64,7 +69,11 @@ fn main() -> ExitCode {
     let exit = runtime.block_on(async move {
         match cli.command.unwrap_or(Command::Serve) {
             Command::Serve => serve(config).await,
-            Command::Run { file, timeout } => run_once(config, file, timeout).await,
+            Command::Run {
+                file,
+                timeout,
+                servers,
+            } => run_once(config, file, timeout, servers).await,
             Command::Doctor => doctor(config).await,
         }
     });
@@ -92,7 +101,8 @@ fn init_logging(level: &str) {
 
 async fn serve(config: Config) -> ExitCode {
     let output_mode = config.output_mode;
-    let backend = Arc::new(Backend::new(config));
+    let proxy = Arc::new(Proxy::discover(&SearchRoots::from_environment()));
+    let backend = Arc::new(Backend::with_proxy(config, proxy));
     // Warm up in the background: the MCP handshake never waits for it.
     let warm = backend.clone();
     tokio::spawn(async move {
@@ -132,7 +142,12 @@ async fn shutdown_signal() -> &'static str {
     }
 }
 
-async fn run_once(mut config: Config, file: Option<PathBuf>, timeout: Option<f64>) -> ExitCode {
+async fn run_once(
+    mut config: Config,
+    file: Option<PathBuf>,
+    timeout: Option<f64>,
+    servers: Vec<String>,
+) -> ExitCode {
     let code = match read_code(file) {
         Ok(code) => code,
         Err(error) => {
@@ -143,10 +158,11 @@ async fn run_once(mut config: Config, file: Option<PathBuf>, timeout: Option<f64
     // One run needs one sandbox, not a warm spare.
     config.pool_min_idle = 0;
     let output_mode = config.output_mode;
-    let backend = Backend::new(config);
+    let proxy = Arc::new(Proxy::discover(&SearchRoots::from_environment()));
+    let backend = Backend::with_proxy(config, proxy);
     let request = RunRequest {
         code,
-        servers: vec![],
+        servers,
         timeout_secs: timeout,
     };
     let report = tokio::select! {

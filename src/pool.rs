@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::runtime::{Runtime, spec};
-use crate::sandbox::{AGENT_SOURCE, Sandbox, SandboxFailure};
+use crate::sandbox::{AGENT, Sandbox, SandboxFailure};
 
 /// How long a new container may take from create to the agent's first `Ready`.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -147,8 +147,7 @@ struct Shared {
 impl Pool {
     /// Starts the pool: warm-up begins in the background at once.
     pub fn start(runtime: Runtime, config: &Config, image: &str) -> Self {
-        let container_body =
-            spec::container_body(config, image, &runtime.owner_label(), AGENT_SOURCE);
+        let container_body = spec::container_body(config, image, &runtime.owner_label(), AGENT);
         let shared = Arc::new(Shared {
             runtime,
             container_body,

@@ -153,6 +153,7 @@ fn a_cancelled_run_destroys_its_sandbox() {
             "import time\ntime.sleep(60)",
             1024,
             Duration::from_secs(90),
+            None,
             &mut output,
         );
         // The client gives up: the run future and then the lease are dropped.

@@ -27,12 +27,13 @@ const NOFILE: i64 = 1024;
 /// sandboxes; the per-container pids cgroup is the real limit.
 const NPROC: i64 = 4096;
 
-/// The create body for one sandbox container running `agent_source`.
+/// The create body for one sandbox container running the agent (`agent`:
+/// its source and the one argument it takes).
 pub fn container_body(
     config: &Config,
     image: &str,
     owner: &str,
-    agent_source: &str,
+    agent: [&str; 2],
 ) -> ContainerCreateBody {
     let labels = HashMap::from([
         (MANAGED_LABEL.to_owned(), "true".to_owned()),
@@ -78,7 +79,12 @@ pub fn container_body(
     };
     ContainerCreateBody {
         image: Some(image.to_owned()),
-        entrypoint: Some(vec!["python3".into(), "-c".into(), agent_source.to_owned()]),
+        entrypoint: Some(vec![
+            "python3".into(),
+            "-c".into(),
+            agent[0].to_owned(),
+            agent[1].to_owned(),
+        ]),
         cmd: Some(vec![]),
         user: Some(config.container_user.clone()),
         // Not /workspace: the engine would create that directory itself and
@@ -113,7 +119,7 @@ mod tests {
             cpus: Some(1.5),
             ..Config::default()
         };
-        let body = container_body(&config, "img:tag", "host:1:2", "print(1)");
+        let body = container_body(&config, "img:tag", "host:1:2", ["print(1)", "arg"]);
         let host = body.host_config.as_ref().unwrap();
         assert_eq!(host.network_mode.as_deref(), Some("none"));
         assert_eq!(host.readonly_rootfs, Some(true));
@@ -148,9 +154,6 @@ mod tests {
         assert_eq!(body.user.as_deref(), Some("65534:65534"));
         assert_eq!(body.network_disabled, Some(true));
         assert_eq!(body.labels.as_ref().unwrap()[OWNER_LABEL], "host:1:2");
-        assert_eq!(
-            body.entrypoint.as_ref().unwrap().last().unwrap(),
-            "print(1)"
-        );
+        assert_eq!(body.entrypoint.as_ref().unwrap()[2..], ["print(1)", "arg"]);
     }
 }

@@ -15,10 +15,12 @@
 # process in the container, including ones that called setsid or double-forked.
 #
 # Frames, both directions: 1 byte kind, 4 bytes big-endian payload length,
-# payload. Host -> agent: b"R" run (JSON request). Agent -> host: b"Y" ready
-# (JSON; sent at start and after each successful reset), b"O"/b"E" a chunk of
-# the run's stdout/stderr (raw bytes), b"D" run done (JSON), b"F" reset failed
-# (JSON; the host then recycles the container). Keep in sync with protocol.rs.
+# payload. Host -> agent: b"R" run (JSON request), b"A" the answer to a tool
+# call (JSON). Agent -> host: b"Y" ready (JSON; sent at start and after each
+# successful reset), b"O"/b"E" a chunk of the run's stdout/stderr (raw
+# bytes), b"C" a tool call the run makes (JSON), b"D" run done (JSON), b"F"
+# reset failed (JSON; the host then recycles the container). Keep in sync
+# with protocol.rs.
 #
 # User code never touches the protocol: its fd 0 is /dev/null and its fd 1/2
 # are pipes this agent reads, so `os.write(1, ...)`, `sys.__stdout__` and
@@ -47,6 +49,8 @@ READ_CHUNK = 64 * 1024
 # it left behind) had buffered. Bounded so a leftover writer cannot keep us here.
 DRAIN_LIMIT = 8 * 1024 * 1024
 STATUS_LIMIT = 16 * 1024
+# A tool call's JSON (its arguments) from user code; the host applies the same bound.
+MAX_CALL_BYTES = 16 * 1024 * 1024
 WIPE_DIRS = ("/tmp", "/workspace", "/dev/shm", "/dev/mqueue")
 RESET_DEADLINE_S = 3.0
 PR_SET_DUMPABLE = 4
@@ -55,7 +59,6 @@ RUN_FILENAME = "<run_python>"
 WARMUP_CODE = "x = [i * 2 for i in range(8)]\nprint(6 * 7, sum(x), 'warm')\n"
 
 libc = ctypes.CDLL(None, use_errno=True)
-proto_in = io.open(0, "rb", buffering=READ_CHUNK, closefd=False)
 devnull = os.open(os.devnull, os.O_RDWR)
 # What a spare writes on its status pipe once warmed up.
 WARM = b"W"
@@ -82,15 +85,42 @@ def send_json(kind, obj):
     send(kind, json.dumps(obj, separators=(",", ":")).encode())
 
 
-def read_frame():
-    header = proto_in.read(HEADER.size)
-    if len(header) < HEADER.size:
-        return None, None
-    kind, length = HEADER.unpack(header)
-    payload = proto_in.read(length)
-    if len(payload) < length:
-        return None, None
-    return kind, payload
+class FrameReader:
+    """Frames from the host on fd 0: blocking when idle, fed from poll during a run."""
+
+    def __init__(self):
+        self.buffer = bytearray()
+        self.closed = False
+
+    def feed(self):
+        """Reads what fd 0 has (call when it polls readable)."""
+        chunk = os.read(0, READ_CHUNK)
+        if chunk:
+            self.buffer += chunk
+        else:
+            self.closed = True
+
+    def next_frame(self):
+        """A whole frame (kind, payload) if buffered, else None."""
+        if len(self.buffer) < HEADER.size:
+            return None
+        kind, length = HEADER.unpack_from(self.buffer)
+        if len(self.buffer) < HEADER.size + length:
+            return None
+        payload = bytes(self.buffer[HEADER.size : HEADER.size + length])
+        del self.buffer[: HEADER.size + length]
+        return kind, payload
+
+    def wait_frame(self):
+        """Blocks until a whole frame arrives; None when the host is gone."""
+        while True:
+            frame = self.next_frame()
+            if frame is not None or self.closed:
+                return frame
+            self.feed()
+
+
+host = FrameReader()
 
 
 # ---------------------------------------------------------------- the child
@@ -105,12 +135,12 @@ def close_fds_except(keep):
     os.closerange(low, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
 
 
-def child_main(code_r, status_w, out_w, err_w):
-    """The spare: wires its stdio, warms itself up, then waits for code."""
+def child_main(code_r, status_w, out_w, err_w, call_w, answer_r):
+    """The spare: wires its stdio, warms itself up, then waits for the request."""
     os.dup2(devnull, 0)
     os.dup2(out_w, 1)
     os.dup2(err_w, 2)
-    close_fds_except({code_r, status_w})
+    close_fds_except({code_r, status_w, call_w, answer_r})
     # Dumpable again, so user code sees a normal /proc/self. First in line for
     # the OOM killer, so a memory bomb kills the run, not the agent.
     libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
@@ -143,7 +173,11 @@ def child_main(code_r, status_w, out_w, err_w):
             break
         chunks.append(chunk)
     os.close(code_r)
-    exit_code, status = execute(b"".join(chunks).decode("utf-8", "surrogateescape"))
+    request = json.loads(b"".join(chunks))
+    env = {"__name__": "__main__", "__builtins__": builtins, "__doc__": None}
+    if request.get("servers") or request.get("discovered"):
+        mcp_runtime["install"](env, (call_w, answer_r), request.get("servers", []), request.get("discovered", []))
+    exit_code, status = execute(request["code"], env)
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
@@ -167,15 +201,14 @@ def warm_up():
     real = sys.stdout
     sys.stdout = io.TextIOWrapper(io.FileIO(0, "w", closefd=False))  # fd 0 is /dev/null, opened read-write
     try:
-        execute(WARMUP_CODE)
+        execute(WARMUP_CODE, {"__name__": "__main__", "__builtins__": builtins})
         sys.stdout.flush()
     finally:
         sys.stdout = real
 
 
-def execute(source):
-    """Runs user code as __main__; returns (exit code, status for the host)."""
-    env = {"__name__": "__main__", "__builtins__": builtins, "__doc__": None}
+def execute(source, env):
+    """Runs user code as __main__ in `env`; returns (exit code, status for the host)."""
     try:
         code = compile(
             source, RUN_FILENAME, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True
@@ -229,19 +262,21 @@ class Spare:
         self.status_r, status_w = os.pipe()
         self.out_r, out_w = os.pipe()
         self.err_r, err_w = os.pipe()
+        self.call_r, call_w = os.pipe()
+        answer_r, self.answer_w = os.pipe()
         pid = os.fork()
         if pid == 0:
             try:
-                child_main(code_r, status_w, out_w, err_w)
+                child_main(code_r, status_w, out_w, err_w, call_w, answer_r)
             except BaseException:
                 # An agent bug, not the user's: show it in the run's stderr.
                 traceback.print_exc()
             finally:
                 os._exit(70)
         self.pid = pid
-        for fd in (code_r, status_w, out_w, err_w):
+        for fd in (code_r, status_w, out_w, err_w, call_w, answer_r):
             os.close(fd)
-        for fd in (self.out_r, self.err_r, self.status_r):
+        for fd in (self.out_r, self.err_r, self.status_r, self.call_r, self.answer_w):
             os.set_blocking(fd, False)
         self.pidfd = os.pidfd_open(pid)
 
@@ -251,7 +286,7 @@ class Spare:
         return bool(ready) and read_some(self.status_r) == WARM
 
     def close(self):
-        for fd in (self.code_w, self.status_r, self.out_r, self.err_r, self.pidfd):
+        for fd in (self.code_w, self.status_r, self.out_r, self.err_r, self.call_r, self.answer_w, self.pidfd):
             try:
                 os.close(fd)
             except OSError:
@@ -275,7 +310,39 @@ class Output:
         self.dropped += len(data)
 
 
-def run(spare, request):
+class CallRelay:
+    """Tool calls of the run: JSON lines from the child become b"C" frames;
+    b"A" frames from the host become lines to the child, written as the
+    child reads them (never blocking the loop that drains its output)."""
+
+    def __init__(self, spare):
+        self.call_r = spare.call_r
+        self.answer_w = spare.answer_w
+        self.partial = b""
+        self.pending = bytearray()
+
+    def forward_calls(self, data):
+        lines = (self.partial + data).split(b"\n")
+        self.partial = lines.pop()
+        if len(self.partial) > MAX_CALL_BYTES:
+            raise ValueError("a tool call request exceeds the size limit")
+        for line in lines:
+            send(ord("C"), line)
+
+    def queue_answer(self, payload):
+        self.pending += payload + b"\n"
+
+    def write_answers(self):
+        try:
+            written = os.write(self.answer_w, self.pending)
+        except BlockingIOError:
+            return
+        except OSError:
+            written = len(self.pending)  # the child stopped listening
+        del self.pending[:written]
+
+
+def run(spare, payload, request):
     started = time.monotonic_ns()
     oom_before = oom_counter.read()
     outputs = {
@@ -283,7 +350,7 @@ def run(spare, request):
         spare.err_r: Output(ord("E"), request["max_output_bytes"]),
     }
     try:
-        write_all(spare.code_w, request["code"].encode("utf-8", "surrogateescape"))
+        write_all(spare.code_w, payload)
     except OSError:
         pass  # the child is gone; its exit status says why
     os.close(spare.code_w)
@@ -291,8 +358,9 @@ def run(spare, request):
 
     # The run is over when the child closes its status pipe after a complete
     # status (the fast, usual way) or when it exits (killed, os._exit, crash).
+    relay = CallRelay(spare)
     poller = select.poll()
-    for fd in (*outputs, spare.status_r, spare.pidfd):
+    for fd in (*outputs, spare.status_r, spare.pidfd, spare.call_r, 0):
         poller.register(fd, select.POLLIN)
     status_bytes = b""
     exit_code = None
@@ -302,6 +370,14 @@ def run(spare, request):
                 _, wait_status = os.waitpid(spare.pid, 0)
                 exit_code = os.waitstatus_to_exitcode(wait_status)
                 continue
+            if fd == 0:
+                relay_answers(relay, poller)
+                continue
+            if fd == spare.answer_w:
+                relay.write_answers()
+                if not relay.pending:
+                    poller.unregister(fd)
+                continue
             data = read_some(fd)
             if data is None:
                 continue
@@ -310,10 +386,15 @@ def run(spare, request):
                 if not data:
                     poller.unregister(fd)
                     exit_code = parse_status(status_bytes).get("exit_code")
-            elif data:
-                outputs[fd].forward(data)
-            else:
+            elif not data:
                 poller.unregister(fd)
+            elif fd == spare.call_r:
+                try:
+                    relay.forward_calls(data)
+                except ValueError:
+                    os.kill(spare.pid, signal.SIGKILL)  # reported by its exit status
+            else:
+                outputs[fd].forward(data)
     # Exited before we read its status (both became ready at once): read it now.
     while len(status_bytes) < STATUS_LIMIT and (data := read_some(spare.status_r)):
         status_bytes += data[: STATUS_LIMIT - len(status_bytes)]
@@ -337,6 +418,22 @@ def run(spare, request):
         "agent_us": (time.monotonic_ns() - started) // 1000,
     }
     send_json(ord("D"), done)
+
+
+def relay_answers(relay, poller):
+    """Reads host frames during a run and queues the answers for the child."""
+    host.feed()
+    if host.closed:
+        os._exit(0)
+    had_pending = bool(relay.pending)
+    while (frame := host.next_frame()) is not None:
+        kind, payload = frame
+        if kind != ord("A"):
+            sys.stderr.write(f"mcp-code-exec agent: unexpected frame kind {kind} during a run\n")
+            os._exit(3)
+        relay.queue_answer(payload)
+    if relay.pending and not had_pending:
+        poller.register(relay.answer_w, select.POLLOUT)
 
 
 def read_some(fd):
@@ -389,6 +486,12 @@ class OomCounter:
 
 
 oom_counter = OomCounter()
+
+# The `mcp` package of the sandbox (mcp_runtime.py), passed as argv[1]: its
+# classes are built once here and inherited by every run.
+mcp_runtime = {"__name__": "mcp_runtime"}
+if len(sys.argv) > 1:
+    exec(compile(sys.argv[1], "<mcp-runtime>", "exec"), mcp_runtime)
 
 
 # ---------------------------------------------------------------- the reset
@@ -497,13 +600,16 @@ def main():
         os._exit(5)
     send_json(ord("Y"), {"python": sys.version.split()[0]})
     while True:
-        kind, payload = read_frame()
-        if kind is None:
+        frame = host.wait_frame()
+        if frame is None:
             os._exit(0)
+        kind, payload = frame
+        if kind == ord("A"):
+            continue  # a late answer to a call of a run that has ended
         if kind != ord("R"):
             sys.stderr.write(f"mcp-code-exec agent: unknown frame kind {kind}\n")
             os._exit(3)
-        run(spare, json.loads(payload))
+        run(spare, payload, json.loads(payload))
         failure = reset(spare, baseline)
         if failure:
             # The host recycles this container; nothing here can be trusted now.

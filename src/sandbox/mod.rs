@@ -10,16 +10,36 @@ pub mod protocol;
 
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use tokio::io::AsyncWriteExt;
 
 use crate::runtime::{InputSink, OutputChunk, OutputStream, StartedContainer};
 use protocol::{
     AgentFrame, AgentFrameKind, FrameDecoder, ProtocolError, Ready, ResetFailed, RunDone, RunFrame,
+    encode_answer,
 };
 
-/// The agent's source, injected as `python3 -c` (no bind mounts needed).
-pub const AGENT_SOURCE: &str = include_str!("agent.py");
+/// The agent's source and its one argument, the source of the sandbox's
+/// `mcp` package: injected as `python3 -c AGENT RUNTIME` (no bind mounts).
+pub const AGENT: [&str; 2] = [include_str!("agent.py"), include_str!("mcp_runtime.py")];
+
+/// Answers the tool calls a run makes (the proxy implements it; the sandbox
+/// only relays). Takes the call's JSON as the agent sent it and returns the
+/// answer JSON, which carries the call's `id`.
+pub trait ToolCalls: Send + Sync {
+    fn call(&self, request: Bytes) -> BoxFuture<'_, serde_json::Value>;
+}
+
+/// What a run with MCP servers needs: the metadata the sandbox builds its
+/// `mcp` package from, and who answers the calls.
+#[derive(Clone, Copy)]
+pub struct RunProxy<'a> {
+    pub metadata: &'a serde_json::Value,
+    pub calls: &'a dyn ToolCalls,
+}
 
 /// How much of the agent's own stderr (its crash reports) we keep for logs.
 const AGENT_STDERR_KEEP: usize = 4096;
@@ -152,12 +172,15 @@ impl Sandbox {
     /// Runs `code`, collecting its output into `output` (capped at
     /// `max_output_bytes` per stream) until the agent reports it done or
     /// `timeout` passes. The deadline is the host's: it holds whatever the
-    /// code does to the agent.
+    /// code does to the agent. Tool calls are answered concurrently while
+    /// output keeps draining; when the run ends (or the future is dropped),
+    /// calls still in flight are dropped, which cancels them.
     pub async fn run(
         &mut self,
         code: &str,
         max_output_bytes: u64,
         timeout: Duration,
+        proxy: Option<RunProxy<'_>>,
         output: &mut CapturedOutput,
     ) -> Result<RunDone, SandboxFailure> {
         let deadline = tokio::time::Instant::now() + timeout;
@@ -165,19 +188,39 @@ impl Sandbox {
         let frame = RunFrame {
             code,
             max_output_bytes,
+            proxy: proxy.map(|p| p.metadata),
         }
         .encode();
         self.input.write_all(&frame).await?;
         self.input.flush().await?;
         let cap = usize::try_from(max_output_bytes).unwrap_or(usize::MAX);
+        let mut calls = FuturesUnordered::new();
         loop {
-            let frame = match tokio::time::timeout_at(deadline, self.next_frame()).await {
-                Ok(frame) => frame?,
+            let event = tokio::time::timeout_at(deadline, async {
+                tokio::select! {
+                    frame = self.next_frame() => Event::Frame(frame),
+                    Some(answer) = calls.next(), if !calls.is_empty() => Event::Answer(answer),
+                }
+            });
+            let frame = match event.await {
                 Err(_) => return Err(SandboxFailure::Timeout(timeout)),
+                Ok(Event::Answer(answer)) => {
+                    self.input.write_all(&encode_answer(&answer)).await?;
+                    self.input.flush().await?;
+                    continue;
+                }
+                Ok(Event::Frame(frame)) => frame?,
             };
             match frame.kind {
                 AgentFrameKind::Stdout => output.stdout.push(&frame.payload, cap),
                 AgentFrameKind::Stderr => output.stderr.push(&frame.payload, cap),
+                // Without servers, nothing in the sandbox is wired to call: a
+                // hand-made request just gets no answer.
+                AgentFrameKind::Call => {
+                    if let Some(proxy) = proxy {
+                        calls.push(proxy.calls.call(frame.payload));
+                    }
+                }
                 AgentFrameKind::Done => {
                     let done: RunDone = protocol::parse_payload("done", &frame.payload)?;
                     output.stdout.dropped += done.dropped_stdout;
@@ -235,6 +278,11 @@ impl Sandbox {
     }
 }
 
+enum Event {
+    Frame(Result<AgentFrame, SandboxFailure>),
+    Answer(serde_json::Value),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,8 +299,8 @@ mod tests {
 
     #[test]
     fn agent_source_is_embedded_and_guards_pid_one() {
-        assert!(AGENT_SOURCE.contains("os.getpid() != 1"));
-        // The whole source travels as one argv entry (MAX_ARG_STRLEN is 128 KiB).
-        assert!(AGENT_SOURCE.len() < 128 * 1024);
+        assert!(AGENT[0].contains("os.getpid() != 1"));
+        // Each source travels as one argv entry (MAX_ARG_STRLEN is 128 KiB).
+        assert!(AGENT.iter().all(|source| source.len() < 128 * 1024));
     }
 }

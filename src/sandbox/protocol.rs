@@ -19,6 +19,9 @@ const HEADER_LEN: usize = 5;
 /// in chunks of at most 64 KiB and small JSON otherwise; anything bigger means
 /// the stream is not what the agent wrote.
 pub const MAX_AGENT_FRAME: usize = 256 * 1024;
+/// Tool calls carry the caller's arguments, which may be large (the agent
+/// applies the same bound).
+pub const MAX_CALL_FRAME: usize = 16 * 1024 * 1024;
 
 /// A frame kind sent by the agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +32,8 @@ pub enum AgentFrameKind {
     Stdout,
     /// A chunk of the run's stderr.
     Stderr,
+    /// The run calls a tool; payload is the JSON request, answered by an `A` frame.
+    Call,
     /// The run is over; payload is [`RunDone`].
     Done,
     /// The reset failed; payload is [`ResetFailed`]. The agent exits after it.
@@ -41,6 +46,7 @@ impl AgentFrameKind {
             b'Y' => Self::Ready,
             b'O' => Self::Stdout,
             b'E' => Self::Stderr,
+            b'C' => Self::Call,
             b'D' => Self::Done,
             b'F' => Self::ResetFailed,
             _ => return None,
@@ -94,11 +100,13 @@ impl FrameDecoder {
             self.buffer[3],
             self.buffer[4],
         ]) as usize;
-        if len > MAX_AGENT_FRAME {
-            return Err(ProtocolError::Oversized {
-                len,
-                max: MAX_AGENT_FRAME,
-            });
+        let max = if kind == AgentFrameKind::Call {
+            MAX_CALL_FRAME
+        } else {
+            MAX_AGENT_FRAME
+        };
+        if len > max {
+            return Err(ProtocolError::Oversized { len, max });
         }
         if self.buffer.len() < HEADER_LEN + len {
             self.buffer.reserve(HEADER_LEN + len - self.buffer.len());
@@ -115,24 +123,41 @@ impl FrameDecoder {
     }
 }
 
-/// A run request, the only frame the host sends.
+/// A run request.
 #[derive(Debug, Serialize)]
 pub struct RunFrame<'a> {
     pub code: &'a str,
     /// Per stream: bytes beyond this are counted by the agent, not sent.
     pub max_output_bytes: u64,
+    /// What the sandbox's `mcp` package is built from (see the proxy module):
+    /// `servers` (callable in this run, with tools) and `discovered` (all).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<&'a serde_json::Value>,
 }
 
 impl RunFrame<'_> {
     /// The whole frame, header included, ready to write.
     pub fn encode(&self) -> Vec<u8> {
-        let mut frame = vec![b'R', 0, 0, 0, 0];
-        serde_json::to_writer(&mut frame, self).expect("serializing a str and an int cannot fail");
-        let len = u32::try_from(frame.len() - HEADER_LEN)
-            .expect("code size is validated far below 4 GiB");
-        frame[1..HEADER_LEN].copy_from_slice(&len.to_be_bytes());
-        frame
+        encode_frame(b'R', |frame| {
+            serde_json::to_writer(frame, self).expect("strings and numbers always serialize")
+        })
     }
+}
+
+/// An answer to a tool call (`A`): its JSON payload, framed.
+pub fn encode_answer(answer: &serde_json::Value) -> Vec<u8> {
+    encode_frame(b'A', |frame| {
+        serde_json::to_writer(frame, answer).expect("a JSON value always serializes")
+    })
+}
+
+fn encode_frame(kind: u8, write_payload: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut frame = vec![kind, 0, 0, 0, 0];
+    write_payload(&mut frame);
+    let len =
+        u32::try_from(frame.len() - HEADER_LEN).expect("payloads are validated far below 4 GiB");
+    frame[1..HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+    frame
 }
 
 /// Payload of a `Done` frame: how the run's process ended.
@@ -259,6 +284,7 @@ mod tests {
         let bytes = RunFrame {
             code,
             max_output_bytes: 7,
+            proxy: None,
         }
         .encode();
         assert_eq!(bytes[0], b'R');
@@ -267,5 +293,32 @@ mod tests {
         let value: serde_json::Value = serde_json::from_slice(&bytes[5..]).unwrap();
         assert_eq!(value["code"], code);
         assert_eq!(value["max_output_bytes"], 7);
+        assert!(value.get("servers").is_none());
+
+        let proxy = serde_json::json!({"servers": [{"name": "time"}], "discovered": []});
+        let bytes = RunFrame {
+            code,
+            max_output_bytes: 7,
+            proxy: Some(&proxy),
+        }
+        .encode();
+        let value: serde_json::Value = serde_json::from_slice(&bytes[5..]).unwrap();
+        assert_eq!(value["servers"][0]["name"], "time");
+    }
+
+    #[test]
+    fn call_frames_may_be_larger_than_output_frames() {
+        let mut decoder = FrameDecoder::default();
+        let big = vec![b'x'; MAX_AGENT_FRAME + 1];
+        decoder.extend(&frame(b'C', &big));
+        assert_eq!(
+            decoder.next_frame().unwrap().unwrap().payload.len(),
+            big.len()
+        );
+        decoder.extend(&frame(b'O', &big));
+        assert!(matches!(
+            decoder.next_frame(),
+            Err(ProtocolError::Oversized { .. })
+        ));
     }
 }

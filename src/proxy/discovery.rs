@@ -1,0 +1,445 @@
+//! Discovery of the user's MCP server definitions, from the files users
+//! already keep them in.
+//!
+//! Owns the search order, the file formats, skipping entries that would
+//! launch this server itself, and the Python-identifier aliases. Reads files
+//! only; starts nothing. A malformed file is a warning naming the file and
+//! the reason, and the other files still load.
+//!
+//! Order (the first definition of a name wins; files within a folder sorted):
+//! `$MCP_SERVERS_CONFIG`, `./mcp-servers/*.json`, `./.mcp.json`,
+//! `./claude_code_config.json`, `./claude_desktop_config.json`,
+//! `~/.config/mcp/servers/*.json`, `~/MCPs/*.json`, `~/.claude.json`, Claude
+//! Desktop's file (`~/Library/Application Support/Claude/…` on macOS,
+//! `~/.config/Claude/…` on Linux), `~/.cursor/mcp.json`, `./.vscode/mcp.json`
+//! (key `servers`), `~/.codex/config.toml` (`[mcp_servers.NAME]`).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// One configured MCP server the sandbox may call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerDefinition {
+    /// The name as configured (what `run_python(servers=[...])` takes).
+    pub name: String,
+    /// A Python identifier for it: `mcp_<alias>`, `mcp.servers.<alias>`.
+    pub alias: String,
+    pub command: String,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub cwd: Option<PathBuf>,
+    pub description: Option<String>,
+    /// The file it came from, for messages.
+    pub source: PathBuf,
+}
+
+/// A file that could not be used, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoveryWarning {
+    pub file: PathBuf,
+    pub reason: String,
+}
+
+/// Where to look: the working directory, the home directory and the
+/// environment, injectable for tests.
+#[derive(Debug, Clone)]
+pub struct SearchRoots {
+    pub cwd: PathBuf,
+    pub home: Option<PathBuf>,
+    pub explicit_file: Option<PathBuf>,
+    /// The running binary: entries that launch it are skipped.
+    pub own_executable: Option<PathBuf>,
+}
+
+impl SearchRoots {
+    pub fn from_environment() -> Self {
+        Self {
+            cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+            home: std::env::var_os("HOME").map(PathBuf::from),
+            explicit_file: std::env::var_os("MCP_SERVERS_CONFIG").map(PathBuf::from),
+            own_executable: std::env::current_exe().ok(),
+        }
+    }
+
+    /// The candidate files in search order, each with the key holding servers.
+    fn candidates(&self) -> Vec<(PathBuf, Format)> {
+        let mut files = Vec::new();
+        if let Some(file) = &self.explicit_file {
+            files.push((file.clone(), Format::McpServers));
+        }
+        files.extend(json_files_in(&self.cwd.join("mcp-servers")));
+        for name in [
+            ".mcp.json",
+            "claude_code_config.json",
+            "claude_desktop_config.json",
+        ] {
+            files.push((self.cwd.join(name), Format::McpServers));
+        }
+        if let Some(home) = &self.home {
+            files.extend(json_files_in(&home.join(".config/mcp/servers")));
+            files.extend(json_files_in(&home.join("MCPs")));
+            files.push((home.join(".claude.json"), Format::ClaudeJson));
+            let desktop = if cfg!(target_os = "macos") {
+                "Library/Application Support/Claude/claude_desktop_config.json"
+            } else {
+                ".config/Claude/claude_desktop_config.json"
+            };
+            files.push((home.join(desktop), Format::McpServers));
+            files.push((home.join(".cursor/mcp.json"), Format::McpServers));
+        }
+        files.push((self.cwd.join(".vscode/mcp.json"), Format::VsCode));
+        if let Some(home) = &self.home {
+            files.push((home.join(".codex/config.toml"), Format::CodexToml));
+        }
+        files
+    }
+}
+
+fn json_files_in(dir: &Path) -> Vec<(PathBuf, Format)> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|entry| entry.ok().map(|e| e.path()))
+                .filter(|path| path.extension().is_some_and(|ext| ext == "json"))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+        .into_iter()
+        .map(|file| (file, Format::McpServers))
+        .collect()
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Format {
+    /// `{"mcpServers": {...}, "description": "..."}`
+    McpServers,
+    /// `~/.claude.json`: top-level `mcpServers`, plus `projects.<cwd>.mcpServers`.
+    ClaudeJson,
+    /// `.vscode/mcp.json`: `{"servers": {...}}`
+    VsCode,
+    /// `~/.codex/config.toml`: `[mcp_servers.NAME]`
+    CodexToml,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawEntry {
+    command: Option<String>,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    cwd: Option<PathBuf>,
+    description: Option<String>,
+    url: Option<String>,
+}
+
+/// Finds every definition, in order, with aliases assigned.
+pub fn discover(roots: &SearchRoots) -> (Vec<ServerDefinition>, Vec<DiscoveryWarning>) {
+    let mut servers: Vec<ServerDefinition> = Vec::new();
+    let mut warnings = Vec::new();
+    let mut seen = HashSet::new();
+    for (file, format) in roots.candidates() {
+        let text = match std::fs::read_to_string(&file) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(error) => {
+                warnings.push(DiscoveryWarning {
+                    file,
+                    reason: error.to_string(),
+                });
+                continue;
+            }
+        };
+        let entries = match parse_file(&text, format, &roots.cwd) {
+            Ok(entries) => entries,
+            Err(reason) => {
+                warnings.push(DiscoveryWarning { file, reason });
+                continue;
+            }
+        };
+        for (name, entry, file_description) in entries {
+            if !seen.insert(name.clone()) {
+                continue;
+            }
+            let Some(command) = entry.command else {
+                let reason = match entry.url {
+                    Some(url) => format!(
+                        "server {name:?}: remote servers ({url}) are not supported, only stdio"
+                    ),
+                    None => format!("server {name:?} has no command"),
+                };
+                warnings.push(DiscoveryWarning {
+                    file: file.clone(),
+                    reason,
+                });
+                continue;
+            };
+            if launches_this_server(&command, &entry.args, roots.own_executable.as_deref()) {
+                continue;
+            }
+            servers.push(ServerDefinition {
+                alias: String::new(),
+                name,
+                command,
+                args: entry.args,
+                env: entry.env,
+                cwd: entry.cwd,
+                description: entry.description.or_else(|| file_description.clone()),
+                source: file.clone(),
+            });
+        }
+    }
+    let aliases = unique_identifiers(servers.iter().map(|s| s.name.as_str()));
+    for (server, alias) in servers.iter_mut().zip(aliases) {
+        server.alias = alias;
+    }
+    (servers, warnings)
+}
+
+type Entries = Vec<(String, RawEntry, Option<String>)>;
+
+fn parse_file(text: &str, format: Format, cwd: &Path) -> Result<Entries, String> {
+    #[derive(Deserialize)]
+    struct McpServersFile {
+        #[serde(rename = "mcpServers", default)]
+        mcp_servers: serde_json::Map<String, serde_json::Value>,
+        description: Option<String>,
+        #[serde(default)]
+        projects: HashMap<String, serde_json::Value>,
+    }
+    #[derive(Deserialize)]
+    struct VsCodeFile {
+        #[serde(default)]
+        servers: serde_json::Map<String, serde_json::Value>,
+    }
+    #[derive(Deserialize)]
+    struct CodexFile {
+        #[serde(default)]
+        mcp_servers: BTreeMap<String, toml::Value>,
+    }
+    let (map, description): (Vec<(String, serde_json::Value)>, Option<String>) = match format {
+        Format::McpServers | Format::ClaudeJson => {
+            let file: McpServersFile =
+                serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+            let mut map: Vec<_> = file.mcp_servers.into_iter().collect();
+            if matches!(format, Format::ClaudeJson) {
+                let project = file.projects.get(&cwd.to_string_lossy().into_owned());
+                if let Some(servers) = project
+                    .and_then(|p| p.get("mcpServers"))
+                    .and_then(|s| s.as_object())
+                {
+                    map.extend(servers.clone());
+                }
+            }
+            (map, file.description)
+        }
+        Format::VsCode => {
+            let file: VsCodeFile =
+                serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+            (file.servers.into_iter().collect(), None)
+        }
+        Format::CodexToml => {
+            let file: CodexFile = toml::from_str(text).map_err(|e| format!("invalid TOML: {e}"))?;
+            let map = file
+                .mcp_servers
+                .into_iter()
+                .map(|(name, value)| serde_json::to_value(value).map(|json| (name, json)))
+                .collect::<Result<_, _>>()
+                .map_err(|e| e.to_string())?;
+            (map, None)
+        }
+    };
+    map.into_iter()
+        .map(|(name, value)| {
+            let entry: RawEntry =
+                serde_json::from_value(value).map_err(|e| format!("server {name:?}: {e}"))?;
+            Ok((name, entry, description.clone()))
+        })
+        .collect()
+}
+
+/// Whether an entry would start this very server (a loop: it would proxy itself).
+fn launches_this_server(command: &str, args: &[String], own: Option<&Path>) -> bool {
+    let is_us = |word: &str| {
+        let path = Path::new(word);
+        path.file_name()
+            .is_some_and(|name| name == env!("CARGO_PKG_NAME"))
+            || own.is_some_and(|own| {
+                path == own || std::fs::canonicalize(path).is_ok_and(|p| p == own)
+            })
+    };
+    is_us(command) || args.first().is_some_and(|first| is_us(first))
+}
+
+const PYTHON_KEYWORDS: &[&str] = &[
+    "false", "none", "true", "and", "as", "assert", "async", "await", "break", "class", "continue",
+    "def", "del", "elif", "else", "except", "finally", "for", "from", "global", "if", "import",
+    "in", "is", "lambda", "nonlocal", "not", "or", "pass", "raise", "return", "try", "while",
+    "with", "yield", "match", "case", "type",
+];
+
+/// A Python identifier for `name`: lowercase `[a-z0-9_]`, no leading digit, no keyword.
+pub fn identifier(name: &str) -> String {
+    let mut out: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if out.is_empty() || out.starts_with(|c: char| c.is_ascii_digit()) {
+        out.insert(0, '_');
+    }
+    if PYTHON_KEYWORDS.contains(&out.as_str()) {
+        out.push('_');
+    }
+    out
+}
+
+/// Identifiers for `names`, in order, made unique with `_2`, `_3`… suffixes.
+pub fn unique_identifiers<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut taken = HashSet::new();
+    names
+        .into_iter()
+        .map(|name| {
+            let base = identifier(name);
+            let mut candidate = base.clone();
+            let mut n = 2;
+            while !taken.insert(candidate.clone()) {
+                candidate = format!("{base}_{n}");
+                n += 1;
+            }
+            candidate
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roots(dir: &Path) -> SearchRoots {
+        SearchRoots {
+            cwd: dir.join("project"),
+            home: Some(dir.join("home")),
+            explicit_file: None,
+            own_executable: Some(PathBuf::from("/opt/bin/mcp-code-exec")),
+        }
+    }
+
+    fn write(path: PathBuf, text: &str) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "mcp-code-exec-discovery-{name}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn first_definition_wins_in_documented_order() {
+        let dir = scratch("order");
+        write(
+            dir.join("project/mcp-servers/b.json"),
+            r#"{"description": "file default", "mcpServers": {"time": {"command": "from-folder-b"}, "fs": {"command": "fs-bin", "args": ["/data"], "env": {"K": "V"}}}}"#,
+        );
+        write(
+            dir.join("project/mcp-servers/a.json"),
+            r#"{"mcpServers": {"time": {"command": "from-folder-a", "description": "own"}}}"#,
+        );
+        write(
+            dir.join("project/.mcp.json"),
+            r#"{"mcpServers": {"time": {"command": "from-dot-mcp"}, "web": {"command": "w"}}}"#,
+        );
+        write(
+            dir.join("project/.vscode/mcp.json"),
+            r#"{"servers": {"vs": {"command": "code-server"}}}"#,
+        );
+        write(
+            dir.join("home/.codex/config.toml"),
+            "[mcp_servers.codex-one]\ncommand = \"c1\"\nargs = [\"x\"]\n",
+        );
+        write(
+            dir.join("home/.cursor/mcp.json"),
+            r#"{"mcpServers": {"web": {"command": "later"}}}"#,
+        );
+        let (servers, warnings) = discover(&roots(&dir));
+        assert_eq!(warnings, vec![]);
+        let names: Vec<_> = servers
+            .iter()
+            .map(|s| (s.name.as_str(), s.command.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                ("time", "from-folder-a"),
+                ("fs", "fs-bin"),
+                ("web", "w"),
+                ("vs", "code-server"),
+                ("codex-one", "c1")
+            ]
+        );
+        assert_eq!(servers[0].description.as_deref(), Some("own"));
+        assert_eq!(servers[1].description.as_deref(), Some("file default"));
+        assert_eq!(servers[1].env["K"], "V");
+        assert_eq!(servers[4].alias, "codex_one");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn malformed_files_warn_and_others_still_load() {
+        let dir = scratch("malformed");
+        write(dir.join("project/.mcp.json"), "{ not json");
+        write(
+            dir.join("project/claude_code_config.json"),
+            r#"{"mcpServers": {"ok": {"command": "x"}, "remote": {"url": "https://example.invalid/mcp"}}}"#,
+        );
+        let (servers, warnings) = discover(&roots(&dir));
+        assert_eq!(servers.len(), 1);
+        assert_eq!(warnings.len(), 2);
+        assert!(
+            warnings[0].file.ends_with(".mcp.json") && warnings[0].reason.contains("invalid JSON")
+        );
+        assert!(warnings[1].reason.contains("only stdio"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn entries_that_launch_this_server_are_skipped() {
+        let dir = scratch("self");
+        write(
+            dir.join("project/.mcp.json"),
+            r#"{"mcpServers": {"me": {"command": "/opt/bin/mcp-code-exec", "args": ["serve"]}, "me2": {"command": "mcp-code-exec"}, "other": {"command": "npx"}}}"#,
+        );
+        let (servers, _) = discover(&roots(&dir));
+        assert_eq!(
+            servers.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+            vec!["other"]
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn aliases_are_unique_python_identifiers() {
+        assert_eq!(identifier("GitHub-API"), "github_api");
+        assert_eq!(identifier("2fa"), "_2fa");
+        assert_eq!(identifier("class"), "class_");
+        assert_eq!(identifier(""), "_");
+        assert_eq!(
+            unique_identifiers(["a-b", "a_b", "A.B", "x"]),
+            vec!["a_b", "a_b_2", "a_b_3", "x"]
+        );
+    }
+}

@@ -1,0 +1,154 @@
+//! Proxying: the user's MCP servers, warm on the host, callable from the
+//! sandboxed Python.
+//!
+//! [`discovery`] finds the definitions, [`clients`] keeps one client per
+//! server. This module turns them into what a run needs: the metadata the
+//! sandbox builds its `mcp` modules from, and the answer to each tool call
+//! the sandbox makes. It never touches containers.
+
+pub mod clients;
+pub mod discovery;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::sandbox::ToolCalls;
+use clients::{ClientHub, ProxyError};
+use discovery::{SearchRoots, ServerDefinition, unique_identifiers};
+
+/// The configured servers and their warm clients.
+pub struct Proxy {
+    hub: ClientHub,
+}
+
+impl Proxy {
+    /// Discovers the servers (warnings go to the log); starts none of them.
+    pub fn discover(roots: &SearchRoots) -> Self {
+        let (servers, warnings) = discovery::discover(roots);
+        for warning in warnings {
+            tracing::warn!(file = %warning.file.display(), reason = %warning.reason, "skipped MCP server configuration");
+        }
+        if !servers.is_empty() {
+            let names: Vec<&str> = servers.iter().map(|s| s.name.as_str()).collect();
+            tracing::info!(servers = ?names, "MCP servers available to sandboxed code");
+        }
+        Self::new(servers)
+    }
+
+    pub fn new(servers: Vec<ServerDefinition>) -> Self {
+        Self {
+            hub: ClientHub::new(servers),
+        }
+    }
+
+    pub fn names(&self) -> &[String] {
+        self.hub.names()
+    }
+
+    /// What a run calling `servers` needs; starts those servers (once, then
+    /// they stay warm) to read their tools. `None` when nothing is configured.
+    pub async fn prepare(
+        self: &Arc<Self>,
+        servers: &[String],
+    ) -> Result<Option<PreparedRun>, ProxyError> {
+        if self.hub.names().is_empty() {
+            return Ok(None);
+        }
+        let discovered: Vec<Value> = self
+            .hub
+            .definitions()
+            .map(|d| json!({"name": d.name, "alias": d.alias, "description": d.description}))
+            .collect();
+        let mut callable = Vec::with_capacity(servers.len());
+        for name in servers {
+            let client = self.hub.get(name)?;
+            let tools = client.tools().await?;
+            let aliases = unique_identifiers(tools.iter().map(|t| t.name.as_ref()));
+            let tools: Vec<Value> = tools
+                .iter()
+                .zip(aliases)
+                .map(|(tool, alias)| {
+                    json!({
+                        "name": tool.name,
+                        "alias": alias,
+                        "description": tool.description,
+                        "input_schema": tool.input_schema,
+                    })
+                })
+                .collect();
+            let definition = &client.definition;
+            callable.push(json!({
+                "name": definition.name,
+                "alias": definition.alias,
+                "description": definition.description,
+                "tools": tools,
+            }));
+        }
+        Ok(Some(PreparedRun {
+            metadata: json!({"servers": callable, "discovered": discovered}),
+            calls: RunCalls {
+                proxy: self.clone(),
+                allowed: servers.to_vec(),
+            },
+        }))
+    }
+
+    /// Stops every server started so far.
+    pub async fn shutdown(&self) {
+        self.hub.shutdown().await;
+    }
+}
+
+/// The proxy side of one run.
+pub struct PreparedRun {
+    pub metadata: Value,
+    pub calls: RunCalls,
+}
+
+/// Answers a run's calls, to the servers it asked for only.
+pub struct RunCalls {
+    proxy: Arc<Proxy>,
+    allowed: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct CallRequest {
+    id: Value,
+    server: String,
+    tool: String,
+    #[serde(default)]
+    arguments: Option<serde_json::Map<String, Value>>,
+}
+
+impl ToolCalls for RunCalls {
+    fn call(&self, request: Bytes) -> BoxFuture<'_, Value> {
+        Box::pin(async move {
+            let request: CallRequest = match serde_json::from_slice(&request) {
+                Ok(request) => request,
+                Err(error) => {
+                    return json!({"id": null, "ok": false, "error": format!("malformed call: {error}")});
+                }
+            };
+            let id = request.id;
+            if !self.allowed.contains(&request.server) {
+                let error = format!(
+                    "server {:?} is not available in this run; pass it in run_python(servers=[...])",
+                    request.server
+                );
+                return json!({"id": id, "ok": false, "error": error});
+            }
+            let outcome = match self.proxy.hub.get(&request.server) {
+                Ok(client) => client.call(&request.tool, request.arguments).await,
+                Err(error) => Err(error),
+            };
+            match outcome {
+                Ok(result) => json!({"id": id, "ok": true, "result": result}),
+                Err(error) => json!({"id": id, "ok": false, "error": error.to_string()}),
+            }
+        })
+    }
+}
