@@ -1,19 +1,28 @@
 #!/usr/bin/env bash
 # The one command that runs every test, from nothing: it makes a container
 # engine answer and the sandbox image exist (scripts/setup-engine.sh),
-# installs the MCP Python SDK for the end-to-end tests into a venv, then runs
-# `cargo test`. Extra arguments go to `cargo test`.
+# installs the MCP Python SDK and the real MCP servers the tests use
+# (mcp-server-time from PyPI into a venv, @modelcontextprotocol/server-everything
+# from npm), then runs `cargo test`. Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/setup-engine.sh
 
 venv=target/e2e-venv
-if ! "$venv/bin/python" -c 'import mcp' 2>/dev/null; then
-    echo "test.sh: installing the MCP Python SDK into $venv" >&2
+if ! "$venv/bin/python" -c 'import mcp.server.fastmcp' 2>/dev/null || [ ! -x "$venv/bin/mcp-server-time" ]; then
+    echo "test.sh: installing the MCP Python SDK and mcp-server-time into $venv" >&2
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q --disable-pip-version-check -r tests/e2e/requirements.txt
 fi
 export MCP_CODE_EXEC_TEST_PYTHON="$PWD/$venv/bin/python"
+
+node_dir=target/e2e-node
+if [ ! -x "$node_dir/node_modules/.bin/mcp-server-everything" ]; then
+    echo "test.sh: installing @modelcontextprotocol/server-everything into $node_dir" >&2
+    mkdir -p "$node_dir"
+    npm install --silent --no-audit --no-fund --prefix "$node_dir" @modelcontextprotocol/server-everything >&2
+fi
+export MCP_CODE_EXEC_TEST_EVERYTHING="$PWD/$node_dir/node_modules/.bin/mcp-server-everything"
 
 cargo test --all-targets "$@"

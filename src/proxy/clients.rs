@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use rmcp::model::{CallToolRequestParams, CallToolResult, Tool};
 use rmcp::service::{NotificationContext, RunningService};
-use rmcp::transport::{ConfigureCommandExt, TokioChildProcess};
+use rmcp::transport::async_rw::AsyncRwTransport;
 use rmcp::{ClientHandler, RoleClient, ServiceExt};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::Mutex;
@@ -24,6 +24,8 @@ use tokio::sync::Mutex;
 use super::discovery::ServerDefinition;
 
 const INITIALIZE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest message accepted from a server.
+const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 const MAX_RETRY: Duration = Duration::from_secs(30);
 
@@ -62,6 +64,8 @@ impl ClientHandler for Handler {
 
 struct Connected {
     service: Arc<RunningService<RoleClient, Handler>>,
+    /// Killed when dropped (a restart or shutdown).
+    _child: tokio::process::Child,
     tools_changed: Arc<AtomicBool>,
     tools: Arc<Vec<Tool>>,
 }
@@ -158,25 +162,36 @@ impl ServerClient {
 
     async fn start(&self) -> Result<Connected, String> {
         let definition = &self.definition;
-        let command = tokio::process::Command::new(&definition.command).configure(|command| {
-            command.args(&definition.args).envs(&definition.env);
-            if let Some(cwd) = &definition.cwd {
-                command.current_dir(cwd);
-            }
-        });
-        let (transport, stderr) = TokioChildProcess::builder(command)
+        let mut command = tokio::process::Command::new(&definition.command);
+        command
+            .args(&definition.args)
+            .envs(&definition.env)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(cwd) = &definition.cwd {
+            command.current_dir(cwd);
+        }
+        let mut child = command
             .spawn()
             .map_err(|e| format!("cannot run {:?}: {e}", definition.command))?;
-        if let Some(stderr) = stderr {
-            let name = definition.name.clone();
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(stderr).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    tracing::info!(server = %name, "{line}");
-                }
-            });
-        }
+        let (Some(stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            return Err("the child process has no stdio pipes".into());
+        };
+        let name = definition.name.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                tracing::info!(server = %name, "{line}");
+            }
+        });
+        // rmcp drops incoming lines over 16 MiB by default; results that size
+        // must pass intact, with room for JSON escaping.
+        let transport =
+            AsyncRwTransport::new_client(stdout, stdin).with_max_line_length(MAX_MESSAGE_BYTES);
         let handler = Handler::default();
         let tools_changed = handler.tools_changed.clone();
         let service = match tokio::time::timeout(INITIALIZE_TIMEOUT, handler.serve(transport)).await
@@ -196,6 +211,7 @@ impl ServerClient {
         tracing::info!(server = %definition.name, tools = tools.len(), "MCP server started");
         Ok(Connected {
             service: Arc::new(service),
+            _child: child,
             tools_changed,
             tools: Arc::new(tools),
         })

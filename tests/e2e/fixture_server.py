@@ -1,0 +1,79 @@
+"""An MCP server of the project's own, for the proxy's edge cases.
+
+Tools: slow (counts concurrency and cancellations), stats, big (an exact
+N MiB text), structured, fail (an error result), crash (dies mid-call),
+add_tool (registers a tool and sends tools/list_changed).
+"""
+
+import asyncio
+import os
+
+from mcp.server.fastmcp import Context, FastMCP
+
+server = FastMCP("fixture")
+counters = {"in_flight": 0, "max_in_flight": 0, "cancelled": 0, "completed": 0}
+
+
+@server.tool()
+async def slow(seconds: float) -> dict:
+    """Sleeps, then says so. Tracks how many calls run at once."""
+    counters["in_flight"] += 1
+    counters["max_in_flight"] = max(counters["max_in_flight"], counters["in_flight"])
+    try:
+        await asyncio.sleep(seconds)
+        counters["completed"] += 1
+        return {"slept": seconds}
+    except asyncio.CancelledError:
+        counters["cancelled"] += 1
+        raise
+    finally:
+        counters["in_flight"] -= 1
+
+
+@server.tool()
+def stats(reset: bool = False) -> dict:
+    """Concurrency and cancellation counters of slow()."""
+    snapshot = dict(counters)
+    if reset:
+        counters.update(in_flight=counters["in_flight"], max_in_flight=0, cancelled=0, completed=0)
+    return snapshot
+
+
+@server.tool()
+def big(mib: int) -> str:
+    """Exactly `mib` MiB of text: the 16 characters 0-9a-f repeated."""
+    return "0123456789abcdef" * (mib * 65536)
+
+
+@server.tool()
+def structured(name: str) -> dict:
+    """A structured result."""
+    return {"greeting": f"hello {name}", "length": len(name)}
+
+
+@server.tool()
+def fail(message: str) -> str:
+    """Always fails with `message`."""
+    raise ValueError(message)
+
+
+@server.tool()
+def crash() -> str:
+    """Exits the server process in the middle of the call."""
+    os._exit(1)
+
+
+@server.tool()
+async def add_tool(name: str, ctx: Context) -> str:
+    """Registers a new tool `name` and notifies tools/list_changed."""
+
+    def added() -> str:
+        return f"I am {name}"
+
+    server.add_tool(added, name=name, description=f"added at run time: {name}")
+    await ctx.session.send_tool_list_changed()
+    return f"added {name}"
+
+
+if __name__ == "__main__":
+    server.run()

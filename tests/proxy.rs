@@ -1,0 +1,305 @@
+//! The user's MCP servers called from sandboxed Python, against real servers:
+//! `mcp-server-time` (PyPI), `@modelcontextprotocol/server-everything` (npm)
+//! and the project's fixture server (tests/e2e/fixture_server.py), all
+//! installed by scripts/test.sh. No mock of MCP anywhere.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use common::{engine_tests_enabled, request, runtime, test_config};
+use mcp_code_exec::backend::Backend;
+use mcp_code_exec::proxy::Proxy;
+use mcp_code_exec::proxy::discovery::{ServerDefinition, identifier};
+use mcp_code_exec::report::{RunReport, RunStatus};
+
+fn python() -> PathBuf {
+    PathBuf::from(std::env::var("MCP_CODE_EXEC_TEST_PYTHON").unwrap_or_else(|_| "python3".into()))
+}
+
+fn server(name: &str, command: PathBuf, args: &[&str]) -> ServerDefinition {
+    assert!(
+        command.exists() || command.components().count() == 1,
+        "{} is missing: run scripts/test.sh (it installs the MCP servers the tests use)",
+        command.display()
+    );
+    ServerDefinition {
+        name: name.into(),
+        alias: identifier(name),
+        command: command.to_string_lossy().into_owned(),
+        args: args.iter().map(|a| a.to_string()).collect(),
+        env: Default::default(),
+        cwd: None,
+        description: Some(format!("{name} (test)")),
+        source: PathBuf::from("tests/proxy.rs"),
+    }
+}
+
+/// Separate fixture processes per test, so their counters don't mix.
+const FIXTURES: [&str; 5] = [
+    "fixture",
+    "fixture-concurrency",
+    "fixture-cancel",
+    "fixture-crash",
+    "fixture-tools",
+];
+
+fn backend() -> &'static Backend {
+    static BACKEND: OnceLock<Backend> = OnceLock::new();
+    BACKEND.get_or_init(|| {
+        let python = python();
+        let time = python.with_file_name("mcp-server-time");
+        let everything = PathBuf::from(
+            std::env::var("MCP_CODE_EXEC_TEST_EVERYTHING").unwrap_or_else(|_| {
+                "target/e2e-node/node_modules/.bin/mcp-server-everything".into()
+            }),
+        );
+        let fixture_script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/fixture_server.py");
+        let mut servers = vec![
+            server("time", time, &["--local-timezone", "UTC"]),
+            server("everything", everything, &["stdio"]),
+        ];
+        servers.extend(
+            FIXTURES
+                .iter()
+                .map(|name| server(name, python.clone(), &[fixture_script])),
+        );
+        let mut config = test_config();
+        config.pool_max = 6;
+        let backend = Backend::with_proxy(config, Arc::new(Proxy::new(servers)));
+        runtime()
+            .block_on(backend.executor())
+            .expect("a container engine and the sandbox image");
+        backend
+    })
+}
+
+fn run(code: &str, servers: &[&str]) -> RunReport {
+    let mut request = request(code, Some(60.0));
+    request.servers = servers.iter().map(|s| s.to_string()).collect();
+    let report = runtime().block_on(backend().execute(&request));
+    eprintln!(
+        "--- stdout\n{}\n--- stderr\n{}",
+        report.stdout, report.stderr
+    );
+    report
+}
+
+fn run_ok(code: &str, servers: &[&str]) -> String {
+    let report = run(code, servers);
+    assert_eq!(report.status, RunStatus::Success, "{report:#?}");
+    report.stdout
+}
+
+#[test]
+fn real_servers_are_called_and_chained() {
+    if !engine_tests_enabled() {
+        return;
+    }
+    let code = r#"
+now = await mcp_time.get_current_time(timezone="Asia/Tokyo")
+print(now["timezone"])
+echoed = await mcp_everything.echo(message=f"it is {now['datetime']}")
+print(echoed == f"Echo: it is {now['datetime']}")
+print(await mcp_everything.get_sum(a=2, b=40))
+"#;
+    let stdout = run_ok(code, &["time", "everything"]);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "Asia/Tokyo");
+    assert_eq!(lines[1], "True");
+    assert!(lines[2].contains("42"), "{stdout}");
+}
+
+#[test]
+fn all_three_access_patterns_and_the_runtime_api() {
+    if !engine_tests_enabled() {
+        return;
+    }
+    let code = r#"
+from mcp.servers.time import get_current_time, convert_time
+import mcp.runtime
+a = await mcp_servers["time"].get_current_time(timezone="UTC")
+b = await mcp_time.get_current_time(timezone="UTC")
+c = await get_current_time(timezone="UTC")
+print(a["timezone"], b["timezone"], c["timezone"])
+print(runtime is mcp.runtime, runtime.list_servers())
+print(sorted(runtime.discovered_servers())[:3])
+print(runtime.list_tools("time"))
+print(runtime.describe_server("time")["tools"][0]["name"])
+print(runtime.query_tool_docs("time", "convert_time", detail="full")[0]["input_schema"]["required"])
+print([d["tool"] for d in runtime.search_tool_docs("convert between timezones", limit=1)])
+print("time (mcp_time): get_current_time, convert_time" in runtime.capability_summary())
+print(len(runtime.list_loaded_server_metadata()))
+print(runtime.call_tool_sync("time", "get_current_time", {"timezone": "UTC"})["timezone"])
+raw = await runtime.call_tool_raw("time", "get_current_time", {"timezone": "UTC"})
+print(sorted(raw))
+print("Convert time between timezones" in convert_time.__doc__, "source_timezone: str" in convert_time.__doc__)
+"#;
+    let stdout = run_ok(code, &["time"]);
+    assert_eq!(
+        stdout,
+        "UTC UTC UTC\nTrue ['time']\n['everything', 'fixture', 'fixture-cancel']\n\
+         ['get_current_time', 'convert_time']\nget_current_time\n['source_timezone', 'time', 'target_timezone']\n\
+         ['convert_time']\nTrue\n1\nUTC\n['content', 'isError']\nTrue True\n"
+    );
+}
+
+#[test]
+fn calls_run_concurrently_while_output_keeps_draining() {
+    if !engine_tests_enabled() {
+        return;
+    }
+    let code = r#"
+import asyncio, sys
+async def chatter():
+    for i in range(2000):
+        print("line", i)
+        await asyncio.sleep(0)
+calls = [mcp_fixture_concurrency.slow(seconds=0.5) for _ in range(10)]
+results = await asyncio.gather(chatter(), *calls)
+stats = await mcp_fixture_concurrency.stats()
+print("max in flight", stats["max_in_flight"], "completed", stats["completed"])
+"#;
+    let stdout = run_ok(code, &["fixture-concurrency"]);
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("line ")).count(),
+        2000
+    );
+    assert!(
+        stdout.ends_with("max in flight 10 completed 10\n"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn results_of_16_mib_pass_intact() {
+    if !engine_tests_enabled() {
+        return;
+    }
+    let code = r#"
+big = (await mcp_fixture.big(mib=16))["result"]
+print(len(big), big == "0123456789abcdef" * (16 * 65536))
+"#;
+    assert_eq!(run_ok(code, &["fixture"]), "16777216 True\n");
+}
+
+#[test]
+fn a_timed_out_run_cancels_its_calls_in_flight() {
+    if !engine_tests_enabled() {
+        return;
+    }
+    let mut timed_out = request("await mcp_fixture_cancel.slow(seconds=30)", Some(1.0));
+    timed_out.servers = vec!["fixture-cancel".into()];
+    let report = runtime().block_on(backend().execute(&timed_out));
+    assert_eq!(report.status, RunStatus::Timeout, "{report:#?}");
+    let code = r#"
+import asyncio
+for _ in range(50):
+    stats = await mcp_fixture_cancel.stats()
+    if stats["cancelled"]:
+        break
+    await asyncio.sleep(0.1)
+print(stats["cancelled"], stats["completed"], stats["in_flight"])
+"#;
+    assert_eq!(run_ok(code, &["fixture-cancel"]), "1 0 0\n");
+}
+
+#[test]
+fn errors_are_clear() {
+    if !engine_tests_enabled() {
+        return;
+    }
+    let code = r#"
+try:
+    await mcp_fixture.fail(message="boom")
+except MCPError as e:
+    print(type(e).__name__, e.server, e.tool, "boom" in str(e))
+try:
+    await runtime.call_tool("time", "get_current_time", {})
+except MCPError as e:
+    print("not in this run:", "not available in this run" in str(e))
+"#;
+    assert_eq!(
+        run_ok(code, &["fixture"]),
+        "MCPError fixture fail True\nnot in this run: True\n"
+    );
+
+    let report = run("print(1)", &["no-such-server"]);
+    assert_eq!(report.status, RunStatus::ValidationError);
+    let error = report.error.unwrap();
+    assert!(
+        error.contains("unknown MCP server \"no-such-server\"")
+            && error.contains("time, everything, fixture"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_crashed_server_is_restarted_on_next_use() {
+    if !engine_tests_enabled() {
+        return;
+    }
+    let code = r#"
+try:
+    await mcp_fixture_crash.crash()
+except MCPError as e:
+    print("crashed:", e.server)
+"#;
+    assert_eq!(run_ok(code, &["fixture-crash"]), "crashed: fixture-crash\n");
+    let after = run_ok(
+        "print((await mcp_fixture_crash.structured(name='x'))['greeting'])",
+        &["fixture-crash"],
+    );
+    assert_eq!(after, "hello x\n");
+}
+
+#[test]
+fn a_tool_list_change_reaches_the_next_run() {
+    if !engine_tests_enabled() {
+        return;
+    }
+    let before = run_ok(
+        "print('late_tool' in runtime.list_tools('fixture-tools'))",
+        &["fixture-tools"],
+    );
+    assert_eq!(before, "False\n");
+    run_ok(
+        "print(await mcp_fixture_tools.add_tool(name='late_tool'))",
+        &["fixture-tools"],
+    );
+    let code = "print(runtime.list_tools('fixture-tools')[-1])\nprint((await mcp_fixture_tools.late_tool())['result'])";
+    assert_eq!(
+        run_ok(code, &["fixture-tools"]),
+        "late_tool\nI am late_tool\n"
+    );
+}
+
+#[test]
+fn a_warm_sandbox_serves_any_combination_of_servers() {
+    if !engine_tests_enabled() {
+        return;
+    }
+    let mut config = test_config();
+    config.pool_max = 1;
+    let python = python();
+    let time = server(
+        "time",
+        python.with_file_name("mcp-server-time"),
+        &["--local-timezone", "UTC"],
+    );
+    let backend = Backend::with_proxy(config, Arc::new(Proxy::new(vec![time])));
+    runtime().block_on(backend.executor()).expect("engine");
+    let one = |servers: Vec<String>| {
+        let mut r = request(
+            "print(runtime.list_servers(), 'mcp_time' in globals())",
+            None,
+        );
+        r.servers = servers;
+        runtime().block_on(backend.execute(&r))
+    };
+    assert_eq!(one(vec!["time".into()]).stdout, "['time'] True\n");
+    assert_eq!(one(vec![]).stdout, "[] False\n");
+    assert_eq!(one(vec!["time".into()]).stdout, "['time'] True\n");
+    runtime().block_on(backend.shutdown());
+}
