@@ -1,22 +1,31 @@
-//! The MCP front end: a stdio server (rmcp) with one tool, `run_python`.
+//! The MCP front end: a stdio server (rmcp) with one tool, `run_python`,
+//! and one resource, the sandbox API manual.
 //!
 //! Owns the tool's contract (arguments, description, output schema), client
-//! cancellation, and the one mapping from a [`RunReport`] to an MCP result.
-//! It never writes to stdout itself (that is the protocol channel) and knows
-//! nothing of containers: it calls the [`Backend`].
+//! cancellation, the context budget of `tools/list` (small however many
+//! servers are configured: the full manual is a resource), and the one
+//! mapping from a [`RunReport`] to an MCP result. It never writes to stdout
+//! itself (that is the protocol channel) and knows nothing of containers: it
+//! calls the [`Backend`].
 
 use std::sync::Arc;
 
-use rmcp::handler::server::common::schema_for_output;
+use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
-use rmcp::model::{CallToolResult, ContentBlock, Implementation, ServerCapabilities, ServerConfig};
+use rmcp::model::{
+    CallToolResult, ContentBlock, Implementation, ListResourcesResult, PaginatedRequestParams,
+    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource,
+    ResourceContents, ServerCapabilities, ServerConfig,
+};
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler, schemars, tool, tool_handler, tool_router};
 use serde::Deserialize;
+use serde_json::json;
 
 use crate::backend::Backend;
 use crate::config::OutputMode;
 use crate::execution::RunRequest;
+use crate::proxy::discovery::ServerDefinition;
 use crate::report::{RunReport, RunStatus};
 
 /// Arguments of `run_python`.
@@ -32,28 +41,40 @@ pub struct RunPythonArgs {
     pub timeout: Option<f64>,
 }
 
+/// The manual of the sandbox's `mcp` API, with the configured servers.
+pub const CAPABILITIES_URI: &str = "resource://mcp-code-exec/capabilities";
+const MANUAL: &str = include_str!("sandbox/manual.md");
+/// How much of the tool description may go to server names.
+const SERVER_NAMES_BUDGET: usize = 300;
+
 #[derive(Clone)]
 pub struct CodeExecServer {
     backend: Arc<Backend>,
     output_mode: OutputMode,
+    tool_router: ToolRouter<Self>,
 }
 
 #[tool_router]
 impl CodeExecServer {
     pub fn new(backend: Arc<Backend>, output_mode: OutputMode) -> Self {
+        let mut tool_router = Self::tool_router();
+        let tool = &mut tool_router
+            .map
+            .get_mut("run_python")
+            .expect("the tool is routed")
+            .attr;
+        tool.description = Some(tool_description(backend.proxy().names()).into());
+        tool.output_schema = Some(Arc::new(output_schema()));
         Self {
             backend,
             output_mode,
+            tool_router,
         }
     }
 
-    #[tool(
-        description = "Run Python 3 code in an isolated sandbox: no network, read-only system, writable /tmp and \
-                       /workspace (the working directory), memory/process/time limits. Each call starts clean: \
-                       nothing persists between calls. Print what you need; returns stdout, stderr and a status \
-                       (success, error, timeout, oom, validation_error).",
-        output_schema = schema_for_output::<RunReport>()
-    )]
+    /// (Description and output schema are set in `new`: the description
+    /// names the configured servers.)
+    #[tool]
     async fn run_python(
         &self,
         Parameters(args): Parameters<RunPythonArgs>,
@@ -72,16 +93,119 @@ impl CodeExecServer {
     }
 }
 
-#[tool_handler]
+#[tool_handler(router = self.tool_router)]
 impl ServerHandler for CodeExecServer {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().enable_resources().build())
             .with_server_info(Implementation::new(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION")))
             .with_instructions(
-                "Use run_python to compute, transform data or test code. Every call runs in a fresh sandbox; \
-                 pass all state in the code.",
+                "Use run_python to compute, transform data or test code, and to call the configured MCP \
+                 servers from Python. Every call runs in a fresh sandbox; pass all state in the code.",
             )
     }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        let manual = Resource::new(CAPABILITIES_URI, "capabilities").with_description(
+            "How sandboxed Python calls the configured MCP servers: the mcp API and the servers",
+        );
+        Ok(ListResourcesResult::with_all_items(vec![manual]))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        if request.uri != CAPABILITIES_URI {
+            return Err(ErrorData::resource_not_found(
+                format!(
+                    "no resource {}; the one resource is {CAPABILITIES_URI}",
+                    request.uri
+                ),
+                None,
+            ));
+        }
+        let text = capabilities_manual(self.backend.proxy().definitions());
+        Ok(ReadResourceResult::new(vec![ResourceContents::text(text, CAPABILITIES_URI)]).into())
+    }
+}
+
+/// The tool description: what it does, and the configured server names as
+/// far as a fixed budget allows (the resource has them all).
+fn tool_description(servers: &[String]) -> String {
+    let mut text = String::from(
+        "Run Python 3 in an isolated sandbox (no network, read-only system; /tmp and /workspace writable; \
+         memory, process and time limits). Each call starts clean. Top-level await works. Returns stdout, \
+         stderr and a status.",
+    );
+    if servers.is_empty() {
+        return text;
+    }
+    text.push_str(" MCP servers callable from the code (pass them in `servers`; API in ");
+    text.push_str(CAPABILITIES_URI);
+    text.push_str("): ");
+    let mut used = 0;
+    for (i, name) in servers.iter().enumerate() {
+        if used + name.len() > SERVER_NAMES_BUDGET {
+            text.push_str(&format!("… and {} more", servers.len() - i));
+            break;
+        }
+        if i > 0 {
+            text.push_str(", ");
+        }
+        text.push_str(name);
+        used += name.len() + 2;
+    }
+    text.push('.');
+    text
+}
+
+/// The report's schema, written out compactly (the generated one, with every
+/// doc comment, would cost more context than the rest of `tools/list`).
+fn output_schema() -> serde_json::Map<String, serde_json::Value> {
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "status": {"enum": ["success", "error", "timeout", "oom", "validation_error"]},
+            "stdout": {"type": "string"},
+            "stderr": {"type": "string"},
+            "exitCode": {"type": "integer"},
+            "durationMs": {"type": "number"},
+            "stdoutTruncated": {"type": "boolean"},
+            "stderrTruncated": {"type": "boolean"},
+            "error": {"type": "string"}
+        },
+        "required": ["status", "stdout", "stderr", "durationMs", "stdoutTruncated", "stderrTruncated"]
+    });
+    match schema {
+        serde_json::Value::Object(map) => map,
+        _ => unreachable!("a JSON object literal"),
+    }
+}
+
+/// The resource text: the API manual, then every configured server.
+fn capabilities_manual<'a>(servers: impl Iterator<Item = &'a ServerDefinition>) -> String {
+    let mut text = String::from(MANUAL);
+    text.push_str("\n## Configured servers\n\n");
+    let mut any = false;
+    for server in servers {
+        any = true;
+        let description = server.description.as_deref().unwrap_or("(no description)");
+        text.push_str(&format!(
+            "- `{}` (`mcp_{}`): {description}\n",
+            server.name, server.alias
+        ));
+    }
+    if !any {
+        text.push_str(
+            "None. Add them to a file the server reads (see README.md, \"MCP servers\").\n",
+        );
+    }
+    text
 }
 
 /// The one place a report becomes an MCP result: text for the model in the
@@ -96,4 +220,85 @@ pub fn tool_result(report: &RunReport, mode: OutputMode) -> CallToolResult {
     };
     result.content = vec![ContentBlock::text(report.render(mode))];
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::proxy::Proxy;
+    use crate::proxy::discovery::identifier;
+
+    fn server_with(count: usize) -> CodeExecServer {
+        let servers = (0..count)
+            .map(|i| {
+                let name = format!("example-server-{i:02}");
+                ServerDefinition {
+                    alias: identifier(&name),
+                    name,
+                    command: "npx".into(),
+                    args: vec!["-y".into(), "@example/server".into()],
+                    env: Default::default(),
+                    cwd: None,
+                    description: Some(
+                        "A server with a long description that must not reach tools/list".into(),
+                    ),
+                    source: "test".into(),
+                }
+            })
+            .collect();
+        let backend = Backend::with_proxy(Config::default(), Arc::new(Proxy::new(servers)));
+        CodeExecServer::new(Arc::new(backend), OutputMode::Compact)
+    }
+
+    fn tools_list_bytes(server: &CodeExecServer) -> usize {
+        let tools = server.tool_router.list_all();
+        serde_json::to_string(&json!({ "tools": tools }))
+            .unwrap()
+            .len()
+    }
+
+    #[test]
+    fn tools_list_stays_under_2_kb_with_0_or_20_servers() {
+        let none = tools_list_bytes(&server_with(0));
+        let twenty = tools_list_bytes(&server_with(20));
+        println!("tools/list result: {none} bytes with 0 servers, {twenty} with 20");
+        assert!(none < 2048 && twenty < 2048, "{none} / {twenty} bytes");
+        let description = tool_description(server_with(20).backend.proxy().names());
+        assert!(
+            description.contains("example-server-00") && description.contains("more"),
+            "{description}"
+        );
+    }
+
+    #[test]
+    fn output_schema_matches_the_report() {
+        let report = RunReport {
+            exit_code: Some(1),
+            error: Some("x".into()),
+            ..RunReport::rejected(RunStatus::Error, "x")
+        };
+        let value = serde_json::to_value(&report).unwrap();
+        let schema = output_schema();
+        let properties = schema["properties"].as_object().unwrap();
+        let mut fields: Vec<_> = value.as_object().unwrap().keys().collect();
+        let mut declared: Vec<_> = properties.keys().collect();
+        fields.sort();
+        declared.sort();
+        assert_eq!(fields, declared);
+        for required in schema["required"].as_array().unwrap() {
+            assert!(value.get(required.as_str().unwrap()).is_some());
+        }
+    }
+
+    #[test]
+    fn the_manual_lists_every_server() {
+        let server = server_with(3);
+        let manual = capabilities_manual(server.backend.proxy().definitions());
+        assert!(manual.contains("mcp.runtime") && manual.contains("search_tool_docs"));
+        assert!(
+            manual.contains("- `example-server-02` (`mcp_example_server_02`)"),
+            "{manual}"
+        );
+    }
 }

@@ -49,6 +49,10 @@ impl Proxy {
         self.hub.names()
     }
 
+    pub fn definitions(&self) -> impl Iterator<Item = &ServerDefinition> {
+        self.hub.definitions()
+    }
+
     /// What a run calling `servers` needs; starts those servers (once, then
     /// they stay warm) to read their tools. `None` when nothing is configured.
     pub async fn prepare(

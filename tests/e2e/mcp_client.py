@@ -6,8 +6,10 @@ prints one line per passed check, exits non-zero on the first failure.
 """
 
 import asyncio
+import json
 import os
 import sys
+import tempfile
 
 import anyio
 from mcp import ClientSession, StdioServerParameters
@@ -25,6 +27,23 @@ async def call(session, code, **extra):
     return await session.call_tool("run_python", {"code": code, **extra})
 
 
+def servers_config(directory):
+    """Real servers (installed by scripts/test.sh) and the fixture, as a user would configure them."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    python = sys.executable
+    config = {
+        "mcpServers": {
+            "time": {"command": os.path.join(os.path.dirname(python), "mcp-server-time"), "args": ["--local-timezone", "UTC"]},
+            "everything": {"command": os.environ["MCP_CODE_EXEC_TEST_EVERYTHING"], "args": ["stdio"]},
+            "fixture": {"command": python, "args": [os.path.join(here, "fixture_server.py")], "description": "test fixture"},
+        }
+    }
+    path = os.path.join(directory, "servers.json")
+    with open(path, "w") as f:
+        json.dump(config, f)
+    return path
+
+
 async def main(binary):
     env = dict(os.environ)
     env.update(
@@ -32,6 +51,7 @@ async def main(binary):
         MCP_BRIDGE_POOL_MIN_IDLE="1",
         MCP_BRIDGE_POOL_WAIT_TIMEOUT="20s",
         MCP_BRIDGE_LOG_LEVEL="info",
+        MCP_SERVERS_CONFIG=servers_config(tempfile.mkdtemp()),
     )
     params = StdioServerParameters(command=binary, args=["serve"], env=env)
     async with stdio_client(params) as (read, write):
@@ -88,7 +108,48 @@ async def main(binary):
 
             results = await asyncio.gather(*(call(session, f"print({i})") for i in range(5)))
             check([r.content[0].text for r in results] == [f"{i}\n" for i in range(5)], "concurrent calls queue and succeed", results)
+
+            await proxy_checks(session, tool)
+
     print("all e2e checks passed")
+
+
+async def proxy_checks(session, tool):
+    check("time, everything, fixture" in tool.description, "the tool names the configured servers", tool.description)
+    resources = (await session.list_resources()).resources
+    check([str(r.uri) for r in resources] == ["resource://mcp-code-exec/capabilities"], "one resource", resources)
+    manual = (await session.read_resource(resources[0].uri)).contents[0].text
+    check("search_tool_docs" in manual and "`fixture` (`mcp_fixture`): test fixture" in manual, "the manual lists the API and servers", manual)
+
+    code = """
+print(runtime.discovered_servers())
+now = await mcp_time.get_current_time(timezone="UTC")
+echo = await mcp_everything.echo(message=now["datetime"])
+print(echo == "Echo: " + now["datetime"])
+"""
+    result = await call(session, code, servers=["time", "everything"])
+    check(result.content[0].text == "['time', 'everything', 'fixture']\nTrue\n", "discover, call each real server, chain", result.content)
+
+    code = """
+import asyncio, time
+t = time.monotonic()
+await asyncio.gather(*(mcp_fixture.slow(seconds=0.5) for _ in range(10)))
+print((await mcp_fixture.stats())["max_in_flight"])
+"""
+    result = await call(session, code, servers=["fixture"])
+    check(result.content[0].text == "10\n", "ten proxied calls in flight at once", result.content)
+
+    code = """
+for attempt in ("fail", "crash"):
+    try:
+        await mcp_fixture.fail(message="boom") if attempt == "fail" else await mcp_fixture.crash()
+    except MCPError as e:
+        print(attempt, e.tool)
+"""
+    result = await call(session, code, servers=["fixture"])
+    check(result.content[0].text == "fail fail\ncrash crash\n", "tool errors and a crash raise MCPError", result.content)
+    result = await call(session, "print((await mcp_fixture.structured(name='again'))['greeting'])", servers=["fixture"])
+    check(result.content[0].text == "hello again\n", "a killed server is restarted on next use", result.content)
 
 
 async def call_and_ignore(session, code):
