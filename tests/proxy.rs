@@ -37,12 +37,13 @@ fn server(name: &str, command: PathBuf, args: &[&str]) -> ServerDefinition {
 }
 
 /// Separate fixture processes per test, so their counters don't mix.
-const FIXTURES: [&str; 5] = [
+const FIXTURES: [&str; 6] = [
     "fixture",
     "fixture-concurrency",
     "fixture-cancel",
     "fixture-crash",
     "fixture-tools",
+    "fixture-start-once",
 ];
 
 fn backend() -> &'static Backend {
@@ -65,6 +66,9 @@ fn backend() -> &'static Backend {
                 .iter()
                 .map(|name| server(name, python.clone(), &[fixture_script])),
         );
+        let mut broken = server("broken", python.clone(), &[]);
+        broken.command = "/nonexistent/mcp-server".into();
+        servers.push(broken);
         let mut config = test_config();
         config.pool_max = 6;
         let backend = Backend::with_proxy(config, Arc::new(Proxy::new(servers)));
@@ -78,7 +82,8 @@ fn backend() -> &'static Backend {
 fn run(code: &str, servers: &[&str]) -> RunReport {
     let mut request = request(code, Some(60.0));
     request.servers = servers.iter().map(|s| s.to_string()).collect();
-    let report = runtime().block_on(backend().execute(&request));
+    let backend = backend();
+    let report = runtime().block_on(backend.execute(&request));
     eprintln!(
         "--- stdout\n{}\n--- stderr\n{}",
         report.stdout, report.stderr
@@ -124,7 +129,7 @@ b = await mcp_time.get_current_time(timezone="UTC")
 c = await get_current_time(timezone="UTC")
 print(a["timezone"], b["timezone"], c["timezone"])
 print(runtime is mcp.runtime, runtime.list_servers())
-print(sorted(runtime.discovered_servers())[:3])
+print(runtime.discovered_servers()[:3])
 print(runtime.list_tools("time"))
 print(runtime.describe_server("time")["tools"][0]["name"])
 print(runtime.query_tool_docs("time", "convert_time", detail="full")[0]["input_schema"]["required"])
@@ -139,7 +144,7 @@ print("Convert time between timezones" in convert_time.__doc__, "source_timezone
     let stdout = run_ok(code, &["time"]);
     assert_eq!(
         stdout,
-        "UTC UTC UTC\nTrue ['time']\n['everything', 'fixture', 'fixture-cancel']\n\
+        "UTC UTC UTC\nTrue ['time']\n['time', 'everything', 'fixture']\n\
          ['get_current_time', 'convert_time']\nget_current_time\n['source_timezone', 'time', 'target_timezone']\n\
          ['convert_time']\nTrue\n1\nUTC\n['content', 'isError']\nTrue True\n"
     );
@@ -191,7 +196,8 @@ fn a_timed_out_run_cancels_its_calls_in_flight() {
     }
     let mut timed_out = request("await mcp_fixture_cancel.slow(seconds=30)", Some(1.0));
     timed_out.servers = vec!["fixture-cancel".into()];
-    let report = runtime().block_on(backend().execute(&timed_out));
+    let backend = backend();
+    let report = runtime().block_on(backend.execute(&timed_out));
     assert_eq!(report.status, RunStatus::Timeout, "{report:#?}");
     let code = r#"
 import asyncio
@@ -302,4 +308,40 @@ fn a_warm_sandbox_serves_any_combination_of_servers() {
     assert_eq!(one(vec![]).stdout, "[] False\n");
     assert_eq!(one(vec!["time".into()]).stdout, "['time'] True\n");
     runtime().block_on(backend.shutdown());
+}
+
+#[test]
+fn concurrent_first_uses_start_a_server_once() {
+    if !engine_tests_enabled() {
+        return;
+    }
+    let code = "print((await mcp_fixture_start_once.pid())['result'])";
+    let mut request = request(code, Some(60.0));
+    request.servers = vec!["fixture-start-once".into()];
+    let backend = backend();
+    let (a, b) = runtime()
+        .block_on(async { tokio::join!(backend.execute(&request), backend.execute(&request)) });
+    assert_eq!(a.status, RunStatus::Success, "{a:#?}");
+    assert_eq!(
+        a.stdout, b.stdout,
+        "both calls reached the same server process"
+    );
+}
+
+#[test]
+fn a_server_that_cannot_start_is_a_clear_error() {
+    if !engine_tests_enabled() {
+        return;
+    }
+    let report = run("print(1)", &["broken"]);
+    assert_eq!(report.status, RunStatus::Error);
+    let error = report.error.unwrap();
+    assert!(
+        error.contains("MCP server \"broken\" could not be started")
+            && error.contains("/nonexistent/mcp-server"),
+        "{error}"
+    );
+    // The next attempt within the backoff says so instead of retrying at once.
+    let again = run("print(1)", &["broken"]).error.unwrap();
+    assert!(again.contains("next attempt in"), "{again}");
 }

@@ -1,7 +1,7 @@
 """An MCP server of the project's own, for the proxy's edge cases.
 
-Tools: slow (counts concurrency and cancellations), stats, big (an exact
-N MiB text), structured, fail (an error result), crash (dies mid-call),
+Tools: slow (counts concurrency and cancellations), stats, pid, big (an
+exact N MiB text), structured, fail (an error result), crash (dies mid-call),
 add_tool (registers a tool and sends tools/list_changed).
 """
 
@@ -37,6 +37,12 @@ def stats(reset: bool = False) -> dict:
     if reset:
         counters.update(in_flight=counters["in_flight"], max_in_flight=0, cancelled=0, completed=0)
     return snapshot
+
+
+@server.tool()
+def pid() -> int:
+    """The server's process id (tells whether two calls reached one process)."""
+    return os.getpid()
 
 
 @server.tool()
