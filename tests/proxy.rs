@@ -140,13 +140,15 @@ print(runtime.call_tool_sync("time", "get_current_time", {"timezone": "UTC"})["t
 raw = await runtime.call_tool_raw("time", "get_current_time", {"timezone": "UTC"})
 print(sorted(raw))
 print("Convert time between timezones" in convert_time.__doc__, "source_timezone: str" in convert_time.__doc__)
+import inspect
+print(inspect.signature(convert_time))
 "#;
     let stdout = run_ok(code, &["time"]);
     assert_eq!(
         stdout,
         "UTC UTC UTC\nTrue ['time']\n['time', 'everything', 'fixture']\n\
          ['get_current_time', 'convert_time']\nget_current_time\n['source_timezone', 'time', 'target_timezone']\n\
-         ['convert_time']\nTrue\n1\nUTC\n['content', 'isError']\nTrue True\n"
+         ['convert_time']\nTrue\n1\nUTC\n['content', 'isError']\nTrue True\n(*, source_timezone: str, time: str, target_timezone: str)\n"
     );
 }
 

@@ -100,15 +100,6 @@ def _text(result):
     return "\n".join(texts) if texts else None
 
 
-def _identifier(name):
-    ident = re.sub(r"[^a-z0-9_]", "_", name.lower()) or "_"
-    if ident[0].isdigit():
-        ident = "_" + ident
-    if keyword.iskeyword(ident) or ident in ("true", "false", "none"):
-        ident += "_"
-    return ident
-
-
 _TYPES = {"string": "str", "integer": "int", "number": "float", "boolean": "bool", "array": "list", "object": "dict"}
 
 
@@ -120,6 +111,27 @@ def _signature(schema):
         kind = _TYPES.get((spec or {}).get("type"), "object")
         parts.append(f"{name}: {kind}" if name in required else f"{name}: {kind} = None")
     return ", ".join(parts)
+
+
+def _inspect_signature(schema):
+    """A real signature (for help() and inspect), when every name is an identifier."""
+    import inspect
+
+    props = (schema or {}).get("properties") or {}
+    required = set((schema or {}).get("required") or [])
+    if not all(name.isidentifier() and not keyword.iskeyword(name) for name in props):
+        return None
+    annotations = {"string": str, "integer": int, "number": float, "boolean": bool, "array": list, "object": dict}
+    params = [
+        inspect.Parameter(
+            name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=inspect.Parameter.empty if name in required else None,
+            annotation=annotations.get((spec or {}).get("type"), inspect.Parameter.empty),
+        )
+        for name, spec in props.items()
+    ]
+    return inspect.Signature(params)
 
 
 class Runtime(types.ModuleType):
@@ -250,6 +262,9 @@ def _tool_function(runtime, server, tool):
 
     call.__name__ = call.__qualname__ = tool["alias"]
     call.__doc__ = f"{tool.get('description') or ''}\n\n{tool_name}({_signature(tool.get('input_schema'))})".strip()
+    signature = _inspect_signature(tool.get("input_schema"))
+    if signature is not None:
+        call.__signature__ = signature
     call.sync = lambda **kwargs: runtime.call_tool_sync(server_name, tool_name, kwargs)
     return call
 
