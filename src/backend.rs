@@ -8,11 +8,14 @@
 //! again, so an engine started after the server is picked up.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::OnceCell;
+use tracing::Instrument;
 
 use crate::config::Config;
 use crate::execution::{Executor, Limits, RunRequest};
+use crate::metrics;
 use crate::pool::Pool;
 use crate::proxy::Proxy;
 use crate::report::{RunReport, RunStatus};
@@ -72,10 +75,66 @@ impl Backend {
             .await
     }
 
+    /// The executor, if the stack has started (no waiting, no start attempt).
+    pub fn started_executor(&self) -> Option<&Executor> {
+        self.executor.get()
+    }
+
+    /// Ready to serve a call at once: the engine answers and a warm sandbox
+    /// is idle. `Err` says what is missing.
+    pub async fn readiness(&self) -> Result<(), String> {
+        let Some(executor) = self.executor.get() else {
+            return Err(
+                "the sandbox backend has not started (no engine yet, or still connecting)".into(),
+            );
+        };
+        let pool = executor.pool();
+        pool.runtime()
+            .ping()
+            .await
+            .map_err(|error| format!("the container engine does not answer: {error}"))?;
+        let status = pool.status();
+        if status.idle == 0 {
+            let why = pool
+                .last_start_error()
+                .map(|e| format!("; last sandbox start failed: {e}"))
+                .unwrap_or_default();
+            return Err(format!(
+                "no warm sandbox idle ({} busy, {} starting, {} resetting){why}",
+                status.busy, status.starting, status.resetting
+            ));
+        }
+        Ok(())
+    }
+
     /// Validates and runs a request. Never fails: a bad request, or a stack
     /// that cannot start, is a report like any other. Dropping the future
-    /// mid-run (client cancellation) destroys the sandbox.
+    /// mid-run (client cancellation) destroys the sandbox. One span per run
+    /// carries its id, servers, status and duration.
     pub async fn execute(&self, request: &RunRequest) -> RunReport {
+        static RUN_IDS: AtomicU64 = AtomicU64::new(1);
+        let span = tracing::info_span!(
+            "run",
+            id = RUN_IDS.fetch_add(1, Ordering::Relaxed),
+            servers = ?request.servers,
+            status = tracing::field::Empty,
+            duration_ms = tracing::field::Empty,
+        );
+        let report = self
+            .execute_unobserved(request)
+            .instrument(span.clone())
+            .await;
+        span.record("status", report.status.as_str());
+        span.record("duration_ms", report.duration_ms);
+        span.in_scope(|| match &report.error {
+            None => tracing::info!("run finished"),
+            Some(error) => tracing::info!(%error, "run finished"),
+        });
+        metrics::observe_run(&report);
+        report
+    }
+
+    async fn execute_unobserved(&self, request: &RunRequest) -> RunReport {
         let timeout = match self.limits.validate(request, self.proxy.names()) {
             Ok(timeout) => timeout,
             Err(message) => return RunReport::rejected(RunStatus::ValidationError, message),

@@ -5,6 +5,7 @@
 //! pool and server are built from a finished [`Config`] by their own
 //! modules). Every error names the variable, the value and what it accepts.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 /// Which container engine to talk to.
@@ -48,6 +49,17 @@ pub struct Config {
     pub max_output_bytes: u64,
     pub output_mode: OutputMode,
     pub log_level: String,
+    pub log_format: LogFormat,
+    /// The metrics and health side port; `None` when `off`.
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// How logs (stderr) are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
 }
 
 impl Default for Config {
@@ -70,6 +82,8 @@ impl Default for Config {
             max_output_bytes: MIB,
             output_mode: OutputMode::Compact,
             log_level: "info".into(),
+            log_format: LogFormat::Text,
+            metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
         }
     }
 }
@@ -192,6 +206,16 @@ impl Config {
                 },
             )?,
             log_level: vars.string("MCP_BRIDGE_LOG_LEVEL", defaults.log_level),
+            log_format: vars.parse("MCP_BRIDGE_LOG_FORMAT", defaults.log_format, |v| match v {
+                "text" => Ok(LogFormat::Text),
+                "json" => Ok(LogFormat::Json),
+                _ => Err("one of text, json".into()),
+            })?,
+            metrics_addr: vars.parse(
+                "MCP_BRIDGE_METRICS_ADDR",
+                defaults.metrics_addr,
+                parse_metrics_addr,
+            )?,
         };
         config.check()
     }
@@ -281,6 +305,17 @@ pub fn parse_bytes(value: &str) -> Option<u64> {
         _ => return None,
     };
     number.checked_mul(multiplier)
+}
+
+/// `host:port`, or `off` to disable the side port.
+pub fn parse_metrics_addr(value: &str) -> Result<Option<SocketAddr>, String> {
+    if value.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    value
+        .parse()
+        .map(Some)
+        .map_err(|_| "an address like 127.0.0.1:9464 (port 0 picks a free one), or off".into())
 }
 
 /// `uid[:gid]` as numbers: names would need the image's /etc/passwd.
@@ -389,6 +424,24 @@ mod tests {
                 .container_user,
             "1000:1000"
         );
+    }
+
+    #[test]
+    fn metrics_address_and_log_format() {
+        assert_eq!(
+            config(&[("MCP_BRIDGE_METRICS_ADDR", "off")])
+                .unwrap()
+                .metrics_addr,
+            None
+        );
+        let c = config(&[
+            ("MCP_BRIDGE_METRICS_ADDR", "0.0.0.0:9000"),
+            ("MCP_BRIDGE_LOG_FORMAT", "json"),
+        ])
+        .unwrap();
+        assert_eq!(c.metrics_addr, Some("0.0.0.0:9000".parse().unwrap()));
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert!(config(&[("MCP_BRIDGE_METRICS_ADDR", "9464")]).is_err());
     }
 
     #[test]

@@ -9,6 +9,7 @@
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
+use crate::metrics;
 use crate::pool::{Pool, RecycleReason, Verdict};
 use crate::report::{RunReport, RunStatus, decode_output, describe_signal};
 use crate::sandbox::protocol::RunDone;
@@ -109,7 +110,10 @@ impl Executor {
         timeout: Duration,
         proxy: Option<RunProxy<'_>>,
     ) -> RunReport {
-        let mut lease = match self.pool.acquire().await {
+        let waiting = Instant::now();
+        let acquired = self.pool.acquire().await;
+        metrics::observe_wait(waiting.elapsed());
+        let mut lease = match acquired {
             Ok(lease) => lease,
             Err(error) => return RunReport::rejected(RunStatus::Error, error.to_string()),
         };

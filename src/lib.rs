@@ -21,6 +21,7 @@ pub mod backend;
 pub mod config;
 pub mod execution;
 pub mod mcp;
+pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod report;

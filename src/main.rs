@@ -15,9 +15,10 @@ use rmcp::ServiceExt;
 use tracing_subscriber::EnvFilter;
 
 use mcp_code_exec::backend::Backend;
-use mcp_code_exec::config::Config;
+use mcp_code_exec::config::{Config, LogFormat, parse_metrics_addr};
 use mcp_code_exec::execution::RunRequest;
 use mcp_code_exec::mcp::CodeExecServer;
+use mcp_code_exec::metrics;
 use mcp_code_exec::proxy::Proxy;
 use mcp_code_exec::proxy::discovery::SearchRoots;
 use mcp_code_exec::report::RunStatus;
@@ -31,6 +32,9 @@ use mcp_code_exec::runtime::Runtime;
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Metrics and health side port (`host:port` or `off`); overrides MCP_BRIDGE_METRICS_ADDR.
+    #[arg(long, global = true)]
+    metrics_addr: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -55,13 +59,23 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = match Config::from_env() {
-        Ok(config) => config,
+        Ok(mut config) => match cli.metrics_addr.as_deref().map(parse_metrics_addr) {
+            None => config,
+            Some(Ok(addr)) => {
+                config.metrics_addr = addr;
+                config
+            }
+            Some(Err(expected)) => {
+                eprintln!("mcp-code-exec: --metrics-addr: {expected}");
+                return ExitCode::from(2);
+            }
+        },
         Err(error) => {
             eprintln!("mcp-code-exec: invalid configuration: {error}");
             return ExitCode::from(2);
         }
     };
-    init_logging(&config.log_level);
+    init_logging(&config.log_level, config.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -85,22 +99,26 @@ fn main() -> ExitCode {
 /// `MCP_BRIDGE_LOG_LEVEL` is a level for this program (dependencies only
 /// warn: rmcp logs every request at info), or full `tracing` directives when
 /// it contains `=`.
-fn init_logging(level: &str) {
+fn init_logging(level: &str, format: LogFormat) {
     let directives = match level {
         "error" | "warn" => level.to_owned(),
         level if level.contains('=') => level.to_owned(),
         level => format!("warn,mcp_code_exec={level}"),
     };
     let filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+        .with_ansi(false);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().with_current_span(true).init(),
+    }
 }
 
 async fn serve(config: Config) -> ExitCode {
     let output_mode = config.output_mode;
+    let metrics_addr = config.metrics_addr;
     let proxy = Arc::new(Proxy::discover(&SearchRoots::from_environment()));
     let backend = Arc::new(Backend::with_proxy(config, proxy));
     // Warm up in the background: the MCP handshake never waits for it.
@@ -110,6 +128,15 @@ async fn serve(config: Config) -> ExitCode {
             tracing::error!(%error, "sandbox backend unavailable; will retry on the first call");
         }
     });
+    if let Some(addr) = metrics_addr {
+        // Metrics never take the MCP server down: a taken port is a warning.
+        match metrics::spawn_side_port(addr, backend.clone()).await {
+            Ok(bound) => tracing::info!(%bound, "metrics and health on http://{bound}/metrics"),
+            Err(error) => {
+                tracing::warn!(%addr, %error, "metrics side port unavailable; serving MCP without it")
+            }
+        }
+    }
     let server = CodeExecServer::new(backend.clone(), output_mode);
     let exit = match server.serve(rmcp::transport::stdio()).await {
         Ok(service) => {

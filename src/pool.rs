@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::metrics;
 use crate::runtime::{Runtime, spec};
 use crate::sandbox::{AGENT, Sandbox, SandboxFailure};
 
@@ -52,6 +53,18 @@ pub enum RecycleReason {
 }
 
 impl RecycleReason {
+    pub const ALL: [Self; 9] = [
+        Self::Timeout,
+        Self::Oom,
+        Self::AgentDied,
+        Self::Protocol,
+        Self::ResetFailed,
+        Self::MaxUses,
+        Self::MaxAge,
+        Self::Abandoned,
+        Self::Unhealthy,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Timeout => "timeout",
@@ -109,10 +122,14 @@ struct Slot {
 }
 
 /// Counts of sandboxes by state, for `doctor`, readiness and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PoolStatus {
     pub idle: usize,
+    /// Leased to a run.
+    pub busy: usize,
     pub starting: usize,
+    /// Between a run's end and the agent's confirmation that it is clean.
+    pub resetting: usize,
     /// Every container that exists or is being created or removed.
     pub total: usize,
     pub max: usize,
@@ -129,6 +146,8 @@ struct Shared {
     idle: IdleQueue<Slot>,
     capacity: Arc<Semaphore>,
     starting: AtomicUsize,
+    busy: AtomicUsize,
+    resetting: AtomicUsize,
     waiting: AtomicUsize,
     min_idle: usize,
     max: usize,
@@ -157,6 +176,8 @@ impl Pool {
             }),
             capacity: Arc::new(Semaphore::new(config.pool_max)),
             starting: AtomicUsize::new(0),
+            busy: AtomicUsize::new(0),
+            resetting: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             min_idle: config.pool_min_idle,
             max: config.pool_max,
@@ -183,7 +204,9 @@ impl Pool {
         let shared = &self.shared;
         PoolStatus {
             idle: shared.idle.status().available,
+            busy: shared.busy.load(Ordering::Relaxed),
             starting: shared.starting.load(Ordering::Relaxed),
+            resetting: shared.resetting.load(Ordering::Relaxed),
             total: shared.max - shared.capacity.available_permits(),
             max: shared.max,
         }
@@ -211,10 +234,7 @@ impl Pool {
             };
             // Taking one may leave fewer than min_idle: top up in the background.
             shared.wake_refill.notify_one();
-            let mut lease = Lease {
-                object: Some(object),
-                shared: shared.clone(),
-            };
+            let mut lease = Lease::new(object, shared.clone());
             let sandbox = lease.sandbox();
             if sandbox.age() >= shared.max_age {
                 lease.finish(Verdict::Recycle(RecycleReason::MaxAge));
@@ -320,6 +340,21 @@ pub struct Lease {
 }
 
 impl Lease {
+    fn new(object: Object<Slot>, shared: Arc<Shared>) -> Self {
+        shared.busy.fetch_add(1, Ordering::Relaxed);
+        Self {
+            object: Some(object),
+            shared,
+        }
+    }
+
+    /// Takes the sandbox out of the lease (it is no longer busy).
+    fn release(&mut self) -> Option<Object<Slot>> {
+        let object = self.object.take()?;
+        self.shared.busy.fetch_sub(1, Ordering::Relaxed);
+        Some(object)
+    }
+
     pub fn sandbox(&mut self) -> &mut Sandbox {
         &mut self
             .object
@@ -338,7 +373,7 @@ impl Lease {
     /// Returns the sandbox: reset and back to idle, or destroyed. Either way
     /// the work happens in the background, after the caller has its result.
     pub fn finish(mut self, verdict: Verdict) {
-        let object = self.object.take().expect("finish is called once");
+        let object = self.release().expect("finish is called once");
         let shared = self.shared.clone();
         let verdict = match verdict {
             Verdict::Reuse if object.sandbox.runs() >= shared.max_uses => {
@@ -353,11 +388,18 @@ impl Lease {
             Verdict::Recycle(reason) => shared.destroy(Object::take(object), reason),
             Verdict::Reuse => {
                 let task_shared = shared.clone();
+                shared.resetting.fetch_add(1, Ordering::Relaxed);
                 shared.background.spawn(async move {
                     let mut object = object;
-                    match object.sandbox.await_ready(RESET_TIMEOUT).await {
+                    let started = Instant::now();
+                    let ready = object.sandbox.await_ready(RESET_TIMEOUT).await;
+                    task_shared.resetting.fetch_sub(1, Ordering::Relaxed);
+                    match ready {
                         // Dropping the object returns it to the idle queue.
-                        Ok(_) => drop(object),
+                        Ok(_) => {
+                            metrics::observe_reset(started.elapsed());
+                            drop(object);
+                        }
                         Err(failure) => {
                             tracing::warn!(sandbox = object.sandbox.short_id(), %failure, "reset failed; recycling");
                             task_shared.destroy(Object::take(object), RecycleReason::ResetFailed);
@@ -371,7 +413,7 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if let Some(object) = self.object.take() {
+        if let Some(object) = self.release() {
             self.shared
                 .destroy(Object::take(object), RecycleReason::Abandoned);
         }
@@ -387,6 +429,7 @@ impl Shared {
             reason = reason.as_str(),
             "recycling sandbox"
         );
+        metrics::observe_recycled(reason);
         let shared = self.clone();
         self.background.spawn(async move {
             shared.runtime.remove(slot.sandbox.id()).await;
@@ -431,6 +474,7 @@ impl Shared {
         .await;
         match result {
             Ok(sandbox) => {
+                metrics::observe_created(started.elapsed());
                 tracing::debug!(sandbox = sandbox.short_id(), elapsed = ?started.elapsed(), "sandbox warm");
                 self.consecutive_failures.store(0, Ordering::Relaxed);
                 *self.last_create_error.lock().expect("not poisoned") = None;
@@ -445,6 +489,7 @@ impl Shared {
                 }
             }
             Err(error) => {
+                metrics::observe_create_failure();
                 let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(%error, consecutive = failures + 1, "could not start a sandbox");
                 *self.last_create_error.lock().expect("not poisoned") = Some(error);

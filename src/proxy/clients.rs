@@ -22,6 +22,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::Mutex;
 
 use super::discovery::ServerDefinition;
+use crate::metrics;
 
 const INITIALIZE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest message accepted from a server.
@@ -137,7 +138,10 @@ impl ServerClient {
             }
         }
         let attempts = match &*state {
-            State::Failed { attempts, .. } => attempts + 1,
+            State::Failed { attempts, .. } => {
+                metrics::observe_proxy_restart(&self.definition.name);
+                attempts + 1
+            }
             _ => 1,
         };
         match self.start().await {

@@ -10,12 +10,14 @@ pub mod clients;
 pub mod discovery;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::metrics::{self, CallOutcome};
 use crate::sandbox::ToolCalls;
 use clients::{ClientHub, ProxyError};
 use discovery::{SearchRoots, ServerDefinition, unique_identifiers};
@@ -145,10 +147,17 @@ impl ToolCalls for RunCalls {
                 );
                 return json!({"id": id, "ok": false, "error": error});
             }
+            let started = Instant::now();
             let outcome = match self.proxy.hub.get(&request.server) {
                 Ok(client) => client.call(&request.tool, request.arguments).await,
                 Err(error) => Err(error),
             };
+            let observed = match &outcome {
+                Ok(result) if result.is_error == Some(true) => CallOutcome::ToolError,
+                Ok(_) => CallOutcome::Ok,
+                Err(_) => CallOutcome::Failed,
+            };
+            metrics::observe_proxy_call(&request.server, observed, started.elapsed());
             match outcome {
                 Ok(result) => json!({"id": id, "ok": true, "result": result}),
                 Err(error) => json!({"id": id, "ok": false, "error": error.to_string()}),

@@ -202,6 +202,15 @@ impl Runtime {
         })
     }
 
+    /// Whether the engine answers.
+    pub async fn ping(&self) -> Result<(), RuntimeError> {
+        self.docker
+            .ping()
+            .await
+            .map(drop)
+            .map_err(engine("pinging the engine"))
+    }
+
     pub fn owner_label(&self) -> String {
         self.owner.label()
     }
