@@ -1,13 +1,24 @@
 #!/usr/bin/env bash
 # The one command that runs every test, from nothing: it makes a container
 # engine answer and the sandbox image exist (scripts/setup-engine.sh),
-# installs the MCP Python SDK and the real MCP servers the tests use
+# installs Prometheus, the MCP Python SDK and the real MCP servers the tests use
 # (mcp-server-time from PyPI into a venv, @modelcontextprotocol/server-everything
 # from npm), then runs `cargo test`. Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/setup-engine.sh
+
+# A real Prometheus for the dashboard test (tests/observability.rs).
+if ! command -v prometheus >/dev/null; then
+    echo "test.sh: installing prometheus" >&2
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >&2 ||
+            { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >&2; }
+    else
+        echo "test.sh: install Prometheus (Debian: apt-get install prometheus); the dashboard test needs it" >&2
+    fi
+fi
 
 venv=target/e2e-venv
 if ! "$venv/bin/python" -c 'import mcp.server.fastmcp' 2>/dev/null || [ ! -x "$venv/bin/mcp-server-time" ]; then

@@ -3,13 +3,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::engine_tests_enabled;
-
-const BINARY: &str = env!("CARGO_BIN_EXE_mcp-code-exec");
+use common::server::{BINARY, Server};
 
 /// The interpreter with the SDK installed (scripts/test.sh makes a venv).
 fn python() -> String {
@@ -41,85 +39,29 @@ fn official_python_sdk_drives_the_server() {
     );
 }
 
-struct Server {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<std::process::ChildStdout>,
+/// The labels of this server's containers.
+fn containers(server: &Server) -> Vec<String> {
+    let output = Command::new("docker")
+        .args(["ps", "-a", "--filter", "label=mcp-code-exec.managed=true"])
+        .args(["--format", "{{.Label \"mcp-code-exec.owner\"}}"])
+        .output()
+        .unwrap();
+    let me = format!("/{}/", server.child.id());
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|owner| owner.contains(&me))
+        .map(str::to_owned)
+        .collect()
 }
 
-impl Server {
-    fn start() -> Self {
-        let mut child = Command::new(BINARY)
-            .env("MCP_BRIDGE_POOL_MIN_IDLE", "2")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut server = Self {
-            child,
-            stdin,
-            stdout,
-        };
-        server.send(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}}"#);
-        let reply = server.receive();
-        assert!(
-            reply.contains(r#""id":1"#) && reply.contains("mcp-code-exec"),
-            "{reply}"
-        );
-        server.send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
-        server
+fn start_warm() -> Server {
+    let server = Server::start(&[("MCP_BRIDGE_POOL_MIN_IDLE", "2")], Stdio::null());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while containers(&server).len() < 2 {
+        assert!(Instant::now() < deadline, "the pool never warmed up");
+        std::thread::sleep(Duration::from_millis(100));
     }
-
-    fn send(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().unwrap();
-        writeln!(stdin, "{line}").unwrap();
-        stdin.flush().unwrap();
-    }
-
-    fn receive(&mut self) -> String {
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap();
-        line
-    }
-
-    fn containers(&self) -> Vec<String> {
-        let output = Command::new("docker")
-            .args(["ps", "-a", "--filter", "label=mcp-code-exec.managed=true"])
-            .args(["--format", "{{.Label \"mcp-code-exec.owner\"}}"])
-            .output()
-            .unwrap();
-        let me = format!("/{}/", self.child.id());
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .filter(|owner| owner.contains(&me))
-            .map(str::to_owned)
-            .collect()
-    }
-
-    fn wait_for_warm_pool(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.containers().len() < 2 {
-            assert!(Instant::now() < deadline, "the pool never warmed up");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn wait_exit(&mut self, limit: Duration) {
-        let started = Instant::now();
-        loop {
-            if self.child.try_wait().unwrap().is_some() {
-                return;
-            }
-            assert!(
-                started.elapsed() < limit,
-                "the server did not exit within {limit:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+    server
 }
 
 #[test]
@@ -127,11 +69,10 @@ fn stdin_eof_removes_every_container_and_exits() {
     if !engine_tests_enabled() {
         return;
     }
-    let mut server = Server::start();
-    server.wait_for_warm_pool();
+    let mut server = start_warm();
     drop(server.stdin.take());
     server.wait_exit(Duration::from_secs(8));
-    assert_eq!(server.containers(), Vec::<String>::new());
+    assert_eq!(containers(&server), Vec::<String>::new());
 }
 
 #[test]
@@ -139,14 +80,13 @@ fn sigterm_removes_every_container_and_exits() {
     if !engine_tests_enabled() {
         return;
     }
-    let mut server = Server::start();
-    server.wait_for_warm_pool();
+    let mut server = start_warm();
     Command::new("kill")
         .args(["-TERM", &server.child.id().to_string()])
         .status()
         .unwrap();
     server.wait_exit(Duration::from_secs(8));
-    assert_eq!(server.containers(), Vec::<String>::new());
+    assert_eq!(containers(&server), Vec::<String>::new());
 }
 
 #[test]
@@ -154,7 +94,7 @@ fn stdout_carries_only_protocol() {
     if !engine_tests_enabled() {
         return;
     }
-    let mut server = Server::start();
+    let mut server = Server::start(&[], Stdio::null());
     server.send(r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"run_python","arguments":{"code":"import sys\nprint('to stdout')\nprint('to stderr', file=sys.stderr)"}}}"#);
     let reply: serde_json::Value =
         serde_json::from_str(&server.receive()).expect("every stdout line is JSON-RPC");

@@ -5,6 +5,8 @@
 //! `MCP_CODE_EXEC_SKIP_ENGINE_TESTS=1` turns them into a printed skip.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod server;
+
 use std::sync::OnceLock;
 use std::time::Duration;
 

@@ -1,0 +1,110 @@
+//! The built binary as a child process, driven with raw JSON-RPC over stdio.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_mcp-code-exec");
+
+pub struct Server {
+    pub child: Child,
+    pub stdin: Option<ChildStdin>,
+    pub stdout: BufReader<ChildStdout>,
+    next_id: u64,
+}
+
+impl Server {
+    /// Starts `mcp-code-exec serve` with `env` and completes the MCP handshake.
+    pub fn start(env: &[(&str, &str)], stderr: Stdio) -> Self {
+        let mut child = Command::new(BINARY)
+            .arg("serve")
+            .env("MCP_BRIDGE_METRICS_ADDR", "off")
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut server = Self {
+            child,
+            stdin,
+            stdout,
+            next_id: 1,
+        };
+        let reply = server.request(
+            "initialize",
+            serde_json::json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}),
+        );
+        assert_eq!(
+            reply["result"]["serverInfo"]["name"], "mcp-code-exec",
+            "{reply}"
+        );
+        server.send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+        server
+    }
+
+    pub fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    pub fn receive(&mut self) -> String {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        line
+    }
+
+    /// Sends a request and returns its response (every stdout line must be JSON-RPC).
+    pub fn request(&mut self, method: &str, params: serde_json::Value) -> serde_json::Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send(
+            &serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
+                .to_string(),
+        );
+        loop {
+            let line = self.receive();
+            let message: serde_json::Value =
+                serde_json::from_str(&line).expect("every stdout line is JSON-RPC");
+            if message["id"] == id {
+                return message;
+            }
+        }
+    }
+
+    /// Calls `run_python` and returns its `structuredContent`.
+    pub fn run_python(&mut self, arguments: serde_json::Value) -> serde_json::Value {
+        let reply = self.request(
+            "tools/call",
+            serde_json::json!({"name": "run_python", "arguments": arguments}),
+        );
+        reply["result"]["structuredContent"].clone()
+    }
+
+    pub fn wait_exit(&mut self, limit: Duration) {
+        let started = Instant::now();
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(
+                started.elapsed() < limit,
+                "the server did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        if self.child.try_wait().ok().flatten().is_none() {
+            let deadline = Instant::now() + Duration::from_secs(8);
+            while Instant::now() < deadline && self.child.try_wait().ok().flatten().is_none() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+        }
+    }
+}
