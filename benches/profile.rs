@@ -1,0 +1,308 @@
+//! The rest of the latency profile: the full MCP path through the built
+//! binary, throughput at 1/4/16 calls in flight, launch to the first warm
+//! sandbox, and host memory per idle warm sandbox.
+//!
+//! `cargo bench --bench profile`. Skips with a message when no container
+//! engine answers. Under `cargo test` (no `--bench`) each part runs once,
+//! briefly, as a smoke test.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::Criterion;
+use mcp_code_exec::backend::Backend;
+use mcp_code_exec::config::Config;
+use mcp_code_exec::execution::RunRequest;
+use mcp_code_exec::report::RunStatus;
+use mcp_code_exec::runtime::Runtime;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_mcp-code-exec");
+
+fn engine_answers(tokio: &tokio::runtime::Runtime) -> bool {
+    match tokio.block_on(Runtime::connect(Config::default().runtime)) {
+        Ok(_) => true,
+        Err(error) => {
+            eprintln!("SKIPPED profile benchmarks: {error}");
+            false
+        }
+    }
+}
+
+fn percentiles(label: &str, mut samples: Vec<Duration>) {
+    samples.sort();
+    let at = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "{label:<40} n={:<5} p50 {:>7.3} ms   p90 {:>7.3} ms   p99 {:>7.3} ms",
+        samples.len(),
+        ms(at(0.5)),
+        ms(at(0.9)),
+        ms(at(0.99))
+    );
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn ready(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = write!(stream, "GET /readyz HTTP/1.0\r\n\r\n");
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200")
+}
+
+/// The binary serving MCP on stdio, as a client launches it.
+struct Served {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    next_id: u64,
+}
+
+impl Served {
+    /// Launches the server and returns it with the time until /readyz said
+    /// a warm sandbox is idle.
+    fn launch(min_idle: &str) -> (Self, Duration) {
+        let port = free_port();
+        let started = Instant::now();
+        let mut child = Command::new(BINARY)
+            .arg("serve")
+            .env("MCP_BRIDGE_METRICS_ADDR", format!("127.0.0.1:{port}"))
+            .env("MCP_BRIDGE_POOL_MIN_IDLE", min_idle)
+            .env("MCP_BRIDGE_LOG_LEVEL", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut served = Self {
+            child,
+            stdin,
+            stdout,
+            next_id: 1,
+        };
+        served.request(
+            r#""method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"bench","version":"0"}}"#,
+        );
+        writeln!(served.stdin, r#"{{"jsonrpc":"2.0","method":"notifications/initialized"}}"#).unwrap();
+        while !ready(port) {
+            assert!(started.elapsed() < Duration::from_secs(60), "the server never became ready");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        (served, started.elapsed())
+    }
+
+    fn request(&mut self, body: &str) -> String {
+        let id = self.next_id;
+        self.next_id += 1;
+        writeln!(self.stdin, r#"{{"jsonrpc":"2.0","id":{id},{body}}}"#).unwrap();
+        self.stdin.flush().unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        line
+    }
+
+    fn call_print(&mut self) {
+        let reply = self.request(
+            r#""method":"tools/call","params":{"name":"run_python","arguments":{"code":"print(6*7)"}}"#,
+        );
+        assert!(reply.contains(r#""status":"success""#), "{reply}");
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        // stdin EOF: the server removes its containers and exits.
+        let _ = self.stdin.flush();
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+    }
+}
+
+fn mcp_path(criterion: &mut Criterion, full: bool) {
+    let (mut served, _) = Served::launch("2");
+    criterion.bench_function("mcp tools/call run_python print(6*7), client side", |b| {
+        b.iter(|| served.call_print())
+    });
+    let samples = (0..if full { 1000 } else { 3 })
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            let started = Instant::now();
+            served.call_print();
+            started.elapsed()
+        })
+        .collect();
+    percentiles("full MCP path, calls 10 ms apart", samples);
+}
+
+fn launch_to_warm(full: bool) {
+    let samples: Vec<Duration> = (0..if full { 5 } else { 1 })
+        .map(|_| Served::launch("1").1)
+        .collect();
+    let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+    ms.sort_by(f64::total_cmp);
+    println!(
+        "launch to first warm sandbox (/readyz)   n={:<5} median {:>7.1} ms   min {:.1}   max {:.1}",
+        ms.len(),
+        ms[ms.len() / 2],
+        ms[0],
+        ms[ms.len() - 1]
+    );
+}
+
+fn throughput(tokio: &tokio::runtime::Runtime, full: bool) {
+    let mut config = Config::from_env().expect("valid MCP_BRIDGE_* environment");
+    config.pool_min_idle = 4;
+    config.pool_max = 4;
+    let backend = Arc::new(Backend::new(config));
+    tokio.block_on(async {
+        let executor = backend.executor().await.expect("backend starts");
+        assert!(executor.pool().wait_warm(Duration::from_secs(60)).await);
+    });
+    let total = if full { 2000 } else { 16 };
+    for in_flight in [1usize, 4, 16] {
+        let started = Instant::now();
+        tokio.block_on(async {
+            let per_worker = total / in_flight;
+            let workers = (0..in_flight).map(|_| {
+                let backend = backend.clone();
+                tokio::spawn(async move {
+                    let request = RunRequest {
+                        code: "print(6*7)".into(),
+                        ..RunRequest::default()
+                    };
+                    for _ in 0..per_worker {
+                        let report = backend.execute(&request).await;
+                        assert_eq!(report.status, RunStatus::Success, "{report:?}");
+                    }
+                })
+            });
+            for worker in futures_util::future::join_all(workers).await {
+                worker.unwrap();
+            }
+        });
+        let elapsed = started.elapsed();
+        println!(
+            "throughput, {in_flight:>2} in flight (pool of 4)         {:>7.0} runs/s ({total} runs in {:.2} s)",
+            total as f64 / elapsed.as_secs_f64(),
+            elapsed.as_secs_f64()
+        );
+    }
+    tokio.block_on(backend.shutdown());
+}
+
+/// Host memory of each idle warm sandbox: the container's cgroup (without
+/// reclaimable page cache, as `docker stats` counts it) plus the PSS of its
+/// containerd shim.
+fn idle_memory(tokio: &tokio::runtime::Runtime) {
+    let mut config = Config::from_env().expect("valid MCP_BRIDGE_* environment");
+    config.pool_min_idle = 4;
+    config.pool_max = 4;
+    let backend = Backend::new(config);
+    tokio.block_on(async {
+        let executor = backend.executor().await.expect("backend starts");
+        assert!(executor.pool().wait_warm(Duration::from_secs(60)).await);
+        let request = RunRequest {
+            code: "print(1)".into(),
+            ..RunRequest::default()
+        };
+        for _ in 0..8 {
+            backend.execute(&request).await; // each sandbox has run and reset
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    });
+    let owner = tokio.block_on(backend.executor()).unwrap().pool().runtime().owner_label();
+    let ids = Command::new("docker")
+        .args(["ps", "-q", "--no-trunc", "--filter", &format!("label=mcp-code-exec.owner={owner}")])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let mut per_sandbox = Vec::new();
+    for id in &ids {
+        let (Some(cgroup), shim) = (cgroup_bytes(id), shim_pss_bytes(id)) else {
+            continue;
+        };
+        per_sandbox.push((cgroup, shim.unwrap_or(0)));
+    }
+    if per_sandbox.is_empty() {
+        println!("idle sandbox memory: could not read the containers' cgroups on this host");
+    } else {
+        let n = per_sandbox.len() as f64;
+        let cgroup = per_sandbox.iter().map(|(c, _)| *c as f64).sum::<f64>() / n / 1048576.0;
+        let shim = per_sandbox.iter().map(|(_, s)| *s as f64).sum::<f64>() / n / 1048576.0;
+        println!(
+            "host memory per idle warm sandbox        n={:<5} {:.1} MiB (container cgroup {cgroup:.1} MiB + shim PSS {shim:.1} MiB)",
+            per_sandbox.len(),
+            cgroup + shim
+        );
+    }
+    tokio.block_on(backend.shutdown());
+}
+
+fn cgroup_bytes(id: &str) -> Option<u64> {
+    // cgroup v1 (this host) or v2, with Docker's cgroupfs or systemd drivers.
+    for dir in [
+        format!("/sys/fs/cgroup/memory/docker/{id}"),
+        format!("/sys/fs/cgroup/memory/system.slice/docker-{id}.scope"),
+        format!("/sys/fs/cgroup/system.slice/docker-{id}.scope"),
+        format!("/sys/fs/cgroup/docker/{id}"),
+    ] {
+        let read = |file: &str| std::fs::read_to_string(format!("{dir}/{file}")).ok();
+        let stat = |stat: &str, key: &str| {
+            stat.lines()
+                .find_map(|l| l.strip_prefix(key)?.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        if let (Some(usage), Some(stat_text)) = (read("memory.usage_in_bytes"), read("memory.stat")) {
+            let usage: u64 = usage.trim().parse().ok()?;
+            return Some(usage.saturating_sub(stat(&stat_text, "total_inactive_file ")));
+        }
+        if let (Some(usage), Some(stat_text)) = (read("memory.current"), read("memory.stat")) {
+            let usage: u64 = usage.trim().parse().ok()?;
+            return Some(usage.saturating_sub(stat(&stat_text, "inactive_file ")));
+        }
+    }
+    None
+}
+
+fn shim_pss_bytes(id: &str) -> Option<u64> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let path = entry.path();
+        let Ok(cmdline) = std::fs::read(path.join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        if cmdline.contains("containerd-shim") && cmdline.contains(id) {
+            let rollup = std::fs::read_to_string(path.join("smaps_rollup")).ok()?;
+            let kib: u64 = rollup
+                .lines()
+                .find_map(|l| l.strip_prefix("Pss:")?.trim().trim_end_matches("kB").trim().parse().ok())?;
+            return Some(kib * 1024);
+        }
+    }
+    None
+}
+
+fn main() {
+    let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    if !engine_answers(&tokio) {
+        return;
+    }
+    let full = std::env::args().any(|arg| arg == "--bench");
+    let mut criterion = Criterion::default().configure_from_args();
+    println!();
+    mcp_path(&mut criterion, full);
+    launch_to_warm(full);
+    throughput(&tokio, full);
+    idle_memory(&tokio);
+    criterion.final_summary();
+}
