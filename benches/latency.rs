@@ -7,6 +7,9 @@
 
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::percentiles;
 use criterion::Criterion;
 use mcp_code_exec::backend::Backend;
 use mcp_code_exec::config::Config;
@@ -111,21 +114,6 @@ fn criterion_benches(c: &mut Criterion, setup: &Setup) {
         b.to_async(&setup.tokio).iter(|| setup.cold_run())
     });
     group.finish();
-}
-
-fn percentiles(label: &str, mut samples: Vec<Duration>) -> Duration {
-    samples.sort();
-    let at = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    println!(
-        "{label:<36} n={:<5} p50 {:>8.3} ms   p90 {:>8.3} ms   p99 {:>8.3} ms   max {:>8.3} ms",
-        samples.len(),
-        ms(at(0.50)),
-        ms(at(0.90)),
-        ms(at(0.99)),
-        ms(*samples.last().unwrap()),
-    );
-    at(0.50)
 }
 
 /// Times `n` sequential calls of `call`, with `pause` (not timed) between

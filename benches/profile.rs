@@ -6,20 +6,25 @@
 //! engine answers. Under `cargo test` (no `--bench`) each part runs once,
 //! briefly, as a smoke test.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+#[allow(dead_code)] // the tests' driver; the bench uses part of it
+#[path = "../tests/common/server.rs"]
+mod server;
+
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::percentiles;
 use criterion::Criterion;
 use mcp_code_exec::backend::Backend;
 use mcp_code_exec::config::Config;
 use mcp_code_exec::execution::RunRequest;
 use mcp_code_exec::report::RunStatus;
 use mcp_code_exec::runtime::Runtime;
-
-const BINARY: &str = env!("CARGO_BIN_EXE_mcp-code-exec");
+use server::Server;
 
 fn engine_answers(tokio: &tokio::runtime::Runtime) -> bool {
     match tokio.block_on(Runtime::connect(Config::default().runtime)) {
@@ -31,21 +36,12 @@ fn engine_answers(tokio: &tokio::runtime::Runtime) -> bool {
     }
 }
 
-fn percentiles(label: &str, mut samples: Vec<Duration>) {
-    samples.sort();
-    let at = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    println!(
-        "{label:<40} n={:<5} p50 {:>7.3} ms   p90 {:>7.3} ms   p99 {:>7.3} ms",
-        samples.len(),
-        ms(at(0.5)),
-        ms(at(0.9)),
-        ms(at(0.99))
-    );
-}
-
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn ready(port: u16) -> bool {
@@ -58,86 +54,43 @@ fn ready(port: u16) -> bool {
     response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200")
 }
 
-/// The binary serving MCP on stdio, as a client launches it.
-struct Served {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-    next_id: u64,
+/// Launches `serve` as a client would; returns it with the time until
+/// `/readyz` said a warm sandbox is idle.
+fn launch(min_idle: &str) -> (Server, Duration) {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let started = Instant::now();
+    let env = [
+        ("MCP_BRIDGE_METRICS_ADDR", addr.as_str()),
+        ("MCP_BRIDGE_POOL_MIN_IDLE", min_idle),
+        ("MCP_BRIDGE_LOG_LEVEL", "warn"),
+    ];
+    let server = Server::start(&env, Stdio::null());
+    while !ready(port) {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the server never became ready"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    (server, started.elapsed())
 }
 
-impl Served {
-    /// Launches the server and returns it with the time until /readyz said
-    /// a warm sandbox is idle.
-    fn launch(min_idle: &str) -> (Self, Duration) {
-        let port = free_port();
-        let started = Instant::now();
-        let mut child = Command::new(BINARY)
-            .arg("serve")
-            .env("MCP_BRIDGE_METRICS_ADDR", format!("127.0.0.1:{port}"))
-            .env("MCP_BRIDGE_POOL_MIN_IDLE", min_idle)
-            .env("MCP_BRIDGE_LOG_LEVEL", "warn")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut served = Self {
-            child,
-            stdin,
-            stdout,
-            next_id: 1,
-        };
-        served.request(
-            r#""method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"bench","version":"0"}}"#,
-        );
-        writeln!(served.stdin, r#"{{"jsonrpc":"2.0","method":"notifications/initialized"}}"#).unwrap();
-        while !ready(port) {
-            assert!(started.elapsed() < Duration::from_secs(60), "the server never became ready");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        (served, started.elapsed())
-    }
-
-    fn request(&mut self, body: &str) -> String {
-        let id = self.next_id;
-        self.next_id += 1;
-        writeln!(self.stdin, r#"{{"jsonrpc":"2.0","id":{id},{body}}}"#).unwrap();
-        self.stdin.flush().unwrap();
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap();
-        line
-    }
-
-    fn call_print(&mut self) {
-        let reply = self.request(
-            r#""method":"tools/call","params":{"name":"run_python","arguments":{"code":"print(6*7)"}}"#,
-        );
-        assert!(reply.contains(r#""status":"success""#), "{reply}");
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        // stdin EOF: the server removes its containers and exits.
-        let _ = self.stdin.flush();
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
-        let _ = self.child.wait();
-    }
+fn call_print(server: &mut Server) {
+    let result = server.run_python(serde_json::json!({"code": "print(6*7)"}));
+    assert_eq!(result["status"], "success", "{result}");
 }
 
 fn mcp_path(criterion: &mut Criterion, full: bool) {
-    let (mut served, _) = Served::launch("2");
+    let (mut server, _) = launch("2");
     criterion.bench_function("mcp tools/call run_python print(6*7), client side", |b| {
-        b.iter(|| served.call_print())
+        b.iter(|| call_print(&mut server))
     });
     let samples = (0..if full { 1000 } else { 3 })
         .map(|_| {
             std::thread::sleep(Duration::from_millis(10));
             let started = Instant::now();
-            served.call_print();
+            call_print(&mut server);
             started.elapsed()
         })
         .collect();
@@ -146,7 +99,7 @@ fn mcp_path(criterion: &mut Criterion, full: bool) {
 
 fn launch_to_warm(full: bool) {
     let samples: Vec<Duration> = (0..if full { 5 } else { 1 })
-        .map(|_| Served::launch("1").1)
+        .map(|_| launch("1").1)
         .collect();
     let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e3).collect();
     ms.sort_by(f64::total_cmp);
@@ -220,11 +173,27 @@ fn idle_memory(tokio: &tokio::runtime::Runtime) {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     });
-    let owner = tokio.block_on(backend.executor()).unwrap().pool().runtime().owner_label();
+    let owner = tokio
+        .block_on(backend.executor())
+        .unwrap()
+        .pool()
+        .runtime()
+        .owner_label();
     let ids = Command::new("docker")
-        .args(["ps", "-q", "--no-trunc", "--filter", &format!("label=mcp-code-exec.owner={owner}")])
+        .args([
+            "ps",
+            "-q",
+            "--no-trunc",
+            "--filter",
+            &format!("label=mcp-code-exec.owner={owner}"),
+        ])
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
         .unwrap_or_default();
     let mut per_sandbox = Vec::new();
     for id in &ids {
@@ -262,7 +231,8 @@ fn cgroup_bytes(id: &str) -> Option<u64> {
                 .find_map(|l| l.strip_prefix(key)?.trim().parse::<u64>().ok())
                 .unwrap_or(0)
         };
-        if let (Some(usage), Some(stat_text)) = (read("memory.usage_in_bytes"), read("memory.stat")) {
+        if let (Some(usage), Some(stat_text)) = (read("memory.usage_in_bytes"), read("memory.stat"))
+        {
             let usage: u64 = usage.trim().parse().ok()?;
             return Some(usage.saturating_sub(stat(&stat_text, "total_inactive_file ")));
         }
@@ -283,9 +253,14 @@ fn shim_pss_bytes(id: &str) -> Option<u64> {
         let cmdline = String::from_utf8_lossy(&cmdline);
         if cmdline.contains("containerd-shim") && cmdline.contains(id) {
             let rollup = std::fs::read_to_string(path.join("smaps_rollup")).ok()?;
-            let kib: u64 = rollup
-                .lines()
-                .find_map(|l| l.strip_prefix("Pss:")?.trim().trim_end_matches("kB").trim().parse().ok())?;
+            let kib: u64 = rollup.lines().find_map(|l| {
+                l.strip_prefix("Pss:")?
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse()
+                    .ok()
+            })?;
             return Some(kib * 1024);
         }
     }
@@ -293,7 +268,10 @@ fn shim_pss_bytes(id: &str) -> Option<u64> {
 }
 
 fn main() {
-    let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     if !engine_answers(&tokio) {
         return;
     }

@@ -6,10 +6,13 @@
 //! it into target/e2e-venv; or set MCP_CODE_EXEC_TEST_PYTHON). Skips with a
 //! message when either is missing.
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::percentiles;
 use mcp_code_exec::backend::Backend;
 use mcp_code_exec::config::Config;
 use mcp_code_exec::execution::RunRequest;
@@ -41,20 +44,6 @@ fn fixture() -> Option<ServerDefinition> {
         description: None,
         source: "benches/proxy.rs".into(),
     })
-}
-
-fn summary(label: &str, mut samples: Vec<Duration>) -> Duration {
-    samples.sort();
-    let at = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    println!(
-        "{label:<44} n={:<5} p50 {:>7.3} ms   p90 {:>7.3} ms   p99 {:>7.3} ms",
-        samples.len(),
-        ms(at(0.5)),
-        ms(at(0.9)),
-        ms(at(0.99))
-    );
-    at(0.5)
 }
 
 fn main() {
@@ -107,8 +96,8 @@ fn main() {
         .collect();
 
     println!("\nMCP tool call `structured` of the fixture server, sequential:");
-    let direct = summary("direct, host-side rmcp client", direct);
-    let proxied = summary("proxied, from sandboxed Python", proxied);
+    let direct = percentiles("direct, host-side rmcp client", direct);
+    let proxied = percentiles("proxied, from sandboxed Python", proxied);
     println!(
         "proxy overhead at p50: {:.3} ms",
         (proxied.as_secs_f64() - direct.as_secs_f64()) * 1e3
