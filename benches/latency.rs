@@ -74,13 +74,13 @@ impl Setup {
 
     /// What a fresh container per call costs, with our own flags and agent.
     async fn cold_run(&self) {
-        let body = spec::container_body(
+        let spec = spec::container_spec(
             &self.config,
             &self.image,
             &self.runtime.owner_label(),
             AGENT,
         );
-        let container = self.runtime.start_container(body).await.unwrap();
+        let container = self.runtime.start_container(&spec).await.unwrap();
         let id = container.id.clone();
         let mut sandbox = Sandbox::attach(container, Duration::from_secs(60))
             .await

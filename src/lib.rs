@@ -10,12 +10,16 @@
 //! - [`pool`]: warm sandboxes, leases, reset/recycle off the caller's path.
 //! - [`execution`]: one call from request to [`report::RunReport`].
 //! - [`report`]: the result's shape and its text renderings.
+//! - [`proxy`]: the user's MCP servers: discovery, warm host-side clients,
+//!   the metadata and answers of a run's tool calls.
 //! - [`backend`]: assembles the stack in the background; shutdown.
 //! - [`mcp`]: the stdio MCP server (rmcp).
+//! - [`metrics`]: Prometheus metrics and the health side port (axum).
 //!
 //! Data flows `mcp` → `backend` → `execution` → `pool` → `sandbox` →
-//! `runtime`; nothing below `runtime` imports bollard, and nothing but `mcp`
-//! speaks MCP. See ARCHITECTURE.md.
+//! `runtime`, with `proxy` answering the tool calls a run makes. Only
+//! `runtime` imports bollard; only `mcp` serves MCP (and `proxy` is the MCP
+//! client of the user's servers). See ARCHITECTURE.md.
 
 pub mod backend;
 pub mod config;

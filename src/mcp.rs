@@ -262,7 +262,7 @@ mod tests {
     fn tools_list_stays_under_2_kb_with_0_or_20_servers() {
         let none = tools_list_bytes(&server_with(0));
         let twenty = tools_list_bytes(&server_with(20));
-        println!("tools/list result: {none} bytes with 0 servers, {twenty} with 20");
+        eprintln!("tools/list result: {none} bytes with 0 servers, {twenty} with 20");
         assert!(none < 2048 && twenty < 2048, "{none} / {twenty} bytes");
         let description = tool_description(server_with(20).backend.proxy().names());
         assert!(

@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bollard::models::ContainerCreateBody;
 use deadpool::unmanaged::{Object, Pool as IdleQueue, PoolConfig, PoolError};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
@@ -142,7 +141,7 @@ pub struct Pool {
 
 struct Shared {
     runtime: Runtime,
-    container_body: ContainerCreateBody,
+    container_spec: spec::ContainerSpec,
     idle: IdleQueue<Slot>,
     capacity: Arc<Semaphore>,
     starting: AtomicUsize,
@@ -166,10 +165,10 @@ struct Shared {
 impl Pool {
     /// Starts the pool: warm-up begins in the background at once.
     pub fn start(runtime: Runtime, config: &Config, image: &str) -> Self {
-        let container_body = spec::container_body(config, image, &runtime.owner_label(), AGENT);
+        let container_spec = spec::container_spec(config, image, &runtime.owner_label(), AGENT);
         let shared = Arc::new(Shared {
             runtime,
-            container_body,
+            container_spec,
             idle: IdleQueue::from_config(&PoolConfig {
                 runtime: Some(deadpool::Runtime::Tokio1),
                 ..PoolConfig::new(config.pool_max)
@@ -459,7 +458,7 @@ impl Shared {
         let result = async {
             let container = self
                 .runtime
-                .start_container(self.container_body.clone())
+                .start_container(&self.container_spec)
                 .await
                 .map_err(|e| e.to_string())?;
             let id = container.id.clone();

@@ -17,7 +17,6 @@ use std::time::Duration;
 use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::errors::Error as EngineError;
-use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptions, CreateImageOptionsBuilder,
     InspectContainerOptions, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
@@ -283,11 +282,11 @@ impl Runtime {
     /// means the agent's first frame cannot be missed.
     pub async fn start_container(
         &self,
-        body: ContainerCreateBody,
+        spec: &spec::ContainerSpec,
     ) -> Result<StartedContainer, RuntimeError> {
         let created = self
             .docker
-            .create_container(None::<CreateContainerOptions>, body)
+            .create_container(None::<CreateContainerOptions>, spec.0.clone())
             .await
             .map_err(engine("creating the sandbox container"))?;
         let id = created.id;

@@ -27,9 +27,23 @@ const NOFILE: i64 = 1024;
 /// sandboxes; the per-container pids cgroup is the real limit.
 const NPROC: i64 = 4096;
 
-/// The create body for one sandbox container running the agent (`agent`:
-/// its source and the one argument it takes).
-pub fn container_body(
+/// Everything the engine needs to create one sandbox container. Opaque
+/// outside this module, so that only the runtime speaks the engine's types.
+#[derive(Debug, Clone)]
+pub struct ContainerSpec(pub(super) ContainerCreateBody);
+
+/// The spec of one sandbox container running the agent (`agent`: its source
+/// and the one argument it takes).
+pub fn container_spec(
+    config: &Config,
+    image: &str,
+    owner: &str,
+    agent: [&str; 2],
+) -> ContainerSpec {
+    ContainerSpec(container_body(config, image, owner, agent))
+}
+
+fn container_body(
     config: &Config,
     image: &str,
     owner: &str,
