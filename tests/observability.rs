@@ -304,7 +304,7 @@ fn health_endpoints_say_what_is_missing() {
 }
 
 #[test]
-fn a_taken_metrics_port_is_a_warning_and_mcp_still_works() {
+fn a_taken_metrics_port_is_a_warning_mcp_still_works_and_logs_are_json() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let log = std::env::temp_dir().join(format!(
@@ -315,13 +315,41 @@ fn a_taken_metrics_port_is_a_warning_and_mcp_still_works() {
         &[
             ("MCP_BRIDGE_METRICS_ADDR", addr.as_str()),
             ("DOCKER_HOST", "unix:///nonexistent/docker.sock"),
+            ("MCP_BRIDGE_LOG_FORMAT", "json"),
         ],
         Stdio::from(std::fs::File::create(&log).unwrap()),
     );
     let tools = server.request("tools/list", json!({}));
     assert_eq!(tools["result"]["tools"][0]["name"], "run_python");
+    // A run that needs no engine: rejected by validation, logged all the same.
+    assert_eq!(
+        server.run_python(json!({"code": ""}))["status"],
+        "validation_error"
+    );
     drop(server);
     let stderr = std::fs::read_to_string(&log).unwrap();
-    assert!(stderr.contains("metrics side port unavailable"), "{stderr}");
+    let lines: Vec<Value> = stderr
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|_| panic!("not a JSON log line: {line}"))
+        })
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["fields"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("metrics side port unavailable")),
+        "{stderr}"
+    );
+    let run = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "run finished")
+        .expect("a log line for the run");
+    assert_eq!(run["span"]["name"], "run");
+    assert_eq!(run["span"]["status"], "validation_error");
+    assert!(
+        run["span"]["id"].is_u64() && run["span"]["servers"] == "[]",
+        "{run}"
+    );
     let _ = std::fs::remove_file(log);
 }
