@@ -48,10 +48,6 @@ impl Backend {
         &self.proxy
     }
 
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
     /// The executor, starting the stack on first use (concurrent callers share one start).
     pub async fn executor(&self) -> Result<&Executor, String> {
         self.executor

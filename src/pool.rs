@@ -474,7 +474,12 @@ impl Shared {
         match result {
             Ok(sandbox) => {
                 metrics::observe_created(started.elapsed());
-                tracing::debug!(sandbox = sandbox.short_id(), elapsed = ?started.elapsed(), "sandbox warm");
+                tracing::debug!(
+                    sandbox = sandbox.short_id(),
+                    python = sandbox.python_version(),
+                    elapsed = ?started.elapsed(),
+                    "sandbox warm"
+                );
                 self.consecutive_failures.store(0, Ordering::Relaxed);
                 *self.last_create_error.lock().expect("not poisoned") = None;
                 self.starting.fetch_sub(1, Ordering::Relaxed);

@@ -118,7 +118,8 @@ impl FrameDecoder {
     }
 
     /// Bytes received but not yet part of a whole frame.
-    pub fn pending(&self) -> usize {
+    #[cfg(test)]
+    fn pending(&self) -> usize {
         self.buffer.len()
     }
 }
