@@ -347,3 +347,17 @@ fn a_server_that_cannot_start_is_a_clear_error() {
     let again = run("print(1)", &["broken"]).error.unwrap();
     assert!(again.contains("next attempt in"), "{again}");
 }
+
+#[test]
+fn calls_in_flight_per_run_are_bounded() {
+    if !engine_tests_enabled() {
+        return;
+    }
+    let code = r#"
+import asyncio
+results = await asyncio.gather(*(mcp_fixture.slow(seconds=0.3) for _ in range(100)), return_exceptions=True)
+errors = [r for r in results if isinstance(r, MCPError)]
+print(len(results) - len(errors), len(errors), "more than 64 MCP calls in flight" in str(errors[0]))
+"#;
+    assert_eq!(run_ok(code, &["fixture"]), "64 36 True\n");
+}

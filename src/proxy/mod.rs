@@ -16,6 +16,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio::sync::Semaphore;
 
 use crate::metrics::{self, CallOutcome};
 use crate::sandbox::ToolCalls;
@@ -99,6 +100,7 @@ impl Proxy {
             calls: RunCalls {
                 proxy: self.clone(),
                 allowed: servers.to_vec(),
+                in_flight: Semaphore::new(MAX_CALLS_IN_FLIGHT),
             },
         }))
     }
@@ -119,7 +121,13 @@ pub struct PreparedRun {
 pub struct RunCalls {
     proxy: Arc<Proxy>,
     allowed: Vec<String>,
+    /// Bounds the calls one run has in flight: user code cannot make the
+    /// host (or the user's servers) hold an unbounded number of calls.
+    in_flight: Semaphore,
 }
+
+/// Tool calls one run may have in flight at once.
+pub const MAX_CALLS_IN_FLIGHT: usize = 64;
 
 #[derive(Deserialize)]
 struct CallRequest {
@@ -147,6 +155,12 @@ impl ToolCalls for RunCalls {
                 );
                 return json!({"id": id, "ok": false, "error": error});
             }
+            let Ok(_permit) = self.in_flight.try_acquire() else {
+                let error = format!(
+                    "more than {MAX_CALLS_IN_FLIGHT} MCP calls in flight in one run; await some before starting more"
+                );
+                return json!({"id": id, "ok": false, "error": error});
+            };
             let started = Instant::now();
             let outcome = match self.proxy.hub.get(&request.server) {
                 Ok(client) => client.call(&request.tool, request.arguments).await,
