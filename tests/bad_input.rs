@@ -318,3 +318,33 @@ fn syntax_errors_point_at_the_line() {
     assert!(report.stderr.contains("line 2"), "{}", report.stderr);
     assert_next_call_works(shared_backend());
 }
+
+#[test]
+fn the_process_limit_is_a_clear_error_inside_the_sandbox() {
+    if !engine_tests_enabled() {
+        return;
+    }
+    let code = r#"
+import subprocess
+procs = []
+try:
+    for _ in range(1000):
+        procs.append(subprocess.Popen(["sleep", "30"]))
+except OSError as e:
+    print("stopped after", len(procs), "processes:", e.strerror)
+"#;
+    let report = run(code);
+    assert_eq!(report.status, RunStatus::Success, "{report:#?}");
+    let (count, reason) = report
+        .stdout
+        .strip_prefix("stopped after ")
+        .and_then(|rest| rest.split_once(" processes: "))
+        .expect("the limit stopped the loop");
+    let count: usize = count.parse().unwrap();
+    assert!(
+        (100..128).contains(&count),
+        "MCP_BRIDGE_PIDS=128 bounds the run: {count}"
+    );
+    assert_eq!(reason, "Resource temporarily unavailable\n");
+    assert_next_call_works(shared_backend());
+}
