@@ -67,11 +67,10 @@ SPARE_WARM_TIMEOUT_S = 10.0
 
 def send(kind, payload):
     header = HEADER.pack(kind, len(payload))
-    data = header + payload if len(payload) < 4096 else None
-    if data is not None:
-        write_all(1, data)
+    if len(payload) < 4096:
+        write_all(1, header + payload)  # one write: one hop through the engine's relay
     else:
-        write_all(1, header)
+        write_all(1, header)  # no copy of a large payload
         write_all(1, payload)
 
 
