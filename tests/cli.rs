@@ -3,13 +3,13 @@
 mod common;
 
 use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
 use common::engine_tests_enabled;
-use common::server::BINARY;
+use common::server;
 
 fn mcp_code_exec(args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Output {
-    let mut child = Command::new(BINARY)
+    let mut child = server::command()
         .args(args)
         .env("MCP_BRIDGE_LOG_LEVEL", "error")
         .envs(env.iter().copied())

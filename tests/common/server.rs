@@ -6,6 +6,26 @@ use std::time::{Duration, Instant};
 
 pub const BINARY: &str = env!("CARGO_BIN_EXE_mcp-code-exec");
 
+/// An empty directory used as HOME and working directory of the spawned
+/// binary, so that MCP server files of the machine (`~/.claude.json`,
+/// `./.mcp.json`, …) never leak into a test.
+pub fn empty_home() -> &'static std::path::Path {
+    static HOME: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    HOME.get_or_init(|| {
+        let dir =
+            std::env::temp_dir().join(format!("mcp-code-exec-test-home-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    })
+}
+
+/// The binary with a clean environment for discovery (see [`empty_home`]).
+pub fn command() -> Command {
+    let mut command = Command::new(BINARY);
+    command.env("HOME", empty_home()).current_dir(empty_home());
+    command
+}
+
 pub struct Server {
     pub child: Child,
     pub stdin: Option<ChildStdin>,
@@ -16,7 +36,7 @@ pub struct Server {
 impl Server {
     /// Starts `mcp-code-exec serve` with `env` and completes the MCP handshake.
     pub fn start(env: &[(&str, &str)], stderr: Stdio) -> Self {
-        let mut child = Command::new(BINARY)
+        let mut child = command()
             .arg("serve")
             .env("MCP_BRIDGE_METRICS_ADDR", "off")
             .envs(env.iter().copied())

@@ -53,7 +53,10 @@ async def main(binary):
         MCP_BRIDGE_LOG_LEVEL="info",
         MCP_SERVERS_CONFIG=servers_config(tempfile.mkdtemp()),
     )
-    params = StdioServerParameters(command=binary, args=["serve"], env=env)
+    # An empty HOME and working directory: no MCP server file of this machine leaks in.
+    home = tempfile.mkdtemp()
+    env["HOME"] = home
+    params = StdioServerParameters(command=binary, args=["serve"], env=env, cwd=home)
     async with stdio_client(params) as (read, write):
         async with ClientSession(read, write) as session:
             init = await session.initialize()
