@@ -96,6 +96,29 @@ pub enum Verdict {
     Recycle(RecycleReason),
 }
 
+impl Verdict {
+    /// A reuse becomes a recycle once the sandbox is worn out.
+    fn or_worn_out(self, runs: u32, age: Duration, max_uses: u32, max_age: Duration) -> Self {
+        match self {
+            Self::Reuse if runs >= max_uses => Self::Recycle(RecycleReason::MaxUses),
+            Self::Reuse if age >= max_age => Self::Recycle(RecycleReason::MaxAge),
+            verdict => verdict,
+        }
+    }
+}
+
+/// Whether refill should start one more sandbox: the idle and starting ones
+/// must cover `min_idle` plus every caller waiting right now.
+fn needs_another(idle_and_starting: usize, min_idle: usize, waiting: usize) -> bool {
+    idle_and_starting < min_idle + waiting
+}
+
+/// How long a failed start holds its slot before refill may try again:
+/// 250 ms doubling per consecutive failure, at most [`MAX_CREATE_BACKOFF`].
+fn create_backoff(consecutive_failures: u32) -> Duration {
+    Duration::from_millis(250 << consecutive_failures.min(7)).min(MAX_CREATE_BACKOFF)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AcquireError {
     #[error(
@@ -374,15 +397,12 @@ impl Lease {
     pub fn finish(mut self, verdict: Verdict) {
         let object = self.release().expect("finish is called once");
         let shared = self.shared.clone();
-        let verdict = match verdict {
-            Verdict::Reuse if object.sandbox.runs() >= shared.max_uses => {
-                Verdict::Recycle(RecycleReason::MaxUses)
-            }
-            Verdict::Reuse if object.sandbox.age() >= shared.max_age => {
-                Verdict::Recycle(RecycleReason::MaxAge)
-            }
-            verdict => verdict,
-        };
+        let verdict = verdict.or_worn_out(
+            object.sandbox.runs(),
+            object.sandbox.age(),
+            shared.max_uses,
+            shared.max_age,
+        );
         match verdict {
             Verdict::Recycle(reason) => shared.destroy(Object::take(object), reason),
             Verdict::Reuse => {
@@ -442,7 +462,7 @@ impl Shared {
     fn top_up(self: &Arc<Self>) {
         loop {
             let covered = self.idle.status().available + self.starting.load(Ordering::Relaxed);
-            if covered >= self.min_idle + self.waiting.load(Ordering::Relaxed) {
+            if !needs_another(covered, self.min_idle, self.waiting.load(Ordering::Relaxed)) {
                 return;
             }
             let Ok(permit) = self.capacity.clone().try_acquire_owned() else {
@@ -499,7 +519,7 @@ impl Shared {
                 *self.last_create_error.lock().expect("not poisoned") = Some(error);
                 self.create_failures.send_modify(|count| *count += 1);
                 // Hold the slot through the backoff so refill does not spin.
-                let backoff = Duration::from_millis(250 << failures.min(7)).min(MAX_CREATE_BACKOFF);
+                let backoff = create_backoff(failures);
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = self.closed.cancelled() => {}
@@ -538,5 +558,70 @@ async fn refill_loop(shared: Arc<Shared>) {
             _ = sweep.tick() => shared.sweep_idle(),
         }
         shared.top_up();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn worn_out_sandboxes_are_recycled_not_reused() {
+        let reuse = Verdict::Reuse;
+        assert_eq!(
+            reuse.or_worn_out(9, MINUTE, 10, 30 * MINUTE),
+            Verdict::Reuse
+        );
+        assert_eq!(
+            reuse.or_worn_out(10, MINUTE, 10, 30 * MINUTE),
+            Verdict::Recycle(RecycleReason::MaxUses)
+        );
+        assert_eq!(
+            reuse.or_worn_out(1, 30 * MINUTE, 10, 30 * MINUTE),
+            Verdict::Recycle(RecycleReason::MaxAge)
+        );
+        let timeout = Verdict::Recycle(RecycleReason::Timeout);
+        assert_eq!(
+            timeout.or_worn_out(10, 30 * MINUTE, 10, 30 * MINUTE),
+            timeout,
+            "the first reason stands"
+        );
+    }
+
+    #[test]
+    fn refill_covers_min_idle_plus_waiting_callers() {
+        assert!(needs_another(1, 2, 0));
+        assert!(!needs_another(2, 2, 0));
+        assert!(
+            needs_another(2, 2, 1),
+            "a waiting caller gets a sandbox of its own"
+        );
+        assert!(!needs_another(3, 2, 1));
+        assert!(
+            !needs_another(0, 0, 0),
+            "min idle 0: nothing starts until someone waits"
+        );
+    }
+
+    #[test]
+    fn start_failures_back_off_exponentially_up_to_a_cap() {
+        let backoffs: Vec<u64> = (0..10)
+            .map(|n| create_backoff(n).as_millis() as u64)
+            .collect();
+        assert_eq!(backoffs[..4], [250, 500, 1000, 2000]);
+        assert!(backoffs.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(
+            *backoffs.last().unwrap(),
+            MAX_CREATE_BACKOFF.as_millis() as u64
+        );
+    }
+
+    #[test]
+    fn every_recycle_reason_has_a_distinct_label() {
+        let labels: std::collections::HashSet<_> =
+            RecycleReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(labels.len(), RecycleReason::ALL.len());
     }
 }
