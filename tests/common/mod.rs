@@ -56,13 +56,22 @@ pub fn shared_backend() -> &'static Backend {
 /// A backend of its own (e.g. a one-sandbox pool to observe reuse).
 pub fn started_backend(config: Config) -> Backend {
     let backend = Backend::new(config);
-    if let Err(error) = runtime().block_on(backend.executor()) {
-        panic!(
+    let warm = runtime().block_on(async {
+        match backend.executor().await {
+            // Warm before the test starts: a short pool wait in a test must
+            // not race the first container's start.
+            Ok(executor) => Ok(executor.pool().wait_warm(Duration::from_secs(60)).await),
+            Err(error) => Err(error),
+        }
+    });
+    match warm {
+        Ok(true) => backend,
+        Ok(false) => panic!("the pool did not warm up within 60 s"),
+        Err(error) => panic!(
             "these tests need a container engine and the sandbox image: {error}\n\
              Run scripts/setup-engine.sh (or set MCP_CODE_EXEC_SKIP_ENGINE_TESTS=1 to skip them explicitly)."
-        );
+        ),
     }
-    backend
 }
 
 pub fn request(code: &str, timeout_secs: Option<f64>) -> RunRequest {
