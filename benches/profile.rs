@@ -11,8 +11,6 @@ mod common;
 #[path = "../tests/common/server.rs"]
 mod server;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,7 +22,7 @@ use mcp_code_exec::config::Config;
 use mcp_code_exec::execution::RunRequest;
 use mcp_code_exec::report::RunStatus;
 use mcp_code_exec::runtime::Runtime;
-use server::Server;
+use server::{Server, free_port, http_get};
 
 fn engine_answers(tokio: &tokio::runtime::Runtime) -> bool {
     match tokio.block_on(Runtime::connect(Config::default().runtime)) {
@@ -34,24 +32,6 @@ fn engine_answers(tokio: &tokio::runtime::Runtime) -> bool {
             false
         }
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn ready(port: u16) -> bool {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = write!(stream, "GET /readyz HTTP/1.0\r\n\r\n");
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200")
 }
 
 /// Launches `serve` as a client would; returns it with the time until
@@ -66,7 +46,7 @@ fn launch(min_idle: &str) -> (Server, Duration) {
         ("MCP_BRIDGE_LOG_LEVEL", "warn"),
     ];
     let server = Server::start(&env, Stdio::null());
-    while !ready(port) {
+    while http_get(port, "/readyz").is_none_or(|(status, _)| status != 200) {
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "the server never became ready"

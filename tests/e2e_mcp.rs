@@ -27,8 +27,17 @@ fn official_python_sdk_drives_the_server() {
         python()
     );
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/mcp_client.py");
+    // scripts/test.sh installs server-everything there and exports the path.
+    let everything = std::env::var("MCP_CODE_EXEC_TEST_EVERYTHING").unwrap_or_else(|_| {
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/target/e2e-node/node_modules/.bin/mcp-server-everything"
+        )
+        .into()
+    });
     let output = Command::new(python())
         .args([script, BINARY])
+        .env("MCP_CODE_EXEC_TEST_EVERYTHING", everything)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
