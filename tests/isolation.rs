@@ -6,12 +6,10 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    assert_next_call_works, engine_tests_enabled, run, run_on, started_backend, test_config,
+    AGENT_START, assert_next_call_works, engine_tests_enabled, run, run_on, started_backend,
+    test_config,
 };
 use mcp_code_exec::report::RunStatus;
-
-/// Start time of the container's PID 1: identifies the container across runs.
-const AGENT_START: &str = "print(open('/proc/1/stat').read().rsplit(')', 1)[1].split()[19])";
 
 #[test]
 fn the_next_run_sees_nothing_of_the_last() {

@@ -6,11 +6,11 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{engine_tests_enabled, request, run_on, runtime, started_backend, test_config};
+use common::{
+    AGENT_START, engine_tests_enabled, request, run_on, runtime, started_backend, test_config,
+};
 use mcp_code_exec::report::RunStatus;
 use mcp_code_exec::runtime::Runtime;
-
-const AGENT_START: &str = "print(open('/proc/1/stat').read().rsplit(')', 1)[1].split()[19])";
 
 fn docker(args: &[&str]) -> String {
     let output = Command::new("docker")
