@@ -22,6 +22,10 @@ log() { printf 'setup-engine: %s\n' "$*" >&2; }
 
 engine_answers() { timeout 10 docker info >/dev/null 2>&1; }
 
+# A dockerd process that is not a zombie (a killed daemon whose parent never
+# reaped it still shows up in pgrep).
+live_dockerd() { ps -C dockerd -o stat= 2>/dev/null | grep -qv '^Z'; }
+
 apt_install() {
     if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
         log "need these packages but cannot install them (not root on Debian): $*"
@@ -44,19 +48,22 @@ start_engine() {
         # needs them to start its default bridge network.
         apt_install docker.io iptables ca-certificates
     fi
-    if ! pgrep -x dockerd >/dev/null; then
+    if ! live_dockerd; then
+        # A daemon killed without cleanup (the machine's last session ended)
+        # leaves its pid file behind; no dockerd runs, so it is stale.
+        rm -f /var/run/docker.pid
         log "starting dockerd (log: $DOCKERD_LOG)"
         # setsid: the daemon must outlive this script and the CI step that ran it.
         setsid nohup dockerd >"$DOCKERD_LOG" 2>&1 </dev/null &
     fi
-    for _ in $(seq 1 60); do
+    for _ in $(seq 1 120); do
         if engine_answers; then
             log "engine up: $(docker version --format '{{.Server.Version}} (API {{.Server.APIVersion}})' 2>/dev/null)"
             return
         fi
         sleep 0.5
     done
-    log "dockerd did not answer within 30 s; last lines of its log:"
+    log "dockerd did not answer within 60 s; last lines of its log:"
     tail -n 20 "$DOCKERD_LOG" >&2 || true
     exit 1
 }
