@@ -247,6 +247,19 @@ mod tests {
     }
 
     #[test]
+    fn status_names_match_their_serialized_form() {
+        for status in [
+            RunStatus::Success,
+            RunStatus::Error,
+            RunStatus::Timeout,
+            RunStatus::Oom,
+            RunStatus::ValidationError,
+        ] {
+            assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
+        }
+    }
+
+    #[test]
     fn signal_names() {
         assert_eq!(describe_signal(11), "SIGSEGV (segmentation fault)");
         assert_eq!(describe_signal(64), "signal 64");

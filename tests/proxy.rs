@@ -361,3 +361,18 @@ print(len(results) - len(errors), len(errors), "more than 64 MCP calls in flight
 "#;
     assert_eq!(run_ok(code, &["fixture"]), "64 36 True\n");
 }
+
+#[test]
+fn an_oversized_call_is_a_clear_error_and_the_run_goes_on() {
+    if !engine_tests_enabled() {
+        return;
+    }
+    let code = r#"
+try:
+    await mcp_fixture.structured(name="x" * (17 << 20))
+except MCPError as e:
+    print("refused:", "16 MiB" in str(e))
+print((await mcp_fixture.structured(name="small"))["greeting"])
+"#;
+    assert_eq!(run_ok(code, &["fixture"]), "refused: True\nhello small\n");
+}

@@ -26,6 +26,9 @@ use discovery::{SearchRoots, ServerDefinition, unique_identifiers};
 /// The configured servers and their warm clients.
 pub struct Proxy {
     hub: ClientHub,
+    /// Every configured server as the sandbox lists it; fixed for the
+    /// process's life, so built once rather than per run.
+    discovered: Value,
 }
 
 impl Proxy {
@@ -43,8 +46,13 @@ impl Proxy {
     }
 
     pub fn new(servers: Vec<ServerDefinition>) -> Self {
+        let discovered = servers
+            .iter()
+            .map(|d| json!({"name": d.name, "alias": d.alias, "description": d.description}))
+            .collect();
         Self {
             hub: ClientHub::new(servers),
+            discovered: Value::Array(discovered),
         }
     }
 
@@ -65,11 +73,6 @@ impl Proxy {
         if self.hub.names().is_empty() {
             return Ok(None);
         }
-        let discovered: Vec<Value> = self
-            .hub
-            .definitions()
-            .map(|d| json!({"name": d.name, "alias": d.alias, "description": d.description}))
-            .collect();
         let mut callable = Vec::with_capacity(servers.len());
         for name in servers {
             let client = self.hub.get(name)?;
@@ -96,7 +99,7 @@ impl Proxy {
             }));
         }
         Ok(Some(PreparedRun {
-            metadata: json!({"servers": callable, "discovered": discovered}),
+            metadata: json!({"servers": callable, "discovered": self.discovered}),
             calls: RunCalls {
                 proxy: self.clone(),
                 allowed: servers.to_vec(),

@@ -49,7 +49,9 @@ READ_CHUNK = 64 * 1024
 # it left behind) had buffered. Bounded so a leftover writer cannot keep us here.
 DRAIN_LIMIT = 8 * 1024 * 1024
 STATUS_LIMIT = 16 * 1024
-# A tool call's JSON (its arguments) from user code; the host applies the same bound.
+# A tool call's JSON (its arguments) from user code; the mcp package gets it
+# from here and refuses larger calls, the host applies the same bound
+# (protocol.rs MAX_CALL_FRAME).
 MAX_CALL_BYTES = 16 * 1024 * 1024
 WIPE_DIRS = ("/tmp", "/workspace", "/dev/shm", "/dev/mqueue")
 RESET_DEADLINE_S = 3.0
@@ -175,7 +177,9 @@ def child_main(code_r, status_w, out_w, err_w, call_w, answer_r):
     request = json.loads(b"".join(chunks))
     env = {"__name__": "__main__", "__builtins__": builtins, "__doc__": None}
     if request.get("servers") or request.get("discovered"):
-        mcp_runtime["install"](env, (call_w, answer_r), request.get("servers", []), request.get("discovered", []))
+        mcp_runtime["install"](
+            env, (call_w, answer_r, MAX_CALL_BYTES), request.get("servers", []), request.get("discovered", [])
+        )
     exit_code, status = execute(request["code"], env)
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -321,9 +325,11 @@ class CallRelay:
         self.pending = bytearray()
 
     def forward_calls(self, data):
+        # The mcp package refuses larger calls with a clear error; a line this
+        # long was written by hand, past it, and the host would reject it.
         lines = (self.partial + data).split(b"\n")
         self.partial = lines.pop()
-        if len(self.partial) > MAX_CALL_BYTES:
+        if len(self.partial) > MAX_CALL_BYTES or any(len(line) > MAX_CALL_BYTES for line in lines):
             raise ValueError("a tool call request exceeds the size limit")
         for line in lines:
             send(ord("C"), line)

@@ -36,9 +36,10 @@ class MCPError(Exception):
 class _Channel:
     """Request/answer lines to the agent, answers matched to futures by id."""
 
-    def __init__(self, call_fd, answer_fd):
+    def __init__(self, call_fd, answer_fd, max_call_bytes):
         self._out = call_fd
         self._in = answer_fd
+        self._max_call_bytes = max_call_bytes
         self._lock = threading.Lock()
         self._pending = {}
         self._next_id = 0
@@ -46,6 +47,14 @@ class _Channel:
 
     def request(self, server, tool, arguments):
         future = concurrent.futures.Future()
+        data = json.dumps({"server": server, "tool": tool, "arguments": arguments}).encode()
+        if len(data) + 32 > self._max_call_bytes:  # room for the id the line gets
+            raise MCPError(
+                f"{server}.{tool}: the call's arguments are {len(data)} bytes; a call may carry at most "
+                f"{self._max_call_bytes >> 20} MiB",
+                server,
+                tool,
+            )
         with self._lock:
             self._next_id += 1
             ident = self._next_id
@@ -53,8 +62,7 @@ class _Channel:
             if self._reader is None:
                 self._reader = threading.Thread(target=self._read, name="mcp-answers", daemon=True)
                 self._reader.start()
-            line = json.dumps({"id": ident, "server": server, "tool": tool, "arguments": arguments}) + "\n"
-            data = line.encode()
+            data = b'{"id":%d,%s\n' % (ident, data[1:])
             while data:
                 data = data[os.write(self._out, data):]
         return future
@@ -269,12 +277,13 @@ def _tool_function(runtime, server, tool):
     return call
 
 
-def install(env, channel_fds, servers, discovered):
-    """Builds the modules for this run and binds the globals in `env`."""
+def install(env, channel, servers, discovered):
+    """Builds the modules for this run and binds the globals in `env`.
+    `channel` is (call fd, answer fd, the largest call in bytes)."""
     package = types.ModuleType("mcp", "MCP servers proxied into the sandbox.")
     package.__path__ = []
     runtime = Runtime("mcp.runtime", Runtime.__doc__)
-    runtime._setup(_Channel(*channel_fds), servers, discovered)
+    runtime._setup(_Channel(*channel), servers, discovered)
     servers_package = types.ModuleType("mcp.servers", "One module per MCP server of this run.")
     servers_package.__path__ = []
     package.runtime, package.servers, package.MCPError = runtime, servers_package, MCPError
