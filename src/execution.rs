@@ -136,7 +136,7 @@ impl Executor {
                 // The agent is PID 1: if the OOM killer took it, the engine knows.
                 let oom = matches!(failure, SandboxFailure::AgentDied { .. })
                     && lease.engine_saw_oom().await;
-                Outcome::from_failure(&failure, oom, self.limits.memory_bytes)
+                Outcome::from_failure(&failure, oom, &self.limits)
             }
         };
         if let Verdict::Recycle(reason) = outcome.verdict {
@@ -203,14 +203,16 @@ impl Outcome {
         }
     }
 
-    fn from_failure(failure: &SandboxFailure, oom: bool, memory_bytes: u64) -> Self {
+    fn from_failure(failure: &SandboxFailure, oom: bool, limits: &Limits) -> Self {
         let (status, error) = match failure {
-            _ if oom => (RunStatus::Oom, oom_message(memory_bytes)),
+            _ if oom => (RunStatus::Oom, oom_message(limits.memory_bytes)),
             SandboxFailure::Timeout(limit) => (
                 RunStatus::Timeout,
                 format!(
-                    "timed out after {}; the run was killed (output printed before the deadline is kept)",
-                    humantime::format_duration(*limit)
+                    "timed out after {} and was killed (output printed before the deadline is kept); \
+                     work that needs longer can pass a larger timeout, up to {} (MCP_BRIDGE_MAX_TIMEOUT)",
+                    humantime::format_duration(*limit),
+                    humantime::format_duration(limits.max_timeout)
                 ),
             ),
             other => (
@@ -334,20 +336,25 @@ mod tests {
         let timeout = Outcome::from_failure(
             &SandboxFailure::Timeout(Duration::from_secs(2)),
             false,
-            1 << 29,
+            &limits(),
         );
         assert_eq!(timeout.status, RunStatus::Timeout);
-        assert!(timeout.error.unwrap().contains("2s"));
+        let error = timeout.error.unwrap();
+        assert!(
+            error.contains("timed out after 2s")
+                && error.contains("up to 2m (MCP_BRIDGE_MAX_TIMEOUT)"),
+            "{error}"
+        );
         assert_eq!(timeout.verdict, Verdict::Recycle(RecycleReason::Timeout));
 
         let died = SandboxFailure::AgentDied {
             agent_stderr: String::new(),
         };
         assert_eq!(
-            Outcome::from_failure(&died, true, 1 << 29).status,
+            Outcome::from_failure(&died, true, &limits()).status,
             RunStatus::Oom
         );
-        let died = Outcome::from_failure(&died, false, 1 << 29);
+        let died = Outcome::from_failure(&died, false, &limits());
         assert_eq!(died.status, RunStatus::Error);
         assert_eq!(died.verdict, Verdict::Recycle(RecycleReason::AgentDied));
     }
