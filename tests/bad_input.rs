@@ -277,7 +277,9 @@ fn exits_and_crashes_are_reported() {
     let report = run("raise ValueError('nope')");
     assert_eq!(report.error.as_deref(), Some("ValueError: nope"));
     assert!(
-        report.stderr.contains("File \"<run_python>\", line 1"),
+        report
+            .stderr
+            .contains("File \"/run/code/main.py\", line 1, in <module>\n    raise ValueError"),
         "{}",
         report.stderr
     );
@@ -299,6 +301,21 @@ fn killing_the_parent_or_everything_visible() {
     );
     assert_eq!(report.status, RunStatus::Success, "{report:#?}");
     assert_eq!(report.stdout, "still here\n");
+
+    // With its parent (the zygote) gone, the run's exit code still arrives.
+    let report = run(
+        "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nprint('orphan', flush=True)\nos._exit(7)",
+    );
+    assert_eq!(
+        (report.exit_code, report.stdout.as_str()),
+        (Some(7), "orphan\n"),
+        "{report:#?}"
+    );
+    // A stopped zygote cannot serve the next run: the sandbox is replaced.
+    let report =
+        run("import os, signal\nos.kill(os.getppid(), signal.SIGSTOP)\nprint('stopped it')");
+    assert_eq!(report.stdout, "stopped it\n", "{report:#?}");
+    assert_next_call_works(shared_backend());
 
     let code = "import os, signal, subprocess\nsubprocess.Popen(['sleep', '100'])\n\
                 os.kill(-1, signal.SIGKILL)\nprint('after kill -1')";

@@ -185,7 +185,7 @@ fn results_of_16_mib_pass_intact() {
         return;
     }
     let code = r#"
-big = (await mcp_fixture.big(mib=16))["result"]
+big = await mcp_fixture.big(mib=16)
 print(len(big), big == "0123456789abcdef" * (16 * 65536))
 "#;
     assert_eq!(run_ok(code, &["fixture"]), "16777216 True\n");
@@ -276,7 +276,7 @@ fn a_tool_list_change_reaches_the_next_run() {
         "print(await mcp_fixture_tools.add_tool(name='late_tool'))",
         &["fixture-tools"],
     );
-    let code = "print(runtime.list_tools('fixture-tools')[-1])\nprint((await mcp_fixture_tools.late_tool())['result'])";
+    let code = "print(runtime.list_tools('fixture-tools')[-1])\nprint(await mcp_fixture_tools.late_tool())";
     assert_eq!(
         run_ok(code, &["fixture-tools"]),
         "late_tool\nI am late_tool\n"
@@ -317,7 +317,7 @@ fn concurrent_first_uses_start_a_server_once() {
     if !engine_tests_enabled() {
         return;
     }
-    let code = "print((await mcp_fixture_start_once.pid())['result'])";
+    let code = "print(await mcp_fixture_start_once.pid())";
     let mut request = request(code, Some(60.0));
     request.servers = vec!["fixture-start-once".into()];
     let backend = backend();

@@ -23,6 +23,25 @@ use crate::sandbox::ToolCalls;
 use clients::{ClientHub, ProxyError};
 use discovery::{SearchRoots, ServerDefinition, unique_identifiers};
 
+/// Whether a tool's output schema is the wrapper that FastMCP-style servers
+/// put around a primitive return: an object whose one property, `result`, is
+/// required (the official SDK), or one marked `x-fastmcp-wrap-result`
+/// (FastMCP 2). The sandbox then gives Python the value, not the wrapper.
+fn wraps_result(output_schema: Option<&serde_json::Map<String, Value>>) -> bool {
+    let Some(schema) = output_schema else {
+        return false;
+    };
+    if schema.get("x-fastmcp-wrap-result") == Some(&Value::Bool(true)) {
+        return true;
+    }
+    let only_result = schema
+        .get("properties")
+        .and_then(Value::as_object)
+        .is_some_and(|properties| properties.len() == 1 && properties.contains_key("result"));
+    let required = schema.get("required") == Some(&json!(["result"]));
+    only_result && required
+}
+
 /// The configured servers and their warm clients.
 pub struct Proxy {
     hub: ClientHub,
@@ -87,6 +106,7 @@ impl Proxy {
                         "alias": alias,
                         "description": tool.description,
                         "input_schema": tool.input_schema,
+                        "wraps_result": wraps_result(tool.output_schema.as_deref()),
                     })
                 })
                 .collect();
@@ -180,5 +200,38 @@ impl ToolCalls for RunCalls {
                 Err(error) => json!({"id": id, "ok": false, "error": error.to_string()}),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema(value: Value) -> serde_json::Map<String, Value> {
+        value.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn only_the_result_wrapper_is_unwrapped() {
+        // What the official SDK's FastMCP advertises for `def pid() -> int`.
+        let sdk = schema(json!({
+            "type": "object", "title": "pidOutput", "required": ["result"],
+            "properties": {"result": {"type": "integer", "title": "Result"}},
+        }));
+        assert!(wraps_result(Some(&sdk)));
+        let marked = schema(json!({"type": "object", "x-fastmcp-wrap-result": true,
+            "properties": {"result": {"type": "string"}}}));
+        assert!(wraps_result(Some(&marked)));
+
+        assert!(!wraps_result(None), "no schema: the content as it is");
+        let object = schema(json!({"type": "object", "required": ["greeting"],
+            "properties": {"greeting": {"type": "string"}, "length": {"type": "integer"}}}));
+        assert!(!wraps_result(Some(&object)));
+        let optional = schema(json!({"type": "object",
+            "properties": {"result": {"type": "string"}}}));
+        assert!(!wraps_result(Some(&optional)), "an optional field is data");
+        let two = schema(json!({"type": "object", "required": ["result"],
+            "properties": {"result": {}, "more": {}}}));
+        assert!(!wraps_result(Some(&two)));
     }
 }

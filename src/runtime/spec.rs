@@ -20,6 +20,9 @@ pub const OWNER_LABEL: &str = "mcp-code-exec.owner";
 pub const WORKSPACE: &str = "/workspace";
 const TMP_OPTIONS: &str = "rw,noexec,nosuid,nodev,size=64m,mode=1777";
 const WORKSPACE_OPTIONS: &str = "rw,noexec,nosuid,nodev,size=128m,mode=1777";
+/// Where the agent writes each run's code as `main.py` (see agent.py), apart
+/// from the user's `/tmp` and `/workspace`.
+pub const CODE_DIR: &str = "/run/code";
 /// `/dev/shm` is memory too; keep it small (it also counts against the memory limit).
 const SHM_BYTES: i64 = 64 * 1024 * 1024;
 const NOFILE: i64 = 1024;
@@ -83,6 +86,14 @@ fn container_body(
         tmpfs: Some(HashMap::from([
             ("/tmp".to_owned(), TMP_OPTIONS.to_owned()),
             (WORKSPACE.to_owned(), WORKSPACE_OPTIONS.to_owned()),
+            (
+                CODE_DIR.to_owned(),
+                // Room for the largest code a call may bring, in UTF-8.
+                format!(
+                    "rw,noexec,nosuid,nodev,size={},mode=1777",
+                    config.max_code_bytes + (1 << 20)
+                ),
+            ),
         ])),
         shm_size: Some(SHM_BYTES),
         ipc_mode: Some("private".into()),
@@ -155,7 +166,7 @@ mod tests {
             "no bind mounts"
         );
         let tmpfs = host.tmpfs.as_ref().unwrap();
-        for path in ["/tmp", WORKSPACE] {
+        for path in ["/tmp", WORKSPACE, CODE_DIR] {
             assert!(
                 tmpfs[path].contains("noexec,nosuid,nodev"),
                 "{path}: {}",

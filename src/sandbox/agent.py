@@ -1,18 +1,31 @@
 # mcp-code-exec sandbox agent.
 #
 # Runs as PID 1 of a sandbox container, started as `python3 -c <this file>`
-# (injected, no bind mount). It idles on stdin, runs each request's code in a
-# forked child, streams the child's output back, then resets the container so
-# that nothing of the run survives.
+# (injected, no bind mount). It idles on stdin, has each request's code run in
+# a warm spare process, streams the spare's output back, then resets the
+# container so that nothing of the run survives.
+#
+# The process tree (ARCHITECTURE.md draws it):
+#
+#   PID 1, the agent: holds the protocol (stdin/stdout), reads every request
+#   │   and relays every byte of every run. It never forks user code: its heap
+#   │   holds earlier runs' data (freed memory is not zeroed).
+#   └── the zygote: forked at start, before any request; it never reads the
+#       │   host's frames, only one-byte commands and pipe fds from the agent,
+#       │   so nothing of any run ever reaches its memory. It forks the spares,
+#       │   reaps them (it is the child subreaper of everything below it) and
+#       │   kills everything at reset.
+#       └── a spare: forked ahead of time, warmed up, waits on its code pipe;
+#           it runs exactly one request as `__main__`, then exits.
 #
 # Why PID 1 (and no separate init): the container's stdin/stdout are the
 # protocol channel, and every process holding them could forge or steal frames.
-# Only this process holds them, and it is non-dumpable, so user code (same uid)
+# Only the agent holds them, and it is non-dumpable, so user code (same uid)
 # can neither ptrace it nor open /proc/1/fd/*. As the namespace's init it is
-# also shielded by the kernel from signals sent inside the container (user code
-# cannot kill or stop it), it inherits every orphan (so it reaps them, which is
-# the job an init process would do), and `kill(-1, SIGKILL)` reaches every other
-# process in the container, including ones that called setsid or double-forked.
+# also shielded by the kernel from signals sent inside the container. The
+# zygote is non-dumpable too (user code cannot read or write its memory); user
+# code can signal it or change its scheduling from outside, which the reset
+# detects (the container is then recycled, so only the attacker's run suffers).
 #
 # Frames, both directions: 1 byte kind, 4 bytes big-endian payload length,
 # payload. Host -> agent: b"R" run (JSON request), b"A" the answer to a tool
@@ -22,26 +35,37 @@
 # reset failed (JSON; the host then recycles the container). Keep in sync
 # with protocol.rs.
 #
+# Agent <-> zygote, one SOCK_SEQPACKET message each: b"S" + six pipe fds
+# (SCM_RIGHTS) asks for a spare, answered b"P<pid>"; b"K" asks to kill every
+# process but the two of them, answered b"k"; b"X<reason>" answers either when
+# the zygote cannot be trusted any more. The zygote also says b"E<pid> <code>"
+# when a spare exits. No pidfds: this works under gVisor too.
+#
 # User code never touches the protocol: its fd 0 is /dev/null and its fd 1/2
-# are pipes this agent reads, so `os.write(1, ...)`, `sys.__stdout__` and
+# are pipes the agent reads, so `os.write(1, ...)`, `sys.__stdout__` and
 # subprocesses all land in the run's output.
 
 import ast
 import asyncio
+import atexit
 import builtins
 import ctypes
 import gc
+import importlib.machinery
 import inspect
 import io
 import json
 import os
+import platform
 import resource
 import select
 import signal
+import socket
 import struct
 import sys
 import time
 import traceback
+import types
 
 HEADER = struct.Struct(">BI")
 READ_CHUNK = 64 * 1024
@@ -53,11 +77,21 @@ STATUS_LIMIT = 16 * 1024
 # from here and refuses larger calls, the host applies the same bound
 # (protocol.rs MAX_CALL_FRAME).
 MAX_CALL_BYTES = 16 * 1024 * 1024
-WIPE_DIRS = ("/tmp", "/workspace", "/dev/shm", "/dev/mqueue")
+WORKSPACE = "/workspace"
+# The run's code is a real file, as under `python3 main.py`: tracebacks,
+# inspect, warnings and multiprocessing's spawn/forkserver read it. Its folder
+# is a tmpfs of its own (runtime/spec.rs), so /tmp and /workspace stay the user's.
+SCRIPT_DIR = "/run/code"
+SCRIPT = SCRIPT_DIR + "/main.py"
+WIPE_DIRS = ("/tmp", WORKSPACE, SCRIPT_DIR, "/dev/shm", "/dev/mqueue")
 RESET_DEADLINE_S = 3.0
+ZYGOTE_REPLY_TIMEOUT_S = RESET_DEADLINE_S + 2.0
 PR_SET_DUMPABLE = 4
+PR_SET_CHILD_SUBREAPER = 36
 IPC_RMID = 0
-RUN_FILENAME = "<run_python>"
+IOPRIO_WHO_PROCESS = 1
+SYS_IOPRIO_GET = {"x86_64": 252, "aarch64": 31}.get(platform.machine())
+WARMUP_FILENAME = "<warm-up>"
 WARMUP_CODE = "x = [i * 2 for i in range(8)]\nprint(6 * 7, sum(x), 'warm')\n"
 
 libc = ctypes.CDLL(None, use_errno=True)
@@ -79,7 +113,7 @@ def send(kind, payload):
 def write_all(fd, data):
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def send_json(kind, obj):
@@ -89,13 +123,14 @@ def send_json(kind, obj):
 class FrameReader:
     """Frames from the host on fd 0: blocking when idle, fed from poll during a run."""
 
-    def __init__(self):
+    def __init__(self, fd=0):
+        self.fd = fd
         self.buffer = bytearray()
         self.closed = False
 
     def feed(self):
-        """Reads what fd 0 has (call when it polls readable)."""
-        chunk = os.read(0, READ_CHUNK)
+        """Reads what the fd has (call when it polls readable)."""
+        chunk = os.read(self.fd, READ_CHUNK)
         if chunk:
             self.buffer += chunk
         else:
@@ -121,10 +156,28 @@ class FrameReader:
             self.feed()
 
 
-host = FrameReader()
+def integrity():
+    """What user code could change about this process from outside it (same
+    uid): limits, nice value, CPU affinity, scheduling policy, I/O priority."""
+    limits = tuple(resource.getrlimit(getattr(resource, name)) for name in dir(resource) if name.startswith("RLIMIT_"))
+    return (
+        limits,
+        os.getpriority(os.PRIO_PROCESS, 0),
+        tuple(sorted(os.sched_getaffinity(0))),
+        os.sched_getscheduler(0),
+        os.sched_getparam(0).sched_priority,
+        io_priority(),
+    )
 
 
-# ---------------------------------------------------------------- the child
+def io_priority():
+    if SYS_IOPRIO_GET is None:
+        return None
+    value = libc.syscall(SYS_IOPRIO_GET, IOPRIO_WHO_PROCESS, 0)
+    return value if value >= 0 else None  # gVisor: not implemented, consistently
+
+
+# ---------------------------------------------------------------- the run (in a spare)
 
 
 def close_fds_except(keep):
@@ -136,12 +189,16 @@ def close_fds_except(keep):
     os.closerange(low, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
 
 
-def child_main(code_r, status_w, out_w, err_w, call_w, answer_r):
-    """The spare: wires its stdio, warms itself up, then waits for the request."""
+def spare_main(code_r, status_w, out_w, err_w, call_w, answer_r):
+    """The spare: wires its stdio, warms itself up, then runs one request."""
     os.dup2(devnull, 0)
     os.dup2(out_w, 1)
     os.dup2(err_w, 2)
     close_fds_except({code_r, status_w, call_w, answer_r})
+    # The zygote's signal wiring is not the user's: defaults, as at interpreter start.
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     # Dumpable again, so user code sees a normal /proc/self. First in line for
     # the OOM killer, so a memory bomb kills the run, not the agent.
     libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
@@ -150,12 +207,9 @@ def child_main(code_r, status_w, out_w, err_w, call_w, answer_r):
             f.write("1000")
     except OSError:
         pass
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
     # Line buffered: output printed before a hang or a kill still reaches us.
-    sys.stdout = io.TextIOWrapper(
-        io.FileIO(1, "w", closefd=False), encoding="utf-8", line_buffering=True
-    )
+    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8", line_buffering=True)
     sys.stderr = io.TextIOWrapper(
         io.FileIO(2, "w", closefd=False),
         encoding="utf-8",
@@ -163,29 +217,21 @@ def child_main(code_r, status_w, out_w, err_w, call_w, answer_r):
         line_buffering=True,
     )
     sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
-    sys.argv = [""]
     warm_up()
     write_all(status_w, WARM)
 
-    chunks = []
-    while True:
-        chunk = os.read(code_r, 1 << 20)
-        if not chunk:
-            break
-        chunks.append(chunk)
+    request = json.loads(read_to_end(code_r))
     os.close(code_r)
-    request = json.loads(b"".join(chunks))
-    env = {"__name__": "__main__", "__builtins__": builtins, "__doc__": None}
+    main_module = prepare_main(request["code"])
     if request.get("servers") or request.get("discovered"):
         mcp_runtime["install"](
-            env, (call_w, answer_r, MAX_CALL_BYTES), request.get("servers", []), request.get("discovered", [])
+            main_module.__dict__,
+            (call_w, answer_r, MAX_CALL_BYTES),
+            request.get("servers", []),
+            request.get("discovered", []),
         )
-    exit_code, status = execute(request["code"], env)
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:
-            pass
+    exit_code, status = execute(request["code"], main_module.__dict__, SCRIPT)
+    exit_code = interpreter_exit(exit_code)
     # The output is in its pipes now. Closing the status pipe tells the agent
     # the run is over before this process's teardown, which is slow (its
     # whole copy-on-write address space) and need not delay the answer.
@@ -198,24 +244,51 @@ def child_main(code_r, status_w, out_w, err_w, call_w, answer_r):
     os._exit(exit_code)
 
 
+def read_to_end(fd):
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def prepare_main(source):
+    """Makes the process look like `cd /workspace && python3 /run/code/main.py`:
+    the code in a file, a real `__main__` module in sys.modules (so pickle and
+    multiprocessing find its functions and classes), argv and path to match."""
+    with open(SCRIPT, "w", encoding="utf-8", errors="surrogatepass") as f:
+        f.write(source)
+    module = types.ModuleType("__main__")
+    module.__dict__.update(
+        __file__=SCRIPT,
+        __cached__=None,
+        __builtins__=builtins,
+        __loader__=importlib.machinery.SourceFileLoader("__main__", SCRIPT),
+    )
+    sys.modules["__main__"] = module
+    sys.argv = [SCRIPT]
+    # The script's folder first, as Python does; then the working directory,
+    # where the user's own modules are (the files a call brings land there).
+    sys.path[0:1] = [SCRIPT_DIR, WORKSPACE]
+    return module
+
+
 def warm_up():
     """Run a tiny snippet to /dev/null so that the copy-on-write faults and
     caches of a first execution happen before a request, not during it."""
     real = sys.stdout
     sys.stdout = io.TextIOWrapper(io.FileIO(0, "w", closefd=False))  # fd 0 is /dev/null, opened read-write
     try:
-        execute(WARMUP_CODE, {"__name__": "__main__", "__builtins__": builtins})
+        execute(WARMUP_CODE, {"__name__": "__warm_up__", "__builtins__": builtins}, WARMUP_FILENAME)
         sys.stdout.flush()
     finally:
         sys.stdout = real
 
 
-def execute(source, env):
-    """Runs user code as __main__ in `env`; returns (exit code, status for the host)."""
+def execute(source, env, filename):
+    """Runs code in `env` as the interpreter runs a script; returns (exit
+    code, status for the host). Uncaught exceptions go through sys.excepthook."""
     try:
-        code = compile(
-            source, RUN_FILENAME, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True
-        )
+        code = compile(source, filename, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True)
         if code.co_flags & inspect.CO_COROUTINE:
             asyncio.run(eval(code, env))
         else:
@@ -224,9 +297,29 @@ def execute(source, env):
     except SystemExit as exc:
         return system_exit_code(exc), {}
     except BaseException as exc:
-        print_user_traceback(exc)
+        report_uncaught(exc, filename)
         summary = traceback.format_exception_only(type(exc), exc)[-1].strip()
         return 1, {"error": summary[:4000], "error_type": type(exc).__name__}
+
+
+def interpreter_exit(exit_code):
+    """What the interpreter does after the main module, in its order: wait
+    for non-daemon threads, run atexit handlers, flush the standard streams.
+    A thread that never ends keeps the run going until its deadline."""
+    threading = sys.modules.get("threading")
+    if threading is not None:
+        try:
+            threading._shutdown()
+        except BaseException as exc:  # e.g. KeyboardInterrupt while joining
+            report_uncaught(exc, SCRIPT)
+    atexit._run_exitfuncs()  # prints "Exception ignored in atexit callback" itself
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            if stream is sys.stdout:
+                exit_code = exit_code or 120  # what Python exits with when stdout's flush fails
+    return exit_code
 
 
 def system_exit_code(exc):
@@ -243,45 +336,199 @@ def system_exit_code(exc):
     return 1
 
 
-def print_user_traceback(exc):
-    # Start the traceback at the first frame of the user's code, hiding ours.
+def report_uncaught(exc, filename):
+    """The user's sys.excepthook if they set one, else the traceback from the
+    first frame of their code on (ours hidden), as the interpreter prints it."""
     tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename != RUN_FILENAME:
+    while tb is not None and tb.tb_frame.f_code.co_filename != filename:
         tb = tb.tb_next
+    hook = sys.excepthook
     try:
-        traceback.print_exception(type(exc), exc, tb, file=sys.stderr)
+        if hook is not sys.__excepthook__:
+            hook(type(exc), exc, tb)
+        else:
+            traceback.print_exception(type(exc), exc, tb, file=sys.stderr)
     except Exception:
         pass
+
+
+# ---------------------------------------------------------------- the zygote
+
+
+def zygote_main(channel):
+    """Forks spares on the agent's request, reaps everything below it, kills
+    everything at reset. It reads nothing but the agent's one-byte commands
+    and the pipe fds that come with them."""
+    os.dup2(devnull, 0)
+    os.dup2(devnull, 1)  # only the agent speaks the protocol; fd 2 stays for crash reports
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    baseline = integrity()
+    spares = set()
+
+    def reap():
+        while True:
+            try:
+                pid, wait_status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid in spares:
+                spares.discard(pid)
+                channel.send(b"E%d %d" % (pid, os.waitstatus_to_exitcode(wait_status)))
+
+    def kill_all():
+        # kill(-1) reaches every process but PID 1 and the caller. As the
+        # subreaper this process inherits every orphan, so it reaps them all
+        # and kill() finds nothing once every other process is gone.
+        deadline = time.monotonic() + RESET_DEADLINE_S
+        while True:
+            try:
+                os.kill(-1, signal.SIGKILL)
+            except ProcessLookupError:
+                return True
+            select.select([wake_r], [], [], 0.05)
+            drain(wake_r)
+            reap()
+            if time.monotonic() > deadline:
+                return False
+
+    gc.collect()
+    gc.freeze()  # forked spares then share these pages untouched by the GC
+    while True:
+        ready, _, _ = select.select([channel, wake_r], [], [])
+        if wake_r in ready:
+            drain(wake_r)
+            reap()
+        if channel not in ready:
+            continue
+        message, fds, _, _ = socket.recv_fds(channel, 64, 6)
+        if not message:
+            os._exit(0)  # the agent is gone
+        if message == b"S" and len(fds) == 6:
+            if integrity() != baseline:
+                channel.send(b"Xthe zygote's limits or scheduling were changed")
+            else:
+                pid = os.fork()
+                if pid == 0:
+                    run_spare(fds)
+                spares.add(pid)
+                channel.send(b"P%d" % pid)
+        elif message == b"K":
+            channel.send(b"k" if kill_all() else b"Xprocesses survived SIGKILL")
+        else:
+            channel.send(b"Xunknown command")
+        for fd in fds:
+            os.close(fd)
+
+
+def run_spare(fds):
+    try:
+        spare_main(*fds)
+    except BaseException:
+        # An agent bug, not the user's: show it in the run's stderr.
+        traceback.print_exc()
+    finally:
+        os._exit(70)
+
+
+def drain(fd):
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+class Zygote:
+    """The agent's handle on the zygote: commands, replies, spare exits."""
+
+    def __init__(self):
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            try:
+                zygote_main(theirs)
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(71)
+        theirs.close()
+        self.pid = pid
+        self.channel = ours
+        self.fd = ours.fileno()
+        self.dead = False
+        # Exit codes of spares, by pid, as the zygote reported them.
+        self.exits = {}
+
+    def request(self, message, fds=()):
+        """Sends a command; returns the reply, or raises ZygoteLost."""
+        try:
+            socket.send_fds(self.channel, [message], list(fds))
+        except OSError as exc:
+            raise ZygoteLost(f"the zygote is gone ({exc})") from None
+        deadline = time.monotonic() + ZYGOTE_REPLY_TIMEOUT_S
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([self.fd], [], [], remaining)[0]:
+                raise ZygoteLost("the zygote did not answer (stopped?)")
+            reply = self.receive()
+            if reply is None:
+                raise ZygoteLost("the zygote died")
+            if reply[:1] == b"X":
+                raise ZygoteLost(reply[1:].decode(errors="replace"))
+            if reply[:1] != b"E":
+                return reply
+
+    def receive(self):
+        """One message (exit reports are recorded); None when the zygote died."""
+        try:
+            message = self.channel.recv(64)
+        except OSError:
+            message = b""
+        if not message:
+            self.dead = True
+            return None
+        if message[:1] == b"E":
+            pid, code = message[1:].split()
+            self.exits[int(pid)] = int(code)
+        return message
+
+
+class ZygoteLost(Exception):
+    """The zygote cannot serve any more: the container must be recycled."""
 
 
 # ---------------------------------------------------------------- the agent
 
 
 class Spare:
-    """A forked child waiting for code, with the agent's ends of its pipes."""
+    """A spare forked by the zygote, with the agent's ends of its pipes."""
 
-    def __init__(self):
+    def __init__(self, zygote):
         code_r, self.code_w = os.pipe()
         self.status_r, status_w = os.pipe()
         self.out_r, out_w = os.pipe()
         self.err_r, err_w = os.pipe()
         self.call_r, call_w = os.pipe()
         answer_r, self.answer_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            try:
-                child_main(code_r, status_w, out_w, err_w, call_w, answer_r)
-            except BaseException:
-                # An agent bug, not the user's: show it in the run's stderr.
-                traceback.print_exc()
-            finally:
-                os._exit(70)
-        self.pid = pid
-        for fd in (code_r, status_w, out_w, err_w, call_w, answer_r):
-            os.close(fd)
+        theirs = (code_r, status_w, out_w, err_w, call_w, answer_r)
+        try:
+            reply = zygote.request(b"S", theirs)
+        finally:
+            for fd in theirs:
+                os.close(fd)
+        self.pid = int(reply[1:])
+        zygote.exits.clear()
         for fd in (self.out_r, self.err_r, self.status_r, self.call_r, self.answer_w):
             os.set_blocking(fd, False)
-        self.pidfd = os.pidfd_open(pid)
 
     def wait_warm(self, timeout_s):
         """True once the spare has warmed up and waits for code."""
@@ -289,7 +536,7 @@ class Spare:
         return bool(ready) and read_some(self.status_r) == WARM
 
     def close(self):
-        for fd in (self.code_w, self.status_r, self.out_r, self.err_r, self.call_r, self.answer_w, self.pidfd):
+        for fd in (self.code_w, self.status_r, self.out_r, self.err_r, self.call_r, self.answer_w):
             try:
                 os.close(fd)
             except OSError:
@@ -309,7 +556,7 @@ class Output:
             head = data[: self.room]
             self.room -= len(head)
             send(self.kind, head)
-            data = data[len(head):]
+            data = data[len(head) :]
         self.dropped += len(data)
 
 
@@ -318,9 +565,9 @@ class CallRelay:
     b"A" frames from the host become lines to the child, written as the
     child reads them (never blocking the loop that drains its output)."""
 
-    def __init__(self, spare):
-        self.call_r = spare.call_r
-        self.answer_w = spare.answer_w
+    def __init__(self, answer_w, forward):
+        self.answer_w = answer_w
+        self.forward = forward
         self.partial = b""
         self.pending = bytearray()
 
@@ -332,7 +579,7 @@ class CallRelay:
         if len(self.partial) > MAX_CALL_BYTES or any(len(line) > MAX_CALL_BYTES for line in lines):
             raise ValueError("a tool call request exceeds the size limit")
         for line in lines:
-            send(ord("C"), line)
+            self.forward(line)
 
     def queue_answer(self, payload):
         self.pending += payload + b"\n"
@@ -347,7 +594,12 @@ class CallRelay:
         del self.pending[:written]
 
 
-def run(spare, payload, request):
+# While the zygote is alive it reports the spare's exit; once it died the
+# spare is the agent's own child (it inherits orphans) and is polled for.
+ORPHAN_POLL_MS = 50
+
+
+def run(spare, zygote, payload, request):
     started = time.monotonic_ns()
     oom_before = oom_counter.read()
     outputs = {
@@ -363,17 +615,21 @@ def run(spare, payload, request):
 
     # The run is over when the child closes its status pipe after a complete
     # status (the fast, usual way) or when it exits (killed, os._exit, crash).
-    relay = CallRelay(spare)
+    relay = CallRelay(spare.answer_w, lambda line: send(ord("C"), line))
     poller = select.poll()
-    for fd in (*outputs, spare.status_r, spare.pidfd, spare.call_r, 0):
+    for fd in (*outputs, spare.status_r, zygote.fd, spare.call_r, 0):
         poller.register(fd, select.POLLIN)
     status_bytes = b""
     exit_code = None
     while exit_code is None:
-        for fd, _ in poller.poll():
-            if fd == spare.pidfd:
-                _, wait_status = os.waitpid(spare.pid, 0)
-                exit_code = os.waitstatus_to_exitcode(wait_status)
+        events = poller.poll(ORPHAN_POLL_MS if zygote.dead else None)
+        if zygote.dead:
+            exit_code = orphan_exit_code(spare.pid)
+        for fd, _ in events:
+            if fd == zygote.fd:
+                if zygote.receive() is None:
+                    poller.unregister(fd)
+                exit_code = zygote.exits.get(spare.pid, exit_code)
                 continue
             if fd == 0:
                 relay_answers(relay, poller)
@@ -390,7 +646,7 @@ def run(spare, payload, request):
                 status_bytes += data[: STATUS_LIMIT - len(status_bytes)]
                 if not data:
                     poller.unregister(fd)
-                    exit_code = parse_status(status_bytes).get("exit_code")
+                    exit_code = parse_status(status_bytes).get("exit_code", exit_code)
             elif not data:
                 poller.unregister(fd)
             elif fd == spare.call_r:
@@ -423,6 +679,15 @@ def run(spare, payload, request):
         "agent_us": (time.monotonic_ns() - started) // 1000,
     }
     send_json(ord("D"), done)
+
+
+def orphan_exit_code(pid):
+    """The exit code of a spare whose zygote died, once it exited."""
+    try:
+        reaped, wait_status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return -signal.SIGKILL  # reaped by the zygote, which died before saying how
+    return os.waitstatus_to_exitcode(wait_status) if reaped else None
 
 
 def relay_answers(relay, poller):
@@ -490,22 +755,16 @@ class OomCounter:
         return 0
 
 
-oom_counter = OomCounter()
-
-# The `mcp` package of the sandbox (mcp_runtime.py), passed as argv[1]: its
-# classes are built once here and inherited by every run.
-mcp_runtime = {"__name__": "mcp_runtime"}
-if len(sys.argv) > 1:
-    exec(compile(sys.argv[1], "<mcp-runtime>", "exec"), mcp_runtime)
-
-
 # ---------------------------------------------------------------- the reset
 
 
-def reset(spare, baseline):
+def reset(spare, zygote, baseline):
     """Returns None when the container is as it was before the run, or why not."""
-    if not kill_all_others(spare):
-        return "processes survived SIGKILL"
+    try:
+        zygote.request(b"K")
+    except ZygoteLost as lost:
+        return str(lost)
+    reap()  # nothing is ours but the zygote; this only matters if it died
     spare.close()
     for path in WIPE_DIRS:
         try:
@@ -518,25 +777,6 @@ def reset(spare, baseline):
     if integrity() != baseline:
         return "the agent's limits or scheduling were changed"
     return None
-
-
-def kill_all_others(spare):
-    """SIGKILL every process but this one until none is left (zombies reaped).
-    kill(-1) from PID 1 reaches every other process in the container."""
-    deadline = time.monotonic() + RESET_DEADLINE_S
-    # Usually only the run's child is left, still tearing down its address
-    # space: the first wait is for exactly that; later ones poll briefly.
-    wait_for = [spare.pidfd]
-    while True:
-        try:
-            os.kill(-1, signal.SIGKILL)
-        except ProcessLookupError:
-            return True  # nothing else exists, not even a zombie
-        select.select(wait_for, [], [], 0.0002 if not wait_for else 0.05)
-        wait_for = []
-        reap()
-        if time.monotonic() > deadline:
-            return False
 
 
 def reap():
@@ -577,13 +817,28 @@ def remove_sysv_ipc():
             continue
 
 
-def integrity():
-    """What user code could change about the agent from outside it (same uid)."""
-    limits = tuple(resource.getrlimit(getattr(resource, name)) for name in dir(resource) if name.startswith("RLIMIT_"))
-    return limits, os.getpriority(os.PRIO_PROCESS, 0), tuple(sorted(os.sched_getaffinity(0)))
+def fresh_spare(zygote):
+    """A new warm spare, or why there is none (the container is then recycled)."""
+    try:
+        spare = Spare(zygote)
+    except ZygoteLost as lost:
+        return None, str(lost)
+    # Ready means warm: the next run must not pay for the warm-up.
+    if not spare.wait_warm(SPARE_WARM_TIMEOUT_S):
+        return None, "the new spare did not warm up"
+    return spare, None
 
 
 # ---------------------------------------------------------------- main
+
+oom_counter = OomCounter()
+host = FrameReader()
+
+# The `mcp` package of the sandbox (mcp_runtime.py), passed as argv[1]: its
+# classes are built once here and inherited by every run.
+mcp_runtime = {"__name__": "mcp_runtime"}
+if len(sys.argv) > 1:
+    exec(compile(sys.argv[1], "<mcp-runtime>", "exec"), mcp_runtime)
 
 
 def main():
@@ -591,17 +846,19 @@ def main():
         # kill(-1) outside a PID namespace would hit every process of this uid.
         sys.stderr.write("mcp-code-exec agent: refusing to run outside a container (not PID 1)\n")
         sys.exit(2)
-    libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # inherited by the zygote
     # The root filesystem is read-only and /workspace is wiped: caches are noise.
     sys.dont_write_bytecode = True
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    os.chdir("/workspace")
+    os.chdir(WORKSPACE)
     baseline = integrity()
     gc.collect()
     gc.freeze()
-    spare = Spare()
-    if not spare.wait_warm(SPARE_WARM_TIMEOUT_S):
-        sys.stderr.write("mcp-code-exec agent: the first spare did not warm up\n")
+    # Before the first request: the zygote's memory never holds run data.
+    zygote = Zygote()
+    spare, failure = fresh_spare(zygote)
+    if failure:
+        sys.stderr.write(f"mcp-code-exec agent: no first spare: {failure}\n")
         os._exit(5)
     send_json(ord("Y"), {"python": sys.version.split()[0]})
     while True:
@@ -614,18 +871,16 @@ def main():
         if kind != ord("R"):
             sys.stderr.write(f"mcp-code-exec agent: unknown frame kind {kind}\n")
             os._exit(3)
-        run(spare, payload, json.loads(payload))
-        failure = reset(spare, baseline)
+        run(spare, zygote, payload, json.loads(payload))
+        failure = reset(spare, zygote, baseline)
+        if not failure:
+            spare, failure = fresh_spare(zygote)
         if failure:
             # The host recycles this container; nothing here can be trusted now.
             send_json(ord("F"), {"reason": failure})
             os._exit(4)
-        spare = Spare()
-        # Ready means warm: the next run must not pay for the warm-up.
-        if not spare.wait_warm(SPARE_WARM_TIMEOUT_S):
-            send_json(ord("F"), {"reason": "the new spare did not warm up"})
-            os._exit(4)
         send_json(ord("Y"), {})
 
 
-main()
+if __name__ == "__main__":
+    main()

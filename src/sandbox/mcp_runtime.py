@@ -85,15 +85,20 @@ class _Channel:
                     future.set_result(answer)
 
 
-def _unwrap(server, tool, answer):
-    """The value a tool call gives Python code."""
+def _unwrap(server, tool, answer, wraps_result=False):
+    """The value a tool call gives Python code: the structured content (the
+    value itself when the tool's output schema is the `{"result": value}`
+    wrapper of FastMCP-style servers), else the text, decoded when JSON."""
     if not answer.get("ok"):
         raise MCPError(f"{server}.{tool}: {answer.get('error')}", server, tool)
     result = answer["result"]
     if result.get("isError"):
         raise MCPError(f"{server}.{tool} failed: {_text(result) or 'no details'}", server, tool, result)
-    if result.get("structuredContent") is not None:
-        return result["structuredContent"]
+    structured = result.get("structuredContent")
+    if structured is not None:
+        if wraps_result and isinstance(structured, dict) and structured.keys() == {"result"}:
+            return structured["result"]
+        return structured
     text = _text(result)
     if text is None:
         return result.get("content")
@@ -222,10 +227,11 @@ class Runtime(types.ModuleType):
     # -- calls
     async def call_tool(self, server, tool, arguments=None):
         answer = await asyncio.wrap_future(self._request(server, tool, arguments))
-        return _unwrap(server, tool, answer)
+        return _unwrap(server, tool, answer, self._wraps_result(server, tool))
 
     def call_tool_sync(self, server, tool, arguments=None):
-        return _unwrap(server, tool, self._request(server, tool, arguments).result())
+        answer = self._request(server, tool, arguments).result()
+        return _unwrap(server, tool, answer, self._wraps_result(server, tool))
 
     async def call_tool_raw(self, server, tool, arguments=None):
         """The tool's whole CallToolResult as a dict (content, structuredContent, isError)."""
@@ -233,6 +239,9 @@ class Runtime(types.ModuleType):
         if not answer.get("ok"):
             raise MCPError(f"{server}.{tool}: {answer.get('error')}", server, tool)
         return answer["result"]
+
+    def _wraps_result(self, server, tool):
+        return any(t["name"] == tool and t.get("wraps_result") for t in self._servers[server]["tools"])
 
     def _request(self, server, tool, arguments):
         self._server(server)

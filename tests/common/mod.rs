@@ -100,3 +100,25 @@ pub fn assert_next_call_works(backend: &Backend) {
     assert_eq!(report.status, RunStatus::Success, "{report:#?}");
     assert_eq!(report.stdout, "42\n");
 }
+
+/// The Python the tests' MCP servers run with (scripts/test.sh's venv).
+pub fn test_python() -> std::path::PathBuf {
+    std::env::var("MCP_CODE_EXEC_TEST_PYTHON")
+        .unwrap_or_else(|_| "python3".into())
+        .into()
+}
+
+/// The project's fixture MCP server (tests/e2e/fixture_server.py) as `name`.
+pub fn fixture_server(name: &str) -> mcp_code_exec::proxy::discovery::ServerDefinition {
+    use mcp_code_exec::proxy::discovery::{ServerDefinition, identifier};
+    ServerDefinition {
+        name: name.into(),
+        alias: identifier(name),
+        command: test_python().to_string_lossy().into_owned(),
+        args: vec![concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/fixture_server.py").into()],
+        env: Default::default(),
+        cwd: None,
+        description: Some(format!("{name} (test fixture)")),
+        source: std::path::PathBuf::from("tests/common/mod.rs"),
+    }
+}
