@@ -8,14 +8,23 @@
 # 1. Engine: if `docker info` already answers (local socket or $DOCKER_HOST),
 #    use it. Otherwise, on Debian as root, install docker.io and start dockerd
 #    in the background (log: /var/log/mcp-code-exec-dockerd.log).
-# 2. Image: if $MCP_BRIDGE_IMAGE (default python:3.12-slim) is present, done.
-#    Else try to pull it; where no registry answers, build the offline image
-#    mcp-code-exec-sandbox:trixie from Debian packages (debootstrap + import).
-#    The server falls back to that image by itself when its default is missing.
+# 2. Image: the project's sandbox image, mcp-code-exec-sandbox:data (Python
+#    with numpy, pandas, matplotlib, scipy and pillow; the server's default
+#    MCP_BRIDGE_IMAGE). Two recipes for the same tag: where a registry answers,
+#    `docker build` of scripts/sandbox-image/Dockerfile (python:3.12-slim and
+#    pinned wheels); where none does (as on the development VM), Debian trixie
+#    packages through debootstrap and `docker import`.
+# 3. With --bare, also mcp-code-exec-sandbox:trixie: Python alone, from Debian
+#    packages, for the tests that prove nothing assumes the scientific stack.
+#
+# Usage: scripts/setup-engine.sh [--bare]
 set -euo pipefail
 
-OFFLINE_IMAGE="${MCP_CODE_EXEC_OFFLINE_IMAGE:-mcp-code-exec-sandbox:trixie}"
-WANTED_IMAGE="${MCP_BRIDGE_IMAGE:-python:3.12-slim}"
+DATA_IMAGE=mcp-code-exec-sandbox:data
+BARE_IMAGE=mcp-code-exec-sandbox:trixie
+REGISTRY_BASE=python:3.12-slim
+DATA_PACKAGES=python3,python3-numpy,python3-pandas,python3-matplotlib,python3-scipy,python3-pil
+HERE="$(cd "$(dirname "$0")" && pwd)"
 DOCKERD_LOG=/var/log/mcp-code-exec-dockerd.log
 
 log() { printf 'setup-engine: %s\n' "$*" >&2; }
@@ -68,38 +77,53 @@ start_engine() {
     exit 1
 }
 
-image_present() { docker image inspect "$1" >/dev/null 2>&1; }
-
-build_offline_image() {
+# Builds TAG from Debian trixie packages (debootstrap + import): Python 3.13,
+# like the stock python:3.13-slim image, and its immortal objects make forked
+# children cheaper (shared/notes/performance.md).
+build_from_debian() {
+    local tag=$1 packages=$2
     command -v debootstrap >/dev/null || apt_install debootstrap
-    ROOTFS=$(mktemp -d /var/tmp/mcp-code-exec-rootfs.XXXXXX)
-    trap 'rm -rf "$ROOTFS"' EXIT
-    log "building $OFFLINE_IMAGE from Debian packages (about 40 s)"
-    # trixie: Python 3.13 (like the stock python:3.13-slim image), and its
-    # immortal objects make forked children cheaper (shared/notes/performance.md).
-    debootstrap --variant=minbase --include=python3 trixie "$ROOTFS" \
+    local rootfs
+    rootfs=$(mktemp -d /var/tmp/mcp-code-exec-rootfs.XXXXXX)
+    # shellcheck disable=SC2064 # expand now: the path is this call's
+    trap "rm -rf '$rootfs'" EXIT
+    log "building $tag from Debian packages ($packages)"
+    debootstrap --variant=minbase --include="$packages" trixie "$rootfs" \
         http://deb.debian.org/debian >/dev/null
     # Drop what a sandbox never needs, to keep the image small.
-    rm -rf "$ROOTFS"/var/cache/apt/archives/*.deb "$ROOTFS"/var/lib/apt/lists/* \
-        "$ROOTFS"/usr/share/doc "$ROOTFS"/usr/share/man "$ROOTFS"/usr/share/locale
-    tar -C "$ROOTFS" -c . | docker import \
+    rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* \
+        "$rootfs"/usr/share/doc "$rootfs"/usr/share/man "$rootfs"/usr/share/locale
+    tar -C "$rootfs" -c . | docker import \
         -c 'ENV PYTHONDONTWRITEBYTECODE=1' \
         -c 'ENV LANG=C.UTF-8' \
-        -c 'CMD ["python3"]' - "$OFFLINE_IMAGE" >/dev/null
-    log "built $OFFLINE_IMAGE"
+        -c 'ENV MPLBACKEND=Agg' \
+        -c 'CMD ["python3"]' - "$tag" >/dev/null
+    rm -rf "$rootfs"
+    trap - EXIT
+    log "built $tag"
 }
 
-ensure_image() {
-    if image_present "$WANTED_IMAGE" || image_present "$OFFLINE_IMAGE"; then
-        return
+image_present() { docker image inspect "$1" >/dev/null 2>&1; }
+
+ensure_data_image() {
+    image_present "$DATA_IMAGE" && return
+    log "trying the registry for $REGISTRY_BASE"
+    if timeout 60 docker pull -q "$REGISTRY_BASE" >/dev/null 2>&1; then
+        log "building $DATA_IMAGE from scripts/sandbox-image/Dockerfile"
+        docker build -q -t "$DATA_IMAGE" "$HERE/sandbox-image" >/dev/null
+        log "built $DATA_IMAGE"
+    else
+        log "no registry answers; building $DATA_IMAGE from Debian packages instead (about 90 s)"
+        build_from_debian "$DATA_IMAGE" "$DATA_PACKAGES"
     fi
-    log "pulling $WANTED_IMAGE"
-    if timeout 60 docker pull -q "$WANTED_IMAGE" >/dev/null 2>&1; then
-        return
-    fi
-    log "no registry answers for $WANTED_IMAGE; building the offline image instead"
-    build_offline_image
+}
+
+ensure_bare_image() {
+    image_present "$BARE_IMAGE" || build_from_debian "$BARE_IMAGE" python3
 }
 
 start_engine
-ensure_image
+ensure_data_image
+if [ "${1:-}" = --bare ]; then
+    ensure_bare_image
+fi

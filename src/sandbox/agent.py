@@ -51,6 +51,7 @@ import atexit
 import builtins
 import ctypes
 import gc
+import importlib
 import importlib.machinery
 import inspect
 import io
@@ -66,6 +67,7 @@ import sys
 import time
 import traceback
 import types
+import warnings
 
 HEADER = struct.Struct(">BI")
 READ_CHUNK = 64 * 1024
@@ -91,7 +93,22 @@ PR_SET_CHILD_SUBREAPER = 36
 IPC_RMID = 0
 IOPRIO_WHO_PROCESS = 1
 SYS_IOPRIO_GET = {"x86_64": 252, "aarch64": 31}.get(platform.machine())
+# The zygote's messages: one-byte commands and short replies, and its hello
+# (the preloaded modules that are missing: at most 50 of 200 bytes each).
+ZYGOTE_MESSAGE_LIMIT = 16 * 1024
+ZYGOTE_START_TIMEOUT_S = 60.0  # the preload of a data-science stack takes ~1 s
 WARMUP_FILENAME = "<warm-up>"
+# After a preload, one use of each heavy module moves its lazy imports and
+# caches (BLAS, groupby kernels, fonts and the Agg renderer) into the zygote,
+# so a run's first use is as warm as its second.
+PRELOAD_WARM_UPS = {
+    "numpy": "import numpy as np\n(np.arange(6.0).reshape(3, 2) @ np.ones((2, 2))).sum()\n",
+    "pandas": "import pandas as pd\npd.DataFrame({'k': [1, 2, 2], 'v': [1.0, 2.0, 3.0]}).groupby('k').sum()\n",
+    "matplotlib.pyplot": (
+        "import io\nimport matplotlib.pyplot as plt\nfig, ax = plt.subplots()\nax.plot([0, 1], [1, 0])\n"
+        "ax.set_title('warm')\nfig.savefig(io.BytesIO(), format='png')\nplt.close(fig)\n"
+    ),
+}
 WARMUP_CODE = "x = [i * 2 for i in range(8)]\nprint(6 * 7, sum(x), 'warm')\n"
 
 libc = ctypes.CDLL(None, use_errno=True)
@@ -355,12 +372,15 @@ def report_uncaught(exc, filename):
 # ---------------------------------------------------------------- the zygote
 
 
-def zygote_main(channel):
-    """Forks spares on the agent's request, reaps everything below it, kills
-    everything at reset. It reads nothing but the agent's one-byte commands
-    and the pipe fds that come with them."""
+def zygote_main(channel, preload):
+    """Imports the preloaded modules, then forks spares on the agent's
+    request, reaps everything below it, kills everything at reset. It reads
+    nothing but the agent's one-byte commands and the pipe fds that come
+    with them."""
     os.dup2(devnull, 0)
     os.dup2(devnull, 1)  # only the agent speaks the protocol; fd 2 stays for crash reports
+    hello = json.dumps({"missing": preload_modules(preload)[:50]}).encode()
+    channel.send(b"H" + hello)
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     wake_r, wake_w = os.pipe()
@@ -428,6 +448,24 @@ def zygote_main(channel):
             os.close(fd)
 
 
+def preload_modules(names):
+    """Imports `names` once, so that `import pandas` in a run is a dictionary
+    lookup, and warms them; returns the ones that could not be imported."""
+    missing = []
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # absent from this image, or broken in it
+            missing.append(f"{name} ({type(exc).__name__}: {exc})"[:200])
+    for name, snippet in PRELOAD_WARM_UPS.items():
+        if name in sys.modules:
+            exec(compile(snippet, WARMUP_FILENAME, "exec"), {"__name__": "__warm_up__"})
+    # Native thread pools (OpenBLAS) started by the imports are shut down
+    # around each fork by their own handlers and restarted in the run.
+    warnings.filterwarnings("ignore", message=r"This process .* is multi-threaded", category=DeprecationWarning)
+    return missing
+
+
 def run_spare(fds):
     try:
         spare_main(*fds)
@@ -449,13 +487,13 @@ def drain(fd):
 class Zygote:
     """The agent's handle on the zygote: commands, replies, spare exits."""
 
-    def __init__(self):
+    def __init__(self, preload):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pid = os.fork()
         if pid == 0:
             ours.close()
             try:
-                zygote_main(theirs)
+                zygote_main(theirs, preload)
             except BaseException:
                 traceback.print_exc()
             finally:
@@ -467,6 +505,9 @@ class Zygote:
         self.dead = False
         # Exit codes of spares, by pid, as the zygote reported them.
         self.exits = {}
+        hello = self.wait_reply(ZYGOTE_START_TIMEOUT_S)
+        # Preloaded modules that this image lacks (the host warns about them).
+        self.missing = json.loads(hello[1:])["missing"]
 
     def request(self, message, fds=()):
         """Sends a command; returns the reply, or raises ZygoteLost."""
@@ -474,7 +515,10 @@ class Zygote:
             socket.send_fds(self.channel, [message], list(fds))
         except OSError as exc:
             raise ZygoteLost(f"the zygote is gone ({exc})") from None
-        deadline = time.monotonic() + ZYGOTE_REPLY_TIMEOUT_S
+        return self.wait_reply(ZYGOTE_REPLY_TIMEOUT_S)
+
+    def wait_reply(self, timeout_s):
+        deadline = time.monotonic() + timeout_s
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not select.select([self.fd], [], [], remaining)[0]:
@@ -490,7 +534,7 @@ class Zygote:
     def receive(self):
         """One message (exit reports are recorded); None when the zygote died."""
         try:
-            message = self.channel.recv(64)
+            message = self.channel.recv(ZYGOTE_MESSAGE_LIMIT)
         except OSError:
             message = b""
         if not message:
@@ -766,6 +810,16 @@ def reset(spare, zygote, baseline):
         return str(lost)
     reap()  # nothing is ours but the zygote; this only matters if it died
     spare.close()
+    failure = wipe_all()
+    if failure:
+        return failure
+    if integrity() != baseline:
+        return "the agent's limits or scheduling were changed"
+    return None
+
+
+def wipe_all():
+    """Empties every writable place and removes SysV IPC; None, or why not."""
     for path in WIPE_DIRS:
         try:
             wipe_children(path)
@@ -774,8 +828,6 @@ def reset(spare, zygote, baseline):
         except (OSError, RecursionError) as exc:
             return f"could not empty {path}: {exc}"
     remove_sysv_ipc()
-    if integrity() != baseline:
-        return "the agent's limits or scheduling were changed"
     return None
 
 
@@ -839,6 +891,8 @@ host = FrameReader()
 mcp_runtime = {"__name__": "mcp_runtime"}
 if len(sys.argv) > 1:
     exec(compile(sys.argv[1], "<mcp-runtime>", "exec"), mcp_runtime)
+# argv[2]: the modules the zygote imports before any run (MCP_BRIDGE_PRELOAD).
+PRELOAD = [name for name in (sys.argv[2] if len(sys.argv) > 2 else "").split(",") if name]
 
 
 def main():
@@ -855,12 +909,20 @@ def main():
     gc.collect()
     gc.freeze()
     # Before the first request: the zygote's memory never holds run data.
-    zygote = Zygote()
-    spare, failure = fresh_spare(zygote)
+    try:
+        zygote = Zygote(PRELOAD)
+    except ZygoteLost as lost:
+        sys.stderr.write(f"mcp-code-exec agent: the zygote did not start: {lost}\n")
+        os._exit(5)
+    # What the preload wrote (e.g. matplotlib's font cache in $HOME) is not
+    # the first run's to see.
+    failure = wipe_all()
+    if not failure:
+        spare, failure = fresh_spare(zygote)
     if failure:
         sys.stderr.write(f"mcp-code-exec agent: no first spare: {failure}\n")
         os._exit(5)
-    send_json(ord("Y"), {"python": sys.version.split()[0]})
+    send_json(ord("Y"), {"python": sys.version.split()[0], "preload_missing": zygote.missing})
     while True:
         frame = host.wait_frame()
         if frame is None:
