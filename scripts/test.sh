@@ -3,11 +3,12 @@
 # engine answer and the sandbox image exist (scripts/setup-engine.sh),
 # installs Prometheus, the MCP Python SDK and the real MCP servers the tests use
 # (mcp-server-time from PyPI into a venv, @modelcontextprotocol/server-everything
-# from npm), then runs `cargo test`. Extra arguments go to `cargo test`.
+# from npm), lints and unit-tests the sandbox's Python (ruff, pytest), then runs
+# `cargo test`. Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/setup-engine.sh
+scripts/setup-engine.sh --bare
 
 # A real Prometheus for the dashboard test (tests/observability.rs).
 if ! command -v prometheus >/dev/null; then
@@ -21,12 +22,19 @@ if ! command -v prometheus >/dev/null; then
 fi
 
 venv=target/e2e-venv
-if ! "$venv/bin/python" -c 'import mcp.server.fastmcp' 2>/dev/null || [ ! -x "$venv/bin/mcp-server-time" ]; then
-    echo "test.sh: installing the MCP Python SDK and mcp-server-time into $venv" >&2
+if ! "$venv/bin/python" -c 'import mcp.server.fastmcp, pytest' 2>/dev/null || [ ! -x "$venv/bin/mcp-server-time" ] ||
+    [ ! -x "$venv/bin/ruff" ]; then
+    echo "test.sh: installing the MCP Python SDK, mcp-server-time, pytest and ruff into $venv" >&2
     python3 -m venv "$venv"
-    "$venv/bin/pip" install -q --disable-pip-version-check -r tests/e2e/requirements.txt
+    "$venv/bin/pip" install -q --disable-pip-version-check -r tests/e2e/requirements.txt -r tests/python/requirements.txt
 fi
 export MCP_CODE_EXEC_TEST_PYTHON="$PWD/$venv/bin/python"
+
+# The sandbox's Python: lint, format, unit tests of its pure parts.
+ruff_config=src/sandbox/ruff.toml
+"$venv/bin/ruff" check --config "$ruff_config" src/sandbox tests/python
+"$venv/bin/ruff" format --check --config "$ruff_config" src/sandbox tests/python
+"$venv/bin/python" -m pytest -q -p no:cacheprovider tests/python
 
 node_dir=target/e2e-node
 if [ ! -x "$node_dir/node_modules/.bin/mcp-server-everything" ]; then

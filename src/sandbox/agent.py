@@ -885,21 +885,20 @@ def fresh_spare(zygote):
 
 oom_counter = OomCounter()
 host = FrameReader()
-
-# The `mcp` package of the sandbox (mcp_runtime.py), passed as argv[1]: its
-# classes are built once here and inherited by every run.
+# The `mcp` package of the sandbox (mcp_runtime.py), built once by main()
+# and inherited by every run.
 mcp_runtime = {"__name__": "mcp_runtime"}
-if len(sys.argv) > 1:
-    exec(compile(sys.argv[1], "<mcp-runtime>", "exec"), mcp_runtime)
-# argv[2]: the modules the zygote imports before any run (MCP_BRIDGE_PRELOAD).
-PRELOAD = [name for name in (sys.argv[2] if len(sys.argv) > 2 else "").split(",") if name]
 
 
-def main():
+def main(argv):
+    """argv: the source of mcp_runtime.py, then the comma-separated modules
+    the zygote imports before any run (MCP_BRIDGE_PRELOAD)."""
     if os.getpid() != 1:
         # kill(-1) outside a PID namespace would hit every process of this uid.
         sys.stderr.write("mcp-code-exec agent: refusing to run outside a container (not PID 1)\n")
         sys.exit(2)
+    exec(compile(argv[0], "<mcp-runtime>", "exec"), mcp_runtime)
+    preload = [name for name in argv[1].split(",") if name] if len(argv) > 1 else []
     libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # inherited by the zygote
     # The root filesystem is read-only and /workspace is wiped: caches are noise.
     sys.dont_write_bytecode = True
@@ -910,7 +909,7 @@ def main():
     gc.freeze()
     # Before the first request: the zygote's memory never holds run data.
     try:
-        zygote = Zygote(PRELOAD)
+        zygote = Zygote(preload)
     except ZygoteLost as lost:
         sys.stderr.write(f"mcp-code-exec agent: the zygote did not start: {lost}\n")
         os._exit(5)
@@ -945,4 +944,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -64,7 +64,7 @@ class _Channel:
                 self._reader.start()
             data = b'{"id":%d,%s\n' % (ident, data[1:])
             while data:
-                data = data[os.write(self._out, data):]
+                data = data[os.write(self._out, data) :]
         return future
 
     def _read(self):
@@ -222,7 +222,8 @@ class Runtime(types.ModuleType):
         try:
             return self._servers[name]
         except KeyError:
-            raise MCPError(f"server {name!r} is not available in this run; available: {list(self._servers)}", name)
+            available = list(self._servers)
+            raise MCPError(f"server {name!r} is not available in this run; available: {available}", name) from None
 
     # -- calls
     async def call_tool(self, server, tool, arguments=None):

@@ -1,0 +1,168 @@
+"""The agent's pure parts: frame reading, output caps, the call relay, the
+child's status, how a run ends. Its process work (fork tree, reset) is tested
+through the real engine (tests/fidelity.rs, isolation.rs, bad_input.rs)."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+
+def test_frames_arrive_whole_across_chunks(agent):
+    r, w = os.pipe()
+    reader = agent.FrameReader(r)
+    payload = b'{"code": "print(1)"}'
+    frame = agent.HEADER.pack(ord("R"), len(payload)) + payload
+    os.write(w, frame[:3])
+    reader.feed()
+    assert reader.next_frame() is None
+    os.write(w, frame[3:] + agent.HEADER.pack(ord("A"), 0))
+    reader.feed()
+    assert reader.next_frame() == (ord("R"), payload)
+    assert reader.next_frame() == (ord("A"), b"")
+    os.close(w)
+    assert reader.wait_frame() is None, "end of input is the host gone"
+    assert reader.closed
+    os.close(r)
+
+
+def test_output_keeps_the_head_and_counts_the_rest(agent, monkeypatch):
+    sent = []
+    monkeypatch.setattr(agent, "send", lambda kind, data: sent.append((kind, bytes(data))))
+    output = agent.Output(ord("O"), 5)
+    output.forward(b"abc")
+    output.forward(b"defg")
+    output.forward(b"h")
+    assert sent == [(ord("O"), b"abc"), (ord("O"), b"de")]
+    assert output.dropped == 3
+
+
+def test_calls_are_lines_and_oversized_ones_are_refused(agent, monkeypatch):
+    monkeypatch.setattr(agent, "MAX_CALL_BYTES", 10)
+    lines = []
+    relay = agent.CallRelay(-1, lines.append)
+    relay.forward_calls(b'{"id":1}\n{"id"')
+    relay.forward_calls(b":2}\n")
+    assert lines == [b'{"id":1}', b'{"id":2}']
+    with pytest.raises(ValueError):
+        relay.forward_calls(b"x" * 11)
+    with pytest.raises(ValueError):
+        agent.CallRelay(-1, lines.append).forward_calls(b"y" * 11 + b"\n")
+
+
+def test_answers_are_written_as_the_child_reads_them(agent):
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    relay = agent.CallRelay(w, None)
+    relay.queue_answer(b'{"id":1}')
+    relay.queue_answer(b'{"id":2}')
+    relay.write_answers()
+    assert not relay.pending
+    assert os.read(r, 100) == b'{"id":1}\n{"id":2}\n'
+    os.close(r)
+    relay.queue_answer(b"late")
+    relay.write_answers()  # the child stopped listening: dropped, not raised
+    assert not relay.pending
+    os.close(w)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b'{"exit_code": 3, "error": "E: x", "error_type": "E"}', {"exit_code": 3, "error": "E: x", "error_type": "E"}),
+        (b'{"exit_code": true}', {}),
+        (b'{"exit_code": 256}', {}),
+        (b'{"exit_code": -1, "error": 5, "other": "x"}', {}),
+        (b"[1, 2]", {}),
+        (b'{"exit_code": 0', {}),
+        (b"", {}),
+    ],
+)
+def test_the_childs_status_is_untrusted(agent, raw, expected):
+    assert agent.parse_status(raw) == expected
+
+
+def test_system_exit_codes_mirror_the_interpreter(agent, capsys):
+    assert agent.system_exit_code(SystemExit()) == 0
+    assert agent.system_exit_code(SystemExit(3)) == 3
+    assert agent.system_exit_code(SystemExit(256 + 7)) == 7
+    assert agent.system_exit_code(SystemExit("bye")) == 1
+    assert capsys.readouterr().err == "bye\n"
+
+
+def test_execute_reports_exit_codes_and_errors(agent, capsys):
+    env = {"__name__": "__main__"}
+    assert agent.execute("import asyncio\nawait asyncio.sleep(0)\nx = 1", env, "<t>") == (0, {})
+    assert env["x"] == 1
+    assert agent.execute("raise SystemExit(4)", {}, "<t>") == (4, {})
+    code, status = agent.execute("def f():\n    raise ValueError('boom')\nf()", {}, "<t>")
+    assert (code, status) == (1, {"error": "ValueError: boom", "error_type": "ValueError"})
+    err = capsys.readouterr().err
+    assert err.startswith('Traceback (most recent call last):\n  File "<t>", line 3, in <module>\n')
+    assert "agent.py" not in err, "the agent's own frames are hidden"
+
+
+def test_a_users_excepthook_gets_the_exception(agent, monkeypatch):
+    seen = []
+
+    def hook(kind, value, tb):
+        seen.append((kind, str(value), tb.tb_frame.f_code.co_filename))
+
+    monkeypatch.setattr(sys, "excepthook", hook)
+    assert agent.execute("raise KeyError('k')", {}, "<t>")[0] == 1
+    assert seen == [(KeyError, "'k'", "<t>")]
+
+
+def test_a_run_ends_like_the_interpreter(agent):
+    # In a process of its own: atexit handlers are process-wide.
+    script = (
+        f"import atexit, sys, threading, time\nsys.path.insert(0, {str(pathlib.Path(agent.__file__).parent)!r})\n"
+        "import agent\n"
+        "atexit.register(print, 'atexit')\n"
+        "threading.Thread(target=lambda: (time.sleep(0.2), print('thread'))).start()\n"
+        "print('main')\n"
+        "code = agent.interpreter_exit(0)\n"
+        "print('exit', code, flush=True)\n"
+        "agent.os._exit(0)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=30)
+    assert out.stdout == "main\nthread\natexit\nexit 0\n"
+
+
+def test_preload_reports_what_is_missing(agent):
+    missing = agent.preload_modules(["json", "no_such_module_for_this_test"])
+    assert len(missing) == 1
+    assert missing[0].startswith("no_such_module_for_this_test (ModuleNotFoundError")
+
+
+def test_wipe_empties_directories_the_user_locked(agent, tmp_path):
+    locked = tmp_path / "a" / "b"
+    locked.mkdir(parents=True)
+    (locked / "f").write_text("x")
+    (tmp_path / "link").symlink_to("/etc")
+    (tmp_path / "a").chmod(0)
+    agent.wipe_children(str(tmp_path))
+    assert list(tmp_path.iterdir()) == []
+    assert os.path.exists("/etc/passwd"), "symlinks are removed, not followed"
+
+
+def test_integrity_is_stable_and_sees_a_nice_change(agent):
+    before = agent.integrity()
+    assert agent.integrity() == before
+    script = (
+        f"import os, sys\nsys.path.insert(0, {str(pathlib.Path(agent.__file__).parent)!r})\n"
+        "import agent\nbefore = agent.integrity()\nos.nice(1)\nprint(agent.integrity() != before)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=30)
+    assert out.stdout == "True\n"
+
+
+def test_the_done_frame_is_json(agent, monkeypatch):
+    sent = []
+    monkeypatch.setattr(agent, "send", lambda kind, data: sent.append((kind, data)))
+    agent.send_json(ord("D"), {"exit_code": 0})
+    assert sent == [(ord("D"), b'{"exit_code":0}')]
+    assert json.loads(sent[0][1]) == {"exit_code": 0}
