@@ -290,8 +290,12 @@ pub fn render(pool: Option<PoolStatus>) -> String {
     for (state, count) in SANDBOX_STATES.into_iter().zip(counts) {
         m.sandboxes.with_label_values(&[state]).set(count as i64);
     }
+    exposition()
+}
+
+fn exposition() -> String {
     prometheus::TextEncoder::new()
-        .encode_to_string(&m.registry.gather())
+        .encode_to_string(&metrics().registry.gather())
         .expect("text encoding of valid metrics cannot fail")
 }
 
@@ -378,7 +382,8 @@ mod tests {
     #[test]
     fn configured_servers_and_cancelled_runs_exist_at_zero_before_any_event() {
         register_servers(&["never-called".into()]);
-        let text = render(None);
+        // Not `render`: the gauges belong to the test above, running alongside.
+        let text = exposition();
         for series in [
             "mcp_code_exec_proxy_client_restarts_total{server=\"never-called\"} 0",
             "mcp_code_exec_proxy_calls_total{outcome=\"failed\",server=\"never-called\"} 0",

@@ -453,19 +453,14 @@ impl Pool {
             // Taking one may leave fewer than min_idle; a waiting caller needs one.
             shared.start_needed();
             let Some(sandbox) = leased else {
-                if let Some(reason) = shared.state().unavailable() {
+                // (The lock is released before `waiting` drops, which takes it.)
+                let unavailable = shared.state().unavailable();
+                if let Some(reason) = unavailable {
                     return Err(AcquireError::Unavailable(reason));
                 }
                 tokio::select! {
                     _ = &mut ready => continue,
-                    _ = tokio::time::sleep_until(deadline) => {
-                        let state = shared.state();
-                        return Err(AcquireError::Exhausted {
-                            waited: shared.sizing.wait_timeout,
-                            status: state.status(shared.sizing.max),
-                            last_error: state.last_error.clone(),
-                        });
-                    }
+                    _ = tokio::time::sleep_until(deadline) => return Err(self.exhausted()),
                 }
             };
             let mut lease = Lease {
@@ -480,6 +475,15 @@ impl Pool {
             } else {
                 return Ok(lease);
             }
+        }
+    }
+
+    fn exhausted(&self) -> AcquireError {
+        let state = self.shared.state();
+        AcquireError::Exhausted {
+            waited: self.shared.sizing.wait_timeout,
+            status: state.status(self.shared.sizing.max),
+            last_error: state.last_error.clone(),
         }
     }
 
@@ -499,7 +503,8 @@ impl Pool {
     /// this instance, within [`SHUTDOWN_TIMEOUT`].
     pub async fn shutdown(&self) {
         let shared = &self.shared;
-        drop(shared.state().close());
+        let idle = shared.state().close();
+        drop(idle);
         shared.closed.cancel();
         shared.sandbox_ready.notify_waiters();
         shared.background.close();
