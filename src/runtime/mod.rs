@@ -14,7 +14,6 @@ pub mod spec;
 use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -218,8 +217,6 @@ pub struct Runtime {
     owner: Owner,
     /// Where we connected, for messages.
     endpoint: String,
-    /// Numbers this owner's containers (their names).
-    created: Arc<AtomicU64>,
 }
 
 impl Runtime {
@@ -257,7 +254,6 @@ impl Runtime {
             docker,
             owner: Owner::current(),
             endpoint,
-            created: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -360,9 +356,11 @@ impl Runtime {
         &self,
         spec: &spec::ContainerSpec,
     ) -> Result<StartedContainer, RuntimeError> {
+        // Numbered across the process: several pools may share its pid.
+        static CREATED: AtomicU64 = AtomicU64::new(0);
         let name = self
             .owner
-            .container_name(self.created.fetch_add(1, Ordering::Relaxed) + 1);
+            .container_name(CREATED.fetch_add(1, Ordering::Relaxed) + 1);
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
         let created = self
             .docker
