@@ -5,10 +5,12 @@
 //! Owns startup ordering and its failures: connecting to the engine,
 //! resolving the image, removing orphans of dead instances, starting the
 //! pool; and shutdown. A failed start is not cached: the next call tries
-//! again, so an engine started after the server is picked up.
+//! again, so an engine started after the server is picked up. Every call is
+//! observed once (log line and metrics), cancelled ones included.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use tokio::sync::OnceCell;
 use tracing::Instrument;
@@ -36,6 +38,7 @@ impl Backend {
     }
 
     pub fn with_proxy(config: Config, proxy: Arc<Proxy>) -> Self {
+        metrics::register_servers(proxy.names());
         Self {
             limits: Limits::from(&config),
             config,
@@ -85,15 +88,16 @@ impl Backend {
             );
         };
         let pool = executor.pool();
+        // Unreachable: the error names the engine's address.
         pool.runtime()
             .ping()
             .await
-            .map_err(|error| format!("the container engine does not answer: {error}"))?;
+            .map_err(|error| error.to_string())?;
         let status = pool.status();
         if status.idle == 0 {
             let why = pool
                 .last_start_error()
-                .map(|e| format!("; last sandbox start failed: {e}"))
+                .map(|e| format!("; sandboxes fail to start: {e}"))
                 .unwrap_or_default();
             return Err(format!(
                 "no warm sandbox idle ({} busy, {} starting, {} resetting){why}",
@@ -105,28 +109,16 @@ impl Backend {
 
     /// Validates and runs a request. Never fails: a bad request, or a stack
     /// that cannot start, is a report like any other. Dropping the future
-    /// mid-run (client cancellation) destroys the sandbox. One span per run
-    /// carries its id, servers, status and duration.
+    /// mid-run (client cancellation) destroys the sandbox, and is logged and
+    /// counted as `cancelled`. One span per run carries its id, servers,
+    /// status and duration.
     pub async fn execute(&self, request: &RunRequest) -> RunReport {
-        static RUN_IDS: AtomicU64 = AtomicU64::new(1);
-        let span = tracing::info_span!(
-            "run",
-            id = RUN_IDS.fetch_add(1, Ordering::Relaxed),
-            servers = ?request.servers,
-            status = tracing::field::Empty,
-            duration_ms = tracing::field::Empty,
-        );
+        let observer = RunObserver::new(request);
         let report = self
             .execute_unobserved(request)
-            .instrument(span.clone())
+            .instrument(observer.span.clone())
             .await;
-        span.record("status", report.status.as_str());
-        span.record("duration_ms", report.duration_ms);
-        span.in_scope(|| match &report.error {
-            None => tracing::info!("run finished"),
-            Some(error) => tracing::info!(%error, "run finished"),
-        });
-        metrics::observe_run(&report);
+        observer.finished(&report);
         report
     }
 
@@ -162,5 +154,57 @@ impl Backend {
         if let Some(executor) = self.executor.get() {
             executor.pool().shutdown().await;
         }
+    }
+}
+
+/// Observes one call exactly once: [`RunObserver::finished`] with its report,
+/// or, when the call's future is dropped first (the client cancelled), as
+/// `cancelled` from `Drop`.
+struct RunObserver {
+    span: tracing::Span,
+    started: Instant,
+    finished: bool,
+}
+
+impl RunObserver {
+    fn new(request: &RunRequest) -> Self {
+        static RUN_IDS: AtomicU64 = AtomicU64::new(1);
+        let span = tracing::info_span!(
+            "run",
+            id = RUN_IDS.fetch_add(1, Ordering::Relaxed),
+            servers = ?request.servers,
+            status = tracing::field::Empty,
+            duration_ms = tracing::field::Empty,
+        );
+        Self {
+            span,
+            started: Instant::now(),
+            finished: false,
+        }
+    }
+
+    fn finished(mut self, report: &RunReport) {
+        self.finished = true;
+        self.span.record("status", report.status.as_str());
+        self.span.record("duration_ms", report.duration_ms);
+        self.span.in_scope(|| match &report.error {
+            None => tracing::info!("run finished"),
+            Some(error) => tracing::info!(%error, "run finished"),
+        });
+        metrics::observe_run(report);
+    }
+}
+
+impl Drop for RunObserver {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let took = self.started.elapsed();
+        self.span.record("status", metrics::CANCELLED);
+        self.span.record("duration_ms", took.as_secs_f64() * 1e3);
+        self.span
+            .in_scope(|| tracing::info!("run cancelled by the client"));
+        metrics::observe_cancelled_run(took);
     }
 }

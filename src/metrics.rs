@@ -4,7 +4,9 @@
 //! Owns every metric (names prefixed `mcp_code_exec_`, help text on each,
 //! labels from closed sets only: statuses, reasons, streams, and the server
 //! names of the user's own configuration; nothing the sandbox controls
-//! becomes a label) and the HTTP side port. Other modules report events
+//! becomes a label) and the HTTP side port. Every series of a closed set, and
+//! of every configured server ([`register_servers`]), exists at 0 from the
+//! start, so dashboards show 0, not "No data". Other modules report events
 //! through the functions here and never touch the registry. Pool occupancy
 //! gauges are read from the pool at scrape time, so they cannot drift.
 //! Metrics never take the MCP server down: a port already in use is a
@@ -45,6 +47,11 @@ struct Metrics {
     proxy_restarts: IntCounterVec,
 }
 
+/// The `status` of a call whose client went away before its result: not a
+/// [`RunStatus`], since no report is ever sent for it.
+pub const CANCELLED: &str = "cancelled";
+const SANDBOX_STATES: [&str; 5] = ["idle", "busy", "starting", "resetting", "removing"];
+
 /// Run durations: 0.5 ms (a warm `print`) to 120 s (the largest timeout).
 const RUN_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -81,7 +88,7 @@ fn metrics() -> &'static Metrics {
             metric
         };
         let sandboxes = IntGaugeVec::new(
-            Opts::new("sandboxes", "Sandbox containers by state (idle, busy, starting, resetting)"),
+            Opts::new("sandboxes", "Sandbox containers by state (idle, busy, starting, resetting, removing)"),
             &["state"],
         )
         .expect("a valid metric");
@@ -94,7 +101,7 @@ fn metrics() -> &'static Metrics {
         registry.register(Box::new(build_info.clone())).expect("registered once");
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         let metrics = Metrics {
-            runs: counter_vec("runs_total", "run_python calls by final status", &["status"]),
+            runs: counter_vec("runs_total", "run_python calls by final status (cancelled: the client went away)", &["status"]),
             run_duration: histogram_vec(
                 "run_duration_seconds",
                 "Time from the start of a run in a sandbox to its result, by status",
@@ -149,8 +156,12 @@ fn metrics() -> &'static Metrics {
             registry,
         };
         // Every closed-set label is present from the start, so dashboards see zeros, not gaps.
-        for status in [RunStatus::Success, RunStatus::Error, RunStatus::Timeout, RunStatus::Oom, RunStatus::ValidationError] {
-            metrics.runs.with_label_values(&[status.as_str()]);
+        for status in RunStatus::ALL.map(RunStatus::as_str).into_iter().chain([CANCELLED]) {
+            metrics.runs.with_label_values(&[status]);
+            metrics.run_duration.with_label_values(&[status]);
+        }
+        for state in SANDBOX_STATES {
+            metrics.sandboxes.with_label_values(&[state]);
         }
         for reason in RecycleReason::ALL {
             metrics.recycled.with_label_values(&[reason.as_str()]);
@@ -160,6 +171,28 @@ fn metrics() -> &'static Metrics {
         }
         metrics
     })
+}
+
+/// Creates the per-server series of the configured servers at 0.
+pub fn register_servers(names: &[String]) {
+    let m = metrics();
+    for server in names {
+        for outcome in CallOutcome::ALL {
+            m.proxy_calls.with_label_values(&[server, outcome.as_str()]);
+        }
+        m.proxy_call_duration.with_label_values(&[server]);
+        m.proxy_restarts.with_label_values(&[server]);
+    }
+}
+
+/// A `run_python` call whose client went away (its future was dropped)
+/// `took` after it began.
+pub fn observe_cancelled_run(took: Duration) {
+    let m = metrics();
+    m.runs.with_label_values(&[CANCELLED]).inc();
+    m.run_duration
+        .with_label_values(&[CANCELLED])
+        .observe(took.as_secs_f64());
 }
 
 /// A finished `run_python` call (any status, validation errors included).
@@ -217,14 +250,23 @@ pub enum CallOutcome {
     Failed,
 }
 
+impl CallOutcome {
+    const ALL: [Self; 3] = [Self::Ok, Self::ToolError, Self::Failed];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::ToolError => "tool_error",
+            Self::Failed => "failed",
+        }
+    }
+}
+
 pub fn observe_proxy_call(server: &str, outcome: CallOutcome, took: Duration) {
     let m = metrics();
-    let outcome = match outcome {
-        CallOutcome::Ok => "ok",
-        CallOutcome::ToolError => "tool_error",
-        CallOutcome::Failed => "failed",
-    };
-    m.proxy_calls.with_label_values(&[server, outcome]).inc();
+    m.proxy_calls
+        .with_label_values(&[server, outcome.as_str()])
+        .inc();
     m.proxy_call_duration
         .with_label_values(&[server])
         .observe(took.as_secs_f64());
@@ -238,16 +280,22 @@ pub fn observe_proxy_restart(server: &str) {
 pub fn render(pool: Option<PoolStatus>) -> String {
     let m = metrics();
     let pool = pool.unwrap_or_default();
-    for (state, count) in [
-        ("idle", pool.idle),
-        ("busy", pool.busy),
-        ("starting", pool.starting),
-        ("resetting", pool.resetting),
-    ] {
+    let counts = [
+        pool.idle,
+        pool.busy,
+        pool.starting,
+        pool.resetting,
+        pool.removing,
+    ];
+    for (state, count) in SANDBOX_STATES.into_iter().zip(counts) {
         m.sandboxes.with_label_values(&[state]).set(count as i64);
     }
+    exposition()
+}
+
+fn exposition() -> String {
     prometheus::TextEncoder::new()
-        .encode_to_string(&m.registry.gather())
+        .encode_to_string(&metrics().registry.gather())
         .expect("text encoding of valid metrics cannot fail")
 }
 
@@ -329,5 +377,22 @@ mod tests {
         );
         assert!(text.contains("mcp_code_exec_proxy_calls_total{outcome=\"ok\",server=\"time\"}"));
         assert!(text.contains("mcp_code_exec_build_info{version="));
+    }
+
+    #[test]
+    fn configured_servers_and_cancelled_runs_exist_at_zero_before_any_event() {
+        register_servers(&["never-called".into()]);
+        // Not `render`: the gauges belong to the test above, running alongside.
+        let text = exposition();
+        for series in [
+            "mcp_code_exec_proxy_client_restarts_total{server=\"never-called\"} 0",
+            "mcp_code_exec_proxy_calls_total{outcome=\"failed\",server=\"never-called\"} 0",
+            "mcp_code_exec_proxy_call_duration_seconds_count{server=\"never-called\"} 0",
+            "mcp_code_exec_run_duration_seconds_count{status=\"timeout\"} 0",
+            "mcp_code_exec_sandboxes{state=\"removing\"} 0",
+        ] {
+            assert!(text.contains(series), "{series}");
+        }
+        assert!(text.contains("mcp_code_exec_runs_total{status=\"cancelled\"}"));
     }
 }

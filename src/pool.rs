@@ -1,24 +1,36 @@
 //! The warm pool: sandboxes started ahead of need, leased one run at a time.
 //!
 //! Owns the sandbox lifecycle around runs: warm-up at launch, keeping
-//! `min_idle` ready, leasing (a channel receive on the warm path, no engine
-//! request), reset or recycle after each run *off the caller's path*, refill,
-//! age sweeps, and removal of every container at shutdown. It does not look
-//! inside runs (that is [`crate::execution`]) nor speak the agent protocol
-//! (that is [`crate::sandbox`]).
+//! `min_idle` ready, leasing (a lock and a `Vec::pop` on the warm path, no
+//! engine request), reset or recycle after each run *off the caller's path*,
+//! refill with back-off when starts fail, age sweeps, removal of containers
+//! (retried until the engine confirms it), and removal of every container at
+//! shutdown. It does not look inside runs (that is [`crate::execution`]) nor
+//! speak the agent protocol (that is [`crate::sandbox`]) nor the engine's API
+//! (that is [`crate::runtime`]).
 //!
-//! Sizing: every sandbox, whether starting, idle, busy, resetting or being
-//! removed, holds one permit of a `max`-sized semaphore, so the number of
-//! containers never exceeds `MCP_BRIDGE_POOL_MAX`. Idle sandboxes live in a
-//! `deadpool::unmanaged::Pool` (LIFO, so the most recently used, warmest
-//! sandbox goes out first).
+//! All bookkeeping is one [`State`] under one `std::sync::Mutex`, never held
+//! across an `.await` (the mini-redis `Shared { state, background_task }`
+//! shape): the idle sandboxes (a LIFO stack: the most recently used, warmest,
+//! goes out first) and the counts of sandboxes starting, busy, resetting and
+//! being removed, the callers waiting, the failed starts in a row and the last
+//! error. Each transition is one `State` method, so the counts change
+//! together. A `Notify` wakes the refill task; another wakes waiting callers.
+//! Invariants:
+//! - `total = idle + starting + busy + resetting + removing <= max`: a
+//!   container counts from its create request until the engine confirmed its
+//!   removal (a refused removal is retried and keeps counting);
+//! - refill starts a sandbox only while `idle + starting + resetting <
+//!   min_idle + waiting` (a sandbox in reset is coming back);
+//! - after a failed start its slot is free at once; the next start waits out
+//!   the back-off and starts one at a time until one succeeds;
+//! - a waiting caller gives up at once, with the last error, when nothing can
+//!   become idle (nothing starting, busy or resetting) and that error stands.
 
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use deadpool::unmanaged::{Object, Pool as IdleQueue, PoolConfig, PoolError};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -33,7 +45,12 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 const RESET_TIMEOUT: Duration = Duration::from_secs(10);
 /// Removal of all containers at shutdown.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
-const MAX_CREATE_BACKOFF: Duration = Duration::from_secs(30);
+/// The longest wait between failed starts: also how long, at most, the pool
+/// takes to notice that the engine is back.
+const MAX_CREATE_BACKOFF: Duration = Duration::from_secs(10);
+/// The first and the longest wait before retrying a removal the engine refused.
+const FIRST_REMOVE_RETRY: Duration = Duration::from_secs(1);
+const MAX_REMOVE_RETRY: Duration = Duration::from_secs(10);
 
 /// Why a sandbox was destroyed instead of reused. A closed set, fit for a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,14 +124,8 @@ impl Verdict {
     }
 }
 
-/// Whether refill should start one more sandbox: the idle and starting ones
-/// must cover `min_idle` plus every caller waiting right now.
-fn needs_another(idle_and_starting: usize, min_idle: usize, waiting: usize) -> bool {
-    idle_and_starting < min_idle + waiting
-}
-
-/// How long a failed start holds its slot before refill may try again:
-/// 250 ms doubling per consecutive failure, at most [`MAX_CREATE_BACKOFF`].
+/// How long a failed start holds back the next one: 250 ms doubling per
+/// consecutive failure, at most [`MAX_CREATE_BACKOFF`].
 fn create_backoff(consecutive_failures: u32) -> Duration {
     Duration::from_millis(250 << consecutive_failures.min(7)).min(MAX_CREATE_BACKOFF)
 }
@@ -122,25 +133,21 @@ fn create_backoff(consecutive_failures: u32) -> Duration {
 #[derive(Debug, thiserror::Error)]
 pub enum AcquireError {
     #[error(
-        "no sandbox became free within {waited:?} (all {max} in use; raise MCP_BRIDGE_POOL_MAX or \
-         MCP_BRIDGE_POOL_WAIT_TIMEOUT){}",
-        last_error.as_deref().map(|e| format!("; last sandbox start failed: {e}")).unwrap_or_default()
+        "no sandbox became free within {waited:?} (all {} in use: {} busy, {} resetting, {} starting, {} being removed; \
+         raise MCP_BRIDGE_POOL_MAX or MCP_BRIDGE_POOL_WAIT_TIMEOUT){}",
+        status.max, status.busy, status.resetting, status.starting, status.removing,
+        last_error.as_deref().map(|e| format!("; last error: {e}")).unwrap_or_default()
     )]
     Exhausted {
         waited: Duration,
-        max: usize,
+        status: PoolStatus,
         last_error: Option<String>,
     },
+    /// Nothing can become idle and the last attempt failed: said at once, not at the wait's end.
     #[error("no sandbox can be started: {0}")]
     Unavailable(String),
     #[error("the server is shutting down")]
     ShuttingDown,
-}
-
-/// A sandbox in the pool, with the capacity permit it holds until removed.
-struct Slot {
-    sandbox: Sandbox,
-    _capacity: OwnedSemaphorePermit,
 }
 
 /// Counts of sandboxes by state, for `doctor`, readiness and metrics.
@@ -152,9 +159,209 @@ pub struct PoolStatus {
     pub starting: usize,
     /// Between a run's end and the agent's confirmation that it is clean.
     pub resetting: usize,
+    /// Destroyed; the engine has not yet confirmed the container's removal.
+    pub removing: usize,
+    /// Callers waiting for a sandbox.
+    pub waiting: usize,
     /// Every container that exists or is being created or removed.
     pub total: usize,
     pub max: usize,
+}
+
+/// The pool's limits, from [`Config`].
+#[derive(Debug, Clone, Copy)]
+struct Sizing {
+    min_idle: usize,
+    max: usize,
+    max_uses: u32,
+    max_age: Duration,
+    wait_timeout: Duration,
+}
+
+/// The pool's bookkeeping (see the module docs for its invariants). Generic
+/// over the sandbox so that its rules are unit-tested without containers.
+#[derive(Debug)]
+struct State<S> {
+    /// Idle, warm sandboxes; the last one is the warmest (LIFO).
+    idle: Vec<S>,
+    starting: usize,
+    busy: usize,
+    resetting: usize,
+    removing: usize,
+    waiting: usize,
+    /// Starts that failed in a row.
+    failed_starts: u32,
+    /// Why the last start (or removal) failed; cleared by a successful start.
+    last_error: Option<String>,
+    /// No start before this instant (the back-off after a failed start).
+    retry_at: Option<Instant>,
+    closed: bool,
+}
+
+impl<S> State<S> {
+    fn new() -> Self {
+        Self {
+            idle: Vec::new(),
+            starting: 0,
+            busy: 0,
+            resetting: 0,
+            removing: 0,
+            waiting: 0,
+            failed_starts: 0,
+            last_error: None,
+            retry_at: None,
+            closed: false,
+        }
+    }
+
+    fn total(&self) -> usize {
+        self.idle.len() + self.starting + self.busy + self.resetting + self.removing
+    }
+
+    fn status(&self, max: usize) -> PoolStatus {
+        PoolStatus {
+            idle: self.idle.len(),
+            busy: self.busy,
+            starting: self.starting,
+            resetting: self.resetting,
+            removing: self.removing,
+            waiting: self.waiting,
+            total: self.total(),
+            max,
+        }
+    }
+
+    /// Counts the starts to make now (idle, starting and resetting sandboxes
+    /// must cover `min_idle` plus every waiting caller, within `max`) as
+    /// starting, and returns how many. None during the back-off of a failed
+    /// start; after it, one at a time until a start succeeds.
+    fn reserve_starts(&mut self, sizing: &Sizing, now: Instant) -> usize {
+        if self.closed {
+            return 0;
+        }
+        match self.retry_at {
+            Some(at) if now < at => return 0,
+            Some(_) => self.retry_at = None,
+            None => {}
+        }
+        let covered = self.idle.len() + self.starting + self.resetting;
+        let wanted = sizing.min_idle + self.waiting;
+        let room = sizing.max.saturating_sub(self.total());
+        let mut starts = wanted.saturating_sub(covered).min(room);
+        if self.failed_starts > 0 {
+            starts = starts.min(1usize.saturating_sub(self.starting));
+        }
+        self.starting += starts;
+        starts
+    }
+
+    /// Why a waiting caller should give up now: nothing is starting, busy or
+    /// resetting (so nothing can become idle) and the last attempt failed.
+    fn unavailable(&self) -> Option<String> {
+        if self.starting + self.busy + self.resetting > 0 {
+            return None;
+        }
+        self.last_error.clone()
+    }
+
+    /// A start succeeded. Returns the sandbox back if the pool closed meanwhile
+    /// (it is then counted as removing).
+    fn started(&mut self, sandbox: S) -> Option<S> {
+        self.starting -= 1;
+        self.failed_starts = 0;
+        self.last_error = None;
+        self.retry_at = None;
+        self.make_idle(sandbox)
+    }
+
+    /// A start failed; its slot is free at once unless it left a container
+    /// to remove. Returns the failures in a row.
+    fn start_failed(&mut self, error: String, now: Instant, left_a_container: bool) -> u32 {
+        self.starting -= 1;
+        if left_a_container {
+            self.removing += 1;
+        }
+        self.retry_at = Some(now + create_backoff(self.failed_starts));
+        self.failed_starts += 1;
+        self.last_error = Some(error);
+        self.failed_starts
+    }
+
+    /// Takes the warmest idle sandbox for a run.
+    fn lease(&mut self) -> Option<S> {
+        let sandbox = self.idle.pop()?;
+        self.busy += 1;
+        Some(sandbox)
+    }
+
+    /// A run's sandbox goes to reset (`reuse`) or to removal.
+    fn end_lease(&mut self, reuse: bool) {
+        self.busy -= 1;
+        if reuse {
+            self.resetting += 1;
+        } else {
+            self.removing += 1;
+        }
+    }
+
+    /// The agent confirmed its reset. Returns the sandbox back if the pool
+    /// closed meanwhile (it is then counted as removing).
+    fn reset_done(&mut self, sandbox: S) -> Option<S> {
+        self.resetting -= 1;
+        self.make_idle(sandbox)
+    }
+
+    fn make_idle(&mut self, sandbox: S) -> Option<S> {
+        if self.closed {
+            self.removing += 1;
+            return Some(sandbox);
+        }
+        self.idle.push(sandbox);
+        None
+    }
+
+    fn reset_failed(&mut self) {
+        self.resetting -= 1;
+        self.removing += 1;
+    }
+
+    /// The engine refused a removal: the container still counts, and until
+    /// a start succeeds this is the pool's last error.
+    fn removal_failed(&mut self, error: String) {
+        self.last_error = Some(error);
+    }
+
+    fn removed(&mut self) {
+        self.removing -= 1;
+    }
+
+    /// Takes the idle sandboxes `unfit` finds a reason to recycle, counting
+    /// them as removing. The fit ones stay, in their order: callers never see
+    /// the idle stack emptied by a sweep, and the warmest stays on top.
+    fn take_unfit(
+        &mut self,
+        mut unfit: impl FnMut(&mut S) -> Option<RecycleReason>,
+    ) -> Vec<(S, RecycleReason)> {
+        let mut kept = Vec::with_capacity(self.idle.len());
+        let mut taken = Vec::new();
+        for mut sandbox in self.idle.drain(..) {
+            match unfit(&mut sandbox) {
+                Some(reason) => taken.push((sandbox, reason)),
+                None => kept.push(sandbox),
+            }
+        }
+        self.idle = kept;
+        self.removing += taken.len();
+        taken
+    }
+
+    /// Stops all further starts and leases; returns the idle sandboxes,
+    /// counted as removing (shutdown removes their containers).
+    fn close(&mut self) -> Vec<S> {
+        self.closed = true;
+        self.removing += self.idle.len();
+        std::mem::take(&mut self.idle)
+    }
 }
 
 #[derive(Clone)]
@@ -165,21 +372,13 @@ pub struct Pool {
 struct Shared {
     runtime: Runtime,
     container_spec: spec::ContainerSpec,
-    idle: IdleQueue<Slot>,
-    capacity: Arc<Semaphore>,
-    starting: AtomicUsize,
-    busy: AtomicUsize,
-    resetting: AtomicUsize,
-    waiting: AtomicUsize,
-    min_idle: usize,
-    max: usize,
-    max_uses: u32,
-    max_age: Duration,
-    wait_timeout: Duration,
-    wake_refill: Notify,
-    create_failures: watch::Sender<u32>,
-    consecutive_failures: AtomicU32,
-    last_create_error: Mutex<Option<String>>,
+    sizing: Sizing,
+    state: Mutex<State<Sandbox>>,
+    /// Wakes the refill task: something changed that may call for a start.
+    background_task: Notify,
+    /// Wakes waiting callers: one per sandbox made idle, all when an attempt
+    /// failed (they may have nothing left to wait for) or at shutdown.
+    sandbox_ready: Notify,
     closed: CancellationToken,
     /// Resets, removals and creations in flight, awaited at shutdown.
     background: TaskTracker,
@@ -192,29 +391,20 @@ impl Pool {
         let shared = Arc::new(Shared {
             runtime,
             container_spec,
-            idle: IdleQueue::from_config(&PoolConfig {
-                runtime: Some(deadpool::Runtime::Tokio1),
-                ..PoolConfig::new(config.pool_max)
-            }),
-            capacity: Arc::new(Semaphore::new(config.pool_max)),
-            starting: AtomicUsize::new(0),
-            busy: AtomicUsize::new(0),
-            resetting: AtomicUsize::new(0),
-            waiting: AtomicUsize::new(0),
-            min_idle: config.pool_min_idle,
-            max: config.pool_max,
-            max_uses: config.pool_max_uses,
-            max_age: config.pool_max_age,
-            wait_timeout: config.pool_wait_timeout,
-            wake_refill: Notify::new(),
-            create_failures: watch::channel(0).0,
-            consecutive_failures: AtomicU32::new(0),
-            last_create_error: Mutex::new(None),
+            sizing: Sizing {
+                min_idle: config.pool_min_idle,
+                max: config.pool_max,
+                max_uses: config.pool_max_uses,
+                max_age: config.pool_max_age,
+                wait_timeout: config.pool_wait_timeout,
+            },
+            state: Mutex::new(State::new()),
+            background_task: Notify::new(),
+            sandbox_ready: Notify::new(),
             closed: CancellationToken::new(),
             background: TaskTracker::new(),
         });
         tokio::spawn(refill_loop(shared.clone()));
-        shared.wake_refill.notify_one();
         Self { shared }
     }
 
@@ -223,42 +413,62 @@ impl Pool {
     }
 
     pub fn status(&self) -> PoolStatus {
-        let shared = &self.shared;
-        PoolStatus {
-            idle: shared.idle.status().available,
-            busy: shared.busy.load(Ordering::Relaxed),
-            starting: shared.starting.load(Ordering::Relaxed),
-            resetting: shared.resetting.load(Ordering::Relaxed),
-            total: shared.max - shared.capacity.available_permits(),
-            max: shared.max,
-        }
+        self.shared.state().status(self.shared.sizing.max)
     }
 
-    /// The error of the last failed sandbox start, if the last start failed.
+    /// Why sandboxes cannot be started right now (the last failed start, or
+    /// a removal the engine refused), until a start succeeds.
     pub fn last_start_error(&self) -> Option<String> {
-        self.shared
-            .last_create_error
-            .lock()
-            .expect("not poisoned")
-            .clone()
+        self.shared.state().last_error.clone()
     }
 
-    /// Takes a warm sandbox, waiting (bounded) when none is idle.
+    /// Takes a warm sandbox, waiting (bounded) when none is idle. Fails at
+    /// once, with the cause, when nothing can become idle because sandboxes
+    /// cannot be started (engine unreachable, image broken, …).
     pub async fn acquire(&self) -> Result<Lease, AcquireError> {
         let shared = &self.shared;
-        let started = Instant::now();
-        let mut failures = shared.create_failures.subscribe();
+        let deadline = tokio::time::Instant::now() + shared.sizing.wait_timeout;
+        let mut waiting: Option<Waiting> = None;
         loop {
-            let object = match shared.idle.try_get() {
-                Ok(object) => object,
-                Err(PoolError::Closed) => return Err(AcquireError::ShuttingDown),
-                Err(_) => self.wait_for_idle(started, &mut failures).await?,
+            // Registered before looking, so a sandbox made idle after the look wakes us.
+            let ready = shared.sandbox_ready.notified();
+            tokio::pin!(ready);
+            ready.as_mut().enable();
+            let leased = {
+                let mut state = shared.state();
+                if state.closed {
+                    return Err(AcquireError::ShuttingDown);
+                }
+                let leased = state.lease();
+                if leased.is_some() {
+                    // No longer waiting, before refill counts the waiting callers.
+                    if let Some(was_waiting) = waiting.take() {
+                        was_waiting.leave(&mut state);
+                    }
+                } else if waiting.is_none() {
+                    waiting = Some(Waiting::enter(shared, &mut state));
+                }
+                leased
             };
-            // Taking one may leave fewer than min_idle: top up in the background.
-            shared.wake_refill.notify_one();
-            let mut lease = Lease::new(object, shared.clone());
+            // Taking one may leave fewer than min_idle; a waiting caller needs one.
+            shared.start_needed();
+            let Some(sandbox) = leased else {
+                // (The lock is released before `waiting` drops, which takes it.)
+                let unavailable = shared.state().unavailable();
+                if let Some(reason) = unavailable {
+                    return Err(AcquireError::Unavailable(reason));
+                }
+                tokio::select! {
+                    _ = &mut ready => continue,
+                    _ = tokio::time::sleep_until(deadline) => return Err(self.exhausted()),
+                }
+            };
+            let mut lease = Lease {
+                sandbox: Some(sandbox),
+                shared: shared.clone(),
+            };
             let sandbox = lease.sandbox();
-            if sandbox.age() >= shared.max_age {
+            if sandbox.age() >= shared.sizing.max_age {
                 lease.finish(Verdict::Recycle(RecycleReason::MaxAge));
             } else if !sandbox.is_idle_and_alive() {
                 lease.finish(Verdict::Recycle(RecycleReason::Unhealthy));
@@ -268,46 +478,19 @@ impl Pool {
         }
     }
 
-    async fn wait_for_idle(
-        &self,
-        started: Instant,
-        failures: &mut watch::Receiver<u32>,
-    ) -> Result<Object<Slot>, AcquireError> {
-        let shared = &self.shared;
-        shared.waiting.fetch_add(1, Ordering::Relaxed);
-        shared.wake_refill.notify_one();
-        let _waiting = scopeguard(|| {
-            shared.waiting.fetch_sub(1, Ordering::Relaxed);
-        });
-        loop {
-            let remaining = shared.wait_timeout.saturating_sub(started.elapsed());
-            tokio::select! {
-                got = shared.idle.timeout_get(Some(remaining)) => {
-                    return got.map_err(|error| match error {
-                        PoolError::Closed => AcquireError::ShuttingDown,
-                        _ => AcquireError::Exhausted {
-                            waited: shared.wait_timeout,
-                            max: shared.max,
-                            last_error: self.last_start_error(),
-                        },
-                    });
-                }
-                changed = failures.changed() => {
-                    // A start failed while we wait. If no sandbox exists at all,
-                    // nothing will free up: say why now instead of at the timeout.
-                    if changed.is_err() || self.status().total == 0 {
-                        let reason = self.last_start_error().unwrap_or_else(|| "unknown".into());
-                        return Err(AcquireError::Unavailable(reason));
-                    }
-                }
-            }
+    fn exhausted(&self) -> AcquireError {
+        let state = self.shared.state();
+        AcquireError::Exhausted {
+            waited: self.shared.sizing.wait_timeout,
+            status: state.status(self.shared.sizing.max),
+            last_error: state.last_error.clone(),
         }
     }
 
     /// Waits until `min_idle` sandboxes are idle (or `timeout` passes).
     pub async fn wait_warm(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        while self.status().idle < self.shared.min_idle {
+        while self.status().idle < self.shared.sizing.min_idle {
             if Instant::now() >= deadline {
                 return false;
             }
@@ -320,8 +503,10 @@ impl Pool {
     /// this instance, within [`SHUTDOWN_TIMEOUT`].
     pub async fn shutdown(&self) {
         let shared = &self.shared;
+        let idle = shared.state().close();
+        drop(idle);
         shared.closed.cancel();
-        shared.idle.close();
+        shared.sandbox_ready.notify_waiters();
         shared.background.close();
         let removal = async {
             let _ = tokio::time::timeout(Duration::from_secs(2), shared.background.wait()).await;
@@ -340,49 +525,40 @@ impl Pool {
     }
 }
 
-/// Runs `f` when dropped (also when the owning future is cancelled).
-fn scopeguard(f: impl FnOnce()) -> impl Drop {
-    struct Guard<F: FnOnce()>(Option<F>);
-    impl<F: FnOnce()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.0.take() {
-                f();
-            }
-        }
+/// A caller counted as waiting for as long as this lives (also when the
+/// caller's future is dropped).
+struct Waiting<'a>(&'a Shared);
+
+impl<'a> Waiting<'a> {
+    fn enter(shared: &'a Shared, state: &mut State<Sandbox>) -> Self {
+        state.waiting += 1;
+        Self(shared)
     }
-    Guard(Some(f))
+
+    /// Stops waiting under a lock already held.
+    fn leave(self, state: &mut State<Sandbox>) {
+        state.waiting -= 1;
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.state().waiting -= 1;
+    }
 }
 
 /// A sandbox checked out for one run. [`Lease::finish`] hands it back with a
 /// verdict; dropping a lease unfinished (a cancelled call) destroys the
 /// sandbox, because a run's state cannot be trusted back into the pool.
 pub struct Lease {
-    object: Option<Object<Slot>>,
+    sandbox: Option<Sandbox>,
     shared: Arc<Shared>,
 }
 
 impl Lease {
-    fn new(object: Object<Slot>, shared: Arc<Shared>) -> Self {
-        shared.busy.fetch_add(1, Ordering::Relaxed);
-        Self {
-            object: Some(object),
-            shared,
-        }
-    }
-
-    /// Takes the sandbox out of the lease (it is no longer busy).
-    fn release(&mut self) -> Option<Object<Slot>> {
-        let object = self.object.take()?;
-        self.shared.busy.fetch_sub(1, Ordering::Relaxed);
-        Some(object)
-    }
-
     pub fn sandbox(&mut self) -> &mut Sandbox {
-        &mut self
-            .object
-            .as_mut()
-            .expect("present until finish or drop")
-            .sandbox
+        self.sandbox.as_mut().expect("present until finish or drop")
     }
 
     /// Whether the engine saw this sandbox OOM-killed (an engine request:
@@ -395,103 +571,117 @@ impl Lease {
     /// Returns the sandbox: reset and back to idle, or destroyed. Either way
     /// the work happens in the background, after the caller has its result.
     pub fn finish(mut self, verdict: Verdict) {
-        let object = self.release().expect("finish is called once");
-        let shared = self.shared.clone();
+        let sandbox = self.sandbox.take().expect("finish is called once");
+        let sizing = &self.shared.sizing;
         let verdict = verdict.or_worn_out(
-            object.sandbox.runs(),
-            object.sandbox.age(),
-            shared.max_uses,
-            shared.max_age,
+            sandbox.runs(),
+            sandbox.age(),
+            sizing.max_uses,
+            sizing.max_age,
         );
-        match verdict {
-            Verdict::Recycle(reason) => shared.destroy(Object::take(object), reason),
-            Verdict::Reuse => {
-                let task_shared = shared.clone();
-                shared.resetting.fetch_add(1, Ordering::Relaxed);
-                shared.background.spawn(async move {
-                    let mut object = object;
-                    let started = Instant::now();
-                    let ready = object.sandbox.await_ready(RESET_TIMEOUT).await;
-                    task_shared.resetting.fetch_sub(1, Ordering::Relaxed);
-                    match ready {
-                        // Dropping the object returns it to the idle queue.
-                        Ok(_) => {
-                            metrics::observe_reset(started.elapsed());
-                            drop(object);
-                        }
-                        Err(failure) => {
-                            tracing::warn!(sandbox = object.sandbox.short_id(), %failure, "reset failed; recycling");
-                            task_shared.destroy(Object::take(object), RecycleReason::ResetFailed);
-                        }
-                    }
-                });
-            }
-        }
+        self.shared.end_lease(sandbox, verdict);
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if let Some(object) = self.release() {
+        if let Some(sandbox) = self.sandbox.take() {
             self.shared
-                .destroy(Object::take(object), RecycleReason::Abandoned);
+                .end_lease(sandbox, Verdict::Recycle(RecycleReason::Abandoned));
         }
     }
 }
 
 impl Shared {
-    /// Removes a sandbox's container in the background; its capacity permit
-    /// is released only once the container is gone.
-    fn destroy(self: &Arc<Self>, slot: Slot, reason: RecycleReason) {
+    fn state(&self) -> MutexGuard<'_, State<Sandbox>> {
+        // Every transition is a few integer updates that cannot panic halfway.
+        self.state.lock().expect("pool state is never poisoned")
+    }
+
+    fn end_lease(self: &Arc<Self>, mut sandbox: Sandbox, verdict: Verdict) {
+        self.state().end_lease(verdict == Verdict::Reuse);
+        if let Verdict::Recycle(reason) = verdict {
+            return self.destroy(sandbox, reason);
+        }
+        let shared = self.clone();
+        self.background.spawn(async move {
+            let started = Instant::now();
+            match sandbox.await_ready(RESET_TIMEOUT).await {
+                Ok(_) => {
+                    metrics::observe_reset(started.elapsed());
+                    let closed = shared.state().reset_done(sandbox);
+                    match closed {
+                        Some(sandbox) => shared.remove(sandbox.id().to_owned(), Some(sandbox)),
+                        None => shared.sandbox_ready.notify_one(),
+                    }
+                }
+                Err(failure) => {
+                    tracing::warn!(sandbox = sandbox.short_id(), %failure, "reset failed; recycling");
+                    shared.state().reset_failed();
+                    shared.destroy(sandbox, RecycleReason::ResetFailed);
+                }
+            }
+            shared.background_task.notify_one();
+        });
+    }
+
+    /// Recycles a sandbox already counted as removing.
+    fn destroy(self: &Arc<Self>, sandbox: Sandbox, reason: RecycleReason) {
         tracing::debug!(
-            sandbox = slot.sandbox.short_id(),
+            sandbox = sandbox.short_id(),
             reason = reason.as_str(),
             "recycling sandbox"
         );
         metrics::observe_recycled(reason);
+        self.remove(sandbox.id().to_owned(), Some(sandbox));
+        // A waiting caller may have been counting on this one.
+        self.sandbox_ready.notify_waiters();
+    }
+
+    /// Removes a container counted as removing, in the background, retrying
+    /// until the engine confirms (or shutdown takes over); only then is its
+    /// slot free. The sandbox's streams are kept open until the first attempt,
+    /// then closed (the agent exits and the engine removes the container
+    /// itself, if it can).
+    fn remove(self: &Arc<Self>, id: String, sandbox: Option<Sandbox>) {
         let shared = self.clone();
         self.background.spawn(async move {
-            shared.runtime.remove(slot.sandbox.id()).await;
-            drop(slot);
-            shared.wake_refill.notify_one();
+            let mut sandbox = sandbox;
+            let mut retry = FIRST_REMOVE_RETRY;
+            while let Err(error) = shared.runtime.try_remove(&id).await {
+                tracing::warn!(container = %id, %error, retry_in = ?retry, "could not remove a sandbox container; it still counts toward MCP_BRIDGE_POOL_MAX");
+                drop(sandbox.take());
+                shared.state().removal_failed(error.to_string());
+                shared.sandbox_ready.notify_waiters();
+                tokio::select! {
+                    _ = tokio::time::sleep(retry) => {}
+                    // Shutdown removes whatever is left.
+                    _ = shared.closed.cancelled() => return,
+                }
+                retry = (retry * 2).min(MAX_REMOVE_RETRY);
+            }
+            drop(sandbox);
+            shared.state().removed();
+            shared.background_task.notify_one();
         });
     }
 
-    /// Starts sandboxes until `min_idle` plus the waiting callers are covered,
-    /// within capacity.
-    fn top_up(self: &Arc<Self>) {
-        loop {
-            let covered = self.idle.status().available + self.starting.load(Ordering::Relaxed);
-            if !needs_another(covered, self.min_idle, self.waiting.load(Ordering::Relaxed)) {
-                return;
-            }
-            let Ok(permit) = self.capacity.clone().try_acquire_owned() else {
-                return;
-            };
-            self.starting.fetch_add(1, Ordering::Relaxed);
-            self.background.spawn(self.clone().create(permit));
+    /// Starts the sandboxes [`State::reserve_starts`] calls for.
+    fn start_needed(self: &Arc<Self>) {
+        let starts = self.state().reserve_starts(&self.sizing, Instant::now());
+        for _ in 0..starts {
+            self.background.spawn(self.clone().create());
         }
     }
 
-    async fn create(self: Arc<Self>, permit: OwnedSemaphorePermit) {
+    async fn create(self: Arc<Self>) {
         let started = Instant::now();
-        let result = async {
-            let container = self
-                .runtime
-                .start_container(&self.container_spec)
-                .await
-                .map_err(|e| e.to_string())?;
-            let id = container.id.clone();
-            match Sandbox::attach(container, START_TIMEOUT).await {
-                Ok(sandbox) => Ok(sandbox),
-                Err(failure) => {
-                    self.runtime.remove(&id).await;
-                    Err(failure.to_string())
-                }
-            }
-        }
-        .await;
-        match result {
+        let container = match self.runtime.start_container(&self.container_spec).await {
+            Ok(container) => container,
+            Err(error) => return self.start_failed(error.to_string(), None),
+        };
+        let id = container.id.clone();
+        match Sandbox::attach(container, START_TIMEOUT).await {
             Ok(sandbox) => {
                 metrics::observe_created(started.elapsed());
                 tracing::debug!(
@@ -500,64 +690,62 @@ impl Shared {
                     elapsed = ?started.elapsed(),
                     "sandbox warm"
                 );
-                self.consecutive_failures.store(0, Ordering::Relaxed);
-                *self.last_create_error.lock().expect("not poisoned") = None;
-                self.starting.fetch_sub(1, Ordering::Relaxed);
-                let slot = Slot {
-                    sandbox,
-                    _capacity: permit,
-                };
-                if let Err((slot, _)) = self.idle.try_add(slot) {
-                    // Closed for shutdown.
-                    self.runtime.remove(slot.sandbox.id()).await;
+                let closed = self.state().started(sandbox);
+                match closed {
+                    Some(sandbox) => self.remove(id, Some(sandbox)),
+                    None => self.sandbox_ready.notify_one(),
                 }
+                self.background_task.notify_one();
             }
-            Err(error) => {
-                metrics::observe_create_failure();
-                let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%error, consecutive = failures + 1, "could not start a sandbox");
-                *self.last_create_error.lock().expect("not poisoned") = Some(error);
-                self.create_failures.send_modify(|count| *count += 1);
-                // Hold the slot through the backoff so refill does not spin.
-                let backoff = create_backoff(failures);
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = self.closed.cancelled() => {}
-                }
-                self.starting.fetch_sub(1, Ordering::Relaxed);
-                drop(permit);
-            }
+            Err(failure) => self.start_failed(failure.to_string(), Some(id)),
         }
-        self.wake_refill.notify_one();
+    }
+
+    fn start_failed(self: &Arc<Self>, error: String, container: Option<String>) {
+        metrics::observe_create_failure();
+        let failures =
+            self.state()
+                .start_failed(error.clone(), Instant::now(), container.is_some());
+        tracing::warn!(%error, consecutive = failures, "could not start a sandbox");
+        if let Some(id) = container {
+            self.remove(id, None);
+        }
+        self.sandbox_ready.notify_waiters();
+        self.background_task.notify_one();
     }
 
     /// Destroys idle sandboxes that are too old or died while idle.
     fn sweep_idle(self: &Arc<Self>) {
-        let mut keep = Vec::new();
-        while let Ok(object) = self.idle.try_get() {
-            keep.push(object);
-        }
-        for mut object in keep {
-            if object.sandbox.age() >= self.max_age {
-                self.destroy(Object::take(object), RecycleReason::MaxAge);
-            } else if !object.sandbox.is_idle_and_alive() {
-                self.destroy(Object::take(object), RecycleReason::Unhealthy);
+        let max_age = self.sizing.max_age;
+        let unfit = self.state().take_unfit(|sandbox| {
+            if sandbox.age() >= max_age {
+                Some(RecycleReason::MaxAge)
+            } else if !sandbox.is_idle_and_alive() {
+                Some(RecycleReason::Unhealthy)
+            } else {
+                None
             }
+        });
+        for (sandbox, reason) in unfit {
+            self.destroy(sandbox, reason);
         }
     }
 }
 
 async fn refill_loop(shared: Arc<Shared>) {
-    let sweep_period = (shared.max_age / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let sweep_period =
+        (shared.sizing.max_age / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
     let mut sweep = tokio::time::interval(sweep_period);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        shared.start_needed();
+        let retry_at = shared.state().retry_at.map(tokio::time::Instant::from_std);
         tokio::select! {
             _ = shared.closed.cancelled() => return,
-            _ = shared.wake_refill.notified() => {}
+            _ = shared.background_task.notified() => {}
             _ = sweep.tick() => shared.sweep_idle(),
+            _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {}
         }
-        shared.top_up();
     }
 }
 
@@ -590,19 +778,162 @@ mod tests {
         );
     }
 
+    fn sizing(min_idle: usize, max: usize) -> Sizing {
+        Sizing {
+            min_idle,
+            max,
+            max_uses: 1000,
+            max_age: 30 * MINUTE,
+            wait_timeout: MINUTE,
+        }
+    }
+
+    /// A state with `idle` idle sandboxes (numbered 0.., the last the warmest).
+    fn with_idle(idle: u32) -> State<u32> {
+        State {
+            idle: (0..idle).collect(),
+            ..State::new()
+        }
+    }
+
     #[test]
     fn refill_covers_min_idle_plus_waiting_callers() {
-        assert!(needs_another(1, 2, 0));
-        assert!(!needs_another(2, 2, 0));
-        assert!(
-            needs_another(2, 2, 1),
+        let now = Instant::now();
+        let mut state = with_idle(1);
+        assert_eq!(state.reserve_starts(&sizing(2, 8), now), 1);
+        assert_eq!(state.starting, 1);
+        assert_eq!(
+            state.reserve_starts(&sizing(2, 8), now),
+            0,
+            "starting ones count"
+        );
+        state.waiting = 1;
+        assert_eq!(
+            state.reserve_starts(&sizing(2, 8), now),
+            1,
             "a waiting caller gets a sandbox of its own"
         );
-        assert!(!needs_another(3, 2, 1));
-        assert!(
-            !needs_another(0, 0, 0),
+        assert_eq!(
+            State::<u32>::new().reserve_starts(&sizing(0, 8), now),
+            0,
             "min idle 0: nothing starts until someone waits"
         );
+    }
+
+    #[test]
+    fn a_sandbox_in_reset_counts_toward_refill() {
+        let now = Instant::now();
+        // A burst of back-to-back calls: the one sandbox is resetting while
+        // the next call arrives; it comes back in ~2 ms, so no start is needed.
+        let mut state = with_idle(1);
+        assert_eq!(state.lease(), Some(0));
+        state.end_lease(true);
+        assert_eq!(state.resetting, 1);
+        assert_eq!(state.reserve_starts(&sizing(1, 8), now), 0);
+        state.waiting = 1;
+        assert_eq!(
+            state.reserve_starts(&sizing(1, 8), now),
+            1,
+            "a waiting caller still gets one beyond min idle"
+        );
+    }
+
+    #[test]
+    fn refill_stays_within_max_counting_containers_being_removed() {
+        let now = Instant::now();
+        let mut state = with_idle(0);
+        state.removing = 3;
+        state.busy = 1;
+        state.waiting = 4;
+        assert_eq!(state.reserve_starts(&sizing(2, 6), now), 2);
+        assert_eq!(state.total(), 6);
+        assert_eq!(state.reserve_starts(&sizing(2, 6), now), 0);
+    }
+
+    #[test]
+    fn a_failed_start_frees_its_slot_backs_off_then_probes_one_at_a_time() {
+        let now = Instant::now();
+        let mut state = with_idle(0);
+        state.waiting = 3;
+        assert_eq!(state.reserve_starts(&sizing(1, 8), now), 4);
+        for _ in 0..4 {
+            state.start_failed("engine unreachable".into(), now, false);
+        }
+        assert_eq!((state.starting, state.total()), (0, 0), "no slot held");
+        assert_eq!(state.failed_starts, 4);
+        assert_eq!(state.reserve_starts(&sizing(1, 8), now), 0, "backing off");
+        let later = now + MAX_CREATE_BACKOFF;
+        assert_eq!(
+            state.reserve_starts(&sizing(1, 8), later),
+            1,
+            "then one probe"
+        );
+        assert_eq!(state.reserve_starts(&sizing(1, 8), later), 0);
+        assert_eq!(state.started(7), None);
+        assert_eq!(
+            (state.failed_starts, state.last_error.as_deref()),
+            (0, None)
+        );
+        assert_eq!(
+            state.reserve_starts(&sizing(1, 8), later),
+            3,
+            "all at once again"
+        );
+    }
+
+    #[test]
+    fn callers_give_up_at_once_only_when_nothing_can_become_idle() {
+        let now = Instant::now();
+        let mut state = with_idle(0);
+        assert_eq!(state.unavailable(), None, "nothing failed");
+        state.starting = 1;
+        state.start_failed("image broken".into(), now, true);
+        assert_eq!(state.removing, 1, "its container still counts");
+        assert_eq!(state.unavailable().as_deref(), Some("image broken"));
+        state.busy = 1;
+        assert_eq!(state.unavailable(), None, "a busy sandbox may come back");
+        state.busy = 0;
+        state.starting = 1;
+        assert_eq!(state.unavailable(), None, "a start is under way");
+    }
+
+    #[test]
+    fn a_removal_the_engine_refused_keeps_its_slot() {
+        let mut state = with_idle(1);
+        assert_eq!(state.lease(), Some(0));
+        state.end_lease(false);
+        state.removal_failed("engine unreachable".into());
+        assert_eq!((state.removing, state.total()), (1, 1));
+        assert_eq!(
+            state.reserve_starts(&sizing(1, 1), Instant::now()),
+            0,
+            "no room"
+        );
+        assert_eq!(state.unavailable().as_deref(), Some("engine unreachable"));
+        state.removed();
+        assert_eq!(state.total(), 0);
+    }
+
+    #[test]
+    fn the_sweep_keeps_fit_sandboxes_in_order_and_the_stack_never_empty() {
+        let mut state = with_idle(6);
+        let taken = state.take_unfit(|n| (*n % 2 == 0).then_some(RecycleReason::MaxAge));
+        assert_eq!(taken.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [0, 2, 4]);
+        assert_eq!(state.idle, [1, 3, 5]);
+        assert_eq!(state.removing, 3);
+        assert_eq!(state.lease(), Some(5), "the warmest still goes out first");
+        assert!(state.take_unfit(|_| None).is_empty());
+        assert_eq!(state.idle, [1, 3]);
+    }
+
+    #[test]
+    fn a_closed_pool_takes_nothing_back() {
+        let mut state = with_idle(2);
+        state.resetting = 1;
+        assert_eq!(state.close(), [0, 1]);
+        assert_eq!(state.reset_done(9), Some(9));
+        assert_eq!((state.removing, state.total()), (3, 3));
+        assert_eq!(state.reserve_starts(&sizing(2, 8), Instant::now()), 0);
     }
 
     #[test]

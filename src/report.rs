@@ -27,6 +27,14 @@ pub enum RunStatus {
 }
 
 impl RunStatus {
+    pub const ALL: [Self; 5] = [
+        Self::Success,
+        Self::Error,
+        Self::Timeout,
+        Self::Oom,
+        Self::ValidationError,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Success => "success",
@@ -248,13 +256,7 @@ mod tests {
 
     #[test]
     fn status_names_match_their_serialized_form() {
-        for status in [
-            RunStatus::Success,
-            RunStatus::Error,
-            RunStatus::Timeout,
-            RunStatus::Oom,
-            RunStatus::ValidationError,
-        ] {
+        for status in RunStatus::ALL {
             assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
         }
     }

@@ -133,6 +133,20 @@ fn metrics_move_with_runs_and_every_dashboard_query_returns_data() {
 
     let metrics = || http_get(metrics_port, "/metrics").unwrap().1;
     let before = metrics();
+    // Before any run or call: every configured server's series and every
+    // closed-set label already exist, at 0 (dashboards show 0, not "No data").
+    for series in [
+        "mcp_code_exec_proxy_client_restarts_total{server=\"fixture\"} 0",
+        "mcp_code_exec_proxy_calls_total{outcome=\"failed\",server=\"fixture\"} 0",
+        "mcp_code_exec_proxy_call_duration_seconds_count{server=\"fixture\"} 0",
+        "mcp_code_exec_runs_total{status=\"cancelled\"} 0",
+        "mcp_code_exec_sandboxes_recycled_total{reason=\"abandoned\"} 0",
+    ] {
+        assert!(
+            before.lines().any(|line| line == series),
+            "{series}\n{before}"
+        );
+    }
     // A burst of runs of every kind, some while others are in flight.
     let ok = server.run_python(json!({"code": "print(6*7)"}));
     assert_eq!(ok["status"], "success");
@@ -166,6 +180,27 @@ fn metrics_move_with_runs_and_every_dashboard_query_returns_data() {
         "servers": ["fixture"],
     });
     assert_eq!(server.run_python(proxied)["stdout"], "hello a\nhello b\n");
+    // A call the client cancels mid-run: counted (and logged) as cancelled.
+    server.send(
+        &json!({"jsonrpc": "2.0", "id": "to-cancel", "method": "tools/call",
+                "params": {"name": "run_python", "arguments": {"code": "import time\ntime.sleep(60)"}}})
+        .to_string(),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    server.send(
+        &json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                "params": {"requestId": "to-cancel", "reason": "test"}})
+        .to_string(),
+    );
+    wait_for(
+        "the cancelled run to be counted",
+        Duration::from_secs(10),
+        || {
+            sample(&metrics(), "mcp_code_exec_runs_total{status=\"cancelled\"}")
+                - sample(&before, "mcp_code_exec_runs_total{status=\"cancelled\"}")
+                == 1.0
+        },
+    );
     // Everything reaches the exposition; the reset runs in the background.
     wait_for("the last reset", Duration::from_secs(10), || {
         sample(&metrics(), "mcp_code_exec_sandboxes{state=\"resetting\"}") == 0.0
@@ -179,6 +214,11 @@ fn metrics_move_with_runs_and_every_dashboard_query_returns_data() {
         ("mcp_code_exec_runs_total{status=\"timeout\"}", 1.0),
         ("mcp_code_exec_runs_total{status=\"oom\"}", 1.0),
         ("mcp_code_exec_runs_total{status=\"validation_error\"}", 1.0),
+        ("mcp_code_exec_runs_total{status=\"cancelled\"}", 1.0),
+        (
+            "mcp_code_exec_sandboxes_recycled_total{reason=\"abandoned\"}",
+            1.0,
+        ),
         (
             "mcp_code_exec_sandboxes_recycled_total{reason=\"timeout\"}",
             1.0,

@@ -1,16 +1,24 @@
 //! Pool lifecycle against the real engine: concurrency and queueing, reuse
-//! limits, cancellation, orphan cleanup and shutdown.
+//! limits, cancellation, orphan cleanup and shutdown, container counts
+//! during bursts, and what a caller sees when the engine goes away or no
+//! sandbox can start.
 
 mod common;
 
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use common::forwarder::EngineForwarder;
+use common::server::{Server, free_port, http_get};
 use common::{
     AGENT_START, engine_tests_enabled, request, run_on, runtime, started_backend, test_config,
 };
+use mcp_code_exec::pool::{AcquireError, Pool};
 use mcp_code_exec::report::RunStatus;
 use mcp_code_exec::runtime::Runtime;
+use serde_json::json;
 
 fn docker(args: &[&str]) -> String {
     let output = Command::new("docker")
@@ -238,4 +246,231 @@ fn leftovers_of_dead_instances_are_removed_at_startup_and_own_ones_at_shutdown()
         Duration::from_secs(5),
         || mine().is_empty(),
     );
+}
+
+#[test]
+fn a_burst_starts_no_container_it_does_not_need() {
+    if !engine_tests_enabled() {
+        return;
+    }
+    let mut config = test_config();
+    config.pool_min_idle = 1;
+    config.pool_max = 6;
+    let backend = started_backend(config);
+    let pool = runtime()
+        .block_on(backend.executor())
+        .unwrap()
+        .pool()
+        .clone();
+    // What the engine has of this pool (`docker ps -a --filter label=…`),
+    // sampled all through a burst of back-to-back pairs of calls.
+    let peak = Arc::new(AtomicUsize::new(0));
+    let sampler = runtime().spawn({
+        let (pool, peak) = (pool.clone(), peak.clone());
+        async move {
+            loop {
+                let count = pool.runtime().list_owned().await.unwrap().len();
+                peak.fetch_max(count, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    });
+    let (one, two) = (request("print(1)", None), request("print(2)", None));
+    runtime().block_on(async {
+        for _ in 0..25 {
+            let (a, b) = tokio::join!(backend.execute(&one), backend.execute(&two));
+            assert_eq!(
+                (a.status, b.status),
+                (RunStatus::Success, RunStatus::Success)
+            );
+        }
+    });
+    sampler.abort();
+    let peak = peak.load(Ordering::Relaxed);
+    // Two calls in flight plus one idle spare: sandboxes in reset come back
+    // in milliseconds and must not be replaced by new containers.
+    assert!(
+        peak <= 3,
+        "the engine held {peak} containers of this pool for 2 calls in flight and min idle 1"
+    );
+    runtime().block_on(backend.shutdown());
+}
+
+#[test]
+fn the_age_sweep_keeps_the_warmest_sandbox_on_top() {
+    if !engine_tests_enabled() {
+        return;
+    }
+    let mut config = test_config();
+    config.pool_min_idle = 2;
+    // The sweep runs every max_age / 4 = 2 s.
+    config.pool_max_age = Duration::from_secs(8);
+    let backend = started_backend(config);
+    let pool = runtime()
+        .block_on(backend.executor())
+        .unwrap()
+        .pool()
+        .clone();
+    // A first run takes one of the two spares: refill starts a third. Once
+    // it is idle, nothing else starts for one run at a time.
+    run_on(&backend, "pass", None);
+    wait_until("three idle sandboxes", Duration::from_secs(30), || {
+        pool.status().idle == 3
+    });
+    let first = run_on(&backend, AGENT_START, None).stdout;
+    std::thread::sleep(Duration::from_millis(2500));
+    let second = run_on(&backend, AGENT_START, None).stdout;
+    assert_eq!(
+        first, second,
+        "after a sweep, the most recently used sandbox still goes out first"
+    );
+    runtime().block_on(backend.shutdown());
+}
+
+#[test]
+fn containers_are_named_after_their_server() {
+    if !engine_tests_enabled() {
+        return;
+    }
+    let backend = started_backend(test_config());
+    let owner = runtime()
+        .block_on(backend.executor())
+        .unwrap()
+        .pool()
+        .runtime()
+        .owner_label();
+    let names = docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!("label=mcp-code-exec.owner={owner}"),
+        "--format",
+        "{{.Names}}",
+    ]);
+    let pid = std::process::id();
+    assert!(!names.is_empty());
+    for name in names.lines() {
+        assert!(
+            name.starts_with("mcp-code-exec-") && name.contains(&format!("-{pid}-")),
+            "{name}"
+        );
+    }
+    runtime().block_on(backend.shutdown());
+}
+
+#[test]
+fn sandboxes_that_cannot_start_are_reported_at_once_with_the_cause() {
+    if !engine_tests_enabled() {
+        return;
+    }
+    let mut config = test_config();
+    config.pool_wait_timeout = Duration::from_secs(30);
+    runtime().block_on(async {
+        let runtime = Runtime::connect(config.runtime).await.unwrap();
+        // Every start fails: the engine refuses to create the container.
+        let pool = Pool::start(runtime, &config, "mcp-code-exec-test-no-such-image:none");
+        for attempt in 0..2 {
+            let started = Instant::now();
+            let Err(error) = pool.acquire().await else {
+                panic!("a sandbox of a missing image started");
+            };
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "attempt {attempt}: answered after {:?}: {error}",
+                started.elapsed()
+            );
+            assert!(matches!(error, AcquireError::Unavailable(_)), "{error}");
+            let message = error.to_string();
+            assert!(
+                message.starts_with("no sandbox can be started")
+                    && message.contains("mcp-code-exec-test-no-such-image"),
+                "{message}"
+            );
+            assert_eq!(pool.status().total, 0, "a failed start holds no slot");
+        }
+        pool.shutdown().await;
+    });
+}
+
+#[test]
+fn a_lost_engine_is_reported_at_once_and_the_pool_recovers_by_itself() {
+    if !engine_tests_enabled() {
+        return;
+    }
+    let dir =
+        std::env::temp_dir().join(format!("mcp-code-exec-engine-loss-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("engine.sock");
+    let mut engine = EngineForwarder::start(&socket);
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let address = engine.address();
+    let mut server = Server::start(
+        &[
+            ("DOCKER_HOST", address.as_str()),
+            ("MCP_BRIDGE_RUNTIME", "docker"),
+            ("MCP_BRIDGE_METRICS_ADDR", addr.as_str()),
+            ("MCP_BRIDGE_POOL_MIN_IDLE", "1"),
+            ("MCP_BRIDGE_POOL_MAX", "2"),
+        ],
+        Stdio::null(),
+    );
+    let ready = || http_get(port, "/readyz").is_some_and(|(status, _)| status == 200);
+    let print = json!({"code": "print(6*7)"});
+    assert_eq!(server.run_python(print.clone())["stdout"], "42\n");
+    wait_until("ready", Duration::from_secs(60), ready);
+
+    engine.cut();
+    // Let the cut reach the idle sandbox's open attach stream (a run already
+    // under way would fail as "the sandbox agent stopped", which is true too).
+    std::thread::sleep(Duration::from_millis(500));
+    for attempt in 0..2 {
+        let started = Instant::now();
+        let report = server.run_python(print.clone());
+        let error = report["error"].as_str().unwrap_or_default();
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "attempt {attempt}: answered after {:?} (the pool wait is 30 s): {error}",
+            started.elapsed()
+        );
+        assert_eq!(report["status"], "error", "{report}");
+        assert!(
+            error.starts_with("no sandbox can be started: no container engine answers")
+                && error.contains(&address),
+            "the real cause, with the engine's address: {error}"
+        );
+    }
+    let (status, reason) = http_get(port, "/readyz").unwrap();
+    assert_eq!(status, 503);
+    assert!(
+        reason.contains("no container engine answers") && reason.contains(&address),
+        "{reason}"
+    );
+    // The dead sandbox's container could not be removed: it still counts.
+    let metrics = http_get(port, "/metrics").unwrap().1;
+    assert!(
+        !metrics.contains("mcp_code_exec_sandboxes{state=\"removing\"} 0"),
+        "{metrics}"
+    );
+
+    engine.restore();
+    wait_until(
+        "ready again, without a restart",
+        Duration::from_secs(30),
+        ready,
+    );
+    assert_eq!(server.run_python(print)["stdout"], "42\n");
+    wait_until(
+        "the refused removal to be retried",
+        Duration::from_secs(15),
+        || {
+            http_get(port, "/metrics")
+                .unwrap()
+                .1
+                .contains("mcp_code_exec_sandboxes{state=\"removing\"} 0")
+        },
+    );
+    drop(server);
+    drop(engine);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,10 +1,13 @@
 //! The container engine: Docker or Podman through the Docker-compatible API.
 //!
 //! Owns the bollard client and every engine request (connect and negotiate,
-//! resolve the image, create + attach + start, remove, list by label). It
-//! hands out containers as an id plus plain byte streams, so nothing above
-//! this module imports bollard. It knows nothing of the agent protocol or of
-//! pooling.
+//! resolve the image, create + attach + start, remove, list by label), the
+//! names and owner labels of the containers it creates, and the judgement of
+//! which leftovers belong to instances that are gone. An engine that does not
+//! answer is always reported as [`RuntimeError::Unreachable`] with its
+//! address. It hands out containers as an id plus plain byte streams, so
+//! nothing above this module imports bollard. It knows nothing of the agent
+//! protocol or of pooling.
 
 pub mod spec;
 
@@ -18,7 +21,7 @@ use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::errors::Error as EngineError;
 use bollard::query_parameters::{
-    AttachContainerOptionsBuilder, CreateContainerOptions, CreateImageOptionsBuilder,
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
     InspectContainerOptions, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
     StartContainerOptions,
 };
@@ -83,8 +86,17 @@ pub enum RuntimeError {
     },
 }
 
-fn engine(action: &'static str) -> impl FnOnce(EngineError) -> RuntimeError {
-    move |source| RuntimeError::Engine { action, source }
+/// Whether the engine answered at all: anything else (no socket, refused,
+/// reset, timed out) means it is unreachable, not that the request was wrong.
+fn engine_answered(error: &EngineError) -> bool {
+    matches!(
+        error,
+        EngineError::DockerResponseServerError { .. }
+            | EngineError::DockerStreamError { .. }
+            | EngineError::DockerContainerWaitError { .. }
+            | EngineError::JsonDataError { .. }
+            | EngineError::JsonSerdeError { .. }
+    )
 }
 
 /// Identity of one runtime client (one pool) of this server process, written
@@ -95,10 +107,30 @@ fn engine(action: &'static str) -> impl FnOnce(EngineError) -> RuntimeError {
 pub struct Owner {
     host: String,
     pid: u32,
-    /// Process start time in clock ticks since boot: guards against pid reuse.
+    /// Process start time in clock ticks since boot: guards against pid
+    /// reuse. 0 when it could not be read (no `/proc`).
     start: u64,
     /// Tells apart several pools in one process.
     instance: u64,
+}
+
+/// What this process can see of the processes of its own host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct HostView {
+    /// `None` when the host's name cannot be read.
+    host: Option<String>,
+    /// Whether `/proc` shows processes (not on macOS or Windows, where even
+    /// Docker Desktop's engine runs in a VM we cannot look into).
+    proc_visible: bool,
+}
+
+impl HostView {
+    fn current() -> Self {
+        Self {
+            host: hostname(),
+            proc_visible: process_start_ticks(std::process::id()).is_some(),
+        }
+    }
 }
 
 impl Owner {
@@ -106,7 +138,7 @@ impl Owner {
         static INSTANCES: AtomicU64 = AtomicU64::new(0);
         let pid = std::process::id();
         Self {
-            host: hostname(),
+            host: hostname().unwrap_or_else(|| "unknown".into()),
             pid,
             start: process_start_ticks(pid).unwrap_or(0),
             instance: INSTANCES.fetch_add(1, Ordering::Relaxed),
@@ -118,6 +150,24 @@ impl Owner {
             "{}/{}/{}/{}",
             self.host, self.pid, self.start, self.instance
         )
+    }
+
+    /// A readable, engine-unique name for this owner's `n`th container:
+    /// `mcp-code-exec-<host>-<pid>-<n>`, so `docker ps` says whose it is.
+    fn container_name(&self, n: u64) -> String {
+        let host: String = self
+            .host
+            .chars()
+            .take(32)
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        format!("mcp-code-exec-{host}-{}-{n}", self.pid)
     }
 
     fn parse(label: &str) -> Option<Self> {
@@ -134,17 +184,23 @@ impl Owner {
         })
     }
 
-    /// Whether the process this label names is known to be gone. Owners on
-    /// other hosts (a shared remote engine) are never judged: we cannot see them.
-    fn is_gone(&self) -> bool {
-        self.host == hostname() && process_start_ticks(self.pid) != Some(self.start)
+    /// Whether the process this label names is known to be gone
+    /// (`start_of(pid)`: that process's start time on this host, if it runs).
+    /// An owner we cannot check is never judged gone: one on another host (a
+    /// shared remote engine), one that recorded no start time, or any owner
+    /// when this host shows no `/proc`.
+    fn is_gone(&self, here: &HostView, start_of: impl Fn(u32) -> Option<u64>) -> bool {
+        let checkable =
+            here.proc_visible && self.start != 0 && here.host.as_deref() == Some(&*self.host);
+        checkable && start_of(self.pid) != Some(self.start)
     }
 }
 
-fn hostname() -> String {
+fn hostname() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
         .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".into())
+        .filter(|h| !h.is_empty())
 }
 
 fn process_start_ticks(pid: u32) -> Option<u64> {
@@ -201,13 +257,28 @@ impl Runtime {
         })
     }
 
+    /// How a failed request is reported: [`RuntimeError::Unreachable`] (with
+    /// the engine's address) when the engine did not answer at all.
+    fn failed(&self, action: &'static str) -> impl FnOnce(EngineError) -> RuntimeError + '_ {
+        move |source| {
+            if engine_answered(&source) {
+                RuntimeError::Engine { action, source }
+            } else {
+                RuntimeError::Unreachable {
+                    tried: self.endpoint.clone(),
+                    source,
+                }
+            }
+        }
+    }
+
     /// Whether the engine answers.
     pub async fn ping(&self) -> Result<(), RuntimeError> {
         self.docker
             .ping()
             .await
             .map(drop)
-            .map_err(engine("pinging the engine"))
+            .map_err(self.failed("pinging the engine"))
     }
 
     pub fn owner_label(&self) -> String {
@@ -224,7 +295,7 @@ impl Runtime {
             .docker
             .version()
             .await
-            .map_err(engine("reading the engine version"))?;
+            .map_err(self.failed("reading the engine version"))?;
         let product = version
             .components
             .as_ref()
@@ -278,17 +349,24 @@ impl Runtime {
         Ok(())
     }
 
-    /// Creates, attaches and starts a container. Attaching before starting
-    /// means the agent's first frame cannot be missed.
+    /// Creates, attaches and starts a container, named after its owner (see
+    /// [`Owner`]). Attaching before starting means the agent's first frame
+    /// cannot be missed.
     pub async fn start_container(
         &self,
         spec: &spec::ContainerSpec,
     ) -> Result<StartedContainer, RuntimeError> {
+        // Numbered across the process: several pools may share its pid.
+        static CREATED: AtomicU64 = AtomicU64::new(0);
+        let name = self
+            .owner
+            .container_name(CREATED.fetch_add(1, Ordering::Relaxed) + 1);
+        let options = CreateContainerOptionsBuilder::default().name(&name).build();
         let created = self
             .docker
-            .create_container(None::<CreateContainerOptions>, spec.0.clone())
+            .create_container(Some(options), spec.0.clone())
             .await
-            .map_err(engine("creating the sandbox container"))?;
+            .map_err(self.failed("creating the sandbox container"))?;
         let id = created.id;
         let attached = async {
             let options = AttachContainerOptionsBuilder::default()
@@ -301,17 +379,19 @@ impl Runtime {
                 .docker
                 .attach_container(&id, Some(options))
                 .await
-                .map_err(engine("attaching to the sandbox container"))?;
+                .map_err(self.failed("attaching to the sandbox container"))?;
             self.docker
                 .start_container(&id, None::<StartContainerOptions>)
                 .await
-                .map_err(engine("starting the sandbox container"))?;
+                .map_err(self.failed("starting the sandbox container"))?;
             Ok(attached)
         }
         .await;
         let attached = match attached {
             Ok(attached) => attached,
             Err(error) => {
+                // If this fails too, the container never started: it holds no
+                // resources, and our shutdown (or the next launch) removes it.
                 self.remove(&id).await;
                 return Err(error);
             }
@@ -331,23 +411,35 @@ impl Runtime {
         })
     }
 
-    /// Force-removes a container; one that is already gone is not an error.
-    pub async fn remove(&self, id: &str) {
+    /// Force-removes a container; one that is already gone (or being
+    /// removed by the engine itself) is not an error.
+    pub async fn try_remove(&self, id: &str) -> Result<(), RuntimeError> {
         let options = RemoveContainerOptionsBuilder::default()
             .force(true)
             .v(true)
             .build();
         match self.docker.remove_container(id, Some(options)).await {
-            Ok(()) => {}
+            Ok(()) => Ok(()),
             // 404: gone already; 409: the engine's auto-remove is under way.
             Err(EngineError::DockerResponseServerError {
                 status_code: 404 | 409,
                 ..
-            }) => {}
-            Err(error) => {
-                tracing::warn!(container = id, %error, "could not remove sandbox container")
-            }
+            }) => Ok(()),
+            Err(error) => Err(self.failed("removing a sandbox container")(error)),
         }
+    }
+
+    /// [`Runtime::try_remove`] for callers that need not know: a failure is
+    /// logged.
+    pub async fn remove(&self, id: &str) {
+        if let Err(error) = self.try_remove(id).await {
+            tracing::warn!(container = id, %error, "could not remove sandbox container");
+        }
+    }
+
+    /// Removes containers concurrently; failures are logged.
+    async fn remove_each(&self, ids: &[String]) {
+        futures_util::future::join_all(ids.iter().map(|id| self.remove(id))).await;
     }
 
     /// Whether the engine recorded an OOM kill for the container, if it still exists.
@@ -371,7 +463,7 @@ impl Runtime {
             .docker
             .list_containers(Some(options))
             .await
-            .map_err(engine("listing sandbox containers"))?;
+            .map_err(self.failed("listing sandbox containers"))?;
         Ok(containers
             .into_iter()
             .filter_map(|container| {
@@ -381,30 +473,39 @@ impl Runtime {
             .collect())
     }
 
-    /// Removes the containers of instances that are no longer running.
+    /// Removes the containers of instances known to be no longer running.
     pub async fn remove_orphans(&self) -> Result<usize, RuntimeError> {
+        let here = HostView::current();
         let orphans: Vec<String> = self
             .list_managed()
             .await?
             .into_iter()
-            .filter(|(_, owner)| Owner::parse(owner).is_some_and(|owner| owner.is_gone()))
+            .filter(|(_, owner)| {
+                Owner::parse(owner).is_some_and(|owner| owner.is_gone(&here, process_start_ticks))
+            })
             .map(|(id, _)| id)
             .collect();
-        futures_util::future::join_all(orphans.iter().map(|id| self.remove(id))).await;
+        self.remove_each(&orphans).await;
         Ok(orphans.len())
     }
 
-    /// Removes every container of this instance, concurrently.
-    pub async fn remove_all_owned(&self) -> Result<usize, RuntimeError> {
+    /// Ids of every container of this instance the engine has, in any state
+    /// (what `docker ps -a --filter label=…` shows).
+    pub async fn list_owned(&self) -> Result<Vec<String>, RuntimeError> {
         let mine = self.owner.label();
-        let owned: Vec<String> = self
+        Ok(self
             .list_managed()
             .await?
             .into_iter()
             .filter(|(_, owner)| *owner == mine)
             .map(|(id, _)| id)
-            .collect();
-        futures_util::future::join_all(owned.iter().map(|id| self.remove(id))).await;
+            .collect())
+    }
+
+    /// Removes every container of this instance, concurrently.
+    pub async fn remove_all_owned(&self) -> Result<usize, RuntimeError> {
+        let owned = self.list_owned().await?;
+        self.remove_each(&owned).await;
         Ok(owned.len())
     }
 }
@@ -463,13 +564,18 @@ mod tests {
         assert!(me.start > 0, "reads its own start time from /proc");
         let parsed = Owner::parse(&me.label()).unwrap();
         assert_eq!(parsed, me);
-        assert!(!parsed.is_gone(), "this process is running");
+        let here = HostView::current();
+        assert!(here.proc_visible);
+        assert!(
+            !parsed.is_gone(&here, process_start_ticks),
+            "this process is running"
+        );
         let reused_pid = Owner {
             start: me.start + 1,
             ..me.clone()
         };
         assert!(
-            reused_pid.is_gone(),
+            reused_pid.is_gone(&here, process_start_ticks),
             "same pid, other start time: a different process"
         );
         let elsewhere = Owner {
@@ -484,9 +590,63 @@ mod tests {
             "each pool has its own label"
         );
         assert!(
-            !elsewhere.is_gone(),
+            !elsewhere.is_gone(&here, process_start_ticks),
             "owners on other hosts are never judged"
         );
         assert_eq!(Owner::parse("garbage"), None);
+    }
+
+    #[test]
+    fn an_owner_that_cannot_be_checked_is_never_judged_gone() {
+        let owner = Owner {
+            host: "unknown".into(),
+            pid: 4242,
+            start: 17,
+            instance: 0,
+        };
+        let no_process = |_| None;
+        // Docker Desktop on macOS: no /proc, so no host name and no processes
+        // to look at; another live instance on the same engine looks just the same.
+        let no_proc = HostView {
+            host: None,
+            proc_visible: false,
+        };
+        assert!(!owner.is_gone(&no_proc, no_process));
+        let named_but_blind = HostView {
+            host: Some("unknown".into()),
+            proc_visible: false,
+        };
+        assert!(!owner.is_gone(&named_but_blind, no_process));
+        // An owner that could not read its own start time cannot be told from a pid reuse.
+        let here = HostView {
+            host: Some("h".into()),
+            proc_visible: true,
+        };
+        let startless = Owner {
+            host: "h".into(),
+            start: 0,
+            ..owner.clone()
+        };
+        assert!(!startless.is_gone(&here, no_process));
+        let checkable = Owner {
+            host: "h".into(),
+            ..owner
+        };
+        assert!(
+            checkable.is_gone(&here, no_process),
+            "no such process: gone"
+        );
+        assert!(!checkable.is_gone(&here, |_| Some(17)), "same start: alive");
+    }
+
+    #[test]
+    fn container_names_say_whose_they_are() {
+        let owner = Owner {
+            host: "build box_7".into(),
+            pid: 4242,
+            start: 17,
+            instance: 3,
+        };
+        assert_eq!(owner.container_name(5), "mcp-code-exec-build-box-7-4242-5");
     }
 }

@@ -5,6 +5,7 @@
 //! `MCP_CODE_EXEC_SKIP_ENGINE_TESTS=1` turns them into a printed skip.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod forwarder;
 pub mod server;
 
 /// Python that prints the start time of the container's PID 1 (the agent):
