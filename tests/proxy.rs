@@ -7,6 +7,7 @@ mod common;
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use common::{engine_tests_enabled, request, runtime, test_config};
 use mcp_code_exec::backend::Backend;
@@ -375,4 +376,80 @@ except MCPError as e:
 print((await mcp_fixture.structured(name="small"))["greeting"])
 "#;
     assert_eq!(run_ok(code, &["fixture"]), "refused: True\nhello small\n");
+}
+
+/// Host writes never stop the draining of the agent's output: answers of
+/// 4 × 8 MiB go in while the code keeps both streams full, on a pool of one
+/// sandbox. Before, the host wrote each answer inline, outside the run's
+/// deadline, while the agent was blocked writing output nobody read: the
+/// run hung for good and the pool's only sandbox with it.
+#[test]
+fn big_answers_while_the_code_floods_both_streams() {
+    if !engine_tests_enabled() {
+        return;
+    }
+    let mut config = test_config();
+    config.pool_min_idle = 1;
+    config.pool_max = 1;
+    // Four 8 MiB answers at once, as JSON and as strings, in the agent and the code.
+    config.memory_bytes = 512 << 20;
+    // Output must keep flowing while the answers are written: a cap the
+    // flood reaches early would stop it (the agent counts, not sends, the rest).
+    config.max_output_bytes = 256 << 20;
+    let fixture = server(
+        "fixture-duplex",
+        python(),
+        &[concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/e2e/fixture_server.py"
+        )],
+    );
+    let backend = Backend::with_proxy(config, Arc::new(Proxy::new(vec![fixture])));
+    runtime().block_on(backend.executor()).expect("engine");
+    let code = r#"
+import asyncio, os
+calls = [asyncio.ensure_future(mcp_fixture_duplex.big(mib=8)) for _ in range(4)]
+chunk = b"x" * 65536
+flooded = 0
+while not all(call.done() for call in calls):
+    os.write(1, chunk)
+    os.write(2, chunk)
+    flooded += 1
+    await asyncio.sleep(0)
+sizes = [len(call.result()["result"]) for call in calls]
+print()
+print(sizes, flooded > 0)
+"#;
+    let mut flood = request(code, Some(60.0));
+    flood.servers = vec!["fixture-duplex".into()];
+    let report = runtime().block_on(async {
+        tokio::time::timeout(Duration::from_secs(90), backend.execute(&flood)).await
+    });
+    let report = report.expect("the run ends by its 60 s deadline at the latest");
+    assert!(
+        matches!(report.status, RunStatus::Success | RunStatus::Timeout),
+        "{:?}: {:?}",
+        report.status,
+        report.error
+    );
+    if report.status == RunStatus::Success {
+        assert!(
+            report
+                .stdout
+                .ends_with("\n[8388608, 8388608, 8388608, 8388608] True\n"),
+            "{}",
+            &report.stdout[report.stdout.len().saturating_sub(200)..]
+        );
+    }
+    let next = runtime().block_on(async {
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            backend.execute(&request("print(6*7)", Some(20.0))),
+        )
+        .await
+    });
+    let next = next.expect("the next call is answered");
+    assert_eq!(next.status, RunStatus::Success, "{next:#?}");
+    assert_eq!(next.stdout, "42\n");
+    runtime().block_on(backend.shutdown());
 }
