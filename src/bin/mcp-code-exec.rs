@@ -130,7 +130,7 @@ async fn serve(config: Config) -> ExitCode {
         }
     }
     let server = CodeExecServer::new(backend.clone(), output_mode);
-    let exit = match server.serve(rmcp::transport::stdio()).await {
+    let exit = match server.serve(mcp_code_exec::mcp::transport::stdio()).await {
         Ok(service) => {
             tokio::select! {
                 result = service.waiting() => {
