@@ -48,7 +48,8 @@ pub struct Config {
     /// Per stream (stdout and stderr each).
     pub max_output_bytes: u64,
     pub output_mode: OutputMode,
-    pub log_level: String,
+    /// `tracing` filter directives built from `MCP_BRIDGE_LOG_LEVEL`, checked.
+    pub log_filter: String,
     pub log_format: LogFormat,
     /// The metrics and health side port; `None` when `off`.
     pub metrics_addr: Option<SocketAddr>,
@@ -84,7 +85,7 @@ impl Default for Config {
             max_code_bytes: MIB as usize,
             max_output_bytes: MIB,
             output_mode: OutputMode::Compact,
-            log_level: "info".into(),
+            log_filter: log_filter("info").expect("info is a level"),
             log_format: LogFormat::Text,
             metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
         }
@@ -208,7 +209,7 @@ impl Config {
                     _ => Err("one of compact, toon, json".into()),
                 },
             )?,
-            log_level: vars.string("MCP_BRIDGE_LOG_LEVEL", defaults.log_level),
+            log_filter: vars.parse("MCP_BRIDGE_LOG_LEVEL", defaults.log_filter, log_filter)?,
             log_format: vars.parse("MCP_BRIDGE_LOG_FORMAT", defaults.log_format, |v| match v {
                 "text" => Ok(LogFormat::Text),
                 "json" => Ok(LogFormat::Json),
@@ -321,20 +322,48 @@ pub fn parse_metrics_addr(value: &str) -> Result<Option<SocketAddr>, String> {
         .map_err(|_| "an address like 127.0.0.1:9464 (port 0 picks a free one), or off".into())
 }
 
-/// `uid[:gid]` as numbers: names would need the image's /etc/passwd.
+/// `uid[:gid]` as numbers: names would need the image's /etc/passwd. Ids
+/// are compared as numbers (`00` is root too) and passed on in canonical form.
 fn parse_user(value: &str) -> Result<String, String> {
-    let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    let ok = match value.split_once(':') {
-        Some((uid, gid)) => numeric(uid) && numeric(gid),
-        None => numeric(value),
+    let id = |s: &str| {
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        s.parse::<u32>().ok()
     };
-    if !ok {
-        return Err("a numeric uid or uid:gid, like 65534:65534".into());
+    let (uid, gid) = match value.split_once(':') {
+        Some((uid, gid)) => (id(uid), id(gid).map(Some)),
+        None => (id(value), Some(None)),
+    };
+    let (Some(uid), Some(gid)) = (uid, gid) else {
+        return Err("a numeric uid or uid:gid (each at most 4294967295), like 65534:65534".into());
+    };
+    if uid == 0 || gid == Some(0) {
+        return Err(
+            "a non-root uid and gid: the sandbox never runs code as root (uid 0) or in group root (gid 0)"
+                .into(),
+        );
     }
-    if value == "0" || value.starts_with("0:") {
-        return Err("a non-root uid: the sandbox never runs code as root".into());
-    }
-    Ok(value.to_owned())
+    Ok(match gid {
+        Some(gid) => format!("{uid}:{gid}"),
+        None => uid.to_string(),
+    })
+}
+
+/// `MCP_BRIDGE_LOG_LEVEL`: a level for this program (dependencies only warn:
+/// rmcp logs every request at info), or full `tracing` directives when it
+/// contains `=`. Returns the filter directives.
+fn log_filter(value: &str) -> Result<String, String> {
+    const EXPECTED: &str = "one of off, error, warn, info, debug, trace, or tracing directives like warn,mcp_code_exec=debug";
+    let directives = match value {
+        "off" | "error" | "warn" => value.to_owned(),
+        "info" | "debug" | "trace" => format!("warn,mcp_code_exec={value}"),
+        directives if directives.contains('=') => directives.to_owned(),
+        _ => return Err(EXPECTED.into()),
+    };
+    tracing_subscriber::EnvFilter::try_new(&directives)
+        .map(|_| directives)
+        .map_err(|_| EXPECTED.into())
 }
 
 #[cfg(test)]
@@ -419,8 +448,30 @@ mod tests {
 
     #[test]
     fn never_root() {
-        assert!(config(&[("MCP_BRIDGE_CONTAINER_USER", "0:0")]).is_err());
-        assert!(config(&[("MCP_BRIDGE_CONTAINER_USER", "root")]).is_err());
+        for root in [
+            "0", "00", "0:0", "00:0", "000:1000", "1000:00", "1000:0", "+0",
+        ] {
+            let error = config(&[("MCP_BRIDGE_CONTAINER_USER", root)]).unwrap_err();
+            assert_eq!(error.name, "MCP_BRIDGE_CONTAINER_USER", "{root}");
+        }
+        for invalid in ["root", "1000:", ":1000", "-1", "4294967296", "1:2:3"] {
+            assert!(
+                config(&[("MCP_BRIDGE_CONTAINER_USER", invalid)]).is_err(),
+                "{invalid}"
+            );
+        }
+        assert_eq!(
+            config(&[("MCP_BRIDGE_CONTAINER_USER", "01000:01000")])
+                .unwrap()
+                .container_user,
+            "1000:1000"
+        );
+        assert_eq!(
+            config(&[("MCP_BRIDGE_CONTAINER_USER", "1000")])
+                .unwrap()
+                .container_user,
+            "1000"
+        );
         assert_eq!(
             config(&[("MCP_BRIDGE_CONTAINER_USER", "1000:1000")])
                 .unwrap()
@@ -445,6 +496,23 @@ mod tests {
         assert_eq!(c.metrics_addr, Some("0.0.0.0:9000".parse().unwrap()));
         assert_eq!(c.log_format, LogFormat::Json);
         assert!(config(&[("MCP_BRIDGE_METRICS_ADDR", "9464")]).is_err());
+    }
+
+    #[test]
+    fn log_level_is_a_level_or_valid_directives() {
+        let filter = |value: &str| config(&[("MCP_BRIDGE_LOG_LEVEL", value)]).map(|c| c.log_filter);
+        assert_eq!(filter("DEBUG").unwrap(), "warn,mcp_code_exec=debug");
+        assert_eq!(filter("warn").unwrap(), "warn");
+        assert_eq!(
+            filter("info,rmcp=debug").unwrap(),
+            "info,rmcp=debug",
+            "directives pass as written"
+        );
+        for invalid in ["verbose", "infoo", "mcp_code_exec=loud", "warn,"] {
+            let error = filter(invalid).unwrap_err();
+            assert_eq!(error.name, "MCP_BRIDGE_LOG_LEVEL", "{invalid}");
+            assert!(error.to_string().contains("one of off, error"), "{error}");
+        }
     }
 
     #[test]

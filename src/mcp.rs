@@ -6,7 +6,10 @@
 //! servers are configured: the full manual is a resource), and the one
 //! mapping from a [`RunReport`] to an MCP result. It never writes to stdout
 //! itself (that is the protocol channel) and knows nothing of containers: it
-//! calls the [`Backend`].
+//! calls the [`Backend`]. [`transport`] is its stdio transport, which
+//! answers every request, even one over the message size limit.
+
+pub mod transport;
 
 use std::sync::Arc;
 

@@ -87,3 +87,23 @@ fn invalid_configuration_stops_at_launch_naming_the_variable() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("MCP_BRIDGE_MEMORY=\"lots\""), "{stderr}");
 }
+
+#[test]
+fn root_ids_and_unknown_log_levels_stop_at_launch() {
+    for (name, value) in [
+        ("MCP_BRIDGE_CONTAINER_USER", "00"),
+        ("MCP_BRIDGE_CONTAINER_USER", "00:0"),
+        ("MCP_BRIDGE_LOG_LEVEL", "verbose"),
+    ] {
+        for command in [&["serve"][..], &["run"]] {
+            let output = mcp_code_exec(command, "print(1)", &[(name, value)]);
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(output.status.code(), Some(2), "{name}={value}: {stderr}");
+            assert!(
+                stderr.contains(&format!("{name}=\"{value}\"")),
+                "{name}={value}: {stderr}"
+            );
+            assert!(output.stdout.is_empty(), "nothing on stdout");
+        }
+    }
+}

@@ -122,3 +122,37 @@ fn stdout_carries_only_protocol() {
     std::io::Read::read_to_string(&mut server.stdout, &mut rest).unwrap();
     assert_eq!(rest, "", "nothing but responses on stdout");
 }
+
+/// A request over the 16 MiB line limit of the stdio transport gets an
+/// error with its id (found at the start of the line, as the Python SDK
+/// writes it, or at its end, as the TypeScript SDK does), and the server
+/// keeps serving. Before, such a request was dropped and never answered.
+#[test]
+fn an_oversized_request_is_answered_and_the_server_keeps_serving() {
+    if !engine_tests_enabled() {
+        return;
+    }
+    let mut server = Server::start(&[], Stdio::null());
+    let _watchdog = server.watchdog(Duration::from_secs(90));
+    let code = "#".repeat(17 << 20);
+    let arguments = format!(r#""params":{{"name":"run_python","arguments":{{"code":"{code}"}}}}"#);
+    let id_first = format!(r#"{{"jsonrpc":"2.0","id":41,"method":"tools/call",{arguments}}}"#);
+    let id_last = format!(r#"{{"method":"tools/call",{arguments},"jsonrpc":"2.0","id":"big-42"}}"#);
+    for (line, id) in [
+        (id_first, serde_json::json!(41)),
+        (id_last, serde_json::json!("big-42")),
+    ] {
+        server.send(&line);
+        let reply: serde_json::Value =
+            serde_json::from_str(&server.receive()).expect("an answer, not silence");
+        assert_eq!(reply["id"], id, "{reply}");
+        assert_eq!(reply["error"]["code"], -32600, "invalid request: {reply}");
+        let message = reply["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("limit of 16777216 bytes (16 MiB)"),
+            "{message}"
+        );
+    }
+    let result = server.run_python(serde_json::json!({"code": "print(6*7)"}));
+    assert_eq!(result["stdout"], "42\n", "{result}");
+}

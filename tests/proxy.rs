@@ -7,6 +7,7 @@ mod common;
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use common::{engine_tests_enabled, request, runtime, test_config};
 use mcp_code_exec::backend::Backend;
@@ -37,14 +38,18 @@ fn server(name: &str, command: PathBuf, args: &[&str]) -> ServerDefinition {
 }
 
 /// Separate fixture processes per test, so their counters don't mix.
-const FIXTURES: [&str; 6] = [
+const FIXTURES: [&str; 8] = [
     "fixture",
     "fixture-concurrency",
     "fixture-cancel",
     "fixture-crash",
     "fixture-tools",
     "fixture-start-once",
+    "fixture-refresh",
+    "fixture-stderr",
 ];
+
+const FIXTURE_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/fixture_server.py");
 
 fn backend() -> &'static Backend {
     static BACKEND: OnceLock<Backend> = OnceLock::new();
@@ -56,7 +61,6 @@ fn backend() -> &'static Backend {
                 "target/e2e-node/node_modules/.bin/mcp-server-everything".into()
             }),
         );
-        let fixture_script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/fixture_server.py");
         let mut servers = vec![
             server("time", time, &["--local-timezone", "UTC"]),
             server("everything", everything, &["stdio"]),
@@ -64,8 +68,13 @@ fn backend() -> &'static Backend {
         servers.extend(
             FIXTURES
                 .iter()
-                .map(|name| server(name, python.clone(), &[fixture_script])),
+                .map(|name| server(name, python.clone(), &[FIXTURE_SCRIPT])),
         );
+        servers.push(server(
+            "fixture-hang-list",
+            python.clone(),
+            &[FIXTURE_SCRIPT, "--hang-tools-list"],
+        ));
         let mut broken = server("broken", python.clone(), &[]);
         broken.command = "/nonexistent/mcp-server".into();
         servers.push(broken);
@@ -83,7 +92,13 @@ fn run(code: &str, servers: &[&str]) -> RunReport {
     let mut request = request(code, Some(60.0));
     request.servers = servers.iter().map(|s| s.to_string()).collect();
     let backend = backend();
-    let report = runtime().block_on(backend.execute(&request));
+    // Every wait of a run is bounded: the run's 60 s plus the proxy's start
+    // timeouts (initialize 30 s, tools/list 10 s).
+    let report = runtime()
+        .block_on(async {
+            tokio::time::timeout(Duration::from_secs(120), backend.execute(&request)).await
+        })
+        .expect("every run is answered within its bounds");
     eprintln!(
         "--- stdout\n{}\n--- stderr\n{}",
         report.stdout, report.stderr
@@ -375,4 +390,153 @@ except MCPError as e:
 print((await mcp_fixture.structured(name="small"))["greeting"])
 "#;
     assert_eq!(run_ok(code, &["fixture"]), "refused: True\nhello small\n");
+}
+
+/// Host writes never stop the draining of the agent's output: answers of
+/// 4 × 8 MiB go in while the code keeps both streams full, on a pool of one
+/// sandbox. Before, the host wrote each answer inline, outside the run's
+/// deadline, while the agent was blocked writing output nobody read: the
+/// run hung for good and the pool's only sandbox with it.
+#[test]
+fn big_answers_while_the_code_floods_both_streams() {
+    if !engine_tests_enabled() {
+        return;
+    }
+    let mut config = test_config();
+    config.pool_min_idle = 1;
+    config.pool_max = 1;
+    // Four 8 MiB answers at once, as JSON and as strings, in the agent and the code.
+    config.memory_bytes = 512 << 20;
+    // Output must keep flowing while the answers are written: a cap the
+    // flood reaches early would stop it (the agent counts, not sends, the rest).
+    config.max_output_bytes = 256 << 20;
+    let fixture = server(
+        "fixture-duplex",
+        python(),
+        &[concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/e2e/fixture_server.py"
+        )],
+    );
+    let backend = Backend::with_proxy(config, Arc::new(Proxy::new(vec![fixture])));
+    runtime().block_on(backend.executor()).expect("engine");
+    // The answers come back together after 1 s; the code floods both
+    // streams from just before that until it has them all.
+    let code = r#"
+import asyncio, os, time
+started = time.monotonic()
+calls = [asyncio.ensure_future(mcp_fixture_duplex.big(mib=8, seconds=1)) for _ in range(4)]
+chunk = b"x" * 65536
+while time.monotonic() - started < 0.8:
+    await asyncio.sleep(0.05)
+flooded = 0
+while not all(call.done() for call in calls):
+    os.write(1, chunk)
+    os.write(2, chunk)
+    flooded += 1
+    await asyncio.sleep(0)
+assert [len(call.result()["result"]) for call in calls] == [8 << 20] * 4
+assert flooded > 0
+"#;
+    let mut flood = request(code, Some(60.0));
+    flood.servers = vec!["fixture-duplex".into()];
+    let report = runtime().block_on(async {
+        tokio::time::timeout(Duration::from_secs(90), backend.execute(&flood)).await
+    });
+    let report = report.expect("the run ends by its 60 s deadline at the latest");
+    // Success means the code checked all four answers.
+    assert!(
+        matches!(report.status, RunStatus::Success | RunStatus::Timeout),
+        "{:?}: {:?}",
+        report.status,
+        report.error
+    );
+    let next = runtime().block_on(async {
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            backend.execute(&request("print(6*7)", Some(20.0))),
+        )
+        .await
+    });
+    let next = next.expect("the next call is answered");
+    assert_eq!(next.status, RunStatus::Success, "{next:#?}");
+    assert_eq!(next.stdout, "42\n");
+    runtime().block_on(backend.shutdown());
+}
+
+#[test]
+fn a_server_whose_tools_list_hangs_is_a_clear_error() {
+    if !engine_tests_enabled() {
+        return;
+    }
+    let report = run("print(1)", &["fixture-hang-list"]);
+    assert_eq!(report.status, RunStatus::Error, "{report:#?}");
+    let error = report.error.unwrap();
+    assert!(
+        error.contains("MCP server \"fixture-hang-list\" could not be started")
+            && error.contains("no answer to tools/list within 10s"),
+        "{error}"
+    );
+}
+
+/// A server that stops answering tools/list after announcing a change: the
+/// run that refreshes waits at most the timeout and keeps the previous list;
+/// a run that starts meanwhile is not held up by it at all.
+#[test]
+fn a_hung_tools_refresh_holds_up_no_other_run() {
+    if !engine_tests_enabled() {
+        return;
+    }
+    run_ok(
+        "print(await mcp_fixture_refresh.hang_tools_list())",
+        &["fixture-refresh"],
+    );
+    let code = "print((await mcp_fixture_refresh.structured(name='x'))['greeting'])";
+    let mut refreshing = request(code, Some(60.0));
+    refreshing.servers = vec!["fixture-refresh".into()];
+    let started = std::time::Instant::now();
+    let (first, second) = runtime().block_on(async {
+        let first = async {
+            let report = backend().execute(&refreshing).await;
+            (report, started.elapsed())
+        };
+        let second = async {
+            // Starts once the first run is waiting for the hung refresh.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let report = backend().execute(&refreshing).await;
+            (report, started.elapsed())
+        };
+        tokio::time::timeout(Duration::from_secs(60), async {
+            tokio::join!(first, second)
+        })
+        .await
+        .expect("both runs are answered within the refresh timeout")
+    });
+    for (report, _) in [&first, &second] {
+        assert_eq!(report.status, RunStatus::Success, "{report:#?}");
+        assert_eq!(report.stdout, "hello x\n");
+    }
+    // The first run waited out the 10 s refresh timeout; the second, started
+    // 2 s in, did not wait for it.
+    assert!(
+        second.1 + Duration::from_secs(5) < first.1,
+        "the second run waited for the first one's refresh: done after {:?} vs {:?}",
+        second.1,
+        first.1
+    );
+}
+
+#[test]
+fn a_server_writing_any_bytes_to_stderr_keeps_serving() {
+    if !engine_tests_enabled() {
+        return;
+    }
+    let code = r#"
+for _ in range(2):
+    print((await mcp_fixture_stderr.noisy_stderr(kib=512))["result"])
+"#;
+    assert_eq!(
+        run_ok(code, &["fixture-stderr"]),
+        "wrote 512 KiB to stderr\nwrote 512 KiB to stderr\n"
+    );
 }

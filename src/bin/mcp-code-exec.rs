@@ -75,7 +75,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(&config.log_level, config.log_format);
+    init_logging(&config.log_filter, config.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -96,18 +96,10 @@ fn main() -> ExitCode {
     exit
 }
 
-/// `MCP_BRIDGE_LOG_LEVEL` is a level for this program (dependencies only
-/// warn: rmcp logs every request at info), or full `tracing` directives when
-/// it contains `=`.
-fn init_logging(level: &str, format: LogFormat) {
-    let directives = match level {
-        "error" | "warn" => level.to_owned(),
-        level if level.contains('=') => level.to_owned(),
-        level => format!("warn,mcp_code_exec={level}"),
-    };
-    let filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"));
+/// Logs to stderr only, with the filter the configuration checked.
+fn init_logging(filter: &str, format: LogFormat) {
     let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(EnvFilter::new(filter))
         .with_writer(std::io::stderr)
         .with_ansi(false);
     match format {
@@ -138,7 +130,7 @@ async fn serve(config: Config) -> ExitCode {
         }
     }
     let server = CodeExecServer::new(backend.clone(), output_mode);
-    let exit = match server.serve(rmcp::transport::stdio()).await {
+    let exit = match server.serve(mcp_code_exec::mcp::transport::stdio()).await {
         Ok(service) => {
             tokio::select! {
                 result = service.waiting() => {

@@ -2,31 +2,42 @@
 //! the server and shared by every run.
 //!
 //! Owns each server's child process (rmcp client over stdio): start on first
-//! use (two concurrent first uses start it once), `initialize` under a
-//! timeout, restart with backoff after it died, tool metadata cached and
-//! refreshed on `notifications/tools/list_changed` or restart, child stderr
-//! to our log (never our stdout), and stopping them all at shutdown. It knows
-//! nothing of sandboxes: it answers "call tool T of server S".
+//! use (two concurrent first uses share one start), `initialize` and
+//! `tools/list` each under a timeout, restart with backoff after it died,
+//! tool metadata cached and refreshed (under a timeout) on
+//! `notifications/tools/list_changed` or restart, child stderr to our log
+//! (never our stdout), and stopping them all at shutdown. No lock is held
+//! across I/O: a hung server delays only the callers that wait for that very
+//! answer, and each of those waits is bounded. It knows nothing of
+//! sandboxes: it answers "call tool T of server S".
 
 use std::collections::HashMap;
 use std::process::Stdio;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
 use rmcp::model::{CallToolRequestParams, CallToolResult, Tool};
 use rmcp::service::{NotificationContext, RunningService};
 use rmcp::transport::async_rw::AsyncRwTransport;
 use rmcp::{ClientHandler, RoleClient, ServiceExt};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::sync::Mutex;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
 use super::discovery::ServerDefinition;
 use crate::metrics;
 
+/// Servers started through `npx`/`uvx` may download first.
 const INITIALIZE_TIMEOUT: Duration = Duration::from_secs(30);
+/// `tools/list`, at start and on refresh: the server is up by then, so a
+/// list that takes longer means it hangs.
+const LIST_TOOLS_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest message accepted from a server.
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// The longest line of a server's stderr that goes to our log; the rest of
+/// the line is dropped.
+const STDERR_LINE_CAP: usize = 8 * 1024;
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 const MAX_RETRY: Duration = Duration::from_secs(30);
 
@@ -63,17 +74,26 @@ impl ClientHandler for Handler {
     }
 }
 
+/// A running server. Shared by the calls that use it; the child is killed
+/// when the last of them lets go after a restart or shutdown.
 struct Connected {
-    service: Arc<RunningService<RoleClient, Handler>>,
-    /// Killed when dropped (a restart or shutdown).
+    service: RunningService<RoleClient, Handler>,
     _child: tokio::process::Child,
     tools_changed: Arc<AtomicBool>,
-    tools: Arc<Vec<Tool>>,
+    /// The last tool list; swapped whole on refresh, never held across I/O.
+    tools: Mutex<Arc<Vec<Tool>>>,
 }
+
+/// A start in progress, awaited by every caller that asked meanwhile.
+type Start = Shared<BoxFuture<'static, Result<Arc<Connected>, String>>>;
 
 enum State {
     Idle,
-    Connected(Connected),
+    Starting {
+        start: Start,
+        attempts: u32,
+    },
+    Connected(Arc<Connected>),
     Failed {
         at: Instant,
         reason: String,
@@ -84,6 +104,7 @@ enum State {
 /// One configured server and its (lazily started) client.
 pub struct ServerClient {
     pub definition: ServerDefinition,
+    /// Only held to read or switch the state, never across an `.await`.
     state: Mutex<State>,
 }
 
@@ -95,135 +116,98 @@ impl ServerClient {
         }
     }
 
-    /// A live connection, starting (or restarting) the server if needed.
-    /// The lock makes concurrent first uses share one start.
-    async fn connection(
-        &self,
-    ) -> Result<(Arc<RunningService<RoleClient, Handler>>, Arc<Vec<Tool>>), ProxyError> {
-        let mut state = self.state.lock().await;
-        if let State::Connected(connected) = &mut *state {
-            if !connected.service.is_transport_closed() {
-                if connected.tools_changed.swap(false, Ordering::Relaxed) {
-                    match connected.service.list_all_tools().await {
-                        Ok(tools) => connected.tools = Arc::new(tools),
-                        Err(error) => {
-                            tracing::warn!(server = %self.definition.name, %error, "could not refresh tools")
-                        }
-                    }
-                }
-                return Ok((connected.service.clone(), connected.tools.clone()));
-            }
-            tracing::warn!(server = %self.definition.name, "MCP server exited; restarting");
-            *state = State::Failed {
-                at: Instant::now(),
-                reason: "the server exited".into(),
-                attempts: 0,
-            };
-        }
-        if let State::Failed {
-            at,
-            reason,
-            attempts,
-        } = &*state
-        {
-            let backoff = (FIRST_RETRY * 2u32.saturating_pow(*attempts)).min(MAX_RETRY);
-            let ago = at.elapsed();
-            if *attempts > 0 && ago < backoff {
-                return Err(ProxyError::BackingOff {
-                    server: self.definition.name.clone(),
-                    reason: reason.clone(),
-                    ago,
-                    retry_in: backoff - ago,
-                });
-            }
-        }
-        let attempts = match &*state {
-            State::Failed { attempts, .. } => {
-                metrics::observe_proxy_restart(&self.definition.name);
-                attempts + 1
-            }
-            _ => 1,
-        };
-        match self.start().await {
-            Ok(connected) => {
-                let pair = (connected.service.clone(), connected.tools.clone());
-                *state = State::Connected(connected);
-                Ok(pair)
-            }
-            Err(reason) => {
-                *state = State::Failed {
-                    at: Instant::now(),
-                    reason: reason.clone(),
-                    attempts,
-                };
-                Err(ProxyError::Start {
-                    server: self.definition.name.clone(),
-                    reason,
-                })
-            }
-        }
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Nothing panics while holding it; if something did, the state is
+        // still one of the variants above.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    async fn start(&self) -> Result<Connected, String> {
-        let definition = &self.definition;
-        let mut command = tokio::process::Command::new(&definition.command);
-        command
-            .args(&definition.args)
-            .envs(&definition.env)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        if let Some(cwd) = &definition.cwd {
-            command.current_dir(cwd);
-        }
-        let mut child = command
-            .spawn()
-            .map_err(|e| format!("cannot run {:?}: {e}", definition.command))?;
-        let (Some(stdin), Some(stdout), Some(stderr)) =
-            (child.stdin.take(), child.stdout.take(), child.stderr.take())
-        else {
-            return Err("the child process has no stdio pipes".into());
-        };
-        let name = definition.name.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                tracing::info!(server = %name, "{line}");
+    /// A live connection, starting (or restarting) the server if needed.
+    /// Concurrent callers share one start.
+    async fn connection(&self) -> Result<Arc<Connected>, ProxyError> {
+        let (start, attempts) = {
+            let mut state = self.state();
+            if let State::Connected(connected) = &*state {
+                if !connected.service.is_transport_closed() {
+                    return Ok(connected.clone());
+                }
+                tracing::warn!(server = %self.definition.name, "MCP server exited; restarting");
+                *state = State::Failed {
+                    at: Instant::now(),
+                    reason: "the server exited".into(),
+                    attempts: 0,
+                };
             }
-        });
-        // rmcp drops incoming lines over 16 MiB by default; results that size
-        // must pass intact, with room for JSON escaping.
-        let transport =
-            AsyncRwTransport::new_client(stdout, stdin).with_max_line_length(MAX_MESSAGE_BYTES);
-        let handler = Handler::default();
-        let tools_changed = handler.tools_changed.clone();
-        let service = match tokio::time::timeout(INITIALIZE_TIMEOUT, handler.serve(transport)).await
+            match &*state {
+                State::Starting { start, attempts } => (start.clone(), *attempts),
+                State::Failed {
+                    at,
+                    reason,
+                    attempts,
+                } => {
+                    let backoff = (FIRST_RETRY * 2u32.saturating_pow(*attempts)).min(MAX_RETRY);
+                    let ago = at.elapsed();
+                    let attempts = *attempts;
+                    if attempts > 0 && ago < backoff {
+                        return Err(ProxyError::BackingOff {
+                            server: self.definition.name.clone(),
+                            reason: reason.clone(),
+                            ago,
+                            retry_in: backoff - ago,
+                        });
+                    }
+                    metrics::observe_proxy_restart(&self.definition.name);
+                    self.begin_start(&mut state, attempts + 1)
+                }
+                State::Idle | State::Connected(_) => self.begin_start(&mut state, 1),
+            }
+        };
+        let result = start.clone().await;
         {
-            Ok(Ok(service)) => service,
-            Ok(Err(error)) => return Err(format!("initialize failed: {error}")),
-            Err(_) => {
-                return Err(format!(
-                    "no answer to initialize within {INITIALIZE_TIMEOUT:?}"
-                ));
+            let mut state = self.state();
+            // The first waiter to get here records the outcome.
+            if matches!(&*state, State::Starting { start: current, .. } if current.ptr_eq(&start)) {
+                *state = match &result {
+                    Ok(connected) => State::Connected(connected.clone()),
+                    Err(reason) => State::Failed {
+                        at: Instant::now(),
+                        reason: reason.clone(),
+                        attempts,
+                    },
+                };
             }
-        };
-        let tools = service
-            .list_all_tools()
-            .await
-            .map_err(|e| format!("tools/list failed: {e}"))?;
-        tracing::info!(server = %definition.name, tools = tools.len(), "MCP server started");
-        Ok(Connected {
-            service: Arc::new(service),
-            _child: child,
-            tools_changed,
-            tools: Arc::new(tools),
+        }
+        result.map_err(|reason| ProxyError::Start {
+            server: self.definition.name.clone(),
+            reason,
         })
     }
 
-    /// The server's tools (starting it if needed).
+    fn begin_start(&self, state: &mut State, attempts: u32) -> (Start, u32) {
+        let start = start(self.definition.clone()).boxed().shared();
+        *state = State::Starting {
+            start: start.clone(),
+            attempts,
+        };
+        (start, attempts)
+    }
+
+    /// The server's tools (starting it if needed). After the server said
+    /// they changed, the first caller refreshes them (bounded); callers
+    /// meanwhile get the previous list rather than waiting.
     pub async fn tools(&self) -> Result<Arc<Vec<Tool>>, ProxyError> {
-        self.connection().await.map(|(_, tools)| tools)
+        let connected = self.connection().await?;
+        if connected.tools_changed.swap(false, Ordering::Relaxed) {
+            match list_tools(&connected.service).await {
+                Ok(tools) => *lock(&connected.tools) = Arc::new(tools),
+                // Not retried before the next change notice: a server that
+                // hangs on tools/list would cost every run the timeout.
+                Err(error) => {
+                    tracing::warn!(server = %self.definition.name, %error, "could not refresh tools; keeping the previous list");
+                }
+            }
+        }
+        Ok(lock(&connected.tools).clone())
     }
 
     /// Calls a tool. Dropping the future cancels the call on the server.
@@ -232,12 +216,13 @@ impl ServerClient {
         tool: &str,
         arguments: Option<serde_json::Map<String, serde_json::Value>>,
     ) -> Result<CallToolResult, ProxyError> {
-        let (service, _) = self.connection().await?;
+        let connected = self.connection().await?;
         let mut params = CallToolRequestParams::new(tool.to_owned());
         if let Some(arguments) = arguments {
             params = params.with_arguments(arguments);
         }
-        service
+        connected
+            .service
             .call_tool(params)
             .await
             .map_err(|error| ProxyError::Call {
@@ -247,11 +232,113 @@ impl ServerClient {
             })
     }
 
-    async fn stop(&self) {
-        let mut state = self.state.lock().await;
-        if let State::Connected(connected) = std::mem::replace(&mut *state, State::Idle) {
+    fn stop(&self) {
+        if let State::Connected(connected) = std::mem::replace(&mut *self.state(), State::Idle) {
             connected.service.cancellation_token().cancel();
         }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Spawns the server and completes `initialize` and the first `tools/list`,
+/// each under its timeout.
+async fn start(definition: ServerDefinition) -> Result<Arc<Connected>, String> {
+    let mut command = tokio::process::Command::new(&definition.command);
+    command
+        .args(&definition.args)
+        .envs(&definition.env)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(cwd) = &definition.cwd {
+        command.current_dir(cwd);
+    }
+    let mut child = command
+        .spawn()
+        .map_err(|e| format!("cannot run {:?}: {e}", definition.command))?;
+    let (Some(stdin), Some(stdout), Some(stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        return Err("the child process has no stdio pipes".into());
+    };
+    tokio::spawn(log_stderr(definition.name.clone(), stderr));
+    // rmcp drops incoming lines over 16 MiB by default; results that size
+    // must pass intact, with room for JSON escaping.
+    let transport =
+        AsyncRwTransport::new_client(stdout, stdin).with_max_line_length(MAX_MESSAGE_BYTES);
+    let handler = Handler::default();
+    let tools_changed = handler.tools_changed.clone();
+    let service = match tokio::time::timeout(INITIALIZE_TIMEOUT, handler.serve(transport)).await {
+        Ok(Ok(service)) => service,
+        Ok(Err(error)) => return Err(format!("initialize failed: {error}")),
+        Err(_) => {
+            return Err(format!(
+                "no answer to initialize within {INITIALIZE_TIMEOUT:?}"
+            ));
+        }
+    };
+    let tools = list_tools(&service).await?;
+    tracing::info!(server = %definition.name, tools = tools.len(), "MCP server started");
+    Ok(Arc::new(Connected {
+        service,
+        _child: child,
+        tools_changed,
+        tools: Mutex::new(Arc::new(tools)),
+    }))
+}
+
+async fn list_tools(service: &RunningService<RoleClient, Handler>) -> Result<Vec<Tool>, String> {
+    match tokio::time::timeout(LIST_TOOLS_TIMEOUT, service.list_all_tools()).await {
+        Ok(Ok(tools)) => Ok(tools),
+        Ok(Err(error)) => Err(format!("tools/list failed: {error}")),
+        Err(_) => Err(format!(
+            "no answer to tools/list within {LIST_TOOLS_TIMEOUT:?}"
+        )),
+    }
+}
+
+/// Copies a server's stderr into our log until the pipe closes, so the
+/// server never blocks on it: bytes that are not UTF-8 are replaced, lines
+/// over [`STDERR_LINE_CAP`] are cut.
+async fn log_stderr(server: String, stderr: impl AsyncRead + Unpin) {
+    let mut reader = BufReader::new(stderr);
+    let mut line = Vec::new();
+    let mut cut = false;
+    loop {
+        let (taken, line_ended) = match reader.fill_buf().await {
+            Ok([]) | Err(_) => break,
+            Ok(available) => {
+                let end = available.iter().position(|&b| b == b'\n');
+                let taken = end.map_or(available.len(), |i| i + 1);
+                let room = STDERR_LINE_CAP.saturating_sub(line.len());
+                line.extend_from_slice(&available[..taken.min(room)]);
+                cut |= taken > room;
+                (taken, end.is_some())
+            }
+        };
+        reader.consume(taken);
+        if line_ended {
+            log_stderr_line(&server, &line, cut);
+            line.clear();
+            cut = false;
+        }
+    }
+    if !line.is_empty() {
+        log_stderr_line(&server, &line, cut);
+    }
+}
+
+fn log_stderr_line(server: &str, line: &[u8], cut: bool) {
+    let text = String::from_utf8_lossy(line);
+    let text = text.trim_end();
+    if cut {
+        tracing::info!(server, "{text} [line cut at {STDERR_LINE_CAP} bytes]");
+    } else {
+        tracing::info!(server, "{text}");
     }
 }
 
@@ -293,6 +380,8 @@ impl ClientHub {
 
     /// Stops every started server (their child processes exit).
     pub async fn shutdown(&self) {
-        futures_util::future::join_all(self.clients.values().map(|client| client.stop())).await;
+        for client in self.clients.values() {
+            client.stop();
+        }
     }
 }

@@ -5,9 +5,16 @@
 //! whether a container is reused or recycled (the pool does, from the
 //! [`SandboxFailure`] or [`RunDone`] returned here), and it never calls the
 //! engine after start: a run is two pipes, no engine requests.
+//!
+//! A run is full duplex under one deadline: one loop reads the agent's
+//! frames, answers tool calls and writes host frames a piece at a time from
+//! an [`Outbox`], so a host write never stops the draining of the agent's
+//! output (the agent may itself be blocked writing it), and the deadline
+//! covers every read and write of the run.
 
 pub mod protocol;
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -15,6 +22,7 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use tokio::io::AsyncWriteExt;
+use tokio::time::Instant as Deadline;
 
 use crate::runtime::{InputSink, OutputChunk, OutputStream, StartedContainer};
 use protocol::{
@@ -97,13 +105,20 @@ pub struct CapturedOutput {
 pub struct Sandbox {
     id: String,
     input: InputSink,
-    output: OutputStream,
-    decoder: FrameDecoder,
+    /// Host frames not yet written; empty between runs (kept for its capacity).
+    outbox: Outbox,
+    agent: AgentOutput,
     created: Instant,
     runs: u32,
-    /// The agent's own stderr: only written when it crashes.
-    agent_stderr: String,
     python_version: String,
+}
+
+/// The agent's side of the attach stream, decoded into frames.
+struct AgentOutput {
+    stream: OutputStream,
+    decoder: FrameDecoder,
+    /// The agent's own stderr: only written when it crashes.
+    stderr: String,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -124,11 +139,14 @@ impl Sandbox {
         let mut sandbox = Self {
             id: container.id,
             input: container.input,
-            output: container.output,
-            decoder: FrameDecoder::default(),
+            outbox: Outbox::default(),
+            agent: AgentOutput {
+                stream: container.output,
+                decoder: FrameDecoder::default(),
+                stderr: String::new(),
+            },
             created: Instant::now(),
             runs: 0,
-            agent_stderr: String::new(),
             python_version: String::new(),
         };
         let ready = sandbox.await_ready(timeout).await?;
@@ -141,7 +159,7 @@ impl Sandbox {
     }
 
     pub fn short_id(&self) -> &str {
-        &self.id[..self.id.len().min(12)]
+        short(&self.id)
     }
 
     pub fn python_version(&self) -> &str {
@@ -159,10 +177,10 @@ impl Sandbox {
     /// A zero-cost liveness check of an idle sandbox: the agent says nothing
     /// while idle, so a closed stream or any output means it is not usable.
     pub fn is_idle_and_alive(&mut self) -> bool {
-        match self.output.next().now_or_never() {
+        match self.agent.stream.next().now_or_never() {
             None => true,
             Some(Some(Ok(OutputChunk::Stderr(bytes)))) => {
-                self.note_agent_stderr(&bytes);
+                self.agent.note_stderr(&self.id, &bytes);
                 false
             }
             Some(_) => false,
@@ -171,10 +189,11 @@ impl Sandbox {
 
     /// Runs `code`, collecting its output into `output` (capped at
     /// `max_output_bytes` per stream) until the agent reports it done or
-    /// `timeout` passes. The deadline is the host's: it holds whatever the
-    /// code does to the agent. Tool calls are answered concurrently while
-    /// output keeps draining; when the run ends (or the future is dropped),
-    /// calls still in flight are dropped, which cancels them.
+    /// `timeout` passes. The deadline is the host's and covers the whole run,
+    /// writes included: it holds whatever the code does to the agent. Tool
+    /// calls are answered concurrently while output keeps draining; when the
+    /// run ends (or the future is dropped), calls still in flight are
+    /// dropped, which cancels them.
     pub async fn run(
         &mut self,
         code: &str,
@@ -183,7 +202,8 @@ impl Sandbox {
         proxy: Option<RunProxy<'_>>,
         output: &mut CapturedOutput,
     ) -> Result<RunDone, SandboxFailure> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = tokio::time::sleep_until(Deadline::now() + timeout);
+        tokio::pin!(deadline);
         self.runs += 1;
         let frame = RunFrame {
             code,
@@ -191,25 +211,29 @@ impl Sandbox {
             proxy: proxy.map(|p| p.metadata),
         }
         .encode();
-        self.input.write_all(&frame).await?;
-        self.input.flush().await?;
+        self.outbox.push(frame);
         let cap = usize::try_from(max_output_bytes).unwrap_or(usize::MAX);
         let mut calls = FuturesUnordered::new();
         loop {
-            let event = tokio::time::timeout_at(deadline, async {
-                tokio::select! {
-                    frame = self.next_frame() => Event::Frame(frame),
-                    Some(answer) = calls.next(), if !calls.is_empty() => Event::Answer(answer),
-                }
-            });
-            let frame = match event.await {
-                Err(_) => return Err(SandboxFailure::Timeout(timeout)),
-                Ok(Event::Answer(answer)) => {
-                    self.input.write_all(&encode_answer(&answer)).await?;
-                    self.input.flush().await?;
+            // Every branch is cancel-safe: a frame read keeps its partial
+            // bytes in the decoder, a write step loses nothing it did not do.
+            let event = tokio::select! {
+                frame = self.agent.next_frame(&self.id) => Event::Frame(frame),
+                Some(answer) = calls.next(), if !calls.is_empty() => Event::Answer(answer),
+                written = self.outbox.write_step(&mut self.input), if !self.outbox.is_idle() => Event::Written(written),
+                () = &mut deadline => Event::Deadline,
+            };
+            let frame = match event {
+                Event::Deadline => return Err(SandboxFailure::Timeout(timeout)),
+                Event::Written(written) => {
+                    written?;
                     continue;
                 }
-                Ok(Event::Frame(frame)) => frame?,
+                Event::Answer(answer) => {
+                    self.outbox.push(encode_answer(&answer));
+                    continue;
+                }
+                Event::Frame(frame) => frame?,
             };
             match frame.kind {
                 AgentFrameKind::Stdout => output.stdout.push(&frame.payload, cap),
@@ -225,6 +249,17 @@ impl Sandbox {
                     let done: RunDone = protocol::parse_payload("done", &frame.payload)?;
                     output.stdout.dropped += done.dropped_stdout;
                     output.stderr.dropped += done.dropped_stderr;
+                    // Answers not yet begun are late: drop them. One cut in
+                    // the middle must be completed, or the next frame the
+                    // agent reads would start inside it (the agent skips late
+                    // answers, so a whole one is harmless).
+                    self.outbox.drop_unstarted();
+                    while !self.outbox.is_idle() {
+                        tokio::select! {
+                            written = self.outbox.write_step(&mut self.input) => written?,
+                            () = &mut deadline => return Err(SandboxFailure::Timeout(timeout)),
+                        }
+                    }
                     return Ok(done);
                 }
                 kind => return Err(ProtocolError::Unexpected(kind).into()),
@@ -234,7 +269,7 @@ impl Sandbox {
 
     /// Waits for the agent to confirm it is idle and clean again.
     pub async fn await_ready(&mut self, timeout: Duration) -> Result<Ready, SandboxFailure> {
-        let frame = match tokio::time::timeout(timeout, self.next_frame()).await {
+        let frame = match tokio::time::timeout(timeout, self.agent.next_frame(&self.id)).await {
             Ok(frame) => frame?,
             Err(_) => {
                 return Err(SandboxFailure::ResetFailed(format!(
@@ -251,36 +286,94 @@ impl Sandbox {
             kind => Err(ProtocolError::Unexpected(kind).into()),
         }
     }
+}
 
-    async fn next_frame(&mut self) -> Result<AgentFrame, SandboxFailure> {
+impl AgentOutput {
+    async fn next_frame(&mut self, sandbox: &str) -> Result<AgentFrame, SandboxFailure> {
         loop {
             if let Some(frame) = self.decoder.next_frame()? {
                 return Ok(frame);
             }
-            match self.output.next().await {
+            match self.stream.next().await {
                 Some(Ok(OutputChunk::Stdout(bytes))) => self.decoder.extend(&bytes),
-                Some(Ok(OutputChunk::Stderr(bytes))) => self.note_agent_stderr(&bytes),
+                Some(Ok(OutputChunk::Stderr(bytes))) => self.note_stderr(sandbox, &bytes),
                 Some(Err(error)) => return Err(error.into()),
                 None => {
                     return Err(SandboxFailure::AgentDied {
-                        agent_stderr: std::mem::take(&mut self.agent_stderr),
+                        agent_stderr: std::mem::take(&mut self.stderr),
                     });
                 }
             }
         }
     }
 
-    fn note_agent_stderr(&mut self, bytes: &[u8]) {
-        let room = AGENT_STDERR_KEEP.saturating_sub(self.agent_stderr.len());
+    fn note_stderr(&mut self, sandbox: &str, bytes: &[u8]) {
+        let room = AGENT_STDERR_KEEP.saturating_sub(self.stderr.len());
         let text = String::from_utf8_lossy(&bytes[..bytes.len().min(room)]);
-        tracing::warn!(sandbox = self.short_id(), agent_stderr = %text.trim_end(), "sandbox agent wrote to stderr");
-        self.agent_stderr.push_str(&text);
+        tracing::warn!(sandbox = short(sandbox), agent_stderr = %text.trim_end(), "sandbox agent wrote to stderr");
+        self.stderr.push_str(&text);
     }
+}
+
+/// Host frames on their way to the agent, written a step at a time from the
+/// run loop (no task of its own: a run costs no spawn).
+#[derive(Default)]
+struct Outbox {
+    frames: VecDeque<Vec<u8>>,
+    /// Bytes of the front frame already written.
+    written: usize,
+    /// Bytes were written since the last flush.
+    unflushed: bool,
+}
+
+impl Outbox {
+    fn push(&mut self, frame: Vec<u8>) {
+        self.frames.push_back(frame);
+    }
+
+    /// Nothing to write and nothing to flush.
+    fn is_idle(&self) -> bool {
+        self.frames.is_empty() && !self.unflushed
+    }
+
+    /// Keeps only a frame already partly written.
+    fn drop_unstarted(&mut self) {
+        let keep = usize::from(self.written > 0);
+        self.frames.truncate(keep);
+    }
+
+    /// One write (or, once everything is written, the flush). Cancel-safe:
+    /// a write that did not complete wrote nothing.
+    async fn write_step(&mut self, sink: &mut InputSink) -> std::io::Result<()> {
+        let Some(front) = self.frames.front() else {
+            sink.flush().await?;
+            self.unflushed = false;
+            return Ok(());
+        };
+        let n = sink.write(&front[self.written..]).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        self.unflushed = true;
+        self.written += n;
+        if self.written == front.len() {
+            self.frames.pop_front();
+            self.written = 0;
+        }
+        Ok(())
+    }
+}
+
+/// A container id as `docker ps` shows it.
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
 }
 
 enum Event {
     Frame(Result<AgentFrame, SandboxFailure>),
     Answer(serde_json::Value),
+    Written(std::io::Result<()>),
+    Deadline,
 }
 
 #[cfg(test)]

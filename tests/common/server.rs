@@ -105,6 +105,26 @@ impl Server {
         reply["result"]["structuredContent"].clone()
     }
 
+    /// Kills the server unless the returned guard is dropped within `limit`:
+    /// a read that would wait forever for an answer ends at EOF instead.
+    pub fn watchdog(&self, limit: Duration) -> Watchdog {
+        let disarmed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = disarmed.clone();
+        let pid = self.child.id().to_string();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + limit;
+            while Instant::now() < deadline {
+                if flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            eprintln!("watchdog: no answer within {limit:?}; killing the server");
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
+        });
+        Watchdog(disarmed)
+    }
+
     pub fn wait_exit(&mut self, limit: Duration) {
         let started = Instant::now();
         while self.child.try_wait().unwrap().is_none() {
@@ -114,6 +134,15 @@ impl Server {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+/// Disarms [`Server::watchdog`] when dropped.
+pub struct Watchdog(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
