@@ -435,7 +435,7 @@ while not all(call.done() for call in calls):
     os.write(2, chunk)
     flooded += 1
     await asyncio.sleep(0)
-assert [len(call.result()["result"]) for call in calls] == [8 << 20] * 4
+assert [len(call.result()) for call in calls] == [8 << 20] * 4
 assert flooded > 0
 "#;
     let mut flood = request(code, Some(60.0));
@@ -533,7 +533,7 @@ fn a_server_writing_any_bytes_to_stderr_keeps_serving() {
     }
     let code = r#"
 for _ in range(2):
-    print((await mcp_fixture_stderr.noisy_stderr(kib=512))["result"])
+    print(await mcp_fixture_stderr.noisy_stderr(kib=512))
 "#;
     assert_eq!(
         run_ok(code, &["fixture-stderr"]),
