@@ -36,9 +36,10 @@
 # with protocol.rs.
 #
 # Agent <-> zygote, one SOCK_SEQPACKET message each: b"S" + six pipe fds
-# (SCM_RIGHTS) asks for a spare, answered b"P<pid>"; b"K" asks to kill every
-# process but the two of them, answered b"k"; b"X<reason>" answers either when
-# the zygote cannot be trusted any more. The zygote also says b"E<pid> <code>"
+# (SCM_RIGHTS) asks for a spare, answered b"P<pid>"; b"K" + six fds (the
+# reset) asks to kill every process but the two of them, answered b"k", then
+# forks the spare like S; b"X<reason>" answers either when the zygote cannot
+# be trusted any more. The zygote also says b"E<pid> <code>"
 # when a spare exits. No pidfds: this works under gVisor too.
 #
 # User code never touches the protocol: its fd 0 is /dev/null and its fd 1/2
@@ -431,7 +432,15 @@ def zygote_main(channel, preload):
         message, fds, _, _ = socket.recv_fds(channel, 64, 6)
         if not message:
             os._exit(0)  # the agent is gone
-        if message == b"S" and len(fds) == 6:
+        # K: kill everything, say so, then (like S) fork the next spare, so
+        # the agent empties the directories while the spare is forked.
+        if message == b"K":
+            if kill_all():
+                channel.send(b"k")
+            else:
+                channel.send(b"Xprocesses survived SIGKILL")
+                message = b""
+        if message in (b"S", b"K") and len(fds) == 6:
             if integrity() != baseline:
                 channel.send(b"Xthe zygote's limits or scheduling were changed")
             else:
@@ -440,9 +449,7 @@ def zygote_main(channel, preload):
                     run_spare(fds)
                 spares.add(pid)
                 channel.send(b"P%d" % pid)
-        elif message == b"K":
-            channel.send(b"k" if kill_all() else b"Xprocesses survived SIGKILL")
-        else:
+        elif message:
             channel.send(b"Xunknown command")
         for fd in fds:
             os.close(fd)
@@ -554,9 +561,12 @@ class ZygoteLost(Exception):
 
 
 class Spare:
-    """A spare forked by the zygote, with the agent's ends of its pipes."""
+    """A spare forked by the zygote, with the agent's ends of its pipes.
+    `command` is b"S" (fork one) or b"K" (kill everything first: the reset);
+    `between()` runs after the zygote's first reply, while it forks, and
+    returns why the container cannot be reused, or None."""
 
-    def __init__(self, zygote):
+    def __init__(self, zygote, command=b"S", between=None):
         code_r, self.code_w = os.pipe()
         self.status_r, status_w = os.pipe()
         self.out_r, out_w = os.pipe()
@@ -565,7 +575,15 @@ class Spare:
         answer_r, self.answer_w = os.pipe()
         theirs = (code_r, status_w, out_w, err_w, call_w, answer_r)
         try:
-            reply = zygote.request(b"S", theirs)
+            reply = zygote.request(command, theirs)
+            if command == b"K":
+                failure = between()
+                if failure:
+                    raise ZygoteLost(failure)
+                reply = zygote.wait_reply(ZYGOTE_REPLY_TIMEOUT_S)
+        except ZygoteLost:
+            self.close()
+            raise
         finally:
             for fd in theirs:
                 os.close(fd)
@@ -730,7 +748,13 @@ def orphan_exit_code(pid):
     try:
         reaped, wait_status = os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
-        return -signal.SIGKILL  # reaped by the zygote, which died before saying how
+        # Not our child yet (the kernel hands orphans over after the parent's
+        # files, its socket included, are closed), or reaped by the zygote.
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return -signal.SIGKILL  # reaped by the zygote, which died before saying how
+        return None
     return os.waitstatus_to_exitcode(wait_status) if reaped else None
 
 
@@ -803,19 +827,22 @@ class OomCounter:
 
 
 def reset(spare, zygote, baseline):
-    """Returns None when the container is as it was before the run, or why not."""
-    try:
-        zygote.request(b"K")
-    except ZygoteLost as lost:
-        return str(lost)
-    reap()  # nothing is ours but the zygote; this only matters if it died
-    spare.close()
-    failure = wipe_all()
-    if failure:
-        return failure
-    if integrity() != baseline:
-        return "the agent's limits or scheduling were changed"
-    return None
+    """After a run: the zygote kills every other process, then forks the next
+    spare while the agent empties the directories and checks itself. Returns
+    (the next spare, None) when the container is as it was before the run,
+    else (None, why not)."""
+
+    def clean():
+        reap()  # nothing is ours but the zygote; this only matters if it died
+        spare.close()
+        failure = wipe_all()
+        if failure:
+            return failure
+        if integrity() != baseline:
+            return "the agent's limits or scheduling were changed"
+        return None
+
+    return fresh_spare(zygote, b"K", clean)
 
 
 def wipe_all():
@@ -869,10 +896,10 @@ def remove_sysv_ipc():
             continue
 
 
-def fresh_spare(zygote):
+def fresh_spare(zygote, command=b"S", between=None):
     """A new warm spare, or why there is none (the container is then recycled)."""
     try:
-        spare = Spare(zygote)
+        spare = Spare(zygote, command, between)
     except ZygoteLost as lost:
         return None, str(lost)
     # Ready means warm: the next run must not pay for the warm-up.
@@ -933,9 +960,7 @@ def main(argv):
             sys.stderr.write(f"mcp-code-exec agent: unknown frame kind {kind}\n")
             os._exit(3)
         run(spare, zygote, payload, json.loads(payload))
-        failure = reset(spare, zygote, baseline)
-        if not failure:
-            spare, failure = fresh_spare(zygote)
+        spare, failure = reset(spare, zygote, baseline)
         if failure:
             # The host recycles this container; nothing here can be trusted now.
             send_json(ord("F"), {"reason": failure})
