@@ -240,15 +240,15 @@ def spare_main(code_r, status_w, out_w, err_w, call_w, answer_r):
 
     request = json.loads(read_to_end(code_r))
     os.close(code_r)
-    main_module = prepare_main(request["code"])
+    module = main_module(request["code"])
     if request.get("servers") or request.get("discovered"):
         mcp_runtime["install"](
-            main_module.__dict__,
+            module.__dict__,
             (call_w, answer_r, MAX_CALL_BYTES),
             request.get("servers", []),
             request.get("discovered", []),
         )
-    exit_code, status = execute(request["code"], main_module.__dict__, SCRIPT)
+    exit_code, status = execute(request["code"], module.__dict__, SCRIPT)
     exit_code = interpreter_exit(exit_code)
     # The output is in its pipes now. Closing the status pipe tells the agent
     # the run is over before this process's teardown, which is slow (its
@@ -269,12 +269,23 @@ def read_to_end(fd):
     return b"".join(chunks)
 
 
-def prepare_main(source):
-    """Makes the process look like `cd /workspace && python3 /run/code/main.py`:
-    the code in a file, a real `__main__` module in sys.modules (so pickle and
-    multiprocessing find its functions and classes), argv and path to match."""
-    with open(SCRIPT, "w", encoding="utf-8", errors="surrogatepass") as f:
-        f.write(source)
+def like_a_script():
+    """Makes the process look like `cd /workspace && python3 /run/code/main.py`
+    (argv and path; `main_module` does the rest, per run)."""
+    sys.argv = [SCRIPT]
+    # The script's folder first, as Python does; then the working directory,
+    # where the user's own modules are (the files a call brings land there).
+    sys.path[0:1] = [SCRIPT_DIR, WORKSPACE]
+
+
+def main_module(source):
+    """The code in a file and a fresh, real `__main__` module in sys.modules
+    (so pickle and multiprocessing find its functions and classes)."""
+    fd = os.open(SCRIPT, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        write_all(fd, source.encode("utf-8", "surrogatepass"))
+    finally:
+        os.close(fd)
     module = types.ModuleType("__main__")
     module.__dict__.update(
         __file__=SCRIPT,
@@ -283,20 +294,18 @@ def prepare_main(source):
         __loader__=importlib.machinery.SourceFileLoader("__main__", SCRIPT),
     )
     sys.modules["__main__"] = module
-    sys.argv = [SCRIPT]
-    # The script's folder first, as Python does; then the working directory,
-    # where the user's own modules are (the files a call brings land there).
-    sys.path[0:1] = [SCRIPT_DIR, WORKSPACE]
     return module
 
 
 def warm_up():
-    """Run a tiny snippet to /dev/null so that the copy-on-write faults and
-    caches of a first execution happen before a request, not during it."""
+    """Run a tiny snippet to /dev/null, the way a run's code runs, so that the
+    copy-on-write faults and caches of a first execution happen before a
+    request, not during it."""
+    like_a_script()
     real = sys.stdout
     sys.stdout = io.TextIOWrapper(io.FileIO(0, "w", closefd=False))  # fd 0 is /dev/null, opened read-write
     try:
-        execute(WARMUP_CODE, {"__name__": "__warm_up__", "__builtins__": builtins}, WARMUP_FILENAME)
+        execute(WARMUP_CODE, main_module(WARMUP_CODE).__dict__, SCRIPT)
         sys.stdout.flush()
     finally:
         sys.stdout = real
@@ -325,7 +334,10 @@ def interpreter_exit(exit_code):
     for non-daemon threads, run atexit handlers, flush the standard streams.
     A thread that never ends keeps the run going until its deadline."""
     threading = sys.modules.get("threading")
-    if threading is not None:
+    # Nothing to join and nothing registered with threading: skip its shutdown
+    # (it is most of the cost of ending a run that started no thread).
+    idle = threading is None or (threading.active_count() == 1 and not getattr(threading, "_threading_atexits", 1))
+    if not idle:
         try:
             threading._shutdown()
         except BaseException as exc:  # e.g. KeyboardInterrupt while joining
