@@ -13,9 +13,9 @@ use common::percentiles;
 use criterion::Criterion;
 use mcp_code_exec::backend::Backend;
 use mcp_code_exec::config::Config;
+use mcp_code_exec::engine::{Engine, spec};
 use mcp_code_exec::execution::RunRequest;
 use mcp_code_exec::report::RunStatus;
-use mcp_code_exec::runtime::{Runtime, spec};
 use mcp_code_exec::sandbox::{AGENT, CapturedOutput, Sandbox};
 
 const PRINT: &str = "print(6*7)";
@@ -24,7 +24,7 @@ const ONE_MB: &str = "import sys\nsys.stdout.write('x' * 1_000_000)";
 struct Setup {
     tokio: tokio::runtime::Runtime,
     backend: Backend,
-    runtime: Runtime,
+    runtime: Engine,
     config: Config,
     image: String,
 }
@@ -37,9 +37,9 @@ fn setup() -> Option<Setup> {
     // The defaults users run (min idle 2, max 8), unless the environment says otherwise.
     let config = Config::from_env().expect("valid MCP_BRIDGE_* environment");
     let (runtime, image) = match tokio.block_on(async {
-        let runtime = Runtime::connect(config.runtime).await?;
+        let runtime = Engine::connect(config.engine).await?;
         let image = runtime.resolve_image(&config.image).await?;
-        Ok::<_, mcp_code_exec::runtime::RuntimeError>((runtime, image))
+        Ok::<_, mcp_code_exec::engine::EngineError>((runtime, image))
     }) {
         Ok(found) => found,
         Err(error) => {

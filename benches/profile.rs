@@ -19,13 +19,13 @@ use common::percentiles;
 use criterion::Criterion;
 use mcp_code_exec::backend::Backend;
 use mcp_code_exec::config::Config;
+use mcp_code_exec::engine::Engine;
 use mcp_code_exec::execution::RunRequest;
 use mcp_code_exec::report::RunStatus;
-use mcp_code_exec::runtime::Runtime;
 use server::{Server, free_port, http_get};
 
 fn engine_answers(tokio: &tokio::runtime::Runtime) -> bool {
-    match tokio.block_on(Runtime::connect(Config::default().runtime)) {
+    match tokio.block_on(Engine::connect(Config::default().engine)) {
         Ok(_) => true,
         Err(error) => {
             eprintln!("SKIPPED profile benchmarks: {error}");
@@ -157,7 +157,7 @@ fn idle_memory(tokio: &tokio::runtime::Runtime) {
         .block_on(backend.executor())
         .unwrap()
         .pool()
-        .runtime()
+        .engine()
         .owner_label();
     let ids = Command::new("docker")
         .args([

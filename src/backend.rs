@@ -1,4 +1,4 @@
-//! Assembles the execution stack (runtime, image, pool, executor) from a
+//! Assembles the execution stack (engine, image, pool, executor) from a
 //! [`Config`], in the background, so the MCP handshake never waits for an
 //! engine or a warm-up.
 //!
@@ -16,12 +16,12 @@ use tokio::sync::OnceCell;
 use tracing::Instrument;
 
 use crate::config::Config;
+use crate::engine::Engine;
 use crate::execution::{Executor, Limits, RunRequest};
 use crate::metrics;
 use crate::pool::Pool;
 use crate::proxy::Proxy;
 use crate::report::{RunReport, RunStatus};
-use crate::runtime::Runtime;
 use crate::sandbox::RunProxy;
 
 pub struct Backend {
@@ -56,11 +56,11 @@ impl Backend {
         self.executor
             .get_or_try_init(|| async {
                 let config = &self.config;
-                let runtime = Runtime::connect(config.runtime).await.map_err(|e| e.to_string())?;
-                let engine = runtime.describe().await.unwrap_or_else(|e| e.to_string());
-                let image = runtime.resolve_image(&config.image).await.map_err(|e| e.to_string())?;
-                tracing::info!(endpoint = runtime.endpoint(), %engine, %image, "container engine ready");
-                let cleanup = runtime.clone();
+                let engine = Engine::connect(config.engine).await.map_err(|e| e.to_string())?;
+                let description = engine.describe().await.unwrap_or_else(|e| e.to_string());
+                let image = engine.resolve_image(&config.image).await.map_err(|e| e.to_string())?;
+                tracing::info!(endpoint = engine.endpoint(), engine = %description, %image, "container engine ready");
+                let cleanup = engine.clone();
                 tokio::spawn(async move {
                     match cleanup.remove_orphans().await {
                         Ok(0) => {}
@@ -68,7 +68,7 @@ impl Backend {
                         Err(error) => tracing::warn!(%error, "could not look for leftover containers"),
                     }
                 });
-                let pool = Pool::start(runtime, config, &image);
+                let pool = Pool::start(engine, config, &image);
                 Ok(Executor::new(pool, self.limits.clone()))
             })
             .await
@@ -89,7 +89,7 @@ impl Backend {
         };
         let pool = executor.pool();
         // Unreachable: the error names the engine's address.
-        pool.runtime()
+        pool.engine()
             .ping()
             .await
             .map_err(|error| error.to_string())?;

@@ -1,7 +1,7 @@
 //! Configuration: the `MCP_BRIDGE_*` environment variables, parsed and
 //! validated without side effects.
 //!
-//! Owns names, defaults and units; builds nothing expensive (the runtime,
+//! Owns names, defaults and units; builds nothing expensive (the engine,
 //! pool and server are built from a finished [`Config`] by their own
 //! modules). Every error names the variable, the value and what it accepts.
 
@@ -10,7 +10,7 @@ use std::time::Duration;
 
 /// Which container engine to talk to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RuntimeKind {
+pub enum EngineKind {
     /// `DOCKER_HOST`, then the Docker socket, then the Podman sockets.
     Auto,
     Docker,
@@ -30,7 +30,7 @@ pub enum OutputMode {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    pub runtime: RuntimeKind,
+    pub engine: EngineKind,
     pub image: String,
     pub container_user: String,
     pub memory_bytes: u64,
@@ -66,7 +66,7 @@ pub enum LogFormat {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            runtime: RuntimeKind::Auto,
+            engine: EngineKind::Auto,
             image: "python:3.12-slim".into(),
             container_user: "65534:65534".into(),
             memory_bytes: 512 * MIB,
@@ -114,10 +114,10 @@ impl Config {
         let vars = Vars(&lookup);
         let defaults = Self::default();
         let config = Self {
-            runtime: vars.parse("MCP_BRIDGE_RUNTIME", defaults.runtime, |v| match v {
-                "auto" => Ok(RuntimeKind::Auto),
-                "docker" => Ok(RuntimeKind::Docker),
-                "podman" => Ok(RuntimeKind::Podman),
+            engine: vars.parse("MCP_BRIDGE_RUNTIME", defaults.engine, |v| match v {
+                "auto" => Ok(EngineKind::Auto),
+                "docker" => Ok(EngineKind::Docker),
+                "podman" => Ok(EngineKind::Podman),
                 _ => Err("one of auto, docker, podman".into()),
             })?,
             image: vars.string("MCP_BRIDGE_IMAGE", defaults.image),

@@ -3,8 +3,8 @@
 //!
 //! # Layout
 //! - [`config`]: the `MCP_BRIDGE_*` variables, parsed and validated (pure).
-//! - [`runtime`]: the container engine (Docker/Podman via bollard) and, in
-//!   [`runtime::spec`], the hardened container specification.
+//! - [`engine`]: the container engine (Docker/Podman via bollard) and, in
+//!   [`engine::spec`], the hardened container specification.
 //! - [`sandbox`]: one container and its agent (`sandbox/agent.py`, PID 1 in
 //!   the container); [`sandbox::protocol`] is the frame format between them.
 //! - [`pool`]: warm sandboxes, leases, reset/recycle off the caller's path.
@@ -17,17 +17,17 @@
 //! - [`metrics`]: Prometheus metrics and the health side port (axum).
 //!
 //! Data flows `mcp` → `backend` → `execution` → `pool` → `sandbox` →
-//! `runtime`, with `proxy` answering the tool calls a run makes. Only
-//! `runtime` imports bollard; only `mcp` serves MCP (and `proxy` is the MCP
+//! `engine`, with `proxy` answering the tool calls a run makes. Only
+//! `engine` imports bollard; only `mcp` serves MCP (and `proxy` is the MCP
 //! client of the user's servers). See ARCHITECTURE.md.
 
 pub mod backend;
 pub mod config;
+pub mod engine;
 pub mod execution;
 pub mod mcp;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod report;
-pub mod runtime;
 pub mod sandbox;

@@ -298,7 +298,7 @@ mod tests {
     fn the_manual_lists_every_server() {
         let server = server_with(3);
         let manual = capabilities_manual(server.backend.proxy().definitions());
-        assert!(manual.contains("mcp.runtime") && manual.contains("search_tool_docs"));
+        assert!(manual.contains("mcp.engine") && manual.contains("search_tool_docs"));
         assert!(
             manual.contains("- `example-server-02` (`mcp_example_server_02`)"),
             "{manual}"

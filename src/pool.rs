@@ -7,7 +7,7 @@
 //! (retried until the engine confirms it), and removal of every container at
 //! shutdown. It does not look inside runs (that is [`crate::execution`]) nor
 //! speak the agent protocol (that is [`crate::sandbox`]) nor the engine's API
-//! (that is [`crate::runtime`]).
+//! (that is [`crate::engine`]).
 //!
 //! All bookkeeping is one [`State`] under one `std::sync::Mutex`, never held
 //! across an `.await` (the mini-redis `Shared { state, background_task }`
@@ -35,8 +35,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::engine::{Engine, spec};
 use crate::metrics;
-use crate::runtime::{Runtime, spec};
 use crate::sandbox::{AGENT, Sandbox, SandboxFailure};
 
 /// How long a new container may take from create to the agent's first `Ready`.
@@ -370,7 +370,7 @@ pub struct Pool {
 }
 
 struct Shared {
-    runtime: Runtime,
+    engine: Engine,
     container_spec: spec::ContainerSpec,
     sizing: Sizing,
     state: Mutex<State<Sandbox>>,
@@ -386,10 +386,10 @@ struct Shared {
 
 impl Pool {
     /// Starts the pool: warm-up begins in the background at once.
-    pub fn start(runtime: Runtime, config: &Config, image: &str) -> Self {
-        let container_spec = spec::container_spec(config, image, &runtime.owner_label(), AGENT);
+    pub fn start(engine: Engine, config: &Config, image: &str) -> Self {
+        let container_spec = spec::container_spec(config, image, &engine.owner_label(), AGENT);
         let shared = Arc::new(Shared {
-            runtime,
+            engine,
             container_spec,
             sizing: Sizing {
                 min_idle: config.pool_min_idle,
@@ -408,8 +408,8 @@ impl Pool {
         Self { shared }
     }
 
-    pub fn runtime(&self) -> &Runtime {
-        &self.shared.runtime
+    pub fn engine(&self) -> &Engine {
+        &self.shared.engine
     }
 
     pub fn status(&self) -> PoolStatus {
@@ -510,7 +510,7 @@ impl Pool {
         shared.background.close();
         let removal = async {
             let _ = tokio::time::timeout(Duration::from_secs(2), shared.background.wait()).await;
-            shared.runtime.remove_all_owned().await
+            shared.engine.remove_all_owned().await
         };
         match tokio::time::timeout(SHUTDOWN_TIMEOUT, removal).await {
             Ok(Ok(count)) => tracing::info!(
@@ -565,7 +565,7 @@ impl Lease {
     /// only for the failure path, when the agent itself died).
     pub async fn engine_saw_oom(&mut self) -> bool {
         let id = self.sandbox().id().to_owned();
-        self.shared.runtime.oom_killed(&id).await.unwrap_or(false)
+        self.shared.engine.oom_killed(&id).await.unwrap_or(false)
     }
 
     /// Returns the sandbox: reset and back to idle, or destroyed. Either way
@@ -648,7 +648,7 @@ impl Shared {
         self.background.spawn(async move {
             let mut sandbox = sandbox;
             let mut retry = FIRST_REMOVE_RETRY;
-            while let Err(error) = shared.runtime.try_remove(&id).await {
+            while let Err(error) = shared.engine.try_remove(&id).await {
                 tracing::warn!(container = %id, %error, retry_in = ?retry, "could not remove a sandbox container; it still counts toward MCP_BRIDGE_POOL_MAX");
                 drop(sandbox.take());
                 shared.state().removal_failed(error.to_string());
@@ -676,7 +676,7 @@ impl Shared {
 
     async fn create(self: Arc<Self>) {
         let started = Instant::now();
-        let container = match self.runtime.start_container(&self.container_spec).await {
+        let container = match self.engine.start_container(&self.container_spec).await {
             Ok(container) => container,
             Err(error) => return self.start_failed(error.to_string(), None),
         };

@@ -15,9 +15,9 @@ use common::server::{Server, free_port, http_get};
 use common::{
     AGENT_START, engine_tests_enabled, request, run_on, runtime, started_backend, test_config,
 };
+use mcp_code_exec::engine::Engine;
 use mcp_code_exec::pool::{AcquireError, Pool};
 use mcp_code_exec::report::RunStatus;
-use mcp_code_exec::runtime::Runtime;
 use serde_json::json;
 
 fn docker(args: &[&str]) -> String {
@@ -183,9 +183,9 @@ fn leftovers_of_dead_instances_are_removed_at_startup_and_own_ones_at_shutdown()
         return;
     }
     let (image, probe_owner) = runtime().block_on(async {
-        let runtime = Runtime::connect(test_config().runtime).await.unwrap();
-        let image = runtime.resolve_image(&test_config().image).await.unwrap();
-        (image, runtime.owner_label())
+        let engine = Engine::connect(test_config().engine).await.unwrap();
+        let image = engine.resolve_image(&test_config().image).await.unwrap();
+        (image, engine.owner_label())
     });
     // An orphan: this host, a pid that is not running with that start time.
     let host = probe_owner.split('/').next().unwrap();
@@ -227,7 +227,7 @@ fn leftovers_of_dead_instances_are_removed_at_startup_and_own_ones_at_shutdown()
         .block_on(backend.executor())
         .unwrap()
         .pool()
-        .runtime()
+        .engine()
         .owner_label();
     let mine = || {
         docker(&[
@@ -269,7 +269,7 @@ fn a_burst_starts_no_container_it_does_not_need() {
         let (pool, peak) = (pool.clone(), peak.clone());
         async move {
             loop {
-                let count = pool.runtime().list_owned().await.unwrap().len();
+                let count = pool.engine().list_owned().await.unwrap().len();
                 peak.fetch_max(count, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
@@ -337,7 +337,7 @@ fn containers_are_named_after_their_server() {
         .block_on(backend.executor())
         .unwrap()
         .pool()
-        .runtime()
+        .engine()
         .owner_label();
     let names = docker(&[
         "ps",
@@ -366,9 +366,9 @@ fn sandboxes_that_cannot_start_are_reported_at_once_with_the_cause() {
     let mut config = test_config();
     config.pool_wait_timeout = Duration::from_secs(30);
     runtime().block_on(async {
-        let runtime = Runtime::connect(config.runtime).await.unwrap();
+        let engine = Engine::connect(config.engine).await.unwrap();
         // Every start fails: the engine refuses to create the container.
-        let pool = Pool::start(runtime, &config, "mcp-code-exec-test-no-such-image:none");
+        let pool = Pool::start(engine, &config, "mcp-code-exec-test-no-such-image:none");
         for attempt in 0..2 {
             let started = Instant::now();
             let Err(error) = pool.acquire().await else {

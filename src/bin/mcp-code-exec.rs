@@ -16,13 +16,13 @@ use tracing_subscriber::EnvFilter;
 
 use mcp_code_exec::backend::Backend;
 use mcp_code_exec::config::{Config, LogFormat, parse_metrics_addr};
+use mcp_code_exec::engine::Engine;
 use mcp_code_exec::execution::RunRequest;
 use mcp_code_exec::mcp::CodeExecServer;
 use mcp_code_exec::metrics;
 use mcp_code_exec::proxy::Proxy;
 use mcp_code_exec::proxy::discovery::SearchRoots;
 use mcp_code_exec::report::RunStatus;
-use mcp_code_exec::runtime::Runtime;
 
 #[derive(Parser)]
 #[command(
@@ -223,13 +223,13 @@ fn read_code(file: Option<PathBuf>) -> Result<String, String> {
 /// Each check prints one line; the first failure says how to fix it.
 async fn doctor(mut config: Config) -> ExitCode {
     println!("mcp-code-exec {} doctor", env!("CARGO_PKG_VERSION"));
-    let runtime = match Runtime::connect(config.runtime).await {
-        Ok(runtime) => runtime,
+    let engine = match Engine::connect(config.engine).await {
+        Ok(engine) => engine,
         Err(error) => return fail("container engine", error),
     };
-    let engine = runtime.describe().await.unwrap_or_else(|e| e.to_string());
-    println!("ok    engine: {engine} at {}", runtime.endpoint());
-    let image = match runtime.resolve_image(&config.image).await {
+    let description = engine.describe().await.unwrap_or_else(|e| e.to_string());
+    println!("ok    engine: {description} at {}", engine.endpoint());
+    let image = match engine.resolve_image(&config.image).await {
         Ok(image) => image,
         Err(error) => return fail("image", error),
     };

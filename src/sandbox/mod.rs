@@ -24,7 +24,7 @@ use futures_util::{FutureExt, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant as Deadline;
 
-use crate::runtime::{InputSink, OutputChunk, OutputStream, StartedContainer};
+use crate::engine::{InputSink, OutputChunk, OutputStream, StartedContainer};
 use protocol::{
     AgentFrame, AgentFrameKind, FrameDecoder, ProtocolError, Ready, ResetFailed, RunDone, RunFrame,
     encode_answer,

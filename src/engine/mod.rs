@@ -4,7 +4,7 @@
 //! resolve the image, create + attach + start, remove, list by label), the
 //! names and owner labels of the containers it creates, and the judgement of
 //! which leftovers belong to instances that are gone. An engine that does not
-//! answer is always reported as [`RuntimeError::Unreachable`] with its
+//! answer is always reported as [`EngineError::Unreachable`] with its
 //! address. It hands out containers as an id plus plain byte streams, so
 //! nothing above this module imports bollard. It knows nothing of the agent
 //! protocol or of pooling.
@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use bollard::Docker;
 use bollard::container::LogOutput;
-use bollard::errors::Error as EngineError;
+use bollard::errors::Error as BollardError;
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
     InspectContainerOptions, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
@@ -29,7 +29,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use tokio::io::AsyncWrite;
 
-use crate::config::RuntimeKind;
+use crate::config::EngineKind;
 
 /// The image `scripts/setup-engine.sh` builds from Debian packages when no
 /// registry is reachable; used when the configured image is missing and
@@ -58,7 +58,7 @@ pub struct StartedContainer {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum RuntimeError {
+pub enum EngineError {
     #[error(
         "no container engine answers ({tried}): {source}. Start Docker or Podman (on Debian as root: \
          scripts/setup-engine.sh), or point DOCKER_HOST at a running engine"
@@ -66,7 +66,7 @@ pub enum RuntimeError {
     Unreachable {
         tried: String,
         #[source]
-        source: EngineError,
+        source: BollardError,
     },
     #[error(
         "image {wanted} is not present and could not be pulled ({reason}); and the offline image {offline} \
@@ -82,24 +82,24 @@ pub enum RuntimeError {
     Engine {
         action: &'static str,
         #[source]
-        source: EngineError,
+        source: BollardError,
     },
 }
 
 /// Whether the engine answered at all: anything else (no socket, refused,
 /// reset, timed out) means it is unreachable, not that the request was wrong.
-fn engine_answered(error: &EngineError) -> bool {
+fn engine_answered(error: &BollardError) -> bool {
     matches!(
         error,
-        EngineError::DockerResponseServerError { .. }
-            | EngineError::DockerStreamError { .. }
-            | EngineError::DockerContainerWaitError { .. }
-            | EngineError::JsonDataError { .. }
-            | EngineError::JsonSerdeError { .. }
+        BollardError::DockerResponseServerError { .. }
+            | BollardError::DockerStreamError { .. }
+            | BollardError::DockerContainerWaitError { .. }
+            | BollardError::JsonDataError { .. }
+            | BollardError::JsonSerdeError { .. }
     )
 }
 
-/// Identity of one runtime client (one pool) of this server process, written
+/// Identity of one engine client (one pool) of this server process, written
 /// on each container it creates: `host/pid/start/instance`. A later process
 /// can tell from it whether the owner of a leftover is still running, and
 /// shutdown removes exactly its own containers.
@@ -212,19 +212,19 @@ fn process_start_ticks(pid: u32) -> Option<u64> {
 
 /// A connected, version-negotiated engine client.
 #[derive(Clone)]
-pub struct Runtime {
+pub struct Engine {
     docker: Docker,
     owner: Owner,
     /// Where we connected, for messages.
     endpoint: String,
 }
 
-impl Runtime {
-    pub async fn connect(kind: RuntimeKind) -> Result<Self, RuntimeError> {
+impl Engine {
+    pub async fn connect(kind: EngineKind) -> Result<Self, EngineError> {
         let (endpoint, connected) = match kind {
-            RuntimeKind::Docker => docker_endpoint(),
-            RuntimeKind::Podman => podman_endpoint(),
-            RuntimeKind::Auto => {
+            EngineKind::Docker => docker_endpoint(),
+            EngineKind::Podman => podman_endpoint(),
+            EngineKind::Auto => {
                 let (endpoint, connected) = docker_endpoint();
                 let answered = match connected {
                     Ok(docker) => docker.ping().await.map(|_| docker),
@@ -240,7 +240,7 @@ impl Runtime {
                 }
             }
         };
-        let unreachable = |source| RuntimeError::Unreachable {
+        let unreachable = |source| EngineError::Unreachable {
             tried: endpoint.clone(),
             source,
         };
@@ -257,14 +257,14 @@ impl Runtime {
         })
     }
 
-    /// How a failed request is reported: [`RuntimeError::Unreachable`] (with
+    /// How a failed request is reported: [`EngineError::Unreachable`] (with
     /// the engine's address) when the engine did not answer at all.
-    fn failed(&self, action: &'static str) -> impl FnOnce(EngineError) -> RuntimeError + '_ {
+    fn failed(&self, action: &'static str) -> impl FnOnce(BollardError) -> EngineError + '_ {
         move |source| {
             if engine_answered(&source) {
-                RuntimeError::Engine { action, source }
+                EngineError::Engine { action, source }
             } else {
-                RuntimeError::Unreachable {
+                EngineError::Unreachable {
                     tried: self.endpoint.clone(),
                     source,
                 }
@@ -273,7 +273,7 @@ impl Runtime {
     }
 
     /// Whether the engine answers.
-    pub async fn ping(&self) -> Result<(), RuntimeError> {
+    pub async fn ping(&self) -> Result<(), EngineError> {
         self.docker
             .ping()
             .await
@@ -290,7 +290,7 @@ impl Runtime {
     }
 
     /// `name version (API x.y)` of the engine, for logs and `doctor`.
-    pub async fn describe(&self) -> Result<String, RuntimeError> {
+    pub async fn describe(&self) -> Result<String, EngineError> {
         let version = self
             .docker
             .version()
@@ -310,7 +310,7 @@ impl Runtime {
     }
 
     /// The image to run: `wanted` if present or pullable, else the offline image.
-    pub async fn resolve_image(&self, wanted: &str) -> Result<String, RuntimeError> {
+    pub async fn resolve_image(&self, wanted: &str) -> Result<String, EngineError> {
         if self.docker.inspect_image(wanted).await.is_ok() {
             return Ok(wanted.to_owned());
         }
@@ -323,14 +323,14 @@ impl Runtime {
             tracing::warn!(image = wanted, %reason, fallback = OFFLINE_IMAGE, "image unavailable; using the offline image");
             return Ok(OFFLINE_IMAGE.to_owned());
         }
-        Err(RuntimeError::NoImage {
+        Err(EngineError::NoImage {
             wanted: wanted.to_owned(),
             offline: OFFLINE_IMAGE,
             reason,
         })
     }
 
-    async fn pull(&self, image: &str) -> Result<(), EngineError> {
+    async fn pull(&self, image: &str) -> Result<(), BollardError> {
         tracing::info!(image, "pulling image");
         let (name, tag) = split_image_tag(image);
         let options = CreateImageOptionsBuilder::default()
@@ -340,7 +340,7 @@ impl Runtime {
         let mut progress = self.docker.create_image(Some(options), None, None);
         while let Some(info) = progress.try_next().await? {
             if let Some(error) = info.error_detail.and_then(|detail| detail.message) {
-                return Err(EngineError::DockerStreamError { error });
+                return Err(BollardError::DockerStreamError { error });
             }
             if let (Some(status), Some(id)) = (info.status, info.id) {
                 tracing::info!(image, layer = %id, %status, "pull progress");
@@ -355,7 +355,7 @@ impl Runtime {
     pub async fn start_container(
         &self,
         spec: &spec::ContainerSpec,
-    ) -> Result<StartedContainer, RuntimeError> {
+    ) -> Result<StartedContainer, EngineError> {
         // Numbered across the process: several pools may share its pid.
         static CREATED: AtomicU64 = AtomicU64::new(0);
         let name = self
@@ -413,7 +413,7 @@ impl Runtime {
 
     /// Force-removes a container; one that is already gone (or being
     /// removed by the engine itself) is not an error.
-    pub async fn try_remove(&self, id: &str) -> Result<(), RuntimeError> {
+    pub async fn try_remove(&self, id: &str) -> Result<(), EngineError> {
         let options = RemoveContainerOptionsBuilder::default()
             .force(true)
             .v(true)
@@ -421,7 +421,7 @@ impl Runtime {
         match self.docker.remove_container(id, Some(options)).await {
             Ok(()) => Ok(()),
             // 404: gone already; 409: the engine's auto-remove is under way.
-            Err(EngineError::DockerResponseServerError {
+            Err(BollardError::DockerResponseServerError {
                 status_code: 404 | 409,
                 ..
             }) => Ok(()),
@@ -429,7 +429,7 @@ impl Runtime {
         }
     }
 
-    /// [`Runtime::try_remove`] for callers that need not know: a failure is
+    /// [`Engine::try_remove`] for callers that need not know: a failure is
     /// logged.
     pub async fn remove(&self, id: &str) {
         if let Err(error) = self.try_remove(id).await {
@@ -453,7 +453,7 @@ impl Runtime {
     }
 
     /// Ids and owner labels of every container this program created, on any instance.
-    async fn list_managed(&self) -> Result<Vec<(String, String)>, RuntimeError> {
+    async fn list_managed(&self) -> Result<Vec<(String, String)>, EngineError> {
         let filters = HashMap::from([("label", vec![spec::MANAGED_LABEL])]);
         let options = ListContainersOptionsBuilder::default()
             .all(true)
@@ -474,7 +474,7 @@ impl Runtime {
     }
 
     /// Removes the containers of instances known to be no longer running.
-    pub async fn remove_orphans(&self) -> Result<usize, RuntimeError> {
+    pub async fn remove_orphans(&self) -> Result<usize, EngineError> {
         let here = HostView::current();
         let orphans: Vec<String> = self
             .list_managed()
@@ -491,7 +491,7 @@ impl Runtime {
 
     /// Ids of every container of this instance the engine has, in any state
     /// (what `docker ps -a --filter label=…` shows).
-    pub async fn list_owned(&self) -> Result<Vec<String>, RuntimeError> {
+    pub async fn list_owned(&self) -> Result<Vec<String>, EngineError> {
         let mine = self.owner.label();
         Ok(self
             .list_managed()
@@ -503,14 +503,14 @@ impl Runtime {
     }
 
     /// Removes every container of this instance, concurrently.
-    pub async fn remove_all_owned(&self) -> Result<usize, RuntimeError> {
+    pub async fn remove_all_owned(&self) -> Result<usize, EngineError> {
         let owned = self.list_owned().await?;
         self.remove_each(&owned).await;
         Ok(owned.len())
     }
 }
 
-fn docker_endpoint() -> (String, Result<Docker, EngineError>) {
+fn docker_endpoint() -> (String, Result<Docker, BollardError>) {
     match std::env::var("DOCKER_HOST") {
         Ok(host) => (host.clone(), Docker::connect_with_host(&host)),
         Err(_) => (
@@ -524,7 +524,7 @@ fn docker_endpoint() -> (String, Result<Docker, EngineError>) {
     }
 }
 
-fn podman_endpoint() -> (String, Result<Docker, EngineError>) {
+fn podman_endpoint() -> (String, Result<Docker, BollardError>) {
     (
         "the Podman sockets".into(),
         Docker::connect_with_podman_defaults(),

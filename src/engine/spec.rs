@@ -3,7 +3,7 @@
 //! Owns every isolation and limit setting, in one pure function from
 //! [`Config`] to the engine's create body, so that the whole security posture
 //! can be read (and unit-tested) in one place. It does not talk to the
-//! engine; [`super::Runtime`] does.
+//! engine; [`super::Engine`] does.
 
 use std::collections::HashMap;
 
@@ -31,7 +31,7 @@ const NOFILE: i64 = 1024;
 const NPROC: i64 = 4096;
 
 /// Everything the engine needs to create one sandbox container. Opaque
-/// outside this module, so that only the runtime speaks the engine's types.
+/// outside this module, so that only the engine speaks the engine's types.
 #[derive(Debug, Clone)]
 pub struct ContainerSpec(pub(super) ContainerCreateBody);
 
