@@ -11,19 +11,19 @@ mod common;
 
 use common::percentiles;
 use criterion::Criterion;
-use mcp_code_exec::backend::Backend;
+use mcp_code_exec::call::{CallRequest, call};
 use mcp_code_exec::config::Config;
 use mcp_code_exec::engine::{Engine, spec};
-use mcp_code_exec::execution::RunRequest;
 use mcp_code_exec::report::RunStatus;
 use mcp_code_exec::sandbox::{AGENT, CapturedOutput, Sandbox};
+use mcp_code_exec::service::Service;
 
 const PRINT: &str = "print(6*7)";
 const ONE_MB: &str = "import sys\nsys.stdout.write('x' * 1_000_000)";
 
 struct Setup {
     tokio: tokio::runtime::Runtime,
-    backend: Backend,
+    service: Service,
     runtime: Engine,
     config: Config,
     image: String,
@@ -47,15 +47,15 @@ fn setup() -> Option<Setup> {
             return None;
         }
     };
-    let backend = Backend::new(config.clone());
+    let service = Service::new(config.clone());
     let warm = tokio.block_on(async {
-        let executor = backend.executor().await.expect("backend starts");
-        executor.pool().wait_warm(Duration::from_secs(60)).await
+        let pool = service.pool().await.expect("the service starts");
+        pool.wait_warm(Duration::from_secs(60)).await
     });
     assert!(warm, "the pool warmed up");
     Some(Setup {
         tokio,
-        backend,
+        service,
         runtime,
         config,
         image,
@@ -64,11 +64,11 @@ fn setup() -> Option<Setup> {
 
 impl Setup {
     async fn warm_run(&self, code: &str) {
-        let request = RunRequest {
+        let request = CallRequest {
             code: code.into(),
-            ..RunRequest::default()
+            ..CallRequest::default()
         };
-        let report = self.backend.execute(&request).await;
+        let report = call(&self.service, &request).await;
         assert_eq!(report.status, RunStatus::Success, "{report:?}");
     }
 
@@ -174,6 +174,6 @@ fn main() {
     let mut criterion = Criterion::default().configure_from_args();
     criterion_benches(&mut criterion, &setup);
     percentile_pass(&setup, std::env::args().any(|arg| arg == "--bench"));
-    setup.tokio.block_on(setup.backend.shutdown());
+    setup.tokio.block_on(setup.service.shutdown());
     criterion.final_summary();
 }

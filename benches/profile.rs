@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 
 use common::percentiles;
 use criterion::Criterion;
-use mcp_code_exec::backend::Backend;
+use mcp_code_exec::call::{CallRequest, call};
 use mcp_code_exec::config::Config;
 use mcp_code_exec::engine::Engine;
-use mcp_code_exec::execution::RunRequest;
 use mcp_code_exec::report::RunStatus;
+use mcp_code_exec::service::Service;
 use server::{Server, free_port, http_get};
 
 fn engine_answers(tokio: &tokio::runtime::Runtime) -> bool {
@@ -96,10 +96,10 @@ fn throughput(tokio: &tokio::runtime::Runtime, full: bool) {
     let mut config = Config::from_env().expect("valid MCP_BRIDGE_* environment");
     config.pool_min_idle = 4;
     config.pool_max = 4;
-    let backend = Arc::new(Backend::new(config));
+    let service = Arc::new(Service::new(config));
     tokio.block_on(async {
-        let executor = backend.executor().await.expect("backend starts");
-        assert!(executor.pool().wait_warm(Duration::from_secs(60)).await);
+        let pool = service.pool().await.expect("the service starts");
+        assert!(pool.wait_warm(Duration::from_secs(60)).await);
     });
     let total = if full { 2000 } else { 16 };
     for in_flight in [1usize, 4, 16] {
@@ -107,14 +107,14 @@ fn throughput(tokio: &tokio::runtime::Runtime, full: bool) {
         tokio.block_on(async {
             let per_worker = total / in_flight;
             let workers = (0..in_flight).map(|_| {
-                let backend = backend.clone();
+                let service = service.clone();
                 tokio::spawn(async move {
-                    let request = RunRequest {
+                    let request = CallRequest {
                         code: "print(6*7)".into(),
-                        ..RunRequest::default()
+                        ..CallRequest::default()
                     };
                     for _ in 0..per_worker {
-                        let report = backend.execute(&request).await;
+                        let report = call(&service, &request).await;
                         assert_eq!(report.status, RunStatus::Success, "{report:?}");
                     }
                 })
@@ -130,7 +130,7 @@ fn throughput(tokio: &tokio::runtime::Runtime, full: bool) {
             elapsed.as_secs_f64()
         );
     }
-    tokio.block_on(backend.shutdown());
+    tokio.block_on(service.shutdown());
 }
 
 /// Host memory of each idle warm sandbox: the container's cgroup (without
@@ -140,23 +140,22 @@ fn idle_memory(tokio: &tokio::runtime::Runtime) {
     let mut config = Config::from_env().expect("valid MCP_BRIDGE_* environment");
     config.pool_min_idle = 4;
     config.pool_max = 4;
-    let backend = Backend::new(config);
+    let service = Service::new(config);
     tokio.block_on(async {
-        let executor = backend.executor().await.expect("backend starts");
-        assert!(executor.pool().wait_warm(Duration::from_secs(60)).await);
-        let request = RunRequest {
+        let pool = service.pool().await.expect("the service starts");
+        assert!(pool.wait_warm(Duration::from_secs(60)).await);
+        let request = CallRequest {
             code: "print(1)".into(),
-            ..RunRequest::default()
+            ..CallRequest::default()
         };
         for _ in 0..8 {
-            backend.execute(&request).await; // each sandbox has run and reset
+            call(&service, &request).await; // each sandbox has run and reset
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     });
     let owner = tokio
-        .block_on(backend.executor())
+        .block_on(service.pool())
         .unwrap()
-        .pool()
         .engine()
         .owner_label();
     let ids = Command::new("docker")
@@ -194,7 +193,7 @@ fn idle_memory(tokio: &tokio::runtime::Runtime) {
             cgroup + shim
         );
     }
-    tokio.block_on(backend.shutdown());
+    tokio.block_on(service.shutdown());
 }
 
 fn cgroup_bytes(id: &str) -> Option<u64> {

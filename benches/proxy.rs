@@ -13,13 +13,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::percentiles;
-use mcp_code_exec::backend::Backend;
+use mcp_code_exec::call::{CallRequest, call};
 use mcp_code_exec::config::Config;
-use mcp_code_exec::execution::RunRequest;
 use mcp_code_exec::proxy::Proxy;
 use mcp_code_exec::proxy::clients::ClientHub;
 use mcp_code_exec::proxy::discovery::{ServerDefinition, identifier};
 use mcp_code_exec::report::RunStatus;
+use mcp_code_exec::service::Service;
 
 fn fixture() -> Option<ServerDefinition> {
     let python = std::env::var("MCP_CODE_EXEC_TEST_PYTHON")
@@ -55,8 +55,8 @@ fn main() {
     };
     let tokio = tokio::runtime::Runtime::new().unwrap();
     let config = Config::from_env().expect("valid MCP_BRIDGE_* environment");
-    let backend = Backend::with_proxy(config, Arc::new(Proxy::new(vec![fixture.clone()])));
-    if let Err(error) = tokio.block_on(backend.executor()) {
+    let service = Service::with_proxy(config, Arc::new(Proxy::new(vec![fixture.clone()])));
+    if let Err(error) = tokio.block_on(service.pool()) {
         eprintln!("SKIPPED proxy benchmark: {error}");
         return;
     }
@@ -82,12 +82,12 @@ fn main() {
          for _ in range({calls}):\n    t = time.perf_counter_ns()\n    await mcp_fixture.structured(name='bench')\n    \
          print(time.perf_counter_ns() - t)"
     );
-    let request = RunRequest {
+    let request = CallRequest {
         code,
         servers: vec!["fixture".into()],
         timeout_secs: Some(120.0),
     };
-    let report = tokio.block_on(backend.execute(&request));
+    let report = tokio.block_on(call(&service, &request));
     assert_eq!(report.status, RunStatus::Success, "{report:?}");
     let proxied: Vec<Duration> = report
         .stdout
@@ -104,6 +104,6 @@ fn main() {
     );
     tokio.block_on(async {
         hub.shutdown().await;
-        backend.shutdown().await;
+        service.shutdown().await;
     });
 }

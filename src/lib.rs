@@ -1,33 +1,37 @@
 //! mcp-code-exec: an MCP server whose one tool, `run_python`, runs Python in
 //! warm, hardened containers at interactive speed.
 //!
-//! # Layout
-//! - [`config`]: the `MCP_BRIDGE_*` variables, parsed and validated (pure).
-//! - [`engine`]: the container engine (Docker/Podman via bollard) and, in
-//!   [`engine::spec`], the hardened container specification.
+//! # Layout, from the top down (each module imports only modules below it)
+//! - [`frontend`]: the stdio MCP server (rmcp): the tool's contract, the
+//!   capabilities resource, cancellation, report → MCP result.
+//! - [`side_port`]: `/metrics`, `/healthz`, `/readyz` over HTTP (axum).
+//! - [`call`]: one `run_python` call from request to [`report::RunReport`]:
+//!   validation, tools, lease, run, classification, observation.
+//! - [`service`]: engine, image, pool and MCP servers assembled in the
+//!   background; readiness; shutdown.
+//! - [`pool`]: warm sandboxes, leases, reset/recycle off the caller's path.
+//! - [`proxy`]: the user's MCP servers: discovery, warm host-side clients,
+//!   the tools a run may call and the answers to its calls.
 //! - [`sandbox`]: one container and its agent (`sandbox/agent.py`, PID 1 in
 //!   the container); [`sandbox::protocol`] is the frame format between them.
-//! - [`pool`]: warm sandboxes, leases, reset/recycle off the caller's path.
-//! - [`execution`]: one call from request to [`report::RunReport`].
-//! - [`report`]: the result's shape and its text renderings.
-//! - [`proxy`]: the user's MCP servers: discovery, warm host-side clients,
-//!   the metadata and answers of a run's tool calls.
-//! - [`backend`]: assembles the stack in the background; shutdown.
-//! - [`mcp`]: the stdio MCP server (rmcp).
-//! - [`metrics`]: Prometheus metrics and the health side port (axum).
+//! - [`engine`]: the container engine (Docker/Podman via bollard) and, in
+//!   [`engine::spec`], the hardened container specification.
+//! - [`report`]: the result's shape, the status vocabulary, text renderings.
+//! - [`metrics`]: the Prometheus registry; a leaf every module reports into.
+//! - [`config`]: the `MCP_BRIDGE_*` variables, parsed and validated (pure).
 //!
-//! Data flows `mcp` → `backend` → `execution` → `pool` → `sandbox` →
-//! `engine`, with `proxy` answering the tool calls a run makes. Only
-//! `engine` imports bollard; only `mcp` serves MCP (and `proxy` is the MCP
-//! client of the user's servers). See ARCHITECTURE.md.
+//! Only `engine` imports bollard; only `frontend` serves MCP (and `proxy` is
+//! the MCP client of the user's servers). `tests/tests.rs` checks that the
+//! imports between these modules form no cycle. See ARCHITECTURE.md.
 
-pub mod backend;
+pub mod call;
 pub mod config;
 pub mod engine;
-pub mod execution;
-pub mod mcp;
+pub mod frontend;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod report;
 pub mod sandbox;
+pub mod service;
+pub mod side_port;

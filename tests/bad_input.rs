@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_next_call_works, engine_tests_enabled, run, run_on, shared_backend};
+use common::{assert_next_call_works, engine_tests_enabled, run, run_on, shared_service};
 use mcp_code_exec::report::RunStatus;
 
 #[test]
@@ -19,7 +19,7 @@ fn empty_code_is_a_validation_error() {
             "{report:?}"
         );
     }
-    assert_next_call_works(shared_backend());
+    assert_next_call_works(shared_service());
 }
 
 #[test]
@@ -31,7 +31,7 @@ fn oversized_code_is_a_validation_error() {
     let report = run(&code);
     assert_eq!(report.status, RunStatus::ValidationError);
     assert!(report.error.unwrap().contains("MCP_BRIDGE_MAX_CODE_BYTES"));
-    assert_next_call_works(shared_backend());
+    assert_next_call_works(shared_service());
 }
 
 #[test]
@@ -40,7 +40,7 @@ fn timeout_out_of_range_is_a_validation_error() {
         return;
     }
     for timeout in [0.0, -5.0, 121.0] {
-        let report = run_on(shared_backend(), "print(1)", Some(timeout));
+        let report = run_on(shared_service(), "print(1)", Some(timeout));
         assert_eq!(
             report.status,
             RunStatus::ValidationError,
@@ -48,7 +48,7 @@ fn timeout_out_of_range_is_a_validation_error() {
         );
         assert!(report.error.unwrap().contains("at most 120 seconds"));
     }
-    assert_next_call_works(shared_backend());
+    assert_next_call_works(shared_service());
 }
 
 #[test]
@@ -57,7 +57,7 @@ fn infinite_loop_is_killed_at_the_deadline_with_partial_output() {
         return;
     }
     let report = run_on(
-        shared_backend(),
+        shared_service(),
         "print('started', flush=True)\nwhile True:\n    pass",
         Some(1.5),
     );
@@ -65,7 +65,7 @@ fn infinite_loop_is_killed_at_the_deadline_with_partial_output() {
     assert_eq!(report.stdout, "started\n");
     assert!(report.error.unwrap().contains("timed out after 1s 500ms"));
     assert!(report.duration_ms >= 1500.0);
-    assert_next_call_works(shared_backend());
+    assert_next_call_works(shared_service());
 }
 
 #[test]
@@ -75,13 +75,13 @@ fn sleep_past_the_deadline_keeps_unflushed_lines() {
     }
     // No explicit flush: line buffering must deliver it before the kill.
     let report = run_on(
-        shared_backend(),
+        shared_service(),
         "import time\nprint('before')\ntime.sleep(60)",
         Some(1.0),
     );
     assert_eq!(report.status, RunStatus::Timeout);
     assert_eq!(report.stdout, "before\n");
-    assert_next_call_works(shared_backend());
+    assert_next_call_works(shared_service());
 }
 
 #[test]
@@ -91,9 +91,9 @@ fn fork_bomb_is_contained() {
     }
     let code =
         "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass";
-    let report = run_on(shared_backend(), code, Some(3.0));
+    let report = run_on(shared_service(), code, Some(3.0));
     assert_ne!(report.status, RunStatus::Success, "{report:#?}");
-    assert_next_call_works(shared_backend());
+    assert_next_call_works(shared_service());
 }
 
 #[test]
@@ -102,10 +102,10 @@ fn memory_bomb_is_reported_as_oom() {
         return;
     }
     let code = "chunks = []\nwhile True:\n    chunks.append(bytearray(16 << 20))";
-    let report = run_on(shared_backend(), code, Some(30.0));
+    let report = run_on(shared_service(), code, Some(30.0));
     assert_eq!(report.status, RunStatus::Oom, "{report:#?}");
     assert!(report.error.unwrap().contains("MCP_BRIDGE_MEMORY"));
-    assert_next_call_works(shared_backend());
+    assert_next_call_works(shared_service());
 }
 
 #[test]
@@ -115,14 +115,14 @@ fn filling_tmp_fails_inside_the_sandbox_only() {
     }
     let code =
         "with open('/tmp/fill', 'wb') as f:\n    while True:\n        f.write(b'x' * (1 << 20))";
-    let report = run_on(shared_backend(), code, Some(30.0));
+    let report = run_on(shared_service(), code, Some(30.0));
     assert_eq!(report.status, RunStatus::Error, "{report:#?}");
     assert!(
         report.stderr.contains("No space left on device"),
         "{}",
         report.stderr
     );
-    assert_next_call_works(shared_backend());
+    assert_next_call_works(shared_service());
 }
 
 #[test]
@@ -134,7 +134,7 @@ fn stdout_flood_is_capped_with_a_marker() {
     // 64 MiB: far more than the cap; the host keeps only the cap (its memory
     // during a flood is measured alone in tests/host_memory.rs).
     let code = "import sys\nline = 'y' * 1023 + '\\n'\nfor _ in range(64 * 1024):\n    sys.stdout.write(line)";
-    let report = run_on(shared_backend(), code, Some(60.0));
+    let report = run_on(shared_service(), code, Some(60.0));
     assert_eq!(report.status, RunStatus::Success, "{:?}", report.error);
     assert!(report.stdout_truncated);
     let (kept, marker) = report.stdout.split_at(cap);
@@ -146,7 +146,7 @@ fn stdout_flood_is_capped_with_a_marker() {
         )),
         "{marker}"
     );
-    assert_next_call_works(shared_backend());
+    assert_next_call_works(shared_service());
 }
 
 #[test]
@@ -156,12 +156,12 @@ fn stderr_flood_is_capped_with_a_marker() {
     }
     let cap = common::test_config().max_output_bytes as usize;
     let code = "import os\nfor _ in range(4096):\n    os.write(2, b'e' * 4096)";
-    let report = run_on(shared_backend(), code, Some(60.0));
+    let report = run_on(shared_service(), code, Some(60.0));
     assert_eq!(report.status, RunStatus::Success);
     assert!(report.stderr_truncated && !report.stdout_truncated);
     assert!(report.stderr.len() < cap + 200);
     assert!(report.stderr.contains("[stderr truncated:"));
-    assert_next_call_works(shared_backend());
+    assert_next_call_works(shared_service());
 }
 
 #[test]
@@ -173,7 +173,7 @@ fn a_300_kb_line_arrives_whole() {
     assert_eq!(report.status, RunStatus::Success);
     assert_eq!(report.stdout.len(), 300_001);
     assert!(report.stdout.starts_with("zzz") && report.stdout.ends_with("z\n"));
-    assert_next_call_works(shared_backend());
+    assert_next_call_works(shared_service());
 }
 
 #[test]
@@ -187,7 +187,7 @@ fn invalid_utf8_is_replaced_not_fatal() {
     assert_eq!(report.status, RunStatus::Success);
     assert_eq!(report.stdout, "bad \u{fffd}\u{fffd} bytes\n");
     assert_eq!(report.stderr, "\u{fffd}(\n");
-    assert_next_call_works(shared_backend());
+    assert_next_call_works(shared_service());
 }
 
 #[test]
@@ -225,7 +225,7 @@ sys.exit(5)
             .contains("via __stdout__\nprotocol fd unreachable\n")
     );
     assert!(report.stderr.starts_with("D\0\0\0\u{f}{\"exit_code\":0}"));
-    assert_next_call_works(shared_backend());
+    assert_next_call_works(shared_service());
 }
 
 #[test]
@@ -240,7 +240,7 @@ fn stdin_is_empty() {
         report.error.as_deref(),
         Some("EOFError: EOF when reading a line")
     );
-    assert_next_call_works(shared_backend());
+    assert_next_call_works(shared_service());
 }
 
 #[test]
@@ -288,7 +288,7 @@ fn exits_and_crashes_are_reported() {
         "agent frames are hidden: {}",
         report.stderr
     );
-    assert_next_call_works(shared_backend());
+    assert_next_call_works(shared_service());
 }
 
 #[test]
@@ -315,13 +315,13 @@ fn killing_the_parent_or_everything_visible() {
     let report =
         run("import os, signal\nos.kill(os.getppid(), signal.SIGSTOP)\nprint('stopped it')");
     assert_eq!(report.stdout, "stopped it\n", "{report:#?}");
-    assert_next_call_works(shared_backend());
+    assert_next_call_works(shared_service());
 
     let code = "import os, signal, subprocess\nsubprocess.Popen(['sleep', '100'])\n\
                 os.kill(-1, signal.SIGKILL)\nprint('after kill -1')";
     let report = run(code);
     assert_eq!(report.stdout, "after kill -1\n", "{report:#?}");
-    assert_next_call_works(shared_backend());
+    assert_next_call_works(shared_service());
 }
 
 #[test]
@@ -333,7 +333,7 @@ fn syntax_errors_point_at_the_line() {
     assert_eq!(report.status, RunStatus::Error);
     assert!(report.error.unwrap().starts_with("SyntaxError"));
     assert!(report.stderr.contains("line 2"), "{}", report.stderr);
-    assert_next_call_works(shared_backend());
+    assert_next_call_works(shared_service());
 }
 
 #[test]
@@ -363,5 +363,5 @@ except OSError as e:
         "MCP_BRIDGE_PIDS=128 bounds the run: {count}"
     );
     assert_eq!(reason, "Resource temporarily unavailable\n");
-    assert_next_call_works(shared_backend());
+    assert_next_call_works(shared_service());
 }

@@ -8,11 +8,12 @@ use std::sync::Arc;
 
 use common::{
     AGENT_START, engine_tests_enabled, fixture_server, request, run, run_on, runtime,
-    started_backend, test_config,
+    started_service, test_config,
 };
-use mcp_code_exec::backend::Backend;
+use mcp_code_exec::call::call;
 use mcp_code_exec::proxy::Proxy;
 use mcp_code_exec::report::RunStatus;
+use mcp_code_exec::service::Service;
 
 #[test]
 fn user_functions_and_classes_pickle_and_multiprocessing_works() {
@@ -103,7 +104,7 @@ print("main done")
 
     // python3 waits for a non-daemon thread forever; a run waits until its deadline.
     let never = run_on(
-        common::shared_backend(),
+        common::shared_service(),
         "import threading, time\nthreading.Thread(target=time.sleep, args=(1000,)).start()\nprint('main done')",
         Some(2.0),
     );
@@ -151,8 +152,8 @@ fn nothing_of_a_run_remains_in_the_next_runs_memory() {
     let mut config = test_config();
     config.pool_max = 1;
     let proxy = Proxy::new(vec![fixture_server("fixture")]);
-    let backend = Backend::with_proxy(config, Arc::new(proxy));
-    let backend = started_backend_of(backend);
+    let service = Service::with_proxy(config, Arc::new(proxy));
+    let service = warmed(service);
 
     let nonce = std::process::id() ^ 0x5eed_cafe;
     let (head, tail) = (format!("RESIDUE-{nonce:08x}"), "-TOKEN-of-run-N");
@@ -163,7 +164,7 @@ fn nothing_of_a_run_remains_in_the_next_runs_memory() {
     );
     let mut planted = request(&plant, Some(20.0));
     planted.servers = vec!["fixture".into()];
-    let planted = runtime().block_on(backend.execute(&planted));
+    let planted = runtime().block_on(call(&service, &planted));
     assert_eq!(planted.status, RunStatus::Success, "{planted:#?}");
     assert!(planted.stdout.starts_with(&format!("{token}\nTrue\n")));
 
@@ -191,7 +192,7 @@ print(found)
         hex(head.as_bytes()),
         hex(tail.as_bytes())
     );
-    let scanned = run_on(&backend, &scan, Some(20.0));
+    let scanned = run_on(&service, &scan, Some(20.0));
     assert_eq!(scanned.status, RunStatus::Success, "{scanned:#?}");
     let (found, agent) = scanned.stdout.split_once('\n').unwrap();
     assert_eq!(
@@ -200,24 +201,19 @@ print(found)
         "both runs used the same container"
     );
     assert_eq!(found, "0", "copies of run N's token in run N+1's memory");
-    runtime().block_on(backend.shutdown());
+    runtime().block_on(service.shutdown());
 }
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn started_backend_of(backend: Backend) -> Backend {
+fn warmed(service: Service) -> Service {
     runtime().block_on(async {
-        let executor = backend.executor().await.expect("engine and image");
-        assert!(
-            executor
-                .pool()
-                .wait_warm(std::time::Duration::from_secs(60))
-                .await
-        );
+        let pool = service.pool().await.expect("engine and image");
+        assert!(pool.wait_warm(std::time::Duration::from_secs(60)).await);
     });
-    backend
+    service
 }
 
 /// What user code (same uid) can change from outside about the agent (PID 1)
@@ -230,7 +226,7 @@ fn changes_to_the_agent_or_zygote_do_not_reach_later_runs() {
     }
     let mut config = test_config();
     config.pool_max = 1;
-    let backend = started_backend(config);
+    let service = started_service(config);
     let look = r#"
 import ctypes, os, resource
 libc = ctypes.CDLL(None, use_errno=True)
@@ -239,7 +235,7 @@ for pid in (0, 1, os.getppid()):
           libc.syscall(252, 1, pid), os.getpriority(os.PRIO_PROCESS, pid),
           resource.prlimit(pid, resource.RLIMIT_NOFILE), sorted(os.sched_getaffinity(pid)))
 "#;
-    let clean = run_on(&backend, look, Some(10.0));
+    let clean = run_on(&service, look, Some(10.0));
     assert_eq!(clean.status, RunStatus::Success, "{clean:#?}");
     let tampers = [
         "os.sched_setscheduler(TARGET, os.SCHED_IDLE, os.sched_param(0))",
@@ -255,9 +251,9 @@ for pid in (0, 1, os.getppid()):
                 "import ctypes, os, resource\nlibc = ctypes.CDLL(None, use_errno=True)\n{}\nprint('done')",
                 tamper.replace("TARGET", target)
             );
-            let report = run_on(&backend, &code, Some(10.0));
+            let report = run_on(&service, &code, Some(10.0));
             assert_eq!(report.stdout, "done\n", "{code}\n{report:#?}");
-            let after = run_on(&backend, look, Some(10.0));
+            let after = run_on(&service, look, Some(10.0));
             assert_eq!(after.stdout, clean.stdout, "after {target}: {tamper}");
         }
     }
@@ -271,22 +267,22 @@ fn primitive_results_of_fastmcp_tools_are_unwrapped() {
     let proxy = Proxy::new(vec![fixture_server("fixture")]);
     let mut config = test_config();
     config.pool_max = 1;
-    let backend = started_backend_of(Backend::with_proxy(config, Arc::new(proxy)));
+    let service = warmed(Service::with_proxy(config, Arc::new(proxy)));
     let code = r#"
 pid = await mcp_fixture.pid()
 print(type(pid).__name__, (await runtime.call_tool_raw("fixture", "pid"))["structuredContent"] == {"result": pid})
 print(await mcp_fixture.structured(name="x"))
 print(len(await mcp_fixture.big(mib=1)))
 "#;
-    let mut call = request(code, Some(20.0));
-    call.servers = vec!["fixture".into()];
-    let report = runtime().block_on(backend.execute(&call));
+    let mut unwrapping = request(code, Some(20.0));
+    unwrapping.servers = vec!["fixture".into()];
+    let report = runtime().block_on(call(&service, &unwrapping));
     assert_eq!(report.status, RunStatus::Success, "{report:#?}");
     assert_eq!(
         report.stdout,
         "int True\n{'greeting': 'hello x', 'length': 1}\n1048576\n"
     );
-    runtime().block_on(backend.shutdown());
+    runtime().block_on(service.shutdown());
 }
 
 #[test]

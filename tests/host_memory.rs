@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{engine_tests_enabled, run_on, shared_backend};
+use common::{engine_tests_enabled, run_on, shared_service};
 use mcp_code_exec::report::RunStatus;
 
 /// This process's peak resident memory (VmHWM), in MiB.
@@ -23,13 +23,13 @@ fn a_256_mib_flood_on_both_streams_leaves_host_memory_flat() {
     if !engine_tests_enabled() {
         return;
     }
-    let backend = shared_backend();
+    let service = shared_service();
     // Warm everything up first (runtime threads, pool, buffers).
-    let warm = run_on(backend, "print('x' * 2_000_000)", None);
+    let warm = run_on(service, "print('x' * 2_000_000)", None);
     assert_eq!(warm.status, RunStatus::Success);
     let before = peak_rss_mib();
     let code = "import os\nchunk = b'f' * (1 << 20)\nfor _ in range(128):\n    os.write(1, chunk)\n    os.write(2, chunk)";
-    let report = run_on(backend, code, Some(60.0));
+    let report = run_on(service, code, Some(60.0));
     let growth = peak_rss_mib() - before;
     assert_eq!(report.status, RunStatus::Success, "{:?}", report.error);
     assert!(report.stdout_truncated && report.stderr_truncated);

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    AGENT_START, assert_next_call_works, engine_tests_enabled, run, run_on, started_backend,
+    AGENT_START, assert_next_call_works, engine_tests_enabled, run, run_on, started_service,
     test_config,
 };
 use mcp_code_exec::report::RunStatus;
@@ -18,7 +18,7 @@ fn the_next_run_sees_nothing_of_the_last() {
     }
     let mut config = test_config();
     config.pool_max = 1;
-    let backend = started_backend(config);
+    let service = started_service(config);
 
     let plant = r#"
 import builtins, ctypes, json, os, subprocess, sys, time
@@ -41,7 +41,7 @@ if os.fork() == 0:          # a double-forked daemon that prints late
 shmid = ctypes.CDLL(None).shmget(0x5EED, 4096, 0o1600)
 assert shmid >= 0, 'shmget failed'
 "#;
-    let planted = run_on(&backend, &format!("{plant}\n{AGENT_START}"), Some(10.0));
+    let planted = run_on(&service, &format!("{plant}\n{AGENT_START}"), Some(10.0));
     assert_eq!(planted.status, RunStatus::Success, "{planted:#?}");
     std::thread::sleep(Duration::from_millis(800));
 
@@ -52,7 +52,7 @@ print(hasattr(builtins, 'LEAK'), hasattr(json, 'LEAK'), 'LEAK' in os.environ)
 print([p for p in os.listdir('/proc') if p.isdigit() and p not in ('1', str(os.getppid()), str(os.getpid()))])  # agent, zygote, us
 print(len(open('/proc/sysvipc/shm').read().splitlines()) - 1)
 "#;
-    let seen = run_on(&backend, &format!("{look}\n{AGENT_START}"), Some(10.0));
+    let seen = run_on(&service, &format!("{look}\n{AGENT_START}"), Some(10.0));
     assert_eq!(seen.status, RunStatus::Success, "{seen:#?}");
     let (state, agent) = seen
         .stdout
@@ -89,7 +89,7 @@ print(len(denied), 'denied')
 "#;
     let report = run(code);
     assert_eq!(report.stdout, "10 denied\n", "{report:#?}");
-    assert_next_call_works(common::shared_backend());
+    assert_next_call_works(common::shared_service());
 }
 
 #[test]

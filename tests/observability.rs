@@ -310,7 +310,7 @@ fn health_endpoints_say_what_is_missing() {
     let (status, body) = http_get(port, "/readyz").unwrap();
     assert_eq!(status, 503);
     assert!(
-        body.starts_with("not ready: the sandbox backend has not started"),
+        body.starts_with("not ready: the sandbox service has not started"),
         "{body}"
     );
     let (status, metrics) = http_get(port, "/metrics").unwrap();

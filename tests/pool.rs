@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use common::forwarder::EngineForwarder;
 use common::server::{Server, free_port, http_get};
 use common::{
-    AGENT_START, engine_tests_enabled, request, run_on, runtime, started_backend, test_config,
+    AGENT_START, engine_tests_enabled, request, run_on, runtime, started_service, test_config,
 };
+use mcp_code_exec::call::call;
 use mcp_code_exec::engine::Engine;
 use mcp_code_exec::pool::{AcquireError, Pool};
 use mcp_code_exec::report::RunStatus;
@@ -47,17 +48,16 @@ fn calls_beyond_capacity_queue_and_all_succeed() {
     }
     let mut config = test_config();
     config.pool_max = 2;
-    let backend = started_backend(config);
+    let service = started_service(config);
     let reports = runtime().block_on(async {
         let calls = (0..6).map(|i| {
-            let backend = &backend;
+            let service = &service;
             async move {
-                backend
-                    .execute(&request(
-                        &format!("import time\ntime.sleep(0.2)\nprint({i})"),
-                        None,
-                    ))
-                    .await
+                call(
+                    service,
+                    &request(&format!("import time\ntime.sleep(0.2)\nprint({i})"), None),
+                )
+                .await
             }
         });
         futures_util::future::join_all(calls).await
@@ -66,16 +66,12 @@ fn calls_beyond_capacity_queue_and_all_succeed() {
         assert_eq!(report.status, RunStatus::Success, "{report:#?}");
         assert_eq!(report.stdout, format!("{i}\n"));
     }
-    let status = runtime()
-        .block_on(backend.executor())
-        .unwrap()
-        .pool()
-        .status();
+    let status = runtime().block_on(service.pool()).unwrap().status();
     assert!(
         status.total <= 2,
         "never more than MCP_BRIDGE_POOL_MAX containers: {status:?}"
     );
-    runtime().block_on(backend.shutdown());
+    runtime().block_on(service.shutdown());
 }
 
 #[test]
@@ -86,13 +82,13 @@ fn a_full_pool_fails_with_a_clear_error_after_the_wait() {
     let mut config = test_config();
     config.pool_max = 1;
     config.pool_wait_timeout = Duration::from_millis(500);
-    let backend = started_backend(config);
+    let service = started_service(config);
     let (slow, queued) = runtime().block_on(async {
         let sleeper = request("import time\ntime.sleep(3)", None);
-        let slow = backend.execute(&sleeper);
+        let slow = call(&service, &sleeper);
         let queued = async {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            backend.execute(&request("print(1)", None)).await
+            call(&service, &request("print(1)", None)).await
         };
         tokio::join!(slow, queued)
     });
@@ -103,7 +99,7 @@ fn a_full_pool_fails_with_a_clear_error_after_the_wait() {
         error.contains("no sandbox became free") && error.contains("MCP_BRIDGE_POOL_MAX"),
         "{error}"
     );
-    runtime().block_on(backend.shutdown());
+    runtime().block_on(service.shutdown());
 }
 
 #[test]
@@ -114,16 +110,16 @@ fn sandboxes_are_reused_then_recycled_after_max_uses() {
     let mut config = test_config();
     config.pool_max = 1;
     config.pool_max_uses = 2;
-    let backend = started_backend(config);
+    let service = started_service(config);
     let starts: Vec<String> = (0..3)
-        .map(|_| run_on(&backend, AGENT_START, None).stdout)
+        .map(|_| run_on(&service, AGENT_START, None).stdout)
         .collect();
     assert_eq!(starts[0], starts[1], "second run reuses the container");
     assert_ne!(
         starts[1], starts[2],
         "third run gets a new one after MCP_BRIDGE_POOL_MAX_USES=2"
     );
-    runtime().block_on(backend.shutdown());
+    runtime().block_on(service.shutdown());
 }
 
 #[test]
@@ -133,13 +129,13 @@ fn a_timed_out_sandbox_is_replaced() {
     }
     let mut config = test_config();
     config.pool_max = 1;
-    let backend = started_backend(config);
-    let before = run_on(&backend, AGENT_START, None).stdout;
-    let timed_out = run_on(&backend, "while True: pass", Some(0.5));
+    let service = started_service(config);
+    let before = run_on(&service, AGENT_START, None).stdout;
+    let timed_out = run_on(&service, "while True: pass", Some(0.5));
     assert_eq!(timed_out.status, RunStatus::Timeout);
-    let after = run_on(&backend, AGENT_START, None).stdout;
+    let after = run_on(&service, AGENT_START, None).stdout;
     assert_ne!(before, after, "the timed-out container was recycled");
-    runtime().block_on(backend.shutdown());
+    runtime().block_on(service.shutdown());
 }
 
 #[test]
@@ -147,12 +143,8 @@ fn a_cancelled_run_destroys_its_sandbox() {
     if !engine_tests_enabled() {
         return;
     }
-    let backend = started_backend(test_config());
-    let pool = runtime()
-        .block_on(backend.executor())
-        .unwrap()
-        .pool()
-        .clone();
+    let service = started_service(test_config());
+    let pool = runtime().block_on(service.pool()).unwrap().clone();
     let id = runtime().block_on(async {
         let mut lease = pool.acquire().await.unwrap();
         let id = lease.sandbox().id().to_owned();
@@ -174,7 +166,7 @@ fn a_cancelled_run_destroys_its_sandbox() {
         Duration::from_secs(15),
         || !container_exists(&id),
     );
-    runtime().block_on(backend.shutdown());
+    runtime().block_on(service.shutdown());
 }
 
 #[test]
@@ -209,7 +201,7 @@ fn leftovers_of_dead_instances_are_removed_at_startup_and_own_ones_at_shutdown()
         assert!(!id.is_empty(), "could not start a fake leftover container");
         leftovers.push(id);
     }
-    let backend = started_backend(test_config());
+    let service = started_service(test_config());
     wait_until(
         "the dead instance's container is removed",
         Duration::from_secs(15),
@@ -221,12 +213,11 @@ fn leftovers_of_dead_instances_are_removed_at_startup_and_own_ones_at_shutdown()
     );
     docker(&["rm", "-f", &leftovers[1]]);
 
-    let report = run_on(&backend, "print('ok')", None);
+    let report = run_on(&service, "print('ok')", None);
     assert_eq!(report.status, RunStatus::Success);
     let owner = runtime()
-        .block_on(backend.executor())
+        .block_on(service.pool())
         .unwrap()
-        .pool()
         .engine()
         .owner_label();
     let mine = || {
@@ -239,7 +230,7 @@ fn leftovers_of_dead_instances_are_removed_at_startup_and_own_ones_at_shutdown()
     };
     assert!(!mine().is_empty(), "the pool holds warm containers");
     let started = Instant::now();
-    runtime().block_on(backend.shutdown());
+    runtime().block_on(service.shutdown());
     assert!(started.elapsed() < Duration::from_secs(6));
     wait_until(
         "every container of this instance is gone",
@@ -256,12 +247,8 @@ fn a_burst_starts_no_container_it_does_not_need() {
     let mut config = test_config();
     config.pool_min_idle = 1;
     config.pool_max = 6;
-    let backend = started_backend(config);
-    let pool = runtime()
-        .block_on(backend.executor())
-        .unwrap()
-        .pool()
-        .clone();
+    let service = started_service(config);
+    let pool = runtime().block_on(service.pool()).unwrap().clone();
     // What the engine has of this pool (`docker ps -a --filter label=…`),
     // sampled all through a burst of back-to-back pairs of calls.
     let peak = Arc::new(AtomicUsize::new(0));
@@ -278,7 +265,7 @@ fn a_burst_starts_no_container_it_does_not_need() {
     let (one, two) = (request("print(1)", None), request("print(2)", None));
     runtime().block_on(async {
         for _ in 0..25 {
-            let (a, b) = tokio::join!(backend.execute(&one), backend.execute(&two));
+            let (a, b) = tokio::join!(call(&service, &one), call(&service, &two));
             assert_eq!(
                 (a.status, b.status),
                 (RunStatus::Success, RunStatus::Success)
@@ -293,7 +280,7 @@ fn a_burst_starts_no_container_it_does_not_need() {
         peak <= 3,
         "the engine held {peak} containers of this pool for 2 calls in flight and min idle 1"
     );
-    runtime().block_on(backend.shutdown());
+    runtime().block_on(service.shutdown());
 }
 
 #[test]
@@ -305,26 +292,22 @@ fn the_age_sweep_keeps_the_warmest_sandbox_on_top() {
     config.pool_min_idle = 2;
     // The sweep runs every max_age / 4 = 2 s.
     config.pool_max_age = Duration::from_secs(8);
-    let backend = started_backend(config);
-    let pool = runtime()
-        .block_on(backend.executor())
-        .unwrap()
-        .pool()
-        .clone();
+    let service = started_service(config);
+    let pool = runtime().block_on(service.pool()).unwrap().clone();
     // A first run takes one of the two spares: refill starts a third. Once
     // it is idle, nothing else starts for one run at a time.
-    run_on(&backend, "pass", None);
+    run_on(&service, "pass", None);
     wait_until("three idle sandboxes", Duration::from_secs(30), || {
         pool.status().idle == 3
     });
-    let first = run_on(&backend, AGENT_START, None).stdout;
+    let first = run_on(&service, AGENT_START, None).stdout;
     std::thread::sleep(Duration::from_millis(2500));
-    let second = run_on(&backend, AGENT_START, None).stdout;
+    let second = run_on(&service, AGENT_START, None).stdout;
     assert_eq!(
         first, second,
         "after a sweep, the most recently used sandbox still goes out first"
     );
-    runtime().block_on(backend.shutdown());
+    runtime().block_on(service.shutdown());
 }
 
 #[test]
@@ -332,11 +315,10 @@ fn containers_are_named_after_their_server() {
     if !engine_tests_enabled() {
         return;
     }
-    let backend = started_backend(test_config());
+    let service = started_service(test_config());
     let owner = runtime()
-        .block_on(backend.executor())
+        .block_on(service.pool())
         .unwrap()
-        .pool()
         .engine()
         .owner_label();
     let names = docker(&[
@@ -355,7 +337,7 @@ fn containers_are_named_after_their_server() {
             "{name}"
         );
     }
-    runtime().block_on(backend.shutdown());
+    runtime().block_on(service.shutdown());
 }
 
 #[test]

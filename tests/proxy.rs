@@ -10,10 +10,11 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use common::{engine_tests_enabled, request, runtime, test_config};
-use mcp_code_exec::backend::Backend;
+use mcp_code_exec::call::call;
 use mcp_code_exec::proxy::Proxy;
 use mcp_code_exec::proxy::discovery::{ServerDefinition, identifier};
 use mcp_code_exec::report::{RunReport, RunStatus};
+use mcp_code_exec::service::Service;
 
 fn python() -> PathBuf {
     PathBuf::from(std::env::var("MCP_CODE_EXEC_TEST_PYTHON").unwrap_or_else(|_| "python3".into()))
@@ -51,9 +52,9 @@ const FIXTURES: [&str; 8] = [
 
 const FIXTURE_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/fixture_server.py");
 
-fn backend() -> &'static Backend {
-    static BACKEND: OnceLock<Backend> = OnceLock::new();
-    BACKEND.get_or_init(|| {
+fn service() -> &'static Service {
+    static SERVICE: OnceLock<Service> = OnceLock::new();
+    SERVICE.get_or_init(|| {
         let python = python();
         let time = python.with_file_name("mcp-server-time");
         let everything = PathBuf::from(
@@ -80,23 +81,23 @@ fn backend() -> &'static Backend {
         servers.push(broken);
         let mut config = test_config();
         config.pool_max = 6;
-        let backend = Backend::with_proxy(config, Arc::new(Proxy::new(servers)));
+        let service = Service::with_proxy(config, Arc::new(Proxy::new(servers)));
         runtime()
-            .block_on(backend.executor())
+            .block_on(service.pool())
             .expect("a container engine and the sandbox image");
-        backend
+        service
     })
 }
 
 fn run(code: &str, servers: &[&str]) -> RunReport {
     let mut request = request(code, Some(60.0));
     request.servers = servers.iter().map(|s| s.to_string()).collect();
-    let backend = backend();
+    let service = service();
     // Every wait of a run is bounded: the run's 60 s plus the proxy's start
     // timeouts (initialize 30 s, tools/list 10 s).
     let report = runtime()
         .block_on(async {
-            tokio::time::timeout(Duration::from_secs(120), backend.execute(&request)).await
+            tokio::time::timeout(Duration::from_secs(120), call(service, &request)).await
         })
         .expect("every run is answered within its bounds");
     eprintln!(
@@ -213,8 +214,8 @@ fn a_timed_out_run_cancels_its_calls_in_flight() {
     }
     let mut timed_out = request("await mcp_fixture_cancel.slow(seconds=30)", Some(1.0));
     timed_out.servers = vec!["fixture-cancel".into()];
-    let backend = backend();
-    let report = runtime().block_on(backend.execute(&timed_out));
+    let service = service();
+    let report = runtime().block_on(call(service, &timed_out));
     assert_eq!(report.status, RunStatus::Timeout, "{report:#?}");
     let code = r#"
 import asyncio
@@ -311,20 +312,20 @@ fn a_warm_sandbox_serves_any_combination_of_servers() {
         python.with_file_name("mcp-server-time"),
         &["--local-timezone", "UTC"],
     );
-    let backend = Backend::with_proxy(config, Arc::new(Proxy::new(vec![time])));
-    runtime().block_on(backend.executor()).expect("engine");
+    let service = Service::with_proxy(config, Arc::new(Proxy::new(vec![time])));
+    runtime().block_on(service.pool()).expect("engine");
     let one = |servers: Vec<String>| {
         let mut r = request(
             "print(runtime.list_servers(), 'mcp_time' in globals())",
             None,
         );
         r.servers = servers;
-        runtime().block_on(backend.execute(&r))
+        runtime().block_on(call(&service, &r))
     };
     assert_eq!(one(vec!["time".into()]).stdout, "['time'] True\n");
     assert_eq!(one(vec![]).stdout, "[] False\n");
     assert_eq!(one(vec!["time".into()]).stdout, "['time'] True\n");
-    runtime().block_on(backend.shutdown());
+    runtime().block_on(service.shutdown());
 }
 
 #[test]
@@ -335,9 +336,9 @@ fn concurrent_first_uses_start_a_server_once() {
     let code = "print(await mcp_fixture_start_once.pid())";
     let mut request = request(code, Some(60.0));
     request.servers = vec!["fixture-start-once".into()];
-    let backend = backend();
+    let service = service();
     let (a, b) = runtime()
-        .block_on(async { tokio::join!(backend.execute(&request), backend.execute(&request)) });
+        .block_on(async { tokio::join!(call(service, &request), call(service, &request)) });
     assert_eq!(a.status, RunStatus::Success, "{a:#?}");
     assert_eq!(
         a.stdout, b.stdout,
@@ -418,8 +419,8 @@ fn big_answers_while_the_code_floods_both_streams() {
             "/tests/e2e/fixture_server.py"
         )],
     );
-    let backend = Backend::with_proxy(config, Arc::new(Proxy::new(vec![fixture])));
-    runtime().block_on(backend.executor()).expect("engine");
+    let service = Service::with_proxy(config, Arc::new(Proxy::new(vec![fixture])));
+    runtime().block_on(service.pool()).expect("engine");
     // The answers come back together after 1 s; the code floods both
     // streams from just before that until it has them all.
     let code = r#"
@@ -441,7 +442,7 @@ assert flooded > 0
     let mut flood = request(code, Some(60.0));
     flood.servers = vec!["fixture-duplex".into()];
     let report = runtime().block_on(async {
-        tokio::time::timeout(Duration::from_secs(90), backend.execute(&flood)).await
+        tokio::time::timeout(Duration::from_secs(90), call(&service, &flood)).await
     });
     let report = report.expect("the run ends by its 60 s deadline at the latest");
     // Success means the code checked all four answers.
@@ -454,14 +455,14 @@ assert flooded > 0
     let next = runtime().block_on(async {
         tokio::time::timeout(
             Duration::from_secs(60),
-            backend.execute(&request("print(6*7)", Some(20.0))),
+            call(&service, &request("print(6*7)", Some(20.0))),
         )
         .await
     });
     let next = next.expect("the next call is answered");
     assert_eq!(next.status, RunStatus::Success, "{next:#?}");
     assert_eq!(next.stdout, "42\n");
-    runtime().block_on(backend.shutdown());
+    runtime().block_on(service.shutdown());
 }
 
 #[test]
@@ -497,13 +498,13 @@ fn a_hung_tools_refresh_holds_up_no_other_run() {
     let started = std::time::Instant::now();
     let (first, second) = runtime().block_on(async {
         let first = async {
-            let report = backend().execute(&refreshing).await;
+            let report = call(service(), &refreshing).await;
             (report, started.elapsed())
         };
         let second = async {
             // Starts once the first run is waiting for the hung refresh.
             tokio::time::sleep(Duration::from_secs(2)).await;
-            let report = backend().execute(&refreshing).await;
+            let report = call(service(), &refreshing).await;
             (report, started.elapsed())
         };
         tokio::time::timeout(Duration::from_secs(60), async {

@@ -14,15 +14,15 @@ use clap::{Parser, Subcommand};
 use rmcp::ServiceExt;
 use tracing_subscriber::EnvFilter;
 
-use mcp_code_exec::backend::Backend;
+use mcp_code_exec::call::{CallRequest, call};
 use mcp_code_exec::config::{Config, LogFormat, parse_metrics_addr};
 use mcp_code_exec::engine::Engine;
-use mcp_code_exec::execution::RunRequest;
-use mcp_code_exec::mcp::CodeExecServer;
-use mcp_code_exec::metrics;
+use mcp_code_exec::frontend::CodeExecServer;
 use mcp_code_exec::proxy::Proxy;
 use mcp_code_exec::proxy::discovery::SearchRoots;
 use mcp_code_exec::report::RunStatus;
+use mcp_code_exec::service::Service;
+use mcp_code_exec::side_port;
 
 #[derive(Parser)]
 #[command(
@@ -112,25 +112,28 @@ async fn serve(config: Config) -> ExitCode {
     let output_mode = config.output_mode;
     let metrics_addr = config.metrics_addr;
     let proxy = Arc::new(Proxy::discover(&SearchRoots::from_environment()));
-    let backend = Arc::new(Backend::with_proxy(config, proxy));
+    let service = Arc::new(Service::with_proxy(config, proxy));
     // Warm up in the background: the MCP handshake never waits for it.
-    let warm = backend.clone();
+    let warm = service.clone();
     tokio::spawn(async move {
-        if let Err(error) = warm.executor().await {
-            tracing::error!(%error, "sandbox backend unavailable; will retry on the first call");
+        if let Err(error) = warm.pool().await {
+            tracing::error!(%error, "sandbox service unavailable; will retry on the first call");
         }
     });
     if let Some(addr) = metrics_addr {
         // Metrics never take the MCP server down: a taken port is a warning.
-        match metrics::spawn_side_port(addr, backend.clone()).await {
+        match side_port::spawn(addr, service.clone()).await {
             Ok(bound) => tracing::info!(%bound, "metrics and health on http://{bound}/metrics"),
             Err(error) => {
                 tracing::warn!(%addr, %error, "metrics side port unavailable; serving MCP without it")
             }
         }
     }
-    let server = CodeExecServer::new(backend.clone(), output_mode);
-    let exit = match server.serve(mcp_code_exec::mcp::transport::stdio()).await {
+    let server = CodeExecServer::new(service.clone(), output_mode);
+    let exit = match server
+        .serve(mcp_code_exec::frontend::transport::stdio())
+        .await
+    {
         Ok(service) => {
             tokio::select! {
                 result = service.waiting() => {
@@ -147,7 +150,7 @@ async fn serve(config: Config) -> ExitCode {
             ExitCode::FAILURE
         }
     };
-    backend.shutdown().await;
+    service.shutdown().await;
     exit
 }
 
@@ -178,21 +181,21 @@ async fn run_once(
     config.pool_min_idle = 0;
     let output_mode = config.output_mode;
     let proxy = Arc::new(Proxy::discover(&SearchRoots::from_environment()));
-    let backend = Backend::with_proxy(config, proxy);
-    let request = RunRequest {
+    let service = Service::with_proxy(config, proxy);
+    let request = CallRequest {
         code,
         servers,
         timeout_secs: timeout,
     };
     let report = tokio::select! {
-        report = backend.execute(&request) => report,
+        report = call(&service, &request) => report,
         signal = shutdown_signal() => {
-            backend.shutdown().await;
+            service.shutdown().await;
             eprintln!("mcp-code-exec: interrupted by {signal}");
             return ExitCode::from(130);
         }
     };
-    backend.shutdown().await;
+    service.shutdown().await;
     let text = report.render(output_mode);
     if text.ends_with('\n') {
         print!("{text}");
@@ -235,33 +238,35 @@ async fn doctor(mut config: Config) -> ExitCode {
     };
     println!("ok    image: {image}");
     config.pool_min_idle = 1;
-    let backend = Backend::new(config);
+    let service = Service::new(config);
     let started = Instant::now();
-    let warm = match backend.executor().await {
-        Ok(executor) => executor.pool().wait_warm(Duration::from_secs(60)).await,
-        Err(error) => return fail("sandbox backend", error),
+    let warm = match service.pool().await {
+        Ok(pool) => pool.wait_warm(Duration::from_secs(60)).await,
+        Err(error) => return fail("sandbox service", error),
     };
     if !warm {
-        let pool = backend
-            .executor()
-            .await
-            .map(|e| e.pool().last_start_error());
-        backend.shutdown().await;
+        let last_error = service
+            .started_pool()
+            .and_then(|pool| pool.last_start_error());
+        service.shutdown().await;
         return fail(
             "warm-up",
-            format!("no sandbox became ready in 60 s: {pool:?}"),
+            format!(
+                "no sandbox became ready in 60 s{}",
+                last_error.map(|e| format!(": {e}")).unwrap_or_default()
+            ),
         );
     }
     println!(
         "ok    warm-up: first sandbox ready in {:.0} ms",
         started.elapsed().as_secs_f64() * 1e3
     );
-    let request = RunRequest {
+    let request = CallRequest {
         code: "import sys; print(6*7, sys.version.split()[0])".into(),
-        ..RunRequest::default()
+        ..CallRequest::default()
     };
-    let report = backend.execute(&request).await;
-    backend.shutdown().await;
+    let report = call(&service, &request).await;
+    service.shutdown().await;
     if report.status != RunStatus::Success || !report.stdout.starts_with("42 ") {
         return fail("run", format!("{report:?}"));
     }

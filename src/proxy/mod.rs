@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
-use crate::metrics::{self, CallOutcome};
+use crate::metrics;
 use crate::sandbox::ToolCalls;
 use clients::{ClientHub, ProxyError};
 use discovery::{SearchRoots, ServerDefinition, unique_identifiers};
@@ -83,12 +83,12 @@ impl Proxy {
         self.hub.definitions()
     }
 
-    /// What a run calling `servers` needs; starts those servers (once, then
+    /// The tools of `servers` for one run; starts those servers (once, then
     /// they stay warm) to read their tools. `None` when nothing is configured.
-    pub async fn prepare(
+    pub async fn tools_for(
         self: &Arc<Self>,
         servers: &[String],
-    ) -> Result<Option<PreparedRun>, ProxyError> {
+    ) -> Result<Option<RunTools>, ProxyError> {
         if self.hub.names().is_empty() {
             return Ok(None);
         }
@@ -118,13 +118,11 @@ impl Proxy {
                 "tools": tools,
             }));
         }
-        Ok(Some(PreparedRun {
+        Ok(Some(RunTools {
             metadata: json!({"servers": callable, "discovered": self.discovered}),
-            calls: RunCalls {
-                proxy: self.clone(),
-                allowed: servers.to_vec(),
-                in_flight: Semaphore::new(MAX_CALLS_IN_FLIGHT),
-            },
+            proxy: self.clone(),
+            allowed: servers.to_vec(),
+            in_flight: Semaphore::new(MAX_CALLS_IN_FLIGHT),
         }))
     }
 
@@ -134,19 +132,38 @@ impl Proxy {
     }
 }
 
-/// The proxy side of one run.
-pub struct PreparedRun {
-    pub metadata: Value,
-    pub calls: RunCalls,
-}
-
-/// Answers a run's calls, to the servers it asked for only.
-pub struct RunCalls {
+/// The tools one run may call: the metadata its sandbox builds the `mcp`
+/// package from, and the answers to its calls, to the servers it asked for
+/// only.
+pub struct RunTools {
+    metadata: Value,
     proxy: Arc<Proxy>,
     allowed: Vec<String>,
     /// Bounds the calls one run has in flight: user code cannot make the
     /// host (or the user's servers) hold an unbounded number of calls.
     in_flight: Semaphore,
+}
+
+/// How a proxied tool call ended: a closed set, fit for a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallOutcome {
+    Ok,
+    /// The tool answered with `isError`.
+    ToolError,
+    /// The server could not be reached or the call broke.
+    Failed,
+}
+
+impl CallOutcome {
+    pub const ALL: [Self; 3] = [Self::Ok, Self::ToolError, Self::Failed];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::ToolError => "tool_error",
+            Self::Failed => "failed",
+        }
+    }
 }
 
 /// Tool calls one run may have in flight at once.
@@ -161,7 +178,11 @@ struct CallRequest {
     arguments: Option<serde_json::Map<String, Value>>,
 }
 
-impl ToolCalls for RunCalls {
+impl ToolCalls for RunTools {
+    fn metadata(&self) -> &Value {
+        &self.metadata
+    }
+
     fn call(&self, request: Bytes) -> BoxFuture<'_, Value> {
         Box::pin(async move {
             let request: CallRequest = match serde_json::from_slice(&request) {
@@ -194,7 +215,7 @@ impl ToolCalls for RunCalls {
                 Ok(_) => CallOutcome::Ok,
                 Err(_) => CallOutcome::Failed,
             };
-            metrics::observe_proxy_call(&request.server, observed, started.elapsed());
+            metrics::observe_proxy_call(&request.server, observed.as_str(), started.elapsed());
             match outcome {
                 Ok(result) => json!({"id": id, "ok": true, "result": result}),
                 Err(error) => json!({"id": id, "ok": false, "error": error.to_string()}),

@@ -249,8 +249,9 @@ class Runtime(types.ModuleType):
         return self._channel.request(server, tool, arguments or {})
 
 
-class ServerProxy:
-    """`mcp_<alias>` / `mcp_servers[name]`: one attribute per tool."""
+class Server:
+    """An MCP server as sandboxed code sees it (`mcp_<alias>`,
+    `mcp_servers[name]`): one async function per tool."""
 
     def __init__(self, runtime, server):
         self._runtime = runtime
@@ -298,17 +299,17 @@ def install(env, channel, servers, discovered):
     servers_package.__path__ = []
     package.runtime, package.servers, package.MCPError = runtime, servers_package, MCPError
     sys.modules.update({"mcp": package, "mcp.runtime": runtime, "mcp.servers": servers_package})
-    proxies = {}
-    for server in servers:
-        proxy = ServerProxy(runtime, server)
-        proxies[server["name"]] = proxy
-        module = types.ModuleType(f"mcp.servers.{server['alias']}", server.get("description"))
-        for tool in server["tools"]:
-            setattr(module, tool["alias"], getattr(proxy, tool["alias"]))
-        module.__all__ = [tool["alias"] for tool in server["tools"]]
+    by_name = {}
+    for definition in servers:
+        server = Server(runtime, definition)
+        by_name[definition["name"]] = server
+        module = types.ModuleType(f"mcp.servers.{definition['alias']}", definition.get("description"))
+        for tool in definition["tools"]:
+            setattr(module, tool["alias"], getattr(server, tool["alias"]))
+        module.__all__ = [tool["alias"] for tool in definition["tools"]]
         sys.modules[module.__name__] = module
-        setattr(servers_package, server["alias"], module)
-        env[f"mcp_{server['alias']}"] = proxy
-    env["mcp_servers"] = proxies
+        setattr(servers_package, definition["alias"], module)
+        env[f"mcp_{definition['alias']}"] = server
+    env["mcp_servers"] = by_name
     env["runtime"] = runtime
     env["MCPError"] = MCPError

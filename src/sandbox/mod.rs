@@ -34,19 +34,15 @@ use protocol::{
 /// `mcp` package: injected as `python3 -c AGENT RUNTIME` (no bind mounts).
 pub const AGENT: [&str; 2] = [include_str!("agent.py"), include_str!("mcp_runtime.py")];
 
-/// Answers the tool calls a run makes (the proxy implements it; the sandbox
-/// only relays). Takes the call's JSON as the agent sent it and returns the
-/// answer JSON, which carries the call's `id`.
+/// The MCP tools a run may call ([`crate::proxy`] implements it; the
+/// sandbox only relays): the metadata the sandbox builds its `mcp` package
+/// from, and the answers to the calls.
 pub trait ToolCalls: Send + Sync {
+    /// Sent with the run: the servers and tools the run may call.
+    fn metadata(&self) -> &serde_json::Value;
+    /// Takes the call's JSON as the agent sent it and returns the answer
+    /// JSON, which carries the call's `id`.
     fn call(&self, request: Bytes) -> BoxFuture<'_, serde_json::Value>;
-}
-
-/// What a run with MCP servers needs: the metadata the sandbox builds its
-/// `mcp` package from, and who answers the calls.
-#[derive(Clone, Copy)]
-pub struct RunProxy<'a> {
-    pub metadata: &'a serde_json::Value,
-    pub calls: &'a dyn ToolCalls,
 }
 
 /// How much of the agent's own stderr (its crash reports) we keep for logs.
@@ -199,7 +195,7 @@ impl Sandbox {
         code: &str,
         max_output_bytes: u64,
         timeout: Duration,
-        proxy: Option<RunProxy<'_>>,
+        tools: Option<&dyn ToolCalls>,
         output: &mut CapturedOutput,
     ) -> Result<RunDone, SandboxFailure> {
         let deadline = tokio::time::sleep_until(Deadline::now() + timeout);
@@ -208,7 +204,7 @@ impl Sandbox {
         let frame = RunFrame {
             code,
             max_output_bytes,
-            proxy: proxy.map(|p| p.metadata),
+            proxy: tools.map(ToolCalls::metadata),
         }
         .encode();
         self.outbox.push(frame);
@@ -241,8 +237,8 @@ impl Sandbox {
                 // Without servers, nothing in the sandbox is wired to call: a
                 // hand-made request just gets no answer.
                 AgentFrameKind::Call => {
-                    if let Some(proxy) = proxy {
-                        calls.push(proxy.calls.call(frame.payload));
+                    if let Some(tools) = tools {
+                        calls.push(tools.call(frame.payload));
                     }
                 }
                 AgentFrameKind::Done => {

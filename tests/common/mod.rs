@@ -15,10 +15,10 @@ pub const AGENT_START: &str = "print(open('/proc/1/stat').read().rsplit(')', 1)[
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use mcp_code_exec::backend::Backend;
+use mcp_code_exec::call::{CallRequest, call};
 use mcp_code_exec::config::Config;
-use mcp_code_exec::execution::RunRequest;
 use mcp_code_exec::report::{RunReport, RunStatus};
+use mcp_code_exec::service::Service;
 
 /// One runtime for the whole test binary, so pools outlive single tests.
 pub fn runtime() -> &'static tokio::runtime::Runtime {
@@ -52,25 +52,25 @@ pub fn test_config() -> Config {
     config
 }
 
-/// A backend shared by the tests of one binary, started and checked once.
-pub fn shared_backend() -> &'static Backend {
-    static BACKEND: OnceLock<Backend> = OnceLock::new();
-    BACKEND.get_or_init(|| started_backend(test_config()))
+/// A service shared by the tests of one binary, started and checked once.
+pub fn shared_service() -> &'static Service {
+    static SERVICE: OnceLock<Service> = OnceLock::new();
+    SERVICE.get_or_init(|| started_service(test_config()))
 }
 
-/// A backend of its own (e.g. a one-sandbox pool to observe reuse).
-pub fn started_backend(config: Config) -> Backend {
-    let backend = Backend::new(config);
+/// A service of its own (e.g. a one-sandbox pool to observe reuse).
+pub fn started_service(config: Config) -> Service {
+    let service = Service::new(config);
     let warm = runtime().block_on(async {
-        match backend.executor().await {
+        match service.pool().await {
             // Warm before the test starts: a short pool wait in a test must
             // not race the first container's start.
-            Ok(executor) => Ok(executor.pool().wait_warm(Duration::from_secs(60)).await),
+            Ok(pool) => Ok(pool.wait_warm(Duration::from_secs(60)).await),
             Err(error) => Err(error),
         }
     });
     match warm {
-        Ok(true) => backend,
+        Ok(true) => service,
         Ok(false) => panic!("the pool did not warm up within 60 s"),
         Err(error) => panic!(
             "these tests need a container engine and the sandbox image: {error}\n\
@@ -79,25 +79,25 @@ pub fn started_backend(config: Config) -> Backend {
     }
 }
 
-pub fn request(code: &str, timeout_secs: Option<f64>) -> RunRequest {
-    RunRequest {
+pub fn request(code: &str, timeout_secs: Option<f64>) -> CallRequest {
+    CallRequest {
         code: code.into(),
         servers: vec![],
         timeout_secs,
     }
 }
 
-pub fn run_on(backend: &Backend, code: &str, timeout_secs: Option<f64>) -> RunReport {
-    runtime().block_on(backend.execute(&request(code, timeout_secs)))
+pub fn run_on(service: &Service, code: &str, timeout_secs: Option<f64>) -> RunReport {
+    runtime().block_on(call(service, &request(code, timeout_secs)))
 }
 
 pub fn run(code: &str) -> RunReport {
-    run_on(shared_backend(), code, Some(20.0))
+    run_on(shared_service(), code, Some(20.0))
 }
 
 /// The recovery check every bad-input test ends with.
-pub fn assert_next_call_works(backend: &Backend) {
-    let report = run_on(backend, "print(6*7)", Some(20.0));
+pub fn assert_next_call_works(service: &Service) {
+    let report = run_on(service, "print(6*7)", Some(20.0));
     assert_eq!(report.status, RunStatus::Success, "{report:#?}");
     assert_eq!(report.stdout, "42\n");
 }

@@ -1,23 +1,31 @@
-//! One `run_python` call from request to report.
+//! One `run_python` call from request to report: the whole pipeline, in one
+//! place.
 //!
 //! Owns request validation (every input limit, with a message a model can act
-//! on), the classification of how a run ended (status, error line, and the
-//! pool [`Verdict`] for its sandbox) and the assembly of the [`RunReport`].
+//! on), the tools the run may call, the lease of a sandbox and its run, the
+//! classification of how the run ended (status, error line, and the pool
+//! [`Verdict`] for its sandbox), the [`RunReport`], and the observation of
+//! every call exactly once (a span and metrics, cancelled calls included).
 //! Shared by the MCP front end and the `run` subcommand so both behave alike.
-//! It does not render text (that is [`crate::report`]) nor manage containers.
+//! It does not render text (that is [`crate::report`]), start anything (that
+//! is [`crate::service`]) nor speak to the engine.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use tracing::Instrument;
 
 use crate::config::Config;
 use crate::metrics;
 use crate::pool::{Pool, RecycleReason, Verdict};
-use crate::report::{RunReport, RunStatus, decode_output, describe_signal};
+use crate::report::{RunReport, RunStatus, decode_output};
 use crate::sandbox::protocol::RunDone;
-use crate::sandbox::{CapturedOutput, RunProxy, SandboxFailure};
+use crate::sandbox::{CapturedOutput, SandboxFailure, ToolCalls};
+use crate::service::Service;
 
-/// A `run_python` request as the caller sent it.
+/// A `run_python` call's arguments as the client sent them.
 #[derive(Debug, Clone, Default)]
-pub struct RunRequest {
+pub struct CallRequest {
     pub code: String,
     /// MCP servers the code may call (the proxy resolves them).
     pub servers: Vec<String>,
@@ -51,7 +59,7 @@ impl Limits {
     /// The run's timeout if the request is acceptable, else why not.
     pub fn validate(
         &self,
-        request: &RunRequest,
+        request: &CallRequest,
         known_servers: &[String],
     ) -> Result<Duration, String> {
         if request.code.trim().is_empty() {
@@ -85,79 +93,155 @@ impl Limits {
     }
 }
 
-/// Runs requests on pooled sandboxes.
-#[derive(Clone)]
-pub struct Executor {
-    pool: Pool,
-    limits: Limits,
+/// Validates and runs one call. Never fails: a bad request, a service that
+/// cannot start or a broken sandbox is a report like any other. Dropping the
+/// future mid-run (client cancellation) destroys the sandbox, and is logged
+/// and counted as `cancelled`. One span per call carries its id, servers,
+/// status and duration.
+pub async fn call(service: &Service, request: &CallRequest) -> RunReport {
+    let observer = CallObserver::new(request);
+    let report = unobserved(service, request)
+        .instrument(observer.span.clone())
+        .await;
+    observer.finished(&report);
+    report
 }
 
-impl Executor {
-    pub fn new(pool: Pool, limits: Limits) -> Self {
-        Self { pool, limits }
-    }
-
-    pub fn pool(&self) -> &Pool {
-        &self.pool
-    }
-
-    /// Runs already validated code (see [`Limits::validate`]). Never fails:
-    /// every outcome, including a broken sandbox or an exhausted pool, is a
-    /// report the caller can read.
-    pub async fn run(
-        &self,
-        code: &str,
-        timeout: Duration,
-        proxy: Option<RunProxy<'_>>,
-    ) -> RunReport {
-        let waiting = Instant::now();
-        let acquired = self.pool.acquire().await;
-        metrics::observe_wait(waiting.elapsed());
-        let mut lease = match acquired {
-            Ok(lease) => lease,
-            Err(error) => return RunReport::rejected(RunStatus::Error, error.to_string()),
-        };
-        let mut output = CapturedOutput::default();
-        let started = Instant::now();
-        let result = lease
-            .sandbox()
-            .run(
-                code,
-                self.limits.max_output_bytes,
-                timeout,
-                proxy,
-                &mut output,
-            )
-            .await;
-        let duration = started.elapsed();
-        let outcome = match result {
-            Ok(done) => Outcome::from_done(&done, self.limits.memory_bytes),
-            Err(failure) => {
-                // The agent is PID 1: if the OOM killer took it, the engine knows.
-                let oom = matches!(failure, SandboxFailure::AgentDied { .. })
-                    && lease.engine_saw_oom().await;
-                Outcome::from_failure(&failure, oom, &self.limits)
-            }
-        };
-        if let Verdict::Recycle(reason) = outcome.verdict {
-            tracing::info!(
-                sandbox = lease.sandbox().short_id(),
-                reason = reason.as_str(),
-                "sandbox will be recycled"
+async fn unobserved(service: &Service, request: &CallRequest) -> RunReport {
+    let limits = Limits::from(service.config());
+    let timeout = match limits.validate(request, service.proxy().names()) {
+        Ok(timeout) => timeout,
+        Err(message) => return RunReport::rejected(RunStatus::ValidationError, message),
+    };
+    let pool = match service.pool().await {
+        Ok(pool) => pool,
+        Err(error) => {
+            return RunReport::rejected(
+                RunStatus::Error,
+                format!("the sandbox service is unavailable: {error}"),
             );
         }
-        lease.finish(outcome.verdict);
-        let limit = self.limits.max_output_bytes;
-        RunReport {
-            status: outcome.status,
-            stdout: decode_output(output.stdout.bytes, output.stdout.dropped, "stdout", limit),
-            stderr: decode_output(output.stderr.bytes, output.stderr.dropped, "stderr", limit),
-            exit_code: outcome.exit_code,
-            duration_ms: duration.as_secs_f64() * 1e3,
-            stdout_truncated: output.stdout.dropped > 0,
-            stderr_truncated: output.stderr.dropped > 0,
-            error: outcome.error,
+    };
+    let tools = match service.proxy().tools_for(&request.servers).await {
+        Ok(tools) => tools,
+        Err(error) => return RunReport::rejected(RunStatus::Error, error.to_string()),
+    };
+    let tools = tools.as_ref().map(|tools| tools as &dyn ToolCalls);
+    run_on(pool, &limits, &request.code, timeout, tools).await
+}
+
+/// Runs validated code on a leased sandbox and classifies the outcome.
+async fn run_on(
+    pool: &Pool,
+    limits: &Limits,
+    code: &str,
+    timeout: Duration,
+    tools: Option<&dyn ToolCalls>,
+) -> RunReport {
+    let waiting = Instant::now();
+    let acquired = pool.acquire().await;
+    metrics::observe_wait(waiting.elapsed());
+    let mut lease = match acquired {
+        Ok(lease) => lease,
+        Err(error) => return RunReport::rejected(RunStatus::Error, error.to_string()),
+    };
+    let mut output = CapturedOutput::default();
+    let started = Instant::now();
+    let result = lease
+        .sandbox()
+        .run(code, limits.max_output_bytes, timeout, tools, &mut output)
+        .await;
+    let duration = started.elapsed();
+    let outcome = match result {
+        Ok(done) => Outcome::from_done(&done, limits.memory_bytes),
+        Err(failure) => {
+            // The agent is PID 1: if the OOM killer took it, the engine knows.
+            let oom =
+                matches!(failure, SandboxFailure::AgentDied { .. }) && lease.engine_saw_oom().await;
+            Outcome::from_failure(&failure, oom, limits)
         }
+    };
+    if let Verdict::Recycle(reason) = outcome.verdict {
+        tracing::info!(
+            sandbox = lease.sandbox().short_id(),
+            reason = reason.as_str(),
+            "sandbox will be recycled"
+        );
+    }
+    lease.finish(outcome.verdict);
+    let limit = limits.max_output_bytes;
+    RunReport {
+        status: outcome.status,
+        stdout: decode_output(output.stdout.bytes, output.stdout.dropped, "stdout", limit),
+        stderr: decode_output(output.stderr.bytes, output.stderr.dropped, "stderr", limit),
+        exit_code: outcome.exit_code,
+        duration_ms: duration.as_secs_f64() * 1e3,
+        stdout_truncated: output.stdout.dropped > 0,
+        stderr_truncated: output.stderr.dropped > 0,
+        error: outcome.error,
+    }
+}
+
+/// Observes one call exactly once: [`CallObserver::finished`] with its
+/// report, or, when the call's future is dropped first (the client
+/// cancelled), as `cancelled` from `Drop`.
+struct CallObserver {
+    span: tracing::Span,
+    started: Instant,
+    finished: bool,
+}
+
+impl CallObserver {
+    fn new(request: &CallRequest) -> Self {
+        static CALL_IDS: AtomicU64 = AtomicU64::new(1);
+        let span = tracing::info_span!(
+            "run",
+            id = CALL_IDS.fetch_add(1, Ordering::Relaxed),
+            servers = ?request.servers,
+            status = tracing::field::Empty,
+            duration_ms = tracing::field::Empty,
+        );
+        Self {
+            span,
+            started: Instant::now(),
+            finished: false,
+        }
+    }
+
+    fn finished(mut self, report: &RunReport) {
+        self.finished = true;
+        self.span.record("status", report.status.as_str());
+        self.span.record("duration_ms", report.duration_ms);
+        self.span.in_scope(|| match &report.error {
+            None => tracing::info!("run finished"),
+            Some(error) => tracing::info!(%error, "run finished"),
+        });
+        let ran = report.status != RunStatus::ValidationError;
+        metrics::observe_run(
+            report.status.as_str(),
+            ran.then(|| Duration::from_secs_f64(report.duration_ms / 1e3)),
+        );
+        if report.stdout_truncated {
+            metrics::observe_truncated("stdout");
+        }
+        if report.stderr_truncated {
+            metrics::observe_truncated("stderr");
+        }
+    }
+}
+
+impl Drop for CallObserver {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let took = self.started.elapsed();
+        let status = RunStatus::Cancelled.as_str();
+        self.span.record("status", status);
+        self.span.record("duration_ms", took.as_secs_f64() * 1e3);
+        self.span
+            .in_scope(|| tracing::info!("run cancelled by the client"));
+        metrics::observe_run(status, Some(took));
     }
 }
 
@@ -240,6 +324,32 @@ fn oom_message(memory_bytes: u64) -> String {
     )
 }
 
+/// `SIGSEGV (segmentation fault)` for a signal number.
+fn describe_signal(signal: i32) -> String {
+    let (name, meaning) = match signal {
+        1 => ("SIGHUP", "hangup"),
+        2 => ("SIGINT", "interrupt"),
+        3 => ("SIGQUIT", "quit"),
+        4 => ("SIGILL", "illegal instruction"),
+        5 => ("SIGTRAP", "trace trap"),
+        6 => ("SIGABRT", "aborted"),
+        7 => ("SIGBUS", "bus error"),
+        8 => ("SIGFPE", "floating point exception"),
+        9 => ("SIGKILL", "killed"),
+        10 => ("SIGUSR1", "user signal 1"),
+        11 => ("SIGSEGV", "segmentation fault"),
+        12 => ("SIGUSR2", "user signal 2"),
+        13 => ("SIGPIPE", "broken pipe"),
+        14 => ("SIGALRM", "alarm clock"),
+        15 => ("SIGTERM", "terminated"),
+        24 => ("SIGXCPU", "CPU time limit exceeded"),
+        25 => ("SIGXFSZ", "file size limit exceeded"),
+        31 => ("SIGSYS", "bad system call"),
+        _ => return format!("signal {signal}"),
+    };
+    format!("{name} ({meaning})")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,8 +358,8 @@ mod tests {
         Limits::from(&Config::default())
     }
 
-    fn request(code: &str, timeout_secs: Option<f64>) -> RunRequest {
-        RunRequest {
+    fn request(code: &str, timeout_secs: Option<f64>) -> CallRequest {
+        CallRequest {
             code: code.into(),
             servers: vec![],
             timeout_secs,
@@ -298,6 +408,12 @@ mod tests {
         );
         let error = l.validate(&r, &["time".into(), "fs".into()]).unwrap_err();
         assert!(error.contains("known servers: time, fs"), "{error}");
+    }
+
+    #[test]
+    fn signals_are_named() {
+        assert_eq!(describe_signal(11), "SIGSEGV (segmentation fault)");
+        assert_eq!(describe_signal(64), "signal 64");
     }
 
     #[test]

@@ -6,8 +6,9 @@
 //! servers are configured: the full manual is a resource), and the one
 //! mapping from a [`RunReport`] to an MCP result. It never writes to stdout
 //! itself (that is the protocol channel) and knows nothing of containers: it
-//! calls the [`Backend`]. [`transport`] is its stdio transport, which
-//! answers every request, even one over the message size limit.
+//! hands each call to [`crate::call`] with the [`Service`]. [`transport`] is
+//! its stdio transport, which answers every request, even one over the
+//! message size limit.
 
 pub mod transport;
 
@@ -25,11 +26,11 @@ use rmcp::{ErrorData, RoleServer, ServerHandler, schemars, tool, tool_handler, t
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::backend::Backend;
+use crate::call::{self, CallRequest};
 use crate::config::OutputMode;
-use crate::execution::RunRequest;
 use crate::proxy::discovery::ServerDefinition;
 use crate::report::{RunReport, RunStatus};
+use crate::service::Service;
 
 /// Arguments of `run_python`.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -52,24 +53,24 @@ const SERVER_NAMES_BUDGET: usize = 300;
 
 #[derive(Clone)]
 pub struct CodeExecServer {
-    backend: Arc<Backend>,
+    service: Arc<Service>,
     output_mode: OutputMode,
     tool_router: ToolRouter<Self>,
 }
 
 #[tool_router]
 impl CodeExecServer {
-    pub fn new(backend: Arc<Backend>, output_mode: OutputMode) -> Self {
+    pub fn new(service: Arc<Service>, output_mode: OutputMode) -> Self {
         let mut tool_router = Self::tool_router();
         let tool = &mut tool_router
             .map
             .get_mut("run_python")
             .expect("the tool is routed")
             .attr;
-        tool.description = Some(tool_description(backend.proxy().names()).into());
+        tool.description = Some(tool_description(service.proxy().names()).into());
         tool.output_schema = Some(Arc::new(output_schema()));
         Self {
-            backend,
+            service,
             output_mode,
             tool_router,
         }
@@ -83,13 +84,13 @@ impl CodeExecServer {
         Parameters(args): Parameters<RunPythonArgs>,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
-        let request = RunRequest {
+        let request = CallRequest {
             code: args.code,
             servers: args.servers,
             timeout_secs: args.timeout,
         };
         tokio::select! {
-            report = self.backend.execute(&request) => Ok(tool_result(&report, self.output_mode)),
+            report = call::call(&self.service, &request) => Ok(tool_result(&report, self.output_mode)),
             // Dropping the run destroys its sandbox: nothing of it lingers.
             _ = context.ct.cancelled() => Err(ErrorData::internal_error("run cancelled by the client", None)),
         }
@@ -132,7 +133,7 @@ impl ServerHandler for CodeExecServer {
                 None,
             ));
         }
-        let text = capabilities_manual(self.backend.proxy().definitions());
+        let text = capabilities_manual(self.service.proxy().definitions());
         Ok(ReadResourceResult::new(vec![ResourceContents::text(text, CAPABILITIES_URI)]).into())
     }
 }
@@ -170,10 +171,15 @@ fn tool_description(servers: &[String]) -> String {
 /// The report's schema, written out compactly (the generated one, with every
 /// doc comment, would cost more context than the rest of `tools/list`).
 fn output_schema() -> serde_json::Map<String, serde_json::Value> {
+    let statuses: Vec<&str> = RunStatus::ALL
+        .into_iter()
+        .filter(|status| status.is_reported())
+        .map(RunStatus::as_str)
+        .collect();
     let schema = json!({
         "type": "object",
         "properties": {
-            "status": {"enum": ["success", "error", "timeout", "oom", "validation_error"]},
+            "status": {"enum": statuses},
             "stdout": {"type": "string"},
             "stderr": {"type": "string"},
             "exitCode": {"type": "integer"},
@@ -250,8 +256,8 @@ mod tests {
                 }
             })
             .collect();
-        let backend = Backend::with_proxy(Config::default(), Arc::new(Proxy::new(servers)));
-        CodeExecServer::new(Arc::new(backend), OutputMode::Compact)
+        let service = Service::with_proxy(Config::default(), Arc::new(Proxy::new(servers)));
+        CodeExecServer::new(Arc::new(service), OutputMode::Compact)
     }
 
     fn tools_list_bytes(server: &CodeExecServer) -> usize {
@@ -267,7 +273,7 @@ mod tests {
         let twenty = tools_list_bytes(&server_with(20));
         eprintln!("tools/list result: {none} bytes with 0 servers, {twenty} with 20");
         assert!(none < 2048 && twenty < 2048, "{none} / {twenty} bytes");
-        let description = tool_description(server_with(20).backend.proxy().names());
+        let description = tool_description(server_with(20).service.proxy().names());
         assert!(
             description.contains("example-server-00") && description.contains("more"),
             "{description}"
@@ -297,8 +303,8 @@ mod tests {
     #[test]
     fn the_manual_lists_every_server() {
         let server = server_with(3);
-        let manual = capabilities_manual(server.backend.proxy().definitions());
-        assert!(manual.contains("mcp.engine") && manual.contains("search_tool_docs"));
+        let manual = capabilities_manual(server.service.proxy().definitions());
+        assert!(manual.contains("mcp.runtime") && manual.contains("search_tool_docs"));
         assert!(
             manual.contains("- `example-server-02` (`mcp_example_server_02`)"),
             "{manual}"

@@ -1,0 +1,135 @@
+//! The service: the container engine, the sandbox image, the warm pool and
+//! the user's MCP servers, assembled from a [`Config`] in the background so
+//! the MCP handshake never waits for an engine or a warm-up.
+//!
+//! Owns startup ordering and its failures (connecting to the engine,
+//! resolving the image, removing orphans of dead instances, starting the
+//! pool), readiness, and shutdown. A failed start is not cached: the next
+//! call tries again, so an engine started after the server is picked up.
+//! It does not run calls (that is [`crate::call`]) and serves no protocol.
+
+use std::sync::Arc;
+
+use tokio::sync::OnceCell;
+
+use crate::config::Config;
+use crate::engine::{Engine, EngineError};
+use crate::metrics;
+use crate::pool::{Pool, PoolStatus, RecycleReason};
+use crate::proxy::{CallOutcome, Proxy};
+use crate::report::RunStatus;
+
+pub struct Service {
+    config: Config,
+    pool: OnceCell<Pool>,
+    proxy: Arc<Proxy>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("started", &self.pool.initialized())
+            .field("servers", &self.proxy.names())
+            .finish()
+    }
+}
+
+/// Why a call would not be served at once (`/readyz`).
+#[derive(Debug, thiserror::Error)]
+pub enum NotReady {
+    #[error("the sandbox service has not started (no engine yet, or still connecting)")]
+    NotStarted,
+    /// The engine does not answer: the error names its address.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(
+        "no warm sandbox idle ({} busy, {} starting, {} resetting){}",
+        .status.busy, .status.starting, .status.resetting,
+        .last_error.as_deref().map(|e| format!("; sandboxes fail to start: {e}")).unwrap_or_default()
+    )]
+    NoIdleSandbox {
+        status: PoolStatus,
+        last_error: Option<String>,
+    },
+}
+
+impl Service {
+    /// A service whose sandboxes can call no MCP servers.
+    pub fn new(config: Config) -> Self {
+        Self::with_proxy(config, Arc::new(Proxy::new(Vec::new())))
+    }
+
+    pub fn with_proxy(config: Config, proxy: Arc<Proxy>) -> Self {
+        metrics::start_at_zero(metrics::Series {
+            statuses: &RunStatus::ALL.map(RunStatus::as_str),
+            recycle_reasons: &RecycleReason::ALL.map(RecycleReason::as_str),
+            sandbox_states: &PoolStatus::STATES,
+            call_outcomes: &CallOutcome::ALL.map(CallOutcome::as_str),
+            servers: proxy.names(),
+        });
+        Self {
+            config,
+            pool: OnceCell::new(),
+            proxy,
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn proxy(&self) -> &Arc<Proxy> {
+        &self.proxy
+    }
+
+    /// The pool, starting the service on first use (concurrent callers share one start).
+    pub async fn pool(&self) -> Result<&Pool, EngineError> {
+        self.pool
+            .get_or_try_init(|| async {
+                let config = &self.config;
+                let engine = Engine::connect(config.engine).await?;
+                let description = engine.describe().await.unwrap_or_else(|e| e.to_string());
+                let image = engine.resolve_image(&config.image).await?;
+                tracing::info!(endpoint = engine.endpoint(), engine = %description, %image, "container engine ready");
+                let cleanup = engine.clone();
+                tokio::spawn(async move {
+                    match cleanup.remove_orphans().await {
+                        Ok(0) => {}
+                        Ok(count) => tracing::info!(count, "removed containers left by instances no longer running"),
+                        Err(error) => tracing::warn!(%error, "could not look for leftover containers"),
+                    }
+                });
+                Ok(Pool::start(engine, config, &image))
+            })
+            .await
+    }
+
+    /// The pool, if the service has started (no waiting, no start attempt).
+    pub fn started_pool(&self) -> Option<&Pool> {
+        self.pool.get()
+    }
+
+    /// Ready to serve a call at once: the engine answers and a warm sandbox
+    /// is idle. `Err` says what is missing.
+    pub async fn readiness(&self) -> Result<(), NotReady> {
+        let pool = self.pool.get().ok_or(NotReady::NotStarted)?;
+        pool.engine().ping().await?;
+        let status = pool.status();
+        if status.idle == 0 {
+            return Err(NotReady::NoIdleSandbox {
+                status,
+                last_error: pool.last_start_error(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Removes every container of this instance (bounded by the pool's
+    /// shutdown timeout) and stops the MCP servers it started.
+    pub async fn shutdown(&self) {
+        self.proxy.shutdown().await;
+        if let Some(pool) = self.pool.get() {
+            pool.shutdown().await;
+        }
+    }
+}
