@@ -15,7 +15,7 @@ use mcp_code_exec::call::{CallRequest, call};
 use mcp_code_exec::config::Config;
 use mcp_code_exec::engine::{Engine, spec};
 use mcp_code_exec::report::RunStatus;
-use mcp_code_exec::sandbox::{AGENT, CapturedOutput, Sandbox};
+use mcp_code_exec::sandbox::{CapturedOutput, Sandbox, agent_command};
 use mcp_code_exec::service::Service;
 
 const PRINT: &str = "print(6*7)";
@@ -78,7 +78,7 @@ impl Setup {
             &self.config,
             &self.image,
             &self.runtime.owner_label(),
-            AGENT,
+            agent_command(&self.config.preload),
         );
         let container = self.runtime.start_container(&spec).await.unwrap();
         let id = container.id.clone();

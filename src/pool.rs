@@ -37,7 +37,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::engine::{Engine, spec};
 use crate::metrics;
-use crate::sandbox::{AGENT, Sandbox, SandboxFailure};
+use crate::sandbox::{Sandbox, SandboxFailure, agent_command};
 
 /// How long a new container may take from create to the agent's first `Ready`.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -404,7 +404,12 @@ struct Shared {
 impl Pool {
     /// Starts the pool: warm-up begins in the background at once.
     pub fn start(engine: Engine, config: &Config, image: &str) -> Self {
-        let container_spec = spec::container_spec(config, image, &engine.owner_label(), AGENT);
+        let container_spec = spec::container_spec(
+            config,
+            image,
+            &engine.owner_label(),
+            agent_command(&config.preload),
+        );
         let shared = Arc::new(Shared {
             engine,
             container_spec,

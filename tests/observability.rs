@@ -110,7 +110,9 @@ fn metrics_move_with_runs_and_every_dashboard_query_returns_data() {
     let mut server = Server::start(
         &[
             ("MCP_BRIDGE_METRICS_ADDR", addr.as_str()),
+            // Small enough for a quick OOM, too small for the data stack.
             ("MCP_BRIDGE_MEMORY", "64m"),
+            ("MCP_BRIDGE_PRELOAD", "none"),
             ("MCP_BRIDGE_MAX_OUTPUT_BYTES", "1k"),
             ("MCP_BRIDGE_POOL_MIN_IDLE", "1"),
             ("MCP_SERVERS_CONFIG", servers.to_str().unwrap()),

@@ -29,12 +29,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use tokio::io::AsyncWrite;
 
-use crate::config::EngineKind;
-
-/// The image `scripts/setup-engine.sh` builds from Debian packages when no
-/// registry is reachable; used when the configured image is missing and
-/// cannot be pulled.
-pub const OFFLINE_IMAGE: &str = "mcp-code-exec-sandbox:trixie";
+use crate::config::{DEFAULT_IMAGE, EngineKind};
 
 /// How long engine requests (not attach streams) may take.
 const REQUEST_TIMEOUT_SECS: u64 = 60;
@@ -68,15 +63,12 @@ pub enum EngineError {
         #[source]
         source: BollardError,
     },
-    #[error(
-        "image {wanted} is not present and could not be pulled ({reason}); and the offline image {offline} \
-         does not exist either. Either `docker pull {wanted}` where a registry is reachable, or run \
-         scripts/setup-engine.sh to build {offline} from Debian packages"
-    )]
+    #[error("image {wanted} is not present and could not be pulled ({reason}); {fix}")]
     NoImage {
         wanted: String,
-        offline: &'static str,
         reason: String,
+        /// What the user can do about it.
+        fix: &'static str,
     },
     #[error("{action} failed: {source}")]
     Engine {
@@ -309,7 +301,7 @@ impl Engine {
         ))
     }
 
-    /// The image to run: `wanted` if present or pullable, else the offline image.
+    /// The image to run: `wanted`, if present or pullable; never another one.
     pub async fn resolve_image(&self, wanted: &str) -> Result<String, EngineError> {
         if self.docker.inspect_image(wanted).await.is_ok() {
             return Ok(wanted.to_owned());
@@ -319,14 +311,16 @@ impl Engine {
             Ok(Err(error)) => error.to_string(),
             Err(_) => format!("no answer within {}s", PULL_TIMEOUT.as_secs()),
         };
-        if self.docker.inspect_image(OFFLINE_IMAGE).await.is_ok() {
-            tracing::warn!(image = wanted, %reason, fallback = OFFLINE_IMAGE, "image unavailable; using the offline image");
-            return Ok(OFFLINE_IMAGE.to_owned());
-        }
+        let fix = if wanted == DEFAULT_IMAGE {
+            "build it with scripts/setup-engine.sh (a Dockerfile where a registry answers, \
+             Debian packages where none does)"
+        } else {
+            "pull or build it, or unset MCP_BRIDGE_IMAGE to use the project's image"
+        };
         Err(EngineError::NoImage {
             wanted: wanted.to_owned(),
-            offline: OFFLINE_IMAGE,
             reason,
+            fix,
         })
     }
 

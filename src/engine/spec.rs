@@ -41,16 +41,16 @@ pub fn container_spec(
     config: &Config,
     image: &str,
     owner: &str,
-    agent: [&str; 2],
+    command: Vec<String>,
 ) -> ContainerSpec {
-    ContainerSpec(container_body(config, image, owner, agent))
+    ContainerSpec(container_body(config, image, owner, command))
 }
 
 fn container_body(
     config: &Config,
     image: &str,
     owner: &str,
-    agent: [&str; 2],
+    command: Vec<String>,
 ) -> ContainerCreateBody {
     let labels = HashMap::from([
         (MANAGED_LABEL.to_owned(), "true".to_owned()),
@@ -104,22 +104,13 @@ fn container_body(
     };
     ContainerCreateBody {
         image: Some(image.to_owned()),
-        entrypoint: Some(vec![
-            "python3".into(),
-            "-c".into(),
-            agent[0].to_owned(),
-            agent[1].to_owned(),
-        ]),
+        entrypoint: Some(command),
         cmd: Some(vec![]),
         user: Some(config.container_user.clone()),
         // Not /workspace: the engine would create that directory itself and
         // the tmpfs would lose its mode. The agent changes into it instead.
         working_dir: Some("/".into()),
-        env: Some(vec![
-            format!("HOME={WORKSPACE}"),
-            "PYTHONDONTWRITEBYTECODE=1".into(),
-            "LANG=C.UTF-8".into(),
-        ]),
+        env: Some(environment(config)),
         hostname: Some("sandbox".into()),
         network_disabled: Some(true),
         labels: Some(labels),
@@ -134,6 +125,25 @@ fn container_body(
     }
 }
 
+/// The sandbox's environment. Native thread pools (OpenBLAS, OpenMP, MKL)
+/// size themselves by the CPUs they see, which is the host's, not
+/// `MCP_BRIDGE_CPUS`: cap them at the sandbox's share.
+fn environment(config: &Config) -> Vec<String> {
+    let mut env = vec![
+        format!("HOME={WORKSPACE}"),
+        "PYTHONDONTWRITEBYTECODE=1".into(),
+        "LANG=C.UTF-8".into(),
+    ];
+    if let Some(cpus) = config.cpus {
+        // At least one thread; a fractional share rounds up.
+        let threads = cpus.ceil().max(1.0);
+        for name in ["OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"] {
+            env.push(format!("{name}={threads}"));
+        }
+    }
+    env
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,7 +154,8 @@ mod tests {
             cpus: Some(1.5),
             ..Config::default()
         };
-        let body = container_body(&config, "img:tag", "host:1:2", ["print(1)", "arg"]);
+        let command = vec!["python3".to_owned(), "-c".into(), "print(1)".into()];
+        let body = container_body(&config, "img:tag", "host:1:2", command);
         let host = body.host_config.as_ref().unwrap();
         assert_eq!(host.network_mode.as_deref(), Some("none"));
         assert_eq!(host.readonly_rootfs, Some(true));
@@ -179,6 +190,13 @@ mod tests {
         assert_eq!(body.user.as_deref(), Some("65534:65534"));
         assert_eq!(body.network_disabled, Some(true));
         assert_eq!(body.labels.as_ref().unwrap()[OWNER_LABEL], "host:1:2");
-        assert_eq!(body.entrypoint.as_ref().unwrap()[2..], ["print(1)", "arg"]);
+        assert_eq!(body.entrypoint.as_ref().unwrap()[2..], ["print(1)"]);
+        assert!(
+            body.env
+                .as_ref()
+                .unwrap()
+                .contains(&"OPENBLAS_NUM_THREADS=2".to_owned()),
+            "1.5 CPUs: native thread pools of 2"
+        );
     }
 }

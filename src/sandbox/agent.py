@@ -947,10 +947,17 @@ def main(argv):
     gc.collect()
     gc.freeze()
     # Before the first request: the zygote's memory never holds run data.
+    oom_before = oom_counter.read()
     try:
         zygote = Zygote(preload)
     except ZygoteLost as lost:
-        sys.stderr.write(f"mcp-code-exec agent: the zygote did not start: {lost}\n")
+        reason = str(lost)
+        if oom_counter.read() > oom_before:
+            reason = (
+                f"out of memory importing the preloaded modules ({', '.join(preload)}); "
+                "raise MCP_BRIDGE_MEMORY or preload fewer (MCP_BRIDGE_PRELOAD)"
+            )
+        sys.stderr.write(f"mcp-code-exec agent: the zygote did not start: {reason}\n")
         os._exit(5)
     # What the preload wrote (e.g. matplotlib's font cache in $HOME) is not
     # the first run's to see.

@@ -30,9 +30,31 @@ use protocol::{
     encode_answer,
 };
 
-/// The agent's source and its one argument, the source of the sandbox's
-/// `mcp` package: injected as `python3 -c AGENT RUNTIME` (no bind mounts).
-pub const AGENT: [&str; 2] = [include_str!("agent.py"), include_str!("mcp_runtime.py")];
+/// What the container runs, embedded in this binary: injected as arguments,
+/// so sandboxes need no bind mount (remote engines and Docker Desktop work).
+struct AgentSource {
+    /// PID 1 of the container (`python3 -c`).
+    agent: &'static str,
+    /// The sandbox's `mcp` package, the agent's first argument.
+    mcp_package: &'static str,
+}
+
+const AGENT_SOURCE: AgentSource = AgentSource {
+    agent: include_str!("agent.py"),
+    mcp_package: include_str!("mcp_runtime.py"),
+};
+
+/// The container's command: `python3 -c AGENT MCP_PACKAGE PRELOAD`, where
+/// PRELOAD is the comma-separated modules the zygote imports before any run.
+pub fn agent_command(preload: &[String]) -> Vec<String> {
+    vec![
+        "python3".into(),
+        "-c".into(),
+        AGENT_SOURCE.agent.into(),
+        AGENT_SOURCE.mcp_package.into(),
+        preload.join(","),
+    ]
+}
 
 /// The MCP tools a run may call ([`crate::proxy`] implements it; the
 /// sandbox only relays): the metadata the sandbox builds its `mcp` package
@@ -147,6 +169,16 @@ impl Sandbox {
         };
         let ready = sandbox.await_ready(timeout).await?;
         sandbox.python_version = ready.python.unwrap_or_default();
+        if !ready.preload_missing.is_empty() {
+            // Every sandbox of an image says the same: once is enough.
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!(
+                    missing = ?ready.preload_missing,
+                    "preloaded modules (MCP_BRIDGE_PRELOAD) missing from the sandbox image; runs go on without them"
+                );
+            });
+        }
         Ok(sandbox)
     }
 
@@ -388,8 +420,11 @@ mod tests {
 
     #[test]
     fn agent_source_is_embedded_and_guards_pid_one() {
-        assert!(AGENT[0].contains("os.getpid() != 1"));
+        let command = agent_command(&["numpy".into(), "pandas".into()]);
+        assert!(command[2].contains("os.getpid() != 1"));
+        assert!(command[3].contains("def install("));
+        assert_eq!(command[4], "numpy,pandas");
         // Each source travels as one argv entry (MAX_ARG_STRLEN is 128 KiB).
-        assert!(AGENT.iter().all(|source| source.len() < 128 * 1024));
+        assert!(command.iter().all(|arg| arg.len() < 128 * 1024));
     }
 }

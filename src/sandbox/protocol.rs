@@ -189,6 +189,9 @@ pub struct Ready {
     /// The sandbox's Python version; sent only in the first `Ready`.
     #[serde(default)]
     pub python: Option<String>,
+    /// Preloaded modules the image lacks, with why; first `Ready` only.
+    #[serde(default)]
+    pub preload_missing: Vec<String>,
 }
 
 /// Payload of a `ResetFailed` frame.

@@ -123,3 +123,6 @@ pub fn fixture_server(name: &str) -> mcp_code_exec::proxy::discovery::ServerDefi
         source: std::path::PathBuf::from("tests/common/mod.rs"),
     }
 }
+
+/// Python alone, no scientific stack (`scripts/setup-engine.sh --bare`).
+pub const BARE_IMAGE: &str = "mcp-code-exec-sandbox:trixie";
