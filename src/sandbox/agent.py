@@ -49,6 +49,7 @@
 import ast
 import asyncio
 import atexit
+import base64
 import builtins
 import ctypes
 import gc
@@ -63,6 +64,7 @@ import resource
 import select
 import signal
 import socket
+import stat
 import struct
 import sys
 import time
@@ -87,6 +89,12 @@ WORKSPACE = "/workspace"
 SCRIPT_DIR = "/run/code"
 SCRIPT = SCRIPT_DIR + "/main.py"
 WIPE_DIRS = ("/tmp", WORKSPACE, SCRIPT_DIR, "/dev/shm", "/dev/mqueue")
+# What a run hands back: the images display.py wrote, the files under out/.
+IMAGE_DIR = SCRIPT_DIR + "/images"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+OUT_DIR = WORKSPACE + "/out"
+OUT_MAX_DEPTH = 16
+OUT_MAX_ENTRIES = 10_000  # directory entries looked at, so a huge tree cannot hold the run
 RESET_DEADLINE_S = 3.0
 ZYGOTE_REPLY_TIMEOUT_S = RESET_DEADLINE_S + 2.0
 PR_SET_DUMPABLE = 4
@@ -241,6 +249,7 @@ def spare_main(code_r, status_w, out_w, err_w, call_w, answer_r):
     request = json.loads(read_to_end(code_r))
     os.close(code_r)
     module = main_module(request["code"])
+    write_input_files(request.get("files", []))
     if request.get("servers") or request.get("discovered"):
         mcp_runtime["install"](
             module.__dict__,
@@ -248,7 +257,10 @@ def spare_main(code_r, status_w, out_w, err_w, call_w, answer_r):
             request.get("servers", []),
             request.get("discovered", []),
         )
+    display = display_runtime["install"](request["display"]) if "display" in request else None
     exit_code, status = execute(request["code"], module.__dict__, SCRIPT)
+    if display is not None:
+        status.update(display_runtime["finish"](display))
     exit_code = interpreter_exit(exit_code)
     # The output is in its pipes now. Closing the status pipe tells the agent
     # the run is over before this process's teardown, which is slow (its
@@ -260,6 +272,21 @@ def spare_main(code_r, status_w, out_w, err_w, call_w, answer_r):
     except OSError:
         pass
     os._exit(exit_code)
+
+
+def write_input_files(files):
+    """The call's `files`, under /workspace before the code starts. The host
+    checked each path (relative, inside /workspace) and the total size; a
+    path that still escapes is refused here too."""
+    root = os.path.realpath(WORKSPACE)
+    for entry in files:
+        path = os.path.realpath(os.path.join(root, entry["path"]))
+        if not path.startswith(root + os.sep):
+            raise ValueError(f"input file path escapes {WORKSPACE}: {entry['path']!r}")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        data = base64.b64decode(entry["base64"]) if "base64" in entry else entry["text"].encode()
+        with open(path, "wb") as f:
+            f.write(data)
 
 
 def read_to_end(fd):
@@ -750,9 +777,96 @@ def run(spare, zygote, payload, request):
         "error_type": status.get("error_type"),
         "dropped_stdout": outputs[spare.out_r].dropped,
         "dropped_stderr": outputs[spare.err_r].dropped,
-        "agent_us": (time.monotonic_ns() - started) // 1000,
     }
+    if "display" in request:
+        done.update(send_images(request["display"], status))
+    if "files_out" in request:
+        done.update(send_output_files(request["files_out"]))
+    done["agent_us"] = (time.monotonic_ns() - started) // 1000
     send_json(ord("D"), done)
+
+
+def send_images(bounds, status):
+    """The run's images (display.py wrote them, in order) as b"I" frames,
+    within the bounds again: user code could have written there too."""
+    dropped = status.get("images_dropped", 0)
+    try:
+        names = sorted(os.listdir(IMAGE_DIR))
+    except FileNotFoundError:
+        names = []
+    sent = 0
+    for name in names:
+        data = read_regular(IMAGE_DIR, name, bounds["max_bytes"])
+        if sent >= bounds["max_images"] or data is None or not data.startswith(PNG_SIGNATURE):
+            dropped += 1
+            continue
+        send(ord("I"), data)
+        sent += 1
+    return {"images_dropped": dropped, "image_notes": status.get("image_notes", [])}
+
+
+def send_output_files(bounds):
+    """Regular files under /workspace/out, as b"P" frames (2-byte path
+    length, the path, the bytes), within the per-run bounds. Walked through
+    directory fds with O_NOFOLLOW: a symlink or a path swapped while we read
+    cannot make the agent read anything outside out/."""
+    budget = {"files": bounds["max_files"], "bytes": bounds["max_bytes"], "entries": OUT_MAX_ENTRIES}
+    dropped = {"files_dropped": 0, "files_dropped_bytes": 0}
+    try:
+        top = os.open(OUT_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return dropped
+    try:
+        send_tree(top, "", budget, dropped, OUT_MAX_DEPTH)
+    finally:
+        os.close(top)
+    return dropped
+
+
+def send_tree(dir_fd, prefix, budget, dropped, depth):
+    with os.scandir(dir_fd) as scan:
+        entries = sorted(scan, key=lambda e: e.name)
+    for entry in entries:
+        budget["entries"] -= 1
+        if budget["entries"] < 0:
+            return
+        path = prefix + entry.name
+        try:
+            fd = os.open(entry.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+        except OSError:
+            continue  # a symlink (ELOOP), or gone
+        try:
+            info = os.fstat(fd)
+            if stat.S_ISDIR(info.st_mode):
+                if depth > 0:
+                    send_tree(fd, path + "/", budget, dropped, depth - 1)
+            elif stat.S_ISREG(info.st_mode):
+                if budget["files"] <= 0 or info.st_size > budget["bytes"]:
+                    dropped["files_dropped"] += 1
+                    dropped["files_dropped_bytes"] += info.st_size
+                    continue
+                data = os.read(fd, info.st_size)  # a regular file on tmpfs: one read
+                name = path.encode("utf-8", "surrogateescape")
+                send(ord("P"), len(name).to_bytes(2, "big") + name + data)
+                budget["files"] -= 1
+                budget["bytes"] -= len(data)
+        finally:
+            os.close(fd)
+
+
+def read_regular(directory, name, limit):
+    """A regular file's bytes if it holds at most `limit`, else None (no symlinks)."""
+    try:
+        fd = os.open(os.path.join(directory, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+            return None
+        return os.read(fd, info.st_size)
+    finally:
+        os.close(fd)
 
 
 def orphan_exit_code(pid):
@@ -806,6 +920,12 @@ def parse_status(data):
     code = status.get("exit_code")
     if isinstance(code, int) and not isinstance(code, bool) and 0 <= code <= 255:
         clean["exit_code"] = code
+    dropped = status.get("images_dropped")
+    if isinstance(dropped, int) and not isinstance(dropped, bool) and dropped >= 0:
+        clean["images_dropped"] = dropped
+    notes = status.get("image_notes")
+    if isinstance(notes, list):
+        clean["image_notes"] = [note[:300] for note in notes[:8] if isinstance(note, str)]
     return clean
 
 
@@ -924,20 +1044,24 @@ def fresh_spare(zygote, command=b"S", between=None):
 
 oom_counter = OomCounter()
 host = FrameReader()
-# The `mcp` package of the sandbox (mcp_runtime.py), built once by main()
-# and inherited by every run.
+# The `mcp` package of the sandbox (mcp_runtime.py) and its images
+# (display.py), built once by main() and inherited by every run.
 mcp_runtime = {"__name__": "mcp_runtime"}
+display_runtime = {"__name__": "mcp_code_exec_display_runtime"}
 
 
 def main(argv):
-    """argv: the source of mcp_runtime.py, then the comma-separated modules
-    the zygote imports before any run (MCP_BRIDGE_PRELOAD)."""
+    """argv: the sources of mcp_runtime.py and display.py, then the
+    comma-separated modules the zygote imports before any run
+    (MCP_BRIDGE_PRELOAD)."""
     if os.getpid() != 1:
         # kill(-1) outside a PID namespace would hit every process of this uid.
         sys.stderr.write("mcp-code-exec agent: refusing to run outside a container (not PID 1)\n")
         sys.exit(2)
     exec(compile(argv[0], "<mcp-runtime>", "exec"), mcp_runtime)
-    preload = [name for name in argv[1].split(",") if name] if len(argv) > 1 else []
+    exec(compile(argv[1], "<display>", "exec"), display_runtime)
+    display_runtime["register_backend"]()  # before the preload imports matplotlib
+    preload = [name for name in argv[2].split(",") if name]
     libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # inherited by the zygote
     # The root filesystem is read-only and /workspace is wiped: caches are noise.
     sys.dont_write_bytecode = True

@@ -37,21 +37,26 @@ struct AgentSource {
     agent: &'static str,
     /// The sandbox's `mcp` package, the agent's first argument.
     mcp_package: &'static str,
+    /// The run's images (`display()`, matplotlib's backend), the second.
+    display: &'static str,
 }
 
 const AGENT_SOURCE: AgentSource = AgentSource {
     agent: include_str!("agent.py"),
     mcp_package: include_str!("mcp_runtime.py"),
+    display: include_str!("display.py"),
 };
 
-/// The container's command: `python3 -c AGENT MCP_PACKAGE PRELOAD`, where
-/// PRELOAD is the comma-separated modules the zygote imports before any run.
+/// The container's command: `python3 -c AGENT MCP_PACKAGE DISPLAY PRELOAD`,
+/// where PRELOAD is the comma-separated modules the zygote imports before
+/// any run.
 pub fn agent_command(preload: &[String]) -> Vec<String> {
     vec![
         "python3".into(),
         "-c".into(),
         AGENT_SOURCE.agent.into(),
         AGENT_SOURCE.mcp_package.into(),
+        AGENT_SOURCE.display.into(),
         preload.join(","),
     ]
 }
@@ -423,7 +428,8 @@ mod tests {
         let command = agent_command(&["numpy".into(), "pandas".into()]);
         assert!(command[2].contains("os.getpid() != 1"));
         assert!(command[3].contains("def install("));
-        assert_eq!(command[4], "numpy,pandas");
+        assert!(command[4].contains("def register_backend("));
+        assert_eq!(command[5], "numpy,pandas");
         // Each source travels as one argv entry (MAX_ARG_STRLEN is 128 KiB).
         assert!(command.iter().all(|arg| arg.len() < 128 * 1024));
     }

@@ -24,3 +24,8 @@ def agent():
 @pytest.fixture(scope="session")
 def mcp_runtime():
     return load("mcp_runtime")
+
+
+@pytest.fixture(scope="session")
+def mcp_display():
+    return load("display")

@@ -166,3 +166,58 @@ def test_the_done_frame_is_json(agent, monkeypatch):
     agent.send_json(ord("D"), {"exit_code": 0})
     assert sent == [(ord("D"), b'{"exit_code":0}')]
     assert json.loads(sent[0][1]) == {"exit_code": 0}
+
+
+def test_output_files_are_bounded_and_never_follow_links(agent, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    (out / "a.txt").write_text("alpha")
+    (out / "sub" / "b.bin").write_bytes(b"\x00\x01")
+    (out / "big.bin").write_bytes(b"x" * 100)
+    (out / "secret").symlink_to("/etc/passwd")
+    (out / "subdir-link").symlink_to(tmp_path)
+    os.mkfifo(out / "fifo")
+    monkeypatch.setattr(agent, "OUT_DIR", str(out))
+    sent = []
+    monkeypatch.setattr(agent, "send", lambda kind, data: sent.append((kind, bytes(data))))
+    dropped = agent.send_output_files({"max_files": 10, "max_bytes": 50})
+    files = {}
+    for kind, payload in sent:
+        assert kind == ord("P")
+        length = int.from_bytes(payload[:2], "big")
+        files[payload[2 : 2 + length].decode()] = payload[2 + length :]
+    assert files == {"a.txt": b"alpha", "sub/b.bin": b"\x00\x01"}
+    assert dropped == {"files_dropped": 1, "files_dropped_bytes": 100}
+
+
+def test_output_file_count_is_bounded(agent, tmp_path, monkeypatch):
+    for i in range(5):
+        (tmp_path / f"{i}.txt").write_text("x")
+    monkeypatch.setattr(agent, "OUT_DIR", str(tmp_path))
+    sent = []
+    monkeypatch.setattr(agent, "send", lambda kind, data: sent.append(kind))
+    assert agent.send_output_files({"max_files": 3, "max_bytes": 1 << 20})["files_dropped"] == 2
+    assert len(sent) == 3
+
+
+def test_images_are_checked_again_by_the_agent(agent, tmp_path, monkeypatch):
+    png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 30
+    (tmp_path / "0000.png").write_bytes(png)
+    (tmp_path / "0001.png").write_bytes(b"not a png")
+    (tmp_path / "0002.png").write_bytes(png + b"\x00" * 100)
+    (tmp_path / "0003.png").symlink_to(tmp_path / "0000.png")
+    monkeypatch.setattr(agent, "IMAGE_DIR", str(tmp_path))
+    sent = []
+    monkeypatch.setattr(agent, "send", lambda kind, data: sent.append((kind, data)))
+    reported = agent.send_images({"max_bytes": 64, "max_images": 8}, {"images_dropped": 2, "image_notes": ["n"]})
+    assert sent == [(ord("I"), png)]
+    assert reported == {"images_dropped": 5, "image_notes": ["n"]}
+
+
+def test_input_files_land_in_the_workspace_only(agent, tmp_path, monkeypatch):
+    monkeypatch.setattr(agent, "WORKSPACE", str(tmp_path))
+    agent.write_input_files([{"path": "data/in.csv", "text": "a,b\n"}, {"path": "x.bin", "base64": "AAE="}])
+    assert (tmp_path / "data" / "in.csv").read_text() == "a,b\n"
+    assert (tmp_path / "x.bin").read_bytes() == b"\x00\x01"
+    with pytest.raises(ValueError, match="escapes"):
+        agent.write_input_files([{"path": "../escape", "text": "x"}])

@@ -1,0 +1,201 @@
+# mcp-code-exec: images a run returns, as sandboxed code makes them.
+#
+# The agent compiles this once at startup (it arrives as an argument, no files
+# are mounted) and each run's process calls `install(options)` before the code
+# and `finish()` after it. `display(obj)` is a built-in: a PIL image, a
+# matplotlib figure, or anything with `_repr_png_` becomes a PNG image of the
+# run; anything else is printed, as IPython's display prints what it cannot
+# draw. matplotlib's backend is this module's (`module://mcp_code_exec_display`,
+# Agg underneath): `plt.show()` displays every open figure and closes it, and
+# figures still open when the run ends are displayed then.
+#
+# Each image is bounded here, in the run's own process and memory: scaled down
+# to `max_pixels` on its longest side, re-encoded smaller when over
+# `max_bytes` (dropped with a note when it cannot fit), at most `max_images`
+# per run (the rest counted). The PNGs are files in IMAGE_DIR, in the order
+# they were made; the agent reads them after the run and bounds them again.
+
+import builtins
+import importlib.machinery
+import io
+import os
+import sys
+
+IMAGE_DIR = "/run/code/images"
+BACKEND = "mcp_code_exec_display"
+MIN_SIDE = 64  # smaller than this, an image says nothing: drop it instead
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+class Display:
+    """The run's images: rendered, bounded, written in order."""
+
+    def __init__(self, max_pixels, max_bytes, max_images):
+        self.max_pixels = max_pixels
+        self.max_bytes = max_bytes
+        self.max_images = max_images
+        self.written = 0
+        self.dropped = 0
+        self.notes = []
+
+    def __call__(self, *objects):
+        """display(obj, ...): each object as an image of the run, or printed."""
+        for obj in objects:
+            png = self.render(obj)
+            if png is None:
+                print(repr(obj))
+            else:
+                self.keep(png, type(obj).__name__)
+
+    def render(self, obj):
+        """PNG bytes for an image-like object, None for anything else."""
+        figure = _figure_of(obj)
+        if figure is not None:
+            return self.render_figure(figure)
+        if _is_pil_image(obj):
+            return self.encode(obj)
+        repr_png = getattr(obj, "_repr_png_", None)
+        if callable(repr_png):
+            data = repr_png()
+            if isinstance(data, bytes) and data.startswith(PNG_SIGNATURE):
+                return self.bounded_png(data)
+        return None
+
+    def render_figure(self, figure):
+        width, height = figure.get_size_inches() * figure.dpi
+        scale = min(1.0, self.max_pixels / max(width, height, 1))
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=figure.dpi * scale)
+        return self.bounded_png(buffer.getvalue())
+
+    def bounded_png(self, data):
+        """PNG bytes from elsewhere: re-encoded through PIL when too large, if it is there."""
+        if len(data) <= self.max_bytes and max(_png_size(data)) <= self.max_pixels:
+            return data
+        try:
+            from PIL import Image
+        except ImportError:
+            return data  # the agent and the host drop what is still over the bounds
+        return self.encode(Image.open(io.BytesIO(data)))
+
+    def encode(self, image):
+        """A PIL image as PNG within the bounds: scaled down to max_pixels,
+        then smaller (a 256-color palette, then 3/4 the size) until it fits."""
+        image = image.copy()
+        if image.mode not in ("1", "L", "LA", "P", "RGB", "RGBA"):
+            image = image.convert("RGBA")
+        if max(image.size) > self.max_pixels:
+            image.thumbnail((self.max_pixels, self.max_pixels))
+        data = _png(image)
+        if len(data) > self.max_bytes and image.mode != "P":
+            image = image.convert("RGBA").quantize(colors=256)
+            data = _png(image)
+        while len(data) > self.max_bytes and min(image.size) * 3 // 4 >= MIN_SIDE:
+            image = image.resize((image.size[0] * 3 // 4, image.size[1] * 3 // 4))
+            data = _png(image)
+        return data
+
+    def keep(self, png, what):
+        if len(png) > self.max_bytes:
+            self.dropped += 1
+            self.notes.append(f"an image ({what}) was over {self.max_bytes} bytes even when made smaller: dropped")
+            return
+        if self.written >= self.max_images:
+            self.dropped += 1
+            return
+        os.makedirs(IMAGE_DIR, exist_ok=True)
+        with open(f"{IMAGE_DIR}/{self.written:04d}.png", "wb") as f:
+            f.write(png)
+        self.written += 1
+
+    def show_figures(self):
+        """plt.show(): every open figure, in order, then closed."""
+        from matplotlib import pyplot
+        from matplotlib._pylab_helpers import Gcf
+
+        for manager in Gcf.get_all_fig_managers():
+            self.keep(self.render_figure(manager.canvas.figure), "figure")
+        pyplot.close("all")
+
+
+def _figure_of(obj):
+    if "matplotlib" not in sys.modules:
+        return None
+    from matplotlib.figure import Figure
+
+    if isinstance(obj, Figure):
+        return obj
+    figure = getattr(obj, "figure", None)  # an Axes
+    return figure if isinstance(figure, Figure) else None
+
+
+def _is_pil_image(obj):
+    image = sys.modules.get("PIL.Image")
+    return image is not None and isinstance(obj, image.Image)
+
+
+def _png(image):
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def _png_size(data):
+    """(width, height) from a PNG's header; (0, 0) when it is not one."""
+    if len(data) < 24 or not data.startswith(PNG_SIGNATURE):
+        return 0, 0
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+class _Backend:
+    """Imports `mcp_code_exec_display` as matplotlib's backend: Agg's canvas,
+    and a show() that displays the figures (matplotlib copies the module's
+    names when it loads a backend, so they must exist on import)."""
+
+    display = None  # the run's Display, set by install()
+
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        return importlib.machinery.ModuleSpec(name, cls) if name == BACKEND else None
+
+    @staticmethod
+    def create_module(spec):
+        return None
+
+    @classmethod
+    def exec_module(cls, module):
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        module.FigureCanvas = FigureCanvasAgg
+
+        def show(*args, **kwargs):
+            if cls.display is not None:
+                cls.display.show_figures()
+
+        module.show = show
+
+
+def register_backend():
+    """Makes matplotlib use this module's backend (before it is imported)."""
+    if _Backend not in sys.meta_path:
+        sys.meta_path.append(_Backend)
+    os.environ["MPLBACKEND"] = f"module://{BACKEND}"
+
+
+def install(options):
+    """Before the run's code: the `display` built-in, bound to this run."""
+    display = Display(options["max_pixels"], options["max_bytes"], options["max_images"])
+    builtins.display = display
+    _Backend.display = display
+    return display
+
+
+def finish(display):
+    """After the run's code: figures still open are displayed. Returns what
+    the agent reports: images dropped, and the notes for the text."""
+    if "matplotlib.pyplot" in sys.modules:
+        try:
+            display.show_figures()
+        except Exception as exc:  # a figure that cannot draw must not hide the run's result
+            display.notes.append(f"open figures could not be drawn: {type(exc).__name__}: {exc}")
+    return {"images_dropped": display.dropped, "image_notes": display.notes[:8]}
