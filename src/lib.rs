@@ -24,6 +24,7 @@
 //! the MCP client of the user's servers). `tests/tests.rs` checks that the
 //! imports between these modules form no cycle. See ARCHITECTURE.md.
 
+pub mod artifacts;
 pub mod call;
 pub mod config;
 pub mod engine;
