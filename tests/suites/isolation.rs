@@ -1,0 +1,136 @@
+//! Nothing of one run survives into the next on the same container, and the
+//! agent cannot be inspected or stopped by the code it runs.
+
+use std::time::Duration;
+
+use crate::util::{
+    AGENT_START, Shared, assert_next_call_works, run_on, started_service, test_config,
+};
+use mcp_code_exec::report::RunStatus;
+
+static SERVICE: Shared = Shared::new();
+
+engine_test! {
+    fn the_next_run_sees_nothing_of_the_last() {
+        let mut config = test_config();
+        config.pool_max = 1;
+        let service = started_service(config);
+
+        let plant = r#"
+    import builtins, ctypes, json, os, subprocess, sys, time
+    for path in ('/tmp/leak', '/workspace/leak', '/dev/shm/leak'):
+        open(path, 'w').write('x')
+    os.makedirs('/tmp/locked/inner')
+    os.chmod('/tmp/locked', 0)
+    builtins.LEAK = 1
+    json.LEAK = 1
+    os.environ['LEAK'] = '1'
+    subprocess.Popen(['sleep', '1000'], start_new_session=True)
+    if os.fork() == 0:          # a double-forked daemon that prints late
+        os.setsid()
+        if os.fork() == 0:
+            time.sleep(0.4)
+            print('LATE OUTPUT', flush=True)
+            open('/tmp/late', 'w').write('x')
+            os._exit(0)
+        os._exit(0)
+    shmid = ctypes.CDLL(None).shmget(0x5EED, 4096, 0o1600)
+    assert shmid >= 0, 'shmget failed'
+    "#;
+        let planted = run_on(&service, &format!("{plant}\n{AGENT_START}"), Some(10.0));
+        assert_eq!(planted.status, RunStatus::Success, "{planted:#?}");
+        std::thread::sleep(Duration::from_millis(800));
+
+        let look = r#"
+    import builtins, json, os
+    print(os.listdir('/tmp'), os.listdir('/workspace'), os.listdir('/dev/shm'))
+    print(hasattr(builtins, 'LEAK'), hasattr(json, 'LEAK'), 'LEAK' in os.environ)
+    print([p for p in os.listdir('/proc') if p.isdigit() and p not in ('1', str(os.getppid()), str(os.getpid()))])  # agent, zygote, us
+    print(len(open('/proc/sysvipc/shm').read().splitlines()) - 1)
+    "#;
+        let seen = run_on(&service, &format!("{look}\n{AGENT_START}"), Some(10.0));
+        assert_eq!(seen.status, RunStatus::Success, "{seen:#?}");
+        let (state, agent) = seen
+            .stdout
+            .rsplit_once("]\n0\n")
+            .expect("four lines then the agent start");
+        assert_eq!(state, "[] [] []\nFalse False False\n[");
+        assert_eq!(agent, planted.stdout, "both runs used the same container");
+        assert!(!seen.stdout.contains("LATE"));
+    }
+}
+
+engine_test! {
+    /// Neither the agent (PID 1) nor the zygote (the run's parent, which every
+    /// later run is forked from) can be read or written by user code.
+    fn the_agent_and_the_zygote_cannot_be_inspected_or_stopped() {
+        let code = r#"
+    import os, signal
+    denied = []
+    for pid in (1, os.getppid()):
+        for path in ('mem', 'environ', 'fd/0', 'fd/1'):
+            try:
+                open(f'/proc/{pid}/{path}', 'rb').read(1)
+            except PermissionError:
+                denied.append(path)
+        try:
+            os.listdir(f'/proc/{pid}/fd')
+        except PermissionError:
+            denied.append('fd list')
+    for sig in (signal.SIGSTOP, signal.SIGTERM, signal.SIGKILL):
+        os.kill(1, sig)
+    print(len(denied), 'denied')
+    "#;
+        let report = SERVICE.run(code);
+        assert_eq!(report.stdout, "10 denied\n", "{report:#?}");
+        assert_next_call_works(SERVICE.get());
+    }
+}
+
+engine_test! {
+    fn runs_as_nobody_without_network_or_writable_root() {
+        let code = r#"
+    import os, socket
+    print(os.getuid(), os.getgid(), os.getcwd(), os.environ['HOME'])
+    try:
+        open('/usr/evil', 'w')
+    except OSError as e:
+        print('root fs:', e.strerror)
+    try:
+        socket.create_connection(('1.1.1.1', 53), timeout=2)
+    except OSError as e:
+        print('network: unreachable')
+    print(sorted(i for _, i in socket.if_nameindex()))
+    print(open('/proc/self/status').read().split('CapEff:')[1].split()[0])
+    "#;
+        let report = SERVICE.run(code);
+        assert_eq!(
+            report.stdout,
+            "65534 65534 /workspace /workspace\nroot fs: Read-only file system\nnetwork: unreachable\n['lo']\n0000000000000000\n",
+            "{report:#?}"
+        );
+    }
+}
+
+engine_test! {
+    fn stdout_and_stderr_are_separate_and_ordered_and_await_works() {
+        let code = r#"
+    import asyncio, subprocess, sys
+    for i in range(3):
+        print('out', i)
+        print('err', i, file=sys.stderr)
+    subprocess.run(['echo', 'from a subprocess'])
+    async def twice(x):
+        await asyncio.sleep(0.01)
+        return 2 * x
+    print(await asyncio.gather(twice(1), twice(2)))
+    "#;
+        let report = SERVICE.run(code);
+        assert_eq!(report.status, RunStatus::Success, "{report:#?}");
+        assert_eq!(
+            report.stdout,
+            "out 0\nout 1\nout 2\nfrom a subprocess\n[2, 4]\n"
+        );
+        assert_eq!(report.stderr, "err 0\nerr 1\nerr 2\n");
+    }
+}
