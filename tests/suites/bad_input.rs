@@ -1,7 +1,7 @@
 //! What bad input gets: a clear error, the server unharmed, the next call fine.
 //! Every case runs against the real engine and ends with a `print(6*7)`.
 
-use crate::util::{Shared, assert_next_call_works, run_on, test_config};
+use crate::util::{Shared, assert_next_call_works, block_on, run_on, started_service, test_config};
 use mcp_code_exec::report::RunStatus;
 
 static SERVICE: Shared = Shared::new();
@@ -75,12 +75,50 @@ engine_test! {
 }
 
 engine_test! {
+    /// The bomb fills the process limit and spins until its deadline: the
+    /// first refused fork is reported (EAGAIN, with the processes then in
+    /// the container, within MCP_BRIDGE_PIDS), the run ends as a timeout
+    /// with that output kept, and the next call works. On a sandbox with
+    /// memory to spare, so that the process limit is what holds (in 256 MiB
+    /// the pages 128 interpreters copy can reach the memory limit first:
+    /// that run ends as `oom`, see `memory_bomb_is_reported_as_oom`).
     fn fork_bomb_is_contained() {
-        let code =
-            "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass";
-        let report = run_on(SERVICE.get(), code, Some(3.0));
-        assert_ne!(report.status, RunStatus::Success, "{report:#?}");
-        assert_next_call_works(SERVICE.get());
+        let mut config = test_config();
+        config.pool_max = 1;
+        config.memory_bytes = 1 << 30;
+        let service = started_service(config);
+        let code = r#"
+import errno, os
+me, said = os.getpid(), False
+while True:
+    try:
+        os.fork()
+    except OSError as e:
+        if os.getpid() == me and not said:
+            said = True
+            count = sum(name.isdigit() for name in os.listdir('/proc'))
+            print('refused', errno.errorcode[e.errno], count, flush=True)
+"#;
+        let report = run_on(&service, code, Some(3.0));
+        assert_eq!(report.status, RunStatus::Timeout, "{report:#?}");
+        assert!(
+            report.error.as_deref().unwrap().contains("timed out after 3s"),
+            "{report:#?}"
+        );
+        let (reason, count) = report
+            .stdout
+            .strip_prefix("refused ")
+            .and_then(|rest| rest.trim_end().split_once(' '))
+            .expect("the process limit refused a fork");
+        assert_eq!(reason, "EAGAIN", "{report:#?}");
+        let limit = test_config().pids_limit;
+        let count: i64 = count.parse().unwrap();
+        assert!(
+            (limit / 2..=limit).contains(&count),
+            "the bomb grew to the limit ({limit}) and no further: {count} processes"
+        );
+        assert_next_call_works(&service);
+        block_on(service.shutdown());
     }
 }
 
