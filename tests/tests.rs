@@ -7,6 +7,8 @@
 #[macro_use]
 mod util;
 
+#[path = "suites/architecture.rs"]
+mod architecture;
 #[path = "suites/bad_input.rs"]
 mod bad_input;
 #[path = "suites/cli.rs"]
