@@ -13,15 +13,15 @@ static SERVICE: Shared = Shared::new();
 engine_test! {
     fn the_data_stack_is_preloaded_and_computes_right() {
         let code = r#"
-    import sys
-    preloaded = all(m in sys.modules for m in ("numpy", "pandas", "matplotlib.pyplot", "PIL.Image"))
-    import numpy as np, pandas as pd, scipy.linalg
-    a = np.arange(1.0, 301.0).reshape(300, 1)
-    print(preloaded, float((a.T @ a)[0, 0]))
-    df = pd.DataFrame({"k": ["a", "b", "a", "b"], "v": [1, 2, 3, 4]})
-    print(df.groupby("k")["v"].sum().to_dict())
-    print(round(float(scipy.linalg.det(np.array([[2.0, 1.0], [1.0, 3.0]]))), 6))
-    "#;
+import sys
+preloaded = all(m in sys.modules for m in ("numpy", "pandas", "matplotlib.pyplot", "PIL.Image"))
+import numpy as np, pandas as pd, scipy.linalg
+a = np.arange(1.0, 301.0).reshape(300, 1)
+print(preloaded, float((a.T @ a)[0, 0]))
+df = pd.DataFrame({"k": ["a", "b", "a", "b"], "v": [1, 2, 3, 4]})
+print(df.groupby("k")["v"].sum().to_dict())
+print(round(float(scipy.linalg.det(np.array([[2.0, 1.0], [1.0, 3.0]]))), 6))
+"#;
         let report = SERVICE.run(code);
         assert_eq!(report.status, RunStatus::Success, "{report:#?}");
         assert_eq!(report.stdout, "True 9045050.0\n{'a': 4, 'b': 6}\n5.0\n");
@@ -31,16 +31,16 @@ engine_test! {
 engine_test! {
     fn plots_render_off_screen_and_show_never_blocks() {
         let code = r#"
-    import io
-    import matplotlib.pyplot as plt
-    from PIL import Image
-    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=100)
-    ax.plot([0, 1, 2], [2, 0, 1])
-    plt.show()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    print(plt.get_backend().lower(), Image.open(buffer).size)
-    "#;
+import io
+import matplotlib.pyplot as plt
+from PIL import Image
+fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=100)
+ax.plot([0, 1, 2], [2, 0, 1])
+plt.show()
+buffer = io.BytesIO()
+fig.savefig(buffer, format="png")
+print(plt.get_backend().lower(), Image.open(buffer).size)
+"#;
         let report = run_on(SERVICE.get(), code, Some(20.0));
         assert_eq!(report.status, RunStatus::Success, "{report:#?}");
         assert_eq!(report.stdout, "agg (640, 480)\n");
@@ -56,11 +56,11 @@ engine_test! {
         // OpenBLAS keeps its worker threads after a large product: with one CPU
         // it has none, and the product is still right.
         let code = r#"
-    import os
-    import numpy as np
-    a = np.ones((400, 400))
-    print(os.environ["OPENBLAS_NUM_THREADS"], float((a @ a)[0, 0]), len(os.listdir("/proc/self/task")))
-    "#;
+import os
+import numpy as np
+a = np.ones((400, 400))
+print(os.environ["OPENBLAS_NUM_THREADS"], float((a @ a)[0, 0]), len(os.listdir("/proc/self/task")))
+"#;
         let report = run_on(&service, code, Some(30.0));
         assert_eq!(report.status, RunStatus::Success, "{report:#?}");
         assert_eq!(report.stdout, "1 400.0 1\n");

@@ -13,7 +13,7 @@ engine_test! {
         assert!(
             sdk.is_ok_and(|s| s.success()),
             "the MCP Python SDK is missing for {}: run scripts/test.sh, or pip install -r tests/e2e/requirements.txt \
-             and set MCP_CODE_EXEC_TEST_PYTHON",
+         and set MCP_CODE_EXEC_TEST_PYTHON",
             python().display()
         );
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/mcp_client.py");

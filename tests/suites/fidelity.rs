@@ -18,24 +18,24 @@ static SERVICE: Shared = Shared::new();
 engine_test! {
     fn user_functions_and_classes_pickle_and_multiprocessing_works() {
         let code = r#"
-    import concurrent.futures, multiprocessing, pickle
+import concurrent.futures, multiprocessing, pickle
 
-    class Point:
-        def __init__(self, x):
-            self.x = x
+class Point:
+    def __init__(self, x):
+        self.x = x
 
-    def square(x):
-        return x * x
+def square(x):
+    return x * x
 
-    if __name__ == "__main__":
-        print(pickle.loads(pickle.dumps(Point(3))).x, pickle.loads(pickle.dumps(square))(4))
-        with multiprocessing.Pool(2) as pool:
-            print(pool.map(square, range(5)))
-        with concurrent.futures.ProcessPoolExecutor(2) as executor:
-            print(list(executor.map(square, range(3))))
-        with multiprocessing.get_context("spawn").Pool(1) as pool:
-            print(pool.map(square, [7]))
-    "#;
+if __name__ == "__main__":
+    print(pickle.loads(pickle.dumps(Point(3))).x, pickle.loads(pickle.dumps(square))(4))
+    with multiprocessing.Pool(2) as pool:
+        print(pool.map(square, range(5)))
+    with concurrent.futures.ProcessPoolExecutor(2) as executor:
+        print(list(executor.map(square, range(3))))
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        print(pool.map(square, [7]))
+"#;
         let report = SERVICE.run(code);
         assert_eq!(report.status, RunStatus::Success, "{report:#?}");
         assert_eq!(report.stdout, "3 16\n[0, 1, 4, 9, 16]\n[0, 1, 4]\n[49]\n");
@@ -46,14 +46,14 @@ engine_test! {
     fn tracebacks_warnings_and_inspect_show_the_source() {
         let code = r#"import inspect, warnings
 
-    def divide(a, b):
-        return a / b
+def divide(a, b):
+    return a / b
 
-    print(inspect.getsource(divide).splitlines()[0])
-    warnings.warn("careful")
-    warnings.warn("old api", DeprecationWarning)
-    divide(1, 0)
-    "#;
+print(inspect.getsource(divide).splitlines()[0])
+warnings.warn("careful")
+warnings.warn("old api", DeprecationWarning)
+divide(1, 0)
+"#;
         let report = SERVICE.run(code);
         assert_eq!(report.status, RunStatus::Error, "{report:#?}");
         assert_eq!(report.stdout, "def divide(a, b):\n");
@@ -78,15 +78,15 @@ engine_test! {
 engine_test! {
     fn a_run_ends_like_the_interpreter_threads_then_atexit() {
         let code = r#"
-    import atexit, sys, threading, time
-    atexit.register(lambda: print("atexit ran", flush=True))
-    def late():
-        time.sleep(0.3)
-        print("thread finished")
-    threading.Thread(target=late).start()
-    threading.Thread(target=lambda: sys.exit(5)).start()   # ends its thread only
-    print("main done")
-    "#;
+import atexit, sys, threading, time
+atexit.register(lambda: print("atexit ran", flush=True))
+def late():
+    time.sleep(0.3)
+    print("thread finished")
+threading.Thread(target=late).start()
+threading.Thread(target=lambda: sys.exit(5)).start()   # ends its thread only
+print("main done")
+"#;
         let report = SERVICE.run(code);
         assert_eq!(report.status, RunStatus::Success, "{report:#?}");
         assert_eq!(report.stdout, "main done\nthread finished\natexit ran\n");
@@ -109,24 +109,24 @@ engine_test! {
 engine_test! {
     fn script_details_match_python3_script_py() {
         let code = r#"
-    import asyncio, os, signal, sys
-    print(__name__, __file__, __spec__, sys.argv, sys.path[:2], os.getcwd())
-    print(sys.modules["__main__"] is sys.modules[__name__], open(__file__).read().splitlines()[1])
-    async def answer():
-        return 42
-    print(asyncio.run(answer()))
-    signal.signal(signal.SIGALRM, lambda *_: print("alarm"))
-    signal.setitimer(signal.ITIMER_REAL, 0.05)
-    signal.pause()
-    sys.excepthook = lambda kind, value, tb: print("hooked", kind.__name__, value)
-    raise ValueError("boom")
-    "#;
+import asyncio, os, signal, sys
+print(__name__, __file__, __spec__, sys.argv, sys.path[:2], os.getcwd())
+print(sys.modules["__main__"] is sys.modules[__name__], open(__file__).read().splitlines()[1])
+async def answer():
+    return 42
+print(asyncio.run(answer()))
+signal.signal(signal.SIGALRM, lambda *_: print("alarm"))
+signal.setitimer(signal.ITIMER_REAL, 0.05)
+signal.pause()
+sys.excepthook = lambda kind, value, tb: print("hooked", kind.__name__, value)
+raise ValueError("boom")
+"#;
         let report = SERVICE.run(code);
         assert_eq!(report.status, RunStatus::Error, "{report:#?}");
         assert_eq!(
             report.stdout,
             "__main__ /run/code/main.py None ['/run/code/main.py'] ['/run/code', '/workspace'] /workspace\n\
-             True import asyncio, os, signal, sys\n42\nalarm\nhooked ValueError boom\n"
+         True import asyncio, os, signal, sys\n42\nalarm\nhooked ValueError boom\n"
         );
         assert_eq!(report.exit_code, Some(1));
     }
@@ -149,7 +149,7 @@ engine_test! {
         let token = format!("{head}{tail}");
         let plant = format!(
             "import sys\ntoken = {token:?}\nprint(token)\nprint(token, file=sys.stderr)\n\
-             answer = await mcp_fixture.structured(name=token)\nprint(token in answer['greeting'])\n{AGENT_START}"
+         answer = await mcp_fixture.structured(name=token)\nprint(token in answer['greeting'])\n{AGENT_START}"
         );
         let mut planted = request(&plant, Some(20.0));
         planted.servers = vec!["fixture".into()];
@@ -159,25 +159,25 @@ engine_test! {
 
         let scan = format!(
             r#"
-    head, tail = bytes.fromhex("{}"), bytes.fromhex("{}")
-    found = 0
-    with open("/proc/self/maps") as maps, open("/proc/self/mem", "rb", buffering=0) as mem:
-        for line in maps.read().splitlines():
-            span, perms = line.split()[:2]
-            if not perms.startswith("r"):
-                continue
-            start, end = (int(x, 16) for x in span.split("-"))
-            try:
-                mem.seek(start)
-                data = mem.read(end - start)
-            except (OSError, ValueError, OverflowError):
-                continue
-            at = data.find(head)
-            while at >= 0:
-                found += data[at + len(head):at + len(head) + len(tail)] == tail
-                at = data.find(head, at + 1)
-    print(found)
-    {AGENT_START}"#,
+head, tail = bytes.fromhex("{}"), bytes.fromhex("{}")
+found = 0
+with open("/proc/self/maps") as maps, open("/proc/self/mem", "rb", buffering=0) as mem:
+    for line in maps.read().splitlines():
+        span, perms = line.split()[:2]
+        if not perms.startswith("r"):
+            continue
+        start, end = (int(x, 16) for x in span.split("-"))
+        try:
+            mem.seek(start)
+            data = mem.read(end - start)
+        except (OSError, ValueError, OverflowError):
+            continue
+        at = data.find(head)
+        while at >= 0:
+            found += data[at + len(head):at + len(head) + len(tail)] == tail
+            at = data.find(head, at + 1)
+print(found)
+{AGENT_START}"#,
             hex(head.as_bytes()),
             hex(tail.as_bytes())
         );
@@ -207,13 +207,13 @@ engine_test! {
         config.pool_max = 1;
         let service = started_service(config);
         let look = r#"
-    import ctypes, os, resource
-    libc = ctypes.CDLL(None, use_errno=True)
-    for pid in (0, 1, os.getppid()):
-        print(pid and "pid", os.sched_getscheduler(pid), os.sched_getparam(pid).sched_priority,
-              libc.syscall(252, 1, pid), os.getpriority(os.PRIO_PROCESS, pid),
-              resource.prlimit(pid, resource.RLIMIT_NOFILE), sorted(os.sched_getaffinity(pid)))
-    "#;
+import ctypes, os, resource
+libc = ctypes.CDLL(None, use_errno=True)
+for pid in (0, 1, os.getppid()):
+    print(pid and "pid", os.sched_getscheduler(pid), os.sched_getparam(pid).sched_priority,
+          libc.syscall(252, 1, pid), os.getpriority(os.PRIO_PROCESS, pid),
+          resource.prlimit(pid, resource.RLIMIT_NOFILE), sorted(os.sched_getaffinity(pid)))
+"#;
         let clean = run_on(&service, look, Some(10.0));
         assert_eq!(clean.status, RunStatus::Success, "{clean:#?}");
         let tampers = [
@@ -246,11 +246,11 @@ engine_test! {
         config.pool_max = 1;
         let service = warmed(Service::with_proxy(config, Arc::new(proxy)));
         let code = r#"
-    pid = await mcp_fixture.pid()
-    print(type(pid).__name__, (await runtime.call_tool_raw("fixture", "pid"))["structuredContent"] == {"result": pid})
-    print(await mcp_fixture.structured(name="x"))
-    print(len(await mcp_fixture.big(mib=1)))
-    "#;
+pid = await mcp_fixture.pid()
+print(type(pid).__name__, (await runtime.call_tool_raw("fixture", "pid"))["structuredContent"] == {"result": pid})
+print(await mcp_fixture.structured(name="x"))
+print(len(await mcp_fixture.big(mib=1)))
+"#;
         let mut unwrapping = request(code, Some(20.0));
         unwrapping.servers = vec!["fixture".into()];
         let report = block_on(call(&service, &unwrapping));

@@ -17,37 +17,37 @@ engine_test! {
         let service = started_service(config);
 
         let plant = r#"
-    import builtins, ctypes, json, os, subprocess, sys, time
-    for path in ('/tmp/leak', '/workspace/leak', '/dev/shm/leak'):
-        open(path, 'w').write('x')
-    os.makedirs('/tmp/locked/inner')
-    os.chmod('/tmp/locked', 0)
-    builtins.LEAK = 1
-    json.LEAK = 1
-    os.environ['LEAK'] = '1'
-    subprocess.Popen(['sleep', '1000'], start_new_session=True)
-    if os.fork() == 0:          # a double-forked daemon that prints late
-        os.setsid()
-        if os.fork() == 0:
-            time.sleep(0.4)
-            print('LATE OUTPUT', flush=True)
-            open('/tmp/late', 'w').write('x')
-            os._exit(0)
+import builtins, ctypes, json, os, subprocess, sys, time
+for path in ('/tmp/leak', '/workspace/leak', '/dev/shm/leak'):
+    open(path, 'w').write('x')
+os.makedirs('/tmp/locked/inner')
+os.chmod('/tmp/locked', 0)
+builtins.LEAK = 1
+json.LEAK = 1
+os.environ['LEAK'] = '1'
+subprocess.Popen(['sleep', '1000'], start_new_session=True)
+if os.fork() == 0:          # a double-forked daemon that prints late
+    os.setsid()
+    if os.fork() == 0:
+        time.sleep(0.4)
+        print('LATE OUTPUT', flush=True)
+        open('/tmp/late', 'w').write('x')
         os._exit(0)
-    shmid = ctypes.CDLL(None).shmget(0x5EED, 4096, 0o1600)
-    assert shmid >= 0, 'shmget failed'
-    "#;
+    os._exit(0)
+shmid = ctypes.CDLL(None).shmget(0x5EED, 4096, 0o1600)
+assert shmid >= 0, 'shmget failed'
+"#;
         let planted = run_on(&service, &format!("{plant}\n{AGENT_START}"), Some(10.0));
         assert_eq!(planted.status, RunStatus::Success, "{planted:#?}");
         std::thread::sleep(Duration::from_millis(800));
 
         let look = r#"
-    import builtins, json, os
-    print(os.listdir('/tmp'), os.listdir('/workspace'), os.listdir('/dev/shm'))
-    print(hasattr(builtins, 'LEAK'), hasattr(json, 'LEAK'), 'LEAK' in os.environ)
-    print([p for p in os.listdir('/proc') if p.isdigit() and p not in ('1', str(os.getppid()), str(os.getpid()))])  # agent, zygote, us
-    print(len(open('/proc/sysvipc/shm').read().splitlines()) - 1)
-    "#;
+import builtins, json, os
+print(os.listdir('/tmp'), os.listdir('/workspace'), os.listdir('/dev/shm'))
+print(hasattr(builtins, 'LEAK'), hasattr(json, 'LEAK'), 'LEAK' in os.environ)
+print([p for p in os.listdir('/proc') if p.isdigit() and p not in ('1', str(os.getppid()), str(os.getpid()))])  # agent, zygote, us
+print(len(open('/proc/sysvipc/shm').read().splitlines()) - 1)
+"#;
         let seen = run_on(&service, &format!("{look}\n{AGENT_START}"), Some(10.0));
         assert_eq!(seen.status, RunStatus::Success, "{seen:#?}");
         let (state, agent) = seen
@@ -65,22 +65,22 @@ engine_test! {
     /// later run is forked from) can be read or written by user code.
     fn the_agent_and_the_zygote_cannot_be_inspected_or_stopped() {
         let code = r#"
-    import os, signal
-    denied = []
-    for pid in (1, os.getppid()):
-        for path in ('mem', 'environ', 'fd/0', 'fd/1'):
-            try:
-                open(f'/proc/{pid}/{path}', 'rb').read(1)
-            except PermissionError:
-                denied.append(path)
+import os, signal
+denied = []
+for pid in (1, os.getppid()):
+    for path in ('mem', 'environ', 'fd/0', 'fd/1'):
         try:
-            os.listdir(f'/proc/{pid}/fd')
+            open(f'/proc/{pid}/{path}', 'rb').read(1)
         except PermissionError:
-            denied.append('fd list')
-    for sig in (signal.SIGSTOP, signal.SIGTERM, signal.SIGKILL):
-        os.kill(1, sig)
-    print(len(denied), 'denied')
-    "#;
+            denied.append(path)
+    try:
+        os.listdir(f'/proc/{pid}/fd')
+    except PermissionError:
+        denied.append('fd list')
+for sig in (signal.SIGSTOP, signal.SIGTERM, signal.SIGKILL):
+    os.kill(1, sig)
+print(len(denied), 'denied')
+"#;
         let report = SERVICE.run(code);
         assert_eq!(report.stdout, "10 denied\n", "{report:#?}");
         assert_next_call_works(SERVICE.get());
@@ -90,19 +90,19 @@ engine_test! {
 engine_test! {
     fn runs_as_nobody_without_network_or_writable_root() {
         let code = r#"
-    import os, socket
-    print(os.getuid(), os.getgid(), os.getcwd(), os.environ['HOME'])
-    try:
-        open('/usr/evil', 'w')
-    except OSError as e:
-        print('root fs:', e.strerror)
-    try:
-        socket.create_connection(('1.1.1.1', 53), timeout=2)
-    except OSError as e:
-        print('network: unreachable')
-    print(sorted(i for _, i in socket.if_nameindex()))
-    print(open('/proc/self/status').read().split('CapEff:')[1].split()[0])
-    "#;
+import os, socket
+print(os.getuid(), os.getgid(), os.getcwd(), os.environ['HOME'])
+try:
+    open('/usr/evil', 'w')
+except OSError as e:
+    print('root fs:', e.strerror)
+try:
+    socket.create_connection(('1.1.1.1', 53), timeout=2)
+except OSError as e:
+    print('network: unreachable')
+print(sorted(i for _, i in socket.if_nameindex()))
+print(open('/proc/self/status').read().split('CapEff:')[1].split()[0])
+"#;
         let report = SERVICE.run(code);
         assert_eq!(
             report.stdout,
@@ -115,16 +115,16 @@ engine_test! {
 engine_test! {
     fn stdout_and_stderr_are_separate_and_ordered_and_await_works() {
         let code = r#"
-    import asyncio, subprocess, sys
-    for i in range(3):
-        print('out', i)
-        print('err', i, file=sys.stderr)
-    subprocess.run(['echo', 'from a subprocess'])
-    async def twice(x):
-        await asyncio.sleep(0.01)
-        return 2 * x
-    print(await asyncio.gather(twice(1), twice(2)))
-    "#;
+import asyncio, subprocess, sys
+for i in range(3):
+    print('out', i)
+    print('err', i, file=sys.stderr)
+subprocess.run(['echo', 'from a subprocess'])
+async def twice(x):
+    await asyncio.sleep(0.01)
+    return 2 * x
+print(await asyncio.gather(twice(1), twice(2)))
+"#;
         let report = SERVICE.run(code);
         assert_eq!(report.status, RunStatus::Success, "{report:#?}");
         assert_eq!(

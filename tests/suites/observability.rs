@@ -163,8 +163,8 @@ engine_test! {
         );
         let proxied = json!({
             "code": "print((await mcp_fixture.structured(name='a'))['greeting'])\n\
-                     for f in (mcp_fixture.fail(message='x'), mcp_fixture.crash()):\n    try:\n        await f\n    except MCPError:\n        pass\n\
-                     print((await mcp_fixture.structured(name='b'))['greeting'])",
+                 for f in (mcp_fixture.fail(message='x'), mcp_fixture.crash()):\n    try:\n        await f\n    except MCPError:\n        pass\n\
+                 print((await mcp_fixture.structured(name='b'))['greeting'])",
             "servers": ["fixture"],
         });
         assert_eq!(server.run_python(proxied)["stdout"], "hello a\nhello b\n");

@@ -83,12 +83,12 @@ fn run_ok(code: &str, servers: &[&str]) -> String {
 engine_test! {
     fn real_servers_are_called_and_chained() {
         let code = r#"
-    now = await mcp_time.get_current_time(timezone="Asia/Tokyo")
-    print(now["timezone"])
-    echoed = await mcp_everything.echo(message=f"it is {now['datetime']}")
-    print(echoed == f"Echo: it is {now['datetime']}")
-    print(await mcp_everything.get_sum(a=2, b=40))
-    "#;
+now = await mcp_time.get_current_time(timezone="Asia/Tokyo")
+print(now["timezone"])
+echoed = await mcp_everything.echo(message=f"it is {now['datetime']}")
+print(echoed == f"Echo: it is {now['datetime']}")
+print(await mcp_everything.get_sum(a=2, b=40))
+"#;
         let stdout = run_ok(code, &["time", "everything"]);
         let lines: Vec<&str> = stdout.lines().collect();
         assert_eq!(lines[0], "Asia/Tokyo");
@@ -100,33 +100,33 @@ engine_test! {
 engine_test! {
     fn all_three_access_patterns_and_the_runtime_api() {
         let code = r#"
-    from mcp.servers.time import get_current_time, convert_time
-    import mcp.runtime
-    a = await mcp_servers["time"].get_current_time(timezone="UTC")
-    b = await mcp_time.get_current_time(timezone="UTC")
-    c = await get_current_time(timezone="UTC")
-    print(a["timezone"], b["timezone"], c["timezone"])
-    print(runtime is mcp.runtime, runtime.list_servers())
-    print(runtime.discovered_servers()[:3])
-    print(runtime.list_tools("time"))
-    print(runtime.describe_server("time")["tools"][0]["name"])
-    print(runtime.query_tool_docs("time", "convert_time", detail="full")[0]["input_schema"]["required"])
-    print([d["tool"] for d in runtime.search_tool_docs("convert between timezones", limit=1)])
-    print("time (mcp_time): get_current_time, convert_time" in runtime.capability_summary())
-    print(len(runtime.list_loaded_server_metadata()))
-    print(runtime.call_tool_sync("time", "get_current_time", {"timezone": "UTC"})["timezone"])
-    raw = await runtime.call_tool_raw("time", "get_current_time", {"timezone": "UTC"})
-    print(sorted(raw))
-    print("Convert time between timezones" in convert_time.__doc__, "source_timezone: str" in convert_time.__doc__)
-    import inspect
-    print(inspect.signature(convert_time))
-    "#;
+from mcp.servers.time import get_current_time, convert_time
+import mcp.runtime
+a = await mcp_servers["time"].get_current_time(timezone="UTC")
+b = await mcp_time.get_current_time(timezone="UTC")
+c = await get_current_time(timezone="UTC")
+print(a["timezone"], b["timezone"], c["timezone"])
+print(runtime is mcp.runtime, runtime.list_servers())
+print(runtime.discovered_servers()[:3])
+print(runtime.list_tools("time"))
+print(runtime.describe_server("time")["tools"][0]["name"])
+print(runtime.query_tool_docs("time", "convert_time", detail="full")[0]["input_schema"]["required"])
+print([d["tool"] for d in runtime.search_tool_docs("convert between timezones", limit=1)])
+print("time (mcp_time): get_current_time, convert_time" in runtime.capability_summary())
+print(len(runtime.list_loaded_server_metadata()))
+print(runtime.call_tool_sync("time", "get_current_time", {"timezone": "UTC"})["timezone"])
+raw = await runtime.call_tool_raw("time", "get_current_time", {"timezone": "UTC"})
+print(sorted(raw))
+print("Convert time between timezones" in convert_time.__doc__, "source_timezone: str" in convert_time.__doc__)
+import inspect
+print(inspect.signature(convert_time))
+"#;
         let stdout = run_ok(code, &["time"]);
         assert_eq!(
             stdout,
             "UTC UTC UTC\nTrue ['time']\n['time', 'everything', 'fixture']\n\
-             ['get_current_time', 'convert_time']\nget_current_time\n['source_timezone', 'time', 'target_timezone']\n\
-             ['convert_time']\nTrue\n1\nUTC\n['content', 'isError']\nTrue True\n(*, source_timezone: str, time: str, target_timezone: str)\n"
+         ['get_current_time', 'convert_time']\nget_current_time\n['source_timezone', 'time', 'target_timezone']\n\
+         ['convert_time']\nTrue\n1\nUTC\n['content', 'isError']\nTrue True\n(*, source_timezone: str, time: str, target_timezone: str)\n"
         );
     }
 }
@@ -134,16 +134,16 @@ engine_test! {
 engine_test! {
     fn calls_run_concurrently_while_output_keeps_draining() {
         let code = r#"
-    import asyncio, sys
-    async def chatter():
-        for i in range(2000):
-            print("line", i)
-            await asyncio.sleep(0)
-    calls = [mcp_fixture_concurrency.slow(seconds=0.5) for _ in range(10)]
-    results = await asyncio.gather(chatter(), *calls)
-    stats = await mcp_fixture_concurrency.stats()
-    print("max in flight", stats["max_in_flight"], "completed", stats["completed"])
-    "#;
+import asyncio, sys
+async def chatter():
+    for i in range(2000):
+        print("line", i)
+        await asyncio.sleep(0)
+calls = [mcp_fixture_concurrency.slow(seconds=0.5) for _ in range(10)]
+results = await asyncio.gather(chatter(), *calls)
+stats = await mcp_fixture_concurrency.stats()
+print("max in flight", stats["max_in_flight"], "completed", stats["completed"])
+"#;
         let stdout = run_ok(code, &["fixture-concurrency"]);
         assert_eq!(
             stdout.lines().filter(|l| l.starts_with("line ")).count(),
@@ -159,9 +159,9 @@ engine_test! {
 engine_test! {
     fn results_of_16_mib_pass_intact() {
         let code = r#"
-    big = await mcp_fixture.big(mib=16)
-    print(len(big), big == "0123456789abcdef" * (16 * 65536))
-    "#;
+big = await mcp_fixture.big(mib=16)
+print(len(big), big == "0123456789abcdef" * (16 * 65536))
+"#;
         assert_eq!(run_ok(code, &["fixture"]), "16777216 True\n");
     }
 }
@@ -174,14 +174,14 @@ engine_test! {
         let report = block_on(call(service, &timed_out));
         assert_eq!(report.status, RunStatus::Timeout, "{report:#?}");
         let code = r#"
-    import asyncio
-    for _ in range(50):
-        stats = await mcp_fixture_cancel.stats()
-        if stats["cancelled"]:
-            break
-        await asyncio.sleep(0.1)
-    print(stats["cancelled"], stats["completed"], stats["in_flight"])
-    "#;
+import asyncio
+for _ in range(50):
+    stats = await mcp_fixture_cancel.stats()
+    if stats["cancelled"]:
+        break
+    await asyncio.sleep(0.1)
+print(stats["cancelled"], stats["completed"], stats["in_flight"])
+"#;
         assert_eq!(run_ok(code, &["fixture-cancel"]), "1 0 0\n");
     }
 }
@@ -189,15 +189,15 @@ engine_test! {
 engine_test! {
     fn errors_are_clear() {
         let code = r#"
-    try:
-        await mcp_fixture.fail(message="boom")
-    except MCPError as e:
-        print(type(e).__name__, e.server, e.tool, "boom" in str(e))
-    try:
-        await runtime.call_tool("time", "get_current_time", {})
-    except MCPError as e:
-        print("not in this run:", "not available in this run" in str(e))
-    "#;
+try:
+    await mcp_fixture.fail(message="boom")
+except MCPError as e:
+    print(type(e).__name__, e.server, e.tool, "boom" in str(e))
+try:
+    await runtime.call_tool("time", "get_current_time", {})
+except MCPError as e:
+    print("not in this run:", "not available in this run" in str(e))
+"#;
         assert_eq!(
             run_ok(code, &["fixture"]),
             "MCPError fixture fail True\nnot in this run: True\n"
@@ -217,11 +217,11 @@ engine_test! {
 engine_test! {
     fn a_crashed_server_is_restarted_on_next_use() {
         let code = r#"
-    try:
-        await mcp_fixture_crash.crash()
-    except MCPError as e:
-        print("crashed:", e.server)
-    "#;
+try:
+    await mcp_fixture_crash.crash()
+except MCPError as e:
+    print("crashed:", e.server)
+"#;
         assert_eq!(run_ok(code, &["fixture-crash"]), "crashed: fixture-crash\n");
         let after = run_ok(
             "print((await mcp_fixture_crash.structured(name='x'))['greeting'])",
@@ -307,11 +307,11 @@ engine_test! {
 engine_test! {
     fn calls_in_flight_per_run_are_bounded() {
         let code = r#"
-    import asyncio
-    results = await asyncio.gather(*(mcp_fixture.slow(seconds=0.3) for _ in range(100)), return_exceptions=True)
-    errors = [r for r in results if isinstance(r, MCPError)]
-    print(len(results) - len(errors), len(errors), "more than 64 MCP calls in flight" in str(errors[0]))
-    "#;
+import asyncio
+results = await asyncio.gather(*(mcp_fixture.slow(seconds=0.3) for _ in range(100)), return_exceptions=True)
+errors = [r for r in results if isinstance(r, MCPError)]
+print(len(results) - len(errors), len(errors), "more than 64 MCP calls in flight" in str(errors[0]))
+"#;
         assert_eq!(run_ok(code, &["fixture"]), "64 36 True\n");
     }
 }
@@ -319,12 +319,12 @@ engine_test! {
 engine_test! {
     fn an_oversized_call_is_a_clear_error_and_the_run_goes_on() {
         let code = r#"
-    try:
-        await mcp_fixture.structured(name="x" * (17 << 20))
-    except MCPError as e:
-        print("refused:", "16 MiB" in str(e))
-    print((await mcp_fixture.structured(name="small"))["greeting"])
-    "#;
+try:
+    await mcp_fixture.structured(name="x" * (17 << 20))
+except MCPError as e:
+    print("refused:", "16 MiB" in str(e))
+print((await mcp_fixture.structured(name="small"))["greeting"])
+"#;
         assert_eq!(run_ok(code, &["fixture"]), "refused: True\nhello small\n");
     }
 }
@@ -349,21 +349,21 @@ engine_test! {
         // The answers come back together after 1 s; the code floods both
         // streams from just before that until it has them all.
         let code = r#"
-    import asyncio, os, time
-    started = time.monotonic()
-    calls = [asyncio.ensure_future(mcp_fixture_duplex.big(mib=8, seconds=1)) for _ in range(4)]
-    chunk = b"x" * 65536
-    while time.monotonic() - started < 0.8:
-        await asyncio.sleep(0.05)
-    flooded = 0
-    while not all(call.done() for call in calls):
-        os.write(1, chunk)
-        os.write(2, chunk)
-        flooded += 1
-        await asyncio.sleep(0)
-    assert [len(call.result()) for call in calls] == [8 << 20] * 4
-    assert flooded > 0
-    "#;
+import asyncio, os, time
+started = time.monotonic()
+calls = [asyncio.ensure_future(mcp_fixture_duplex.big(mib=8, seconds=1)) for _ in range(4)]
+chunk = b"x" * 65536
+while time.monotonic() - started < 0.8:
+    await asyncio.sleep(0.05)
+flooded = 0
+while not all(call.done() for call in calls):
+    os.write(1, chunk)
+    os.write(2, chunk)
+    flooded += 1
+    await asyncio.sleep(0)
+assert [len(call.result()) for call in calls] == [8 << 20] * 4
+assert flooded > 0
+"#;
         let mut flood = request(code, Some(60.0));
         flood.servers = vec!["fixture-duplex".into()];
         let report = block_on(async {
@@ -452,9 +452,9 @@ engine_test! {
 engine_test! {
     fn a_server_writing_any_bytes_to_stderr_keeps_serving() {
         let code = r#"
-    for _ in range(2):
-        print(await mcp_fixture_stderr.noisy_stderr(kib=512))
-    "#;
+for _ in range(2):
+    print(await mcp_fixture_stderr.noisy_stderr(kib=512))
+"#;
         assert_eq!(
             run_ok(code, &["fixture-stderr"]),
             "wrote 512 KiB to stderr\nwrote 512 KiB to stderr\n"
