@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 
 scripts/setup-engine.sh --bare
 
-# A real Prometheus for the dashboard test (tests/observability.rs).
+# A real Prometheus for the dashboard test (tests/suites/observability.rs).
 if ! command -v prometheus >/dev/null; then
     echo "test.sh: installing prometheus" >&2
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
@@ -22,8 +22,15 @@ if ! command -v prometheus >/dev/null; then
 fi
 
 venv=target/e2e-venv
+# Reinstall when a pinned version changed, not only when something is missing.
+pinned_python_packages_installed() {
+    local pin
+    for pin in $(grep -hE '^[A-Za-z0-9_.-]+==' tests/e2e/requirements.txt tests/python/requirements.txt); do
+        [ "$("$venv/bin/pip" show "${pin%%==*}" 2>/dev/null | sed -n 's/^Version: //p')" = "${pin#*==}" ] || return 1
+    done
+}
 if ! "$venv/bin/python" -c 'import mcp.server.fastmcp, pytest' 2>/dev/null || [ ! -x "$venv/bin/mcp-server-time" ] ||
-    [ ! -x "$venv/bin/ruff" ]; then
+    [ ! -x "$venv/bin/ruff" ] || ! pinned_python_packages_installed; then
     echo "test.sh: installing the MCP Python SDK, mcp-server-time, pytest and ruff into $venv" >&2
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q --disable-pip-version-check -r tests/e2e/requirements.txt -r tests/python/requirements.txt
@@ -36,11 +43,16 @@ ruff_config=src/sandbox/ruff.toml
 "$venv/bin/ruff" format --check --config "$ruff_config" src/sandbox tests/python
 "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/python
 
+# Pinned: the tests assert its exact output.
+everything_version=2026.8.31
 node_dir=target/e2e-node
-if [ ! -x "$node_dir/node_modules/.bin/mcp-server-everything" ]; then
-    echo "test.sh: installing @modelcontextprotocol/server-everything into $node_dir" >&2
+everything_package="$node_dir/node_modules/@modelcontextprotocol/server-everything/package.json"
+installed_everything=$(node -p "require('./$everything_package').version" 2>/dev/null || true)
+if [ ! -x "$node_dir/node_modules/.bin/mcp-server-everything" ] || [ "$installed_everything" != "$everything_version" ]; then
+    echo "test.sh: installing @modelcontextprotocol/server-everything@$everything_version into $node_dir" >&2
     mkdir -p "$node_dir"
-    npm install --silent --no-audit --no-fund --prefix "$node_dir" @modelcontextprotocol/server-everything >&2
+    npm install --silent --no-audit --no-fund --save-exact --prefix "$node_dir" \
+        "@modelcontextprotocol/server-everything@$everything_version" >&2
 fi
 export MCP_CODE_EXEC_TEST_EVERYTHING="$PWD/$node_dir/node_modules/.bin/mcp-server-everything"
 

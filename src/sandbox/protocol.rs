@@ -259,21 +259,229 @@ mod tests {
         ));
     }
 
+    /// A cheap deterministic generator (xorshift64).
+    struct Xorshift(u64);
+
+    impl Xorshift {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        /// A value in `0..bound`.
+        fn below(&mut self, bound: usize) -> usize {
+            (self.next() % bound as u64) as usize
+        }
+    }
+
+    /// A valid frame the agent could send: a kind of its set and a payload
+    /// of that kind (JSON where the host parses JSON), mostly small, some
+    /// near the output frame limit.
+    fn valid_frame(random: &mut Xorshift) -> (u8, Vec<u8>) {
+        let kind = b"YOECDF"[random.below(6)];
+        let payload = match kind {
+            b'Y' => br#"{"python":"3.13.5","preload_missing":["numpy (ModuleNotFoundError)"]}"#.to_vec(),
+            b'D' => format!(
+                r#"{{"exit_code":{},"oom":false,"error":null,"dropped_stdout":{},"agent_us":{}}}"#,
+                random.below(256) as i64 - 128,
+                random.below(1 << 20),
+                random.below(1 << 30)
+            )
+            .into_bytes(),
+            b'F' => br#"{"reason":"a process survived the reset"}"#.to_vec(),
+            b'C' => format!(
+                r#"{{"id":{},"server":"time","tool":"get_current_time","arguments":{{"timezone":"UTC"}}}}"#,
+                random.below(1000)
+            )
+            .into_bytes(),
+            _ => {
+                let len = if random.below(20) == 0 {
+                    MAX_AGENT_FRAME - random.below(3)
+                } else {
+                    random.below(300)
+                };
+                (0..len).map(|_| random.next() as u8).collect()
+            }
+        };
+        (kind, payload)
+    }
+
+    /// Decodes `wire` fed in random chunks, as the host does: until the
+    /// first error (the host then discards the container) or the end.
+    fn decode_in_chunks(
+        wire: &[u8],
+        random: &mut Xorshift,
+    ) -> (Vec<AgentFrame>, Option<ProtocolError>, usize) {
+        let mut decoder = FrameDecoder::default();
+        let mut frames = Vec::new();
+        let mut rest = wire;
+        while !rest.is_empty() {
+            let (chunk, after) = rest.split_at((1 + random.below(4096)).min(rest.len()));
+            rest = after;
+            decoder.extend(chunk);
+            loop {
+                match decoder.next_frame() {
+                    Ok(Some(frame)) => {
+                        let max = if frame.kind == AgentFrameKind::Call {
+                            MAX_CALL_FRAME
+                        } else {
+                            MAX_AGENT_FRAME
+                        };
+                        assert!(frame.payload.len() <= max, "a frame over its limit");
+                        // Every payload parser takes any bytes without panicking.
+                        let _ = parse_payload::<RunDone>("done", &frame.payload);
+                        let _ = parse_payload::<Ready>("ready", &frame.payload);
+                        let _ = parse_payload::<ResetFailed>("reset", &frame.payload);
+                        let _ = parse_payload::<serde_json::Value>("call", &frame.payload);
+                        frames.push(frame);
+                    }
+                    Ok(None) => break,
+                    Err(error) => return (frames, Some(error), decoder.pending()),
+                }
+            }
+            // Bounded: what waits is at most one frame in the making.
+            assert!(decoder.pending() < HEADER_LEN + MAX_CALL_FRAME + 4096);
+        }
+        let pending = decoder.pending();
+        (frames, None, pending)
+    }
+
+    /// Valid streams of frames, mutated (bit flips, truncation, a frame's
+    /// length changed, bytes inserted or removed) and fed in random splits:
+    /// no panic, every frame before the damage decoded exactly, nothing
+    /// decoded from a partial frame, oversized lengths refused, and the
+    /// frames really reach the parser (not just the header check).
+    #[test]
+    fn mutated_valid_frames_never_panic_and_decode_up_to_the_damage() {
+        let mut random = Xorshift(0x2545_f491_4f6c_dd1d);
+        let (mut generated, mut decoded) = (0, 0);
+        for case in 0..3_000 {
+            let frames: Vec<(u8, Vec<u8>)> = (0..1 + random.below(12))
+                .map(|_| valid_frame(&mut random))
+                .collect();
+            let mut wire = Vec::new();
+            let mut ends = Vec::new(); // where each frame ends in the stream
+            for (kind, payload) in &frames {
+                wire.extend(frame(*kind, payload));
+                ends.push(wire.len());
+            }
+            generated += frames.len();
+
+            // Undamaged, the stream decodes to exactly what was sent.
+            let (whole, error, pending) = decode_in_chunks(&wire, &mut random);
+            assert_eq!(error, None);
+            assert_eq!(pending, 0);
+            let sent: Vec<(u8, &[u8])> = frames.iter().map(|(k, p)| (*k, &p[..])).collect();
+            let got: Vec<(u8, &[u8])> = whole
+                .iter()
+                .map(|f| (b"YOECDF"[kind_index(f.kind)], &f.payload[..]))
+                .collect();
+            assert_eq!(got, sent, "case {case}: round trip");
+
+            // Damage it from one byte on.
+            let mut damaged = wire.clone();
+            let at = match case % 5 {
+                0 => {
+                    // Flip a bit.
+                    let at = random.below(damaged.len());
+                    damaged[at] ^= 1 << random.below(8);
+                    at
+                }
+                1 => {
+                    // Truncate: the frame cut short is never emitted.
+                    let at = random.below(damaged.len());
+                    damaged.truncate(at);
+                    let (got, error, pending) = decode_in_chunks(&damaged, &mut random);
+                    let complete = ends.iter().filter(|&&end| end <= at).count();
+                    assert_eq!((got.len(), error), (complete, None), "case {case}");
+                    let last_end = if complete == 0 { 0 } else { ends[complete - 1] };
+                    assert_eq!(pending, at - last_end, "case {case}");
+                    decoded += got.len();
+                    continue;
+                }
+                2 => {
+                    // Change one frame's length: by a little, or to anything.
+                    let index = random.below(frames.len());
+                    let start = if index == 0 { 0 } else { ends[index - 1] };
+                    let old = frames[index].1.len() as u32;
+                    let new = match random.below(4) {
+                        0 => old.wrapping_add(1),
+                        1 => old.saturating_sub(1),
+                        2 => (MAX_AGENT_FRAME + 1 + random.below(MAX_CALL_FRAME)) as u32,
+                        _ => random.next() as u32,
+                    };
+                    damaged[start + 1..start + 5].copy_from_slice(&new.to_be_bytes());
+                    if new == old {
+                        continue;
+                    }
+                    start + 1
+                }
+                3 => {
+                    // Insert bytes.
+                    let at = random.below(damaged.len() + 1);
+                    let extra: Vec<u8> = (0..1 + random.below(8))
+                        .map(|_| random.next() as u8)
+                        .collect();
+                    damaged.splice(at..at, extra);
+                    at
+                }
+                _ => {
+                    // Remove bytes.
+                    let at = random.below(damaged.len());
+                    let until = (at + 1 + random.below(8)).min(damaged.len());
+                    damaged.drain(at..until);
+                    at
+                }
+            };
+            let (got, error, _) = decode_in_chunks(&damaged, &mut random);
+            // Every frame that ended before the damage decodes as sent.
+            let intact = ends.iter().filter(|&&end| end <= at).count();
+            assert!(
+                got.len() >= intact,
+                "case {case}: frames before the damage lost"
+            );
+            for (frame, (kind, payload)) in got.iter().zip(&frames).take(intact) {
+                assert_eq!(b"YOECDF"[kind_index(frame.kind)], *kind, "case {case}");
+                assert_eq!(&frame.payload[..], &payload[..], "case {case}");
+            }
+            if let Some(ProtocolError::Oversized { len, max }) = error {
+                assert!(len > max, "case {case}: refused a frame within its limit");
+            }
+            decoded += got.len();
+        }
+        // The fuzz reaches the parser: most frames are decoded whole.
+        assert!(
+            decoded * 2 > generated,
+            "{decoded} of {generated} generated frames decoded"
+        );
+    }
+
+    fn kind_index(kind: AgentFrameKind) -> usize {
+        [
+            AgentFrameKind::Ready,
+            AgentFrameKind::Stdout,
+            AgentFrameKind::Stderr,
+            AgentFrameKind::Call,
+            AgentFrameKind::Done,
+            AgentFrameKind::ResetFailed,
+        ]
+        .iter()
+        .position(|k| *k == kind)
+        .unwrap()
+    }
+
     #[test]
     fn never_panics_on_arbitrary_bytes() {
-        // A cheap deterministic fuzz: xorshift bytes in random split sizes.
-        let mut state = 0x2545_f491_4f6c_dd1d_u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        // Random bytes in random split sizes (mostly refused at the header;
+        // the mutation fuzz above is the one that reaches payloads).
+        let mut random = Xorshift(0x2545_f491_4f6c_dd1d);
         for _ in 0..2_000 {
             let mut decoder = FrameDecoder::default();
-            for _ in 0..(next() % 16) {
-                let len = (next() % 64) as usize;
-                let chunk: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            for _ in 0..random.below(16) {
+                let len = random.below(64);
+                let chunk: Vec<u8> = (0..len).map(|_| random.next() as u8).collect();
                 decoder.extend(&chunk);
                 while let Ok(Some(frame)) = decoder.next_frame() {
                     let _ = parse_payload::<RunDone>("done", &frame.payload);

@@ -1,26 +1,22 @@
 //! Nothing of one run survives into the next on the same container, and the
 //! agent cannot be inspected or stopped by the code it runs.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{
-    AGENT_START, assert_next_call_works, engine_tests_enabled, run, run_on, started_service,
-    test_config,
+use crate::util::{
+    AGENT_START, Shared, assert_next_call_works, run_on, started_service, test_config,
 };
 use mcp_code_exec::report::RunStatus;
 
-#[test]
-fn the_next_run_sees_nothing_of_the_last() {
-    if !engine_tests_enabled() {
-        return;
-    }
-    let mut config = test_config();
-    config.pool_max = 1;
-    let service = started_service(config);
+static SERVICE: Shared = Shared::new();
 
-    let plant = r#"
+engine_test! {
+    fn the_next_run_sees_nothing_of_the_last() {
+        let mut config = test_config();
+        config.pool_max = 1;
+        let service = started_service(config);
+
+        let plant = r#"
 import builtins, ctypes, json, os, subprocess, sys, time
 for path in ('/tmp/leak', '/workspace/leak', '/dev/shm/leak'):
     open(path, 'w').write('x')
@@ -41,36 +37,34 @@ if os.fork() == 0:          # a double-forked daemon that prints late
 shmid = ctypes.CDLL(None).shmget(0x5EED, 4096, 0o1600)
 assert shmid >= 0, 'shmget failed'
 "#;
-    let planted = run_on(&service, &format!("{plant}\n{AGENT_START}"), Some(10.0));
-    assert_eq!(planted.status, RunStatus::Success, "{planted:#?}");
-    std::thread::sleep(Duration::from_millis(800));
+        let planted = run_on(&service, &format!("{plant}\n{AGENT_START}"), Some(10.0));
+        assert_eq!(planted.status, RunStatus::Success, "{planted:#?}");
+        std::thread::sleep(Duration::from_millis(800));
 
-    let look = r#"
+        let look = r#"
 import builtins, json, os
 print(os.listdir('/tmp'), os.listdir('/workspace'), os.listdir('/dev/shm'))
 print(hasattr(builtins, 'LEAK'), hasattr(json, 'LEAK'), 'LEAK' in os.environ)
 print([p for p in os.listdir('/proc') if p.isdigit() and p not in ('1', str(os.getppid()), str(os.getpid()))])  # agent, zygote, us
 print(len(open('/proc/sysvipc/shm').read().splitlines()) - 1)
 "#;
-    let seen = run_on(&service, &format!("{look}\n{AGENT_START}"), Some(10.0));
-    assert_eq!(seen.status, RunStatus::Success, "{seen:#?}");
-    let (state, agent) = seen
-        .stdout
-        .rsplit_once("]\n0\n")
-        .expect("four lines then the agent start");
-    assert_eq!(state, "[] [] []\nFalse False False\n[");
-    assert_eq!(agent, planted.stdout, "both runs used the same container");
-    assert!(!seen.stdout.contains("LATE"));
+        let seen = run_on(&service, &format!("{look}\n{AGENT_START}"), Some(10.0));
+        assert_eq!(seen.status, RunStatus::Success, "{seen:#?}");
+        let (state, agent) = seen
+            .stdout
+            .rsplit_once("]\n0\n")
+            .expect("four lines then the agent start");
+        assert_eq!(state, "[] [] []\nFalse False False\n[");
+        assert_eq!(agent, planted.stdout, "both runs used the same container");
+        assert!(!seen.stdout.contains("LATE"));
+    }
 }
 
-/// Neither the agent (PID 1) nor the zygote (the run's parent, which every
-/// later run is forked from) can be read or written by user code.
-#[test]
-fn the_agent_and_the_zygote_cannot_be_inspected_or_stopped() {
-    if !engine_tests_enabled() {
-        return;
-    }
-    let code = r#"
+engine_test! {
+    /// Neither the agent (PID 1) nor the zygote (the run's parent, which every
+    /// later run is forked from) can be read or written by user code.
+    fn the_agent_and_the_zygote_cannot_be_inspected_or_stopped() {
+        let code = r#"
 import os, signal
 denied = []
 for pid in (1, os.getppid()):
@@ -87,17 +81,15 @@ for sig in (signal.SIGSTOP, signal.SIGTERM, signal.SIGKILL):
     os.kill(1, sig)
 print(len(denied), 'denied')
 "#;
-    let report = run(code);
-    assert_eq!(report.stdout, "10 denied\n", "{report:#?}");
-    assert_next_call_works(common::shared_service());
+        let report = SERVICE.run(code);
+        assert_eq!(report.stdout, "10 denied\n", "{report:#?}");
+        assert_next_call_works(SERVICE.get());
+    }
 }
 
-#[test]
-fn runs_as_nobody_without_network_or_writable_root() {
-    if !engine_tests_enabled() {
-        return;
-    }
-    let code = r#"
+engine_test! {
+    fn runs_as_nobody_without_network_or_writable_root() {
+        let code = r#"
 import os, socket
 print(os.getuid(), os.getgid(), os.getcwd(), os.environ['HOME'])
 try:
@@ -111,20 +103,18 @@ except OSError as e:
 print(sorted(i for _, i in socket.if_nameindex()))
 print(open('/proc/self/status').read().split('CapEff:')[1].split()[0])
 "#;
-    let report = run(code);
-    assert_eq!(
-        report.stdout,
-        "65534 65534 /workspace /workspace\nroot fs: Read-only file system\nnetwork: unreachable\n['lo']\n0000000000000000\n",
-        "{report:#?}"
-    );
+        let report = SERVICE.run(code);
+        assert_eq!(
+            report.stdout,
+            "65534 65534 /workspace /workspace\nroot fs: Read-only file system\nnetwork: unreachable\n['lo']\n0000000000000000\n",
+            "{report:#?}"
+        );
+    }
 }
 
-#[test]
-fn stdout_and_stderr_are_separate_and_ordered_and_await_works() {
-    if !engine_tests_enabled() {
-        return;
-    }
-    let code = r#"
+engine_test! {
+    fn stdout_and_stderr_are_separate_and_ordered_and_await_works() {
+        let code = r#"
 import asyncio, subprocess, sys
 for i in range(3):
     print('out', i)
@@ -135,11 +125,12 @@ async def twice(x):
     return 2 * x
 print(await asyncio.gather(twice(1), twice(2)))
 "#;
-    let report = run(code);
-    assert_eq!(report.status, RunStatus::Success, "{report:#?}");
-    assert_eq!(
-        report.stdout,
-        "out 0\nout 1\nout 2\nfrom a subprocess\n[2, 4]\n"
-    );
-    assert_eq!(report.stderr, "err 0\nerr 1\nerr 2\n");
+        let report = SERVICE.run(code);
+        assert_eq!(report.status, RunStatus::Success, "{report:#?}");
+        assert_eq!(
+            report.stdout,
+            "out 0\nout 1\nout 2\nfrom a subprocess\n[2, 4]\n"
+        );
+        assert_eq!(report.stderr, "err 0\nerr 1\nerr 2\n");
+    }
 }

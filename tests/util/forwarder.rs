@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
-use super::runtime;
+use super::{executor, spawn};
 
 pub struct EngineForwarder {
     path: PathBuf,
@@ -43,11 +43,11 @@ impl EngineForwarder {
     fn listen(&self) {
         let _ = std::fs::remove_file(&self.path);
         let listener = {
-            let _context = runtime().enter();
+            let _context = executor().enter();
             UnixListener::bind(&self.path).expect("bind the forwarding socket")
         };
         let (up, engine) = (self.up.clone(), self.engine.clone());
-        runtime().spawn(async move {
+        spawn(async move {
             loop {
                 let client = tokio::select! {
                     accepted = listener.accept() => match accepted {

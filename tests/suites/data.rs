@@ -1,0 +1,140 @@
+//! The data-science sandbox (issue 10): the default image's stack works in a
+//! run, arrives preloaded, respects the CPU share, and keeps the security
+//! posture (nothing a run does to a preloaded module reaches the next run).
+//! A bare image still works. Against the real engine.
+
+use std::process::Stdio;
+
+use crate::util::{AGENT_START, BARE_IMAGE, Shared, run_on, server, started_service, test_config};
+use mcp_code_exec::report::RunStatus;
+
+static SERVICE: Shared = Shared::new();
+
+engine_test! {
+    fn the_data_stack_is_preloaded_and_computes_right() {
+        let code = r#"
+import sys
+preloaded = all(m in sys.modules for m in ("numpy", "pandas", "matplotlib.pyplot", "PIL.Image"))
+import numpy as np, pandas as pd, scipy.linalg
+a = np.arange(1.0, 301.0).reshape(300, 1)
+print(preloaded, float((a.T @ a)[0, 0]))
+df = pd.DataFrame({"k": ["a", "b", "a", "b"], "v": [1, 2, 3, 4]})
+print(df.groupby("k")["v"].sum().to_dict())
+print(round(float(scipy.linalg.det(np.array([[2.0, 1.0], [1.0, 3.0]]))), 6))
+"#;
+        let report = SERVICE.run(code);
+        assert_eq!(report.status, RunStatus::Success, "{report:#?}");
+        assert_eq!(report.stdout, "True 9045050.0\n{'a': 4, 'b': 6}\n5.0\n");
+    }
+}
+
+engine_test! {
+    fn plots_render_off_screen_and_show_never_blocks() {
+        let code = r#"
+import io
+import matplotlib.pyplot as plt
+from PIL import Image
+fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=100)
+ax.plot([0, 1, 2], [2, 0, 1])
+plt.show()
+buffer = io.BytesIO()
+fig.savefig(buffer, format="png")
+print(plt.get_backend().lower(), Image.open(buffer).size)
+"#;
+        let report = run_on(SERVICE.get(), code, Some(20.0));
+        assert_eq!(report.status, RunStatus::Success, "{report:#?}");
+        assert_eq!(report.stdout, "agg (640, 480)\n");
+    }
+}
+
+engine_test! {
+    fn native_thread_pools_follow_the_cpu_share() {
+        let mut config = test_config();
+        config.cpus = Some(1.0);
+        config.pool_max = 1;
+        let service = started_service(config);
+        // OpenBLAS keeps its worker threads after a large product: with one CPU
+        // it has none, and the product is still right.
+        let code = r#"
+import os
+import numpy as np
+a = np.ones((400, 400))
+print(os.environ["OPENBLAS_NUM_THREADS"], float((a @ a)[0, 0]), len(os.listdir("/proc/self/task")))
+"#;
+        let report = run_on(&service, code, Some(30.0));
+        assert_eq!(report.status, RunStatus::Success, "{report:#?}");
+        assert_eq!(report.stdout, "1 400.0 1\n");
+    }
+}
+
+engine_test! {
+    fn a_patched_preloaded_module_is_fresh_in_the_next_run() {
+        let mut config = test_config();
+        config.pool_max = 1;
+        let service = started_service(config);
+        let patch = format!(
+            "import numpy, pandas\nnumpy.sum = None\npandas.DataFrame.sum = None\n{AGENT_START}"
+        );
+        let patched = run_on(&service, &patch, Some(20.0));
+        assert_eq!(patched.status, RunStatus::Success, "{patched:#?}");
+        let look = format!(
+            "import numpy, pandas\nprint(numpy.sum is not None, pandas.DataFrame.sum is not None)\n{AGENT_START}"
+        );
+        let looked = run_on(&service, &look, Some(20.0));
+        assert_eq!(
+            looked.stdout,
+            format!("True True\n{}", patched.stdout),
+            "fresh modules, same container"
+        );
+    }
+}
+
+engine_test! {
+    /// Through the binary: a preloaded module the image lacks is a warning, not
+    /// a failure; the bare image (Python alone) serves runs; a preload that does
+    /// not fit in memory says so.
+    fn missing_preloads_warn_and_a_bare_image_works() {
+        let run_binary = |env: &[(&str, &str)]| {
+            let output = server::command()
+                .args(["run", "-", "--timeout", "30"])
+                .env("MCP_BRIDGE_LOG_LEVEL", "warn")
+                .env("MCP_BRIDGE_METRICS_ADDR", "off")
+                .envs(env.iter().copied())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .and_then(|mut child| {
+                    use std::io::Write;
+                    let _ = child
+                        .stdin
+                        .take()
+                        .unwrap()
+                        .write_all(b"import sys\nprint(sys.version_info >= (3, 11))");
+                    child.wait_with_output()
+                })
+                .unwrap();
+            (
+                String::from_utf8_lossy(&output.stdout).into_owned(),
+                String::from_utf8_lossy(&output.stderr).into_owned(),
+            )
+        };
+        let (stdout, stderr) = run_binary(&[("MCP_BRIDGE_PRELOAD", "json,no_such_module_here")]);
+        assert_eq!(stdout, "True\n", "{stderr}");
+        assert!(
+            stderr.contains("no_such_module_here (ModuleNotFoundError"),
+            "{stderr}"
+        );
+
+        let (stdout, stderr) = run_binary(&[("MCP_BRIDGE_IMAGE", BARE_IMAGE)]);
+        assert_eq!(stdout, "True\n", "{stderr}");
+        assert!(stderr.contains("numpy (ModuleNotFoundError"), "{stderr}");
+
+        let (stdout, _) = run_binary(&[("MCP_BRIDGE_MEMORY", "64m")]);
+        assert!(
+            stdout.contains("out of memory importing the preloaded modules")
+                && stdout.contains("MCP_BRIDGE_MEMORY"),
+            "{stdout}"
+        );
+    }
+}

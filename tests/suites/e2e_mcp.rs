@@ -1,0 +1,134 @@
+//! The built binary over stdio: with the official MCP Python SDK as the
+//! client, and shutdown behaviour (stdin EOF, SIGTERM) with raw JSON-RPC.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::util::server::{BINARY, Server};
+use crate::util::{docker, everything, python, wait_until};
+
+engine_test! {
+    fn official_python_sdk_drives_the_server() {
+        let sdk = Command::new(python()).args(["-c", "import mcp"]).status();
+        assert!(
+            sdk.is_ok_and(|s| s.success()),
+            "the MCP Python SDK is missing for {}: run scripts/test.sh, or pip install -r tests/e2e/requirements.txt \
+         and set MCP_CODE_EXEC_TEST_PYTHON",
+            python().display()
+        );
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/mcp_client.py");
+        let output = Command::new(python())
+            .args([script, BINARY])
+            .env("MCP_CODE_EXEC_TEST_EVERYTHING", everything())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success() && stdout.contains("all e2e checks passed"),
+            "e2e client failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+        );
+    }
+}
+
+/// The labels of this server's containers.
+fn containers(server: &Server) -> Vec<String> {
+    let owners = docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        "label=mcp-code-exec.managed=true",
+        "--format",
+        "{{.Label \"mcp-code-exec.owner\"}}",
+    ]);
+    let me = format!("/{}/", server.child.id());
+    owners
+        .lines()
+        .filter(|owner| owner.contains(&me))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn start_warm() -> Server {
+    let server = Server::start(&[("MCP_BRIDGE_POOL_MIN_IDLE", "2")], Stdio::null());
+    wait_until("the pool to warm up", Duration::from_secs(60), || {
+        containers(&server).len() >= 2
+    });
+    server
+}
+
+engine_test! {
+    fn stdin_eof_removes_every_container_and_exits() {
+        let mut server = start_warm();
+        drop(server.stdin.take());
+        server.wait_exit(Duration::from_secs(8));
+        assert_eq!(containers(&server), Vec::<String>::new());
+    }
+}
+
+engine_test! {
+    fn sigterm_removes_every_container_and_exits() {
+        let mut server = start_warm();
+        Command::new("kill")
+            .args(["-TERM", &server.child.id().to_string()])
+            .status()
+            .unwrap();
+        server.wait_exit(Duration::from_secs(8));
+        assert_eq!(containers(&server), Vec::<String>::new());
+    }
+}
+
+engine_test! {
+    fn stdout_carries_only_protocol() {
+        let mut server = Server::start(&[], Stdio::null());
+        server.send(r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"run_python","arguments":{"code":"import sys\nprint('to stdout')\nprint('to stderr', file=sys.stderr)"}}}"#);
+        let reply: serde_json::Value =
+            serde_json::from_str(&server.receive()).expect("every stdout line is JSON-RPC");
+        assert_eq!(reply["id"], 2);
+        assert_eq!(
+            reply["result"]["structuredContent"]["stdout"],
+            "to stdout\n"
+        );
+        assert_eq!(
+            reply["result"]["content"][0]["text"],
+            "to stdout\nstderr:\nto stderr\n"
+        );
+        drop(server.stdin.take());
+        server.wait_exit(Duration::from_secs(8));
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut server.stdout, &mut rest).unwrap();
+        assert_eq!(rest, "", "nothing but responses on stdout");
+    }
+}
+
+engine_test! {
+    /// A request over the 16 MiB line limit of the stdio transport gets an
+    /// error with its id (found at the start of the line, as the Python SDK
+    /// writes it, or at its end, as the TypeScript SDK does), and the server
+    /// keeps serving. Before, such a request was dropped and never answered.
+    fn an_oversized_request_is_answered_and_the_server_keeps_serving() {
+        let mut server = Server::start(&[], Stdio::null());
+        let _watchdog = server.watchdog(Duration::from_secs(90));
+        let code = "#".repeat(17 << 20);
+        let arguments = format!(r#""params":{{"name":"run_python","arguments":{{"code":"{code}"}}}}"#);
+        let id_first = format!(r#"{{"jsonrpc":"2.0","id":41,"method":"tools/call",{arguments}}}"#);
+        let id_last = format!(r#"{{"method":"tools/call",{arguments},"jsonrpc":"2.0","id":"big-42"}}"#);
+        for (line, id) in [
+            (id_first, serde_json::json!(41)),
+            (id_last, serde_json::json!("big-42")),
+        ] {
+            server.send(&line);
+            let reply: serde_json::Value =
+                serde_json::from_str(&server.receive()).expect("an answer, not silence");
+            assert_eq!(reply["id"], id, "{reply}");
+            assert_eq!(reply["error"]["code"], -32600, "invalid request: {reply}");
+            let message = reply["error"]["message"].as_str().unwrap_or_default();
+            assert!(
+                message.contains("limit of 16777216 bytes (16 MiB)"),
+                "{message}"
+            );
+        }
+        let result = server.run_python(serde_json::json!({"code": "print(6*7)"}));
+        assert_eq!(result["stdout"], "42\n", "{result}");
+    }
+}
