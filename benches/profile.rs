@@ -8,7 +8,7 @@
 
 mod common;
 #[allow(dead_code)] // the tests' driver; the bench uses part of it
-#[path = "../tests/common/server.rs"]
+#[path = "../tests/util/server.rs"]
 mod server;
 
 use std::process::{Command, Stdio};

@@ -45,7 +45,9 @@ pub enum ArtifactError {
          (MCP_BRIDGE_ARTIFACT_BYTES): run the code again to make it anew"
     )]
     Gone(String),
-    #[error("no artifact {0}: artifact URIs come from run_python results (artifact://<run-id>/<path>)")]
+    #[error(
+        "no artifact {0}: artifact URIs come from run_python results (artifact://<run-id>/<path>)"
+    )]
     Unknown(String),
 }
 
@@ -145,12 +147,20 @@ impl ArtifactStore {
         let mut state = self.lock();
         state.expire(now, self.ttl);
         let mut live: Vec<&Entry> = state.entries.values().collect();
-        live.sort_by(|a, b| b.created.cmp(&a.created).then(a.artifact.uri.cmp(&b.artifact.uri)));
-        live.into_iter().map(|entry| entry.artifact.clone()).collect()
+        live.sort_by(|a, b| {
+            b.created
+                .cmp(&a.created)
+                .then(a.artifact.uri.cmp(&b.artifact.uri))
+        });
+        live.into_iter()
+            .map(|entry| entry.artifact.clone())
+            .collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -266,10 +276,16 @@ mod tests {
         let t = Instant::now();
         let four = || Bytes::from_static(b"1234");
         store.put_at("r1", "a", four(), t).unwrap();
-        store.put_at("r1", "b", four(), t + Duration::from_secs(1)).unwrap();
+        store
+            .put_at("r1", "b", four(), t + Duration::from_secs(1))
+            .unwrap();
         // Reading `a` makes `b` the least recently used.
-        store.get_at("artifact://r1/a", t + Duration::from_secs(2)).unwrap();
-        store.put_at("r2", "c", four(), t + Duration::from_secs(3)).unwrap();
+        store
+            .get_at("artifact://r1/a", t + Duration::from_secs(2))
+            .unwrap();
+        store
+            .put_at("r2", "c", four(), t + Duration::from_secs(3))
+            .unwrap();
         let live: Vec<String> = store
             .list_at(t + Duration::from_secs(3))
             .into_iter()
@@ -281,7 +297,9 @@ mod tests {
             Err(ArtifactError::Gone(_))
         ));
         assert!(
-            store.put_at("r3", "huge", Bytes::from(vec![0; 11]), t).is_none(),
+            store
+                .put_at("r3", "huge", Bytes::from(vec![0; 11]), t)
+                .is_none(),
             "larger than the whole budget"
         );
     }

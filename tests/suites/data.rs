@@ -39,11 +39,11 @@ ax.plot([0, 1, 2], [2, 0, 1])
 plt.show()
 buffer = io.BytesIO()
 fig.savefig(buffer, format="png")
-print(plt.get_backend().lower(), Image.open(buffer).size)
+print(plt.get_backend(), Image.open(buffer).size)
 "#;
         let report = run_on(SERVICE.get(), code, Some(20.0));
         assert_eq!(report.status, RunStatus::Success, "{report:#?}");
-        assert_eq!(report.stdout, "agg (640, 480)\n");
+        assert_eq!(report.stdout, "module://mcp_code_exec_display (640, 480)\n");
     }
 }
 
