@@ -85,7 +85,7 @@ impl Default for Config {
             pool_wait_timeout: Duration::from_secs(30),
             default_timeout: Duration::from_secs(30),
             max_timeout: Duration::from_secs(120),
-            max_code_bytes: MIB as usize,
+            max_code_bytes: 1 << 20,
             max_output_bytes: MIB,
             output_mode: OutputMode::Compact,
             log_filter: log_filter("info").expect("info is a level"),
@@ -96,6 +96,11 @@ impl Default for Config {
 }
 
 const MIB: u64 = 1024 * 1024;
+/// The engine refuses less than 0.01 CPUs; below 1e-9 the limit would round
+/// to 0 nanoCPUs, which means "no limit".
+const MIN_CPUS: f64 = 0.01;
+/// Keeps the nanoCPU count the engine takes far inside `i64`.
+const MAX_CPUS: f64 = 1024.0;
 
 /// The project's sandbox image (Python with numpy, pandas, matplotlib, scipy
 /// and pillow), built by `scripts/setup-engine.sh`.
@@ -154,9 +159,9 @@ impl Config {
             cpus: vars.parse("MCP_BRIDGE_CPUS", defaults.cpus, |v| {
                 v.parse::<f64>()
                     .ok()
-                    .filter(|&c| c.is_finite() && c > 0.0)
+                    .filter(|c| (MIN_CPUS..=MAX_CPUS).contains(c))
                     .map(Some)
-                    .ok_or_else(|| "a positive number of CPUs, like 1 or 0.5".into())
+                    .ok_or_else(|| "a number of CPUs from 0.01 to 1024, like 1 or 0.5".into())
             })?,
             pool_min_idle: vars.parse("MCP_BRIDGE_POOL_MIN_IDLE", defaults.pool_min_idle, |v| {
                 v.parse::<usize>()
@@ -200,7 +205,7 @@ impl Config {
                 |v| {
                     parse_bytes(v)
                         .filter(|&b| (1..=64 * MIB).contains(&b))
-                        .map(|b| b as usize)
+                        .and_then(|b| usize::try_from(b).ok())
                         .ok_or_else(|| "a size from 1 byte to 64m, like 1m or 65536".into())
                 },
             )?,
@@ -561,6 +566,13 @@ mod tests {
         .unwrap();
         assert_eq!(c.output_mode, OutputMode::Toon);
         assert_eq!(c.cpus, Some(1.5));
-        assert!(config(&[("MCP_BRIDGE_CPUS", "0")]).is_err());
+        for invalid in ["0", "0.001", "1e-12", "2000", "inf", "NaN"] {
+            let error = config(&[("MCP_BRIDGE_CPUS", invalid)]).unwrap_err();
+            assert!(error.to_string().contains("from 0.01 to 1024"), "{error}");
+        }
+        assert_eq!(
+            config(&[("MCP_BRIDGE_CPUS", "0.01")]).unwrap().cpus,
+            Some(0.01)
+        );
     }
 }

@@ -58,6 +58,15 @@ pub struct CodeExecServer {
     tool_router: ToolRouter<Self>,
 }
 
+impl std::fmt::Debug for CodeExecServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CodeExecServer")
+            .field("service", &self.service)
+            .field("output_mode", &self.output_mode)
+            .finish_non_exhaustive()
+    }
+}
+
 #[tool_router]
 impl CodeExecServer {
     pub fn new(service: Arc<Service>, output_mode: OutputMode) -> Self {

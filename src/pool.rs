@@ -386,6 +386,15 @@ pub struct Pool {
     shared: Arc<Shared>,
 }
 
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("engine", &self.shared.engine.endpoint())
+            .field("status", &self.status())
+            .finish_non_exhaustive()
+    }
+}
+
 struct Shared {
     engine: Engine,
     container_spec: spec::ContainerSpec,
@@ -576,6 +585,14 @@ impl Drop for Waiting<'_> {
 pub struct Lease {
     sandbox: Option<Sandbox>,
     shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("sandbox", &self.sandbox)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Lease {
@@ -960,15 +977,11 @@ mod tests {
 
     #[test]
     fn start_failures_back_off_exponentially_up_to_a_cap() {
-        let backoffs: Vec<u64> = (0..10)
-            .map(|n| create_backoff(n).as_millis() as u64)
-            .collect();
-        assert_eq!(backoffs[..4], [250, 500, 1000, 2000]);
+        let backoffs: Vec<Duration> = (0..10).map(create_backoff).collect();
+        let ms = Duration::from_millis;
+        assert_eq!(backoffs[..4], [ms(250), ms(500), ms(1000), ms(2000)]);
         assert!(backoffs.windows(2).all(|w| w[0] <= w[1]));
-        assert_eq!(
-            *backoffs.last().unwrap(),
-            MAX_CREATE_BACKOFF.as_millis() as u64
-        );
+        assert_eq!(*backoffs.last().unwrap(), MAX_CREATE_BACKOFF);
     }
 
     #[test]

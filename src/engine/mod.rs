@@ -52,6 +52,14 @@ pub struct StartedContainer {
     pub output: OutputStream,
 }
 
+impl std::fmt::Debug for StartedContainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StartedContainer")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error(
@@ -203,7 +211,7 @@ fn process_start_ticks(pid: u32) -> Option<u64> {
 }
 
 /// A connected, version-negotiated engine client.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Engine {
     docker: Docker,
     owner: Owner,

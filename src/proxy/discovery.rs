@@ -19,8 +19,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-/// One configured MCP server the sandbox may call.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One configured MCP server the sandbox may call. Its `Debug` shows the
+/// names of its environment variables, not their values (often tokens).
+#[derive(Clone, PartialEq, Eq)]
 pub struct ServerDefinition {
     /// The name as configured (what `run_python(servers=[...])` takes).
     pub name: String,
@@ -33,6 +34,21 @@ pub struct ServerDefinition {
     pub description: Option<String>,
     /// The file it came from, for messages.
     pub source: PathBuf,
+}
+
+impl std::fmt::Debug for ServerDefinition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerDefinition")
+            .field("name", &self.name)
+            .field("alias", &self.alias)
+            .field("command", &self.command)
+            .field("args", &self.args)
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .field("cwd", &self.cwd)
+            .field("description", &self.description)
+            .field("source", &self.source)
+            .finish()
+    }
 }
 
 /// A file that could not be used, and why.

@@ -50,6 +50,14 @@ pub struct Proxy {
     discovered: Value,
 }
 
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("servers", &self.names())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Proxy {
     /// Discovers the servers (warnings go to the log); starts none of them.
     pub fn discover(roots: &SearchRoots) -> Self {
@@ -142,6 +150,15 @@ pub struct RunTools {
     /// Bounds the calls one run has in flight: user code cannot make the
     /// host (or the user's servers) hold an unbounded number of calls.
     in_flight: Semaphore,
+}
+
+impl std::fmt::Debug for RunTools {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunTools")
+            .field("allowed", &self.allowed)
+            .field("in_flight", &self.in_flight)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How a proxied tool call ended: a closed set, fit for a metric label.
