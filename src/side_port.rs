@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::http::{HeaderName, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use crate::metrics;
@@ -41,14 +41,21 @@ async fn serve_metrics(State(service): State<Arc<Service>>) -> impl IntoResponse
     )
 }
 
+/// The header of a 503 from `/readyz` that names what is missing as a word
+/// from a closed set ([`crate::service::NotReady::cause`]), for probes and
+/// dashboards; the body says it in prose.
+pub const NOT_READY_CAUSE: HeaderName = HeaderName::from_static("x-not-ready-cause");
+
 /// Ready: the engine answers and at least one warm sandbox is idle.
-async fn serve_readiness(State(service): State<Arc<Service>>) -> (StatusCode, String) {
+async fn serve_readiness(State(service): State<Arc<Service>>) -> Response {
     match service.readiness().await {
-        Ok(()) => (StatusCode::OK, "ready\n".into()),
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
+            [(NOT_READY_CAUSE, reason.cause())],
             format!("not ready: {reason}\n"),
-        ),
+        )
+            .into_response(),
     }
 }
 
