@@ -183,7 +183,8 @@ impl StartError {
 #[derive(Debug, thiserror::Error)]
 pub enum AcquireError {
     #[error(
-        "no sandbox became free within {waited:?} (all {} in use: {} busy, {} resetting, {} starting, {} being removed; \
+        "no sandbox became free within {waited:?} (all {} in use: {} busy, {} resetting, \
+         {} starting, {} being removed; \
          raise MCP_BRIDGE_POOL_MAX or MCP_BRIDGE_POOL_WAIT_TIMEOUT){}",
         status.max, status.busy, status.resetting, status.starting, status.removing,
         last_error.as_deref().map(|e| format!("; last error: {e}")).unwrap_or_default()
@@ -710,7 +711,11 @@ impl Shared {
                     }
                 }
                 Err(failure) => {
-                    tracing::warn!(sandbox = sandbox.short_id(), %failure, "reset failed; recycling");
+                    tracing::warn!(
+                        sandbox = sandbox.short_id(),
+                        %failure,
+                        "reset failed; recycling"
+                    );
                     shared.state().reset_failed();
                     shared.destroy(sandbox, RecycleReason::ResetFailed);
                 }
@@ -743,7 +748,13 @@ impl Shared {
             let mut sandbox = sandbox;
             let mut retry = FIRST_REMOVE_RETRY;
             while let Err(error) = shared.engine.try_remove(&id).await {
-                tracing::warn!(container = %id, %error, retry_in = ?retry, "could not remove a sandbox container; it still counts toward MCP_BRIDGE_POOL_MAX");
+                tracing::warn!(
+                    container = %id,
+                    %error,
+                    retry_in = ?retry,
+                    "could not remove a sandbox container; \
+                     it still counts toward MCP_BRIDGE_POOL_MAX"
+                );
                 drop(sandbox.take());
                 shared
                     .state()
@@ -838,11 +849,12 @@ async fn refill_loop(shared: Arc<Shared>) {
     loop {
         shared.start_needed();
         let retry_at = shared.state().retry_at.map(tokio::time::Instant::from_std);
+        let retry = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now));
         tokio::select! {
             _ = shared.closed.cancelled() => return,
             _ = shared.background_task.notified() => {}
             _ = sweep.tick() => shared.sweep_idle(),
-            _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {}
+            _ = retry, if retry_at.is_some() => {}
         }
     }
 }

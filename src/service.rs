@@ -45,7 +45,9 @@ pub enum NotReady {
     #[error(
         "no warm sandbox idle ({} busy, {} starting, {} resetting){}",
         .status.busy, .status.starting, .status.resetting,
-        .last_error.as_deref().map(|e| format!("; sandboxes fail to start: {e}")).unwrap_or_default()
+        .last_error.as_deref()
+            .map(|e| format!("; sandboxes fail to start: {e}"))
+            .unwrap_or_default()
     )]
     NoIdleSandbox {
         status: PoolStatus,
@@ -110,13 +112,23 @@ impl Service {
                 let engine = Engine::connect(config.engine).await?;
                 let description = engine.describe().await.unwrap_or_else(|e| e.to_string());
                 let image = engine.resolve_image(&config.image).await?;
-                tracing::info!(endpoint = engine.endpoint(), engine = %description, %image, "container engine ready");
+                tracing::info!(
+                    endpoint = engine.endpoint(),
+                    engine = %description,
+                    %image,
+                    "container engine ready"
+                );
                 let cleanup = engine.clone();
                 tokio::spawn(async move {
                     match cleanup.remove_orphans().await {
                         Ok(0) => {}
-                        Ok(count) => tracing::info!(count, "removed containers left by instances no longer running"),
-                        Err(error) => tracing::warn!(%error, "could not look for leftover containers"),
+                        Ok(count) => tracing::info!(
+                            count,
+                            "removed containers left by instances no longer running"
+                        ),
+                        Err(error) => {
+                            tracing::warn!(%error, "could not look for leftover containers")
+                        }
                     }
                 });
                 Ok(Pool::start(engine, config, &image))

@@ -63,8 +63,8 @@ impl std::fmt::Debug for StartedContainer {
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error(
-        "no container engine answers ({tried}): {source}. Start Docker or Podman (on Debian as root: \
-         scripts/setup-engine.sh), or point DOCKER_HOST at a running engine"
+        "no container engine answers ({tried}): {source}. Start Docker or Podman \
+         (on Debian as root: scripts/setup-engine.sh), or point DOCKER_HOST at a running engine"
     )]
     Unreachable {
         tried: String,

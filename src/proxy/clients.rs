@@ -211,7 +211,11 @@ impl ServerClient {
                 // Not retried before the next change notice: a server that
                 // hangs on tools/list would cost every run the timeout.
                 Err(error) => {
-                    tracing::warn!(server = %self.definition.name, %error, "could not refresh tools; keeping the previous list");
+                    tracing::warn!(
+                        server = %self.definition.name,
+                        %error,
+                        "could not refresh tools; keeping the previous list"
+                    );
                 }
             }
         }

@@ -369,7 +369,9 @@ mod tests {
         let dir = scratch("order");
         write(
             dir.join("project/mcp-servers/b.json"),
-            r#"{"description": "file default", "mcpServers": {"time": {"command": "from-folder-b"}, "fs": {"command": "fs-bin", "args": ["/data"], "env": {"K": "V"}}}}"#,
+            r#"{"description": "file default", "mcpServers": {
+                "time": {"command": "from-folder-b"},
+                "fs": {"command": "fs-bin", "args": ["/data"], "env": {"K": "V"}}}}"#,
         );
         write(
             dir.join("project/mcp-servers/a.json"),
@@ -420,7 +422,8 @@ mod tests {
         write(dir.join("project/.mcp.json"), "{ not json");
         write(
             dir.join("project/claude_code_config.json"),
-            r#"{"mcpServers": {"ok": {"command": "x"}, "remote": {"url": "https://example.invalid/mcp"}}}"#,
+            r#"{"mcpServers": {
+                "ok": {"command": "x"}, "remote": {"url": "https://example.invalid/mcp"}}}"#,
         );
         let (servers, warnings) = discover(&roots(&dir));
         assert_eq!(servers.len(), 1);
@@ -437,7 +440,10 @@ mod tests {
         let dir = scratch("self");
         write(
             dir.join("project/.mcp.json"),
-            r#"{"mcpServers": {"me": {"command": "/opt/bin/mcp-code-exec", "args": ["serve"]}, "me2": {"command": "mcp-code-exec"}, "other": {"command": "npx"}}}"#,
+            r#"{"mcpServers": {
+                "me": {"command": "/opt/bin/mcp-code-exec", "args": ["serve"]},
+                "me2": {"command": "mcp-code-exec"},
+                "other": {"command": "npx"}}}"#,
         );
         let (servers, _) = discover(&roots(&dir));
         assert_eq!(
