@@ -1,5 +1,6 @@
 //! The HTTP side port: `/metrics` (Prometheus text), `/healthz` (the process
-//! is up) and `/readyz` (a call would be served at once).
+//! is up) and `/readyz` (a call would be served at once; a 503 says why in
+//! prose, and as a word from a closed set in its `x-not-ready-cause` header).
 //!
 //! Owns the axum router and its listener. It sits above the service and reads
 //! it through [`Service::readiness`] and the pool's counts only; it never
