@@ -87,7 +87,8 @@ impl Limits {
                 Ok(Duration::from_secs_f64(secs))
             }
             Some(secs) => Err(format!(
-                "timeout must be more than 0 and at most {max} seconds (MCP_BRIDGE_MAX_TIMEOUT); got {secs}"
+                "timeout must be more than 0 and at most {max} seconds (MCP_BRIDGE_MAX_TIMEOUT); \
+                 got {secs}"
             )),
         }
     }
@@ -293,8 +294,9 @@ impl Outcome {
             SandboxFailure::Timeout(limit) => (
                 RunStatus::Timeout,
                 format!(
-                    "timed out after {} and was killed (output printed before the deadline is kept); \
-                     work that needs longer can pass a larger timeout, up to {} (MCP_BRIDGE_MAX_TIMEOUT)",
+                    "timed out after {} and was killed (output printed before the deadline is \
+                     kept); work that needs longer can pass a larger timeout, up to {} \
+                     (MCP_BRIDGE_MAX_TIMEOUT)",
                     humantime::format_duration(*limit),
                     humantime::format_duration(limits.max_timeout)
                 ),

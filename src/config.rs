@@ -85,7 +85,7 @@ impl Default for Config {
             pool_wait_timeout: Duration::from_secs(30),
             default_timeout: Duration::from_secs(30),
             max_timeout: Duration::from_secs(120),
-            max_code_bytes: MIB as usize,
+            max_code_bytes: 1 << 20,
             max_output_bytes: MIB,
             output_mode: OutputMode::Compact,
             log_filter: log_filter("info").expect("info is a level"),
@@ -96,6 +96,11 @@ impl Default for Config {
 }
 
 const MIB: u64 = 1024 * 1024;
+/// The engine refuses less than 0.01 CPUs; below 1e-9 the limit would round
+/// to 0 nanoCPUs, which means "no limit".
+const MIN_CPUS: f64 = 0.01;
+/// Keeps the nanoCPU count the engine takes far inside `i64`.
+const MAX_CPUS: f64 = 1024.0;
 
 /// The project's sandbox image (Python with numpy, pandas, matplotlib, scipy
 /// and pillow), built by `scripts/setup-engine.sh`.
@@ -123,119 +128,127 @@ impl Config {
     }
 
     /// Reads variables through `lookup`; unset and empty mean "default".
+    /// Variables are read in a fixed order and the first bad one is reported.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let vars = Vars(&lookup);
-        let defaults = Self::default();
-        let config = Self {
-            engine: vars.parse("MCP_BRIDGE_RUNTIME", defaults.engine, |v| match v {
-                "auto" => Ok(EngineKind::Auto),
-                "docker" => Ok(EngineKind::Docker),
-                "podman" => Ok(EngineKind::Podman),
-                _ => Err("one of auto, docker, podman".into()),
-            })?,
-            image: vars.string("MCP_BRIDGE_IMAGE", defaults.image),
-            preload: vars.parse("MCP_BRIDGE_PRELOAD", defaults.preload, parse_modules)?,
-            container_user: vars.parse(
-                "MCP_BRIDGE_CONTAINER_USER",
-                defaults.container_user,
-                parse_user,
-            )?,
-            memory_bytes: vars.parse("MCP_BRIDGE_MEMORY", defaults.memory_bytes, |v| {
-                parse_bytes(v).filter(|&b| b >= 32 * MIB).ok_or_else(|| {
-                    "a size of at least 32m, like 512m or 1g (suffixes b, k, m, g)".into()
-                })
-            })?,
-            pids_limit: vars.parse("MCP_BRIDGE_PIDS", defaults.pids_limit, |v| {
-                v.parse::<i64>()
-                    .ok()
-                    .filter(|&n| n >= 8)
-                    .ok_or_else(|| "a whole number of at least 8".into())
-            })?,
-            cpus: vars.parse("MCP_BRIDGE_CPUS", defaults.cpus, |v| {
-                v.parse::<f64>()
-                    .ok()
-                    .filter(|&c| c.is_finite() && c > 0.0)
-                    .map(Some)
-                    .ok_or_else(|| "a positive number of CPUs, like 1 or 0.5".into())
-            })?,
-            pool_min_idle: vars.parse("MCP_BRIDGE_POOL_MIN_IDLE", defaults.pool_min_idle, |v| {
-                v.parse::<usize>()
-                    .map_err(|_| "a whole number (0 or more)".into())
-            })?,
-            pool_max: vars.parse("MCP_BRIDGE_POOL_MAX", defaults.pool_max, |v| {
-                v.parse::<usize>()
-                    .ok()
-                    .filter(|&n| (1..=1024).contains(&n))
-                    .ok_or_else(|| "a whole number from 1 to 1024".into())
-            })?,
-            pool_max_uses: vars.parse("MCP_BRIDGE_POOL_MAX_USES", defaults.pool_max_uses, |v| {
-                v.parse::<u32>()
-                    .ok()
-                    .filter(|&n| n >= 1)
-                    .ok_or_else(|| "a whole number of at least 1".into())
-            })?,
-            pool_max_age: vars.parse(
-                "MCP_BRIDGE_POOL_MAX_AGE",
-                defaults.pool_max_age,
-                parse_duration,
-            )?,
-            pool_wait_timeout: vars.parse(
-                "MCP_BRIDGE_POOL_WAIT_TIMEOUT",
-                defaults.pool_wait_timeout,
-                parse_duration,
-            )?,
-            default_timeout: vars.parse(
-                "MCP_BRIDGE_TIMEOUT",
-                defaults.default_timeout,
-                parse_duration,
-            )?,
-            max_timeout: vars.parse(
-                "MCP_BRIDGE_MAX_TIMEOUT",
-                defaults.max_timeout,
-                parse_duration,
-            )?,
-            max_code_bytes: vars.parse(
-                "MCP_BRIDGE_MAX_CODE_BYTES",
-                defaults.max_code_bytes,
-                |v| {
-                    parse_bytes(v)
-                        .filter(|&b| (1..=64 * MIB).contains(&b))
-                        .map(|b| b as usize)
-                        .ok_or_else(|| "a size from 1 byte to 64m, like 1m or 65536".into())
-                },
-            )?,
-            max_output_bytes: vars.parse(
-                "MCP_BRIDGE_MAX_OUTPUT_BYTES",
-                defaults.max_output_bytes,
-                |v| {
-                    parse_bytes(v)
-                        .filter(|&b| (1..=256 * MIB).contains(&b))
-                        .ok_or_else(|| "a size from 1 byte to 256m, like 1m or 65536".into())
-                },
-            )?,
-            output_mode: vars.parse(
-                "MCP_BRIDGE_OUTPUT_MODE",
-                defaults.output_mode,
-                |v| match v {
-                    "compact" | "text" => Ok(OutputMode::Compact),
-                    "toon" => Ok(OutputMode::Toon),
-                    "json" => Ok(OutputMode::Json),
-                    _ => Err("one of compact, toon, json".into()),
-                },
-            )?,
-            log_filter: vars.parse("MCP_BRIDGE_LOG_LEVEL", defaults.log_filter, log_filter)?,
-            log_format: vars.parse("MCP_BRIDGE_LOG_FORMAT", defaults.log_format, |v| match v {
-                "text" => Ok(LogFormat::Text),
-                "json" => Ok(LogFormat::Json),
-                _ => Err("one of text, json".into()),
-            })?,
-            metrics_addr: vars.parse(
-                "MCP_BRIDGE_METRICS_ADDR",
-                defaults.metrics_addr,
-                parse_metrics_addr,
-            )?,
-        };
+        let mut config = Self::default();
+        config.read_engine_and_image(&vars)?;
+        config.read_sandbox_limits(&vars)?;
+        config.read_pool(&vars)?;
+        config.read_run_limits(&vars)?;
+        config.read_output(&vars)?;
+        config.read_logging(&vars)?;
         config.check()
+    }
+
+    /// The engine, the image, what it preloads and whom it runs code as.
+    fn read_engine_and_image(&mut self, vars: &Vars<'_, impl Lookup>) -> Result<(), ConfigError> {
+        self.engine = vars.parse("MCP_BRIDGE_RUNTIME", self.engine, |v| match v {
+            "auto" => Ok(EngineKind::Auto),
+            "docker" => Ok(EngineKind::Docker),
+            "podman" => Ok(EngineKind::Podman),
+            _ => Err("one of auto, docker, podman".into()),
+        })?;
+        self.image = vars.string("MCP_BRIDGE_IMAGE", std::mem::take(&mut self.image));
+        let preload = std::mem::take(&mut self.preload);
+        self.preload = vars.parse("MCP_BRIDGE_PRELOAD", preload, parse_modules)?;
+        let user = std::mem::take(&mut self.container_user);
+        self.container_user = vars.parse("MCP_BRIDGE_CONTAINER_USER", user, parse_user)?;
+        Ok(())
+    }
+
+    /// Each container's memory, processes and CPUs.
+    fn read_sandbox_limits(&mut self, vars: &Vars<'_, impl Lookup>) -> Result<(), ConfigError> {
+        self.memory_bytes = vars.parse("MCP_BRIDGE_MEMORY", self.memory_bytes, |v| {
+            parse_bytes(v).filter(|&b| b >= 32 * MIB).ok_or_else(|| {
+                "a size of at least 32m, like 512m or 1g (suffixes b, k, m, g)".into()
+            })
+        })?;
+        self.pids_limit = vars.parse("MCP_BRIDGE_PIDS", self.pids_limit, |v| {
+            v.parse::<i64>()
+                .ok()
+                .filter(|&n| n >= 8)
+                .ok_or_else(|| "a whole number of at least 8".into())
+        })?;
+        self.cpus = vars.parse("MCP_BRIDGE_CPUS", self.cpus, |v| {
+            v.parse::<f64>()
+                .ok()
+                .filter(|c| (MIN_CPUS..=MAX_CPUS).contains(c))
+                .map(Some)
+                .ok_or_else(|| "a number of CPUs from 0.01 to 1024, like 1 or 0.5".into())
+        })?;
+        Ok(())
+    }
+
+    /// The pool's size, sandbox lifetime and how long a call waits for one.
+    fn read_pool(&mut self, vars: &Vars<'_, impl Lookup>) -> Result<(), ConfigError> {
+        self.pool_min_idle = vars.parse("MCP_BRIDGE_POOL_MIN_IDLE", self.pool_min_idle, |v| {
+            v.parse::<usize>()
+                .map_err(|_| "a whole number (0 or more)".into())
+        })?;
+        self.pool_max = vars.parse("MCP_BRIDGE_POOL_MAX", self.pool_max, |v| {
+            v.parse::<usize>()
+                .ok()
+                .filter(|&n| (1..=1024).contains(&n))
+                .ok_or_else(|| "a whole number from 1 to 1024".into())
+        })?;
+        self.pool_max_uses = vars.parse("MCP_BRIDGE_POOL_MAX_USES", self.pool_max_uses, |v| {
+            v.parse::<u32>()
+                .ok()
+                .filter(|&n| n >= 1)
+                .ok_or_else(|| "a whole number of at least 1".into())
+        })?;
+        let (max_age, wait) = (self.pool_max_age, self.pool_wait_timeout);
+        self.pool_max_age = vars.parse("MCP_BRIDGE_POOL_MAX_AGE", max_age, parse_duration)?;
+        self.pool_wait_timeout =
+            vars.parse("MCP_BRIDGE_POOL_WAIT_TIMEOUT", wait, parse_duration)?;
+        Ok(())
+    }
+
+    /// What one run may take: time and code size.
+    fn read_run_limits(&mut self, vars: &Vars<'_, impl Lookup>) -> Result<(), ConfigError> {
+        let (default, max) = (self.default_timeout, self.max_timeout);
+        self.default_timeout = vars.parse("MCP_BRIDGE_TIMEOUT", default, parse_duration)?;
+        self.max_timeout = vars.parse("MCP_BRIDGE_MAX_TIMEOUT", max, parse_duration)?;
+        self.max_code_bytes =
+            vars.parse("MCP_BRIDGE_MAX_CODE_BYTES", self.max_code_bytes, |v| {
+                parse_bytes(v)
+                    .filter(|&b| (1..=64 * MIB).contains(&b))
+                    .and_then(|b| usize::try_from(b).ok())
+                    .ok_or_else(|| "a size from 1 byte to 64m, like 1m or 65536".into())
+            })?;
+        Ok(())
+    }
+
+    /// How much of a run's output is kept and how results are rendered.
+    fn read_output(&mut self, vars: &Vars<'_, impl Lookup>) -> Result<(), ConfigError> {
+        let max_output = self.max_output_bytes;
+        self.max_output_bytes = vars.parse("MCP_BRIDGE_MAX_OUTPUT_BYTES", max_output, |v| {
+            parse_bytes(v)
+                .filter(|&b| (1..=256 * MIB).contains(&b))
+                .ok_or_else(|| "a size from 1 byte to 256m, like 1m or 65536".into())
+        })?;
+        self.output_mode = vars.parse("MCP_BRIDGE_OUTPUT_MODE", self.output_mode, |v| match v {
+            "compact" | "text" => Ok(OutputMode::Compact),
+            "toon" => Ok(OutputMode::Toon),
+            "json" => Ok(OutputMode::Json),
+            _ => Err("one of compact, toon, json".into()),
+        })?;
+        Ok(())
+    }
+
+    /// Logs and the metrics side port.
+    fn read_logging(&mut self, vars: &Vars<'_, impl Lookup>) -> Result<(), ConfigError> {
+        let filter = std::mem::take(&mut self.log_filter);
+        self.log_filter = vars.parse("MCP_BRIDGE_LOG_LEVEL", filter, log_filter)?;
+        self.log_format = vars.parse("MCP_BRIDGE_LOG_FORMAT", self.log_format, |v| match v {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err("one of text, json".into()),
+        })?;
+        let addr = self.metrics_addr;
+        self.metrics_addr = vars.parse("MCP_BRIDGE_METRICS_ADDR", addr, parse_metrics_addr)?;
+        Ok(())
     }
 
     /// Cross-field rules, reported against the variable a user would change.
@@ -279,15 +292,21 @@ fn parse_modules(value: &str) -> Result<Vec<String>, String> {
     match modules.iter().find(|m| !valid(m)) {
         None => Ok(modules),
         Some(bad) => Err(format!(
-            "comma-separated module names like numpy,pandas,matplotlib.pyplot, or none ({bad:?} is not one)"
+            "comma-separated module names like numpy,pandas,matplotlib.pyplot, or none \
+             ({bad:?} is not one)"
         )),
     }
 }
 
-/// Typed access to the variables with uniform error reporting.
-struct Vars<'a, F: Fn(&str) -> Option<String>>(&'a F);
+/// Where variables are read from: the environment, or a map in tests.
+trait Lookup: Fn(&str) -> Option<String> {}
 
-impl<F: Fn(&str) -> Option<String>> Vars<'_, F> {
+impl<F: Fn(&str) -> Option<String>> Lookup for F {}
+
+/// Typed access to the variables with uniform error reporting.
+struct Vars<'a, F: Lookup>(&'a F);
+
+impl<F: Lookup> Vars<'_, F> {
     fn raw(&self, name: &str) -> Option<String> {
         (self.0)(name)
             .map(|v| v.trim().to_owned())
@@ -377,7 +396,8 @@ fn parse_user(value: &str) -> Result<String, String> {
     };
     if uid == 0 || gid == Some(0) {
         return Err(
-            "a non-root uid and gid: the sandbox never runs code as root (uid 0) or in group root (gid 0)"
+            "a non-root uid and gid: the sandbox never runs code as root (uid 0) \
+             or in group root (gid 0)"
                 .into(),
         );
     }
@@ -391,7 +411,8 @@ fn parse_user(value: &str) -> Result<String, String> {
 /// rmcp logs every request at info), or full `tracing` directives when it
 /// contains `=`. Returns the filter directives.
 fn log_filter(value: &str) -> Result<String, String> {
-    const EXPECTED: &str = "one of off, error, warn, info, debug, trace, or tracing directives like warn,mcp_code_exec=debug";
+    const EXPECTED: &str = "one of off, error, warn, info, debug, trace, \
+                            or tracing directives like warn,mcp_code_exec=debug";
     let directives = match value {
         "off" | "error" | "warn" => value.to_owned(),
         "info" | "debug" | "trace" => format!("warn,mcp_code_exec={value}"),
@@ -466,6 +487,17 @@ mod tests {
             error.to_string().contains("auto, docker, podman"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn the_first_bad_variable_is_reported() {
+        let error = config(&[
+            ("MCP_BRIDGE_METRICS_ADDR", "nowhere"),
+            ("MCP_BRIDGE_POOL_MAX", "0"),
+            ("MCP_BRIDGE_RUNTIME", "lxc"),
+        ])
+        .unwrap_err();
+        assert_eq!(error.name, "MCP_BRIDGE_RUNTIME");
     }
 
     #[test]
@@ -561,6 +593,13 @@ mod tests {
         .unwrap();
         assert_eq!(c.output_mode, OutputMode::Toon);
         assert_eq!(c.cpus, Some(1.5));
-        assert!(config(&[("MCP_BRIDGE_CPUS", "0")]).is_err());
+        for invalid in ["0", "0.001", "1e-12", "2000", "inf", "NaN"] {
+            let error = config(&[("MCP_BRIDGE_CPUS", invalid)]).unwrap_err();
+            assert!(error.to_string().contains("from 0.01 to 1024"), "{error}");
+        }
+        assert_eq!(
+            config(&[("MCP_BRIDGE_CPUS", "0.01")]).unwrap().cpus,
+            Some(0.01)
+        );
     }
 }

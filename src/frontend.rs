@@ -58,6 +58,15 @@ pub struct CodeExecServer {
     tool_router: ToolRouter<Self>,
 }
 
+impl std::fmt::Debug for CodeExecServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CodeExecServer")
+            .field("service", &self.service)
+            .field("output_mode", &self.output_mode)
+            .finish_non_exhaustive()
+    }
+}
+
 #[tool_router]
 impl CodeExecServer {
     pub fn new(service: Arc<Service>, output_mode: OutputMode) -> Self {
@@ -90,9 +99,13 @@ impl CodeExecServer {
             timeout_secs: args.timeout,
         };
         tokio::select! {
-            report = call::call(&self.service, &request) => Ok(tool_result(&report, self.output_mode)),
+            report = call::call(&self.service, &request) => {
+                Ok(tool_result(&report, self.output_mode))
+            }
             // Dropping the run destroys its sandbox: nothing of it lingers.
-            _ = context.ct.cancelled() => Err(ErrorData::internal_error("run cancelled by the client", None)),
+            _ = context.ct.cancelled() => {
+                Err(ErrorData::internal_error("run cancelled by the client", None))
+            }
         }
     }
 }
@@ -100,12 +113,21 @@ impl CodeExecServer {
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for CodeExecServer {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().enable_resources().build())
-            .with_server_info(Implementation::new(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION")))
-            .with_instructions(
-                "Use run_python to compute, transform data or test code, and to call the configured MCP \
-                 servers from Python. Every call runs in a fresh sandbox; pass all state in the code.",
-            )
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_resources()
+                .build(),
+        )
+        .with_server_info(Implementation::new(
+            env!("CARGO_PKG_NAME"),
+            env!("CARGO_PKG_VERSION"),
+        ))
+        .with_instructions(
+            "Use run_python to compute, transform data or test code, and to call the \
+             configured MCP servers from Python. Every call runs in a fresh sandbox; \
+             pass all state in the code.",
+        )
     }
 
     async fn list_resources(
@@ -142,9 +164,9 @@ impl ServerHandler for CodeExecServer {
 /// far as a fixed budget allows (the resource has them all).
 fn tool_description(servers: &[String]) -> String {
     let mut text = String::from(
-        "Run Python 3 in an isolated sandbox (no network, read-only system; /tmp and /workspace writable; \
-         memory, process and time limits). Each call starts clean. Top-level await works. Returns stdout, \
-         stderr and a status.",
+        "Run Python 3 in an isolated sandbox (no network, read-only system; /tmp and \
+         /workspace writable; memory, process and time limits). Each call starts clean. \
+         Top-level await works. Returns stdout, stderr and a status.",
     );
     if servers.is_empty() {
         return text;
@@ -188,7 +210,9 @@ fn output_schema() -> serde_json::Map<String, serde_json::Value> {
             "stderrTruncated": {"type": "boolean"},
             "error": {"type": "string"}
         },
-        "required": ["status", "stdout", "stderr", "durationMs", "stdoutTruncated", "stderrTruncated"]
+        "required": [
+            "status", "stdout", "stderr", "durationMs", "stdoutTruncated", "stderrTruncated"
+        ]
     });
     match schema {
         serde_json::Value::Object(map) => map,

@@ -14,26 +14,42 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use prometheus::core::Collector;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
 
 struct Metrics {
     registry: Registry,
+    calls: CallMetrics,
+    sandboxes: SandboxMetrics,
+    proxy: ProxyMetrics,
+}
+
+/// The `run_python` calls: outcome, time in a sandbox, wait, truncation.
+struct CallMetrics {
     runs: IntCounterVec,
     run_duration: HistogramVec,
     wait: Histogram,
-    sandboxes: IntGaugeVec,
+    truncations: IntCounterVec,
+}
+
+/// The pool's sandboxes: occupancy, starts, resets, recycling.
+struct SandboxMetrics {
+    by_state: IntGaugeVec,
     created: IntCounter,
     create_failures: IntCounter,
     create_duration: Histogram,
     resets: IntCounter,
     reset_duration: Histogram,
     recycled: IntCounterVec,
-    truncations: IntCounterVec,
-    proxy_calls: IntCounterVec,
-    proxy_call_duration: HistogramVec,
-    proxy_restarts: IntCounterVec,
+}
+
+/// The MCP tool calls made from sandboxes, by server.
+struct ProxyMetrics {
+    calls: IntCounterVec,
+    call_duration: HistogramVec,
+    restarts: IntCounterVec,
 }
 
 /// The output streams whose truncation is counted.
@@ -52,101 +68,159 @@ const FAST_BUCKETS: &[f64] = &[
 fn metrics() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
     METRICS.get_or_init(|| {
-        let registry = Registry::new_custom(Some("mcp_code_exec".into()), None).expect("a valid prefix");
-        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("a valid metric");
-            registry.register(Box::new(metric.clone())).expect("registered once");
-            metric
-        };
-        let counter = |name: &str, help: &str| {
-            let metric = IntCounter::new(name, help).expect("a valid metric");
-            registry.register(Box::new(metric.clone())).expect("registered once");
-            metric
-        };
-        let histogram = |name: &str, help: &str, buckets: &[f64]| {
-            let metric = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec())).expect("valid");
-            registry.register(Box::new(metric.clone())).expect("registered once");
-            metric
-        };
-        let histogram_vec = |name: &str, help: &str, labels: &[&str], buckets: &[f64]| {
-            let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
-            let metric = HistogramVec::new(opts, labels).expect("a valid metric");
-            registry.register(Box::new(metric.clone())).expect("registered once");
-            metric
-        };
-        let sandboxes = IntGaugeVec::new(
-            Opts::new("sandboxes", "Sandbox containers by state (idle, busy, starting, resetting, removing)"),
-            &["state"],
-        )
-        .expect("a valid metric");
-        registry.register(Box::new(sandboxes.clone())).expect("registered once");
-        let build_info = IntGaugeVec::new(
-            Opts::new("build_info", "Always 1; the version label says which build is running"),
-            &["version"],
-        )
-        .expect("a valid metric");
-        registry.register(Box::new(build_info.clone())).expect("registered once");
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        let metrics = Metrics {
-            runs: counter_vec("runs_total", "run_python calls by final status (cancelled: the client went away)", &["status"]),
-            run_duration: histogram_vec(
+        let registry =
+            Registry::new_custom(Some("mcp_code_exec".into()), None).expect("a valid prefix");
+        let registrar = Registrar(&registry);
+        registrar
+            .gauge_vec(
+                "build_info",
+                "Always 1; the version label says which build is running",
+                &["version"],
+            )
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        Metrics {
+            calls: CallMetrics::new(&registrar),
+            sandboxes: SandboxMetrics::new(&registrar),
+            proxy: ProxyMetrics::new(&registrar),
+            registry,
+        }
+    })
+}
+
+/// Creates metrics and registers each in the registry, once.
+struct Registrar<'a>(&'a Registry);
+
+impl Registrar<'_> {
+    fn register<M: Collector + Clone + 'static>(&self, metric: M) -> M {
+        self.0
+            .register(Box::new(metric.clone()))
+            .expect("registered once");
+        metric
+    }
+
+    fn counter(&self, name: &str, help: &str) -> IntCounter {
+        self.register(IntCounter::new(name, help).expect("a valid metric"))
+    }
+
+    fn counter_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.register(IntCounterVec::new(Opts::new(name, help), labels).expect("a valid metric"))
+    }
+
+    fn gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        self.register(IntGaugeVec::new(Opts::new(name, help), labels).expect("a valid metric"))
+    }
+
+    fn histogram(&self, name: &str, help: &str, buckets: &[f64]) -> Histogram {
+        let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+        self.register(Histogram::with_opts(opts).expect("a valid metric"))
+    }
+
+    fn histogram_vec(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+        buckets: &[f64],
+    ) -> HistogramVec {
+        let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+        self.register(HistogramVec::new(opts, labels).expect("a valid metric"))
+    }
+}
+
+impl CallMetrics {
+    fn new(registrar: &Registrar<'_>) -> Self {
+        let truncations = registrar.counter_vec(
+            "output_truncations_total",
+            "Runs whose output was cut at MCP_BRIDGE_MAX_OUTPUT_BYTES, by stream",
+            &["stream"],
+        );
+        for stream in STREAMS {
+            truncations.with_label_values(&[stream]);
+        }
+        Self {
+            runs: registrar.counter_vec(
+                "runs_total",
+                "run_python calls by final status (cancelled: the client went away)",
+                &["status"],
+            ),
+            run_duration: registrar.histogram_vec(
                 "run_duration_seconds",
                 "Time from the start of a run in a sandbox to its result, by status",
                 &["status"],
                 RUN_BUCKETS,
             ),
-            wait: histogram(
+            wait: registrar.histogram(
                 "sandbox_wait_seconds",
                 "Time a call waited for a free warm sandbox",
                 FAST_BUCKETS,
             ),
-            sandboxes,
-            created: counter("sandboxes_created_total", "Sandbox containers started and warm"),
-            create_failures: counter("sandbox_create_failures_total", "Sandbox containers that failed to start"),
-            create_duration: histogram(
+            truncations,
+        }
+    }
+}
+
+impl SandboxMetrics {
+    fn new(registrar: &Registrar<'_>) -> Self {
+        Self {
+            by_state: registrar.gauge_vec(
+                "sandboxes",
+                "Sandbox containers by state (idle, busy, starting, resetting, removing)",
+                &["state"],
+            ),
+            created: registrar.counter(
+                "sandboxes_created_total",
+                "Sandbox containers started and warm",
+            ),
+            create_failures: registrar.counter(
+                "sandbox_create_failures_total",
+                "Sandbox containers that failed to start",
+            ),
+            create_duration: registrar.histogram(
                 "sandbox_create_duration_seconds",
                 "Time from create request to a warm agent",
                 STARTUP_BUCKETS,
             ),
-            resets: counter("sandbox_resets_total", "Sandboxes reset and returned to the pool"),
-            reset_duration: histogram(
+            resets: registrar.counter(
+                "sandbox_resets_total",
+                "Sandboxes reset and returned to the pool",
+            ),
+            reset_duration: registrar.histogram(
                 "sandbox_reset_duration_seconds",
                 "Time from a run's end to its sandbox being idle and warm again",
                 FAST_BUCKETS,
             ),
-            recycled: counter_vec(
+            recycled: registrar.counter_vec(
                 "sandboxes_recycled_total",
                 "Sandbox containers destroyed instead of reused, by reason",
                 &["reason"],
             ),
-            truncations: counter_vec(
-                "output_truncations_total",
-                "Runs whose output was cut at MCP_BRIDGE_MAX_OUTPUT_BYTES, by stream",
-                &["stream"],
-            ),
-            proxy_calls: counter_vec(
+        }
+    }
+}
+
+impl ProxyMetrics {
+    fn new(registrar: &Registrar<'_>) -> Self {
+        Self {
+            calls: registrar.counter_vec(
                 "proxy_calls_total",
-                "MCP tool calls made from sandboxes, by server and outcome (ok, tool_error, failed)",
+                "MCP tool calls made from sandboxes, by server and outcome \
+                 (ok, tool_error, failed)",
                 &["server", "outcome"],
             ),
-            proxy_call_duration: histogram_vec(
+            call_duration: registrar.histogram_vec(
                 "proxy_call_duration_seconds",
                 "Duration of MCP tool calls made from sandboxes, by server",
                 &["server"],
                 RUN_BUCKETS,
             ),
-            proxy_restarts: counter_vec(
+            restarts: registrar.counter_vec(
                 "proxy_client_restarts_total",
                 "MCP server processes restarted after they died or failed to start",
                 &["server"],
             ),
-            registry,
-        };
-        for stream in STREAMS {
-            metrics.truncations.with_label_values(&[stream]);
         }
-        metrics
-    })
+    }
 }
 
 /// The closed sets of label values, and the configured servers, whose
@@ -164,21 +238,21 @@ pub struct Series<'a> {
 pub fn start_at_zero(series: Series<'_>) {
     let m = metrics();
     for status in series.statuses {
-        m.runs.with_label_values(&[status]);
-        m.run_duration.with_label_values(&[status]);
+        m.calls.runs.with_label_values(&[status]);
+        m.calls.run_duration.with_label_values(&[status]);
     }
     for reason in series.recycle_reasons {
-        m.recycled.with_label_values(&[reason]);
+        m.sandboxes.recycled.with_label_values(&[reason]);
     }
     for state in series.sandbox_states {
-        m.sandboxes.with_label_values(&[state]);
+        m.sandboxes.by_state.with_label_values(&[state]);
     }
     for server in series.servers {
         for outcome in series.call_outcomes {
-            m.proxy_calls.with_label_values(&[server.as_str(), outcome]);
+            m.proxy.calls.with_label_values(&[server.as_str(), outcome]);
         }
-        m.proxy_call_duration.with_label_values(&[server]);
-        m.proxy_restarts.with_label_values(&[server]);
+        m.proxy.call_duration.with_label_values(&[server]);
+        m.proxy.restarts.with_label_values(&[server]);
     }
 }
 
@@ -186,9 +260,10 @@ pub fn start_at_zero(series: Series<'_>) {
 /// nothing ran (a rejected request has no duration worth a histogram).
 pub fn observe_run(status: &'static str, took: Option<Duration>) {
     let m = metrics();
-    m.runs.with_label_values(&[status]).inc();
+    m.calls.runs.with_label_values(&[status]).inc();
     if let Some(took) = took {
-        m.run_duration
+        m.calls
+            .run_duration
             .with_label_values(&[status])
             .observe(took.as_secs_f64());
     }
@@ -197,43 +272,52 @@ pub fn observe_run(status: &'static str, took: Option<Duration>) {
 /// A run whose `stream` (`stdout` or `stderr`) was cut at the output cap.
 pub fn observe_truncated(stream: &'static str) {
     debug_assert!(STREAMS.contains(&stream));
-    metrics().truncations.with_label_values(&[stream]).inc();
+    metrics()
+        .calls
+        .truncations
+        .with_label_values(&[stream])
+        .inc();
 }
 
 pub fn observe_wait(waited: Duration) {
-    metrics().wait.observe(waited.as_secs_f64());
+    metrics().calls.wait.observe(waited.as_secs_f64());
 }
 
 pub fn observe_created(took: Duration) {
     let m = metrics();
-    m.created.inc();
-    m.create_duration.observe(took.as_secs_f64());
+    m.sandboxes.created.inc();
+    m.sandboxes.create_duration.observe(took.as_secs_f64());
 }
 
 pub fn observe_create_failure() {
-    metrics().create_failures.inc();
+    metrics().sandboxes.create_failures.inc();
 }
 
 pub fn observe_reset(took: Duration) {
     let m = metrics();
-    m.resets.inc();
-    m.reset_duration.observe(took.as_secs_f64());
+    m.sandboxes.resets.inc();
+    m.sandboxes.reset_duration.observe(took.as_secs_f64());
 }
 
 pub fn observe_recycled(reason: &'static str) {
-    metrics().recycled.with_label_values(&[reason]).inc();
+    metrics()
+        .sandboxes
+        .recycled
+        .with_label_values(&[reason])
+        .inc();
 }
 
 pub fn observe_proxy_call(server: &str, outcome: &'static str, took: Duration) {
     let m = metrics();
-    m.proxy_calls.with_label_values(&[server, outcome]).inc();
-    m.proxy_call_duration
+    m.proxy.calls.with_label_values(&[server, outcome]).inc();
+    m.proxy
+        .call_duration
         .with_label_values(&[server])
         .observe(took.as_secs_f64());
 }
 
 pub fn observe_proxy_restart(server: &str) {
-    metrics().proxy_restarts.with_label_values(&[server]).inc();
+    metrics().proxy.restarts.with_label_values(&[server]).inc();
 }
 
 /// The text exposition, with the sandbox gauges set to `sandboxes`
@@ -242,6 +326,7 @@ pub fn render(sandboxes: &[(&'static str, usize)]) -> String {
     let m = metrics();
     for &(state, count) in sandboxes {
         m.sandboxes
+            .by_state
             .with_label_values(&[state])
             .set(i64::try_from(count).unwrap_or(i64::MAX));
     }

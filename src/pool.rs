@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::engine::{Engine, spec};
+use crate::engine::{Engine, EngineError, spec};
 use crate::metrics;
 use crate::sandbox::{Sandbox, SandboxFailure, agent_command};
 
@@ -130,10 +130,61 @@ fn create_backoff(consecutive_failures: u32) -> Duration {
     Duration::from_millis(250 << consecutive_failures.min(7)).min(MAX_CREATE_BACKOFF)
 }
 
+/// Why a sandbox could not be started, or its container not removed: the
+/// pool's last error until a start succeeds, shared by every caller told of it.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The engine did not answer, has no such image, or refused a request.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The container started but its agent never became ready.
+    #[error(transparent)]
+    Agent(#[from] SandboxFailure),
+}
+
+/// What a [`StartError`] says is wrong: a closed set, for logs and readiness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartCause {
+    EngineUnreachable,
+    ImageMissing,
+    /// The engine answered a request with an error.
+    EngineRefused,
+    AgentFailed,
+}
+
+impl StartCause {
+    pub fn of_engine(error: &EngineError) -> Self {
+        match error {
+            EngineError::Unreachable { .. } => Self::EngineUnreachable,
+            EngineError::NoImage { .. } | EngineError::ImageMissing { .. } => Self::ImageMissing,
+            EngineError::Engine { .. } => Self::EngineRefused,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::EngineUnreachable => "engine_unreachable",
+            Self::ImageMissing => "image_missing",
+            Self::EngineRefused => "engine_refused",
+            Self::AgentFailed => "agent_failed",
+        }
+    }
+}
+
+impl StartError {
+    pub fn cause(&self) -> StartCause {
+        match self {
+            Self::Engine(error) => StartCause::of_engine(error),
+            Self::Agent(_) => StartCause::AgentFailed,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AcquireError {
     #[error(
-        "no sandbox became free within {waited:?} (all {} in use: {} busy, {} resetting, {} starting, {} being removed; \
+        "no sandbox became free within {waited:?} (all {} in use: {} busy, {} resetting, \
+         {} starting, {} being removed; \
          raise MCP_BRIDGE_POOL_MAX or MCP_BRIDGE_POOL_WAIT_TIMEOUT){}",
         status.max, status.busy, status.resetting, status.starting, status.removing,
         last_error.as_deref().map(|e| format!("; last error: {e}")).unwrap_or_default()
@@ -141,11 +192,11 @@ pub enum AcquireError {
     Exhausted {
         waited: Duration,
         status: PoolStatus,
-        last_error: Option<String>,
+        last_error: Option<Arc<StartError>>,
     },
     /// Nothing can become idle and the last attempt failed: said at once, not at the wait's end.
     #[error("no sandbox can be started: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Arc<StartError>),
     #[error("the server is shutting down")]
     ShuttingDown,
 }
@@ -209,7 +260,7 @@ struct State<S> {
     /// Starts that failed in a row.
     failed_starts: u32,
     /// Why the last start (or removal) failed; cleared by a successful start.
-    last_error: Option<String>,
+    last_error: Option<Arc<StartError>>,
     /// No start before this instant (the back-off after a failed start).
     retry_at: Option<Instant>,
     closed: bool,
@@ -274,7 +325,7 @@ impl<S> State<S> {
 
     /// Why a waiting caller should give up now: nothing is starting, busy or
     /// resetting (so nothing can become idle) and the last attempt failed.
-    fn unavailable(&self) -> Option<String> {
+    fn unavailable(&self) -> Option<Arc<StartError>> {
         if self.starting + self.busy + self.resetting > 0 {
             return None;
         }
@@ -293,7 +344,12 @@ impl<S> State<S> {
 
     /// A start failed; its slot is free at once unless it left a container
     /// to remove. Returns the failures in a row.
-    fn start_failed(&mut self, error: String, now: Instant, left_a_container: bool) -> u32 {
+    fn start_failed(
+        &mut self,
+        error: Arc<StartError>,
+        now: Instant,
+        left_a_container: bool,
+    ) -> u32 {
         self.starting -= 1;
         if left_a_container {
             self.removing += 1;
@@ -344,7 +400,7 @@ impl<S> State<S> {
 
     /// The engine refused a removal: the container still counts, and until
     /// a start succeeds this is the pool's last error.
-    fn removal_failed(&mut self, error: String) {
+    fn removal_failed(&mut self, error: Arc<StartError>) {
         self.last_error = Some(error);
     }
 
@@ -384,6 +440,15 @@ impl<S> State<S> {
 #[derive(Clone)]
 pub struct Pool {
     shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("engine", &self.shared.engine.endpoint())
+            .field("status", &self.status())
+            .finish_non_exhaustive()
+    }
 }
 
 struct Shared {
@@ -440,7 +505,7 @@ impl Pool {
 
     /// Why sandboxes cannot be started right now (the last failed start, or
     /// a removal the engine refused), until a start succeeds.
-    pub fn last_start_error(&self) -> Option<String> {
+    pub fn last_start_error(&self) -> Option<Arc<StartError>> {
         self.shared.state().last_error.clone()
     }
 
@@ -578,6 +643,14 @@ pub struct Lease {
     shared: Arc<Shared>,
 }
 
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("sandbox", &self.sandbox)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Lease {
     pub fn sandbox(&mut self) -> &mut Sandbox {
         self.sandbox.as_mut().expect("present until finish or drop")
@@ -638,7 +711,11 @@ impl Shared {
                     }
                 }
                 Err(failure) => {
-                    tracing::warn!(sandbox = sandbox.short_id(), %failure, "reset failed; recycling");
+                    tracing::warn!(
+                        sandbox = sandbox.short_id(),
+                        %failure,
+                        "reset failed; recycling"
+                    );
                     shared.state().reset_failed();
                     shared.destroy(sandbox, RecycleReason::ResetFailed);
                 }
@@ -671,9 +748,17 @@ impl Shared {
             let mut sandbox = sandbox;
             let mut retry = FIRST_REMOVE_RETRY;
             while let Err(error) = shared.engine.try_remove(&id).await {
-                tracing::warn!(container = %id, %error, retry_in = ?retry, "could not remove a sandbox container; it still counts toward MCP_BRIDGE_POOL_MAX");
+                tracing::warn!(
+                    container = %id,
+                    %error,
+                    retry_in = ?retry,
+                    "could not remove a sandbox container; \
+                     it still counts toward MCP_BRIDGE_POOL_MAX"
+                );
                 drop(sandbox.take());
-                shared.state().removal_failed(error.to_string());
+                shared
+                    .state()
+                    .removal_failed(Arc::new(StartError::Engine(error)));
                 shared.sandbox_ready.notify_waiters();
                 tokio::select! {
                     _ = tokio::time::sleep(retry) => {}
@@ -700,7 +785,7 @@ impl Shared {
         let started = Instant::now();
         let container = match self.engine.start_container(&self.container_spec).await {
             Ok(container) => container,
-            Err(error) => return self.start_failed(error.to_string(), None),
+            Err(error) => return self.start_failed(error.into(), None),
         };
         let id = container.id.clone();
         match Sandbox::attach(container, START_TIMEOUT).await {
@@ -719,16 +804,18 @@ impl Shared {
                 }
                 self.background_task.notify_one();
             }
-            Err(failure) => self.start_failed(failure.to_string(), Some(id)),
+            Err(failure) => self.start_failed(failure.into(), Some(id)),
         }
     }
 
-    fn start_failed(self: &Arc<Self>, error: String, container: Option<String>) {
+    fn start_failed(self: &Arc<Self>, error: StartError, container: Option<String>) {
         metrics::observe_create_failure();
+        let cause = error.cause().as_str();
+        let error = Arc::new(error);
         let failures =
             self.state()
                 .start_failed(error.clone(), Instant::now(), container.is_some());
-        tracing::warn!(%error, consecutive = failures, "could not start a sandbox");
+        tracing::warn!(%error, cause, consecutive = failures, "could not start a sandbox");
         if let Some(id) = container {
             self.remove(id, None);
         }
@@ -762,11 +849,12 @@ async fn refill_loop(shared: Arc<Shared>) {
     loop {
         shared.start_needed();
         let retry_at = shared.state().retry_at.map(tokio::time::Instant::from_std);
+        let retry = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now));
         tokio::select! {
             _ = shared.closed.cancelled() => return,
             _ = shared.background_task.notified() => {}
             _ = sweep.tick() => shared.sweep_idle(),
-            _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {}
+            _ = retry, if retry_at.is_some() => {}
         }
     }
 }
@@ -808,6 +896,34 @@ mod tests {
             max_age: 30 * MINUTE,
             wait_timeout: MINUTE,
         }
+    }
+
+    /// A start error as the pool keeps it (an agent's, the one kind built
+    /// without an engine).
+    fn agent_failure(reason: &str) -> Arc<StartError> {
+        Arc::new(SandboxFailure::ResetFailed(reason.into()).into())
+    }
+
+    #[test]
+    fn start_errors_say_whether_the_engine_the_image_or_the_agent_failed() {
+        let no_image = StartError::from(EngineError::NoImage {
+            wanted: "py:1".into(),
+            reason: "pull refused".into(),
+            fix: "build it",
+        });
+        assert_eq!(no_image.cause(), StartCause::ImageMissing);
+        assert!(
+            no_image
+                .to_string()
+                .starts_with("image py:1 is not present")
+        );
+        let agent = StartError::from(SandboxFailure::Timeout(START_TIMEOUT));
+        assert_eq!(agent.cause(), StartCause::AgentFailed);
+        let unavailable = AcquireError::Unavailable(Arc::new(agent)).to_string();
+        assert_eq!(
+            unavailable,
+            "no sandbox can be started: the run exceeded its 60s time limit"
+        );
     }
 
     /// A state with `idle` idle sandboxes (numbered 0.., the last the warmest).
@@ -879,7 +995,7 @@ mod tests {
         state.waiting = 3;
         assert_eq!(state.reserve_starts(&sizing(1, 8), now), 4);
         for _ in 0..4 {
-            state.start_failed("engine unreachable".into(), now, false);
+            state.start_failed(agent_failure("not ready"), now, false);
         }
         assert_eq!((state.starting, state.total()), (0, 0), "no slot held");
         assert_eq!(state.failed_starts, 4);
@@ -892,10 +1008,8 @@ mod tests {
         );
         assert_eq!(state.reserve_starts(&sizing(1, 8), later), 0);
         assert_eq!(state.started(7), None);
-        assert_eq!(
-            (state.failed_starts, state.last_error.as_deref()),
-            (0, None)
-        );
+        assert_eq!(state.failed_starts, 0);
+        assert!(state.last_error.is_none());
         assert_eq!(
             state.reserve_starts(&sizing(1, 8), later),
             3,
@@ -907,16 +1021,23 @@ mod tests {
     fn callers_give_up_at_once_only_when_nothing_can_become_idle() {
         let now = Instant::now();
         let mut state = with_idle(0);
-        assert_eq!(state.unavailable(), None, "nothing failed");
+        assert!(state.unavailable().is_none(), "nothing failed");
         state.starting = 1;
-        state.start_failed("image broken".into(), now, true);
+        state.start_failed(agent_failure("image broken"), now, true);
         assert_eq!(state.removing, 1, "its container still counts");
-        assert_eq!(state.unavailable().as_deref(), Some("image broken"));
+        let reason = state.unavailable().map(|e| e.to_string());
+        assert_eq!(
+            reason.as_deref(),
+            Some("the sandbox reset failed: image broken")
+        );
         state.busy = 1;
-        assert_eq!(state.unavailable(), None, "a busy sandbox may come back");
+        assert!(
+            state.unavailable().is_none(),
+            "a busy sandbox may come back"
+        );
         state.busy = 0;
         state.starting = 1;
-        assert_eq!(state.unavailable(), None, "a start is under way");
+        assert!(state.unavailable().is_none(), "a start is under way");
     }
 
     #[test]
@@ -924,14 +1045,14 @@ mod tests {
         let mut state = with_idle(1);
         assert_eq!(state.lease(), Some(0));
         state.end_lease(false);
-        state.removal_failed("engine unreachable".into());
+        state.removal_failed(agent_failure("engine unreachable"));
         assert_eq!((state.removing, state.total()), (1, 1));
         assert_eq!(
             state.reserve_starts(&sizing(1, 1), Instant::now()),
             0,
             "no room"
         );
-        assert_eq!(state.unavailable().as_deref(), Some("engine unreachable"));
+        assert!(state.unavailable().is_some(), "the refusal stands");
         state.removed();
         assert_eq!(state.total(), 0);
     }
@@ -960,15 +1081,11 @@ mod tests {
 
     #[test]
     fn start_failures_back_off_exponentially_up_to_a_cap() {
-        let backoffs: Vec<u64> = (0..10)
-            .map(|n| create_backoff(n).as_millis() as u64)
-            .collect();
-        assert_eq!(backoffs[..4], [250, 500, 1000, 2000]);
+        let backoffs: Vec<Duration> = (0..10).map(create_backoff).collect();
+        let ms = Duration::from_millis;
+        assert_eq!(backoffs[..4], [ms(250), ms(500), ms(1000), ms(2000)]);
         assert!(backoffs.windows(2).all(|w| w[0] <= w[1]));
-        assert_eq!(
-            *backoffs.last().unwrap(),
-            MAX_CREATE_BACKOFF.as_millis() as u64
-        );
+        assert_eq!(*backoffs.last().unwrap(), MAX_CREATE_BACKOFF);
     }
 
     #[test]

@@ -154,7 +154,8 @@ pub fn decode_output(bytes: Vec<u8>, dropped: u64, stream: &str, limit: u64) -> 
     if dropped > 0 {
         end_line(&mut text);
         text.push_str(&format!(
-            "[{stream} truncated: {dropped} more bytes not shown (limit {limit} bytes, MCP_BRIDGE_MAX_OUTPUT_BYTES)]"
+            "[{stream} truncated: {dropped} more bytes not shown \
+             (limit {limit} bytes, MCP_BRIDGE_MAX_OUTPUT_BYTES)]"
         ));
     }
     text
@@ -202,7 +203,8 @@ mod tests {
         };
         assert_eq!(
             failed.render(OutputMode::Compact),
-            "partial\nstderr:\nTraceback (most recent call last):\nZeroDivisionError: division by zero\nstatus: error\nexit: 1"
+            "partial\nstderr:\nTraceback (most recent call last):\n\
+             ZeroDivisionError: division by zero\nstatus: error\nexit: 1"
         );
         let timeout = RunReport {
             stdout: String::new(),

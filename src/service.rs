@@ -15,7 +15,7 @@ use tokio::sync::OnceCell;
 use crate::config::Config;
 use crate::engine::{Engine, EngineError};
 use crate::metrics;
-use crate::pool::{Pool, PoolStatus, RecycleReason};
+use crate::pool::{Pool, PoolStatus, RecycleReason, StartCause, StartError};
 use crate::proxy::{CallOutcome, Proxy};
 use crate::report::RunStatus;
 
@@ -45,12 +45,34 @@ pub enum NotReady {
     #[error(
         "no warm sandbox idle ({} busy, {} starting, {} resetting){}",
         .status.busy, .status.starting, .status.resetting,
-        .last_error.as_deref().map(|e| format!("; sandboxes fail to start: {e}")).unwrap_or_default()
+        .last_error.as_deref()
+            .map(|e| format!("; sandboxes fail to start: {e}"))
+            .unwrap_or_default()
     )]
     NoIdleSandbox {
         status: PoolStatus,
-        last_error: Option<String>,
+        /// Why sandboxes fail to start, if they do.
+        last_error: Option<Arc<StartError>>,
     },
+}
+
+impl NotReady {
+    /// What is missing, as a closed set: `not_started`, `no_idle_sandbox`
+    /// (all busy or warming up), or a [`StartCause`] (`engine_unreachable`,
+    /// `image_missing`, `engine_refused`, `agent_failed`).
+    pub fn cause(&self) -> &'static str {
+        match self {
+            Self::NotStarted => "not_started",
+            Self::Engine(error) => StartCause::of_engine(error).as_str(),
+            Self::NoIdleSandbox {
+                last_error: Some(error),
+                ..
+            } => error.cause().as_str(),
+            Self::NoIdleSandbox {
+                last_error: None, ..
+            } => "no_idle_sandbox",
+        }
+    }
 }
 
 impl Service {
@@ -90,13 +112,23 @@ impl Service {
                 let engine = Engine::connect(config.engine).await?;
                 let description = engine.describe().await.unwrap_or_else(|e| e.to_string());
                 let image = engine.resolve_image(&config.image).await?;
-                tracing::info!(endpoint = engine.endpoint(), engine = %description, %image, "container engine ready");
+                tracing::info!(
+                    endpoint = engine.endpoint(),
+                    engine = %description,
+                    %image,
+                    "container engine ready"
+                );
                 let cleanup = engine.clone();
                 tokio::spawn(async move {
                     match cleanup.remove_orphans().await {
                         Ok(0) => {}
-                        Ok(count) => tracing::info!(count, "removed containers left by instances no longer running"),
-                        Err(error) => tracing::warn!(%error, "could not look for leftover containers"),
+                        Ok(count) => tracing::info!(
+                            count,
+                            "removed containers left by instances no longer running"
+                        ),
+                        Err(error) => {
+                            tracing::warn!(%error, "could not look for leftover containers")
+                        }
                     }
                 });
                 Ok(Pool::start(engine, config, &image))
@@ -131,5 +163,35 @@ impl Service {
         if let Some(pool) = self.pool.get() {
             pool.shutdown().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::sandbox::SandboxFailure;
+
+    #[test]
+    fn readiness_names_what_is_missing() {
+        let no_idle = |last_error: Option<StartError>| NotReady::NoIdleSandbox {
+            status: PoolStatus::default(),
+            last_error: last_error.map(Arc::new),
+        };
+        assert_eq!(NotReady::NotStarted.cause(), "not_started");
+        assert_eq!(no_idle(None).cause(), "no_idle_sandbox");
+        let image = EngineError::NoImage {
+            wanted: "py:1".into(),
+            reason: "pull refused".into(),
+            fix: "build it",
+        };
+        let image = no_idle(Some(image.into()));
+        assert_eq!(image.cause(), "image_missing");
+        let expected = "; sandboxes fail to start: image py:1 is not present and could not be \
+                        pulled (pull refused); build it";
+        assert!(image.to_string().ends_with(expected), "{image}");
+        let agent = SandboxFailure::Timeout(Duration::from_secs(60));
+        assert_eq!(no_idle(Some(agent.into())).cause(), "agent_failed");
     }
 }

@@ -1,5 +1,6 @@
 //! The HTTP side port: `/metrics` (Prometheus text), `/healthz` (the process
-//! is up) and `/readyz` (a call would be served at once).
+//! is up) and `/readyz` (a call would be served at once; a 503 says why in
+//! prose, and as a word from a closed set in its `x-not-ready-cause` header).
 //!
 //! Owns the axum router and its listener. It sits above the service and reads
 //! it through [`Service::readiness`] and the pool's counts only; it never
@@ -11,8 +12,8 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::http::{HeaderName, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use crate::metrics;
@@ -41,14 +42,21 @@ async fn serve_metrics(State(service): State<Arc<Service>>) -> impl IntoResponse
     )
 }
 
+/// The header of a 503 from `/readyz` that names what is missing as a word
+/// from a closed set ([`crate::service::NotReady::cause`]), for probes and
+/// dashboards; the body says it in prose.
+pub const NOT_READY_CAUSE: HeaderName = HeaderName::from_static("x-not-ready-cause");
+
 /// Ready: the engine answers and at least one warm sandbox is idle.
-async fn serve_readiness(State(service): State<Arc<Service>>) -> (StatusCode, String) {
+async fn serve_readiness(State(service): State<Arc<Service>>) -> Response {
     match service.readiness().await {
-        Ok(()) => (StatusCode::OK, "ready\n".into()),
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
+            [(NOT_READY_CAUSE, reason.cause())],
             format!("not ready: {reason}\n"),
-        ),
+        )
+            .into_response(),
     }
 }
 

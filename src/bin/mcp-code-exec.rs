@@ -125,7 +125,11 @@ async fn serve(config: Config) -> ExitCode {
         match side_port::spawn(addr, service.clone()).await {
             Ok(bound) => tracing::info!(%bound, "metrics and health on http://{bound}/metrics"),
             Err(error) => {
-                tracing::warn!(%addr, %error, "metrics side port unavailable; serving MCP without it")
+                tracing::warn!(
+                    %addr,
+                    %error,
+                    "metrics side port unavailable; serving MCP without it"
+                )
             }
         }
     }

@@ -52,11 +52,19 @@ pub struct StartedContainer {
     pub output: OutputStream,
 }
 
+impl std::fmt::Debug for StartedContainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StartedContainer")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error(
-        "no container engine answers ({tried}): {source}. Start Docker or Podman (on Debian as root: \
-         scripts/setup-engine.sh), or point DOCKER_HOST at a running engine"
+        "no container engine answers ({tried}): {source}. Start Docker or Podman \
+         (on Debian as root: scripts/setup-engine.sh), or point DOCKER_HOST at a running engine"
     )]
     Unreachable {
         tried: String,
@@ -70,12 +78,43 @@ pub enum EngineError {
         /// What the user can do about it.
         fix: &'static str,
     },
+    /// The engine has no such image when a sandbox is created (removed since
+    /// it was resolved, or never resolved): the pool retries by itself.
+    #[error("image {image} is not present ({source}); {fix}")]
+    ImageMissing {
+        image: String,
+        #[source]
+        source: BollardError,
+        fix: &'static str,
+    },
     #[error("{action} failed: {source}")]
     Engine {
         action: &'static str,
         #[source]
         source: BollardError,
     },
+}
+
+/// Whether creating a container failed because its image is missing: the
+/// one 404 of a create (Docker says "No such image", Podman "image not known").
+fn image_is_missing(error: &BollardError) -> bool {
+    matches!(
+        error,
+        BollardError::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+/// What the user can do about a missing `image`.
+fn image_fix(image: &str) -> &'static str {
+    if image == DEFAULT_IMAGE {
+        "build it with scripts/setup-engine.sh (a Dockerfile where a registry answers, \
+         Debian packages where none does)"
+    } else {
+        "pull or build it, or unset MCP_BRIDGE_IMAGE to use the project's image"
+    }
 }
 
 /// Whether the engine answered at all: anything else (no socket, refused,
@@ -203,7 +242,7 @@ fn process_start_ticks(pid: u32) -> Option<u64> {
 }
 
 /// A connected, version-negotiated engine client.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Engine {
     docker: Docker,
     owner: Owner,
@@ -311,16 +350,10 @@ impl Engine {
             Ok(Err(error)) => error.to_string(),
             Err(_) => format!("no answer within {}s", PULL_TIMEOUT.as_secs()),
         };
-        let fix = if wanted == DEFAULT_IMAGE {
-            "build it with scripts/setup-engine.sh (a Dockerfile where a registry answers, \
-             Debian packages where none does)"
-        } else {
-            "pull or build it, or unset MCP_BRIDGE_IMAGE to use the project's image"
-        };
         Err(EngineError::NoImage {
             wanted: wanted.to_owned(),
             reason,
-            fix,
+            fix: image_fix(wanted),
         })
     }
 
@@ -356,11 +389,19 @@ impl Engine {
             .owner
             .container_name(CREATED.fetch_add(1, Ordering::Relaxed) + 1);
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
-        let created = self
+        let created = match self
             .docker
             .create_container(Some(options), spec.0.clone())
             .await
-            .map_err(self.failed("creating the sandbox container"))?;
+        {
+            Ok(created) => created,
+            Err(source) if image_is_missing(&source) => {
+                let image = spec.0.image.clone().unwrap_or_default();
+                let fix = image_fix(&image);
+                return Err(EngineError::ImageMissing { image, source, fix });
+            }
+            Err(error) => return Err(self.failed("creating the sandbox container")(error)),
+        };
         let id = created.id;
         let attached = async {
             let options = AttachContainerOptionsBuilder::default()
@@ -537,6 +578,20 @@ fn split_image_tag(image: &str) -> (&str, &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_404_on_create_means_the_image_is_missing() {
+        let response = |status_code| BollardError::DockerResponseServerError {
+            status_code,
+            message: "No such image: x:1".into(),
+        };
+        assert!(image_is_missing(&response(404)));
+        assert!(!image_is_missing(&response(409)), "a name conflict");
+        assert!(!image_is_missing(&response(500)));
+        let timeout = BollardError::RequestTimeoutError;
+        assert!(!image_is_missing(&timeout));
+        assert!(!engine_answered(&timeout), "no answer: unreachable");
+    }
 
     #[test]
     fn image_tags() {

@@ -62,6 +62,11 @@ fn container_body(
         hard: Some(limit),
     };
     let memory = i64::try_from(config.memory_bytes).unwrap_or(i64::MAX);
+    // `Config` bounds the CPUs to 0.01..=1024 (`MIN_CPUS`, `MAX_CPUS`), so this is
+    // 1e7..=1.024e12 nanoCPUs: a whole number far inside i64, never 0 (which
+    // the engine would read as "no limit").
+    #[allow(clippy::cast_possible_truncation)]
+    let nano_cpus = config.cpus.map(|cpus| (cpus * 1e9).round() as i64);
     let host_config = HostConfig {
         network_mode: Some("none".into()),
         readonly_rootfs: Some(true),
@@ -71,7 +76,7 @@ fn container_body(
         // Equal to memory: no swap on top of the limit.
         memory_swap: Some(memory),
         pids_limit: Some(config.pids_limit),
-        nano_cpus: config.cpus.map(|cpus| (cpus * 1e9) as i64),
+        nano_cpus,
         ulimits: Some(vec![ulimit("nofile", NOFILE), ulimit("nproc", NPROC)]),
         // The agent is the container's init (PID 1): it reaps orphans and is
         // the only holder of the protocol pipes. A separate init would hold

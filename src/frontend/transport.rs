@@ -50,6 +50,14 @@ pub struct StdioTransport<R: AsyncRead + Unpin, W: AsyncWrite> {
     limit: usize,
 }
 
+impl<R: AsyncRead + Unpin, W: AsyncWrite> std::fmt::Debug for StdioTransport<R, W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StdioTransport")
+            .field("limit", &self.limit)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<R, W> StdioTransport<R, W>
 where
     R: AsyncRead + Send + Unpin + 'static,

@@ -108,6 +108,14 @@ pub struct ServerClient {
     state: Mutex<State>,
 }
 
+impl std::fmt::Debug for ServerClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerClient")
+            .field("definition", &self.definition)
+            .finish_non_exhaustive()
+    }
+}
+
 impl ServerClient {
     fn new(definition: ServerDefinition) -> Self {
         Self {
@@ -203,7 +211,11 @@ impl ServerClient {
                 // Not retried before the next change notice: a server that
                 // hangs on tools/list would cost every run the timeout.
                 Err(error) => {
-                    tracing::warn!(server = %self.definition.name, %error, "could not refresh tools; keeping the previous list");
+                    tracing::warn!(
+                        server = %self.definition.name,
+                        %error,
+                        "could not refresh tools; keeping the previous list"
+                    );
                 }
             }
         }
@@ -343,6 +355,7 @@ fn log_stderr_line(server: &str, line: &[u8], cut: bool) {
 }
 
 /// Every configured server's client, by name.
+#[derive(Debug)]
 pub struct ClientHub {
     clients: HashMap<String, Arc<ServerClient>>,
     /// Names in discovery order.

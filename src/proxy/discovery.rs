@@ -19,8 +19,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-/// One configured MCP server the sandbox may call.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One configured MCP server the sandbox may call. Its `Debug` shows the
+/// names of its environment variables, not their values (often tokens).
+#[derive(Clone, PartialEq, Eq)]
 pub struct ServerDefinition {
     /// The name as configured (what `run_python(servers=[...])` takes).
     pub name: String,
@@ -33,6 +34,21 @@ pub struct ServerDefinition {
     pub description: Option<String>,
     /// The file it came from, for messages.
     pub source: PathBuf,
+}
+
+impl std::fmt::Debug for ServerDefinition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerDefinition")
+            .field("name", &self.name)
+            .field("alias", &self.alias)
+            .field("command", &self.command)
+            .field("args", &self.args)
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .field("cwd", &self.cwd)
+            .field("description", &self.description)
+            .field("source", &self.source)
+            .finish()
+    }
 }
 
 /// A file that could not be used, and why.
@@ -353,7 +369,9 @@ mod tests {
         let dir = scratch("order");
         write(
             dir.join("project/mcp-servers/b.json"),
-            r#"{"description": "file default", "mcpServers": {"time": {"command": "from-folder-b"}, "fs": {"command": "fs-bin", "args": ["/data"], "env": {"K": "V"}}}}"#,
+            r#"{"description": "file default", "mcpServers": {
+                "time": {"command": "from-folder-b"},
+                "fs": {"command": "fs-bin", "args": ["/data"], "env": {"K": "V"}}}}"#,
         );
         write(
             dir.join("project/mcp-servers/a.json"),
@@ -404,7 +422,8 @@ mod tests {
         write(dir.join("project/.mcp.json"), "{ not json");
         write(
             dir.join("project/claude_code_config.json"),
-            r#"{"mcpServers": {"ok": {"command": "x"}, "remote": {"url": "https://example.invalid/mcp"}}}"#,
+            r#"{"mcpServers": {
+                "ok": {"command": "x"}, "remote": {"url": "https://example.invalid/mcp"}}}"#,
         );
         let (servers, warnings) = discover(&roots(&dir));
         assert_eq!(servers.len(), 1);
@@ -421,7 +440,10 @@ mod tests {
         let dir = scratch("self");
         write(
             dir.join("project/.mcp.json"),
-            r#"{"mcpServers": {"me": {"command": "/opt/bin/mcp-code-exec", "args": ["serve"]}, "me2": {"command": "mcp-code-exec"}, "other": {"command": "npx"}}}"#,
+            r#"{"mcpServers": {
+                "me": {"command": "/opt/bin/mcp-code-exec", "args": ["serve"]},
+                "me2": {"command": "mcp-code-exec"},
+                "other": {"command": "npx"}}}"#,
         );
         let (servers, _) = discover(&roots(&dir));
         assert_eq!(

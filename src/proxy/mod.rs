@@ -50,12 +50,24 @@ pub struct Proxy {
     discovered: Value,
 }
 
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("servers", &self.names())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Proxy {
     /// Discovers the servers (warnings go to the log); starts none of them.
     pub fn discover(roots: &SearchRoots) -> Self {
         let (servers, warnings) = discovery::discover(roots);
         for warning in warnings {
-            tracing::warn!(file = %warning.file.display(), reason = %warning.reason, "skipped MCP server configuration");
+            tracing::warn!(
+                file = %warning.file.display(),
+                reason = %warning.reason,
+                "skipped MCP server configuration"
+            );
         }
         if !servers.is_empty() {
             let names: Vec<&str> = servers.iter().map(|s| s.name.as_str()).collect();
@@ -144,6 +156,15 @@ pub struct RunTools {
     in_flight: Semaphore,
 }
 
+impl std::fmt::Debug for RunTools {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunTools")
+            .field("allowed", &self.allowed)
+            .field("in_flight", &self.in_flight)
+            .finish_non_exhaustive()
+    }
+}
+
 /// How a proxied tool call ended: a closed set, fit for a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CallOutcome {
@@ -188,20 +209,23 @@ impl ToolCalls for RunTools {
             let request: CallRequest = match serde_json::from_slice(&request) {
                 Ok(request) => request,
                 Err(error) => {
-                    return json!({"id": null, "ok": false, "error": format!("malformed call: {error}")});
+                    let error = format!("malformed call: {error}");
+                    return json!({"id": null, "ok": false, "error": error});
                 }
             };
             let id = request.id;
             if !self.allowed.contains(&request.server) {
                 let error = format!(
-                    "server {:?} is not available in this run; pass it in run_python(servers=[...])",
+                    "server {:?} is not available in this run; \
+                     pass it in run_python(servers=[...])",
                     request.server
                 );
                 return json!({"id": id, "ok": false, "error": error});
             }
             let Ok(_permit) = self.in_flight.try_acquire() else {
                 let error = format!(
-                    "more than {MAX_CALLS_IN_FLIGHT} MCP calls in flight in one run; await some before starting more"
+                    "more than {MAX_CALLS_IN_FLIGHT} MCP calls in flight in one run; \
+                     await some before starting more"
                 );
                 return json!({"id": id, "ok": false, "error": error});
             };

@@ -180,7 +180,8 @@ impl Sandbox {
             WARNED.call_once(|| {
                 tracing::warn!(
                     missing = ?ready.preload_missing,
-                    "preloaded modules (MCP_BRIDGE_PRELOAD) missing from the sandbox image; runs go on without them"
+                    "preloaded modules (MCP_BRIDGE_PRELOAD) missing from the sandbox image; \
+                     runs go on without them"
                 );
             });
         }
@@ -253,7 +254,9 @@ impl Sandbox {
             let event = tokio::select! {
                 frame = self.agent.next_frame(&self.id) => Event::Frame(frame),
                 Some(answer) = calls.next(), if !calls.is_empty() => Event::Answer(answer),
-                written = self.outbox.write_step(&mut self.input), if !self.outbox.is_idle() => Event::Written(written),
+                written = self.outbox.write_step(&mut self.input), if !self.outbox.is_idle() => {
+                    Event::Written(written)
+                }
                 () = &mut deadline => Event::Deadline,
             };
             let frame = match event {
@@ -343,7 +346,11 @@ impl AgentOutput {
     fn note_stderr(&mut self, sandbox: &str, bytes: &[u8]) {
         let room = AGENT_STDERR_KEEP.saturating_sub(self.stderr.len());
         let text = String::from_utf8_lossy(&bytes[..bytes.len().min(room)]);
-        tracing::warn!(sandbox = short(sandbox), agent_stderr = %text.trim_end(), "sandbox agent wrote to stderr");
+        tracing::warn!(
+            sandbox = short(sandbox),
+            agent_stderr = %text.trim_end(),
+            "sandbox agent wrote to stderr"
+        );
         self.stderr.push_str(&text);
     }
 }
