@@ -149,7 +149,7 @@ engine_test! {
 
 engine_test! {
     fn stdout_flood_is_capped_with_a_marker() {
-        let cap = test_config().max_output_bytes as usize;
+        let cap = usize::try_from(test_config().max_output_bytes).expect("the cap fits in memory");
         // 64 MiB: far more than the cap; the host keeps only the cap (its memory
         // during a flood is measured alone in tests/host_memory.rs).
         let code = "import sys\nline = 'y' * 1023 + '\\n'\nfor _ in range(64 * 1024):\n    sys.stdout.write(line)";
@@ -171,7 +171,7 @@ engine_test! {
 
 engine_test! {
     fn stderr_flood_is_capped_with_a_marker() {
-        let cap = test_config().max_output_bytes as usize;
+        let cap = usize::try_from(test_config().max_output_bytes).expect("the cap fits in memory");
         let code = "import os\nfor _ in range(4096):\n    os.write(2, b'e' * 4096)";
         let report = run_on(SERVICE.get(), code, Some(60.0));
         assert_eq!(report.status, RunStatus::Success);
