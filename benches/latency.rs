@@ -11,6 +11,7 @@ mod common;
 
 use common::percentiles;
 use criterion::Criterion;
+use mcp_code_exec::call::Limits;
 use mcp_code_exec::call::{CallRequest, call};
 use mcp_code_exec::config::Config;
 use mcp_code_exec::engine::{Engine, spec};
@@ -87,7 +88,12 @@ impl Setup {
             .unwrap();
         let mut output = CapturedOutput::default();
         let done = sandbox
-            .run(PRINT, 1 << 20, Duration::from_secs(30), None, &mut output)
+            .run(
+                &Limits::from(&self.config).input(PRINT, &[]),
+                Duration::from_secs(30),
+                None,
+                &mut output,
+            )
             .await
             .unwrap();
         assert_eq!(

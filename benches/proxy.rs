@@ -86,6 +86,7 @@ fn main() {
         code,
         servers: vec!["fixture".into()],
         timeout_secs: Some(120.0),
+        ..CallRequest::default()
     };
     let report = tokio.block_on(call(&service, &request));
     assert_eq!(report.status, RunStatus::Success, "{report:?}");

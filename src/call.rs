@@ -10,18 +10,28 @@
 //! It does not render text (that is [`crate::report`]), start anything (that
 //! is [`crate::service`]) nor speak to the engine.
 
+use std::path::{Component, Path};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use tracing::Instrument;
 
+use crate::artifacts::{self, ArtifactStore};
 use crate::config::Config;
 use crate::metrics;
 use crate::pool::{Pool, RecycleReason, Verdict};
-use crate::report::{RunReport, RunStatus, decode_output};
-use crate::sandbox::protocol::RunDone;
+use crate::report::{Image, OutputFile, RunReport, RunStatus, decode_output};
+use crate::sandbox::protocol::{
+    FileBounds, FileContent, ImageBounds, InputFile, RunDone, RunInput, png_size,
+};
 use crate::sandbox::{CapturedOutput, SandboxFailure, ToolCalls};
 use crate::service::Service;
+
+/// How many files a call may bring.
+pub const MAX_INPUT_FILES: usize = 256;
+/// A returned text file up to this size also comes inline in the result.
+const INLINE_TEXT_BYTES: usize = 16 * 1024;
 
 /// A `run_python` call's arguments as the client sent them.
 #[derive(Debug, Clone, Default)]
@@ -31,6 +41,8 @@ pub struct CallRequest {
     pub servers: Vec<String>,
     /// Seconds; the configured default when absent.
     pub timeout_secs: Option<f64>,
+    /// Written under `/workspace` before the code starts.
+    pub files: Vec<InputFile>,
 }
 
 /// The limits a request is checked against, from [`Config`].
@@ -41,6 +53,9 @@ pub struct Limits {
     pub max_code_bytes: usize,
     pub max_output_bytes: u64,
     pub memory_bytes: u64,
+    pub max_input_files_bytes: u64,
+    pub images: ImageBounds,
+    pub files_out: FileBounds,
 }
 
 impl From<&Config> for Limits {
@@ -51,6 +66,16 @@ impl From<&Config> for Limits {
             max_code_bytes: config.max_code_bytes,
             max_output_bytes: config.max_output_bytes,
             memory_bytes: config.memory_bytes,
+            max_input_files_bytes: config.max_input_files_bytes,
+            images: ImageBounds {
+                max_pixels: config.max_image_pixels,
+                max_bytes: config.max_image_bytes,
+                max_images: config.max_images,
+            },
+            files_out: FileBounds {
+                max_files: config.max_output_files,
+                max_bytes: config.max_output_files_bytes,
+            },
         }
     }
 }
@@ -80,6 +105,7 @@ impl Limits {
             };
             return Err(format!("unknown MCP server {unknown:?}; {known}"));
         }
+        self.validate_files(&request.files)?;
         let max = self.max_timeout.as_secs_f64();
         match request.timeout_secs {
             None => Ok(self.default_timeout),
@@ -94,6 +120,61 @@ impl Limits {
     }
 }
 
+impl Limits {
+    /// A run of `code` (bringing `files`) within these limits.
+    pub fn input<'a>(&self, code: &'a str, files: &'a [InputFile]) -> RunInput<'a> {
+        RunInput {
+            code,
+            max_output_bytes: self.max_output_bytes,
+            files,
+            display: self.images,
+            files_out: self.files_out,
+        }
+    }
+
+    /// Each path plainly relative (it lands under `/workspace`), each
+    /// base64 content decodable, and all of them within the byte bound.
+    fn validate_files(&self, files: &[InputFile]) -> Result<(), String> {
+        if files.len() > MAX_INPUT_FILES {
+            return Err(format!(
+                "{} files; a call may bring at most {MAX_INPUT_FILES}",
+                files.len()
+            ));
+        }
+        let mut total: u64 = 0;
+        for file in files {
+            let path = &file.path;
+            let plain = !path.is_empty()
+                && !path.contains('\0')
+                && path.len() <= 1024
+                && Path::new(path)
+                    .components()
+                    .all(|part| matches!(part, Component::Normal(_)));
+            if !plain {
+                return Err(format!(
+                    "file path {path:?} must be relative and stay inside /workspace \
+                     (no absolute path, no '..')"
+                ));
+            }
+            total += match &file.content {
+                FileContent::Text(text) => text.len() as u64,
+                FileContent::Base64(data) => base64::engine::general_purpose::STANDARD
+                    .decode(data)
+                    .map_err(|error| format!("file {path:?}: its base64 does not decode: {error}"))?
+                    .len() as u64,
+            };
+        }
+        if total > self.max_input_files_bytes {
+            return Err(format!(
+                "the files are {total} bytes together; the limit is {} bytes \
+                 (MCP_BRIDGE_MAX_INPUT_FILES_BYTES)",
+                self.max_input_files_bytes
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Validates and runs one call. Never fails: a bad request, a service that
 /// cannot start or a broken sandbox is a report like any other. Dropping the
 /// future mid-run (client cancellation) destroys the sandbox, and is logged
@@ -101,14 +182,14 @@ impl Limits {
 /// status and duration.
 pub async fn call(service: &Service, request: &CallRequest) -> RunReport {
     let observer = CallObserver::new(request);
-    let report = unobserved(service, request)
+    let report = unobserved(service, request, &observer.run_id)
         .instrument(observer.span.clone())
         .await;
     observer.finished(&report);
     report
 }
 
-async fn unobserved(service: &Service, request: &CallRequest) -> RunReport {
+async fn unobserved(service: &Service, request: &CallRequest, run_id: &str) -> RunReport {
     let limits = Limits::from(service.config());
     let timeout = match limits.validate(request, service.proxy().names()) {
         Ok(timeout) => timeout,
@@ -128,14 +209,17 @@ async fn unobserved(service: &Service, request: &CallRequest) -> RunReport {
         Err(error) => return RunReport::rejected(RunStatus::Error, error.to_string()),
     };
     let tools = tools.as_ref().map(|tools| tools as &dyn ToolCalls);
-    run_on(pool, &limits, &request.code, timeout, tools).await
+    let input = limits.input(&request.code, &request.files);
+    let mut report = run_on(pool, &limits, &input, timeout, tools).await;
+    report.keep_files(service.artifacts(), run_id);
+    report
 }
 
 /// Runs validated code on a leased sandbox and classifies the outcome.
 async fn run_on(
     pool: &Pool,
     limits: &Limits,
-    code: &str,
+    input: &RunInput<'_>,
     timeout: Duration,
     tools: Option<&dyn ToolCalls>,
 ) -> RunReport {
@@ -150,11 +234,15 @@ async fn run_on(
     let started = Instant::now();
     let result = lease
         .sandbox()
-        .run(code, limits.max_output_bytes, timeout, tools, &mut output)
+        .run(input, timeout, tools, &mut output)
         .await;
     let duration = started.elapsed();
+    let mut notes = Vec::new();
     let outcome = match result {
-        Ok(done) => Outcome::from_done(&done, limits.memory_bytes),
+        Ok(done) => {
+            notes = result_notes(&done, limits);
+            Outcome::from_done(&done, limits.memory_bytes)
+        }
         Err(failure) => {
             // The agent is PID 1: if the OOM killer took it, the engine knows.
             let oom =
@@ -180,6 +268,76 @@ async fn run_on(
         stdout_truncated: output.stdout.dropped > 0,
         stderr_truncated: output.stderr.dropped > 0,
         error: outcome.error,
+        images: images(output.images),
+        files: output
+            .files
+            .into_iter()
+            .map(|(path, bytes)| OutputFile::new(path, bytes))
+            .collect(),
+        notes,
+    }
+}
+
+/// The run's PNGs with their sizes (the agent checked the signature; a PNG
+/// whose header does not read is left out).
+fn images(pngs: Vec<bytes::Bytes>) -> Vec<Image> {
+    pngs.into_iter()
+        .filter_map(|png| {
+            let (width, height) = png_size(&png).ok()?;
+            Some((png, width, height))
+        })
+        .enumerate()
+        .map(|(index, (png, width, height))| Image::png(index, png, width, height))
+        .collect()
+}
+
+/// What the text should say about images and files the run made but that do
+/// not come back.
+fn result_notes(done: &RunDone, limits: &Limits) -> Vec<String> {
+    let mut notes = done.image_notes.clone();
+    let over_count = done
+        .images_dropped
+        .saturating_sub(done.image_notes.len() as u64);
+    if over_count > 0 {
+        notes.push(format!(
+            "{over_count} more images not returned: at most {} per run (MCP_BRIDGE_MAX_IMAGES)",
+            limits.images.max_images
+        ));
+    }
+    if done.files_dropped > 0 {
+        notes.push(format!(
+            "{} files ({} bytes) under /workspace/out left behind: a run returns at most {} files \
+             and {} bytes (MCP_BRIDGE_MAX_OUTPUT_FILES, MCP_BRIDGE_MAX_OUTPUT_FILES_BYTES)",
+            done.files_dropped,
+            done.files_dropped_bytes,
+            limits.files_out.max_files,
+            limits.files_out.max_bytes
+        ));
+    }
+    notes
+}
+
+impl RunReport {
+    /// Keeps the run's files as artifacts; a small text file also comes
+    /// inline. One too large for the whole store is left out, with a note.
+    fn keep_files(&mut self, store: &ArtifactStore, run_id: &str) {
+        let mut refused = Vec::new();
+        for file in &mut self.files {
+            match store.put(run_id, &file.path, file.data.clone()) {
+                Some(artifact) => file.uri = Some(artifact.uri),
+                None => refused.push(file.path.clone()),
+            }
+            if file.data.len() <= INLINE_TEXT_BYTES && artifacts::is_text_type(file.mime_type) {
+                file.text = std::str::from_utf8(&file.data).ok().map(str::to_owned);
+                file.inline = file.text.is_some();
+            }
+        }
+        for path in refused {
+            self.notes.push(format!(
+                "out/{path} is larger than the whole artifact store (MCP_BRIDGE_ARTIFACT_BYTES): \
+                 not kept"
+            ));
+        }
     }
 }
 
@@ -188,6 +346,8 @@ async fn run_on(
 /// cancelled), as `cancelled` from `Drop`.
 struct CallObserver {
     span: tracing::Span,
+    /// Names the call's artifacts (`artifact://<run_id>/<path>`).
+    run_id: String,
     started: Instant,
     finished: bool,
 }
@@ -195,15 +355,18 @@ struct CallObserver {
 impl CallObserver {
     fn new(request: &CallRequest) -> Self {
         static CALL_IDS: AtomicU64 = AtomicU64::new(1);
+        let id = CALL_IDS.fetch_add(1, Ordering::Relaxed);
         let span = tracing::info_span!(
             "run",
-            id = CALL_IDS.fetch_add(1, Ordering::Relaxed),
+            id,
             servers = ?request.servers,
             status = tracing::field::Empty,
             duration_ms = tracing::field::Empty,
         );
         Self {
             span,
+            // The process id keeps URIs of a restarted server apart.
+            run_id: format!("{}-{id}", std::process::id()),
             started: Instant::now(),
             finished: false,
         }
@@ -363,8 +526,8 @@ mod tests {
     fn request(code: &str, timeout_secs: Option<f64>) -> CallRequest {
         CallRequest {
             code: code.into(),
-            servers: vec![],
             timeout_secs,
+            ..CallRequest::default()
         }
     }
 
@@ -396,6 +559,42 @@ mod tests {
             l.validate(&request("print(1)", Some(0.5)), &[]),
             Ok(Duration::from_millis(500))
         );
+    }
+
+    #[test]
+    fn input_files_stay_in_the_workspace_and_within_the_bound() {
+        let l = Limits {
+            max_input_files_bytes: 4,
+            ..limits()
+        };
+        let with = |path: &str, content: FileContent| CallRequest {
+            files: vec![InputFile {
+                path: path.into(),
+                content,
+            }],
+            ..request("print(1)", None)
+        };
+        let text = |t: &str| FileContent::Text(t.into());
+        assert!(l.validate(&with("data/a.csv", text("a,b")), &[]).is_ok());
+        for bad in ["", "/etc/passwd", "../up", "a/../../b", "./x", "a\0b"] {
+            let error = l.validate(&with(bad, text("x")), &[]).unwrap_err();
+            assert!(error.contains(&format!("{bad:?}")), "{bad:?}: {error}");
+        }
+        let error = l.validate(&with("a", text("12345")), &[]).unwrap_err();
+        assert!(
+            error.contains("MCP_BRIDGE_MAX_INPUT_FILES_BYTES"),
+            "{error}"
+        );
+        // Four bytes once decoded: within the bound, though its base64 is longer.
+        let four = FileContent::Base64("AAECAw==".into());
+        assert!(l.validate(&with("b.bin", four), &[]).is_ok());
+        let error = l
+            .validate(
+                &with("c.bin", FileContent::Base64("not base64!".into())),
+                &[],
+            )
+            .unwrap_err();
+        assert!(error.contains("base64"), "{error}");
     }
 
     #[test]

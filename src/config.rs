@@ -50,6 +50,22 @@ pub struct Config {
     /// Per stream (stdout and stderr each).
     pub max_output_bytes: u64,
     pub output_mode: OutputMode,
+    /// Images a run returns: the longest side, in pixels.
+    pub max_image_pixels: u32,
+    /// Images a run returns: bytes of each PNG.
+    pub max_image_bytes: u64,
+    /// Images a run returns: how many.
+    pub max_images: u32,
+    /// The `files` a call brings, decoded, all together.
+    pub max_input_files_bytes: u64,
+    /// Files a run returns from `/workspace/out`: how many.
+    pub max_output_files: u32,
+    /// Files a run returns from `/workspace/out`: bytes, all together.
+    pub max_output_files_bytes: u64,
+    /// How long returned files stay readable as `artifact://` resources.
+    pub artifact_ttl: Duration,
+    /// The host's budget for kept artifacts (least recently used out first).
+    pub artifact_bytes: u64,
     /// `tracing` filter directives built from `MCP_BRIDGE_LOG_LEVEL`, checked.
     pub log_filter: String,
     pub log_format: LogFormat,
@@ -88,6 +104,14 @@ impl Default for Config {
             max_code_bytes: 1 << 20,
             max_output_bytes: MIB,
             output_mode: OutputMode::Compact,
+            max_image_pixels: 1024,
+            max_image_bytes: 512 * 1024,
+            max_images: 8,
+            max_input_files_bytes: 8 * MIB,
+            max_output_files: 32,
+            max_output_files_bytes: 16 * MIB,
+            artifact_ttl: Duration::from_secs(30 * 60),
+            artifact_bytes: 256 * MIB,
             log_filter: log_filter("info").expect("info is a level"),
             log_format: LogFormat::Text,
             metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
@@ -137,6 +161,7 @@ impl Config {
         config.read_pool(&vars)?;
         config.read_run_limits(&vars)?;
         config.read_output(&vars)?;
+        config.read_results(&vars)?;
         config.read_logging(&vars)?;
         config.check()
     }
@@ -234,6 +259,65 @@ impl Config {
             "json" => Ok(OutputMode::Json),
             _ => Err("one of compact, toon, json".into()),
         })?;
+        Ok(())
+    }
+
+    /// What a run brings and hands back besides text: files and images.
+    fn read_results(&mut self, vars: &Vars<'_, impl Lookup>) -> Result<(), ConfigError> {
+        let size = |low: u64, high: u64, range: &'static str| {
+            move |v: &str| {
+                parse_bytes(v)
+                    .filter(|b| (low..=high).contains(b))
+                    .ok_or_else(|| format!("a size from {range}, like 512k or 8m"))
+            }
+        };
+        let count = |high: u32| {
+            move |v: &str| {
+                v.parse::<u32>()
+                    .ok()
+                    .filter(|n| *n <= high)
+                    .ok_or_else(|| format!("a whole number from 0 to {high}"))
+            }
+        };
+        self.max_image_pixels =
+            vars.parse("MCP_BRIDGE_MAX_IMAGE_PIXELS", self.max_image_pixels, |v| {
+                v.parse::<u32>()
+                    .ok()
+                    .filter(|n| (16..=8192).contains(n))
+                    .ok_or_else(|| "a number of pixels from 16 to 8192".into())
+            })?;
+        self.max_image_bytes = vars.parse(
+            "MCP_BRIDGE_MAX_IMAGE_BYTES",
+            self.max_image_bytes,
+            size(1024, 8 * MIB, "1k to 8m"),
+        )?;
+        self.max_images = vars.parse("MCP_BRIDGE_MAX_IMAGES", self.max_images, count(64))?;
+        self.max_input_files_bytes = vars.parse(
+            "MCP_BRIDGE_MAX_INPUT_FILES_BYTES",
+            self.max_input_files_bytes,
+            size(
+                0,
+                12 * MIB,
+                "0 to 12m (a call travels in one 16 MiB message)",
+            ),
+        )?;
+        self.max_output_files = vars.parse(
+            "MCP_BRIDGE_MAX_OUTPUT_FILES",
+            self.max_output_files,
+            count(1024),
+        )?;
+        self.max_output_files_bytes = vars.parse(
+            "MCP_BRIDGE_MAX_OUTPUT_FILES_BYTES",
+            self.max_output_files_bytes,
+            size(0, 64 * MIB, "0 to 64m"),
+        )?;
+        self.artifact_ttl =
+            vars.parse("MCP_BRIDGE_ARTIFACT_TTL", self.artifact_ttl, parse_duration)?;
+        self.artifact_bytes = vars.parse(
+            "MCP_BRIDGE_ARTIFACT_BYTES",
+            self.artifact_bytes,
+            size(0, 64 * 1024 * MIB, "0 to 64g"),
+        )?;
         Ok(())
     }
 

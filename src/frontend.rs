@@ -12,7 +12,11 @@
 
 pub mod transport;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
@@ -26,10 +30,12 @@ use rmcp::{ErrorData, RoleServer, ServerHandler, schemars, tool, tool_handler, t
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::artifacts;
 use crate::call::{self, CallRequest};
 use crate::config::OutputMode;
 use crate::proxy::discovery::ServerDefinition;
 use crate::report::{RunReport, RunStatus};
+use crate::sandbox::protocol::{FileContent, InputFile};
 use crate::service::Service;
 
 /// Arguments of `run_python`.
@@ -43,6 +49,26 @@ pub struct RunPythonArgs {
     /// Time limit in seconds (default from MCP_BRIDGE_TIMEOUT, at most MCP_BRIDGE_MAX_TIMEOUT).
     #[serde(default)]
     pub timeout: Option<f64>,
+    /// Files written under /workspace before the code runs: relative path -> UTF-8 text, or {"base64": "..."}.
+    #[serde(default)]
+    pub files: BTreeMap<String, FileArg>,
+}
+
+/// A file's content in `run_python(files=...)`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(untagged)]
+pub enum FileArg {
+    Text(String),
+    Binary { base64: String },
+}
+
+impl From<FileArg> for FileContent {
+    fn from(arg: FileArg) -> Self {
+        match arg {
+            FileArg::Text(text) => Self::Text(text),
+            FileArg::Binary { base64 } => Self::Base64(base64),
+        }
+    }
 }
 
 /// The manual of the sandbox's `mcp` API, with the configured servers.
@@ -77,6 +103,7 @@ impl CodeExecServer {
             .expect("the tool is routed")
             .attr;
         tool.description = Some(tool_description(service.proxy().names()).into());
+        tool.input_schema = Arc::new(input_schema());
         tool.output_schema = Some(Arc::new(output_schema()));
         Self {
             service,
@@ -97,6 +124,14 @@ impl CodeExecServer {
             code: args.code,
             servers: args.servers,
             timeout_secs: args.timeout,
+            files: args
+                .files
+                .into_iter()
+                .map(|(path, content)| InputFile {
+                    path,
+                    content: content.into(),
+                })
+                .collect(),
         };
         tokio::select! {
             report = call::call(&self.service, &request) => {
@@ -138,7 +173,11 @@ impl ServerHandler for CodeExecServer {
         let manual = Resource::new(CAPABILITIES_URI, "capabilities").with_description(
             "How sandboxed Python calls the configured MCP servers: the mcp API and the servers",
         );
-        Ok(ListResourcesResult::with_all_items(vec![manual]))
+        let artifacts = self.service.artifacts().list();
+        let resources = std::iter::once(manual)
+            .chain(artifacts.iter().map(artifact_resource))
+            .collect();
+        Ok(ListResourcesResult::with_all_items(resources))
     }
 
     async fn read_resource(
@@ -146,11 +185,27 @@ impl ServerHandler for CodeExecServer {
         request: ReadResourceRequestParams,
         _context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
+        if request.uri.starts_with(artifacts::SCHEME) {
+            let artifact = self
+                .service
+                .artifacts()
+                .get(&request.uri)
+                .map_err(|error| ErrorData::resource_not_found(error.to_string(), None))?;
+            let contents = match artifact.text() {
+                Some(text) => ResourceContents::text(text, &artifact.uri),
+                None => ResourceContents::blob(BASE64.encode(&artifact.bytes), &artifact.uri),
+            };
+            return Ok(
+                ReadResourceResult::new(vec![contents.with_mime_type(artifact.mime_type)]).into(),
+            );
+        }
         if request.uri != CAPABILITIES_URI {
             return Err(ErrorData::resource_not_found(
                 format!(
-                    "no resource {}; the one resource is {CAPABILITIES_URI}",
-                    request.uri
+                    "no resource {}; the resources are {CAPABILITIES_URI} and the \
+                     {}<run>/<path> files runs return",
+                    request.uri,
+                    artifacts::SCHEME
                 ),
                 None,
             ));
@@ -166,7 +221,8 @@ fn tool_description(servers: &[String]) -> String {
     let mut text = String::from(
         "Run Python 3 in an isolated sandbox (no network, read-only system; /tmp and \
          /workspace writable; memory, process and time limits). Each call starts clean. \
-         Top-level await works. Returns stdout, stderr and a status.",
+         Top-level await works. Returns stdout, stderr and a status; plots (plt.show(), \
+         display()) as images; files left in /workspace/out as resources.",
     );
     if servers.is_empty() {
         return text;
@@ -190,6 +246,35 @@ fn tool_description(servers: &[String]) -> String {
     text
 }
 
+/// The arguments' schema, written out compactly (what `RunPythonArgs`
+/// accepts; the generated one costs twice the bytes of `tools/list`).
+fn input_schema() -> serde_json::Map<String, serde_json::Value> {
+    object(json!({
+        "type": "object",
+        "properties": {
+            "code": {"type": "string", "description": "Python 3 source, run as a script; top-level await works"},
+            "servers": {"type": "array", "items": {"type": "string"}, "description": "configured MCP servers the code may call"},
+            "timeout": {"type": "number", "description": "seconds (default MCP_BRIDGE_TIMEOUT)"},
+            "files": {
+                "type": "object",
+                "description": "written under /workspace first: relative path -> text, or {\"base64\": ...}",
+                "additionalProperties": {"anyOf": [
+                    {"type": "string"},
+                    {"type": "object", "properties": {"base64": {"type": "string"}}, "required": ["base64"]}
+                ]}
+            }
+        },
+        "required": ["code"]
+    }))
+}
+
+fn object(value: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+    match value {
+        serde_json::Value::Object(map) => map,
+        _ => unreachable!("a JSON object literal"),
+    }
+}
+
 /// The report's schema, written out compactly (the generated one, with every
 /// doc comment, would cost more context than the rest of `tools/list`).
 fn output_schema() -> serde_json::Map<String, serde_json::Value> {
@@ -208,16 +293,16 @@ fn output_schema() -> serde_json::Map<String, serde_json::Value> {
             "durationMs": {"type": "number"},
             "stdoutTruncated": {"type": "boolean"},
             "stderrTruncated": {"type": "boolean"},
-            "error": {"type": "string"}
+            "error": {"type": "string"},
+            "images": {"type": "array"},
+            "files": {"type": "array"},
+            "notes": {"type": "array"}
         },
         "required": [
             "status", "stdout", "stderr", "durationMs", "stdoutTruncated", "stderrTruncated"
         ]
     });
-    match schema {
-        serde_json::Value::Object(map) => map,
-        _ => unreachable!("a JSON object literal"),
-    }
+    object(schema)
 }
 
 /// The resource text: the API manual, then every configured server.
@@ -251,8 +336,37 @@ pub fn tool_result(report: &RunReport, mode: OutputMode) -> CallToolResult {
     } else {
         CallToolResult::structured_error(structured)
     };
-    result.content = vec![ContentBlock::text(report.render(mode))];
+    let mut content = Vec::with_capacity(1 + report.images.len() + 2 * report.files.len());
+    content.push(ContentBlock::text(report.render(mode)));
+    content.extend(
+        report
+            .images
+            .iter()
+            .map(|image| ContentBlock::image(BASE64.encode(&image.data), image.mime_type)),
+    );
+    for file in &report.files {
+        let uri = file.uri.clone().unwrap_or_default();
+        if let Some(text) = &file.text {
+            content.push(ContentBlock::resource(
+                ResourceContents::text(text, &uri).with_mime_type(file.mime_type),
+            ));
+        } else if file.uri.is_some() {
+            let link = Resource::new(uri, format!("out/{}", file.path))
+                .with_mime_type(file.mime_type)
+                .with_size(file.bytes as u64);
+            content.push(ContentBlock::resource_link(link));
+        }
+    }
+    result.content = content;
     result
+}
+
+/// A kept file as `resources/list` shows it.
+fn artifact_resource(artifact: &artifacts::Artifact) -> Resource {
+    Resource::new(&artifact.uri, format!("out/{}", artifact.path))
+        .with_mime_type(artifact.mime_type)
+        .with_size(artifact.bytes.len() as u64)
+        .with_description("a file a run_python call left under /workspace/out")
 }
 
 #[cfg(test)]
@@ -309,6 +423,12 @@ mod tests {
         let report = RunReport {
             exit_code: Some(1),
             error: Some("x".into()),
+            images: vec![crate::report::Image::png(0, bytes::Bytes::new(), 1, 1)],
+            files: vec![crate::report::OutputFile::new(
+                "a.txt".into(),
+                bytes::Bytes::new(),
+            )],
+            notes: vec!["n".into()],
             ..RunReport::rejected(RunStatus::Error, "x")
         };
         let value = serde_json::to_value(&report).unwrap();

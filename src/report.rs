@@ -4,7 +4,10 @@
 //! the status vocabulary and the three text renderings (compact, TOON, JSON).
 //! Pure: it never sees a container, only what the pool measured.
 
+use bytes::Bytes;
 use serde::Serialize;
+
+use crate::artifacts;
 
 use crate::config::OutputMode;
 
@@ -78,6 +81,77 @@ pub struct RunReport {
     /// What went wrong, in one line, when status is not `success`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The images the run made (`display()`, `plt.show()`, figures left
+    /// open): described here, their PNGs travel as image content.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<Image>,
+    /// The files the run left under `/workspace/out`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<OutputFile>,
+    /// What did not come back, and why (images or files over their bounds).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+/// An image of the run. Only its description is serialized: base64 in
+/// structured content would be read by clients as text, into the context.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Image {
+    pub index: usize,
+    pub mime_type: &'static str,
+    pub bytes: usize,
+    pub width: u32,
+    pub height: u32,
+    #[serde(skip)]
+    pub data: Bytes,
+}
+
+impl Image {
+    pub fn png(index: usize, data: Bytes, width: u32, height: u32) -> Self {
+        Self {
+            index,
+            mime_type: "image/png",
+            bytes: data.len(),
+            width,
+            height,
+            data,
+        }
+    }
+}
+
+/// A file the run left under `/workspace/out`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutputFile {
+    /// Relative to `/workspace/out`.
+    pub path: String,
+    pub bytes: usize,
+    pub mime_type: &'static str,
+    /// The `artifact://` resource that serves it, while it is kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+    /// Whether its text also comes inline in the result.
+    pub inline: bool,
+    #[serde(skip)]
+    pub data: Bytes,
+    /// Its text, when small and text (then it also comes inline).
+    #[serde(skip)]
+    pub text: Option<String>,
+}
+
+impl OutputFile {
+    pub fn new(path: String, data: Bytes) -> Self {
+        Self {
+            mime_type: artifacts::mime_type(&path),
+            bytes: data.len(),
+            path,
+            uri: None,
+            inline: false,
+            data,
+            text: None,
+        }
+    }
 }
 
 impl RunReport {
@@ -92,6 +166,9 @@ impl RunReport {
             stdout_truncated: false,
             stderr_truncated: false,
             error: Some(error.into()),
+            images: Vec::new(),
+            files: Vec::new(),
+            notes: Vec::new(),
         }
     }
 
@@ -133,8 +210,17 @@ impl RunReport {
                 text.push_str(error);
             }
         }
+        for note in &self.notes {
+            end_line(&mut text);
+            text.push_str("note: ");
+            text.push_str(note);
+        }
         if text.is_empty() {
-            text.push_str("(no output)");
+            text.push_str(if self.images.is_empty() && self.files.is_empty() {
+                "(no output)"
+            } else {
+                "(no text output)"
+            });
         }
         text
     }
@@ -175,6 +261,9 @@ mod tests {
             stdout_truncated: false,
             stderr_truncated: false,
             error: None,
+            images: Vec::new(),
+            files: Vec::new(),
+            notes: Vec::new(),
         }
     }
 

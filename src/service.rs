@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use tokio::sync::OnceCell;
 
+use crate::artifacts::ArtifactStore;
 use crate::config::Config;
 use crate::engine::{Engine, EngineError};
 use crate::metrics;
@@ -21,6 +22,8 @@ use crate::report::RunStatus;
 
 pub struct Service {
     config: Config,
+    /// Files runs handed back, served as `artifact://` resources.
+    artifacts: ArtifactStore,
     pool: OnceCell<Pool>,
     proxy: Arc<Proxy>,
 }
@@ -90,6 +93,7 @@ impl Service {
             servers: proxy.names(),
         });
         Self {
+            artifacts: ArtifactStore::new(config.artifact_ttl, config.artifact_bytes),
             config,
             pool: OnceCell::new(),
             proxy,
@@ -98,6 +102,10 @@ impl Service {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    pub fn artifacts(&self) -> &ArtifactStore {
+        &self.artifacts
     }
 
     pub fn proxy(&self) -> &Arc<Proxy> {

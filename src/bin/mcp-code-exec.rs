@@ -190,6 +190,7 @@ async fn run_once(
         code,
         servers,
         timeout_secs: timeout,
+        ..CallRequest::default()
     };
     let report = tokio::select! {
         report = call(&service, &request) => report,

@@ -93,10 +93,13 @@ fn container_body(
             (WORKSPACE.to_owned(), WORKSPACE_OPTIONS.to_owned()),
             (
                 CODE_DIR.to_owned(),
-                // Room for the largest code a call may bring, in UTF-8.
+                // Room for the largest code a call may bring, in UTF-8, and
+                // for the images of a run (display.py writes them there).
                 format!(
                     "rw,noexec,nosuid,nodev,size={},mode=1777",
-                    config.max_code_bytes + (1 << 20)
+                    config.max_code_bytes as u64
+                        + u64::from(config.max_images) * config.max_image_bytes
+                        + (1 << 20)
                 ),
             ),
         ])),

@@ -26,8 +26,8 @@ use tokio::time::Instant as Deadline;
 
 use crate::engine::{InputSink, OutputChunk, OutputStream, StartedContainer};
 use protocol::{
-    AgentFrame, AgentFrameKind, FrameDecoder, ProtocolError, Ready, ResetFailed, RunDone, RunFrame,
-    encode_answer,
+    AgentFrame, AgentFrameKind, FileBounds, FrameDecoder, ImageBounds, ProtocolError, Ready,
+    ResetFailed, RunDone, RunFrame, RunInput, encode_answer,
 };
 
 /// What the container runs, embedded in this binary: injected as arguments,
@@ -122,6 +122,40 @@ impl CapturedStream {
 pub struct CapturedOutput {
     pub stdout: CapturedStream,
     pub stderr: CapturedStream,
+    /// PNGs, in the order the run made them.
+    pub images: Vec<Bytes>,
+    /// Files from `/workspace/out`: path (relative to it) and bytes.
+    pub files: Vec<(String, Bytes)>,
+    files_bytes: u64,
+}
+
+impl CapturedOutput {
+    /// The agent bounds what it sends; more than the bounds means it broke protocol.
+    fn push_image(&mut self, png: Bytes, bounds: ImageBounds) -> Result<(), ProtocolError> {
+        let count = u32::try_from(self.images.len()).unwrap_or(u32::MAX);
+        if count >= bounds.max_images || png.len() as u64 > bounds.max_bytes {
+            return Err(ProtocolError::BadPayload {
+                what: "image",
+                reason: "over the run's image bounds".into(),
+            });
+        }
+        self.images.push(png);
+        Ok(())
+    }
+
+    fn push_file(&mut self, payload: &Bytes, bounds: FileBounds) -> Result<(), ProtocolError> {
+        let (path, bytes) = protocol::parse_file(payload)?;
+        let count = u32::try_from(self.files.len()).unwrap_or(u32::MAX);
+        self.files_bytes += bytes.len() as u64;
+        if count >= bounds.max_files || self.files_bytes > bounds.max_bytes {
+            return Err(ProtocolError::BadPayload {
+                what: "file",
+                reason: "over the run's file bounds".into(),
+            });
+        }
+        self.files.push((path, bytes));
+        Ok(())
+    }
 }
 
 /// A started container with the agent idle in it.
@@ -221,17 +255,17 @@ impl Sandbox {
         }
     }
 
-    /// Runs `code`, collecting its output into `output` (capped at
-    /// `max_output_bytes` per stream) until the agent reports it done or
-    /// `timeout` passes. The deadline is the host's and covers the whole run,
-    /// writes included: it holds whatever the code does to the agent. Tool
-    /// calls are answered concurrently while output keeps draining; when the
-    /// run ends (or the future is dropped), calls still in flight are
+    /// Runs `input`, collecting its output into `output` (text capped at
+    /// `max_output_bytes` per stream; images and files within the input's
+    /// bounds, or the agent broke protocol) until the agent reports it done
+    /// or `timeout` passes. The deadline is the host's and covers the whole
+    /// run, writes included: it holds whatever the code does to the agent.
+    /// Tool calls are answered concurrently while output keeps draining; when
+    /// the run ends (or the future is dropped), calls still in flight are
     /// dropped, which cancels them.
     pub async fn run(
         &mut self,
-        code: &str,
-        max_output_bytes: u64,
+        input: &RunInput<'_>,
         timeout: Duration,
         tools: Option<&dyn ToolCalls>,
         output: &mut CapturedOutput,
@@ -240,13 +274,12 @@ impl Sandbox {
         tokio::pin!(deadline);
         self.runs += 1;
         let frame = RunFrame {
-            code,
-            max_output_bytes,
+            input,
             proxy: tools.map(ToolCalls::metadata),
         }
         .encode();
         self.outbox.push(frame);
-        let cap = usize::try_from(max_output_bytes).unwrap_or(usize::MAX);
+        let cap = usize::try_from(input.max_output_bytes).unwrap_or(usize::MAX);
         let mut calls = FuturesUnordered::new();
         loop {
             // Every branch is cancel-safe: a frame read keeps its partial
@@ -274,6 +307,8 @@ impl Sandbox {
             match frame.kind {
                 AgentFrameKind::Stdout => output.stdout.push(&frame.payload, cap),
                 AgentFrameKind::Stderr => output.stderr.push(&frame.payload, cap),
+                AgentFrameKind::Image => output.push_image(frame.payload, input.display)?,
+                AgentFrameKind::File => output.push_file(&frame.payload, input.files_out)?,
                 // Without servers, nothing in the sandbox is wired to call: a
                 // hand-made request just gets no answer.
                 AgentFrameKind::Call => {

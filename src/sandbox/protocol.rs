@@ -22,6 +22,14 @@ pub const MAX_AGENT_FRAME: usize = 256 * 1024;
 /// Tool calls carry the caller's arguments, which may be large (the agent
 /// applies the same bound).
 pub const MAX_CALL_FRAME: usize = 16 * 1024 * 1024;
+/// An image a run returns (`MCP_BRIDGE_MAX_IMAGE_BYTES` is at most 8 MiB;
+/// each run's own bounds are checked by the sandbox).
+pub const MAX_IMAGE_FRAME: usize = 8 * 1024 * 1024;
+/// A file a run returns, with its path (`MCP_BRIDGE_MAX_OUTPUT_FILES_BYTES`
+/// is at most 64 MiB; each run's own bounds are checked by the sandbox).
+pub const MAX_FILE_FRAME: usize = 64 * 1024 * 1024 + 2 + MAX_PATH_BYTES;
+/// The longest path of a returned file, in bytes.
+pub const MAX_PATH_BYTES: usize = 4096;
 
 /// A frame kind sent by the agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +46,10 @@ pub enum AgentFrameKind {
     Done,
     /// The reset failed; payload is [`ResetFailed`]. The agent exits after it.
     ResetFailed,
+    /// An image the run made: a PNG.
+    Image,
+    /// A file the run left under `/workspace/out`: see [`parse_file`].
+    File,
 }
 
 impl AgentFrameKind {
@@ -49,6 +61,8 @@ impl AgentFrameKind {
             b'C' => Self::Call,
             b'D' => Self::Done,
             b'F' => Self::ResetFailed,
+            b'I' => Self::Image,
+            b'P' => Self::File,
             _ => return None,
         })
     }
@@ -100,10 +114,11 @@ impl FrameDecoder {
             self.buffer[3],
             self.buffer[4],
         ]) as usize;
-        let max = if kind == AgentFrameKind::Call {
-            MAX_CALL_FRAME
-        } else {
-            MAX_AGENT_FRAME
+        let max = match kind {
+            AgentFrameKind::Call => MAX_CALL_FRAME,
+            AgentFrameKind::Image => MAX_IMAGE_FRAME,
+            AgentFrameKind::File => MAX_FILE_FRAME,
+            _ => MAX_AGENT_FRAME,
         };
         if len > max {
             return Err(ProtocolError::Oversized { len, max });
@@ -124,12 +139,26 @@ impl FrameDecoder {
     }
 }
 
-/// A run request.
+/// What a run is asked to do, besides the tools it may call.
 #[derive(Debug, Serialize)]
-pub struct RunFrame<'a> {
+pub struct RunInput<'a> {
     pub code: &'a str,
     /// Per stream: bytes beyond this are counted by the agent, not sent.
     pub max_output_bytes: u64,
+    /// Written under `/workspace` before the code starts (checked by the call).
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub files: &'a [InputFile],
+    /// The bounds of the images the run returns.
+    pub display: ImageBounds,
+    /// The bounds of the files the run returns from `/workspace/out`.
+    pub files_out: FileBounds,
+}
+
+/// A run request (`R`).
+#[derive(Debug, Serialize)]
+pub struct RunFrame<'a> {
+    #[serde(flatten)]
+    pub input: &'a RunInput<'a>,
     /// What the sandbox's `mcp` package is built from (see the proxy module):
     /// `servers` (callable in this run, with tools) and `discovered` (all).
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
@@ -150,6 +179,76 @@ pub fn encode_answer(answer: &serde_json::Value) -> Vec<u8> {
     encode_frame(b'A', |frame| {
         serde_json::to_writer(frame, answer).expect("a JSON value always serializes")
     })
+}
+
+/// A file a call brings: a path under `/workspace` and its content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InputFile {
+    pub path: String,
+    #[serde(flatten)]
+    pub content: FileContent,
+}
+
+/// A file's content as the call sent it (base64 is passed on, checked, not decoded).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileContent {
+    Text(String),
+    Base64(String),
+}
+
+/// Images a run may return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ImageBounds {
+    pub max_pixels: u32,
+    pub max_bytes: u64,
+    pub max_images: u32,
+}
+
+/// Files a run may return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct FileBounds {
+    pub max_files: u32,
+    pub max_bytes: u64,
+}
+
+/// A returned file's payload: 2 bytes of path length (big-endian), the path
+/// (UTF-8, relative to `/workspace/out`), the file's bytes. The path must be
+/// plainly relative: no empty, `.` or `..` component, no leading `/`.
+pub fn parse_file(payload: &Bytes) -> Result<(String, Bytes), ProtocolError> {
+    let bad = |reason: &str| ProtocolError::BadPayload {
+        what: "file",
+        reason: reason.to_owned(),
+    };
+    if payload.len() < 2 {
+        return Err(bad("shorter than its path length"));
+    }
+    let length = usize::from(u16::from_be_bytes([payload[0], payload[1]]));
+    if length == 0 || length > MAX_PATH_BYTES || payload.len() < 2 + length {
+        return Err(bad("path length out of bounds"));
+    }
+    let path = std::str::from_utf8(&payload[2..2 + length]).map_err(|_| bad("path not UTF-8"))?;
+    if path
+        .split('/')
+        .any(|part| part.is_empty() || part == "." || part == "..")
+        || path.contains('\0')
+    {
+        return Err(bad("path not plainly relative"));
+    }
+    Ok((path.to_owned(), payload.slice(2 + length..)))
+}
+
+/// The (width, height) of a PNG, from its header.
+pub fn png_size(png: &[u8]) -> Result<(u32, u32), ProtocolError> {
+    const SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+    if png.len() < 24 || !png.starts_with(SIGNATURE) || &png[12..16] != b"IHDR" {
+        return Err(ProtocolError::BadPayload {
+            what: "image",
+            reason: "not a PNG".into(),
+        });
+    }
+    let word = |at: usize| u32::from_be_bytes([png[at], png[at + 1], png[at + 2], png[at + 3]]);
+    Ok((word(16), word(20)))
 }
 
 fn encode_frame(kind: u8, write_payload: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
@@ -181,6 +280,17 @@ pub struct RunDone {
     /// Time inside the agent from request to exit, for latency accounting.
     #[serde(default)]
     pub agent_us: u64,
+    /// Images made but not returned (over the count, or too large).
+    #[serde(default)]
+    pub images_dropped: u64,
+    /// Why images were dropped, for the text (the sandbox's own words).
+    #[serde(default)]
+    pub image_notes: Vec<String>,
+    /// Files under `/workspace/out` left behind (over the count or bytes).
+    #[serde(default)]
+    pub files_dropped: u64,
+    #[serde(default)]
+    pub files_dropped_bytes: u64,
 }
 
 /// Payload of a `Ready` frame.
@@ -493,12 +603,29 @@ mod tests {
         }
     }
 
+    fn input(code: &str) -> RunInput<'_> {
+        RunInput {
+            code,
+            max_output_bytes: 7,
+            files: &[],
+            display: ImageBounds {
+                max_pixels: 64,
+                max_bytes: 1024,
+                max_images: 2,
+            },
+            files_out: FileBounds {
+                max_files: 3,
+                max_bytes: 4096,
+            },
+        }
+    }
+
     #[test]
     fn run_frame_carries_any_code() {
         let code = "print('\\u00e9')\n\0\"quoted\"";
+        let input = input(code);
         let bytes = RunFrame {
-            code,
-            max_output_bytes: 7,
+            input: &input,
             proxy: None,
         }
         .encode();
@@ -508,17 +635,56 @@ mod tests {
         let value: serde_json::Value = serde_json::from_slice(&bytes[5..]).unwrap();
         assert_eq!(value["code"], code);
         assert_eq!(value["max_output_bytes"], 7);
-        assert!(value.get("servers").is_none());
+        assert_eq!(value["display"]["max_images"], 2);
+        assert_eq!(value["files_out"]["max_files"], 3);
+        assert!(value.get("servers").is_none() && value.get("files").is_none());
 
         let proxy = serde_json::json!({"servers": [{"name": "time"}], "discovered": []});
+        let files = [InputFile {
+            path: "in/a.csv".into(),
+            content: FileContent::Base64("AAE=".into()),
+        }];
+        let with_files = RunInput {
+            files: &files,
+            ..input
+        };
         let bytes = RunFrame {
-            code,
-            max_output_bytes: 7,
+            input: &with_files,
             proxy: Some(&proxy),
         }
         .encode();
         let value: serde_json::Value = serde_json::from_slice(&bytes[5..]).unwrap();
         assert_eq!(value["servers"][0]["name"], "time");
+        assert_eq!(
+            value["files"],
+            serde_json::json!([{"path": "in/a.csv", "base64": "AAE="}]),
+            "the shape agent.py reads"
+        );
+    }
+
+    #[test]
+    fn returned_files_have_plain_relative_paths() {
+        let payload = |path: &str, data: &[u8]| {
+            let mut bytes = u16::try_from(path.len()).unwrap().to_be_bytes().to_vec();
+            bytes.extend_from_slice(path.as_bytes());
+            bytes.extend_from_slice(data);
+            Bytes::from(bytes)
+        };
+        let (path, data) = parse_file(&payload("sub/r.csv", b"a,b")).unwrap();
+        assert_eq!((path.as_str(), &data[..]), ("sub/r.csv", &b"a,b"[..]));
+        for bad in ["", "/etc/passwd", "../x", "a/../../b", "a//b", "./a"] {
+            assert!(parse_file(&payload(bad, b"x")).is_err(), "{bad:?}");
+        }
+        assert!(parse_file(&Bytes::from_static(b"\x00\x09short")).is_err());
+    }
+
+    #[test]
+    fn png_sizes_come_from_the_header() {
+        let mut png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR".to_vec();
+        png.extend_from_slice(&640u32.to_be_bytes());
+        png.extend_from_slice(&480u32.to_be_bytes());
+        assert_eq!(png_size(&png).unwrap(), (640, 480));
+        assert!(png_size(b"GIF89a not a png at all....").is_err());
     }
 
     #[test]

@@ -118,11 +118,11 @@ async def files_out(session):
         resources,
     )
     check(
-        len(links) == 1 and links[0].uri.startswith("artifact://") and links[0].uri.endswith("/sub/data.bin"),
+        len(links) == 1 and str(links[0].uri).startswith("artifact://") and str(links[0].uri).endswith("/sub/data.bin"),
         "a binary file is a resource link",
         links,
     )
-    uri = links[0].uri
+    uri = str(links[0].uri)
     read = await session.read_resource(uri)
     check(base64.b64decode(read.contents[0].blob) == bytes(range(256)) * 1024, "the artifact reads back whole", uri)
     listed = [r.uri for r in (await session.list_resources()).resources]
@@ -139,8 +139,8 @@ async def files_out(session):
     second = await run(
         session, "import os\nos.makedirs('out', exist_ok=True)\nopen('out/two.bin', 'wb').write(b'2' * (2 << 20))"
     )
-    first_uri = blocks(first, "resource_link")[0].uri
-    second_uri = blocks(second, "resource_link")[0].uri
+    first_uri = str(blocks(first, "resource_link")[0].uri)
+    second_uri = str(blocks(second, "resource_link")[0].uri)
     try:
         await session.read_resource(first_uri)
         check(False, "the oldest artifact was evicted")

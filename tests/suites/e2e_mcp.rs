@@ -31,6 +31,21 @@ engine_test! {
     }
 }
 
+engine_test! {
+    /// Images, files in and out, artifacts (their expiry and eviction) and a
+    /// full workspace, through the official SDK (tests/e2e/rich_results.py).
+    fn rich_results_through_the_official_sdk() {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/rich_results.py");
+        let output = Command::new(python()).args([script, BINARY]).output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success() && stdout.contains("all rich-result checks passed"),
+            "rich results failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+        );
+    }
+}
+
 /// The labels of this server's containers.
 fn containers(server: &Server) -> Vec<String> {
     let owners = docker(&[

@@ -13,6 +13,7 @@ use crate::util::server::{Server, free_port, http_get};
 use crate::util::{
     AGENT_START, block_on, docker, request, run_on, spawn, started_service, test_config, wait_until,
 };
+use mcp_code_exec::call::Limits;
 use mcp_code_exec::call::call;
 use mcp_code_exec::engine::Engine;
 use mcp_code_exec::pool::{AcquireError, Pool};
@@ -139,13 +140,11 @@ engine_test! {
             let mut lease = pool.acquire().await.unwrap();
             let id = lease.sandbox().id().to_owned();
             let mut output = Default::default();
-            let run = lease.sandbox().run(
-                "import time\ntime.sleep(60)",
-                1024,
-                Duration::from_secs(90),
-                None,
-                &mut output,
-            );
+            let limits = Limits::from(&test_config());
+            let input = limits.input("import time\ntime.sleep(60)", &[]);
+            let run = lease
+                .sandbox()
+                .run(&input, Duration::from_secs(90), None, &mut output);
             // The client gives up: the run future and then the lease are dropped.
             let cancelled = tokio::time::timeout(Duration::from_millis(300), run).await;
             assert!(cancelled.is_err());

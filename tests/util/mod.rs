@@ -162,8 +162,8 @@ pub fn warmed(service: Service) -> Service {
 pub fn request(code: &str, timeout_secs: Option<f64>) -> CallRequest {
     CallRequest {
         code: code.into(),
-        servers: vec![],
         timeout_secs,
+        ..CallRequest::default()
     }
 }
 
