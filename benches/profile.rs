@@ -1,6 +1,8 @@
 //! The rest of the latency profile: the full MCP path through the built
-//! binary, throughput at 1/4/16 calls in flight, launch to the first warm
-//! sandbox, and host memory per idle warm sandbox.
+//! binary (print, the data stack with and without preload, plots returned as
+//! images), a cold `docker run` of the data snippet, throughput at 1/4/16
+//! calls in flight, launch to the first warm sandbox, and host memory per
+//! idle warm sandbox (with the default preload and without).
 //!
 //! `cargo bench --bench profile`. Skips with a message when no container
 //! engine answers. Under `cargo test` (no `--bench`) each part runs once,
@@ -34,18 +36,32 @@ fn engine_answers(tokio: &tokio::runtime::Runtime) -> bool {
     }
 }
 
-/// Launches `serve` as a client would; returns it with the time until
-/// `/readyz` said a warm sandbox is idle.
-fn launch(min_idle: &str) -> (Server, Duration) {
+/// The data snippet of issue 10's target.
+const DATA_SNIPPET: &str = "import numpy as np, pandas as pd\n\
+                            print(pd.DataFrame(np.arange(6).reshape(3, 2)).sum().sum())";
+/// Draws a 640x480 line plot and saves it as PNG (no image returned).
+const SAVE_PLOT: &str = "import io\nimport matplotlib.pyplot as plt\n\
+                         fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=100)\n\
+                         ax.plot(range(100), [i * i for i in range(100)])\n\
+                         fig.savefig(io.BytesIO(), format='png')\nplt.close(fig)";
+/// Draws the same plot and returns it as an image through `plt.show()`.
+const SHOW_PLOT: &str = "import matplotlib.pyplot as plt\n\
+                         fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=100)\n\
+                         ax.plot(range(100), [i * i for i in range(100)])\nplt.show()";
+
+/// Launches `serve` as a client would (with `env` besides); returns it with
+/// the time until `/readyz` said a warm sandbox is idle.
+fn launch(min_idle: &str, env: &[(&str, &str)]) -> (Server, Duration) {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let started = Instant::now();
-    let env = [
+    let mut all = vec![
         ("MCP_BRIDGE_METRICS_ADDR", addr.as_str()),
         ("MCP_BRIDGE_POOL_MIN_IDLE", min_idle),
         ("MCP_BRIDGE_LOG_LEVEL", "warn"),
     ];
-    let server = Server::start(&env, Stdio::null());
+    all.extend_from_slice(env);
+    let server = Server::start(&all, Stdio::null());
     while http_get(port, "/readyz").is_none_or(|(status, _)| status != 200) {
         assert!(
             started.elapsed() < Duration::from_secs(60),
@@ -56,40 +72,81 @@ fn launch(min_idle: &str) -> (Server, Duration) {
     (server, started.elapsed())
 }
 
-fn call_print(server: &mut Server) {
-    let result = server.run_python(serde_json::json!({"code": "print(6*7)"}));
+fn call_code(server: &mut Server, code: &str) {
+    let result = server.run_python(serde_json::json!({ "code": code }));
     assert_eq!(result["status"], "success", "{result}");
 }
 
-fn mcp_path(criterion: &mut Criterion, full: bool) {
-    let (mut server, _) = launch("2");
-    criterion.bench_function("mcp tools/call run_python print(6*7), client side", |b| {
-        b.iter(|| call_print(&mut server))
-    });
-    let samples = (0..if full { 1000 } else { 3 })
+/// p50/p90/p99 of `code` through the full MCP path, calls 10 ms apart.
+fn mcp_percentiles(server: &mut Server, label: &str, code: &str, n: usize) {
+    call_code(server, code); // every sandbox of the pool has run it once
+    call_code(server, code);
+    let samples = (0..n)
         .map(|_| {
             std::thread::sleep(Duration::from_millis(10));
             let started = Instant::now();
-            call_print(&mut server);
+            call_code(server, code);
             started.elapsed()
         })
         .collect();
-    percentiles("full MCP path, calls 10 ms apart", samples);
+    percentiles(label, samples);
+}
+
+fn mcp_path(criterion: &mut Criterion, full: bool) {
+    let (mut server, _) = launch("2", &[]);
+    criterion.bench_function("mcp tools/call run_python print(6*7), client side", |b| {
+        b.iter(|| call_code(&mut server, "print(6*7)"))
+    });
+    let n = if full { 1000 } else { 3 };
+    mcp_percentiles(&mut server, "full MCP path, calls 10 ms apart", "print(6*7)", n);
+    let n = if full { 300 } else { 3 };
+    mcp_percentiles(&mut server, "numpy+pandas snippet, preloaded", DATA_SNIPPET, n);
+    let n = if full { 100 } else { 2 };
+    mcp_percentiles(&mut server, "640x480 plot saved as PNG, preloaded", SAVE_PLOT, n);
+    mcp_percentiles(&mut server, "640x480 plot returned as an image", SHOW_PLOT, n);
+    drop(server);
+    let (mut bare, _) = launch("2", &[("MCP_BRIDGE_PRELOAD", "none")]);
+    let n = if full { 30 } else { 2 };
+    mcp_percentiles(&mut bare, "numpy+pandas snippet, no preload", DATA_SNIPPET, n);
+}
+
+/// The same snippet in a fresh container per call, as the Python project did.
+fn cold_data_snippet(full: bool) {
+    let image = Config::default().image;
+    let samples = (0..if full { 5 } else { 1 })
+        .map(|_| {
+            let started = Instant::now();
+            let status = Command::new("docker")
+                .args(["run", "--rm", "--network", "none", "--read-only", "--user", "65534:65534"])
+                .args([&image, "python3", "-c", DATA_SNIPPET])
+                .stdout(Stdio::null())
+                .status()
+                .expect("docker runs");
+            assert!(status.success());
+            started.elapsed()
+        })
+        .collect();
+    percentiles("numpy+pandas snippet, cold docker run", samples);
 }
 
 fn launch_to_warm(full: bool) {
-    let samples: Vec<Duration> = (0..if full { 5 } else { 1 })
-        .map(|_| launch("1").1)
-        .collect();
-    let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e3).collect();
-    ms.sort_by(f64::total_cmp);
-    println!(
-        "launch to first warm sandbox (/readyz)   n={:<5} median {:>7.1} ms   min {:.1}   max {:.1}",
-        ms.len(),
-        ms[ms.len() / 2],
-        ms[0],
-        ms[ms.len() - 1]
-    );
+    for (label, env) in [
+        ("default preload", &[][..]),
+        ("no preload", &[("MCP_BRIDGE_PRELOAD", "none")][..]),
+    ] {
+        let samples: Vec<Duration> = (0..if full { 5 } else { 1 })
+            .map(|_| launch("1", env).1)
+            .collect();
+        let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+        ms.sort_by(f64::total_cmp);
+        println!(
+            "launch to first warm sandbox, {label:<16} n={:<5} median {:>7.1} ms   min {:.1}   max {:.1}",
+            ms.len(),
+            ms[ms.len() / 2],
+            ms[0],
+            ms[ms.len() - 1]
+        );
+    }
 }
 
 fn throughput(tokio: &tokio::runtime::Runtime, full: bool) {
@@ -136,10 +193,13 @@ fn throughput(tokio: &tokio::runtime::Runtime, full: bool) {
 /// Host memory of each idle warm sandbox: the container's cgroup (without
 /// reclaimable page cache, as `docker stats` counts it) plus the PSS of its
 /// containerd shim.
-fn idle_memory(tokio: &tokio::runtime::Runtime) {
+fn idle_memory(tokio: &tokio::runtime::Runtime, preload: Option<Vec<String>>, label: &str) {
     let mut config = Config::from_env().expect("valid MCP_BRIDGE_* environment");
     config.pool_min_idle = 4;
     config.pool_max = 4;
+    if let Some(preload) = preload {
+        config.preload = preload;
+    }
     let service = Service::new(config);
     tokio.block_on(async {
         let pool = service.pool().await.expect("the service starts");
@@ -188,7 +248,7 @@ fn idle_memory(tokio: &tokio::runtime::Runtime) {
         let cgroup = per_sandbox.iter().map(|(c, _)| *c as f64).sum::<f64>() / n / 1048576.0;
         let shim = per_sandbox.iter().map(|(_, s)| *s as f64).sum::<f64>() / n / 1048576.0;
         println!(
-            "host memory per idle warm sandbox        n={:<5} {:.1} MiB (container cgroup {cgroup:.1} MiB + shim PSS {shim:.1} MiB)",
+            "host memory per idle warm sandbox, {label:<16} n={:<5} {:.1} MiB (container cgroup {cgroup:.1} MiB + shim PSS {shim:.1} MiB)",
             per_sandbox.len(),
             cgroup + shim
         );
@@ -258,8 +318,10 @@ fn main() {
     let mut criterion = Criterion::default().configure_from_args();
     println!();
     mcp_path(&mut criterion, full);
+    cold_data_snippet(full);
     launch_to_warm(full);
     throughput(&tokio, full);
-    idle_memory(&tokio);
+    idle_memory(&tokio, None, "default preload");
+    idle_memory(&tokio, Some(Vec::new()), "no preload");
     criterion.final_summary();
 }
