@@ -98,16 +98,41 @@ fn mcp_path(criterion: &mut Criterion, full: bool) {
         b.iter(|| call_code(&mut server, "print(6*7)"))
     });
     let n = if full { 1000 } else { 3 };
-    mcp_percentiles(&mut server, "full MCP path, calls 10 ms apart", "print(6*7)", n);
+    mcp_percentiles(
+        &mut server,
+        "full MCP path, calls 10 ms apart",
+        "print(6*7)",
+        n,
+    );
     let n = if full { 300 } else { 3 };
-    mcp_percentiles(&mut server, "numpy+pandas snippet, preloaded", DATA_SNIPPET, n);
+    mcp_percentiles(
+        &mut server,
+        "numpy+pandas snippet, preloaded",
+        DATA_SNIPPET,
+        n,
+    );
     let n = if full { 100 } else { 2 };
-    mcp_percentiles(&mut server, "640x480 plot saved as PNG, preloaded", SAVE_PLOT, n);
-    mcp_percentiles(&mut server, "640x480 plot returned as an image", SHOW_PLOT, n);
+    mcp_percentiles(
+        &mut server,
+        "640x480 plot saved as PNG, preloaded",
+        SAVE_PLOT,
+        n,
+    );
+    mcp_percentiles(
+        &mut server,
+        "640x480 plot returned as an image",
+        SHOW_PLOT,
+        n,
+    );
     drop(server);
     let (mut bare, _) = launch("2", &[("MCP_BRIDGE_PRELOAD", "none")]);
     let n = if full { 30 } else { 2 };
-    mcp_percentiles(&mut bare, "numpy+pandas snippet, no preload", DATA_SNIPPET, n);
+    mcp_percentiles(
+        &mut bare,
+        "numpy+pandas snippet, no preload",
+        DATA_SNIPPET,
+        n,
+    );
 }
 
 /// The same snippet in a fresh container per call, as the Python project did.
@@ -117,7 +142,15 @@ fn cold_data_snippet(full: bool) {
         .map(|_| {
             let started = Instant::now();
             let status = Command::new("docker")
-                .args(["run", "--rm", "--network", "none", "--read-only", "--user", "65534:65534"])
+                .args([
+                    "run",
+                    "--rm",
+                    "--network",
+                    "none",
+                    "--read-only",
+                    "--user",
+                    "65534:65534",
+                ])
                 .args([&image, "python3", "-c", DATA_SNIPPET])
                 .stdout(Stdio::null())
                 .status()
@@ -149,10 +182,18 @@ fn launch_to_warm(full: bool) {
     }
 }
 
-fn throughput(tokio: &tokio::runtime::Runtime, full: bool) {
+fn throughput(tokio: &tokio::runtime::Runtime, full: bool, preload: Option<Vec<String>>) {
     let mut config = Config::from_env().expect("valid MCP_BRIDGE_* environment");
     config.pool_min_idle = 4;
     config.pool_max = 4;
+    let label = if preload.is_some() {
+        "no preload"
+    } else {
+        "default preload"
+    };
+    if let Some(preload) = preload {
+        config.preload = preload;
+    }
     let service = Arc::new(Service::new(config));
     tokio.block_on(async {
         let pool = service.pool().await.expect("the service starts");
@@ -182,7 +223,7 @@ fn throughput(tokio: &tokio::runtime::Runtime, full: bool) {
         });
         let elapsed = started.elapsed();
         println!(
-            "throughput, {in_flight:>2} in flight (pool of 4)         {:>7.0} runs/s ({total} runs in {:.2} s)",
+            "throughput, {in_flight:>2} in flight (pool of 4), {label:<16} {:>7.0} runs/s ({total} runs in {:.2} s)",
             total as f64 / elapsed.as_secs_f64(),
             elapsed.as_secs_f64()
         );
@@ -320,7 +361,8 @@ fn main() {
     mcp_path(&mut criterion, full);
     cold_data_snippet(full);
     launch_to_warm(full);
-    throughput(&tokio, full);
+    throughput(&tokio, full, None);
+    throughput(&tokio, full, Some(Vec::new()));
     idle_memory(&tokio, None, "default preload");
     idle_memory(&tokio, Some(Vec::new()), "no preload");
     criterion.final_summary();

@@ -7,7 +7,7 @@
 //! one lock: it knows nothing of runs, containers or the protocol; the call
 //! puts, the front end lists and reads.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -41,10 +41,15 @@ impl Artifact {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ArtifactError {
     #[error(
-        "artifact {0} has expired (artifacts are kept for MCP_BRIDGE_ARTIFACT_TTL) or was evicted \
-         (MCP_BRIDGE_ARTIFACT_BYTES): run the code again to make it anew"
+        "artifact {0} has expired (artifacts are kept for MCP_BRIDGE_ARTIFACT_TTL): run the code \
+         again to make it anew"
     )]
-    Gone(String),
+    Expired(String),
+    #[error(
+        "artifact {0} was evicted to make room for newer ones (MCP_BRIDGE_ARTIFACT_BYTES): run the \
+         code again to make it anew"
+    )]
+    Evicted(String),
     #[error(
         "no artifact {0}: artifact URIs come from run_python results (artifact://<run-id>/<path>)"
     )]
@@ -62,13 +67,24 @@ struct Entry {
 struct State {
     entries: HashMap<String, Entry>,
     bytes: u64,
-    /// URIs that were kept once and are gone (expired or evicted), so a read
-    /// can say "gone" rather than "unknown". Bounded.
-    gone: Vec<String>,
+    /// URIs that were kept once and are gone, and why, so a read can say
+    /// so rather than "unknown". Bounded.
+    gone: VecDeque<(String, Gone)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gone {
+    Expired,
+    Evicted,
 }
 
 /// How many gone URIs are remembered for a clearer error.
 const GONE_REMEMBERED: usize = 1024;
+/// What an entry costs besides its bytes (its URI and path are counted too),
+/// so that a flood of empty files is bounded by the budget as well.
+const ENTRY_OVERHEAD: u64 = 256;
+/// Entries kept at most, whatever their size: every read scans them.
+pub const MAX_ENTRIES: usize = 4096;
 
 #[derive(Debug)]
 pub struct ArtifactStore {
@@ -92,19 +108,20 @@ impl ArtifactStore {
     }
 
     fn put_at(&self, run_id: &str, path: &str, bytes: Bytes, now: Instant) -> Option<Artifact> {
-        let size = bytes.len() as u64;
+        let uri = format!("{SCHEME}{}/{}", encode(run_id), encode(path));
+        let size = bytes.len() as u64 + cost(&uri, path);
         if size > self.budget {
             return None;
         }
         let artifact = Artifact {
-            uri: format!("{SCHEME}{run_id}/{path}"),
+            uri,
             path: path.to_owned(),
             mime_type: mime_type(path),
             bytes,
         };
         let mut state = self.lock();
         state.expire(now, self.ttl);
-        while state.bytes + size > self.budget {
+        while state.bytes + size > self.budget || state.entries.len() >= MAX_ENTRIES {
             state.evict_least_recently_used();
         }
         state.bytes += size;
@@ -114,7 +131,7 @@ impl ArtifactStore {
             last_used: now,
         };
         if let Some(old) = state.entries.insert(artifact.uri.clone(), entry) {
-            state.bytes -= old.artifact.bytes.len() as u64;
+            state.bytes -= old.artifact.size();
         }
         Some(artifact)
     }
@@ -131,10 +148,10 @@ impl ArtifactStore {
             entry.last_used = now;
             return Ok(entry.artifact.clone());
         }
-        if state.gone.iter().any(|gone| gone == uri) {
-            Err(ArtifactError::Gone(uri.to_owned()))
-        } else {
-            Err(ArtifactError::Unknown(uri.to_owned()))
+        match state.gone.iter().find(|(gone, _)| gone == uri) {
+            Some((_, Gone::Expired)) => Err(ArtifactError::Expired(uri.to_owned())),
+            Some((_, Gone::Evicted)) => Err(ArtifactError::Evicted(uri.to_owned())),
+            None => Err(ArtifactError::Unknown(uri.to_owned())),
         }
     }
 
@@ -173,7 +190,7 @@ impl State {
             .map(|(uri, _)| uri.clone())
             .collect();
         for uri in expired {
-            self.remove(&uri);
+            self.remove(&uri, Gone::Expired);
         }
     }
 
@@ -184,19 +201,44 @@ impl State {
             .min_by_key(|(_, entry)| entry.last_used)
             .map(|(uri, _)| uri.clone());
         if let Some(uri) = oldest {
-            self.remove(&uri);
+            self.remove(&uri, Gone::Evicted);
         }
     }
 
-    fn remove(&mut self, uri: &str) {
+    fn remove(&mut self, uri: &str, why: Gone) {
         if let Some(entry) = self.entries.remove(uri) {
-            self.bytes -= entry.artifact.bytes.len() as u64;
+            self.bytes -= entry.artifact.size();
             if self.gone.len() == GONE_REMEMBERED {
-                self.gone.remove(0);
+                self.gone.pop_front();
             }
-            self.gone.push(uri.to_owned());
+            self.gone.push_back((uri.to_owned(), why));
         }
     }
+}
+
+impl Artifact {
+    /// What it is charged against the budget.
+    fn size(&self) -> u64 {
+        self.bytes.len() as u64 + cost(&self.uri, &self.path)
+    }
+}
+
+fn cost(uri: &str, path: &str) -> u64 {
+    ENTRY_OVERHEAD + uri.len() as u64 + path.len() as u64
+}
+
+/// Percent-encodes all but RFC 3986's unreserved characters and `/`, so a
+/// URI reads back as it was given (clients normalise what is not encoded).
+fn encode(text: &str) -> String {
+    let mut encoded = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~/".contains(&byte) {
+            encoded.push(char::from(byte));
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
 }
 
 /// The MIME type of a file, from its extension.
@@ -261,7 +303,7 @@ mod tests {
         assert_eq!(read.text(), Some("a,b\n"));
         assert!(matches!(
             store.get_at(&kept.uri, start + TTL),
-            Err(ArtifactError::Gone(uri)) if uri == kept.uri
+            Err(ArtifactError::Expired(uri)) if uri == kept.uri
         ));
         assert!(matches!(
             store.get_at("artifact://r9/x", start),
@@ -272,7 +314,8 @@ mod tests {
 
     #[test]
     fn the_budget_evicts_the_least_recently_used_first() {
-        let store = ArtifactStore::new(TTL, 10);
+        let entry = |path: &str| 4 + cost(&format!("{SCHEME}r1/{path}"), path);
+        let store = ArtifactStore::new(TTL, 2 * entry("a") + 1);
         let t = Instant::now();
         let four = || Bytes::from_static(b"1234");
         store.put_at("r1", "a", four(), t).unwrap();
@@ -294,14 +337,41 @@ mod tests {
         assert_eq!(live, ["artifact://r2/c", "artifact://r1/a"]);
         assert!(matches!(
             store.get_at("artifact://r1/b", t + Duration::from_secs(3)),
-            Err(ArtifactError::Gone(_))
+            Err(ArtifactError::Evicted(_))
         ));
+        let huge = Bytes::from(vec![0; usize::try_from(2 * entry("a")).unwrap()]);
         assert!(
-            store
-                .put_at("r3", "huge", Bytes::from(vec![0; 11]), t)
-                .is_none(),
+            store.put_at("r3", "huge", huge, t).is_none(),
             "larger than the whole budget"
         );
+    }
+
+    #[test]
+    fn empty_files_are_charged_and_counted_too() {
+        let store = ArtifactStore::new(TTL, u64::MAX);
+        let t = Instant::now();
+        for i in 0..MAX_ENTRIES + 10 {
+            store.put_at("r", &format!("{i}"), Bytes::new(), t).unwrap();
+        }
+        assert_eq!(store.list_at(t).len(), MAX_ENTRIES);
+        let small = ArtifactStore::new(TTL, 1000);
+        for i in 0..100 {
+            small.put_at("r", &format!("{i}"), Bytes::new(), t).unwrap();
+        }
+        assert!(small.list_at(t).len() < 5, "each entry costs its overhead");
+    }
+
+    #[test]
+    fn uris_are_percent_encoded_and_read_back() {
+        let store = ArtifactStore::new(TTL, 1 << 20);
+        let kept = store
+            .put("7-1", "my dir/résumé #1?.txt", Bytes::from_static(b"x"))
+            .unwrap();
+        assert_eq!(
+            kept.uri,
+            "artifact://7-1/my%20dir/r%C3%A9sum%C3%A9%20%231%3F.txt"
+        );
+        assert_eq!(store.get(&kept.uri).unwrap().path, "my dir/résumé #1?.txt");
     }
 
     #[test]

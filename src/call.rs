@@ -149,7 +149,7 @@ impl Limits {
                 && path.len() <= 1024
                 && Path::new(path)
                     .components()
-                    .all(|part| matches!(part, Component::Normal(_)));
+                    .all(|part| matches!(part, Component::Normal(name) if name.len() <= 255));
             if !plain {
                 return Err(format!(
                     "file path {path:?} must be relative and stay inside /workspace \
@@ -163,6 +163,19 @@ impl Limits {
                     .map_err(|error| format!("file {path:?}: its base64 does not decode: {error}"))?
                     .len() as u64,
             };
+        }
+        // "a" and "a/b" cannot both be files.
+        let paths: std::collections::BTreeSet<&str> =
+            files.iter().map(|f| f.path.as_str()).collect();
+        if let Some(file) = paths.iter().find(|path| {
+            paths
+                .range(format!("{path}/").as_str()..)
+                .next()
+                .is_some_and(|next| next.starts_with(&format!("{path}/")))
+        }) {
+            return Err(format!(
+                "file path {file:?} is also a folder of another file: a path is a file or a folder"
+            ));
         }
         if total > self.max_input_files_bytes {
             return Err(format!(
@@ -245,8 +258,11 @@ async fn run_on(
         }
         Err(failure) => {
             // The agent is PID 1: if the OOM killer took it, the engine knows.
-            let oom =
-                matches!(failure, SandboxFailure::AgentDied { .. }) && lease.engine_saw_oom().await;
+            // The engine's word is a nicety: it may not hold the call up.
+            let oom = matches!(failure, SandboxFailure::AgentDied { .. })
+                && tokio::time::timeout(Duration::from_secs(5), lease.engine_saw_oom())
+                    .await
+                    .unwrap_or(false);
             Outcome::from_failure(&failure, oom, limits)
         }
     };
@@ -268,7 +284,7 @@ async fn run_on(
         stdout_truncated: output.stdout.dropped > 0,
         stderr_truncated: output.stderr.dropped > 0,
         error: outcome.error,
-        images: images(output.images),
+        images: images(output.images, limits.images.max_pixels, &mut notes),
         files: output
             .files
             .into_iter()
@@ -278,17 +294,27 @@ async fn run_on(
     }
 }
 
-/// The run's PNGs with their sizes (the agent checked the signature; a PNG
-/// whose header does not read is left out).
-fn images(pngs: Vec<bytes::Bytes>) -> Vec<Image> {
-    pngs.into_iter()
+/// The run's PNGs with their sizes. The agent checked them; what still does
+/// not read as a PNG within the pixel bound is left out, with a note.
+fn images(pngs: Vec<bytes::Bytes>, max_pixels: u32, notes: &mut Vec<String>) -> Vec<Image> {
+    let total = pngs.len();
+    let kept: Vec<Image> = pngs
+        .into_iter()
         .filter_map(|png| {
             let (width, height) = png_size(&png).ok()?;
-            Some((png, width, height))
+            (width.max(height) <= max_pixels).then_some((png, width, height))
         })
         .enumerate()
         .map(|(index, (png, width, height))| Image::png(index, png, width, height))
-        .collect()
+        .collect();
+    if kept.len() < total {
+        notes.push(format!(
+            "{} images were not PNGs within {max_pixels} pixels (MCP_BRIDGE_MAX_IMAGE_PIXELS): \
+             dropped",
+            total - kept.len()
+        ));
+    }
+    kept
 }
 
 /// What the text should say about images and files the run made but that do
@@ -325,7 +351,10 @@ impl RunReport {
         for file in &mut self.files {
             match store.put(run_id, &file.path, file.data.clone()) {
                 Some(artifact) => file.uri = Some(artifact.uri),
-                None => refused.push(file.path.clone()),
+                None => {
+                    refused.push(file.path.clone());
+                    continue;
+                }
             }
             if file.data.len() <= INLINE_TEXT_BYTES && artifacts::is_text_type(file.mime_type) {
                 file.text = std::str::from_utf8(&file.data).ok().map(str::to_owned);
@@ -576,10 +605,30 @@ mod tests {
         };
         let text = |t: &str| FileContent::Text(t.into());
         assert!(l.validate(&with("data/a.csv", text("a,b")), &[]).is_ok());
-        for bad in ["", "/etc/passwd", "../up", "a/../../b", "./x", "a\0b"] {
+        let long = "n".repeat(256);
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../up",
+            "a/../../b",
+            "./x",
+            "a\0b",
+            long.as_str(),
+        ] {
             let error = l.validate(&with(bad, text("x")), &[]).unwrap_err();
             assert!(error.contains(&format!("{bad:?}")), "{bad:?}: {error}");
         }
+        let both = CallRequest {
+            files: ["data", "data/x.csv"]
+                .map(|path| InputFile {
+                    path: path.into(),
+                    content: text(""),
+                })
+                .to_vec(),
+            ..request("print(1)", None)
+        };
+        let error = l.validate(&both, &[]).unwrap_err();
+        assert!(error.contains("\"data\" is also a folder"), "{error}");
         let error = l.validate(&with("a", text("12345")), &[]).unwrap_err();
         assert!(
             error.contains("MCP_BRIDGE_MAX_INPUT_FILES_BYTES"),

@@ -1,5 +1,5 @@
 //! The MCP front end: a stdio server (rmcp) with one tool, `run_python`,
-//! and one resource, the sandbox API manual.
+//! and resources: the sandbox API manual, and the files runs returned.
 //!
 //! Owns the tool's contract (arguments, description, output schema), client
 //! cancellation, the context budget of `tools/list` (small however many
@@ -345,17 +345,19 @@ pub fn tool_result(report: &RunReport, mode: OutputMode) -> CallToolResult {
             .map(|image| ContentBlock::image(BASE64.encode(&image.data), image.mime_type)),
     );
     for file in &report.files {
-        let uri = file.uri.clone().unwrap_or_default();
-        if let Some(text) = &file.text {
-            content.push(ContentBlock::resource(
-                ResourceContents::text(text, &uri).with_mime_type(file.mime_type),
-            ));
-        } else if file.uri.is_some() {
-            let link = Resource::new(uri, format!("out/{}", file.path))
-                .with_mime_type(file.mime_type)
-                .with_size(file.bytes as u64);
-            content.push(ContentBlock::resource_link(link));
-        }
+        let Some(uri) = &file.uri else {
+            continue; // not kept: the notes say why
+        };
+        content.push(match &file.text {
+            Some(text) => ContentBlock::resource(
+                ResourceContents::text(text, uri).with_mime_type(file.mime_type),
+            ),
+            None => ContentBlock::resource_link(
+                Resource::new(uri, format!("out/{}", file.path))
+                    .with_mime_type(file.mime_type)
+                    .with_size(file.bytes as u64),
+            ),
+        });
     }
     result.content = content;
     result

@@ -35,8 +35,8 @@ const NPROC: i64 = 4096;
 #[derive(Debug, Clone)]
 pub struct ContainerSpec(pub(super) ContainerCreateBody);
 
-/// The spec of one sandbox container running the agent (`agent`: its source
-/// and the one argument it takes).
+/// The spec of one sandbox container running `command` (the agent's, from
+/// the sandbox module: the engine knows nothing of agents).
 pub fn container_spec(
     config: &Config,
     image: &str,

@@ -31,9 +31,10 @@
 # payload. Host -> agent: b"R" run (JSON request), b"A" the answer to a tool
 # call (JSON). Agent -> host: b"Y" ready (JSON; sent at start and after each
 # successful reset), b"O"/b"E" a chunk of the run's stdout/stderr (raw
-# bytes), b"C" a tool call the run makes (JSON), b"D" run done (JSON), b"F"
-# reset failed (JSON; the host then recycles the container). Keep in sync
-# with protocol.rs.
+# bytes), b"C" a tool call the run makes (JSON), b"I" an image of the run (a
+# PNG), b"P" a file of the run (path length, path, bytes), b"D" run done
+# (JSON), b"F" reset failed (JSON; the host then recycles the container).
+# Keep in sync with protocol.rs.
 #
 # Agent <-> zygote, one SOCK_SEQPACKET message each: b"S" + six pipe fds
 # (SCM_RIGHTS) asks for a spare, answered b"P<pid>"; b"K" + six fds (the
@@ -57,6 +58,7 @@ import importlib
 import importlib.machinery
 import inspect
 import io
+import itertools
 import json
 import os
 import platform
@@ -85,7 +87,7 @@ MAX_CALL_BYTES = 16 * 1024 * 1024
 WORKSPACE = "/workspace"
 # The run's code is a real file, as under `python3 main.py`: tracebacks,
 # inspect, warnings and multiprocessing's spawn/forkserver read it. Its folder
-# is a tmpfs of its own (runtime/spec.rs), so /tmp and /workspace stay the user's.
+# is a tmpfs of its own (engine/spec.rs), so /tmp and /workspace stay the user's.
 SCRIPT_DIR = "/run/code"
 SCRIPT = SCRIPT_DIR + "/main.py"
 WIPE_DIRS = ("/tmp", WORKSPACE, SCRIPT_DIR, "/dev/shm", "/dev/mqueue")
@@ -95,6 +97,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 OUT_DIR = WORKSPACE + "/out"
 OUT_MAX_DEPTH = 16
 OUT_MAX_ENTRIES = 10_000  # directory entries looked at, so a huge tree cannot hold the run
+IMAGE_MAX_ENTRIES = 1_000
+MAX_PATH_BYTES = 4096  # of a returned file (protocol.rs MAX_PATH_BYTES)
 RESET_DEADLINE_S = 3.0
 ZYGOTE_REPLY_TIMEOUT_S = RESET_DEADLINE_S + 2.0
 PR_SET_DUMPABLE = 4
@@ -243,13 +247,20 @@ def spare_main(code_r, status_w, out_w, err_w, call_w, answer_r):
         line_buffering=True,
     )
     sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
+    reseed_random_generators()
     warm_up()
     write_all(status_w, WARM)
 
     request = json.loads(read_to_end(code_r))
     os.close(code_r)
     module = main_module(request["code"])
-    write_input_files(request.get("files", []))
+    try:
+        write_input_files(request.get("files", []))
+    except (OSError, ValueError) as exc:  # e.g. "a" and "a/b" both given, or a full disk
+        message = f"could not write the call's files: {type(exc).__name__}: {exc}"
+        print(message, file=sys.stderr, flush=True)
+        write_all(status_w, json.dumps({"exit_code": 1, "error": message, "error_type": "FileError"}).encode())
+        os._exit(1)
     if request.get("servers") or request.get("discovered"):
         mcp_runtime["install"](
             module.__dict__,
@@ -257,11 +268,15 @@ def spare_main(code_r, status_w, out_w, err_w, call_w, answer_r):
             request.get("servers", []),
             request.get("discovered", []),
         )
-    display = display_runtime["install"](request["display"]) if "display" in request else None
+    display = None
+    if "display" in request:
+        display = display_runtime["install"](dict(request["display"], directory=IMAGE_DIR))
     exit_code, status = execute(request["code"], module.__dict__, SCRIPT)
-    if display is not None:
+
+    def figures_left_open():  # after the threads (their figures count too), before atexit closes them
         status.update(display_runtime["finish"](display))
-    exit_code = interpreter_exit(exit_code)
+
+    exit_code = interpreter_exit(exit_code, figures_left_open if display is not None else None)
     # The output is in its pipes now. Closing the status pipe tells the agent
     # the run is over before this process's teardown, which is slow (its
     # whole copy-on-write address space) and need not delay the answer.
@@ -272,6 +287,15 @@ def spare_main(code_r, status_w, out_w, err_w, call_w, answer_r):
     except OSError:
         pass
     os._exit(exit_code)
+
+
+def reseed_random_generators():
+    """Fresh seeds for this run. Python's `random` reseeds itself at fork;
+    numpy's global generator does not, and the zygote imported it (pandas
+    does), so without this every run of a container draws the same numbers."""
+    numpy_random = sys.modules.get("numpy.random")
+    if numpy_random is not None:
+        numpy_random.seed()
 
 
 def write_input_files(files):
@@ -356,10 +380,11 @@ def execute(source, env, filename):
         return 1, {"error": summary[:4000], "error_type": type(exc).__name__}
 
 
-def interpreter_exit(exit_code):
+def interpreter_exit(exit_code, after_threads=None):
     """What the interpreter does after the main module, in its order: wait
-    for non-daemon threads, run atexit handlers, flush the standard streams.
-    A thread that never ends keeps the run going until its deadline."""
+    for non-daemon threads, (call `after_threads`,) run atexit handlers,
+    flush the standard streams. A thread that never ends keeps the run going
+    until its deadline."""
     threading = sys.modules.get("threading")
     # Nothing to join and nothing registered with threading: skip its shutdown
     # (it is most of the cost of ending a run that started no thread).
@@ -369,6 +394,8 @@ def interpreter_exit(exit_code):
             threading._shutdown()
         except BaseException as exc:  # e.g. KeyboardInterrupt while joining
             report_uncaught(exc, SCRIPT)
+    if after_threads is not None:
+        after_threads()
     atexit._run_exitfuncs()  # prints "Exception ignored in atexit callback" itself
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -419,7 +446,9 @@ def zygote_main(channel, preload):
     with them."""
     os.dup2(devnull, 0)
     os.dup2(devnull, 1)  # only the agent speaks the protocol; fd 2 stays for crash reports
-    hello = json.dumps({"missing": preload_modules(preload)[:50]}).encode()
+    missing = preload_modules(preload)
+    while len(hello := json.dumps({"missing": missing}).encode()) >= ZYGOTE_MESSAGE_LIMIT:
+        missing = missing[: len(missing) // 2]
     channel.send(b"H" + hello)
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -432,13 +461,7 @@ def zygote_main(channel, preload):
     spares = set()
 
     def reap():
-        while True:
-            try:
-                pid, wait_status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        for pid, wait_status in reaped():
             if pid in spares:
                 spares.discard(pid)
                 channel.send(b"E%d %d" % (pid, os.waitstatus_to_exitcode(wait_status)))
@@ -669,18 +692,25 @@ class CallRelay:
     def __init__(self, answer_w, forward):
         self.answer_w = answer_w
         self.forward = forward
-        self.partial = b""
+        self.partial = bytearray()
         self.pending = bytearray()
 
     def forward_calls(self, data):
         # The mcp package refuses larger calls with a clear error; a line this
         # long was written by hand, past it, and the host would reject it.
-        lines = (self.partial + data).split(b"\n")
-        self.partial = lines.pop()
-        if len(self.partial) > MAX_CALL_BYTES or any(len(line) > MAX_CALL_BYTES for line in lines):
+        # Only the new chunk is searched: a 16 MiB call costs one pass.
+        end = data.rfind(b"\n")
+        if end < 0:
+            self.partial += data
+        else:
+            lines = (bytes(self.partial) + data[:end]).split(b"\n")
+            self.partial = bytearray(data[end + 1 :])
+            if any(len(line) > MAX_CALL_BYTES for line in lines):
+                raise ValueError("a tool call request exceeds the size limit")
+            for line in lines:
+                self.forward(line)
+        if len(self.partial) > MAX_CALL_BYTES:
             raise ValueError("a tool call request exceeds the size limit")
-        for line in lines:
-            self.forward(line)
 
     def queue_answer(self, payload):
         self.pending += payload + b"\n"
@@ -790,19 +820,58 @@ def send_images(bounds, status):
     """The run's images (display.py wrote them, in order) as b"I" frames,
     within the bounds again: user code could have written there too."""
     dropped = status.get("images_dropped", 0)
-    try:
-        names = sorted(os.listdir(IMAGE_DIR))
-    except FileNotFoundError:
-        names = []
+    notes = list(status.get("image_notes", []))
+    invalid = 0
     sent = 0
-    for name in names:
-        data = read_regular(IMAGE_DIR, name, bounds["max_bytes"])
-        if sent >= bounds["max_images"] or data is None or not data.startswith(PNG_SIGNATURE):
+    for data in regular_files(IMAGE_DIR, bounds["max_bytes"], IMAGE_MAX_ENTRIES):
+        if sent >= bounds["max_images"]:
             dropped += 1
-            continue
-        send(ord("I"), data)
-        sent += 1
-    return {"images_dropped": dropped, "image_notes": status.get("image_notes", [])}
+        elif data is None or max(png_size(data)) == 0 or max(png_size(data)) > bounds["max_pixels"]:
+            invalid += 1
+        else:
+            send(ord("I"), data)
+            sent += 1
+    if invalid:
+        notes.append(f"{invalid} image files were not PNGs within the bounds: dropped")
+    return {"images_dropped": dropped, "image_notes": notes}
+
+
+def png_size(data):
+    """(width, height) from a PNG's header; (0, 0) when it is not one."""
+    if len(data) < 24 or not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR":
+        return 0, 0
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def regular_files(directory, limit, max_entries):
+    """The bytes of each regular file of `directory`, by name, opened
+    without following links; None for one over `limit` bytes."""
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return
+    try:
+        with os.scandir(dir_fd) as scan:
+            names = sorted(entry.name for entry in itertools.islice(scan, max_entries))
+        for name in names:
+            fd = open_no_follow(name, dir_fd)
+            if fd is None:
+                continue
+            try:
+                info = os.fstat(fd)
+                if stat.S_ISREG(info.st_mode):
+                    yield os.read(fd, info.st_size) if info.st_size <= limit else None
+            finally:
+                os.close(fd)
+    finally:
+        os.close(dir_fd)
+
+
+def open_no_follow(name, dir_fd):
+    try:
+        return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+    except OSError:
+        return None  # a symlink (ELOOP), or gone
 
 
 def send_output_files(bounds):
@@ -825,48 +894,32 @@ def send_output_files(bounds):
 
 def send_tree(dir_fd, prefix, budget, dropped, depth):
     with os.scandir(dir_fd) as scan:
-        entries = sorted(scan, key=lambda e: e.name)
+        entries = sorted(itertools.islice(scan, max(budget["entries"], 0)), key=lambda e: e.name)
+    budget["entries"] -= len(entries)
     for entry in entries:
-        budget["entries"] -= 1
-        if budget["entries"] < 0:
-            return
-        path = prefix + entry.name
-        try:
-            fd = os.open(entry.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
-        except OSError:
-            continue  # a symlink (ELOOP), or gone
+        fd = open_no_follow(entry.name, dir_fd)
+        if fd is None:
+            continue
         try:
             info = os.fstat(fd)
             if stat.S_ISDIR(info.st_mode):
                 if depth > 0:
-                    send_tree(fd, path + "/", budget, dropped, depth - 1)
+                    send_tree(fd, prefix + entry.name + "/", budget, dropped, depth - 1)
             elif stat.S_ISREG(info.st_mode):
-                if budget["files"] <= 0 or info.st_size > budget["bytes"]:
+                try:
+                    path = (prefix + entry.name).encode()  # strict: the host takes UTF-8 paths only
+                except UnicodeEncodeError:
+                    path = b""
+                if not path or len(path) > MAX_PATH_BYTES or budget["files"] <= 0 or info.st_size > budget["bytes"]:
                     dropped["files_dropped"] += 1
                     dropped["files_dropped_bytes"] += info.st_size
                     continue
                 data = os.read(fd, info.st_size)  # a regular file on tmpfs: one read
-                name = path.encode("utf-8", "surrogateescape")
-                send(ord("P"), len(name).to_bytes(2, "big") + name + data)
+                send(ord("P"), len(path).to_bytes(2, "big") + path + data)
                 budget["files"] -= 1
                 budget["bytes"] -= len(data)
         finally:
             os.close(fd)
-
-
-def read_regular(directory, name, limit):
-    """A regular file's bytes if it holds at most `limit`, else None (no symlinks)."""
-    try:
-        fd = os.open(os.path.join(directory, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
-            return None
-        return os.read(fd, info.st_size)
-    finally:
-        os.close(fd)
 
 
 def orphan_exit_code(pid):
@@ -965,7 +1018,8 @@ def reset(spare, zygote, baseline):
     else (None, why not)."""
 
     def clean():
-        reap()  # nothing is ours but the zygote; this only matters if it died
+        for _ in reaped():  # nothing is ours but the zygote; this only matters if it died
+            pass
         spare.close()
         failure = wipe_all()
         if failure:
@@ -990,14 +1044,16 @@ def wipe_all():
     return None
 
 
-def reap():
+def reaped():
+    """The children that have exited, reaped now: (pid, wait status) each."""
     while True:
         try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
+            pid, wait_status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             return
         if pid == 0:
             return
+        yield pid, wait_status
 
 
 def wipe_children(path):

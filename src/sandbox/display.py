@@ -12,16 +12,21 @@
 # Each image is bounded here, in the run's own process and memory: scaled down
 # to `max_pixels` on its longest side, re-encoded smaller when over
 # `max_bytes` (dropped with a note when it cannot fit), at most `max_images`
-# per run (the rest counted). The PNGs are files in IMAGE_DIR, in the order
-# they were made; the agent reads them after the run and bounds them again.
+# per run (the rest counted). The PNGs are files in the directory the agent
+# names, in the order they were made; the agent reads them after the run and
+# bounds them again (signature, size, pixels, count).
+#
+# matplotlib is pointed at this backend when it is imported (an import hook:
+# no MPLBACKEND in the environment, so subprocesses and spawned workers,
+# which lack the hook, keep the image's own backend).
 
 import builtins
 import importlib.machinery
+import importlib.util
 import io
 import os
 import sys
 
-IMAGE_DIR = "/run/code/images"
 BACKEND = "mcp_code_exec_display"
 MIN_SIDE = 64  # smaller than this, an image says nothing: drop it instead
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -30,7 +35,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 class Display:
     """The run's images: rendered, bounded, written in order."""
 
-    def __init__(self, max_pixels, max_bytes, max_images):
+    def __init__(self, directory, max_pixels, max_bytes, max_images):
+        self.directory = directory
         self.max_pixels = max_pixels
         self.max_bytes = max_bytes
         self.max_images = max_images
@@ -75,7 +81,7 @@ class Display:
         try:
             from PIL import Image
         except ImportError:
-            return data  # the agent and the host drop what is still over the bounds
+            return data  # the agent drops what is still over the bounds, with a note
         return self.encode(Image.open(io.BytesIO(data)))
 
     def encode(self, image):
@@ -103,8 +109,8 @@ class Display:
         if self.written >= self.max_images:
             self.dropped += 1
             return
-        os.makedirs(IMAGE_DIR, exist_ok=True)
-        with open(f"{IMAGE_DIR}/{self.written:04d}.png", "wb") as f:
+        os.makedirs(self.directory, exist_ok=True)
+        with open(f"{self.directory}/{self.written:04d}.png", "wb") as f:
             f.write(png)
         self.written += 1
 
@@ -148,15 +154,28 @@ def _png_size(data):
 
 
 class _Backend:
-    """Imports `mcp_code_exec_display` as matplotlib's backend: Agg's canvas,
-    and a show() that displays the figures (matplotlib copies the module's
-    names when it loads a backend, so they must exist on import)."""
+    """An import hook: `mcp_code_exec_display` is matplotlib's backend module
+    (Agg's canvas, and a show() that displays the figures; matplotlib copies
+    the module's names when it loads a backend, so they exist on import), and
+    `matplotlib` itself selects it as soon as it is imported."""
 
     display = None  # the run's Display, set by install()
+    _finding = False
 
     @classmethod
     def find_spec(cls, name, path=None, target=None):
-        return importlib.machinery.ModuleSpec(name, cls) if name == BACKEND else None
+        if name == BACKEND:
+            return importlib.machinery.ModuleSpec(name, cls)
+        if name != "matplotlib" or cls._finding:
+            return None
+        cls._finding = True  # the real spec, from the finders after this one
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            cls._finding = False
+        if spec is not None and spec.loader is not None:
+            spec.loader = _SelectingLoader(spec.loader)
+        return spec
 
     @staticmethod
     def create_module(spec):
@@ -175,16 +194,32 @@ class _Backend:
         module.show = show
 
 
+class _SelectingLoader:
+    """matplotlib's own loader, then `matplotlib.use(our backend)`."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        self.loader.exec_module(module)
+        module.use(f"module://{BACKEND}")
+
+    def __getattr__(self, name):  # get_resource_reader, is_package, ...
+        return getattr(self.loader, name)
+
+
 def register_backend():
-    """Makes matplotlib use this module's backend (before it is imported)."""
+    """Points matplotlib at this module's backend (before it is imported)."""
     if _Backend not in sys.meta_path:
-        sys.meta_path.append(_Backend)
-    os.environ["MPLBACKEND"] = f"module://{BACKEND}"
+        sys.meta_path.insert(0, _Backend)
 
 
 def install(options):
     """Before the run's code: the `display` built-in, bound to this run."""
-    display = Display(options["max_pixels"], options["max_bytes"], options["max_images"])
+    display = Display(options["directory"], options["max_pixels"], options["max_bytes"], options["max_images"])
     builtins.display = display
     _Backend.display = display
     return display

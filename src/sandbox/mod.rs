@@ -139,7 +139,9 @@ impl CapturedOutput {
                 reason: "over the run's image bounds".into(),
             });
         }
-        self.images.push(png);
+        // A copy: the frame is a slice of the decoder's buffer, which may be
+        // far larger, and the image outlives this run.
+        self.images.push(Bytes::copy_from_slice(&png));
         Ok(())
     }
 
@@ -153,7 +155,7 @@ impl CapturedOutput {
                 reason: "over the run's file bounds".into(),
             });
         }
-        self.files.push((path, bytes));
+        self.files.push((path, Bytes::copy_from_slice(&bytes)));
         Ok(())
     }
 }

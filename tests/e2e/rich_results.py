@@ -146,7 +146,7 @@ async def files_out(session):
         check(False, "the oldest artifact was evicted")
     except McpError as error:
         check(
-            "evicted" in str(error) or "expired" in str(error),
+            "evicted" in str(error) and "expired" not in str(error),
             "the oldest artifact was evicted, with a clear error",
             str(error),
         )

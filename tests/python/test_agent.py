@@ -1,8 +1,7 @@
 """The agent's pure parts: frame reading, output caps, the call relay, the
 child's status, how a run ends. Its process work (fork tree, reset) is tested
-through the real engine (tests/fidelity.rs, isolation.rs, bad_input.rs)."""
+through the real engine (tests/suites/fidelity.rs, isolation.rs, bad_input.rs)."""
 
-import json
 import os
 import pathlib
 import subprocess
@@ -160,14 +159,6 @@ def test_integrity_is_stable_and_sees_a_nice_change(agent):
     assert out.stdout == "True\n"
 
 
-def test_the_done_frame_is_json(agent, monkeypatch):
-    sent = []
-    monkeypatch.setattr(agent, "send", lambda kind, data: sent.append((kind, data)))
-    agent.send_json(ord("D"), {"exit_code": 0})
-    assert sent == [(ord("D"), b'{"exit_code":0}')]
-    assert json.loads(sent[0][1]) == {"exit_code": 0}
-
-
 def test_output_files_are_bounded_and_never_follow_links(agent, tmp_path, monkeypatch):
     out = tmp_path / "out"
     (out / "sub").mkdir(parents=True)
@@ -200,18 +191,67 @@ def test_output_file_count_is_bounded(agent, tmp_path, monkeypatch):
     assert len(sent) == 3
 
 
+def png(width, height, padding=0):
+    header = b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR" + width.to_bytes(4, "big") + height.to_bytes(4, "big")
+    return header + b"\x00" * (8 + padding)
+
+
 def test_images_are_checked_again_by_the_agent(agent, tmp_path, monkeypatch):
-    png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 30
-    (tmp_path / "0000.png").write_bytes(png)
-    (tmp_path / "0001.png").write_bytes(b"not a png")
-    (tmp_path / "0002.png").write_bytes(png + b"\x00" * 100)
-    (tmp_path / "0003.png").symlink_to(tmp_path / "0000.png")
-    monkeypatch.setattr(agent, "IMAGE_DIR", str(tmp_path))
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "0000.png").write_bytes(png(10, 10))
+    (images / "0001.png").write_bytes(b"not a png")
+    (images / "0002.png").write_bytes(png(10, 10, padding=100))  # over max_bytes
+    (images / "0003.png").write_bytes(png(5000, 10))  # over max_pixels
+    (images / "0004.png").symlink_to(images / "0000.png")
+    (images / "0005.png").write_bytes(png(20, 20))
+    monkeypatch.setattr(agent, "IMAGE_DIR", str(images))
     sent = []
     monkeypatch.setattr(agent, "send", lambda kind, data: sent.append((kind, data)))
-    reported = agent.send_images({"max_bytes": 64, "max_images": 8}, {"images_dropped": 2, "image_notes": ["n"]})
-    assert sent == [(ord("I"), png)]
-    assert reported == {"images_dropped": 5, "image_notes": ["n"]}
+    bounds = {"max_bytes": 64, "max_images": 8, "max_pixels": 100}
+    reported = agent.send_images(bounds, {"images_dropped": 2, "image_notes": ["n"]})
+    assert sent == [(ord("I"), png(10, 10)), (ord("I"), png(20, 20))]
+    assert reported == {
+        "images_dropped": 2,
+        "image_notes": ["n", "3 image files were not PNGs within the bounds: dropped"],
+    }
+
+
+def test_a_linked_image_directory_is_not_followed(agent, tmp_path, monkeypatch):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "0000.png").write_bytes(png(10, 10))
+    (tmp_path / "images").symlink_to(elsewhere)
+    monkeypatch.setattr(agent, "IMAGE_DIR", str(tmp_path / "images"))
+    sent = []
+    monkeypatch.setattr(agent, "send", lambda kind, data: sent.append(kind))
+    agent.send_images({"max_bytes": 64, "max_images": 8, "max_pixels": 100}, {})
+    assert sent == []
+
+
+def test_names_the_host_cannot_take_are_left_behind(agent, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "ok.txt").write_text("x")
+    os.close(os.open(os.path.join(os.fsencode(out), b"bad-\xff.txt"), os.O_CREAT | os.O_WRONLY))
+    monkeypatch.setattr(agent, "OUT_DIR", str(out))
+    monkeypatch.setattr(agent, "MAX_PATH_BYTES", 8)
+    (out / "a-long-name.txt").write_text("y")
+    sent = []
+    monkeypatch.setattr(agent, "send", lambda kind, data: sent.append(bytes(data)))
+    dropped = agent.send_output_files({"max_files": 10, "max_bytes": 100})
+    assert sent == [b"\x00\x06ok.txtx"]
+    assert dropped == {"files_dropped": 2, "files_dropped_bytes": 1}
+
+
+def test_a_big_call_is_one_line_however_it_is_split(agent):
+    lines = []
+    relay = agent.CallRelay(-1, lines.append)
+    big = b"x" * (1 << 20)
+    for start in range(0, len(big), 65536):
+        relay.forward_calls(big[start : start + 65536])
+    relay.forward_calls(b"\n{")
+    assert lines == [big] and relay.partial == b"{"
 
 
 def test_input_files_land_in_the_workspace_only(agent, tmp_path, monkeypatch):

@@ -11,9 +11,8 @@ from PIL import Image
 
 
 @pytest.fixture
-def display(mcp_display, tmp_path, monkeypatch):
-    monkeypatch.setattr(mcp_display, "IMAGE_DIR", str(tmp_path))
-    return mcp_display.Display(max_pixels=100, max_bytes=20_000, max_images=2)
+def display(mcp_display, tmp_path):
+    return mcp_display.Display(str(tmp_path), max_pixels=100, max_bytes=20_000, max_images=2)
 
 
 def written(tmp_path):
@@ -33,15 +32,14 @@ def test_at_most_max_images_the_rest_counted(display, tmp_path):
     assert display.dropped == 3
 
 
-def test_too_many_bytes_are_reencoded_smaller(mcp_display, tmp_path, monkeypatch):
-    monkeypatch.setattr(mcp_display, "IMAGE_DIR", str(tmp_path))
+def test_too_many_bytes_are_reencoded_smaller(mcp_display, tmp_path):
     noise = Image.frombytes("RGB", (300, 300), os.urandom(300 * 300 * 3))
-    small = mcp_display.Display(max_pixels=300, max_bytes=60_000, max_images=8)
+    small = mcp_display.Display(str(tmp_path), max_pixels=300, max_bytes=60_000, max_images=8)
     small(noise)
     (image,) = written(tmp_path)
     assert (tmp_path / "0000.png").stat().st_size <= 60_000
     assert image.size[0] < 300, "palette alone could not fit random noise: it was made smaller"
-    tiny = mcp_display.Display(max_pixels=300, max_bytes=100, max_images=8)
+    tiny = mcp_display.Display(str(tmp_path / "tiny"), max_pixels=300, max_bytes=100, max_images=8)
     tiny(noise)
     assert tiny.dropped == 1 and "dropped" in tiny.notes[0]
 
@@ -71,18 +69,23 @@ import importlib.util, os, sys
 spec = importlib.util.spec_from_file_location("display", {mcp_display.__file__!r})
 display = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(display)
-display.IMAGE_DIR = {str(tmp_path)!r}
 display.register_backend()
-shown = display.install({{"max_pixels": 320, "max_bytes": 1 << 20, "max_images": 8}})
+shown = display.install({{"directory": {str(tmp_path)!r}, "max_pixels": 320, "max_bytes": 1 << 20, "max_images": 8}})
 import matplotlib.pyplot as plt
 plt.plot([1, 2, 3])
 plt.show()
 plt.figure(figsize=(2, 1), dpi=100)
 plt.plot([3, 2, 1])
 print(plt.get_backend(), plt.get_fignums(), display.finish(shown), plt.get_fignums())
+import os, subprocess, sys
+# A subprocess has no hook: it keeps matplotlib's own backend, and works.
+code = "import matplotlib.pyplot as plt; plt.plot([1]); print(plt.get_backend())"
+print(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip().lower())
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60)
-    assert out.stdout.strip() == "module://mcp_code_exec_display [1] {'images_dropped': 0, 'image_notes': []} []"
+    lines = out.stdout.strip().splitlines()
+    assert lines[0] == "module://mcp_code_exec_display [1] {'images_dropped': 0, 'image_notes': []} []"
+    assert lines[1] == "agg", "no MPLBACKEND leaks into subprocesses"
     first, second = written(tmp_path)
     assert first.size == (320, 240), "640x480 scaled to 320 on its longest side"
     assert second.size == (200, 100)

@@ -1,7 +1,9 @@
 //! What bad input gets: a clear error, the server unharmed, the next call fine.
 //! Every case runs against the real engine and ends with a `print(6*7)`.
 
-use crate::util::{Shared, assert_next_call_works, block_on, run_on, started_service, test_config};
+use crate::util::{
+    AGENT_START, Shared, assert_next_call_works, block_on, run_on, started_service, test_config,
+};
 use mcp_code_exec::report::RunStatus;
 
 static SERVICE: Shared = Shared::new();
@@ -316,11 +318,20 @@ engine_test! {
             (Some(7), "orphan\n"),
             "{report:#?}"
         );
-        // A stopped zygote cannot serve the next run: the sandbox is replaced.
-        let report =
-            SERVICE.run("import os, signal\nos.kill(os.getppid(), signal.SIGSTOP)\nprint('stopped it')");
-        assert_eq!(report.stdout, "stopped it\n", "{report:#?}");
-        assert_next_call_works(SERVICE.get());
+        // A stopped zygote cannot serve the next run: the sandbox is replaced
+        // (one sandbox only, so the next run shows which container it is in).
+        let mut config = test_config();
+        config.pool_max = 1;
+        let single = started_service(config);
+        let stop = format!(
+            "import os, signal\nos.kill(os.getppid(), signal.SIGSTOP)\n{AGENT_START}"
+        );
+        let stopped = run_on(&single, &stop, Some(10.0));
+        assert_eq!(stopped.status, RunStatus::Success, "{stopped:#?}");
+        let next = run_on(&single, AGENT_START, Some(30.0));
+        assert_eq!(next.status, RunStatus::Success, "{next:#?}");
+        assert_ne!(next.stdout, stopped.stdout, "the sandbox was replaced");
+        block_on(single.shutdown());
 
         let code = "import os, signal, subprocess\nsubprocess.Popen(['sleep', '100'])\n\
                 os.kill(-1, signal.SIGKILL)\nprint('after kill -1')";

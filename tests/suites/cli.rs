@@ -1,24 +1,6 @@
 //! The `run` and `doctor` subcommands of the built binary.
 
-use std::io::Write;
-use std::process::{Output, Stdio};
-
-use crate::util::server;
-
-fn mcp_code_exec(args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Output {
-    let mut child = server::command()
-        .args(args)
-        .env("MCP_BRIDGE_LOG_LEVEL", "error")
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // A binary that stops at launch (invalid configuration) never reads it.
-    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
-    child.wait_with_output().unwrap()
-}
+use crate::util::server::run_binary as mcp_code_exec;
 
 engine_test! {
     fn run_prints_the_result_and_exits_by_status() {

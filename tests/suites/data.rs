@@ -3,9 +3,9 @@
 //! posture (nothing a run does to a preloaded module reaches the next run).
 //! A bare image still works. Against the real engine.
 
-use std::process::Stdio;
-
-use crate::util::{AGENT_START, BARE_IMAGE, Shared, run_on, server, started_service, test_config};
+use crate::util::{
+    AGENT_START, BARE_IMAGE, Shared, block_on, run_on, server, started_service, test_config,
+};
 use mcp_code_exec::report::RunStatus;
 
 static SERVICE: Shared = Shared::new();
@@ -95,25 +95,10 @@ engine_test! {
     /// not fit in memory says so.
     fn missing_preloads_warn_and_a_bare_image_works() {
         let run_binary = |env: &[(&str, &str)]| {
-            let output = server::command()
-                .args(["run", "-", "--timeout", "30"])
-                .env("MCP_BRIDGE_LOG_LEVEL", "warn")
-                .env("MCP_BRIDGE_METRICS_ADDR", "off")
-                .envs(env.iter().copied())
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .and_then(|mut child| {
-                    use std::io::Write;
-                    let _ = child
-                        .stdin
-                        .take()
-                        .unwrap()
-                        .write_all(b"import sys\nprint(sys.version_info >= (3, 11))");
-                    child.wait_with_output()
-                })
-                .unwrap();
+            let mut env = env.to_vec();
+            env.extend([("MCP_BRIDGE_LOG_LEVEL", "warn"), ("MCP_BRIDGE_METRICS_ADDR", "off")]);
+            let code = "import sys\nprint(sys.version_info >= (3, 11))";
+            let output = server::run_binary(&["run", "-", "--timeout", "30"], code, &env);
             (
                 String::from_utf8_lossy(&output.stdout).into_owned(),
                 String::from_utf8_lossy(&output.stderr).into_owned(),
@@ -136,5 +121,25 @@ engine_test! {
                 && stdout.contains("MCP_BRIDGE_MEMORY"),
             "{stdout}"
         );
+    }
+}
+
+engine_test! {
+    /// numpy's global generator is seeded once per process; every run is a
+    /// fork of one zygote that imported it, so each run must reseed it.
+    fn random_numbers_differ_between_runs_on_one_container() {
+        let mut config = test_config();
+        config.pool_max = 1;
+        let service = started_service(config);
+        let draw = format!(
+            "import random, numpy as np\nprint(np.random.rand(), np.random.randint(1 << 30), random.random())\n{AGENT_START}"
+        );
+        let first = run_on(&service, &draw, Some(20.0));
+        let second = run_on(&service, &draw, Some(20.0));
+        let (numbers_1, container_1) = first.stdout.split_once('\n').unwrap();
+        let (numbers_2, container_2) = second.stdout.split_once('\n').unwrap();
+        assert_eq!(container_1, container_2, "one container");
+        assert_ne!(numbers_1, numbers_2, "fresh seeds each run");
+        block_on(service.shutdown());
     }
 }

@@ -27,6 +27,23 @@ pub fn command() -> Command {
     command
 }
 
+/// Runs the binary once with `args`, `stdin` and `env` (besides a quiet log
+/// level), and waits for it.
+pub fn run_binary(args: &[&str], stdin: &str, env: &[(&str, &str)]) -> std::process::Output {
+    let mut child = command()
+        .args(args)
+        .env("MCP_BRIDGE_LOG_LEVEL", "error")
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A binary that stops at launch (invalid configuration) never reads it.
+    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
+    child.wait_with_output().unwrap()
+}
+
 pub struct Server {
     pub child: Child,
     pub stdin: Option<ChildStdin>,
