@@ -100,7 +100,11 @@ OUT_MAX_ENTRIES = 10_000  # directory entries looked at, so a huge tree cannot h
 IMAGE_MAX_ENTRIES = 1_000
 MAX_PATH_BYTES = 4096  # of a returned file (protocol.rs MAX_PATH_BYTES)
 RESET_DEADLINE_S = 3.0
-ZYGOTE_REPLY_TIMEOUT_S = RESET_DEADLINE_S + 2.0
+# The reset's waits add up to less than the host's (pool.rs RESET_TIMEOUT,
+# 10 s), so the host hears the agent's own reason (F) rather than a timeout.
+ZYGOTE_REPLY_TIMEOUT_S = RESET_DEADLINE_S + 1.0
+FORK_REPLY_TIMEOUT_S = 1.5
+RESET_WARM_TIMEOUT_S = 3.5
 PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
 IPC_RMID = 0
@@ -642,7 +646,7 @@ class Spare:
                 failure = between()
                 if failure:
                     raise ZygoteLost(failure)
-                reply = zygote.wait_reply(ZYGOTE_REPLY_TIMEOUT_S)
+                reply = zygote.wait_reply(FORK_REPLY_TIMEOUT_S)
         except ZygoteLost:
             self.close()
             raise
@@ -1028,7 +1032,7 @@ def reset(spare, zygote, baseline):
             return "the agent's limits or scheduling were changed"
         return None
 
-    return fresh_spare(zygote, b"K", clean)
+    return fresh_spare(zygote, b"K", clean, RESET_WARM_TIMEOUT_S)
 
 
 def wipe_all():
@@ -1084,14 +1088,14 @@ def remove_sysv_ipc():
             continue
 
 
-def fresh_spare(zygote, command=b"S", between=None):
+def fresh_spare(zygote, command=b"S", between=None, warm_timeout_s=SPARE_WARM_TIMEOUT_S):
     """A new warm spare, or why there is none (the container is then recycled)."""
     try:
         spare = Spare(zygote, command, between)
     except ZygoteLost as lost:
         return None, str(lost)
     # Ready means warm: the next run must not pay for the warm-up.
-    if not spare.wait_warm(SPARE_WARM_TIMEOUT_S):
+    if not spare.wait_warm(warm_timeout_s):
         return None, "the new spare did not warm up"
     return spare, None
 
