@@ -194,15 +194,33 @@ impl Limits {
 /// and counted as `cancelled`. One span per call carries its id, servers,
 /// status and duration.
 pub async fn call(service: &Service, request: &CallRequest) -> RunReport {
+    call_with_tail(service, request, None).await
+}
+
+/// Where a call keeps the last line of its output up to date while it runs
+/// (for progress notifications to a client that asked for them).
+pub type OutputTail = tokio::sync::watch::Sender<String>;
+
+/// [`call`], keeping `tail` up to date with the last line of output.
+pub async fn call_with_tail(
+    service: &Service,
+    request: &CallRequest,
+    tail: Option<&OutputTail>,
+) -> RunReport {
     let observer = CallObserver::new(request);
-    let report = unobserved(service, request, &observer.run_id)
+    let report = unobserved(service, request, &observer.run_id, tail)
         .instrument(observer.span.clone())
         .await;
     observer.finished(&report);
     report
 }
 
-async fn unobserved(service: &Service, request: &CallRequest, run_id: &str) -> RunReport {
+async fn unobserved(
+    service: &Service,
+    request: &CallRequest,
+    run_id: &str,
+    tail: Option<&OutputTail>,
+) -> RunReport {
     let limits = Limits::from(service.config());
     let timeout = match limits.validate(request, service.proxy().names()) {
         Ok(timeout) => timeout,
@@ -223,7 +241,7 @@ async fn unobserved(service: &Service, request: &CallRequest, run_id: &str) -> R
     };
     let tools = tools.as_ref().map(|tools| tools as &dyn ToolCalls);
     let input = limits.input(&request.code, &request.files);
-    let mut report = run_on(pool, &limits, &input, timeout, tools).await;
+    let mut report = run_on(pool, &limits, &input, timeout, tools, tail).await;
     report.keep_files(service.artifacts(), run_id);
     report
 }
@@ -235,6 +253,7 @@ async fn run_on(
     input: &RunInput<'_>,
     timeout: Duration,
     tools: Option<&dyn ToolCalls>,
+    tail: Option<&OutputTail>,
 ) -> RunReport {
     let waiting = Instant::now();
     let acquired = pool.acquire().await;
@@ -244,6 +263,7 @@ async fn run_on(
         Err(error) => return RunReport::rejected(RunStatus::Error, error.to_string()),
     };
     let mut output = CapturedOutput::default();
+    output.tail = tail.cloned();
     let started = Instant::now();
     let result = lease
         .sandbox()

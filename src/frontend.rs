@@ -22,8 +22,8 @@ use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
     CallToolResult, ContentBlock, Implementation, ListResourcesResult, PaginatedRequestParams,
-    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource,
-    ResourceContents, ServerCapabilities, ServerConfig,
+    ProgressNotificationParam, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult,
+    Resource, ResourceContents, ServerCapabilities, ServerConfig,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler, schemars, tool, tool_handler, tool_router};
@@ -74,6 +74,9 @@ impl From<FileArg> for FileContent {
 /// The manual of the sandbox's `mcp` API, with the configured servers.
 pub const CAPABILITIES_URI: &str = "resource://mcp-code-exec/capabilities";
 const MANUAL: &str = include_str!("sandbox/manual.md");
+/// How often a run reports progress to a client that sent a progress token
+/// (clients that reset their timeout on progress can then wait for long runs).
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(4);
 /// How much of the tool description may go to server names.
 const SERVER_NAMES_BUDGET: usize = 300;
 
@@ -133,13 +136,34 @@ impl CodeExecServer {
                 })
                 .collect(),
         };
-        tokio::select! {
-            report = call::call(&self.service, &request) => {
-                Ok(tool_result(&report, self.output_mode))
-            }
-            // Dropping the run destroys its sandbox: nothing of it lingers.
-            _ = context.ct.cancelled() => {
-                Err(ErrorData::internal_error("run cancelled by the client", None))
+        let progress = context.meta.get_progress_token();
+        let (tail, last_line) = tokio::sync::watch::channel(String::new());
+        let run =
+            call::call_with_tail(&self.service, &request, progress.is_some().then_some(&tail));
+        tokio::pin!(run);
+        let started = tokio::time::Instant::now();
+        let mut ticker = tokio::time::interval_at(started + PROGRESS_EVERY, PROGRESS_EVERY);
+        let total = request
+            .timeout_secs
+            .unwrap_or(self.service.config().default_timeout.as_secs_f64());
+        loop {
+            tokio::select! {
+                report = &mut run => return Ok(tool_result(&report, self.output_mode)),
+                // Dropping the run destroys its sandbox: nothing of it lingers.
+                _ = context.ct.cancelled() => {
+                    return Err(ErrorData::internal_error("run cancelled by the client", None));
+                }
+                _ = ticker.tick(), if progress.is_some() => {
+                    let token = progress.clone().expect("ticks only with a token");
+                    let mut note = ProgressNotificationParam::new(token, started.elapsed().as_secs_f64())
+                        .with_total(total);
+                    let line = last_line.borrow().clone();
+                    if !line.is_empty() {
+                        note = note.with_message(line);
+                    }
+                    // A client gone deaf is its own problem; the run goes on.
+                    let _ = context.peer.notify_progress(note).await;
+                }
             }
         }
     }

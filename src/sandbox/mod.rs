@@ -127,6 +127,28 @@ pub struct CapturedOutput {
     /// Files from `/workspace/out`: path (relative to it) and bytes.
     pub files: Vec<(String, Bytes)>,
     files_bytes: u64,
+    /// Kept up to date with the last line of output, when someone watches.
+    pub tail: Option<tokio::sync::watch::Sender<String>>,
+}
+
+/// How much of the last line a watcher gets.
+const TAIL_CHARS: usize = 200;
+
+impl CapturedOutput {
+    fn note_tail(&self, chunk: &[u8]) {
+        let Some(tail) = &self.tail else {
+            return;
+        };
+        let text = String::from_utf8_lossy(chunk);
+        if let Some(line) = text
+            .trim_end()
+            .rsplit('\n')
+            .next()
+            .filter(|l| !l.is_empty())
+        {
+            tail.send_replace(line.chars().take(TAIL_CHARS).collect());
+        }
+    }
 }
 
 impl CapturedOutput {
@@ -307,8 +329,14 @@ impl Sandbox {
                 Event::Frame(frame) => frame?,
             };
             match frame.kind {
-                AgentFrameKind::Stdout => output.stdout.push(&frame.payload, cap),
-                AgentFrameKind::Stderr => output.stderr.push(&frame.payload, cap),
+                AgentFrameKind::Stdout => {
+                    output.note_tail(&frame.payload);
+                    output.stdout.push(&frame.payload, cap);
+                }
+                AgentFrameKind::Stderr => {
+                    output.note_tail(&frame.payload);
+                    output.stderr.push(&frame.payload, cap);
+                }
                 AgentFrameKind::Image => output.push_image(frame.payload, input.display)?,
                 AgentFrameKind::File => output.push_file(&frame.payload, input.files_out)?,
                 // Without servers, nothing in the sandbox is wired to call: a

@@ -113,8 +113,30 @@ async def main(binary):
             check([r.content[0].text for r in results] == [f"{i}\n" for i in range(5)], "concurrent calls queue and succeed", results)
 
             await proxy_checks(session, tool)
+            await progress_checks(session)
 
     print("all e2e checks passed")
+
+
+async def progress_checks(session):
+    """A client that sends a progress token hears from a long run at least
+    every 5 s (elapsed seconds, the timeout, the last line), and nothing after.
+    (Without a token the server sends none: `frontend.rs` ticks only with one.)"""
+    heard = []
+
+    async def on_progress(progress, total, message):
+        heard.append((progress, total, message))
+
+    code = "import time\nfor i in range(12):\n    print('tick', i, flush=True)\n    time.sleep(1)\nprint('done')"
+    result = await session.call_tool("run_python", {"code": code, "timeout": 30}, progress_callback=on_progress)
+    check(result.structuredContent["status"] == "success", "a 12 s run succeeds", result.structuredContent)
+    check(len(heard) >= 2, "progress at least every 5 s during a 12 s run", heard)
+    check([p for p, _, _ in heard] == sorted(p for p, _, _ in heard) and heard[0][0] >= 3, "progress is seconds elapsed", heard)
+    check(all(total == 30 for _, total, _ in heard), "total is the timeout", heard)
+    check(all(message and message.startswith("tick") for _, _, message in heard), "message is the last line", heard)
+    count = len(heard)
+    await asyncio.sleep(5)
+    check(len(heard) == count, "no progress after the result", heard)
 
 
 async def proxy_checks(session, tool):
