@@ -16,8 +16,11 @@
 #    packages through debootstrap and `docker import`.
 # 3. With --bare, also mcp-code-exec-sandbox:trixie: Python alone, from Debian
 #    packages, for the tests that prove nothing assumes the scientific stack.
+# 4. With --verify-recipe, also build the offline recipe anew into a scratch
+#    tag, check that the scientific stack imports in it, and remove it (CI
+#    runs this: the default image may already exist on the machine).
 #
-# Usage: scripts/setup-engine.sh [--bare]
+# Usage: scripts/setup-engine.sh [--bare] [--verify-recipe]
 set -euo pipefail
 
 DATA_IMAGE=mcp-code-exec-sandbox:data
@@ -122,8 +125,20 @@ ensure_bare_image() {
     image_present "$BARE_IMAGE" || build_from_debian "$BARE_IMAGE" python3
 }
 
+verify_recipe() {
+    local scratch=mcp-code-exec-sandbox:recipe-check
+    build_from_debian "$scratch" "$DATA_PACKAGES"
+    docker run --rm --network none --user 65534:65534 -e HOME=/tmp "$scratch" \
+        python3 -c 'import numpy, pandas, scipy, PIL, matplotlib.pyplot; print("recipe ok:", numpy.__version__, pandas.__version__)' >&2
+    docker rmi "$scratch" >/dev/null
+}
+
 start_engine
 ensure_data_image
-if [ "${1:-}" = --bare ]; then
-    ensure_bare_image
-fi
+for option in "$@"; do
+    case "$option" in
+        --bare) ensure_bare_image ;;
+        --verify-recipe) verify_recipe ;;
+        *) log "unknown option $option (usage: scripts/setup-engine.sh [--bare] [--verify-recipe])"; exit 2 ;;
+    esac
+done
