@@ -155,6 +155,11 @@ impl ArtifactStore {
         }
     }
 
+    /// Whether `uri` is kept (without marking it used).
+    pub fn contains(&self, uri: &str) -> bool {
+        self.lock().entries.contains_key(uri)
+    }
+
     /// The live artifacts, newest first.
     pub fn list(&self) -> Vec<Artifact> {
         self.list_at(Instant::now())

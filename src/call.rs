@@ -381,6 +381,19 @@ impl RunReport {
                 file.inline = file.text.is_some();
             }
         }
+        // Later files (this run's, or a concurrent run's) may have evicted earlier ones.
+        for file in &mut self.files {
+            if file.uri.as_deref().is_some_and(|uri| !store.contains(uri)) {
+                file.uri = None;
+                file.inline = false;
+                file.text = None;
+                self.notes.push(format!(
+                    "out/{} was evicted by newer files before this result was sent \
+                     (MCP_BRIDGE_ARTIFACT_BYTES): not kept",
+                    file.path
+                ));
+            }
+        }
         for path in refused {
             self.notes.push(format!(
                 "out/{path} is larger than the whole artifact store (MCP_BRIDGE_ARTIFACT_BYTES): \
@@ -664,6 +677,33 @@ mod tests {
             )
             .unwrap_err();
         assert!(error.contains("base64"), "{error}");
+    }
+
+    #[test]
+    fn every_file_link_is_readable_or_explained() {
+        let store = ArtifactStore::new(Duration::from_secs(60), 3000);
+        let mut report = RunReport {
+            files: ["a.bin", "b.bin", "small.txt", "huge.bin"]
+                .iter()
+                .zip([1200, 1200, 5, 9000])
+                .map(|(path, size)| OutputFile::new((*path).into(), vec![b'x'; size].into()))
+                .collect(),
+            ..RunReport::rejected(RunStatus::Success, "x")
+        };
+        report.keep_files(&store, "1-1");
+        let kept: Vec<_> = report.files.iter().map(|f| f.uri.is_some()).collect();
+        assert_eq!(kept, [false, true, true, false], "{:?}", report.notes);
+        assert!(report.files[2].inline && report.files[2].text.as_deref() == Some("xxxxx"));
+        assert!(
+            report
+                .files
+                .iter()
+                .filter_map(|f| f.uri.as_deref())
+                .all(|uri| store.contains(uri))
+        );
+        assert_eq!(report.notes.len(), 2, "{:?}", report.notes);
+        assert!(report.notes[0].contains("out/a.bin was evicted"));
+        assert!(report.notes[1].contains("out/huge.bin is larger than the whole artifact store"));
     }
 
     #[test]
