@@ -136,10 +136,18 @@ impl CodeExecServer {
                 })
                 .collect(),
         };
-        let progress = context.meta.get_progress_token();
+        let Some(token) = context.meta.get_progress_token() else {
+            // The usual case: no timer, no channel.
+            return tokio::select! {
+                report = call::call(&self.service, &request) => {
+                    Ok(tool_result(&report, self.output_mode))
+                }
+                // Dropping the run destroys its sandbox: nothing of it lingers.
+                _ = context.ct.cancelled() => Err(cancelled()),
+            };
+        };
         let (tail, last_line) = tokio::sync::watch::channel(String::new());
-        let run =
-            call::call_with_tail(&self.service, &request, progress.is_some().then_some(&tail));
+        let run = call::call_with_tail(&self.service, &request, Some(&tail));
         tokio::pin!(run);
         let started = tokio::time::Instant::now();
         let mut ticker = tokio::time::interval_at(started + PROGRESS_EVERY, PROGRESS_EVERY);
@@ -149,13 +157,10 @@ impl CodeExecServer {
         loop {
             tokio::select! {
                 report = &mut run => return Ok(tool_result(&report, self.output_mode)),
-                // Dropping the run destroys its sandbox: nothing of it lingers.
-                _ = context.ct.cancelled() => {
-                    return Err(ErrorData::internal_error("run cancelled by the client", None));
-                }
-                _ = ticker.tick(), if progress.is_some() => {
-                    let token = progress.clone().expect("ticks only with a token");
-                    let mut note = ProgressNotificationParam::new(token, started.elapsed().as_secs_f64())
+                _ = context.ct.cancelled() => return Err(cancelled()),
+                _ = ticker.tick() => {
+                    let elapsed = started.elapsed().as_secs_f64();
+                    let mut note = ProgressNotificationParam::new(token.clone(), elapsed)
                         .with_total(total);
                     let line = last_line.borrow().clone();
                     if !line.is_empty() {
@@ -167,6 +172,10 @@ impl CodeExecServer {
             }
         }
     }
+}
+
+fn cancelled() -> ErrorData {
+    ErrorData::internal_error("run cancelled by the client", None)
 }
 
 #[tool_handler(router = self.tool_router)]
