@@ -22,6 +22,11 @@ for path in ('/tmp/leak', '/workspace/leak', '/dev/shm/leak'):
     open(path, 'w').write('x')
 os.makedirs('/tmp/locked/inner')
 os.chmod('/tmp/locked', 0)
+os.makedirs('/workspace/out', exist_ok=True)
+open('/workspace/out/leak.txt', 'w').write('x')
+os.makedirs('/run/code/images', exist_ok=True)
+open('/run/code/images/9999.png', 'w').write('x')
+open('/run/code/leak.py', 'w').write('x')
 builtins.LEAK = 1
 json.LEAK = 1
 os.environ['LEAK'] = '1'
@@ -34,8 +39,13 @@ if os.fork() == 0:          # a double-forked daemon that prints late
         open('/tmp/late', 'w').write('x')
         os._exit(0)
     os._exit(0)
-shmid = ctypes.CDLL(None).shmget(0x5EED, 4096, 0o1600)
-assert shmid >= 0, 'shmget failed'
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.shmget(0x5EED, 4096, 0o1600) >= 0, 'shmget failed'
+assert libc.semget(0x5EEE, 1, 0o1600) >= 0, 'semget failed'
+assert libc.msgget(0x5EEF, 0o1600) >= 0, 'msgget failed'
+librt = ctypes.CDLL('librt.so.1', use_errno=True)
+assert librt.mq_open(b'/leak', os.O_CREAT | os.O_RDWR, 0o600, None) >= 0, 'mq_open failed'
+assert os.listdir('/dev/mqueue') == ['leak'], os.listdir('/dev/mqueue')
 "#;
         let planted = run_on(&service, &format!("{plant}\n{AGENT_START}"), Some(10.0));
         assert_eq!(planted.status, RunStatus::Success, "{planted:#?}");
@@ -43,18 +53,22 @@ assert shmid >= 0, 'shmget failed'
 
         let look = r#"
 import builtins, json, os
-print(os.listdir('/tmp'), os.listdir('/workspace'), os.listdir('/dev/shm'))
-print(hasattr(builtins, 'LEAK'), hasattr(json, 'LEAK'), 'LEAK' in os.environ)
-print([p for p in os.listdir('/proc') if p.isdigit() and p not in ('1', str(os.getppid()), str(os.getpid()))])  # agent, zygote, us
-print(len(open('/proc/sysvipc/shm').read().splitlines()) - 1)
+ipc = {t: len(open(f'/proc/sysvipc/{t}').read().splitlines()) - 1 for t in ('shm', 'sem', 'msg')}
+others = [p for p in os.listdir('/proc') if p.isdigit() and p not in ('1', str(os.getppid()), str(os.getpid()))]
+print(json.dumps({
+    'files': [sorted(os.listdir(d)) for d in ('/tmp', '/workspace', '/dev/shm', '/dev/mqueue', '/run/code')],
+    'leaks': [hasattr(builtins, 'LEAK'), hasattr(json, 'LEAK'), 'LEAK' in os.environ],
+    'processes': others,  # besides the agent, the zygote and us
+    'ipc': ipc,
+}, sort_keys=True))
 "#;
         let seen = run_on(&service, &format!("{look}\n{AGENT_START}"), Some(10.0));
         assert_eq!(seen.status, RunStatus::Success, "{seen:#?}");
-        let (state, agent) = seen
-            .stdout
-            .rsplit_once("]\n0\n")
-            .expect("four lines then the agent start");
-        assert_eq!(state, "[] [] []\nFalse False False\n[");
+        let (state, agent) = seen.stdout.split_once('\n').expect("the state, then the agent start");
+        assert_eq!(
+            state,
+            r#"{"files": [[], [], [], [], ["main.py"]], "ipc": {"msg": 0, "sem": 0, "shm": 0}, "leaks": [false, false, false], "processes": []}"#
+        );
         assert_eq!(agent, planted.stdout, "both runs used the same container");
         assert!(!seen.stdout.contains("LATE"));
     }
