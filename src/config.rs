@@ -31,6 +31,9 @@ pub enum OutputMode {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub engine: EngineKind,
+    /// The OCI runtime sandboxes run under (`runsc` for gVisor); `None`:
+    /// the engine's default.
+    pub oci_runtime: Option<String>,
     pub image: String,
     /// Modules imported once before any run (`MCP_BRIDGE_PRELOAD`).
     pub preload: Vec<String>,
@@ -85,6 +88,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             engine: EngineKind::Auto,
+            oci_runtime: None,
             image: DEFAULT_IMAGE.into(),
             preload: DEFAULT_PRELOAD.iter().map(|&m| m.to_owned()).collect(),
             container_user: "65534:65534".into(),
@@ -173,6 +177,16 @@ impl Config {
             "docker" => Ok(EngineKind::Docker),
             "podman" => Ok(EngineKind::Podman),
             _ => Err("one of auto, docker, podman".into()),
+        })?;
+        self.oci_runtime = vars.parse("MCP_BRIDGE_OCI_RUNTIME", None, |v| {
+            let name = v
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+            if name {
+                Ok(Some(v.to_owned()))
+            } else {
+                Err("the name of an OCI runtime registered with the engine, like runsc".into())
+            }
         })?;
         self.image = vars.string("MCP_BRIDGE_IMAGE", std::mem::take(&mut self.image));
         let preload = std::mem::take(&mut self.preload);

@@ -155,7 +155,10 @@ pub enum StartCause {
 impl StartCause {
     pub fn of_engine(error: &EngineError) -> Self {
         match error {
-            EngineError::Unreachable { .. } => Self::EngineUnreachable,
+            EngineError::Unreachable { .. } | EngineError::NoPodmanSocket { .. } => {
+                Self::EngineUnreachable
+            }
+            EngineError::UnknownRuntime { .. } => Self::EngineRefused,
             EngineError::NoImage { .. } | EngineError::ImageMissing { .. } => Self::ImageMissing,
             EngineError::Engine { .. } => Self::EngineRefused,
         }

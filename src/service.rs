@@ -119,6 +119,9 @@ impl Service {
                 let config = &self.config;
                 let engine = Engine::connect(config.engine).await?;
                 let description = engine.describe().await.unwrap_or_else(|e| e.to_string());
+                if let Some(runtime) = &config.oci_runtime {
+                    engine.check_runtime(runtime).await?;
+                }
                 let image = engine.resolve_image(&config.image).await?;
                 tracing::info!(
                     endpoint = engine.endpoint(),

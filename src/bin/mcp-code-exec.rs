@@ -235,8 +235,29 @@ async fn doctor(mut config: Config) -> ExitCode {
         Ok(engine) => engine,
         Err(error) => return fail("container engine", error),
     };
-    let description = engine.describe().await.unwrap_or_else(|e| e.to_string());
-    println!("ok    engine: {description} at {}", engine.endpoint());
+    let facts = match engine.facts().await {
+        Ok(facts) => facts,
+        Err(error) => return fail("container engine", error),
+    };
+    println!(
+        "ok    engine: {} at {}",
+        facts.description,
+        engine.endpoint()
+    );
+    if let Some(runtime) = &config.oci_runtime {
+        if let Err(error) = engine.check_runtime(runtime).await {
+            return fail("OCI runtime", error);
+        }
+    }
+    println!(
+        "ok    OCI runtime: {} (engine's runtimes: {}); rootless: {}",
+        config
+            .oci_runtime
+            .as_deref()
+            .unwrap_or(&facts.default_runtime),
+        facts.runtimes.join(", "),
+        if facts.rootless { "yes" } else { "no" }
+    );
     let image = match engine.resolve_image(&config.image).await {
         Ok(image) => image,
         Err(error) => return fail("image", error),

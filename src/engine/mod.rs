@@ -93,6 +93,34 @@ pub enum EngineError {
         #[source]
         source: BollardError,
     },
+    /// `MCP_BRIDGE_RUNTIME=podman` and no Podman socket exists: Docker's
+    /// socket is never used in its place.
+    #[error(
+        "MCP_BRIDGE_RUNTIME=podman, but no Podman socket exists (tried {tried}). Start Podman's \
+         API service (`podman system service --time=0 unix:///run/podman/podman.sock`), or \
+         point DOCKER_HOST at it"
+    )]
+    NoPodmanSocket { tried: String },
+    #[error(
+        "MCP_BRIDGE_OCI_RUNTIME={wanted} is not a runtime of this engine; it has: {}",
+        .available.join(", ")
+    )]
+    UnknownRuntime {
+        wanted: String,
+        available: Vec<String>,
+    },
+}
+
+/// What `doctor` and the log say about the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineFacts {
+    /// Product, version and API version.
+    pub description: String,
+    /// The OCI runtime containers get unless told otherwise (`runc`, `crun`, …).
+    pub default_runtime: String,
+    /// Every OCI runtime registered with the engine.
+    pub runtimes: Vec<String>,
+    pub rootless: bool,
 }
 
 /// Whether creating a container failed because its image is missing: the
@@ -254,7 +282,7 @@ impl Engine {
     pub async fn connect(kind: EngineKind) -> Result<Self, EngineError> {
         let (endpoint, connected) = match kind {
             EngineKind::Docker => docker_endpoint(),
-            EngineKind::Podman => podman_endpoint(),
+            EngineKind::Podman => podman_endpoint()?,
             EngineKind::Auto => {
                 let (endpoint, connected) = docker_endpoint();
                 let answered = match connected {
@@ -267,7 +295,7 @@ impl Engine {
                     Err(error) if std::env::var_os("DOCKER_HOST").is_some() => {
                         (endpoint, Err(error))
                     }
-                    Err(_) => podman_endpoint(),
+                    Err(error) => podman_endpoint().unwrap_or((endpoint, Err(error))),
                 }
             }
         };
@@ -338,6 +366,43 @@ impl Engine {
             version.version.unwrap_or_default(),
             version.api_version.unwrap_or_default()
         ))
+    }
+
+    /// The engine, its default OCI runtime, the runtimes it has, and
+    /// whether it runs rootless.
+    pub async fn facts(&self) -> Result<EngineFacts, EngineError> {
+        let description = self.describe().await?;
+        let info = self
+            .docker
+            .info()
+            .await
+            .map_err(self.failed("reading the engine's information"))?;
+        let mut runtimes: Vec<String> = info.runtimes.unwrap_or_default().into_keys().collect();
+        runtimes.sort();
+        let rootless = info
+            .security_options
+            .unwrap_or_default()
+            .iter()
+            .any(|option| option.contains("rootless"));
+        Ok(EngineFacts {
+            description,
+            default_runtime: info.default_runtime.unwrap_or_else(|| "runc".into()),
+            runtimes,
+            rootless,
+        })
+    }
+
+    /// `wanted` (from `MCP_BRIDGE_OCI_RUNTIME`) is a runtime of this engine.
+    pub async fn check_runtime(&self, wanted: &str) -> Result<(), EngineError> {
+        let facts = self.facts().await?;
+        if facts.runtimes.iter().any(|runtime| runtime == wanted) {
+            Ok(())
+        } else {
+            Err(EngineError::UnknownRuntime {
+                wanted: wanted.to_owned(),
+                available: facts.runtimes,
+            })
+        }
     }
 
     /// The image to run: `wanted`, if present or pullable; never another one.
@@ -559,11 +624,45 @@ fn docker_endpoint() -> (String, Result<Docker, BollardError>) {
     }
 }
 
-fn podman_endpoint() -> (String, Result<Docker, BollardError>) {
-    (
-        "the Podman sockets".into(),
-        Docker::connect_with_podman_defaults(),
-    )
+/// Where Podman's API socket lives: rootless under the user's runtime
+/// directory, rootful under /run.
+fn podman_sockets() -> Vec<std::path::PathBuf> {
+    let mut candidates = Vec::new();
+    if let Some(runtime_dir) = std::env::var_os("XDG_RUNTIME_DIR") {
+        candidates.push(std::path::Path::new(&runtime_dir).join("podman/podman.sock"));
+    }
+    candidates.push("/run/podman/podman.sock".into());
+    candidates.push("/var/run/podman/podman.sock".into());
+    candidates
+}
+
+/// The first candidate that exists.
+fn first_existing(
+    candidates: &[std::path::PathBuf],
+    exists: impl Fn(&std::path::Path) -> bool,
+) -> Option<&std::path::PathBuf> {
+    candidates.iter().find(|path| exists(path))
+}
+
+/// Podman only: `DOCKER_HOST` when set, else the first Podman socket that
+/// exists, else an error naming the paths tried (never Docker's socket,
+/// which the client library's Podman defaults fall back to).
+fn podman_endpoint() -> Result<(String, Result<Docker, BollardError>), EngineError> {
+    if std::env::var_os("DOCKER_HOST").is_some() {
+        return Ok(docker_endpoint());
+    }
+    let candidates = podman_sockets();
+    let Some(socket) = first_existing(&candidates, std::path::Path::exists) else {
+        let tried: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+        return Err(EngineError::NoPodmanSocket {
+            tried: tried.join(", "),
+        });
+    };
+    let path = socket.display().to_string();
+    Ok((
+        format!("unix://{path}"),
+        Docker::connect_with_unix(&path, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION),
+    ))
 }
 
 /// `name:tag` split at the last colon that is not part of a registry port.
@@ -578,6 +677,25 @@ fn split_image_tag(image: &str) -> (&str, &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn podman_means_a_podman_socket_never_dockers() {
+        let candidates = vec![
+            "/run/user/1000/podman/podman.sock".into(),
+            "/run/podman/podman.sock".into(),
+        ];
+        let rootful = std::path::PathBuf::from("/run/podman/podman.sock");
+        assert_eq!(
+            first_existing(&candidates, |p| p == rootful.as_path()),
+            Some(&rootful)
+        );
+        assert_eq!(first_existing(&candidates, |_| false), None);
+        assert!(
+            podman_sockets()
+                .iter()
+                .all(|path| !path.ends_with("docker.sock"))
+        );
+    }
 
     #[test]
     fn only_a_404_on_create_means_the_image_is_missing() {

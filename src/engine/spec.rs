@@ -105,6 +105,9 @@ fn container_body(
         ])),
         shm_size: Some(SHM_BYTES),
         ipc_mode: Some("private".into()),
+        // gVisor (`runsc`) or any runtime registered with the engine; the
+        // engine's default when unset.
+        runtime: config.oci_runtime.clone(),
         // If this process dies, the agent sees stdin close, exits, and the
         // engine removes the container: no orphans even after a crash.
         auto_remove: Some(true),

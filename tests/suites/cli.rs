@@ -34,7 +34,31 @@ engine_test! {
             text.contains("ok    engine:") && text.contains("ok    run: print(6*7)"),
             "{text}"
         );
+        assert!(
+            text.contains("ok    OCI runtime: runc (engine's runtimes: ")
+                && text.contains("; rootless: no"),
+            "{text}"
+        );
         assert!(text.ends_with("all checks passed\n"), "{text}");
+
+        // Asking for Podman gets Podman, or a clear no: never Docker's socket.
+        let podman = mcp_code_exec(&["doctor"], "", &[("MCP_BRIDGE_RUNTIME", "podman")]);
+        let text = String::from_utf8_lossy(&podman.stdout);
+        assert_eq!(podman.status.code(), Some(1), "{text}");
+        assert!(
+            text.contains("FAIL  container engine: MCP_BRIDGE_RUNTIME=podman, but no Podman socket")
+                && !text.contains("ok    engine"),
+            "{text}"
+        );
+
+        let unknown = mcp_code_exec(&["doctor"], "", &[("MCP_BRIDGE_OCI_RUNTIME", "nosuch")]);
+        let text = String::from_utf8_lossy(&unknown.stdout);
+        assert_eq!(unknown.status.code(), Some(1), "{text}");
+        assert!(
+            text.contains("FAIL  OCI runtime: MCP_BRIDGE_OCI_RUNTIME=nosuch is not a runtime")
+                && text.contains("runc"),
+            "{text}"
+        );
 
         let broken = mcp_code_exec(
             &["doctor"],
