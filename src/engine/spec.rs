@@ -209,5 +209,18 @@ mod tests {
                 .contains(&"OPENBLAS_NUM_THREADS=2".to_owned()),
             "1.5 CPUs: native thread pools of 2"
         );
+        assert_eq!(
+            host.runtime, None,
+            "the engine's default runtime unless asked"
+        );
+        let gvisor = Config {
+            oci_runtime: Some("runsc".into()),
+            ..Config::default()
+        };
+        let body_gvisor = container_body(&gvisor, "img:tag", "host:1:2", vec![]);
+        assert_eq!(
+            body_gvisor.host_config.unwrap().runtime.as_deref(),
+            Some("runsc")
+        );
     }
 }
