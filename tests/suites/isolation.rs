@@ -116,11 +116,16 @@ except OSError as e:
     print('network: unreachable')
 print(sorted(i for _, i in socket.if_nameindex()))
 print(open('/proc/self/status').read().split('CapEff:')[1].split()[0])
+# The kernel keyring is shared by every sandbox's uid: the engine's seccomp
+# profile must refuse it (add_key, keyctl on x86_64).
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+print('keyring:', [libc.syscall(nr, *args) for nr, args in ((248, (b'user', b'leak', b'x', 1, -4)), (250, (0, -4, 0, 0, 0)))])
 "#;
         let report = SERVICE.run(code);
         assert_eq!(
             report.stdout,
-            "65534 65534 /workspace /workspace\nroot fs: Read-only file system\nnetwork: unreachable\n['lo']\n0000000000000000\n",
+            "65534 65534 /workspace /workspace\nroot fs: Read-only file system\nnetwork: unreachable\n['lo']\n0000000000000000\nkeyring: [-1, -1]\n",
             "{report:#?}"
         );
     }
