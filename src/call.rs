@@ -208,7 +208,7 @@ pub async fn call_with_tail(
     tail: Option<&OutputTail>,
 ) -> RunReport {
     let observer = CallObserver::new(request);
-    let report = unobserved(service, request, &observer.run_id, tail)
+    let report = unobserved(service, request, observer.id, tail)
         .instrument(observer.span.clone())
         .await;
     observer.finished(&report);
@@ -218,7 +218,7 @@ pub async fn call_with_tail(
 async fn unobserved(
     service: &Service,
     request: &CallRequest,
-    run_id: &str,
+    call_id: u64,
     tail: Option<&OutputTail>,
 ) -> RunReport {
     let limits = Limits::from(service.config());
@@ -242,7 +242,11 @@ async fn unobserved(
     let tools = tools.as_ref().map(|tools| tools as &dyn ToolCalls);
     let input = limits.input(&request.code, &request.files);
     let mut report = run_on(pool, &limits, &input, timeout, tools, tail).await;
-    report.keep_files(service.artifacts(), run_id);
+    if !report.files.is_empty() {
+        // The process id keeps URIs of a restarted server apart.
+        let run_id = format!("{}-{call_id}", std::process::id());
+        report.keep_files(service.artifacts(), &run_id);
+    }
     report
 }
 
@@ -408,8 +412,8 @@ impl RunReport {
 /// cancelled), as `cancelled` from `Drop`.
 struct CallObserver {
     span: tracing::Span,
-    /// Names the call's artifacts (`artifact://<run_id>/<path>`).
-    run_id: String,
+    /// Names the call's artifacts (`artifact://<pid>-<id>/<path>`).
+    id: u64,
     started: Instant,
     finished: bool,
 }
@@ -427,8 +431,7 @@ impl CallObserver {
         );
         Self {
             span,
-            // The process id keeps URIs of a restarted server apart.
-            run_id: format!("{}-{id}", std::process::id()),
+            id,
             started: Instant::now(),
             finished: false,
         }
@@ -662,6 +665,17 @@ mod tests {
         };
         let error = l.validate(&both, &[]).unwrap_err();
         assert!(error.contains("\"data\" is also a folder"), "{error}");
+        let many = CallRequest {
+            files: (0..=MAX_INPUT_FILES)
+                .map(|i| InputFile {
+                    path: format!("f{i}"),
+                    content: text(""),
+                })
+                .collect(),
+            ..request("print(1)", None)
+        };
+        let error = l.validate(&many, &[]).unwrap_err();
+        assert!(error.contains("at most 256"), "{error}");
         let error = l.validate(&with("a", text("12345")), &[]).unwrap_err();
         assert!(
             error.contains("MCP_BRIDGE_MAX_INPUT_FILES_BYTES"),

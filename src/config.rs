@@ -285,27 +285,25 @@ impl Config {
                     .ok_or_else(|| format!("a size from {range}, like 512k or 8m"))
             }
         };
-        let count = |high: u32| {
+        let count = |low: u32, high: u32| {
             move |v: &str| {
                 v.parse::<u32>()
                     .ok()
-                    .filter(|n| *n <= high)
-                    .ok_or_else(|| format!("a whole number from 0 to {high}"))
+                    .filter(|n| (low..=high).contains(n))
+                    .ok_or_else(|| format!("a whole number from {low} to {high}"))
             }
         };
-        self.max_image_pixels =
-            vars.parse("MCP_BRIDGE_MAX_IMAGE_PIXELS", self.max_image_pixels, |v| {
-                v.parse::<u32>()
-                    .ok()
-                    .filter(|n| (16..=8192).contains(n))
-                    .ok_or_else(|| "a number of pixels from 16 to 8192".into())
-            })?;
+        self.max_image_pixels = vars.parse(
+            "MCP_BRIDGE_MAX_IMAGE_PIXELS",
+            self.max_image_pixels,
+            count(16, 8192),
+        )?;
         self.max_image_bytes = vars.parse(
             "MCP_BRIDGE_MAX_IMAGE_BYTES",
             self.max_image_bytes,
             size(1024, 8 * MIB, "1k to 8m"),
         )?;
-        self.max_images = vars.parse("MCP_BRIDGE_MAX_IMAGES", self.max_images, count(64))?;
+        self.max_images = vars.parse("MCP_BRIDGE_MAX_IMAGES", self.max_images, count(0, 64))?;
         self.max_input_files_bytes = vars.parse(
             "MCP_BRIDGE_MAX_INPUT_FILES_BYTES",
             self.max_input_files_bytes,
@@ -318,7 +316,7 @@ impl Config {
         self.max_output_files = vars.parse(
             "MCP_BRIDGE_MAX_OUTPUT_FILES",
             self.max_output_files,
-            count(1024),
+            count(0, 1024),
         )?;
         self.max_output_files_bytes = vars.parse(
             "MCP_BRIDGE_MAX_OUTPUT_FILES_BYTES",
@@ -585,6 +583,31 @@ mod tests {
             error.to_string().contains("auto, docker, podman"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn result_bounds_are_checked_and_named() {
+        for (name, bad, accepts) in [
+            ("MCP_BRIDGE_MAX_IMAGE_PIXELS", "8", "from 16 to 8192"),
+            ("MCP_BRIDGE_MAX_IMAGES", "65", "from 0 to 64"),
+            ("MCP_BRIDGE_MAX_IMAGE_BYTES", "9m", "from 1k to 8m"),
+            ("MCP_BRIDGE_MAX_INPUT_FILES_BYTES", "13m", "16 MiB message"),
+            ("MCP_BRIDGE_MAX_OUTPUT_FILES", "-1", "from 0 to 1024"),
+            ("MCP_BRIDGE_MAX_OUTPUT_FILES_BYTES", "65m", "from 0 to 64m"),
+            ("MCP_BRIDGE_ARTIFACT_TTL", "soon", "30s"),
+            ("MCP_BRIDGE_PRELOAD", "numpy,,pandas", "numpy,pandas"),
+            ("MCP_BRIDGE_OCI_RUNTIME", "run sc", "runsc"),
+        ] {
+            let error = config(&[(name, bad)]).unwrap_err();
+            assert_eq!(error.name, name);
+            assert!(error.to_string().contains(accepts), "{error}");
+        }
+        let ok = config(&[
+            ("MCP_BRIDGE_PRELOAD", "none"),
+            ("MCP_BRIDGE_MAX_IMAGES", "0"),
+        ])
+        .unwrap();
+        assert!(ok.preload.is_empty() && ok.max_images == 0);
     }
 
     #[test]

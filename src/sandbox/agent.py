@@ -828,9 +828,10 @@ def send_images(bounds, status):
     invalid = 0
     sent = 0
     for data in regular_files(IMAGE_DIR, bounds["max_bytes"], IMAGE_MAX_ENTRIES):
+        longest = max(png_size(data)) if data is not None else 0
         if sent >= bounds["max_images"]:
             dropped += 1
-        elif data is None or max(png_size(data)) == 0 or max(png_size(data)) > bounds["max_pixels"]:
+        elif not 0 < longest <= bounds["max_pixels"]:
             invalid += 1
         else:
             send(ord("I"), data)

@@ -261,3 +261,24 @@ def test_input_files_land_in_the_workspace_only(agent, tmp_path, monkeypatch):
     assert (tmp_path / "x.bin").read_bytes() == b"\x00\x01"
     with pytest.raises(ValueError, match="escapes"):
         agent.write_input_files([{"path": "../escape", "text": "x"}])
+
+
+def test_the_walk_of_out_is_bounded_in_entries_and_depth(agent, tmp_path, monkeypatch):
+    for i in range(5):
+        (tmp_path / f"{i}.txt").write_text("x")
+    deep = tmp_path / "d1" / "d2"
+    deep.mkdir(parents=True)
+    (deep / "deep.txt").write_text("y")
+    monkeypatch.setattr(agent, "OUT_DIR", str(tmp_path))
+    sent = []
+    monkeypatch.setattr(agent, "send", lambda kind, data: sent.append(bytes(data)))
+    monkeypatch.setattr(agent, "OUT_MAX_DEPTH", 1)
+    agent.send_output_files({"max_files": 100, "max_bytes": 1 << 20})
+    assert len(sent) == 5, "d1/d2/deep.txt is deeper than the walk goes"
+    sent.clear()
+    (deep / "deep.txt").unlink()
+    deep.rmdir()
+    (tmp_path / "d1").rmdir()
+    monkeypatch.setattr(agent, "OUT_MAX_ENTRIES", 3)
+    agent.send_output_files({"max_files": 100, "max_bytes": 1 << 20})
+    assert len(sent) == 3, "at most 3 directory entries are looked at"

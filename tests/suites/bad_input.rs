@@ -2,7 +2,8 @@
 //! Every case runs against the real engine and ends with a `print(6*7)`.
 
 use crate::util::{
-    AGENT_START, Shared, assert_next_call_works, block_on, run_on, started_service, test_config,
+    AGENT_START, Shared, assert_next_call_works, block_on, one_sandbox, run_on, started_service,
+    test_config,
 };
 use mcp_code_exec::report::RunStatus;
 
@@ -85,8 +86,7 @@ engine_test! {
     /// the pages 128 interpreters copy can reach the memory limit first:
     /// that run ends as `oom`, see `memory_bomb_is_reported_as_oom`).
     fn fork_bomb_is_contained() {
-        let mut config = test_config();
-        config.pool_max = 1;
+        let mut config = one_sandbox();
         config.memory_bytes = 1 << 30;
         let service = started_service(config);
         let code = r#"
@@ -320,9 +320,7 @@ engine_test! {
         );
         // A stopped zygote cannot serve the next run: the sandbox is replaced
         // (one sandbox only, so the next run shows which container it is in).
-        let mut config = test_config();
-        config.pool_max = 1;
-        let single = started_service(config);
+        let single = started_service(one_sandbox());
         let stop = format!(
             "import os, signal\nos.kill(os.getppid(), signal.SIGSTOP)\n{AGENT_START}"
         );

@@ -4,7 +4,8 @@
 //! A bare image still works. Against the real engine.
 
 use crate::util::{
-    AGENT_START, BARE_IMAGE, Shared, block_on, run_on, server, started_service, test_config,
+    AGENT_START, BARE_IMAGE, Shared, block_on, one_sandbox, run_on, server, started_service,
+    test_config,
 };
 use mcp_code_exec::report::RunStatus;
 
@@ -69,9 +70,7 @@ print(os.environ["OPENBLAS_NUM_THREADS"], float((a @ a)[0, 0]), len(os.listdir("
 
 engine_test! {
     fn a_patched_preloaded_module_is_fresh_in_the_next_run() {
-        let mut config = test_config();
-        config.pool_max = 1;
-        let service = started_service(config);
+        let service = started_service(one_sandbox());
         let patch = format!(
             "import numpy, pandas\nnumpy.sum = None\npandas.DataFrame.sum = None\n{AGENT_START}"
         );
@@ -128,9 +127,7 @@ engine_test! {
     /// numpy's global generator is seeded once per process; every run is a
     /// fork of one zygote that imported it, so each run must reseed it.
     fn random_numbers_differ_between_runs_on_one_container() {
-        let mut config = test_config();
-        config.pool_max = 1;
-        let service = started_service(config);
+        let service = started_service(one_sandbox());
         let draw = format!(
             "import random, numpy as np\nprint(np.random.rand(), np.random.randint(1 << 30), random.random())\n{AGENT_START}"
         );

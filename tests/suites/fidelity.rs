@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::util::{
-    AGENT_START, Shared, block_on, fixture_server, request, run_on, started_service, test_config,
+    AGENT_START, Shared, block_on, fixture_server, one_sandbox, request, run_on, started_service,
     warmed,
 };
 use mcp_code_exec::call::call;
@@ -138,8 +138,7 @@ engine_test! {
     /// same container. The scanning code holds the token's two halves apart, so
     /// it cannot find itself.
     fn nothing_of_a_run_remains_in_the_next_runs_memory() {
-        let mut config = test_config();
-        config.pool_max = 1;
+        let config = one_sandbox();
         let proxy = Proxy::new(vec![fixture_server("fixture")]);
         let service = Service::with_proxy(config, Arc::new(proxy));
         let service = warmed(service);
@@ -203,9 +202,7 @@ engine_test! {
     /// and the zygote (the process runs are forked from, the run's parent): each
     /// change is detected at reset, so the next run sees both as at start.
     fn changes_to_the_agent_or_zygote_do_not_reach_later_runs() {
-        let mut config = test_config();
-        config.pool_max = 1;
-        let service = started_service(config);
+        let service = started_service(one_sandbox());
         let look = r#"
 import ctypes, os, resource
 libc = ctypes.CDLL(None, use_errno=True)
@@ -242,8 +239,7 @@ for pid in (0, 1, os.getppid()):
 engine_test! {
     fn primitive_results_of_fastmcp_tools_are_unwrapped() {
         let proxy = Proxy::new(vec![fixture_server("fixture")]);
-        let mut config = test_config();
-        config.pool_max = 1;
+        let config = one_sandbox();
         let service = warmed(Service::with_proxy(config, Arc::new(proxy)));
         let code = r#"
 pid = await mcp_fixture.pid()

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::util::{
-    AGENT_START, Shared, assert_next_call_works, run_on, started_service, test_config,
+    AGENT_START, Shared, assert_next_call_works, one_sandbox, run_on, started_service,
 };
 use mcp_code_exec::report::RunStatus;
 
@@ -12,9 +12,7 @@ static SERVICE: Shared = Shared::new();
 
 engine_test! {
     fn the_next_run_sees_nothing_of_the_last() {
-        let mut config = test_config();
-        config.pool_max = 1;
-        let service = started_service(config);
+        let service = started_service(one_sandbox());
 
         let plant = r#"
 import builtins, ctypes, json, os, subprocess, sys, time

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use crate::util::forwarder::EngineForwarder;
 use crate::util::server::{Server, free_port, http_get};
 use crate::util::{
-    AGENT_START, block_on, docker, request, run_on, spawn, started_service, test_config, wait_until,
+    AGENT_START, block_on, docker, one_sandbox, request, run_on, spawn, started_service,
+    test_config, wait_until,
 };
 use mcp_code_exec::call::Limits;
 use mcp_code_exec::call::call;
@@ -76,8 +77,7 @@ engine_test! {
 
 engine_test! {
     fn a_full_pool_fails_with_a_clear_error_after_the_wait() {
-        let mut config = test_config();
-        config.pool_max = 1;
+        let mut config = one_sandbox();
         config.pool_wait_timeout = Duration::from_millis(500);
         let service = started_service(config);
         let (slow, queued) = block_on(async {
@@ -102,8 +102,7 @@ engine_test! {
 
 engine_test! {
     fn sandboxes_are_reused_then_recycled_after_max_uses() {
-        let mut config = test_config();
-        config.pool_max = 1;
+        let mut config = one_sandbox();
         config.pool_max_uses = 2;
         let service = started_service(config);
         let starts: Vec<String> = (0..3)
@@ -120,9 +119,7 @@ engine_test! {
 
 engine_test! {
     fn a_timed_out_sandbox_is_replaced() {
-        let mut config = test_config();
-        config.pool_max = 1;
-        let service = started_service(config);
+        let service = started_service(one_sandbox());
         let before = run_on(&service, AGENT_START, None).stdout;
         let timed_out = run_on(&service, "while True: pass", Some(0.5));
         assert_eq!(timed_out.status, RunStatus::Timeout);

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::util::{
-    FIXTURE_SCRIPT, Shared, block_on, everything, fixture_server, python, request, server,
-    test_config, warmed,
+    FIXTURE_SCRIPT, Shared, block_on, everything, fixture_server, one_sandbox, python, request,
+    server, test_config, warmed,
 };
 use mcp_code_exec::call::call;
 use mcp_code_exec::proxy::Proxy;
@@ -252,8 +252,7 @@ engine_test! {
 
 engine_test! {
     fn a_warm_sandbox_serves_any_combination_of_servers() {
-        let mut config = test_config();
-        config.pool_max = 1;
+        let config = one_sandbox();
         let service = warmed(Service::with_proxy(
             config,
             Arc::new(Proxy::new(vec![time_server()])),

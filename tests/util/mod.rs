@@ -136,6 +136,14 @@ impl Shared {
 }
 
 /// A service of its own (e.g. a one-sandbox pool to observe reuse), warm.
+/// The test configuration with one sandbox: consecutive runs share its
+/// container (the runs of isolation and residue tests).
+pub fn one_sandbox() -> Config {
+    let mut config = test_config();
+    config.pool_max = 1;
+    config
+}
+
 pub fn started_service(config: Config) -> Service {
     warmed(Service::new(config))
 }
