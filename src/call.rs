@@ -20,13 +20,14 @@ use tracing::Instrument;
 use crate::artifacts::{self, ArtifactStore};
 use crate::config::Config;
 use crate::metrics;
-use crate::pool::{Pool, RecycleReason, Verdict};
-use crate::report::{Image, OutputFile, RunReport, RunStatus, decode_output};
+use crate::pool::{Lease, Pool, RecycleReason, Verdict};
+use crate::report::{Found, Image, OutputFile, RunReport, RunStatus, SessionReport, decode_output};
 use crate::sandbox::protocol::{
     FileBounds, FileContent, ImageBounds, InputFile, RunDone, RunInput, png_size,
 };
 use crate::sandbox::{CapturedOutput, SandboxFailure, ToolCalls};
 use crate::service::Service;
+use crate::sessions::{EndReason, Ended, Sessions, Turn};
 
 /// How many files a call may bring.
 pub const MAX_INPUT_FILES: usize = 256;
@@ -43,7 +44,14 @@ pub struct CallRequest {
     pub timeout_secs: Option<f64>,
     /// Written under `/workspace` before the code starts.
     pub files: Vec<InputFile>,
+    /// Run in this session (its state kept between calls), not on a clean sandbox.
+    pub session: Option<String>,
+    /// End the session after this call (with no code: just end it).
+    pub end_session: bool,
 }
+
+/// The longest session name.
+pub const MAX_SESSION_NAME: usize = 64;
 
 /// The limits a request is checked against, from [`Config`].
 #[derive(Debug, Clone)]
@@ -87,7 +95,8 @@ impl Limits {
         request: &CallRequest,
         known_servers: &[String],
     ) -> Result<Duration, String> {
-        if request.code.trim().is_empty() {
+        validate_session(request)?;
+        if request.code.trim().is_empty() && !request.end_session {
             return Err("code is empty: pass the Python source to run".into());
         }
         if request.code.len() > self.max_code_bytes {
@@ -120,6 +129,28 @@ impl Limits {
     }
 }
 
+/// A session name is short and plain (`[A-Za-z0-9_-]{1,64}`: it is logged
+/// and shown in errors); `end_session` needs one.
+fn validate_session(request: &CallRequest) -> Result<(), String> {
+    match &request.session {
+        None if request.end_session => {
+            Err("end_session needs the session to end: pass its name in `session`".into())
+        }
+        None => Ok(()),
+        Some(name)
+            if (1..=MAX_SESSION_NAME).contains(&name.len())
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') =>
+        {
+            Ok(())
+        }
+        Some(name) => Err(format!(
+            "session name {name:?} must be 1 to {MAX_SESSION_NAME} letters, digits, '_' or '-'"
+        )),
+    }
+}
+
 impl Limits {
     /// A run of `code` (bringing `files`) within these limits.
     pub fn input<'a>(&self, code: &'a str, files: &'a [InputFile]) -> RunInput<'a> {
@@ -129,6 +160,7 @@ impl Limits {
             files,
             display: self.images,
             files_out: self.files_out,
+            session: false,
         }
     }
 
@@ -226,6 +258,12 @@ async fn unobserved(
         Ok(timeout) => timeout,
         Err(message) => return RunReport::rejected(RunStatus::ValidationError, message),
     };
+    if let Some(name) = &request.session
+        && request.end_session
+        && request.code.trim().is_empty()
+    {
+        return end_session(service.sessions(), name).await;
+    }
     let pool = match service.pool().await {
         Ok(pool) => pool,
         Err(error) => {
@@ -239,9 +277,23 @@ async fn unobserved(
         Ok(tools) => tools,
         Err(error) => return RunReport::rejected(RunStatus::Error, error.to_string()),
     };
-    let tools = tools.as_ref().map(|tools| tools as &dyn ToolCalls);
-    let input = limits.input(&request.code, &request.files);
-    let mut report = run_on(pool, &limits, &input, timeout, tools, tail).await;
+    let run = Run {
+        limits: &limits,
+        input: RunInput {
+            session: request.session.is_some(),
+            ..limits.input(&request.code, &request.files)
+        },
+        timeout,
+        tools: tools.as_ref().map(|tools| tools as &dyn ToolCalls),
+        tail,
+    };
+    let mut report = match &request.session {
+        None => run.stateless(pool).await,
+        Some(name) => {
+            run.in_session(service.sessions(), name, request.end_session, pool)
+                .await
+        }
+    };
     if !report.files.is_empty() {
         // The process id keeps URIs of a restarted server apart.
         let run_id = format!("{}-{call_id}", std::process::id());
@@ -250,72 +302,208 @@ async fn unobserved(
     report
 }
 
-/// Runs validated code on a leased sandbox and classifies the outcome.
-async fn run_on(
-    pool: &Pool,
-    limits: &Limits,
-    input: &RunInput<'_>,
+/// `end_session` with no code: the session ends after the call it is
+/// running, if any; no sandbox is needed.
+async fn end_session(sessions: &Sessions, name: &str) -> RunReport {
+    let ended = Ended {
+        reason: EndReason::Requested,
+        detail: "ended as asked (end_session)".into(),
+    };
+    let mut report = RunReport::nothing_ran(RunStatus::Success);
+    if sessions.end(name, ended.clone()).await {
+        report.session = Some(SessionReport {
+            name: name.to_owned(),
+            found: Found::Continued,
+            ended: Some(ended.detail),
+        });
+    } else {
+        report
+            .notes
+            .push(format!("no live session is named {name:?}: nothing to end"));
+    }
+    report
+}
+
+/// Validated code, ready to run on a leased sandbox.
+struct Run<'a> {
+    limits: &'a Limits,
+    input: RunInput<'a>,
     timeout: Duration,
-    tools: Option<&dyn ToolCalls>,
-    tail: Option<&OutputTail>,
-) -> RunReport {
-    let waiting = Instant::now();
-    let acquired = pool.acquire().await;
-    metrics::observe_wait(waiting.elapsed());
-    let mut lease = match acquired {
-        Ok(lease) => lease,
-        Err(error) => return RunReport::rejected(RunStatus::Error, error.to_string()),
-    };
-    let mut output = CapturedOutput::default();
-    output.tail = tail.cloned();
-    let started = Instant::now();
-    let result = lease
-        .sandbox()
-        .run(input, timeout, tools, &mut output)
-        .await;
-    let duration = started.elapsed();
-    let mut notes = Vec::new();
-    let outcome = match result {
-        Ok(done) => {
-            notes = result_notes(&done, limits);
-            Outcome::from_done(&done, limits.memory_bytes)
-        }
-        Err(failure) => {
-            // The agent is PID 1: if the OOM killer took it, the engine knows.
-            // The engine's word is a nicety: it may not hold the call up.
-            let oom = matches!(failure, SandboxFailure::AgentDied { .. })
-                && tokio::time::timeout(Duration::from_secs(5), lease.engine_saw_oom())
-                    .await
-                    .unwrap_or(false);
-            Outcome::from_failure(&failure, oom, limits)
-        }
-    };
-    if let Verdict::Recycle(reason) = outcome.verdict {
-        tracing::info!(
-            sandbox = lease.sandbox().short_id(),
-            reason = reason.as_str(),
-            "sandbox will be recycled"
-        );
+    tools: Option<&'a dyn ToolCalls>,
+    tail: Option<&'a OutputTail>,
+}
+
+/// A run on a leased sandbox: the report, and what it means for the sandbox.
+struct Ran {
+    report: RunReport,
+    verdict: Verdict,
+    /// The agent's account of the run, when it gave one.
+    done: Option<RunDone>,
+}
+
+impl Run<'_> {
+    /// On a clean sandbox, reset or recycled after.
+    async fn stateless(&self, pool: &Pool) -> RunReport {
+        let waiting = Instant::now();
+        let acquired = pool.acquire().await;
+        metrics::observe_wait(waiting.elapsed());
+        let mut lease = match acquired {
+            Ok(lease) => lease,
+            Err(error) => return RunReport::rejected(RunStatus::Error, error.to_string()),
+        };
+        let ran = self.on(&mut lease).await;
+        lease.finish(ran.verdict);
+        ran.report
     }
-    lease.finish(outcome.verdict);
-    let limit = limits.max_output_bytes;
-    RunReport {
-        status: outcome.status,
-        stdout: decode_output(output.stdout.bytes, output.stdout.dropped, "stdout", limit),
-        stderr: decode_output(output.stderr.bytes, output.stderr.dropped, "stderr", limit),
-        exit_code: outcome.exit_code,
-        duration_ms: duration.as_secs_f64() * 1e3,
-        stdout_truncated: output.stdout.dropped > 0,
-        stderr_truncated: output.stderr.dropped > 0,
-        error: outcome.error,
-        images: images(output.images, limits.images.max_pixels, &mut notes),
-        files: output
-            .files
-            .into_iter()
-            .map(|(path, bytes)| OutputFile::new(path, bytes))
-            .collect(),
-        notes,
+
+    /// In the session `name`, after the calls before it; the session ends
+    /// with the call when its run failed, its interpreter died or `end_after`.
+    async fn in_session(
+        &self,
+        sessions: &Sessions,
+        name: &str,
+        end_after: bool,
+        pool: &Pool,
+    ) -> RunReport {
+        let mut turn = match self.enter(sessions, name, pool).await {
+            Ok(turn) => turn,
+            Err(report) => return report,
+        };
+        let mut ran = self.on(turn.lease()).await;
+        if let Some(gone) = ran.done.as_mut().and_then(|done| done.session_gone.take()) {
+            // Its interpreter had died between calls: the code did not run.
+            // Once more in a new session (whose result says this one was lost).
+            let ended = Ended {
+                reason: EndReason::Exited,
+                detail: gone,
+            };
+            turn.end(ended, None);
+            turn = match self.enter(sessions, name, pool).await {
+                Ok(turn) => turn,
+                Err(report) => return report,
+            };
+            ran = self.on(turn.lease()).await;
+        }
+        let end = session_end(&ran, end_after);
+        let mut report = ran.report;
+        report.session = Some(SessionReport {
+            name: name.to_owned(),
+            found: turn.found().clone(),
+            ended: end.as_ref().map(|(ended, _)| ended.detail.clone()),
+        });
+        match end {
+            Some((ended, recycle)) => turn.end(ended, recycle),
+            None => turn.keep(),
+        }
+        report
     }
+
+    async fn enter(&self, sessions: &Sessions, name: &str, pool: &Pool) -> Result<Turn, RunReport> {
+        let waiting = Instant::now();
+        let entered = sessions.enter(name, pool).await;
+        metrics::observe_wait(waiting.elapsed());
+        entered.map_err(|error| RunReport::rejected(RunStatus::Error, error.to_string()))
+    }
+
+    /// Runs on `lease`'s sandbox and classifies the outcome.
+    async fn on(&self, lease: &mut Lease) -> Ran {
+        let limits = self.limits;
+        let mut output = CapturedOutput::default();
+        output.tail = self.tail.cloned();
+        let started = Instant::now();
+        let result = lease
+            .sandbox()
+            .run(&self.input, self.timeout, self.tools, &mut output)
+            .await;
+        let duration = started.elapsed();
+        let mut notes = Vec::new();
+        let (outcome, done) = match result {
+            Ok(done) => {
+                notes = result_notes(&done, limits);
+                (Outcome::from_done(&done, limits.memory_bytes), Some(done))
+            }
+            Err(failure) => {
+                // The agent is PID 1: if the OOM killer took it, the engine knows.
+                // The engine's word is a nicety: it may not hold the call up.
+                let oom = matches!(failure, SandboxFailure::AgentDied { .. })
+                    && tokio::time::timeout(Duration::from_secs(5), lease.engine_saw_oom())
+                        .await
+                        .unwrap_or(false);
+                (Outcome::from_failure(&failure, oom, limits), None)
+            }
+        };
+        if let Verdict::Recycle(reason) = outcome.verdict {
+            tracing::info!(
+                sandbox = lease.sandbox().short_id(),
+                reason = reason.as_str(),
+                "sandbox will be recycled"
+            );
+        }
+        let limit = limits.max_output_bytes;
+        let report = RunReport {
+            status: outcome.status,
+            stdout: decode_output(output.stdout.bytes, output.stdout.dropped, "stdout", limit),
+            stderr: decode_output(output.stderr.bytes, output.stderr.dropped, "stderr", limit),
+            exit_code: outcome.exit_code,
+            duration_ms: duration.as_secs_f64() * 1e3,
+            stdout_truncated: output.stdout.dropped > 0,
+            stderr_truncated: output.stderr.dropped > 0,
+            error: outcome.error,
+            images: images(output.images, limits.images.max_pixels, &mut notes),
+            files: output
+                .files
+                .into_iter()
+                .map(|(path, bytes)| OutputFile::new(path, bytes))
+                .collect(),
+            notes,
+            session: None,
+        };
+        Ran {
+            report,
+            verdict: outcome.verdict,
+            done,
+        }
+    }
+}
+
+/// Whether a session ends with this run, why, and (for a failed run) the
+/// reason its sandbox is recycled.
+fn session_end(ran: &Ran, end_after: bool) -> Option<(Ended, Option<RecycleReason>)> {
+    if let Verdict::Recycle(recycle) = ran.verdict {
+        let reason = EndReason::for_recycle(recycle);
+        let detail = match reason {
+            EndReason::Timeout => "a call timed out and its interpreter was killed".to_owned(),
+            EndReason::Oom => "a call ran out of memory and its interpreter was killed".to_owned(),
+            _ => format!(
+                "its sandbox failed: {}",
+                ran.report.error.as_deref().unwrap_or("unknown")
+            ),
+        };
+        return Some((Ended { reason, detail }, Some(recycle)));
+    }
+    if !ran.done.as_ref().is_some_and(|done| done.kept) {
+        let code = ran.report.exit_code.unwrap_or_default();
+        let how = if code < 0 {
+            format!("killed by {}", describe_signal(-code))
+        } else {
+            format!("exit code {code}")
+        };
+        let detail = format!("its interpreter exited during a call ({how})");
+        return Some((
+            Ended {
+                reason: EndReason::Exited,
+                detail,
+            },
+            None,
+        ));
+    }
+    end_after.then(|| {
+        let ended = Ended {
+            reason: EndReason::Requested,
+            detail: "ended as asked (end_session)".into(),
+        };
+        (ended, None)
+    })
 }
 
 /// The run's PNGs with their sizes. The agent checked them; what still does

@@ -47,6 +47,10 @@ pub struct Config {
     pub pool_max_age: Duration,
     /// How long a call waits for a free sandbox before it fails.
     pub pool_wait_timeout: Duration,
+    /// Sessions live at once (0: no sessions); each holds a sandbox of the pool.
+    pub max_sessions: usize,
+    /// A session without calls for this long ends.
+    pub session_idle_ttl: Duration,
     pub default_timeout: Duration,
     pub max_timeout: Duration,
     pub max_code_bytes: usize,
@@ -103,6 +107,8 @@ impl Default for Config {
             pool_max_uses: 1000,
             pool_max_age: Duration::from_secs(30 * 60),
             pool_wait_timeout: Duration::from_secs(30),
+            max_sessions: 4,
+            session_idle_ttl: Duration::from_secs(10 * 60),
             default_timeout: Duration::from_secs(30),
             max_timeout: Duration::from_secs(120),
             max_code_bytes: 1 << 20,
@@ -241,6 +247,20 @@ impl Config {
         self.pool_max_age = vars.parse("MCP_BRIDGE_POOL_MAX_AGE", max_age, parse_duration)?;
         self.pool_wait_timeout =
             vars.parse("MCP_BRIDGE_POOL_WAIT_TIMEOUT", wait, parse_duration)?;
+        let ttl = self.session_idle_ttl;
+        self.session_idle_ttl = vars.parse("MCP_BRIDGE_SESSION_IDLE_TTL", ttl, parse_duration)?;
+        // Stateless calls always keep one sandbox of the pool's.
+        let room = self.pool_max - 1;
+        let sessions = self.max_sessions.min(room);
+        self.max_sessions =
+            vars.parse("MCP_BRIDGE_MAX_SESSIONS", sessions, |v| {
+                v.parse::<usize>().ok().filter(|&n| n <= room).ok_or_else(|| {
+                format!(
+                    "a whole number from 0 (no sessions) to {room}: MCP_BRIDGE_POOL_MAX - 1, \
+                     so that stateless calls always have a sandbox"
+                )
+            })
+            })?;
         Ok(())
     }
 
@@ -619,6 +639,40 @@ mod tests {
         ])
         .unwrap_err();
         assert_eq!(error.name, "MCP_BRIDGE_RUNTIME");
+    }
+
+    #[test]
+    fn sessions_leave_a_sandbox_to_stateless_calls() {
+        let c = config(&[]).unwrap();
+        assert_eq!(
+            (c.max_sessions, c.session_idle_ttl),
+            (4, Duration::from_secs(600))
+        );
+        let c = config(&[("MCP_BRIDGE_POOL_MAX", "3")]).unwrap();
+        assert_eq!(c.max_sessions, 2, "the default shrinks with a small pool");
+        let c = config(&[
+            ("MCP_BRIDGE_POOL_MAX", "1"),
+            ("MCP_BRIDGE_POOL_MIN_IDLE", "1"),
+        ])
+        .unwrap();
+        assert_eq!(c.max_sessions, 0);
+        let error = config(&[("MCP_BRIDGE_MAX_SESSIONS", "8")]).unwrap_err();
+        assert_eq!(error.name, "MCP_BRIDGE_MAX_SESSIONS");
+        assert!(
+            error.expected.contains("from 0 (no sessions) to 7"),
+            "{error}"
+        );
+        let c = config(&[
+            ("MCP_BRIDGE_MAX_SESSIONS", "0"),
+            ("MCP_BRIDGE_SESSION_IDLE_TTL", "90"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (c.max_sessions, c.session_idle_ttl),
+            (0, Duration::from_secs(90))
+        );
+        let error = config(&[("MCP_BRIDGE_SESSION_IDLE_TTL", "never")]).unwrap_err();
+        assert_eq!(error.name, "MCP_BRIDGE_SESSION_IDLE_TTL");
     }
 
     #[test]

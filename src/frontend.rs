@@ -52,6 +52,12 @@ pub struct RunPythonArgs {
     /// Files written under /workspace before the code runs: relative path -> UTF-8 text, or {"base64": "..."}.
     #[serde(default)]
     pub files: BTreeMap<String, FileArg>,
+    /// Keep state between the calls that pass this name ([A-Za-z0-9_-]{1,64}).
+    #[serde(default)]
+    pub session: Option<String>,
+    /// End the session after this call (with empty code: just end it).
+    #[serde(default)]
+    pub end_session: bool,
 }
 
 /// A file's content in `run_python(files=...)`.
@@ -78,7 +84,7 @@ const MANUAL: &str = include_str!("sandbox/manual.md");
 /// (clients that reset their timeout on progress can then wait for long runs).
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(4);
 /// How much of the tool description may go to server names.
-const SERVER_NAMES_BUDGET: usize = 300;
+const SERVER_NAMES_BUDGET: usize = 220;
 
 #[derive(Clone)]
 pub struct CodeExecServer {
@@ -135,6 +141,8 @@ impl CodeExecServer {
                     content: content.into(),
                 })
                 .collect(),
+            session: args.session,
+            end_session: args.end_session,
         };
         let Some(token) = context.meta.get_progress_token() else {
             // The usual case: no timer, no channel.
@@ -193,8 +201,10 @@ impl ServerHandler for CodeExecServer {
         ))
         .with_instructions(
             "Use run_python to compute, transform data or test code, and to call the \
-             configured MCP servers from Python. Every call runs in a fresh sandbox; \
-             pass all state in the code.",
+             configured MCP servers from Python. Every call runs in a fresh sandbox, \
+             unless calls name the same `session`: then variables, imports and files \
+             persist between them (the result says whether the session is new, \
+             continued or was lost).",
         )
     }
 
@@ -253,7 +263,8 @@ impl ServerHandler for CodeExecServer {
 fn tool_description(servers: &[String]) -> String {
     let mut text = String::from(
         "Run Python 3 in an isolated sandbox (no network, read-only system; /tmp and \
-         /workspace writable; memory, process and time limits). Each call starts clean. \
+         /workspace writable; memory, process and time limits). Each call starts clean \
+         unless calls share a `session`. \
          Top-level await works. Returns stdout, stderr and a status; plots (plt.show(), \
          display()) as images; files left in /workspace/out as resources.",
     );
@@ -285,9 +296,11 @@ fn input_schema() -> serde_json::Map<String, serde_json::Value> {
     object(json!({
         "type": "object",
         "properties": {
-            "code": {"type": "string", "description": "Python 3 source, run as a script; top-level await works"},
+            "code": {"type": "string", "description": "Python 3 source, run as a script"},
             "servers": {"type": "array", "items": {"type": "string"}, "description": "configured MCP servers the code may call"},
             "timeout": {"type": "number", "description": "seconds (default MCP_BRIDGE_TIMEOUT)"},
+            "session": {"type": "string", "description": "calls with the same name share state"},
+            "end_session": {"type": "boolean", "description": "end the session after this call (code may be empty)"},
             "files": {
                 "type": "object",
                 "description": "written under /workspace first: relative path -> text, or {\"base64\": ...}",
@@ -329,7 +342,8 @@ fn output_schema() -> serde_json::Map<String, serde_json::Value> {
             "error": {"type": "string"},
             "images": {"type": "array"},
             "files": {"type": "array"},
-            "notes": {"type": "array"}
+            "notes": {"type": "array"},
+            "session": {"type": "object"}
         },
         "required": [
             "status", "stdout", "stderr", "durationMs", "stdoutTruncated", "stderrTruncated"
@@ -464,6 +478,11 @@ mod tests {
                 bytes::Bytes::new(),
             )],
             notes: vec!["n".into()],
+            session: Some(crate::report::SessionReport {
+                name: "s".into(),
+                found: crate::report::Found::New,
+                ended: None,
+            }),
             ..RunReport::rejected(RunStatus::Error, "x")
         };
         let value = serde_json::to_value(&report).unwrap();

@@ -7,8 +7,10 @@
 //! - [`side_port`]: `/metrics`, `/healthz`, `/readyz` over HTTP (axum).
 //! - [`call`]: one `run_python` call from request to [`report::RunReport`]:
 //!   validation, tools, lease, run, classification, observation.
-//! - [`service`]: engine, image, pool and MCP servers assembled in the
-//!   background; readiness; shutdown.
+//! - [`service`]: engine, image, pool, sessions and MCP servers assembled in
+//!   the background; readiness; shutdown.
+//! - [`sessions`]: named interpreters kept between calls, each holding a
+//!   sandbox of the pool; their order, limit, idle expiry and end.
 //! - [`pool`]: warm sandboxes, leases, reset/recycle off the caller's path.
 //! - [`proxy`]: the user's MCP servers: discovery, warm host-side clients,
 //!   the tools a run may call and the answers to its calls.
@@ -35,4 +37,5 @@ pub mod proxy;
 pub mod report;
 pub mod sandbox;
 pub mod service;
+pub mod sessions;
 pub mod side_port;

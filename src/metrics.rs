@@ -16,13 +16,15 @@ use std::time::Duration;
 
 use prometheus::core::Collector;
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 struct Metrics {
     registry: Registry,
     calls: CallMetrics,
     sandboxes: SandboxMetrics,
+    sessions: SessionMetrics,
     proxy: ProxyMetrics,
 }
 
@@ -43,6 +45,12 @@ struct SandboxMetrics {
     resets: IntCounter,
     reset_duration: Histogram,
     recycled: IntCounterVec,
+}
+
+/// Sessions: how many are live, why they ended.
+struct SessionMetrics {
+    live: IntGauge,
+    ended: IntCounterVec,
 }
 
 /// The MCP tool calls made from sandboxes, by server.
@@ -82,6 +90,7 @@ fn metrics() -> &'static Metrics {
         Metrics {
             calls: CallMetrics::new(&registrar),
             sandboxes: SandboxMetrics::new(&registrar),
+            sessions: SessionMetrics::new(&registrar),
             proxy: ProxyMetrics::new(&registrar),
             registry,
         }
@@ -199,6 +208,23 @@ impl SandboxMetrics {
     }
 }
 
+impl SessionMetrics {
+    fn new(registrar: &Registrar<'_>) -> Self {
+        Self {
+            live: registrar.register(
+                IntGauge::new("sessions", "Live sessions (each holds one sandbox)")
+                    .expect("a valid metric"),
+            ),
+            ended: registrar.counter_vec(
+                "sessions_ended_total",
+                "Sessions ended, by reason (requested, idle, timeout, oom, cancelled, exited, \
+                 sandbox_failed, shutdown)",
+                &["reason"],
+            ),
+        }
+    }
+}
+
 impl ProxyMetrics {
     fn new(registrar: &Registrar<'_>) -> Self {
         Self {
@@ -231,6 +257,7 @@ pub struct Series<'a> {
     pub recycle_reasons: &'a [&'static str],
     pub sandbox_states: &'a [&'static str],
     pub call_outcomes: &'a [&'static str],
+    pub session_end_reasons: &'a [&'static str],
     pub servers: &'a [String],
 }
 
@@ -246,6 +273,9 @@ pub fn start_at_zero(series: Series<'_>) {
     }
     for state in series.sandbox_states {
         m.sandboxes.by_state.with_label_values(&[state]);
+    }
+    for reason in series.session_end_reasons {
+        m.sessions.ended.with_label_values(&[reason]);
     }
     for server in series.servers {
         for outcome in series.call_outcomes {
@@ -307,6 +337,10 @@ pub fn observe_recycled(reason: &'static str) {
         .inc();
 }
 
+pub fn observe_session_ended(reason: &'static str) {
+    metrics().sessions.ended.with_label_values(&[reason]).inc();
+}
+
 pub fn observe_proxy_call(server: &str, outcome: &'static str, took: Duration) {
     let m = metrics();
     m.proxy.calls.with_label_values(&[server, outcome]).inc();
@@ -321,9 +355,12 @@ pub fn observe_proxy_restart(server: &str) {
 }
 
 /// The text exposition, with the sandbox gauges set to `sandboxes`
-/// (state, count) as the pool reads them now.
-pub fn render(sandboxes: &[(&'static str, usize)]) -> String {
+/// (state, count) as the pool reads them now, and the live sessions.
+pub fn render(sandboxes: &[(&'static str, usize)], live_sessions: usize) -> String {
     let m = metrics();
+    m.sessions
+        .live
+        .set(i64::try_from(live_sessions).unwrap_or(i64::MAX));
     for &(state, count) in sandboxes {
         m.sandboxes
             .by_state
@@ -347,7 +384,7 @@ mod tests {
     fn every_metric_has_help_and_the_prefix() {
         observe_run("validation_error", None);
         observe_proxy_call("time", "ok", Duration::from_millis(2));
-        let text = render(&[("idle", 2), ("busy", 1)]);
+        let text = render(&[("idle", 2), ("busy", 1)], 3);
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             assert!(line.starts_with("mcp_code_exec_"), "{line}");
         }
@@ -358,6 +395,7 @@ mod tests {
             .count();
         assert_eq!(families, helps, "every metric has help text");
         assert!(text.contains("mcp_code_exec_sandboxes{state=\"idle\"} 2"));
+        assert!(text.contains("mcp_code_exec_sessions 3"));
         assert!(text.contains("mcp_code_exec_proxy_calls_total{outcome=\"ok\",server=\"time\"}"));
         assert!(text.contains("mcp_code_exec_build_info{version="));
         assert!(text.contains("mcp_code_exec_output_truncations_total{stream=\"stderr\"} 0"));
@@ -370,6 +408,7 @@ mod tests {
             recycle_reasons: &["a_reason"],
             sandbox_states: &["a_state"],
             call_outcomes: &["an_outcome"],
+            session_end_reasons: &["an_end"],
             servers: &["never-called".into()],
         });
         // Not `render`: the gauges belong to the test above, running alongside.
@@ -379,6 +418,7 @@ mod tests {
             "mcp_code_exec_run_duration_seconds_count{status=\"a_status\"} 0",
             "mcp_code_exec_sandboxes_recycled_total{reason=\"a_reason\"} 0",
             "mcp_code_exec_sandboxes{state=\"a_state\"} 0",
+            "mcp_code_exec_sessions_ended_total{reason=\"an_end\"} 0",
             "mcp_code_exec_proxy_client_restarts_total{server=\"never-called\"} 0",
             "mcp_code_exec_proxy_calls_total{outcome=\"an_outcome\",server=\"never-called\"} 0",
             "mcp_code_exec_proxy_call_duration_seconds_count{server=\"never-called\"} 0",

@@ -66,10 +66,12 @@ pub enum RecycleReason {
     Abandoned,
     /// Found dead or talking while idle.
     Unhealthy,
+    /// Its session ended (it holds a session's state: never reset for another).
+    SessionEnded,
 }
 
 impl RecycleReason {
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::Timeout,
         Self::Oom,
         Self::AgentDied,
@@ -79,6 +81,7 @@ impl RecycleReason {
         Self::MaxAge,
         Self::Abandoned,
         Self::Unhealthy,
+        Self::SessionEnded,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -92,6 +95,7 @@ impl RecycleReason {
             Self::MaxAge => "max_age",
             Self::Abandoned => "abandoned",
             Self::Unhealthy => "unhealthy",
+            Self::SessionEnded => "session_ended",
         }
     }
 

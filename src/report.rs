@@ -91,6 +91,33 @@ pub struct RunReport {
     /// What did not come back, and why (images or files over their bounds).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// The session the call ran in, if it named one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<SessionReport>,
+}
+
+/// The session of a call: how the call found it, and whether it ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SessionReport {
+    pub name: String,
+    #[serde(flatten)]
+    pub found: Found,
+    /// Why the session ended with this call (the next call starts it anew).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended: Option<String>,
+}
+
+/// How a call found its session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "state", content = "lost")]
+pub enum Found {
+    /// No session had this name: this call started it.
+    New,
+    /// The state of its earlier calls is there.
+    Continued,
+    /// It had ended (the text says why): this call started it anew, and
+    /// nothing of the earlier calls is there.
+    Lost(String),
 }
 
 /// An image of the run. Only its description is serialized: base64 in
@@ -158,6 +185,14 @@ impl RunReport {
     /// A report for a request rejected before it ran.
     pub fn rejected(status: RunStatus, error: impl Into<String>) -> Self {
         Self {
+            error: Some(error.into()),
+            ..Self::nothing_ran(status)
+        }
+    }
+
+    /// A report of a call that ran no code (and no error).
+    pub fn nothing_ran(status: RunStatus) -> Self {
+        Self {
             status,
             stdout: String::new(),
             stderr: String::new(),
@@ -165,10 +200,11 @@ impl RunReport {
             duration_ms: 0.0,
             stdout_truncated: false,
             stderr_truncated: false,
-            error: Some(error.into()),
+            error: None,
             images: Vec::new(),
             files: Vec::new(),
             notes: Vec::new(),
+            session: None,
         }
     }
 
@@ -215,6 +251,10 @@ impl RunReport {
             text.push_str("note: ");
             text.push_str(note);
         }
+        if let Some(session) = &self.session {
+            end_line(&mut text);
+            session.render(&mut text);
+        }
         if text.is_empty() {
             text.push_str(if self.images.is_empty() && self.files.is_empty() {
                 "(no output)"
@@ -223,6 +263,28 @@ impl RunReport {
             });
         }
         text
+    }
+}
+
+impl SessionReport {
+    /// `session NAME: continued`, `…: new`, `…: lost (why); …`, then `, ended (why)`.
+    fn render(&self, text: &mut String) {
+        text.push_str("session ");
+        text.push_str(&self.name);
+        match &self.found {
+            Found::New => text.push_str(": new"),
+            Found::Continued => text.push_str(": continued"),
+            Found::Lost(why) => {
+                text.push_str(": lost (");
+                text.push_str(why);
+                text.push_str("); this call started it anew, without the earlier calls' state");
+            }
+        }
+        if let Some(why) = &self.ended {
+            text.push_str("; ended (");
+            text.push_str(why);
+            text.push(')');
+        }
     }
 }
 
@@ -264,6 +326,7 @@ mod tests {
             images: Vec::new(),
             files: Vec::new(),
             notes: Vec::new(),
+            session: None,
         }
     }
 
@@ -338,5 +401,41 @@ mod tests {
     }
 
     #[test]
-    fn signal_names() {}
+    fn the_session_says_how_the_call_found_it_and_whether_it_ended() {
+        let session = |found, ended: Option<&str>| RunReport {
+            session: Some(SessionReport {
+                name: "eda".into(),
+                found,
+                ended: ended.map(Into::into),
+            }),
+            ..report(RunStatus::Success)
+        };
+        let continued = session(Found::Continued, None);
+        assert_eq!(
+            continued.render(OutputMode::Compact),
+            "42\nsession eda: continued"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&continued.render(OutputMode::Json)).unwrap();
+        assert_eq!(
+            json["session"],
+            serde_json::json!({"name": "eda", "state": "continued"})
+        );
+        let lost = session(
+            Found::Lost("it was idle for 10m".into()),
+            Some("ended as asked"),
+        );
+        assert_eq!(
+            lost.render(OutputMode::Compact),
+            "42\nsession eda: lost (it was idle for 10m); this call started it anew, without \
+             the earlier calls' state; ended (ended as asked)"
+        );
+        let json: serde_json::Value = serde_json::from_str(&lost.render(OutputMode::Json)).unwrap();
+        assert_eq!(
+            json["session"],
+            serde_json::json!({"name": "eda", "state": "lost", "lost": "it was idle for 10m",
+                               "ended": "ended as asked"})
+        );
+        assert!(lost.render(OutputMode::Toon).contains("state: lost"));
+    }
 }

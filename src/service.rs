@@ -4,7 +4,7 @@
 //!
 //! Owns startup ordering and its failures (connecting to the engine,
 //! resolving the image, removing orphans of dead instances, starting the
-//! pool), readiness, and shutdown. A failed start is not cached: the next
+//! pool), the sessions' table, readiness, and shutdown. A failed start is not cached: the next
 //! call tries again, so an engine started after the server is picked up.
 //! It does not run calls (that is [`crate::call`]) and serves no protocol.
 
@@ -16,9 +16,10 @@ use crate::artifacts::ArtifactStore;
 use crate::config::Config;
 use crate::engine::{Engine, EngineError};
 use crate::metrics;
-use crate::pool::{Pool, PoolStatus, RecycleReason, StartCause, StartError};
+use crate::pool::{Pool, PoolStatus, RecycleReason, SHUTDOWN_TIMEOUT, StartCause, StartError};
 use crate::proxy::{CallOutcome, Proxy};
 use crate::report::RunStatus;
+use crate::sessions::{EndReason, Sessions};
 
 pub struct Service {
     config: Config,
@@ -26,6 +27,8 @@ pub struct Service {
     artifacts: ArtifactStore,
     pool: OnceCell<Pool>,
     proxy: Arc<Proxy>,
+    /// Named interpreters kept between calls, each on a sandbox of the pool.
+    sessions: Sessions,
 }
 
 impl std::fmt::Debug for Service {
@@ -90,10 +93,12 @@ impl Service {
             recycle_reasons: &RecycleReason::ALL.map(RecycleReason::as_str),
             sandbox_states: &PoolStatus::STATES,
             call_outcomes: &CallOutcome::ALL.map(CallOutcome::as_str),
+            session_end_reasons: &EndReason::ALL.map(EndReason::as_str),
             servers: proxy.names(),
         });
         Self {
             artifacts: ArtifactStore::new(config.artifact_ttl, config.artifact_bytes),
+            sessions: Sessions::new(config.max_sessions, config.session_idle_ttl),
             config,
             pool: OnceCell::new(),
             proxy,
@@ -110,6 +115,10 @@ impl Service {
 
     pub fn proxy(&self) -> &Arc<Proxy> {
         &self.proxy
+    }
+
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
     }
 
     /// The pool, starting the service on first use (concurrent callers share one start).
@@ -167,9 +176,11 @@ impl Service {
         Ok(())
     }
 
-    /// Removes every container of this instance (bounded by the pool's
-    /// shutdown timeout) and stops the MCP servers it started.
+    /// Ends the sessions, removes every container of this instance (bounded
+    /// by the pool's shutdown timeout) and stops the MCP servers it started.
     pub async fn shutdown(&self) {
+        // A session in a call ends after it: bounded by the call's timeout.
+        let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, self.sessions.shutdown()).await;
         self.proxy.shutdown().await;
         if let Some(pool) = self.pool.get() {
             pool.shutdown().await;

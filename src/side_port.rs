@@ -3,7 +3,8 @@
 //! prose, and as a word from a closed set in its `x-not-ready-cause` header).
 //!
 //! Owns the axum router and its listener. It sits above the service and reads
-//! it through [`Service::readiness`] and the pool's counts only; it never
+//! it through [`Service::readiness`], the pool's counts and the number of
+//! live sessions only; it never
 //! starts anything. The side port never takes the MCP server down: a port
 //! already in use is returned to the caller as a warning.
 
@@ -38,7 +39,7 @@ async fn serve_metrics(State(service): State<Arc<Service>>) -> impl IntoResponse
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        metrics::render(&sandboxes),
+        metrics::render(&sandboxes, service.sessions().live()),
     )
 }
 

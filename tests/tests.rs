@@ -29,3 +29,5 @@ mod observability;
 mod pool;
 #[path = "suites/proxy.rs"]
 mod proxy;
+#[path = "suites/sessions.rs"]
+mod sessions;

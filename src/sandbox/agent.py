@@ -16,7 +16,9 @@
 #       │   reaps them (it is the child subreaper of everything below it) and
 #       │   kills everything at reset.
 #       └── a spare: forked ahead of time, warmed up, waits on its code pipe;
-#           it runs exactly one request as `__main__`, then exits.
+#           it runs one request as `__main__`, then exits. A session's spare
+#           runs one request after another in the same `__main__` (no reset
+#           between them) until its session ends, which recycles the container.
 #
 # Why PID 1 (and no separate init): the container's stdin/stdout are the
 # protocol channel, and every process holding them could forge or steal frames.
@@ -34,6 +36,9 @@
 # bytes), b"C" a tool call the run makes (JSON), b"I" an image of the run (a
 # PNG), b"P" a file of the run (path length, path, bytes), b"D" run done
 # (JSON), b"F" reset failed (JSON; the host then recycles the container).
+# A request with "session": true is a session's call: its D says "kept" when
+# the spare lives on for the next call (then no reset and no Y follow), or
+# "session_gone" when the spare had died before it (the code did not run).
 # Keep in sync with protocol.rs.
 #
 # Agent <-> zygote, one SOCK_SEQPACKET message each: b"S" + six pipe fds
@@ -42,6 +47,10 @@
 # forks the spare like S; b"X<reason>" answers either when the zygote cannot
 # be trusted any more. The zygote also says b"E<pid> <code>"
 # when a spare exits. No pidfds: this works under gVisor too.
+#
+# Agent <-> spare: requests on the code pipe and statuses on the status pipe
+# are messages of a 4-byte big-endian length and JSON (after the status pipe's
+# one-byte "warm" signal).
 #
 # User code never touches the protocol: its fd 0 is /dev/null and its fd 1/2
 # are pipes the agent reads, so `os.write(1, ...)`, `sys.__stdout__` and
@@ -75,6 +84,8 @@ import types
 import warnings
 
 HEADER = struct.Struct(">BI")
+# Agent <-> spare messages (a request on the code pipe, a status on the status pipe).
+LENGTH = struct.Struct(">I")
 READ_CHUNK = 64 * 1024
 # Bytes read from the run's pipes after the child exited: what it (or a process
 # it left behind) had buffered. Bounded so a leftover writer cannot keep us here.
@@ -224,7 +235,10 @@ def close_fds_except(keep):
 
 
 def spare_main(code_r, status_w, out_w, err_w, call_w, answer_r):
-    """The spare: wires its stdio, warms itself up, then runs one request."""
+    """The spare: wires its stdio, warms itself up, then runs requests. A
+    stateless request is its one run: it then ends as the interpreter ends.
+    A session's requests run one after another in the same `__main__`, until
+    the agent closes the code pipe or the container goes."""
     os.dup2(devnull, 0)
     os.dup2(out_w, 1)
     os.dup2(err_w, 2)
@@ -255,42 +269,97 @@ def spare_main(code_r, status_w, out_w, err_w, call_w, answer_r):
     warm_up()
     write_all(status_w, WARM)
 
-    request = json.loads(read_to_end(code_r))
-    os.close(code_r)
-    module = main_module(request["code"])
+    module = None
+    calls = 0
+    while (request := read_message(code_r)) is not None:
+        calls += 1
+        if module is None:
+            module = main_module(request["code"])
+            filename = SCRIPT
+        else:
+            # A session's later call: the same `__main__`, this call's code in
+            # a file of its own (earlier functions keep their source lines).
+            filename = f"{SCRIPT_DIR}/call{calls}.py"
+            write_script(filename, request["code"])
+        exit_code, status, display = run_code(request, module, filename, (call_w, answer_r, MAX_CALL_BYTES))
+
+        def figures_left_open(status=status, display=display):  # after threads, before atexit
+            if display is not None:
+                status.update(display_runtime["finish"](display))
+
+        if request.get("session"):
+            # Like a notebook cell: figures shown, streams flushed; threads
+            # run on and atexit waits for the end of the session.
+            figures_left_open()
+            flush_standard_streams()
+        else:
+            exit_code = interpreter_exit(exit_code, figures_left_open)
+        status["exit_code"] = exit_code
+        write_status(status_w, status)
+        if not request.get("session"):
+            # The output is in its pipes and the status sent: the teardown of
+            # this process (its whole copy-on-write address space) need not
+            # delay the answer.
+            os._exit(exit_code)
+    os._exit(0)
+
+
+def run_code(request, module, filename, call_pipes):
+    """Writes the request's files, wires its `mcp` package and `display`,
+    runs its code in `module`; returns (exit code, status, display)."""
     try:
         write_input_files(request.get("files", []))
     except (OSError, ValueError) as exc:  # e.g. "a" and "a/b" both given, or a full disk
         message = f"could not write the call's files: {type(exc).__name__}: {exc}"
         print(message, file=sys.stderr, flush=True)
-        write_all(status_w, json.dumps({"exit_code": 1, "error": message, "error_type": "FileError"}).encode())
-        os._exit(1)
+        return 1, {"error": message, "error_type": "FileError"}, None
     if request.get("servers") or request.get("discovered"):
         mcp_runtime["install"](
             module.__dict__,
-            (call_w, answer_r, MAX_CALL_BYTES),
+            call_pipes,
             request.get("servers", []),
             request.get("discovered", []),
         )
     display = None
     if "display" in request:
         display = display_runtime["install"](dict(request["display"], directory=IMAGE_DIR))
-    exit_code, status = execute(request["code"], module.__dict__, SCRIPT)
+    exit_code, status = execute(request["code"], module.__dict__, filename)
+    return exit_code, status, display
 
-    def figures_left_open():  # after the threads (their figures count too), before atexit closes them
-        status.update(display_runtime["finish"](display))
 
-    exit_code = interpreter_exit(exit_code, figures_left_open if display is not None else None)
-    # The output is in its pipes now. Closing the status pipe tells the agent
-    # the run is over before this process's teardown, which is slow (its
-    # whole copy-on-write address space) and need not delay the answer.
-    status["exit_code"] = exit_code
+def read_message(fd):
+    """The next message on a pipe (4-byte big-endian length, JSON); None
+    when the pipe ends between messages."""
+    header = read_exactly(fd, LENGTH.size)
+    if not header:
+        return None
+    return json.loads(read_exactly(fd, LENGTH.unpack(header)[0]))
+
+
+def read_exactly(fd, size):
+    chunks = []
+    while size > 0:
+        chunk = os.read(fd, min(size, 1 << 20))
+        if not chunk:
+            if chunks:
+                raise EOFError("a message was cut short")
+            return b""
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def write_status(fd, status):
+    """The run's status as one message; cut to its essentials when over the
+    limit (an error message of 4000 wide characters can be)."""
+    data = json.dumps(status).encode()
+    if len(data) > STATUS_LIMIT - LENGTH.size:
+        essentials = {"exit_code": status["exit_code"], "error": str(status.get("error", ""))[:500]}
+        data = json.dumps(essentials).encode()
     try:
-        write_all(status_w, json.dumps(status).encode()[:STATUS_LIMIT])
-        os.close(status_w)
+        write_all(fd, LENGTH.pack(len(data)) + data)
     except OSError:
-        pass
-    os._exit(exit_code)
+        pass  # user code closed it: the exit status tells the agent the rest
 
 
 def reseed_random_generators():
@@ -317,13 +386,6 @@ def write_input_files(files):
             f.write(data)
 
 
-def read_to_end(fd):
-    chunks = []
-    while chunk := os.read(fd, 1 << 20):
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def like_a_script():
     """Makes the process look like `cd /workspace && python3 /run/code/main.py`
     (argv and path; `main_module` does the rest, per run)."""
@@ -336,11 +398,7 @@ def like_a_script():
 def main_module(source):
     """The code in a file and a fresh, real `__main__` module in sys.modules
     (so pickle and multiprocessing find its functions and classes)."""
-    fd = os.open(SCRIPT, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        write_all(fd, source.encode("utf-8", "surrogatepass"))
-    finally:
-        os.close(fd)
+    write_script(SCRIPT, source)
     module = types.ModuleType("__main__")
     module.__dict__.update(
         __file__=SCRIPT,
@@ -350,6 +408,14 @@ def main_module(source):
     )
     sys.modules["__main__"] = module
     return module
+
+
+def write_script(path, source):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        write_all(fd, source.encode("utf-8", "surrogatepass"))
+    finally:
+        os.close(fd)
 
 
 def warm_up():
@@ -401,13 +467,20 @@ def interpreter_exit(exit_code, after_threads=None):
     if after_threads is not None:
         after_threads()
     atexit._run_exitfuncs()  # prints "Exception ignored in atexit callback" itself
+    if not flush_standard_streams():
+        exit_code = exit_code or 120  # what Python exits with when stdout's flush fails
+    return exit_code
+
+
+def flush_standard_streams():
+    """Flushes stdout and stderr; False when stdout's flush failed."""
+    flushed = True
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except Exception:
-            if stream is sys.stdout:
-                exit_code = exit_code or 120  # what Python exits with when stdout's flush fails
-    return exit_code
+            flushed = flushed and stream is not sys.stdout
+    return flushed
 
 
 def system_exit_code(exc):
@@ -657,6 +730,35 @@ class Spare:
         zygote.exits.clear()
         for fd in (self.out_r, self.err_r, self.status_r, self.call_r, self.answer_w):
             os.set_blocking(fd, False)
+        # Requests run so far (more than one only in a session), and the
+        # files under out/ as the last run left them (send_output_files).
+        self.calls = 0
+        self.returned = {}
+
+    def exited(self, zygote):
+        """The spare's exit code if it has exited (as far as we heard), else None."""
+        if zygote.dead:
+            return orphan_exit_code(self.pid)
+        return zygote.exits.get(self.pid)
+
+    def session_gone(self, zygote):
+        """Why a session's spare cannot take its next call (it died between
+        calls: a thread's os._exit, the OOM killer), or None."""
+        while not zygote.dead and select.select([zygote.fd], [], [], 0)[0]:
+            zygote.receive()
+        code = self.exited(zygote)
+        if code is None:
+            return None
+        return f"its interpreter exited between calls ({describe_exit(code)})"
+
+    def discard_leftovers(self):
+        """What a session's threads wrote between calls is no call's output
+        (nor a call, nor a status): dropped, within a bound."""
+        for fd in (self.out_r, self.err_r, self.call_r, self.status_r):
+            budget = DRAIN_LIMIT
+            while budget > 0 and (data := read_some(fd)):
+                budget -= len(data)
+        wipe_children_quietly(IMAGE_DIR)
 
     def wait_warm(self, timeout_s):
         """True once the spare has warmed up and waits for code."""
@@ -735,26 +837,39 @@ ORPHAN_POLL_MS = 50
 
 
 def run(spare, zygote, payload, request):
+    """Runs one request on `spare` and sends its D frame. Returns whether
+    the spare lives on for the session's next call."""
     started = time.monotonic_ns()
+    session = bool(request.get("session"))
+    if spare.calls:
+        gone = spare.session_gone(zygote)
+        if gone:
+            # The code did not run: the host starts the session anew.
+            send_json(ord("D"), {"exit_code": 0, "session_gone": gone})
+            return False
+        spare.discard_leftovers()
+    spare.calls += 1
     oom_before = oom_counter.read()
     outputs = {
         spare.out_r: Output(ord("O"), request["max_output_bytes"]),
         spare.err_r: Output(ord("E"), request["max_output_bytes"]),
     }
     try:
+        write_all(spare.code_w, LENGTH.pack(len(payload)))
         write_all(spare.code_w, payload)
     except OSError:
         pass  # the child is gone; its exit status says why
-    os.close(spare.code_w)
-    spare.code_w = -1
+    if not session:
+        os.close(spare.code_w)
+        spare.code_w = -1
 
-    # The run is over when the child closes its status pipe after a complete
-    # status (the fast, usual way) or when it exits (killed, os._exit, crash).
+    # The run is over when the child sends its status (the fast, usual way)
+    # or when it exits (killed, os._exit, crash).
     relay = CallRelay(spare.answer_w, lambda line: send(ord("C"), line))
     poller = select.poll()
     for fd in (*outputs, spare.status_r, zygote.fd, spare.call_r, 0):
         poller.register(fd, select.POLLIN)
-    status_bytes = b""
+    statuses = StatusReader()
     exit_code = None
     while exit_code is None:
         events = poller.poll(ORPHAN_POLL_MS if zygote.dead else None)
@@ -778,10 +893,10 @@ def run(spare, zygote, payload, request):
             if data is None:
                 continue
             if fd == spare.status_r:
-                status_bytes += data[: STATUS_LIMIT - len(status_bytes)]
                 if not data:
                     poller.unregister(fd)
-                    exit_code = parse_status(status_bytes).get("exit_code", exit_code)
+                elif statuses.feed(data) is not None:
+                    exit_code = statuses.status["exit_code"]
             elif not data:
                 poller.unregister(fd)
             elif fd == spare.call_r:
@@ -792,8 +907,8 @@ def run(spare, zygote, payload, request):
             else:
                 outputs[fd].forward(data)
     # Exited before we read its status (both became ready at once): read it now.
-    while len(status_bytes) < STATUS_LIMIT and (data := read_some(spare.status_r)):
-        status_bytes += data[: STATUS_LIMIT - len(status_bytes)]
+    while statuses.status is None and (data := read_some(spare.status_r)):
+        statuses.feed(data)
     for fd, output in outputs.items():
         budget = DRAIN_LIMIT
         while budget > 0:
@@ -803,7 +918,8 @@ def run(spare, zygote, payload, request):
             budget -= len(data)
             output.forward(data)
 
-    status = parse_status(status_bytes)
+    status = statuses.status or {}
+    kept = session and "exit_code" in status and not spare.exited(zygote)
     done = {
         "exit_code": exit_code,
         "oom": oom_counter.read() > oom_before or status.get("error_type") == "MemoryError",
@@ -814,10 +930,46 @@ def run(spare, zygote, payload, request):
     }
     if "display" in request:
         done.update(send_images(request["display"], status))
+        if session:
+            wipe_children_quietly(IMAGE_DIR)  # the next call's images are its own
     if "files_out" in request:
-        done.update(send_output_files(request["files_out"]))
+        done.update(send_output_files(request["files_out"], spare.returned))
+    if session:
+        done["kept"] = kept
     done["agent_us"] = (time.monotonic_ns() - started) // 1000
     send_json(ord("D"), done)
+    return kept
+
+
+class StatusReader:
+    """The spare's status messages (4-byte length, JSON). User code can
+    write there too: a message without an exit code is skipped, one longer
+    than the limit ends the reading (the exit status then decides)."""
+
+    def __init__(self):
+        self.buffer = bytearray()
+        self.status = None
+        self.broken = False
+
+    def feed(self, data):
+        """Takes bytes; returns the status once a whole, valid one arrived."""
+        if self.broken or self.status is not None:
+            return self.status
+        self.buffer += data
+        while len(self.buffer) >= LENGTH.size:
+            (size,) = LENGTH.unpack_from(self.buffer)
+            if size > STATUS_LIMIT:
+                self.broken = True
+                self.buffer.clear()
+                return None
+            if len(self.buffer) < LENGTH.size + size:
+                return None
+            status = parse_status(bytes(self.buffer[LENGTH.size : LENGTH.size + size]))
+            del self.buffer[: LENGTH.size + size]
+            if "exit_code" in status:
+                self.status = status
+                return status
+        return None
 
 
 def send_images(bounds, status):
@@ -879,28 +1031,35 @@ def open_no_follow(name, dir_fd):
         return None  # a symlink (ELOOP), or gone
 
 
-def send_output_files(bounds):
+def send_output_files(bounds, returned):
     """Regular files under /workspace/out, as b"P" frames (2-byte path
     length, the path, the bytes), within the per-run bounds. Walked through
     directory fds with O_NOFOLLOW: a symlink or a path swapped while we read
-    cannot make the agent read anything outside out/."""
+    cannot make the agent read anything outside out/. `returned` maps each
+    path seen by the spare's earlier runs (a session's) to its signature: a
+    file unchanged since is not sent again. It is refilled with this walk."""
     budget = {"files": bounds["max_files"], "bytes": bounds["max_bytes"], "entries": OUT_MAX_ENTRIES}
     dropped = {"files_dropped": 0, "files_dropped_bytes": 0}
     try:
         top = os.open(OUT_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError:
+        returned.clear()
         return dropped
+    seen = {}
     try:
-        send_tree(top, "", budget, dropped, OUT_MAX_DEPTH)
+        send_tree(top, "", budget, dropped, OUT_MAX_DEPTH, (returned, seen))
     finally:
         os.close(top)
+    returned.clear()
+    returned.update(seen)
     return dropped
 
 
-def send_tree(dir_fd, prefix, budget, dropped, depth):
+def send_tree(dir_fd, prefix, budget, dropped, depth, signatures):
     with os.scandir(dir_fd) as scan:
         entries = sorted(itertools.islice(scan, max(budget["entries"], 0)), key=lambda e: e.name)
     budget["entries"] -= len(entries)
+    before, seen = signatures
     for entry in entries:
         fd = open_no_follow(entry.name, dir_fd)
         if fd is None:
@@ -909,20 +1068,27 @@ def send_tree(dir_fd, prefix, budget, dropped, depth):
             info = os.fstat(fd)
             if stat.S_ISDIR(info.st_mode):
                 if depth > 0:
-                    send_tree(fd, prefix + entry.name + "/", budget, dropped, depth - 1)
-            elif stat.S_ISREG(info.st_mode):
-                try:
-                    path = (prefix + entry.name).encode()  # strict: the host takes UTF-8 paths only
-                except UnicodeEncodeError:
-                    path = b""
-                if not path or len(path) > MAX_PATH_BYTES or budget["files"] <= 0 or info.st_size > budget["bytes"]:
-                    dropped["files_dropped"] += 1
-                    dropped["files_dropped_bytes"] += info.st_size
-                    continue
-                data = os.read(fd, info.st_size)  # a regular file on tmpfs: one read
-                send(ord("P"), len(path).to_bytes(2, "big") + path + data)
-                budget["files"] -= 1
-                budget["bytes"] -= len(data)
+                    send_tree(fd, prefix + entry.name + "/", budget, dropped, depth - 1, signatures)
+                continue
+            if not stat.S_ISREG(info.st_mode):
+                continue
+            name = prefix + entry.name
+            # ctime moves on every write and cannot be set back by user code.
+            seen[name] = signature = (info.st_ino, info.st_mtime_ns, info.st_ctime_ns, info.st_size)
+            if before.get(name) == signature:
+                continue
+            try:
+                path = name.encode()  # strict: the host takes UTF-8 paths only
+            except UnicodeEncodeError:
+                path = b""
+            if not path or len(path) > MAX_PATH_BYTES or budget["files"] <= 0 or info.st_size > budget["bytes"]:
+                dropped["files_dropped"] += 1
+                dropped["files_dropped_bytes"] += info.st_size
+                continue
+            data = os.read(fd, info.st_size)  # a regular file on tmpfs: one read
+            send(ord("P"), len(path).to_bytes(2, "big") + path + data)
+            budget["files"] -= 1
+            budget["bytes"] -= len(data)
         finally:
             os.close(fd)
 
@@ -1061,6 +1227,17 @@ def reaped():
         yield pid, wait_status
 
 
+def wipe_children_quietly(path):
+    try:
+        wipe_children(path)
+    except (OSError, RecursionError):
+        pass  # the reset that ends the session empties it, or says why not
+
+
+def describe_exit(code):
+    return f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+
+
 def wipe_children(path):
     for entry in os.scandir(path):
         if entry.is_dir(follow_symlinks=False):
@@ -1163,7 +1340,13 @@ def main(argv):
         if kind != ord("R"):
             sys.stderr.write(f"mcp-code-exec agent: unknown frame kind {kind}\n")
             os._exit(3)
-        run(spare, zygote, payload, json.loads(payload))
+        request = json.loads(payload)
+        if spare.calls and not request.get("session"):
+            # The host runs stateless code only on a spare that never ran.
+            sys.stderr.write("mcp-code-exec agent: a stateless run sent to a session's interpreter\n")
+            os._exit(3)
+        if run(spare, zygote, payload, request):
+            continue  # the session's next call goes to the same spare
         spare, failure = reset(spare, zygote, baseline)
         if failure:
             # The host recycles this container; nothing here can be trusted now.

@@ -152,6 +152,10 @@ pub struct RunInput<'a> {
     pub display: ImageBounds,
     /// The bounds of the files the run returns from `/workspace/out`.
     pub files_out: FileBounds,
+    /// The run is a session's call: its interpreter lives on for the next
+    /// (the agent then skips the reset; see [`RunDone::kept`]).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub session: bool,
 }
 
 /// A run request (`R`).
@@ -291,6 +295,15 @@ pub struct RunDone {
     pub files_dropped: u64,
     #[serde(default)]
     pub files_dropped_bytes: u64,
+    /// A session's call: its interpreter lives on and waits for the next
+    /// call (no reset, no `Y`). False for a session whose interpreter died
+    /// in the call: the agent then resets as after a stateless run.
+    #[serde(default)]
+    pub kept: bool,
+    /// A session's interpreter was found dead before the call (why, in
+    /// words): the code did not run, and the agent resets.
+    #[serde(default)]
+    pub session_gone: Option<String>,
 }
 
 /// Payload of a `Ready` frame.
@@ -617,6 +630,7 @@ mod tests {
                 max_files: 3,
                 max_bytes: 4096,
             },
+            session: false,
         }
     }
 
@@ -638,6 +652,7 @@ mod tests {
         assert_eq!(value["display"]["max_images"], 2);
         assert_eq!(value["files_out"]["max_files"], 3);
         assert!(value.get("servers").is_none() && value.get("files").is_none());
+        assert!(value.get("session").is_none(), "stateless: no key at all");
 
         let proxy = serde_json::json!({"servers": [{"name": "time"}], "discovered": []});
         let files = [InputFile {
@@ -646,6 +661,7 @@ mod tests {
         }];
         let with_files = RunInput {
             files: &files,
+            session: true,
             ..input
         };
         let bytes = RunFrame {
@@ -660,6 +676,18 @@ mod tests {
             serde_json::json!([{"path": "in/a.csv", "base64": "AAE="}]),
             "the shape agent.py reads"
         );
+        assert_eq!(value["session"], true);
+    }
+
+    #[test]
+    fn done_says_whether_a_session_lives_on() {
+        let done: RunDone = parse_payload("done", br#"{"exit_code": 0}"#).unwrap();
+        assert!(!done.kept && done.session_gone.is_none());
+        let done: RunDone = parse_payload("done", br#"{"exit_code": 0, "kept": true}"#).unwrap();
+        assert!(done.kept);
+        let gone = br#"{"exit_code": 0, "session_gone": "its interpreter exited"}"#;
+        let done: RunDone = parse_payload("done", gone).unwrap();
+        assert_eq!(done.session_gone.as_deref(), Some("its interpreter exited"));
     }
 
     #[test]

@@ -65,7 +65,7 @@ async def main(binary):
             tools = (await session.list_tools()).tools
             check([t.name for t in tools] == ["run_python"], "exactly one tool: run_python", tools)
             tool = tools[0]
-            check(set(tool.inputSchema["properties"]) == {"code", "servers", "timeout", "files"}, "input schema", tool.inputSchema)
+            check(set(tool.inputSchema["properties"]) == {"code", "servers", "timeout", "files", "session", "end_session"}, "input schema", tool.inputSchema)
             check(tool.inputSchema.get("required") == ["code"], "only code is required", tool.inputSchema)
             check(tool.outputSchema and "status" in tool.outputSchema["properties"], "output schema", tool.outputSchema)
 

@@ -2,6 +2,7 @@
 child's status, how a run ends. Its process work (fork tree, reset) is tested
 through the real engine (tests/suites/fidelity.rs, isolation.rs, bad_input.rs)."""
 
+import json
 import os
 import pathlib
 import subprocess
@@ -171,7 +172,7 @@ def test_output_files_are_bounded_and_never_follow_links(agent, tmp_path, monkey
     monkeypatch.setattr(agent, "OUT_DIR", str(out))
     sent = []
     monkeypatch.setattr(agent, "send", lambda kind, data: sent.append((kind, bytes(data))))
-    dropped = agent.send_output_files({"max_files": 10, "max_bytes": 50})
+    dropped = agent.send_output_files({"max_files": 10, "max_bytes": 50}, {})
     files = {}
     for kind, payload in sent:
         assert kind == ord("P")
@@ -187,7 +188,7 @@ def test_output_file_count_is_bounded(agent, tmp_path, monkeypatch):
     monkeypatch.setattr(agent, "OUT_DIR", str(tmp_path))
     sent = []
     monkeypatch.setattr(agent, "send", lambda kind, data: sent.append(kind))
-    assert agent.send_output_files({"max_files": 3, "max_bytes": 1 << 20})["files_dropped"] == 2
+    assert agent.send_output_files({"max_files": 3, "max_bytes": 1 << 20}, {})["files_dropped"] == 2
     assert len(sent) == 3
 
 
@@ -239,7 +240,7 @@ def test_names_the_host_cannot_take_are_left_behind(agent, tmp_path, monkeypatch
     (out / "a-long-name.txt").write_text("y")
     sent = []
     monkeypatch.setattr(agent, "send", lambda kind, data: sent.append(bytes(data)))
-    dropped = agent.send_output_files({"max_files": 10, "max_bytes": 100})
+    dropped = agent.send_output_files({"max_files": 10, "max_bytes": 100}, {})
     assert sent == [b"\x00\x06ok.txtx"]
     assert dropped == {"files_dropped": 2, "files_dropped_bytes": 1}
 
@@ -273,12 +274,72 @@ def test_the_walk_of_out_is_bounded_in_entries_and_depth(agent, tmp_path, monkey
     sent = []
     monkeypatch.setattr(agent, "send", lambda kind, data: sent.append(bytes(data)))
     monkeypatch.setattr(agent, "OUT_MAX_DEPTH", 1)
-    agent.send_output_files({"max_files": 100, "max_bytes": 1 << 20})
+    agent.send_output_files({"max_files": 100, "max_bytes": 1 << 20}, {})
     assert len(sent) == 5, "d1/d2/deep.txt is deeper than the walk goes"
     sent.clear()
     (deep / "deep.txt").unlink()
     deep.rmdir()
     (tmp_path / "d1").rmdir()
     monkeypatch.setattr(agent, "OUT_MAX_ENTRIES", 3)
-    agent.send_output_files({"max_files": 100, "max_bytes": 1 << 20})
+    agent.send_output_files({"max_files": 100, "max_bytes": 1 << 20}, {})
     assert len(sent) == 3, "at most 3 directory entries are looked at"
+
+
+def test_a_session_returns_only_the_files_its_call_wrote(agent, tmp_path, monkeypatch):
+    monkeypatch.setattr(agent, "OUT_DIR", str(tmp_path))
+    sent = []
+    monkeypatch.setattr(agent, "send", lambda kind, data: sent.append(bytes(data)))
+    bounds = {"max_files": 100, "max_bytes": 1 << 20}
+    returned = {}
+    (tmp_path / "a.txt").write_text("1")
+    (tmp_path / "big.bin").write_bytes(b"x" * 200)
+    dropped = agent.send_output_files({"max_files": 100, "max_bytes": 100}, returned)
+    assert sent == [b"\x00\x05a.txt1"] and dropped["files_dropped"] == 1
+    sent.clear()
+    (tmp_path / "b.txt").write_text("2")
+    agent.send_output_files(bounds, returned)
+    assert sent == [b"\x00\x05b.txt2"], "a.txt and big.bin did not change"
+    sent.clear()
+    (tmp_path / "a.txt").write_text("3")  # rewritten, same size
+    agent.send_output_files(bounds, returned)
+    assert sent == [b"\x00\x05a.txt3"]
+    sent.clear()
+    (tmp_path / "b.txt").unlink()
+    (tmp_path / "b.txt").write_text("2")  # a new file of the same name and content
+    agent.send_output_files(bounds, returned)
+    assert sent == [b"\x00\x05b.txt2"]
+    assert set(returned) == {"a.txt", "b.txt", "big.bin"}, "only what the last walk saw"
+
+
+def test_spare_messages_are_length_prefixed(agent):
+    r, w = os.pipe()
+    agent.write_status(w, {"exit_code": 3, "error": "E"})
+    agent.write_status(w, {"exit_code": 0, "error": "é" * 8000})  # over the limit: cut
+    os.close(w)
+    assert agent.read_message(r) == {"exit_code": 3, "error": "E"}
+    cut = agent.read_message(r)
+    assert cut["exit_code"] == 0 and cut["error"] == "é" * 500
+    assert agent.read_message(r) is None, "the end of the pipe between messages"
+    os.close(r)
+    r, w = os.pipe()
+    os.write(w, agent.LENGTH.pack(10) + b"{}")
+    os.close(w)
+    with pytest.raises(EOFError):
+        agent.read_message(r)
+    os.close(r)
+
+
+def test_the_status_is_the_first_whole_message_with_an_exit_code(agent):
+    def message(obj):
+        data = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
+        return agent.LENGTH.pack(len(data)) + data
+
+    reader = agent.StatusReader()
+    stream = message(b"junk") + message({"error": "forged, no exit code"}) + message({"exit_code": 2, "error": "E"})
+    for i in range(len(stream) - 1):
+        assert reader.feed(stream[i : i + 1]) is None
+    assert reader.feed(stream[-1:]) == {"exit_code": 2, "error": "E"}
+    assert reader.feed(message({"exit_code": 0})) == {"exit_code": 2, "error": "E"}, "the first one stands"
+    huge = agent.StatusReader()
+    assert huge.feed(agent.LENGTH.pack(agent.STATUS_LIMIT + 1) + b"x") is None
+    assert huge.feed(message({"exit_code": 0})) is None, "after an oversized header nothing is trusted"

@@ -46,6 +46,22 @@ engine_test! {
     }
 }
 
+engine_test! {
+    /// Sessions through the official SDK (tests/e2e/sessions.py): state kept
+    /// and private, the limit, end_session, serialised calls, a timeout that
+    /// ends a session, idle expiry, and their metrics.
+    fn sessions_through_the_official_sdk() {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/sessions.py");
+        let output = Command::new(python()).args([script, BINARY]).output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success() && stdout.contains("all session checks passed"),
+            "sessions failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+        );
+    }
+}
+
 /// The labels of this server's containers.
 fn containers(server: &Server) -> Vec<String> {
     let owners = docker(&[

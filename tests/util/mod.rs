@@ -98,6 +98,8 @@ pub fn test_config() -> Config {
     let mut config = Config::from_env().expect("valid MCP_BRIDGE_* environment");
     config.pool_min_idle = 1;
     config.pool_max = 4;
+    // As the configuration's check would have it: a sandbox is left to stateless calls.
+    config.max_sessions = config.max_sessions.min(config.pool_max - 1);
     config.memory_bytes = 256 << 20;
     config.pool_wait_timeout = Duration::from_secs(90);
     config
@@ -141,6 +143,7 @@ impl Shared {
 pub fn one_sandbox() -> Config {
     let mut config = test_config();
     config.pool_max = 1;
+    config.max_sessions = 0;
     config
 }
 

@@ -1,0 +1,273 @@
+//! Sessions (issue 12), through the library against the real engine: what a
+//! session keeps, what each of its calls returns, the order of its calls, and
+//! every way it ends (the interpreter dying during or between calls, a
+//! cancelled call, a request) with the next call saying so. The official
+//! SDK's view (limit, idle expiry, timeout) is tests/e2e/sessions.py.
+
+use std::time::Duration;
+
+use crate::util::{Shared, block_on, docker, spawn, started_service, test_config, wait_until};
+use mcp_code_exec::call::{CallRequest, call};
+use mcp_code_exec::report::{Found, RunReport, RunStatus};
+use mcp_code_exec::service::Service;
+
+/// Room for every session of the suite's tests at once (they run in
+/// parallel, and a failing one leaves its sessions behind).
+static SERVICE: Shared = Shared::with(|| {
+    let mut config = test_config();
+    config.pool_max = 10;
+    config.max_sessions = 9;
+    Service::new(config)
+});
+
+fn in_session(service: &Service, name: &str, code: &str) -> RunReport {
+    block_on(call(service, &session_request(name, code)))
+}
+
+fn session_request(name: &str, code: &str) -> CallRequest {
+    CallRequest {
+        code: code.into(),
+        timeout_secs: Some(20.0),
+        session: Some(name.into()),
+        ..CallRequest::default()
+    }
+}
+
+fn found(report: &RunReport) -> &Found {
+    &report
+        .session
+        .as_ref()
+        .expect("a session call says how it found it")
+        .found
+}
+
+fn ended(report: &RunReport) -> Option<&str> {
+    report.session.as_ref().and_then(|s| s.ended.as_deref())
+}
+
+fn end(service: &Service, name: &str) -> RunReport {
+    block_on(call(
+        service,
+        &CallRequest {
+            end_session: true,
+            ..session_request(name, "")
+        },
+    ))
+}
+
+/// The id of the container a call ran in (Docker and Podman both mount its
+/// hostname file from a folder named after it).
+const CONTAINER_ID: &str = "import re\n\
+    print(re.search(r'containers/([0-9a-f]{64})/', open('/proc/self/mountinfo').read()).group(1))";
+
+engine_test! {
+    fn state_persists_in_a_session_and_nowhere_else() {
+        let service = SERVICE.get();
+        let first = in_session(
+            service,
+            "keep",
+            "import json\nx = 1\nlog = open('/workspace/log.txt', 'w')\nlog.write('a')\nlog.flush()",
+        );
+        assert_eq!((first.status, found(&first)), (RunStatus::Success, &Found::New), "{first:#?}");
+        let second = in_session(service, "keep", "x += 1\nlog.write('b')\nlog.flush()\nprint(x, json.dumps(x))");
+        assert_eq!(second.stdout, "2 2\n", "{second:#?}");
+        assert_eq!(found(&second), &Found::Continued);
+        let third = in_session(service, "keep", "x += 1\nprint(x, open('log.txt').read())");
+        assert_eq!(third.stdout, "3 ab\n", "{third:#?}");
+        let probe = "import os\nprint('x' in globals(), 'json' in globals(), os.path.exists('/workspace/log.txt'))";
+        let stateless = crate::util::run_on(service, probe, Some(20.0));
+        assert_eq!(stateless.stdout, "False False False\n", "{stateless:#?}");
+        assert!(stateless.session.is_none());
+        let other = in_session(service, "other", probe);
+        assert_eq!(other.stdout, "False False False\n", "{other:#?}");
+        assert_eq!(found(&other), &Found::New);
+        for name in ["keep", "other"] {
+            assert!(ended(&end(service, name)).is_some());
+        }
+    }
+}
+
+engine_test! {
+    /// A call's result holds its own output, images and files, not those
+    /// of the calls before it; earlier functions keep their source lines.
+    fn each_call_returns_only_its_own_output_images_and_files() {
+        let service = SERVICE.get();
+        let first = in_session(
+            service,
+            "own",
+            "import os, matplotlib.pyplot as plt\nos.makedirs('out', exist_ok=True)\n\
+             open('out/a.txt', 'w').write('A')\nplt.plot([1, 2])\nprint('one')\n\
+             def fails():\n    return 1 / 0\n",
+        );
+        assert_eq!(first.stdout, "one\n", "{first:#?}");
+        assert_eq!((first.images.len(), first.files.len()), (1, 1), "{first:#?}");
+        let second = in_session(service, "own", "open('out/b.txt', 'w').write('B')\nprint('two')\nfails()");
+        assert_eq!(second.stdout, "two\n", "{second:#?}");
+        assert!(second.images.is_empty(), "the figure was shown (and closed) by the first call");
+        let files: Vec<_> = second.files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(files, ["b.txt"], "out/a.txt did not change");
+        assert_eq!(second.status, RunStatus::Error);
+        assert!(
+            second.stderr.contains("return 1 / 0") && second.stderr.contains("line 3, in <module>"),
+            "both calls' lines in the traceback: {}",
+            second.stderr
+        );
+        let third = in_session(service, "own", "print('three')\nimport sys\nsys.exit(4)");
+        assert_eq!((third.stdout.as_str(), third.exit_code), ("three\n", Some(4)));
+        assert_eq!(ended(&third), None, "an exception or sys.exit() ends the call, not the session");
+        let fourth = in_session(service, "own", "print(open('out/a.txt').read())");
+        assert_eq!((found(&fourth), fourth.stdout.as_str()), (&Found::Continued, "A\n"));
+        end(service, "own");
+    }
+}
+
+engine_test! {
+    fn calls_to_one_session_run_one_at_a_time_in_arrival_order() {
+        let service = SERVICE.get();
+        in_session(service, "queue", "import time\nspans = []");
+        let calls: Vec<_> = (0..3)
+            .map(|i| {
+                let request = session_request(
+                    "queue",
+                    &format!("s = time.monotonic()\ntime.sleep(0.3)\nspans.append(({i}, s, time.monotonic()))"),
+                );
+                let handle = spawn(async move { call(SERVICE.get(), &request).await });
+                std::thread::sleep(Duration::from_millis(30)); // arrival order
+                handle
+            })
+            .collect();
+        for handle in calls {
+            let report = block_on(handle).unwrap();
+            assert_eq!(report.status, RunStatus::Success, "{report:#?}");
+        }
+        let spans = in_session(
+            service,
+            "queue",
+            "print([i for i, _, _ in spans], all(a[2] <= b[1] for a, b in zip(spans, spans[1:])))",
+        );
+        assert_eq!(spans.stdout, "[0, 1, 2] True\n", "in order, none overlapping: {spans:#?}");
+        end(service, "queue");
+    }
+}
+
+engine_test! {
+    /// An interpreter that exits during a call ends its session; one that
+    /// dies between calls is found dead, and the next call's code runs in a
+    /// new session that says the old one was lost. Output a session's
+    /// threads print between calls is no call's.
+    fn a_dead_interpreter_ends_the_session_and_the_next_call_says_so() {
+        let service = SERVICE.get();
+        in_session(service, "dies", "x = 1");
+        let exit = in_session(service, "dies", "import os\nprint('bye', flush=True)\nos._exit(3)");
+        assert_eq!((exit.stdout.as_str(), exit.exit_code), ("bye\n", Some(3)), "{exit:#?}");
+        let why = ended(&exit).expect("the session ended");
+        assert!(why.contains("exited during a call (exit code 3)"), "{why}");
+        let next = in_session(service, "dies", "print('x' in globals())");
+        assert_eq!(next.stdout, "False\n");
+        assert!(matches!(found(&next), Found::Lost(why) if why.contains("exit code 3")), "{next:#?}");
+
+        in_session(
+            service,
+            "dies",
+            "import os, threading, time\nx = 1\n\
+             threading.Thread(target=lambda: (print('late'), time.sleep(0.3), os._exit(0))).start()",
+        );
+        std::thread::sleep(Duration::from_secs(1));
+        let after = in_session(service, "dies", "print('x' in globals())");
+        assert_eq!((after.status, after.stdout.as_str()), (RunStatus::Success, "False\n"), "{after:#?}");
+        assert_eq!(
+            found(&after),
+            &Found::Lost("its interpreter exited between calls (exit code 0)".into())
+        );
+
+        in_session(
+            service,
+            "dies",
+            "import threading, time\nthreading.Thread(target=lambda: (time.sleep(0.2), print('late'))).start()",
+        );
+        std::thread::sleep(Duration::from_millis(600));
+        let clean = in_session(service, "dies", "print('now')");
+        assert_eq!(clean.stdout, "now\n", "{clean:#?}");
+        end(service, "dies");
+    }
+}
+
+engine_test! {
+    /// Cancelling a call (dropping it mid-run) ends its session and destroys
+    /// its container; so does end_session. Calls after say what happened.
+    fn a_cancelled_call_or_an_ended_session_takes_its_container_along() {
+        let service = SERVICE.get();
+        let id = in_session(service, "gone", CONTAINER_ID).stdout.trim().to_owned();
+        assert_eq!(id.len(), 64, "{id}");
+        let cut = block_on(async {
+            tokio::time::timeout(
+                Duration::from_millis(500),
+                call(service, &session_request("gone", "import time\ntime.sleep(30)")),
+            )
+            .await
+        });
+        assert!(cut.is_err(), "the call was cut");
+        wait_until("the cancelled session's container to go", Duration::from_secs(20), || {
+            docker(&["ps", "-aq", "--no-trunc", "--filter", &format!("id={id}")]).is_empty()
+        });
+        let next = in_session(service, "gone", CONTAINER_ID);
+        assert_eq!(found(&next), &Found::Lost("a call in it was cancelled mid-run".into()));
+        let id = next.stdout.trim().to_owned();
+        let done = end(service, "gone");
+        assert_eq!(done.status, RunStatus::Success);
+        assert_eq!(ended(&done), Some("ended as asked (end_session)"));
+        wait_until("the ended session's container to go", Duration::from_secs(20), || {
+            docker(&["ps", "-aq", "--no-trunc", "--filter", &format!("id={id}")]).is_empty()
+        });
+        let again = in_session(service, "gone", "print(1)");
+        assert_eq!(found(&again), &Found::New, "a session ended on request is not lost");
+        let nothing = end(service, "nobody");
+        assert_eq!(nothing.notes, ["no live session is named \"nobody\": nothing to end"]);
+        end(service, "gone");
+    }
+}
+
+engine_test! {
+    fn sessions_can_be_turned_off() {
+        let mut config = test_config();
+        config.max_sessions = 0;
+        let service = started_service(config);
+        let report = in_session(&service, "s", "print(1)");
+        assert_eq!(report.status, RunStatus::Error);
+        assert_eq!(
+            report.error.as_deref(),
+            Some("sessions are off (MCP_BRIDGE_MAX_SESSIONS=0): run without `session`")
+        );
+    }
+}
+
+#[test]
+fn session_names_and_end_session_are_checked() {
+    let limits = mcp_code_exec::call::Limits::from(&test_config());
+    let check = |session: Option<&str>, end_session: bool, code: &str| {
+        let request = CallRequest {
+            code: code.into(),
+            session: session.map(Into::into),
+            end_session,
+            ..CallRequest::default()
+        };
+        limits.validate(&request, &[]).map(|_| ())
+    };
+    assert!(check(Some("eda_2-b"), false, "x").is_ok());
+    assert!(check(Some("s"), true, "").is_ok(), "ending needs no code");
+    let long = "n".repeat(65);
+    for bad in ["", "a b", "a/b", "é", long.as_str()] {
+        let error = check(Some(bad), false, "x").unwrap_err();
+        assert!(
+            error.contains("1 to 64 letters, digits, '_' or '-'"),
+            "{bad:?}: {error}"
+        );
+    }
+    let error = check(None, true, "x").unwrap_err();
+    assert!(error.contains("end_session needs the session"), "{error}");
+    assert!(
+        check(Some("s"), false, " ")
+            .unwrap_err()
+            .contains("code is empty")
+    );
+}
