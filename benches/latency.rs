@@ -21,6 +21,7 @@ use mcp_code_exec::service::Service;
 
 const PRINT: &str = "print(6*7)";
 const ONE_MB: &str = "import sys\nsys.stdout.write('x' * 1_000_000)";
+const SESSION_STEP: &str = "x = globals().get('x', 0) + 1\nprint(x)";
 
 struct Setup {
     tokio: tokio::runtime::Runtime,
@@ -73,6 +74,17 @@ impl Setup {
         assert_eq!(report.status, RunStatus::Success, "{report:?}");
     }
 
+    /// `x += 1; print(x)` in a session that already exists (no reset after it).
+    async fn session_run(&self) {
+        let request = CallRequest {
+            code: SESSION_STEP.into(),
+            session: Some("bench".into()),
+            ..CallRequest::default()
+        };
+        let report = call(&self.service, &request).await;
+        assert_eq!(report.status, RunStatus::Success, "{report:?}");
+    }
+
     /// What a fresh container per call costs, with our own flags and agent.
     async fn cold_run(&self) {
         let spec = spec::container_spec(
@@ -109,6 +121,9 @@ fn criterion_benches(c: &mut Criterion, setup: &Setup) {
     let mut group = c.benchmark_group("run_python");
     group.bench_function("warm print(6*7)", |b| {
         b.to_async(&setup.tokio).iter(|| setup.warm_run(PRINT))
+    });
+    group.bench_function("session call x += 1", |b| {
+        b.to_async(&setup.tokio).iter(|| setup.session_run())
     });
     group.bench_function("warm 1 MB of output", |b| {
         b.to_async(&setup.tokio).iter(|| setup.warm_run(ONE_MB))
@@ -160,6 +175,10 @@ fn percentile_pass(setup: &Setup, full: bool) {
     percentiles(
         "warm print(6*7), back to back",
         sample(setup, n(2000), none, || setup.warm_run(PRINT)),
+    );
+    percentiles(
+        "session call x += 1, 10 ms apart",
+        sample(setup, n(1000), pause, || setup.session_run()),
     );
     percentiles(
         "warm 1 MB of output, 10 ms apart",

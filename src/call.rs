@@ -305,10 +305,7 @@ async fn unobserved(
 /// `end_session` with no code: the session ends after the call it is
 /// running, if any; no sandbox is needed.
 async fn end_session(sessions: &Sessions, name: &str) -> RunReport {
-    let ended = Ended {
-        reason: EndReason::Requested,
-        detail: "ended as asked (end_session)".into(),
-    };
+    let ended = Ended::requested();
     let mut report = RunReport::nothing_ran(RunStatus::Success);
     if sessions.end(name, ended.clone()).await {
         report.session = Some(SessionReport {
@@ -497,13 +494,7 @@ fn session_end(ran: &Ran, end_after: bool) -> Option<(Ended, Option<RecycleReaso
             None,
         ));
     }
-    end_after.then(|| {
-        let ended = Ended {
-            reason: EndReason::Requested,
-            detail: "ended as asked (end_session)".into(),
-        };
-        (ended, None)
-    })
+    end_after.then(|| (Ended::requested(), None))
 }
 
 /// The run's PNGs with their sizes. The agent checked them; what still does
@@ -614,6 +605,7 @@ impl CallObserver {
             "run",
             id,
             servers = ?request.servers,
+            session = request.session.as_deref(),
             status = tracing::field::Empty,
             duration_ms = tracing::field::Empty,
         );

@@ -92,6 +92,16 @@ pub struct Ended {
     pub detail: String,
 }
 
+impl Ended {
+    /// The client asked (`end_session: true`).
+    pub fn requested() -> Self {
+        Self {
+            reason: EndReason::Requested,
+            detail: "ended as asked (end_session)".into(),
+        }
+    }
+}
+
 /// Why a call could not have its session.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {

@@ -98,11 +98,13 @@ async def a_timeout_ends_the_session(client, port):
 
 
 async def idle_sessions_expire(client, port):
+    idle_before = metric(port, 'mcp_code_exec_sessions_ended_total{reason="idle"}')
     await run(client, "y = 1", session="idle")
-    live = metric(port, "mcp_code_exec_sessions ")
+    check(metric(port, "mcp_code_exec_sessions ") == 2, "eda (from the last check) and idle are live")
     time.sleep(IDLE_TTL_SECONDS + 1.5)  # the sweeper looks every TTL/4
-    check(metric(port, "mcp_code_exec_sessions ") == live - 1, "an idle session ends on its own")
-    check(metric(port, 'mcp_code_exec_sessions_ended_total{reason="idle"}') >= 1, "counted as ended when idle")
+    check(metric(port, "mcp_code_exec_sessions ") == 0, "idle sessions end on their own")
+    ended = metric(port, 'mcp_code_exec_sessions_ended_total{reason="idle"}')
+    check(ended == idle_before + 2, "counted as ended when idle", ended)
     after, _ = await run(client, "print('y' in globals())", session="idle")
     check(after["stdout"] == "False\n" and after["session"]["state"] == "lost", "the next call says it was lost", after)
     check(f"idle for {IDLE_TTL_SECONDS}s" in after["session"]["lost"], "because it was idle", after)

@@ -129,6 +129,8 @@ engine_test! {
             "mcp_code_exec_proxy_call_duration_seconds_count{server=\"fixture\"} 0",
             "mcp_code_exec_runs_total{status=\"cancelled\"} 0",
             "mcp_code_exec_sandboxes_recycled_total{reason=\"abandoned\"} 0",
+            "mcp_code_exec_sessions_ended_total{reason=\"idle\"} 0",
+            "mcp_code_exec_sessions 0",
         ] {
             assert!(
                 before.lines().any(|line| line == series),
@@ -168,6 +170,11 @@ engine_test! {
             "servers": ["fixture"],
         });
         assert_eq!(server.run_python(proxied)["stdout"], "hello a\nhello b\n");
+        // A session that lives, then ends on request: the gauge, then the counter.
+        server.run_python(json!({"code": "x = 1", "session": "s"}));
+        assert_eq!(sample(&metrics(), "mcp_code_exec_sessions"), 1.0);
+        let ended = server.run_python(json!({"code": "", "session": "s", "end_session": true}));
+        assert_eq!(ended["session"]["ended"], "ended as asked (end_session)");
         // A call the client cancels mid-run: counted (and logged) as cancelled.
         server.send(
             &json!({"jsonrpc": "2.0", "id": "to-cancel", "method": "tools/call",
@@ -197,7 +204,7 @@ engine_test! {
         let after = metrics();
         let delta = |series: &str| sample(&after, series) - sample(&before, series);
         for (series, expected) in [
-            ("mcp_code_exec_runs_total{status=\"success\"}", 3.0),
+            ("mcp_code_exec_runs_total{status=\"success\"}", 5.0),
             ("mcp_code_exec_runs_total{status=\"error\"}", 1.0),
             ("mcp_code_exec_runs_total{status=\"timeout\"}", 1.0),
             ("mcp_code_exec_runs_total{status=\"oom\"}", 1.0),
@@ -235,6 +242,15 @@ engine_test! {
                 "mcp_code_exec_proxy_client_restarts_total{server=\"fixture\"}",
                 1.0,
             ),
+            (
+                "mcp_code_exec_sessions_ended_total{reason=\"requested\"}",
+                1.0,
+            ),
+            (
+                "mcp_code_exec_sandboxes_recycled_total{reason=\"session_ended\"}",
+                1.0,
+            ),
+            ("mcp_code_exec_sessions", 0.0),
             ("mcp_code_exec_sandbox_resets_total", 4.0),
         ] {
             assert_eq!(delta(series), expected, "{series}\n{after}");
