@@ -27,7 +27,7 @@ use crate::sandbox::protocol::{
 };
 use crate::sandbox::{CapturedOutput, SandboxFailure, ToolCalls};
 use crate::service::Service;
-use crate::sessions::{EndReason, Ended, Sessions, Turn};
+use crate::sessions::{EndReason, Ended, Sessions};
 
 /// How many files a call may bring.
 pub const MAX_INPUT_FILES: usize = 256;
@@ -362,23 +362,21 @@ impl Run<'_> {
         end_after: bool,
         pool: &Pool,
     ) -> RunReport {
-        let mut turn = match self.enter(sessions, name, pool).await {
+        let mut turn = match sessions.enter(name, pool).await {
             Ok(turn) => turn,
-            Err(report) => return report,
+            Err(error) => return RunReport::rejected(RunStatus::Error, error.to_string()),
         };
         let mut ran = self.on(turn.lease()).await;
         if let Some(gone) = ran.done.as_mut().and_then(|done| done.session_gone.take()) {
             // Its interpreter had died between calls: the code did not run.
-            // Once more in a new session (whose result says this one was lost).
+            // Once more on a new sandbox (the result says the state was lost).
             let ended = Ended {
                 reason: EndReason::Exited,
                 detail: gone,
             };
-            turn.end(ended, None);
-            turn = match self.enter(sessions, name, pool).await {
-                Ok(turn) => turn,
-                Err(report) => return report,
-            };
+            if let Err(error) = turn.restart(ended, pool).await {
+                return RunReport::rejected(RunStatus::Error, error.to_string());
+            }
             ran = self.on(turn.lease()).await;
         }
         let end = session_end(&ran, end_after);
@@ -393,13 +391,6 @@ impl Run<'_> {
             None => turn.keep(),
         }
         report
-    }
-
-    async fn enter(&self, sessions: &Sessions, name: &str, pool: &Pool) -> Result<Turn, RunReport> {
-        let waiting = Instant::now();
-        let entered = sessions.enter(name, pool).await;
-        metrics::observe_wait(waiting.elapsed());
-        entered.map_err(|error| RunReport::rejected(RunStatus::Error, error.to_string()))
     }
 
     /// Runs on `lease`'s sandbox and classifies the outcome.

@@ -179,7 +179,9 @@ impl Service {
     /// Ends the sessions, removes every container of this instance (bounded
     /// by the pool's shutdown timeout) and stops the MCP servers it started.
     pub async fn shutdown(&self) {
-        // A session in a call ends after it: bounded by the call's timeout.
+        // A session in a call ends after it, within SHUTDOWN_TIMEOUT; the
+        // pool's shutdown then removes every container, those of sessions
+        // still in a call included.
         let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, self.sessions.shutdown()).await;
         self.proxy.shutdown().await;
         if let Some(pool) = self.pool.get() {

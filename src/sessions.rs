@@ -15,6 +15,7 @@
 //! may be locked while a seat is held, never the other way round.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,9 @@ use crate::report::Found;
 
 /// How many ended sessions' reasons are remembered for their next call.
 const REMEMBERED_ENDS: usize = 256;
+/// Calls of one session running or waiting at once (each holds its request
+/// in memory while it waits).
+const MAX_QUEUED: usize = 16;
 /// How often, at most, idle sessions are looked for.
 const MAX_SWEEP_PERIOD: Duration = Duration::from_secs(15);
 
@@ -119,6 +123,11 @@ pub enum SessionError {
     },
     #[error("sessions are off (MCP_BRIDGE_MAX_SESSIONS=0): run without `session`")]
     Off,
+    #[error(
+        "session {name:?} already has {MAX_QUEUED} calls running or waiting; its calls run one \
+         at a time: wait for their results"
+    )]
+    Queue { name: String },
     #[error("no sandbox for the session: {0}")]
     NoSandbox(#[from] AcquireError),
 }
@@ -154,6 +163,29 @@ struct Table {
 
 struct Session {
     seat: Arc<tokio::sync::Mutex<Seat>>,
+    /// Calls holding or waiting for the seat (at most [`MAX_QUEUED`]).
+    queued: AtomicUsize,
+}
+
+/// Counts a call as queued on its session for as long as it lives.
+struct Queued(Arc<Session>);
+
+impl Queued {
+    fn join(session: Arc<Session>, name: &str) -> Result<Self, SessionError> {
+        if session.queued.fetch_add(1, Ordering::AcqRel) >= MAX_QUEUED {
+            session.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(SessionError::Queue {
+                name: name.to_owned(),
+            });
+        }
+        Ok(Self(session))
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.0.queued.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// What the call holding a session's lock may use.
@@ -191,7 +223,9 @@ impl Sessions {
         self.start_sweeping();
         loop {
             let session = self.shared.find_or_create(name)?;
+            let queued = Queued::join(session.clone(), name)?;
             let mut seat = session.seat.clone().lock_owned().await;
+            drop(queued);
             if seat.closed {
                 continue; // it ended while we waited: the name is free again
             }
@@ -209,10 +243,9 @@ impl Sessions {
                 seat: Some(seat),
                 found: Found::Continued,
             };
-            let seat = turn.seat.as_mut().expect("just set");
-            if seat.lease.is_none() {
+            if turn.seat.as_ref().is_some_and(|seat| seat.lease.is_none()) {
                 // A failed or cancelled wait drops the turn, which frees the name.
-                seat.lease = Some(pool.acquire().await?);
+                turn.take_sandbox(pool).await?;
                 turn.found = match self.shared.table().take_ended(name) {
                     Some(ended) => Found::Lost(ended.detail),
                     None => Found::New,
@@ -323,6 +356,7 @@ impl Shared {
         }
         let session = Arc::new(Session {
             seat: Arc::new(tokio::sync::Mutex::new(Seat::default())),
+            queued: AtomicUsize::new(0),
         });
         table.live.insert(name.to_owned(), session.clone());
         Ok(session)
@@ -340,17 +374,7 @@ impl Shared {
         recycle: Option<RecycleReason>,
     ) {
         seat.closed = true;
-        if let Some(lease) = seat.lease.take() {
-            let reason = recycle.unwrap_or(RecycleReason::SessionEnded);
-            lease.finish(Verdict::Recycle(reason));
-        }
-        tracing::info!(
-            session = name,
-            reason = ended.reason.as_str(),
-            detail = %ended.detail,
-            "session ended"
-        );
-        metrics::observe_session_ended(ended.reason.as_str());
+        retire(name, seat, &ended, recycle);
         let mut table = self.table();
         table.forget_live(name, session);
         table.ended.retain(|(n, _)| n != name);
@@ -361,6 +385,22 @@ impl Shared {
             table.ended.push_back((name.to_owned(), ended));
         }
     }
+}
+
+/// The end of a session's interpreter: its sandbox recycled (with the
+/// failed run's reason, or as an ended session), logged and counted.
+fn retire(name: &str, seat: &mut Seat, ended: &Ended, recycle: Option<RecycleReason>) {
+    if let Some(lease) = seat.lease.take() {
+        let reason = recycle.unwrap_or(RecycleReason::SessionEnded);
+        lease.finish(Verdict::Recycle(reason));
+    }
+    tracing::info!(
+        session = name,
+        reason = ended.reason.as_str(),
+        detail = %ended.detail,
+        "session ended"
+    );
+    metrics::observe_session_ended(ended.reason.as_str());
 }
 
 impl Table {
@@ -436,6 +476,28 @@ impl Turn {
             .as_mut()
             .and_then(|seat| seat.lease.as_mut())
             .expect("a turn holds its session's lease until keep or end")
+    }
+
+    /// Its interpreter is gone (`ended` says how) before this call ran:
+    /// the session goes on, without the call losing its place, on a new
+    /// sandbox, and the call is told it was lost.
+    pub async fn restart(&mut self, ended: Ended, pool: &Pool) -> Result<(), SessionError> {
+        if let Some(seat) = self.seat.as_mut() {
+            retire(&self.name, seat, &ended, None);
+        }
+        self.found = Found::Lost(ended.detail);
+        self.take_sandbox(pool).await
+    }
+
+    /// A sandbox of the pool for a seat that has none.
+    async fn take_sandbox(&mut self, pool: &Pool) -> Result<(), SessionError> {
+        let waiting = Instant::now();
+        let lease = pool.acquire().await;
+        metrics::observe_wait(waiting.elapsed());
+        if let Some(seat) = self.seat.as_mut() {
+            seat.lease = Some(lease?);
+        }
+        Ok(())
     }
 
     /// The call is over; the session waits for its next one.

@@ -69,6 +69,7 @@ import inspect
 import io
 import itertools
 import json
+import linecache
 import os
 import platform
 import resource
@@ -271,17 +272,19 @@ def spare_main(code_r, status_w, out_w, err_w, call_w, answer_r):
 
     module = None
     calls = 0
+    channel = mcp_runtime["connect"](call_w, answer_r, MAX_CALL_BYTES)
     while (request := read_message(code_r)) is not None:
         calls += 1
         if module is None:
             module = main_module(request["code"])
             filename = SCRIPT
         else:
-            # A session's later call: the same `__main__`, this call's code in
-            # a file of its own (earlier functions keep their source lines).
+            # A session's later call: the same `__main__`; its code is served
+            # to tracebacks and inspect from memory (files would fill /run/code).
             filename = f"{SCRIPT_DIR}/call{calls}.py"
-            write_script(filename, request["code"])
-        exit_code, status, display = run_code(request, module, filename, (call_w, answer_r, MAX_CALL_BYTES))
+            lines = request["code"].splitlines(keepends=True)
+            linecache.cache[filename] = (len(request["code"]), None, lines, filename)
+        exit_code, status, display = run_code(request, module, filename, channel)
 
         def figures_left_open(status=status, display=display):  # after threads, before atexit
             if display is not None:
@@ -304,7 +307,7 @@ def spare_main(code_r, status_w, out_w, err_w, call_w, answer_r):
     os._exit(0)
 
 
-def run_code(request, module, filename, call_pipes):
+def run_code(request, module, filename, channel):
     """Writes the request's files, wires its `mcp` package and `display`,
     runs its code in `module`; returns (exit code, status, display)."""
     try:
@@ -316,7 +319,7 @@ def run_code(request, module, filename, call_pipes):
     if request.get("servers") or request.get("discovered"):
         mcp_runtime["install"](
             module.__dict__,
-            call_pipes,
+            channel,
             request.get("servers", []),
             request.get("discovered", []),
         )
@@ -359,7 +362,7 @@ def write_status(fd, status):
     try:
         write_all(fd, LENGTH.pack(len(data)) + data)
     except OSError:
-        pass  # user code closed it: the exit status tells the agent the rest
+        os._exit(status["exit_code"])  # user code closed it: the exit status tells the agent
 
 
 def reseed_random_generators():
@@ -733,7 +736,7 @@ class Spare:
         # Requests run so far (more than one only in a session), and the
         # files under out/ as the last run left them (send_output_files).
         self.calls = 0
-        self.returned = {}
+        self.returned = OutFiles()
 
     def exited(self, zygote):
         """The spare's exit code if it has exited (as far as we heard), else None."""
@@ -897,13 +900,17 @@ def run(spare, zygote, payload, request):
                     poller.unregister(fd)
                 elif statuses.feed(data) is not None:
                     exit_code = statuses.status["exit_code"]
+                elif statuses.broken and session:
+                    # User code garbled the pipe: no status of this session
+                    # can be read any more; its spare's exit decides.
+                    kill(spare.pid)
             elif not data:
                 poller.unregister(fd)
             elif fd == spare.call_r:
                 try:
                     relay.forward_calls(data)
                 except ValueError:
-                    os.kill(spare.pid, signal.SIGKILL)  # reported by its exit status
+                    kill(spare.pid)  # reported by its exit status
             else:
                 outputs[fd].forward(data)
     # Exited before we read its status (both became ready at once): read it now.
@@ -972,6 +979,13 @@ class StatusReader:
         return None
 
 
+def kill(pid):
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # already gone: its exit is on its way
+
+
 def send_images(bounds, status):
     """The run's images (display.py wrote them, in order) as b"I" frames,
     within the bounds again: user code could have written there too."""
@@ -1031,27 +1045,44 @@ def open_no_follow(name, dir_fd):
         return None  # a symlink (ELOOP), or gone
 
 
-def send_output_files(bounds, returned):
+class OutFiles:
+    """What /workspace/out held at the last walk (a session's calls return
+    only what changed since): each regular file's signature, and when."""
+
+    # Timestamps move in clock ticks (jiffies on kernels before 6.13): a
+    # file written within a tick of the last walk may change again without
+    # any time stamp moving, so its signature is not trusted.
+    COARSE_CLOCK_NS = 20_000_000
+
+    def __init__(self):
+        self.signatures = {}
+        self.walked_ns = 0
+
+    def unchanged(self, name, signature):
+        return self.signatures.get(name) == signature and signature[2] < self.walked_ns - self.COARSE_CLOCK_NS
+
+
+def send_output_files(bounds, before):
     """Regular files under /workspace/out, as b"P" frames (2-byte path
     length, the path, the bytes), within the per-run bounds. Walked through
     directory fds with O_NOFOLLOW: a symlink or a path swapped while we read
-    cannot make the agent read anything outside out/. `returned` maps each
-    path seen by the spare's earlier runs (a session's) to its signature: a
-    file unchanged since is not sent again. It is refilled with this walk."""
+    cannot make the agent read anything outside out/. A file that `before`
+    (the spare's last walk) shows unchanged is not sent again; `before`
+    becomes this walk."""
     budget = {"files": bounds["max_files"], "bytes": bounds["max_bytes"], "entries": OUT_MAX_ENTRIES}
     dropped = {"files_dropped": 0, "files_dropped_bytes": 0}
+    walk = OutFiles()
+    walk.walked_ns = time.time_ns()
     try:
         top = os.open(OUT_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError:
-        returned.clear()
-        return dropped
-    seen = {}
-    try:
-        send_tree(top, "", budget, dropped, OUT_MAX_DEPTH, (returned, seen))
-    finally:
-        os.close(top)
-    returned.clear()
-    returned.update(seen)
+        top = None
+    if top is not None:
+        try:
+            send_tree(top, "", budget, dropped, OUT_MAX_DEPTH, (before, walk))
+        finally:
+            os.close(top)
+    before.signatures, before.walked_ns = walk.signatures, walk.walked_ns
     return dropped
 
 
@@ -1059,7 +1090,7 @@ def send_tree(dir_fd, prefix, budget, dropped, depth, signatures):
     with os.scandir(dir_fd) as scan:
         entries = sorted(itertools.islice(scan, max(budget["entries"], 0)), key=lambda e: e.name)
     budget["entries"] -= len(entries)
-    before, seen = signatures
+    before, walk = signatures
     for entry in entries:
         fd = open_no_follow(entry.name, dir_fd)
         if fd is None:
@@ -1074,8 +1105,9 @@ def send_tree(dir_fd, prefix, budget, dropped, depth, signatures):
                 continue
             name = prefix + entry.name
             # ctime moves on every write and cannot be set back by user code.
-            seen[name] = signature = (info.st_ino, info.st_mtime_ns, info.st_ctime_ns, info.st_size)
-            if before.get(name) == signature:
+            signature = (info.st_ino, info.st_size, info.st_ctime_ns, info.st_mtime_ns)
+            walk.signatures[name] = signature
+            if before.unchanged(name, signature):
                 continue
             try:
                 path = name.encode()  # strict: the host takes UTF-8 paths only

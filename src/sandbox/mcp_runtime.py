@@ -288,13 +288,20 @@ def _tool_function(runtime, server, tool):
     return call
 
 
+def connect(call_fd, answer_fd, max_call_bytes):
+    """The process's one channel to the agent: every run of a process (a
+    session's calls) shares it, so one reader thread gets every answer and
+    call ids never repeat."""
+    return _Channel(call_fd, answer_fd, max_call_bytes)
+
+
 def install(env, channel, servers, discovered):
     """Builds the modules for this run and binds the globals in `env`.
-    `channel` is (call fd, answer fd, the largest call in bytes)."""
+    `channel` comes from `connect`."""
     package = types.ModuleType("mcp", "MCP servers proxied into the sandbox.")
     package.__path__ = []
     runtime = Runtime("mcp.runtime", Runtime.__doc__)
-    runtime._setup(_Channel(*channel), servers, discovered)
+    runtime._setup(channel, servers, discovered)
     servers_package = types.ModuleType("mcp.servers", "One module per MCP server of this run.")
     servers_package.__path__ = []
     package.runtime, package.servers, package.MCPError = runtime, servers_package, MCPError

@@ -172,7 +172,7 @@ def test_output_files_are_bounded_and_never_follow_links(agent, tmp_path, monkey
     monkeypatch.setattr(agent, "OUT_DIR", str(out))
     sent = []
     monkeypatch.setattr(agent, "send", lambda kind, data: sent.append((kind, bytes(data))))
-    dropped = agent.send_output_files({"max_files": 10, "max_bytes": 50}, {})
+    dropped = agent.send_output_files({"max_files": 10, "max_bytes": 50}, agent.OutFiles())
     files = {}
     for kind, payload in sent:
         assert kind == ord("P")
@@ -188,7 +188,7 @@ def test_output_file_count_is_bounded(agent, tmp_path, monkeypatch):
     monkeypatch.setattr(agent, "OUT_DIR", str(tmp_path))
     sent = []
     monkeypatch.setattr(agent, "send", lambda kind, data: sent.append(kind))
-    assert agent.send_output_files({"max_files": 3, "max_bytes": 1 << 20}, {})["files_dropped"] == 2
+    assert agent.send_output_files({"max_files": 3, "max_bytes": 1 << 20}, agent.OutFiles())["files_dropped"] == 2
     assert len(sent) == 3
 
 
@@ -240,7 +240,7 @@ def test_names_the_host_cannot_take_are_left_behind(agent, tmp_path, monkeypatch
     (out / "a-long-name.txt").write_text("y")
     sent = []
     monkeypatch.setattr(agent, "send", lambda kind, data: sent.append(bytes(data)))
-    dropped = agent.send_output_files({"max_files": 10, "max_bytes": 100}, {})
+    dropped = agent.send_output_files({"max_files": 10, "max_bytes": 100}, agent.OutFiles())
     assert sent == [b"\x00\x06ok.txtx"]
     assert dropped == {"files_dropped": 2, "files_dropped_bytes": 1}
 
@@ -274,41 +274,58 @@ def test_the_walk_of_out_is_bounded_in_entries_and_depth(agent, tmp_path, monkey
     sent = []
     monkeypatch.setattr(agent, "send", lambda kind, data: sent.append(bytes(data)))
     monkeypatch.setattr(agent, "OUT_MAX_DEPTH", 1)
-    agent.send_output_files({"max_files": 100, "max_bytes": 1 << 20}, {})
+    agent.send_output_files({"max_files": 100, "max_bytes": 1 << 20}, agent.OutFiles())
     assert len(sent) == 5, "d1/d2/deep.txt is deeper than the walk goes"
     sent.clear()
     (deep / "deep.txt").unlink()
     deep.rmdir()
     (tmp_path / "d1").rmdir()
     monkeypatch.setattr(agent, "OUT_MAX_ENTRIES", 3)
-    agent.send_output_files({"max_files": 100, "max_bytes": 1 << 20}, {})
+    agent.send_output_files({"max_files": 100, "max_bytes": 1 << 20}, agent.OutFiles())
     assert len(sent) == 3, "at most 3 directory entries are looked at"
 
 
 def test_a_session_returns_only_the_files_its_call_wrote(agent, tmp_path, monkeypatch):
     monkeypatch.setattr(agent, "OUT_DIR", str(tmp_path))
+    monkeypatch.setattr(agent.OutFiles, "COARSE_CLOCK_NS", 0)  # see the next test
     sent = []
     monkeypatch.setattr(agent, "send", lambda kind, data: sent.append(bytes(data)))
     bounds = {"max_files": 100, "max_bytes": 1 << 20}
-    returned = {}
+    before = agent.OutFiles()
     (tmp_path / "a.txt").write_text("1")
     (tmp_path / "big.bin").write_bytes(b"x" * 200)
-    dropped = agent.send_output_files({"max_files": 100, "max_bytes": 100}, returned)
+    dropped = agent.send_output_files({"max_files": 100, "max_bytes": 100}, before)
     assert sent == [b"\x00\x05a.txt1"] and dropped["files_dropped"] == 1
     sent.clear()
     (tmp_path / "b.txt").write_text("2")
-    agent.send_output_files(bounds, returned)
+    agent.send_output_files(bounds, before)
     assert sent == [b"\x00\x05b.txt2"], "a.txt and big.bin did not change"
     sent.clear()
     (tmp_path / "a.txt").write_text("3")  # rewritten, same size
-    agent.send_output_files(bounds, returned)
+    agent.send_output_files(bounds, before)
     assert sent == [b"\x00\x05a.txt3"]
     sent.clear()
     (tmp_path / "b.txt").unlink()
     (tmp_path / "b.txt").write_text("2")  # a new file of the same name and content
-    agent.send_output_files(bounds, returned)
+    agent.send_output_files(bounds, before)
     assert sent == [b"\x00\x05b.txt2"]
-    assert set(returned) == {"a.txt", "b.txt", "big.bin"}, "only what the last walk saw"
+    assert set(before.signatures) == {"a.txt", "b.txt", "big.bin"}, "only what the last walk saw"
+
+
+def test_a_file_changed_within_a_clock_tick_of_the_last_walk_is_sent_again(agent, tmp_path, monkeypatch):
+    monkeypatch.setattr(agent, "OUT_DIR", str(tmp_path))
+    sent = []
+    monkeypatch.setattr(agent, "send", lambda kind, data: sent.append(bytes(data)))
+    bounds = {"max_files": 100, "max_bytes": 1 << 20}
+    before = agent.OutFiles()
+    (tmp_path / "a.txt").write_text("1")
+    agent.send_output_files(bounds, before)
+    agent.send_output_files(bounds, before)
+    assert sent == [b"\x00\x05a.txt1"] * 2, "written 20 ms or less before the walk: its time stamps prove nothing"
+    sent.clear()
+    before.walked_ns += agent.OutFiles.COARSE_CLOCK_NS + 1  # as if walked a tick later
+    agent.send_output_files(bounds, before)
+    assert sent == [], "unchanged and older than a tick: not sent again"
 
 
 def test_spare_messages_are_length_prefixed(agent):

@@ -82,8 +82,11 @@ def test_calls_travel_as_lines_and_answers_match_by_id(mcp_runtime):
     echo = lambda call: {"id": call["id"], "ok": True, "result": {"structuredContent": call["arguments"]}}  # noqa: E731
     threading.Thread(target=fake_agent, args=(call_r, answer_w, echo), daemon=True).start()
     env = {}
-    mcp_runtime.install(env, (call_w, answer_r, 1 << 20), [TIME], [TIME])
+    channel = mcp_runtime.connect(call_w, answer_r, 1 << 20)
+    mcp_runtime.install(env, channel, [TIME], [TIME])
     assert env["mcp_time"].get_current_time.sync(timezone="UTC") == {"timezone": "UTC"}
+    mcp_runtime.install(env, channel, [TIME], [TIME])  # a session's next call: the same channel
+    assert env["mcp_time"].get_current_time.sync(timezone="CET") == {"timezone": "CET"}
     assert env["runtime"].call_tool_sync("time", "pid", {"result": 5}) == 5, "a wrapped result is unwrapped"
     assert sys.modules["mcp.servers.time"].get_current_time.__doc__.endswith("get_current_time(timezone: str)")
     with pytest.raises(mcp_runtime.MCPError, match="at most 1 MiB"):

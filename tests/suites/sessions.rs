@@ -4,10 +4,14 @@
 //! cancelled call, a request) with the next call saying so. The official
 //! SDK's view (limit, idle expiry, timeout) is tests/e2e/sessions.py.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::util::{Shared, block_on, docker, spawn, started_service, test_config, wait_until};
+use crate::util::{
+    Shared, block_on, docker, fixture_server, spawn, started_service, test_config, wait_until,
+};
 use mcp_code_exec::call::{CallRequest, call};
+use mcp_code_exec::proxy::Proxy;
 use mcp_code_exec::report::{Found, RunReport, RunStatus};
 use mcp_code_exec::service::Service;
 
@@ -17,7 +21,8 @@ static SERVICE: Shared = Shared::with(|| {
     let mut config = test_config();
     config.pool_max = 10;
     config.max_sessions = 9;
-    Service::new(config)
+    let proxy = Proxy::new(vec![fixture_server("fixture")]);
+    Service::with_proxy(config, Arc::new(proxy))
 });
 
 fn in_session(service: &Service, name: &str, code: &str) -> RunReport {
@@ -129,10 +134,10 @@ engine_test! {
             .map(|i| {
                 let request = session_request(
                     "queue",
-                    &format!("s = time.monotonic()\ntime.sleep(0.3)\nspans.append(({i}, s, time.monotonic()))"),
+                    &format!("s = time.monotonic()\ntime.sleep(0.5)\nspans.append(({i}, s, time.monotonic()))"),
                 );
                 let handle = spawn(async move { call(SERVICE.get(), &request).await });
-                std::thread::sleep(Duration::from_millis(30)); // arrival order
+                std::thread::sleep(Duration::from_millis(150)); // arrival order
                 handle
             })
             .collect();
@@ -185,10 +190,72 @@ engine_test! {
             "dies",
             "import threading, time\nthreading.Thread(target=lambda: (time.sleep(0.2), print('late'))).start()",
         );
-        std::thread::sleep(Duration::from_millis(600));
+        std::thread::sleep(Duration::from_millis(1500));
         let clean = in_session(service, "dies", "print('now')");
         assert_eq!(clean.stdout, "now\n", "{clean:#?}");
         end(service, "dies");
+    }
+}
+
+engine_test! {
+    /// The MCP servers a session's calls name work in every call (one
+    /// channel to the agent for the session's life), and many calls' code
+    /// fills nothing up.
+    fn tool_calls_and_many_calls_in_one_session() {
+        let service = SERVICE.get();
+        for i in 0..3 {
+            let request = CallRequest {
+                servers: vec!["fixture".into()],
+                ..session_request(
+                    "tools",
+                    &format!("print((await mcp_fixture.structured(name='n{i}'))['greeting'])"),
+                )
+            };
+            let report = block_on(call(service, &request));
+            assert_eq!(report.stdout, format!("hello n{i}\n"), "call {i}: {report:#?}");
+        }
+        // 40 calls of 200 KB of code: 8 MB, more than /run/code holds.
+        let padding = format!("# {}\n", "x".repeat(200_000));
+        for i in 0..40 {
+            let report = in_session(service, "tools", &format!("{padding}n = {i}\nprint(n)"));
+            assert_eq!(report.stdout, format!("{i}\n"), "call {i}: {report:#?}");
+        }
+        let traceback = in_session(service, "tools", "def f():\n    raise ValueError('deep')\nf()");
+        assert!(
+            traceback.stderr.contains("raise ValueError('deep')"),
+            "a later call's lines come from memory: {}",
+            traceback.stderr
+        );
+        end(service, "tools");
+    }
+}
+
+engine_test! {
+    /// User code owns its session's process, status pipe included: closing
+    /// it or writing garbage there ends the session, never hangs the call.
+    fn a_tampered_status_pipe_ends_the_session_at_once() {
+        let service = SERVICE.get();
+        for (what, tamper) in [
+            ("closed", "import os\nos.closerange(3, 256)"),
+            (
+                "garbage",
+                "import os\nfor fd in range(3, 256):\n    try:\n        os.write(fd, b'\\xff' * 8)\n    \
+                 except OSError:\n        pass\nimport time\ntime.sleep(5)",
+            ),
+        ] {
+            in_session(service, "tamper", "x = 1");
+            let report = block_on(call(
+                service,
+                &CallRequest {
+                    timeout_secs: Some(60.0),
+                    ..session_request("tamper", tamper)
+                },
+            ));
+            assert_ne!(report.status, RunStatus::Timeout, "{what}: {report:#?}");
+            let why = ended(&report).unwrap_or_default();
+            assert!(why.contains("exited during a call"), "{what}: {report:#?}");
+        }
+        end(service, "tamper");
     }
 }
 
