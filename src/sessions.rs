@@ -596,6 +596,28 @@ mod tests {
     }
 
     #[test]
+    fn a_session_holds_at_most_max_queued_calls() {
+        let session = Arc::new(Session {
+            seat: Arc::new(tokio::sync::Mutex::new(Seat::default())),
+            queued: AtomicUsize::new(0),
+        });
+        let queued: Vec<_> = (0..MAX_QUEUED)
+            .map(|_| Queued::join(session.clone(), "q").unwrap())
+            .collect();
+        let Err(error) = Queued::join(session.clone(), "q") else {
+            panic!("one call more than the bound");
+        };
+        assert_eq!(
+            error.to_string(),
+            "session \"q\" already has 16 calls running or waiting; its calls run one at a time: \
+             wait for their results"
+        );
+        drop(queued);
+        assert_eq!(session.queued.load(Ordering::Acquire), 0, "each call counted out");
+        assert!(Queued::join(session, "q").is_ok());
+    }
+
+    #[test]
     fn the_limit_error_lists_the_live_sessions() {
         let shared = Shared {
             table: Mutex::new(Table::default()),
