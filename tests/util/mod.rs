@@ -209,6 +209,16 @@ pub struct UnderTest {
     pub endpoint: String,
     /// The engine says it is Podman (its version's component name).
     pub podman: bool,
+    /// The sandboxes' OCI runtime: `MCP_BRIDGE_OCI_RUNTIME`, else the engine's default.
+    pub runtime: String,
+}
+
+impl UnderTest {
+    /// Sandboxes run under gVisor (runsc): a user-space kernel between them
+    /// and the host, which differs from Linux in ways the tests pin down.
+    pub fn gvisor(&self) -> bool {
+        self.runtime == "runsc"
+    }
 }
 
 /// The engine under test, asked once.
@@ -224,6 +234,7 @@ pub fn under_test() -> &'static UnderTest {
             UnderTest {
                 endpoint: engine.endpoint().to_owned(),
                 podman: facts.description.starts_with("Podman"),
+                runtime: config.oci_runtime.unwrap_or(facts.default_runtime),
             }
         })
     })
