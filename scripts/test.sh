@@ -13,7 +13,8 @@
 # The engine is set up first (scripts/setup-engine.sh ENGINE); the tests'
 # MCP_BRIDGE_RUNTIME / MCP_BRIDGE_OCI_RUNTIME choose it, and an engine test
 # fails (it is not skipped) when that engine does not answer.
-# Other arguments go to `cargo test`, e.g. `--test tests -- isolation::`.
+# Other arguments go to `cargo test` in place of `--all-targets`, e.g.
+# `--test tests -- isolation:: pool::`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -78,4 +79,9 @@ if [ ! -x "$node_dir/node_modules/.bin/mcp-server-everything" ] || [ "$installed
 fi
 export MCP_CODE_EXEC_TEST_EVERYTHING="$PWD/$node_dir/node_modules/.bin/mcp-server-everything"
 
-cargo test --all-targets "$@"
+# Every target by default; what the arguments name otherwise (benches take
+# only one filter, so `--all-targets` cannot go with several).
+if [ $# -eq 0 ]; then
+    set -- --all-targets
+fi
+cargo test "$@"
