@@ -9,17 +9,14 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::percentiles;
+use common::{PRINT, cold_run, percentiles};
 use criterion::Criterion;
-use mcp_code_exec::call::Limits;
 use mcp_code_exec::call::{CallRequest, call};
 use mcp_code_exec::config::Config;
-use mcp_code_exec::engine::{Engine, spec};
+use mcp_code_exec::engine::Engine;
 use mcp_code_exec::report::RunStatus;
-use mcp_code_exec::sandbox::{CapturedOutput, Sandbox, agent_command};
 use mcp_code_exec::service::Service;
 
-const PRINT: &str = "print(6*7)";
 const ONE_MB: &str = "import sys\nsys.stdout.write('x' * 1_000_000)";
 const SESSION_STEP: &str = "x = globals().get('x', 0) + 1\nprint(x)";
 
@@ -87,33 +84,7 @@ impl Setup {
 
     /// What a fresh container per call costs, with our own flags and agent.
     async fn cold_run(&self) {
-        let spec = spec::container_spec(
-            &self.config,
-            &self.image,
-            &self.runtime.owner_label(),
-            agent_command(&self.config.preload),
-        );
-        let container = self.runtime.start_container(&spec).await.unwrap();
-        let id = container.id.clone();
-        let mut sandbox = Sandbox::attach(container, Duration::from_secs(60))
-            .await
-            .unwrap();
-        let mut output = CapturedOutput::default();
-        let done = sandbox
-            .run(
-                &Limits::from(&self.config).input(PRINT, &[]),
-                Duration::from_secs(30),
-                None,
-                &mut output,
-            )
-            .await
-            .unwrap();
-        assert_eq!(
-            (done.exit_code, &output.stdout.bytes[..]),
-            (0, &b"42\n"[..])
-        );
-        drop(sandbox);
-        self.runtime.remove(&id).await;
+        cold_run(&self.runtime, &self.config, &self.image).await;
     }
 }
 

@@ -20,7 +20,25 @@
 #    tag, check that the scientific stack imports in it, and remove it (CI
 #    runs this: the default image may already exist on the machine).
 #
-# Usage: scripts/setup-engine.sh [--bare] [--verify-recipe]
+# The engine to make ready comes first (default: docker):
+# - docker: the above.
+# - gvisor: the above, then gVisor's runsc (Debian package) registered with
+#   dockerd as the OCI runtime `runsc` (merged into /etc/docker/daemon.json,
+#   with --network=none: network-less containers need it), dockerd reloaded
+#   (SIGHUP: running containers keep running) and `docker info` checked.
+#   Sandboxes use it with MCP_BRIDGE_OCI_RUNTIME=runsc.
+# - podman: the above (the images are built with Docker), then Podman (Debian
+#   package), its Docker-compatible API service on /run/podman/podman.sock
+#   (started in the background, log: /var/log/mcp-code-exec-podman.log), and
+#   the same images copied into Podman's store (`docker save | podman load`,
+#   when Podman's copy is missing or differs). With MCP_BRIDGE_RUNTIME=podman
+#   the server finds that socket by itself.
+#
+# --stop-podman alone stops the Podman API service this script started (CI
+# does, so that its Docker lane runs on a machine with no Podman socket).
+#
+# Usage: scripts/setup-engine.sh [docker|gvisor|podman] [--bare] [--verify-recipe]
+#        scripts/setup-engine.sh --stop-podman
 set -euo pipefail
 
 DATA_IMAGE=mcp-code-exec-sandbox:data
@@ -29,6 +47,11 @@ REGISTRY_BASE=python:3.12-slim
 DATA_PACKAGES=python3,python3-numpy,python3-pandas,python3-matplotlib,python3-scipy,python3-pil
 HERE="$(cd "$(dirname "$0")" && pwd)"
 DOCKERD_LOG=/var/log/mcp-code-exec-dockerd.log
+DOCKERD_CONFIG=/etc/docker/daemon.json
+PODMAN_SOCKET=/run/podman/podman.sock
+PODMAN_LOG=/var/log/mcp-code-exec-podman.log
+PODMAN_PID=/run/mcp-code-exec-podman.pid
+USAGE="usage: scripts/setup-engine.sh [docker|gvisor|podman] [--bare] [--verify-recipe] | --stop-podman"
 
 log() { printf 'setup-engine: %s\n' "$*" >&2; }
 
@@ -133,12 +156,130 @@ verify_recipe() {
     docker rmi "$scratch" >/dev/null
 }
 
-start_engine
-ensure_data_image
+runsc_registered() { docker info --format '{{json .Runtimes}}' 2>/dev/null | grep -q '"runsc"'; }
+
+# daemon.json names runsc with --network=none (dockerd may still list a
+# runtime its configuration no longer has: a reload does not drop runtimes).
+runsc_configured() {
+    python3 - "$DOCKERD_CONFIG" <<'PYTHON'
+import json, sys
+try:
+    runsc = json.load(open(sys.argv[1]))["runtimes"]["runsc"]
+except (OSError, ValueError, KeyError, TypeError):
+    sys.exit(1)
+sys.exit(0 if "--network=none" in runsc.get("runtimeArgs", []) else 1)
+PYTHON
+}
+
+# gVisor's runsc, registered with dockerd as the runtime `runsc`.
+ensure_gvisor() {
+    command -v runsc >/dev/null || { log "installing gVisor (runsc)"; apt_install runsc; }
+    runsc_configured && runsc_registered && return
+    log "registering runsc with dockerd ($DOCKERD_CONFIG)"
+    mkdir -p "$(dirname "$DOCKERD_CONFIG")"
+    # Merged into what is there: other settings and runtimes stay.
+    python3 - "$DOCKERD_CONFIG" "$(command -v runsc)" <<'PYTHON'
+import json, os, sys
+path, runsc = sys.argv[1], sys.argv[2]
+config = {}
+if os.path.exists(path) and os.path.getsize(path) > 0:
+    with open(path) as f:
+        config = json.load(f)
+config.setdefault("default-runtime", "runc")
+# Without --network=none, a container with `--network none` fails under
+# runsc here: "cannot run with network enabled in root network namespace".
+config.setdefault("runtimes", {})["runsc"] = {"path": runsc, "runtimeArgs": ["--network=none"]}
+with open(path + ".tmp", "w") as f:
+    json.dump(config, f, indent=2)
+    f.write("\n")
+os.replace(path + ".tmp", path)
+PYTHON
+    # SIGHUP reloads the runtimes; running containers are not touched.
+    kill -HUP "$(cat /var/run/docker.pid)"
+    for _ in $(seq 1 40); do
+        runsc_registered && { log "dockerd has runsc: $(runsc --version 2>/dev/null | head -n 1)"; return; }
+        sleep 0.25
+    done
+    log "dockerd did not pick up runsc after SIGHUP; runtimes: $(docker info --format '{{json .Runtimes}}')"
+    exit 1
+}
+
+podman_answers() { DOCKER_HOST="unix://$PODMAN_SOCKET" timeout 10 docker version >/dev/null 2>&1; }
+
+# Podman and its Docker-compatible API service.
+ensure_podman() {
+    command -v podman >/dev/null || { log "installing Podman"; apt_install podman; }
+    if ! podman_answers; then
+        mkdir -p "$(dirname "$PODMAN_SOCKET")"
+        # A socket file left by a service that is gone would refuse connections.
+        rm -f "$PODMAN_SOCKET"
+        log "starting Podman's API service on $PODMAN_SOCKET (log: $PODMAN_LOG)"
+        # setsid: the service must outlive this script; --time=0: it never exits idle.
+        setsid nohup podman system service --time=0 "unix://$PODMAN_SOCKET" \
+            >"$PODMAN_LOG" 2>&1 </dev/null &
+        echo $! >"$PODMAN_PID"
+        for _ in $(seq 1 60); do
+            podman_answers && break
+            sleep 0.5
+        done
+        podman_answers || { log "Podman's API did not answer within 30 s:"; tail -n 20 "$PODMAN_LOG" >&2; exit 1; }
+    fi
+    log "Podman up: $(podman version --format '{{.Server.Version}}' 2>/dev/null)"
+}
+
+# Stops the API service ensure_podman started (by its recorded pid; a
+# service started otherwise is left alone) and removes its socket.
+stop_podman() {
+    local pid
+    pid=$(cat "$PODMAN_PID" 2>/dev/null) || return 0
+    if kill "$pid" 2>/dev/null; then
+        for _ in $(seq 1 40); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.25
+        done
+        log "stopped Podman's API service (pid $pid)"
+    fi
+    rm -f "$PODMAN_PID" "$PODMAN_SOCKET"
+}
+
+# TAG in Podman's store, the same image (same id) as Docker's.
+copy_image_to_podman() {
+    local tag=$1 id
+    id=$(docker image inspect --format '{{.Id}}' "$tag")
+    [ "$(podman image inspect --format '{{.Id}}' "$tag" 2>/dev/null)" = "${id#sha256:}" ] && return
+    log "copying $tag from Docker into Podman's store"
+    docker save "$tag" | podman load -q >/dev/null
+    # `podman load` names it localhost/NAME:TAG, which Podman also answers to as NAME:TAG.
+    [ "$(podman image inspect --format '{{.Id}}' "$tag")" = "${id#sha256:}" ]
+}
+
+if [ "${1:-}" = --stop-podman ]; then
+    stop_podman
+    exit 0
+fi
+engine=docker
+case "${1:-}" in
+    docker | gvisor | podman) engine=$1; shift ;;
+esac
+bare=false
+recipe=false
 for option in "$@"; do
     case "$option" in
-        --bare) ensure_bare_image ;;
-        --verify-recipe) verify_recipe ;;
-        *) log "unknown option $option (usage: scripts/setup-engine.sh [--bare] [--verify-recipe])"; exit 2 ;;
+        --bare) bare=true ;;
+        --verify-recipe) recipe=true ;;
+        *) log "unknown option $option ($USAGE)"; exit 2 ;;
     esac
 done
+
+start_engine
+ensure_data_image
+if $bare; then ensure_bare_image; fi
+if $recipe; then verify_recipe; fi
+case "$engine" in
+    gvisor) ensure_gvisor ;;
+    podman)
+        ensure_podman
+        copy_image_to_podman "$DATA_IMAGE"
+        if $bare; then copy_image_to_podman "$BARE_IMAGE"; fi
+        ;;
+esac

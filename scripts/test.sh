@@ -4,11 +4,34 @@
 # installs Prometheus, the MCP Python SDK and the real MCP servers the tests use
 # (mcp-server-time from PyPI into a venv, @modelcontextprotocol/server-everything
 # from npm), lints and unit-tests the sandbox's Python (ruff, pytest), then runs
-# `cargo test`. Extra arguments go to `cargo test`.
+# `cargo test`.
+#
+# Usage: scripts/test.sh [--engine docker|gvisor|podman] [CARGO TEST ARGUMENTS...]
+#   --engine docker (the default): Docker with its default OCI runtime (runc).
+#   --engine gvisor: Docker with sandboxes under gVisor (MCP_BRIDGE_OCI_RUNTIME=runsc).
+#   --engine podman: Podman through its Docker-compatible API (MCP_BRIDGE_RUNTIME=podman).
+# The engine is set up first (scripts/setup-engine.sh ENGINE); the tests'
+# MCP_BRIDGE_RUNTIME / MCP_BRIDGE_OCI_RUNTIME choose it, and an engine test
+# fails (it is not skipped) when that engine does not answer.
+# Other arguments go to `cargo test` in place of `--all-targets`, e.g.
+# `--test tests -- isolation:: pool::`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/setup-engine.sh --bare
+engine=docker
+if [ "${1:-}" = --engine ]; then
+    engine=${2:?"--engine needs docker, gvisor or podman"}
+    shift 2
+fi
+case "$engine" in
+    docker) ;;
+    gvisor) export MCP_BRIDGE_OCI_RUNTIME=runsc ;;
+    podman) export MCP_BRIDGE_RUNTIME=podman ;;
+    *) echo "test.sh: unknown engine $engine (docker, gvisor or podman)" >&2; exit 2 ;;
+esac
+echo "test.sh: engine $engine" >&2
+
+scripts/setup-engine.sh "$engine" --bare
 
 # A real Prometheus for the dashboard test (tests/suites/observability.rs).
 if ! command -v prometheus >/dev/null; then
@@ -56,4 +79,9 @@ if [ ! -x "$node_dir/node_modules/.bin/mcp-server-everything" ] || [ "$installed
 fi
 export MCP_CODE_EXEC_TEST_EVERYTHING="$PWD/$node_dir/node_modules/.bin/mcp-server-everything"
 
-cargo test --all-targets "$@"
+# Every target by default; what the arguments name otherwise (benches take
+# only one filter, so `--all-targets` cannot go with several).
+if [ $# -eq 0 ]; then
+    set -- --all-targets
+fi
+cargo test "$@"

@@ -613,7 +613,11 @@ mod tests {
              wait for their results"
         );
         drop(queued);
-        assert_eq!(session.queued.load(Ordering::Acquire), 0, "each call counted out");
+        assert_eq!(
+            session.queued.load(Ordering::Acquire),
+            0,
+            "each call counted out"
+        );
         assert!(Queued::join(session, "q").is_ok());
     }
 

@@ -1,8 +1,48 @@
 //! Shared by the benchmarks: percentile summaries of plain samples (tail
-//! latency is the promise; criterion reports means and medians).
+//! latency is the promise; criterion reports means and medians), and the
+//! cold baseline.
 #![allow(dead_code)] // each bench uses what it needs
 
 use std::time::Duration;
+
+use mcp_code_exec::call::Limits;
+use mcp_code_exec::config::Config;
+use mcp_code_exec::engine::{Engine, spec};
+use mcp_code_exec::sandbox::{CapturedOutput, Sandbox, agent_command};
+
+pub const PRINT: &str = "print(6*7)";
+
+/// What a fresh container per call costs, with our own flags and agent:
+/// create + start + `print(6*7)` + remove.
+pub async fn cold_run(engine: &Engine, config: &Config, image: &str) {
+    let spec = spec::container_spec(
+        config,
+        image,
+        &engine.owner_label(),
+        agent_command(&config.preload),
+    );
+    let container = engine.start_container(&spec).await.unwrap();
+    let id = container.id.clone();
+    let mut sandbox = Sandbox::attach(container, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let mut output = CapturedOutput::default();
+    let done = sandbox
+        .run(
+            &Limits::from(config).input(PRINT, &[]),
+            Duration::from_secs(30),
+            None,
+            &mut output,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (done.exit_code, &output.stdout.bytes[..]),
+        (0, &b"42\n"[..])
+    );
+    drop(sandbox);
+    engine.remove(&id).await;
+}
 
 /// Prints `label`, the sample count and p50/p90/p99 (and max); returns p50.
 pub fn percentiles(label: &str, mut samples: Vec<Duration>) -> Duration {

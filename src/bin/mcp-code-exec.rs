@@ -16,7 +16,7 @@ use tracing_subscriber::EnvFilter;
 
 use mcp_code_exec::call::{CallRequest, call};
 use mcp_code_exec::config::{Config, LogFormat, parse_metrics_addr};
-use mcp_code_exec::engine::Engine;
+use mcp_code_exec::engine::{Engine, SeccompProfile};
 use mcp_code_exec::frontend::CodeExecServer;
 use mcp_code_exec::proxy::Proxy;
 use mcp_code_exec::proxy::discovery::SearchRoots;
@@ -258,6 +258,12 @@ async fn doctor(mut config: Config) -> ExitCode {
         facts.runtimes.join(", "),
         if facts.rootless { "yes" } else { "no" }
     );
+    let seccomp = engine.seccomp();
+    let verdict = match seccomp {
+        SeccompProfile::PodmanDefault(_) => "warn",
+        SeccompProfile::EngineDefault | SeccompProfile::PodmanWithoutKeyring(_) => "ok  ",
+    };
+    println!("{verdict}  seccomp: {seccomp}");
     let image = match engine.resolve_image(&config.image).await {
         Ok(image) => image,
         Err(error) => return fail("image", error),

@@ -9,6 +9,7 @@
 //! nothing above this module imports bollard. It knows nothing of the agent
 //! protocol or of pooling.
 
+mod seccomp;
 pub mod spec;
 
 use std::collections::HashMap;
@@ -34,6 +35,10 @@ use crate::config::{DEFAULT_IMAGE, EngineKind};
 /// How long engine requests (not attach streams) may take.
 const REQUEST_TIMEOUT_SECS: u64 = 60;
 const PULL_TIMEOUT: Duration = Duration::from_secs(600);
+/// A removal the engine refuses with a 500 is tried again this many times,
+/// this far apart, before it is an error (see [`Engine::try_remove`]).
+const REMOVE_SETTLE_TRIES: u32 = 10;
+const REMOVE_SETTLE_PAUSE: Duration = Duration::from_millis(100);
 
 /// A chunk of a container's output, as the engine demultiplexed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -276,6 +281,39 @@ pub struct Engine {
     owner: Owner,
     /// Where we connected, for messages.
     endpoint: String,
+    /// The security option every sandbox gets on top of its spec, if any
+    /// (see [`SeccompProfile`]).
+    seccomp: SeccompProfile,
+}
+
+/// The seccomp profile sandboxes run under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SeccompProfile {
+    /// The engine's default (Docker's refuses the kernel keyring).
+    EngineDefault,
+    /// Podman's default without the keyring syscalls, at this path.
+    PodmanWithoutKeyring(std::path::PathBuf),
+    /// Podman's default, which allows `keyctl`: the strict copy could not be
+    /// made (a remote engine, or no profile file on this host); why.
+    PodmanDefault(String),
+}
+
+impl std::fmt::Display for SeccompProfile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::EngineDefault => write!(f, "the engine's default"),
+            Self::PodmanWithoutKeyring(path) => write!(
+                f,
+                "Podman's default without the kernel keyring syscalls ({})",
+                path.display()
+            ),
+            Self::PodmanDefault(why) => write!(
+                f,
+                "Podman's default, which lets sandboxes reach the kernel keyring \
+                 their uid shares on the host (keyctl): {why}"
+            ),
+        }
+    }
 }
 
 impl Engine {
@@ -309,11 +347,24 @@ impl Engine {
             .await
             .map_err(unreachable)?;
         docker.ping().await.map_err(unreachable)?;
-        Ok(Self {
+        let mut engine = Self {
             docker,
             owner: Owner::current(),
             endpoint,
-        })
+            seccomp: SeccompProfile::EngineDefault,
+        };
+        if engine.describe().await?.starts_with("Podman") {
+            engine.seccomp = podman_seccomp(&engine.endpoint);
+            if let SeccompProfile::PodmanDefault(_) = &engine.seccomp {
+                tracing::warn!(seccomp = %engine.seccomp, "sandboxes are less isolated on this engine");
+            }
+        }
+        Ok(engine)
+    }
+
+    /// The seccomp profile sandboxes run under.
+    pub fn seccomp(&self) -> &SeccompProfile {
+        &self.seccomp
     }
 
     /// How a failed request is reported: [`EngineError::Unreachable`] (with
@@ -454,11 +505,15 @@ impl Engine {
             .owner
             .container_name(CREATED.fetch_add(1, Ordering::Relaxed) + 1);
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
-        let created = match self
-            .docker
-            .create_container(Some(options), spec.0.clone())
-            .await
+        let mut body = spec.0.clone();
+        if let (SeccompProfile::PodmanWithoutKeyring(path), Some(host)) =
+            (&self.seccomp, body.host_config.as_mut())
         {
+            host.security_opt
+                .get_or_insert_with(Vec::new)
+                .push(format!("seccomp={}", path.display()));
+        }
+        let created = match self.docker.create_container(Some(options), body).await {
             Ok(created) => created,
             Err(source) if image_is_missing(&source) => {
                 let image = spec.0.image.clone().unwrap_or_default();
@@ -518,14 +573,31 @@ impl Engine {
             .force(true)
             .v(true)
             .build();
-        match self.docker.remove_container(id, Some(options)).await {
-            Ok(()) => Ok(()),
-            // 404: gone already; 409: the engine's auto-remove is under way.
-            Err(BollardError::DockerResponseServerError {
-                status_code: 404 | 409,
-                ..
-            }) => Ok(()),
-            Err(error) => Err(self.failed("removing a sandbox container")(error)),
+        let mut settling = REMOVE_SETTLE_TRIES;
+        loop {
+            match self
+                .docker
+                .remove_container(id, Some(options.clone()))
+                .await
+            {
+                Ok(()) => return Ok(()),
+                // 404: gone already; 409: the engine's auto-remove is under way.
+                Err(BollardError::DockerResponseServerError {
+                    status_code: 404 | 409,
+                    ..
+                }) => return Ok(()),
+                // Podman: between its process's exit and the cleanup that
+                // auto-removes it, a container is "stopped", and a forced
+                // removal then fails with a 500 ("could not be stopped ...
+                // container state improper"). It settles within milliseconds.
+                Err(BollardError::DockerResponseServerError {
+                    status_code: 500, ..
+                }) if settling > 0 => {
+                    settling -= 1;
+                    tokio::time::sleep(REMOVE_SETTLE_PAUSE).await;
+                }
+                Err(error) => return Err(self.failed("removing a sandbox container")(error)),
+            }
         }
     }
 
@@ -663,6 +735,20 @@ fn podman_endpoint() -> Result<(String, Result<Docker, BollardError>), EngineErr
         format!("unix://{path}"),
         Docker::connect_with_unix(&path, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION),
     ))
+}
+
+/// Podman's profile without the keyring, when Podman runs on this host (its
+/// API reads a profile from a path only); else its default, and why.
+fn podman_seccomp(endpoint: &str) -> SeccompProfile {
+    if !endpoint.starts_with("unix://") {
+        return SeccompProfile::PodmanDefault(format!(
+            "the engine at {endpoint} is not on this host"
+        ));
+    }
+    match seccomp::podman_profile() {
+        Ok(path) => SeccompProfile::PodmanWithoutKeyring(path),
+        Err(error) => SeccompProfile::PodmanDefault(error.to_string()),
+    }
 }
 
 /// `name:tag` split at the last colon that is not part of a registry port.

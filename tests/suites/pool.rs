@@ -12,7 +12,7 @@ use crate::util::forwarder::EngineForwarder;
 use crate::util::server::{Server, free_port, http_get};
 use crate::util::{
     AGENT_START, block_on, docker, one_sandbox, request, run_on, spawn, started_service,
-    test_config, wait_until,
+    test_config, under_test, wait_until,
 };
 use mcp_code_exec::call::Limits;
 use mcp_code_exec::call::call;
@@ -349,7 +349,10 @@ engine_test! {
         let mut server = Server::start(
             &[
                 ("DOCKER_HOST", address.as_str()),
-                ("MCP_BRIDGE_RUNTIME", "docker"),
+                (
+                    "MCP_BRIDGE_RUNTIME",
+                    if under_test().podman { "podman" } else { "docker" },
+                ),
                 ("MCP_BRIDGE_METRICS_ADDR", addr.as_str()),
                 ("MCP_BRIDGE_POOL_MIN_IDLE", "1"),
                 ("MCP_BRIDGE_POOL_MAX", "2"),

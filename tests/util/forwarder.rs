@@ -19,13 +19,13 @@ pub struct EngineForwarder {
 }
 
 impl EngineForwarder {
-    /// Listens at `path`, forwarding to the engine `DOCKER_HOST` names (a
-    /// unix socket) or the default Docker socket.
+    /// Listens at `path`, forwarding to the socket of the engine under test.
     pub fn start(path: &Path) -> Self {
-        let engine = std::env::var("DOCKER_HOST")
-            .ok()
-            .and_then(|host| host.strip_prefix("unix://").map(PathBuf::from))
-            .unwrap_or_else(|| "/var/run/docker.sock".into());
+        let endpoint = &super::under_test().endpoint;
+        let engine = endpoint
+            .strip_prefix("unix://")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| panic!("the engine under test is not on a unix socket: {endpoint}"));
         let forwarder = Self {
             path: path.to_owned(),
             engine,

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use mcp_code_exec::call::{CallRequest, call};
 use mcp_code_exec::config::Config;
+use mcp_code_exec::engine::Engine;
 use mcp_code_exec::proxy::discovery::{ServerDefinition, identifier};
 use mcp_code_exec::report::{RunReport, RunStatus};
 use mcp_code_exec::service::Service;
@@ -201,9 +202,52 @@ pub fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool)
     }
 }
 
-/// The docker CLI's trimmed stdout.
+/// The engine and OCI runtime the tests run against, chosen by the same
+/// `MCP_BRIDGE_RUNTIME` / `MCP_BRIDGE_OCI_RUNTIME` / `DOCKER_HOST` the server
+/// reads (`scripts/test.sh --engine`), and asked of the engine itself: a
+/// test that expects another engine's behaviour then fails, it is not skipped.
+#[derive(Debug)]
+pub struct UnderTest {
+    /// Where the engine answers (`unix:///run/podman/podman.sock`, …).
+    pub endpoint: String,
+    /// The engine says it is Podman (its version's component name).
+    pub podman: bool,
+    /// The sandboxes' OCI runtime: `MCP_BRIDGE_OCI_RUNTIME`, else the engine's default.
+    pub runtime: String,
+}
+
+impl UnderTest {
+    /// Sandboxes run under gVisor (runsc): a user-space kernel between them
+    /// and the host, which differs from Linux in ways the tests pin down.
+    pub fn gvisor(&self) -> bool {
+        self.runtime == "runsc"
+    }
+}
+
+/// The engine under test, asked once.
+pub fn under_test() -> &'static UnderTest {
+    static UNDER_TEST: OnceLock<UnderTest> = OnceLock::new();
+    UNDER_TEST.get_or_init(|| {
+        let config = test_config();
+        block_on(async {
+            let engine = Engine::connect(config.engine)
+                .await
+                .unwrap_or_else(|error| panic!("the engine under test answers: {error}"));
+            let facts = engine.facts().await.expect("the engine describes itself");
+            UnderTest {
+                endpoint: engine.endpoint().to_owned(),
+                podman: facts.description.starts_with("Podman"),
+                runtime: config.oci_runtime.unwrap_or(facts.default_runtime),
+            }
+        })
+    })
+}
+
+/// The docker CLI's trimmed stdout, against the engine under test (Podman
+/// through its Docker-compatible API when that is what the tests run on).
 pub fn docker(args: &[&str]) -> String {
     let output = Command::new("docker")
+        .env("DOCKER_HOST", &under_test().endpoint)
         .args(args)
         .output()
         .expect("the docker CLI runs");
