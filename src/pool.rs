@@ -68,10 +68,12 @@ pub enum RecycleReason {
     Unhealthy,
     /// Its session ended (it holds a session's state: never reset for another).
     SessionEnded,
+    /// Its agent cannot reset it here (gVisor: IPC objects cannot be listed).
+    SingleUse,
 }
 
 impl RecycleReason {
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::Timeout,
         Self::Oom,
         Self::AgentDied,
@@ -82,6 +84,7 @@ impl RecycleReason {
         Self::Abandoned,
         Self::Unhealthy,
         Self::SessionEnded,
+        Self::SingleUse,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -96,6 +99,7 @@ impl RecycleReason {
             Self::Abandoned => "abandoned",
             Self::Unhealthy => "unhealthy",
             Self::SessionEnded => "session_ended",
+            Self::SingleUse => "single_use",
         }
     }
 
@@ -675,12 +679,15 @@ impl Lease {
     pub fn finish(mut self, verdict: Verdict) {
         let sandbox = self.sandbox.take().expect("finish is called once");
         let sizing = &self.shared.sizing;
-        let verdict = verdict.or_worn_out(
-            sandbox.runs(),
-            sandbox.age(),
-            sizing.max_uses,
-            sizing.max_age,
-        );
+        let verdict = match verdict {
+            Verdict::Reuse if sandbox.single_use() => Verdict::Recycle(RecycleReason::SingleUse),
+            verdict => verdict.or_worn_out(
+                sandbox.runs(),
+                sandbox.age(),
+                sizing.max_uses,
+                sizing.max_age,
+            ),
+        };
         self.shared.end_lease(sandbox, verdict);
     }
 }

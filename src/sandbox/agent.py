@@ -559,6 +559,8 @@ def zygote_main(channel, preload):
             select.select([wake_r], [], [], 0.05)
             drain(wake_r)
             reap()
+            if only_the_agents_zombies_left():
+                return True  # the agent reaps them before the next spare runs
             if time.monotonic() > deadline:
                 return False
 
@@ -595,6 +597,25 @@ def zygote_main(channel, preload):
             channel.send(b"Xunknown command")
         for fd in fds:
             os.close(fd)
+
+
+def only_the_agents_zombies_left():
+    """Whether every process but PID 1 and this one is a zombie whose parent
+    is PID 1. Where the zygote cannot be the subreaper (gVisor refuses
+    PR_SET_CHILD_SUBREAPER with EINVAL, measured), orphans go to PID 1, and
+    only the agent can reap them: kill(-1) then finds them until it does."""
+    me = str(os.getpid())
+    try:
+        for name in os.listdir("/proc"):
+            if not name.isdigit() or name in ("1", me):
+                continue
+            with open(f"/proc/{name}/stat", "rb") as f:
+                state, ppid = f.read().rsplit(b")", 1)[1].split()[:2]
+            if state != b"Z" or ppid != b"1":
+                return False
+    except (OSError, ValueError):
+        return False  # a process that came or went: look again
+    return True
 
 
 def preload_modules(names):
@@ -1221,7 +1242,9 @@ def reset(spare, zygote, baseline):
     else (None, why not)."""
 
     def clean():
-        for _ in reaped():  # nothing is ours but the zygote; this only matters if it died
+        # Our children: the zygote (if it died), and the orphans of the run
+        # where the zygote cannot be their subreaper (gVisor).
+        for _ in reaped():
             pass
         spare.close()
         failure = wipe_all()
@@ -1232,6 +1255,17 @@ def reset(spare, zygote, baseline):
         return None
 
     return fresh_spare(zygote, b"K", clean, RESET_WARM_TIMEOUT_S)
+
+
+def reset_impossible():
+    """Why this container cannot be reset, or None. The reset removes SysV
+    IPC objects by listing /proc/sysvipc and POSIX message queues through
+    /dev/mqueue; where neither is there (gVisor, measured), objects a run
+    leaves could not be found, so a container serves one run."""
+    missing = [path for path in ("/proc/sysvipc", "/dev/mqueue") if not os.path.isdir(path)]
+    if not missing:
+        return None
+    return f"{' and '.join(missing)} missing (as under gVisor): IPC objects a run leaves cannot be listed to remove"
 
 
 def wipe_all():
@@ -1361,7 +1395,11 @@ def main(argv):
     if failure:
         sys.stderr.write(f"mcp-code-exec agent: no first spare: {failure}\n")
         os._exit(5)
-    send_json(ord("Y"), {"python": sys.version.split()[0], "preload_missing": zygote.missing})
+    hello = {"python": sys.version.split()[0], "preload_missing": zygote.missing}
+    single_use = reset_impossible()
+    if single_use:
+        hello["single_use"] = single_use
+    send_json(ord("Y"), hello)
     while True:
         frame = host.wait_frame()
         if frame is None:
@@ -1379,6 +1417,8 @@ def main(argv):
             os._exit(3)
         if run(spare, zygote, payload, request):
             continue  # the session's next call goes to the same spare
+        if single_use:
+            continue  # the host recycles this container; another run would be refused above
         spare, failure = reset(spare, zygote, baseline)
         if failure:
             # The host recycles this container; nothing here can be trusted now.

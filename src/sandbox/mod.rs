@@ -192,6 +192,8 @@ pub struct Sandbox {
     created: Instant,
     runs: u32,
     python_version: String,
+    /// The agent cannot reset this container (see [`Ready::single_use`]).
+    single_use: bool,
 }
 
 /// The agent's side of the attach stream, decoded into frames.
@@ -229,9 +231,20 @@ impl Sandbox {
             created: Instant::now(),
             runs: 0,
             python_version: String::new(),
+            single_use: false,
         };
         let ready = sandbox.await_ready(timeout).await?;
         sandbox.python_version = ready.python.unwrap_or_default();
+        if let Some(reason) = ready.single_use {
+            sandbox.single_use = true;
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!(
+                    %reason,
+                    "sandboxes serve one run each and are then replaced (slower under load)"
+                );
+            });
+        }
         if !ready.preload_missing.is_empty() {
             // Every sandbox of an image says the same: once is enough.
             static WARNED: std::sync::Once = std::sync::Once::new();
@@ -264,6 +277,11 @@ impl Sandbox {
 
     pub fn runs(&self) -> u32 {
         self.runs
+    }
+
+    /// Whether the agent said it cannot reset this container.
+    pub fn single_use(&self) -> bool {
+        self.single_use
     }
 
     /// A zero-cost liveness check of an idle sandbox: the agent says nothing

@@ -315,6 +315,10 @@ pub struct Ready {
     /// Preloaded modules the image lacks, with why; first `Ready` only.
     #[serde(default)]
     pub preload_missing: Vec<String>,
+    /// Why this sandbox cannot be reset, so it serves one run (a session's
+    /// calls count as one) and is then recycled; first `Ready` only.
+    #[serde(default)]
+    pub single_use: Option<String>,
 }
 
 /// Payload of a `ResetFailed` frame.

@@ -1,9 +1,11 @@
 //! What bad input gets: a clear error, the server unharmed, the next call fine.
 //! Every case runs against the real engine and ends with a `print(6*7)`.
 
+use std::time::Duration;
+
 use crate::util::{
-    AGENT_START, Shared, assert_next_call_works, block_on, one_sandbox, run_on, started_service,
-    test_config, under_test,
+    Shared, assert_next_call_works, block_on, containers_of, one_sandbox, run_on, started_service,
+    test_config, under_test, wait_until,
 };
 use mcp_code_exec::report::{RunReport, RunStatus};
 
@@ -151,8 +153,16 @@ engine_test! {
     fn memory_bomb_is_reported_as_oom() {
         let code = "chunks = []\nwhile True:\n    chunks.append(bytearray(16 << 20))";
         let report = run_on(SERVICE.get(), code, Some(30.0));
-        assert_eq!(report.status, RunStatus::Oom, "{report:#?}");
-        assert!(report.error.unwrap().contains("MCP_BRIDGE_MEMORY"));
+        let error = report.error.clone().unwrap_or_default();
+        if under_test().gvisor() && report.status == RunStatus::Error {
+            // gVisor's OOM can take the whole sandbox (its memory overhead
+            // counts too) before the container's counter says why (seen
+            // once in three runs): the status is then a true, vaguer one.
+            assert!(error.contains("the sandbox agent stopped unexpectedly"), "{report:#?}");
+        } else {
+            assert_eq!(report.status, RunStatus::Oom, "{report:#?}");
+            assert!(error.contains("MCP_BRIDGE_MEMORY"), "{report:#?}");
+        }
         assert_next_call_works(SERVICE.get());
     }
 }
@@ -359,14 +369,15 @@ engine_test! {
         // A stopped zygote cannot serve the next run: the sandbox is replaced
         // (one sandbox only, so the next run shows which container it is in).
         let single = started_service(one_sandbox());
-        let stop = format!(
-            "import os, signal\nos.kill(os.getppid(), signal.SIGSTOP)\n{AGENT_START}"
-        );
-        let stopped = run_on(&single, &stop, Some(10.0));
+        let stop = "import os, signal\nos.kill(os.getppid(), signal.SIGSTOP)";
+        let stopped = run_on(&single, stop, Some(10.0));
         assert_eq!(stopped.status, RunStatus::Success, "{stopped:#?}");
-        let next = run_on(&single, AGENT_START, Some(30.0));
+        let container = containers_of(&single);
+        let next = run_on(&single, "print(1)", Some(30.0));
         assert_eq!(next.status, RunStatus::Success, "{next:#?}");
-        assert_ne!(next.stdout, stopped.stdout, "the sandbox was replaced");
+        wait_until("the sandbox to be replaced", Duration::from_secs(20), || {
+            !containers_of(&single).contains(&container[0])
+        });
         block_on(single.shutdown());
 
         let code = "import os, signal, subprocess\nsubprocess.Popen(['sleep', '100'])\n\

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use crate::util::forwarder::EngineForwarder;
 use crate::util::server::{Server, free_port, http_get};
 use crate::util::{
-    AGENT_START, block_on, docker, one_sandbox, request, run_on, spawn, started_service,
-    test_config, under_test, wait_until,
+    AGENT_START, block_on, containers_of, docker, one_sandbox, request, run_on, spawn,
+    started_service, test_config, under_test, wait_until,
 };
 use mcp_code_exec::call::Limits;
 use mcp_code_exec::call::call;
@@ -105,13 +105,17 @@ engine_test! {
         let mut config = one_sandbox();
         config.pool_max_uses = 2;
         let service = started_service(config);
-        let starts: Vec<String> = (0..3)
-            .map(|_| run_on(&service, AGENT_START, None).stdout)
+        let containers: Vec<Vec<String>> = (0..3)
+            .map(|_| {
+                run_on(&service, "pass", None);
+                containers_of(&service)
+            })
             .collect();
-        assert_eq!(starts[0], starts[1], "second run reuses the container");
-        assert_ne!(
-            starts[1], starts[2],
-            "third run gets a new one after MCP_BRIDGE_POOL_MAX_USES=2"
+        assert_eq!(containers[0].len(), 1, "{containers:?}");
+        assert_eq!(containers[0], containers[1], "second run reuses the container");
+        assert!(
+            !containers[2].contains(&containers[1][0]) || containers[2].len() > 1,
+            "third run gets a new one after MCP_BRIDGE_POOL_MAX_USES=2: {containers:?}"
         );
         block_on(service.shutdown());
     }
@@ -120,11 +124,15 @@ engine_test! {
 engine_test! {
     fn a_timed_out_sandbox_is_replaced() {
         let service = started_service(one_sandbox());
-        let before = run_on(&service, AGENT_START, None).stdout;
+        run_on(&service, "pass", None);
+        let before = containers_of(&service);
         let timed_out = run_on(&service, "while True: pass", Some(0.5));
         assert_eq!(timed_out.status, RunStatus::Timeout);
-        let after = run_on(&service, AGENT_START, None).stdout;
-        assert_ne!(before, after, "the timed-out container was recycled");
+        run_on(&service, "pass", None);
+        wait_until("the timed-out container to go", Duration::from_secs(20), || {
+            !containers_of(&service).contains(&before[0])
+        });
+        assert_eq!(containers_of(&service).len(), 1, "a new one took its place");
         block_on(service.shutdown());
     }
 }

@@ -243,6 +243,21 @@ pub fn under_test() -> &'static UnderTest {
     })
 }
 
+/// The containers `service`'s pool has now, as the engine lists them (ids).
+/// For a one-sandbox pool, the same single id before and after a run means
+/// the run reused that container; `AGENT_START` says the same from inside,
+/// but not under gVisor, where every sandbox's clock starts at 0.
+pub fn containers_of(service: &Service) -> Vec<String> {
+    let pool = service.started_pool().expect("the service has started");
+    let owner = format!(
+        "label={}={}",
+        mcp_code_exec::engine::spec::OWNER_LABEL,
+        pool.engine().owner_label()
+    );
+    let ids = docker(&["ps", "-aq", "--no-trunc", "--filter", &owner]);
+    ids.lines().map(str::to_owned).collect()
+}
+
 /// The docker CLI's trimmed stdout, against the engine under test (Podman
 /// through its Docker-compatible API when that is what the tests run on).
 pub fn docker(args: &[&str]) -> String {
