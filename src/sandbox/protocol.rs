@@ -684,6 +684,15 @@ mod tests {
     }
 
     #[test]
+    fn ready_says_when_a_sandbox_serves_one_run() {
+        let ready: Ready = parse_payload("ready", br#"{"python": "3.13.5"}"#).unwrap();
+        assert_eq!(ready.single_use, None);
+        let gvisor = br#"{"python": "3.13.5", "single_use": "/proc/sysvipc missing"}"#;
+        let ready: Ready = parse_payload("ready", gvisor).unwrap();
+        assert_eq!(ready.single_use.as_deref(), Some("/proc/sysvipc missing"));
+    }
+
+    #[test]
     fn done_says_whether_a_session_lives_on() {
         let done: RunDone = parse_payload("done", br#"{"exit_code": 0}"#).unwrap();
         assert!(!done.kept && done.session_gone.is_none());
