@@ -906,6 +906,51 @@ mod tests {
     }
 
     #[test]
+    fn a_session_ends_when_its_run_failed_its_interpreter_died_or_the_client_asked() {
+        let ran = |verdict, kept, exit_code| Ran {
+            report: RunReport {
+                exit_code: Some(exit_code),
+                ..RunReport::rejected(RunStatus::Error, "the sandbox agent stopped")
+            },
+            verdict,
+            done: Some(RunDone {
+                kept,
+                ..RunDone::default()
+            }),
+        };
+        let reason = |ran: &Ran, end_after| {
+            session_end(ran, end_after).map(|(ended, recycle)| (ended.reason, recycle))
+        };
+        let kept = ran(Verdict::Reuse, true, 0);
+        assert_eq!(reason(&kept, false), None, "the session goes on");
+        assert_eq!(reason(&kept, true), Some((EndReason::Requested, None)));
+        let timeout = ran(Verdict::Recycle(RecycleReason::Timeout), false, 0);
+        assert_eq!(
+            reason(&timeout, false),
+            Some((EndReason::Timeout, Some(RecycleReason::Timeout)))
+        );
+        let oom = ran(Verdict::Recycle(RecycleReason::Oom), false, 0);
+        assert_eq!(
+            reason(&oom, true),
+            Some((EndReason::Oom, Some(RecycleReason::Oom)))
+        );
+        let broken = ran(Verdict::Recycle(RecycleReason::Protocol), false, 0);
+        let (ended, _) = session_end(&broken, false).unwrap();
+        assert_eq!(ended.reason, EndReason::SandboxFailed);
+        assert!(
+            ended.detail.contains("the sandbox agent stopped"),
+            "{}",
+            ended.detail
+        );
+        let (ended, recycle) = session_end(&ran(Verdict::Reuse, false, -11), false).unwrap();
+        assert_eq!((ended.reason, recycle), (EndReason::Exited, None));
+        assert_eq!(
+            ended.detail,
+            "its interpreter exited during a call (killed by SIGSEGV (segmentation fault))"
+        );
+    }
+
+    #[test]
     fn signals_are_named() {
         assert_eq!(describe_signal(11), "SIGSEGV (segmentation fault)");
         assert_eq!(describe_signal(64), "signal 64");

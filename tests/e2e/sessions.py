@@ -78,7 +78,12 @@ async def the_limit_names_itself(client):
 async def concurrent_calls_are_serialised(client):
     await run(client, "import time\nspans = []", session="eda")
     step = "s = time.monotonic()\ntime.sleep(0.5)\nspans.append(({}, s, time.monotonic()))"
-    results = await asyncio.gather(*(run(client, step.format(i), session="eda") for i in range(2)))
+
+    async def sent_after(delay, i):
+        await asyncio.sleep(delay)  # the order of arrival: requests sent at once have none
+        return await run(client, step.format(i), session="eda")
+
+    results = await asyncio.gather(sent_after(0, 0), sent_after(0.1, 1))
     check(all(r["status"] == "success" for r, _ in results), "two concurrent calls on one session both run", results)
     spans, _ = await run(client, "print([s[0] for s in spans], spans[0][2] <= spans[1][1])", session="eda")
     check(spans["stdout"] == "[0, 1] True\n", "one after the other, in the order sent, never overlapping", spans)
