@@ -315,18 +315,10 @@ mod tests {
 
     fn report(status: RunStatus) -> RunReport {
         RunReport {
-            status,
             stdout: "42\n".into(),
-            stderr: String::new(),
             exit_code: Some(0),
             duration_ms: 1.25,
-            stdout_truncated: false,
-            stderr_truncated: false,
-            error: None,
-            images: Vec::new(),
-            files: Vec::new(),
-            notes: Vec::new(),
-            session: None,
+            ..RunReport::nothing_ran(status)
         }
     }
 

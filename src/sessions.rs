@@ -561,13 +561,17 @@ mod tests {
         );
     }
 
+    fn shared(max: usize) -> Shared {
+        Shared {
+            table: Mutex::new(Table::default()),
+            idle_ttl: Duration::from_secs(600),
+            max,
+        }
+    }
+
     #[test]
     fn ended_sessions_are_remembered_within_a_bound_and_requested_ends_are_not() {
-        let shared = Shared {
-            table: Mutex::new(Table::default()),
-            idle_ttl: Duration::from_secs(60),
-            max: 4,
-        };
+        let shared = shared(4);
         let end = |name: &str, reason| {
             let session = shared.find_or_create(name).unwrap();
             let mut seat = Seat::default();
@@ -623,11 +627,7 @@ mod tests {
 
     #[test]
     fn the_limit_error_lists_the_live_sessions() {
-        let shared = Shared {
-            table: Mutex::new(Table::default()),
-            idle_ttl: Duration::from_secs(600),
-            max: 2,
-        };
+        let shared = shared(2);
         let a = shared.find_or_create("a").unwrap();
         a.seat.try_lock().unwrap().last_used = Some(Instant::now() - Duration::from_secs(125));
         let b = shared.find_or_create("b").unwrap();

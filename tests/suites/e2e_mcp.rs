@@ -16,18 +16,7 @@ engine_test! {
          and set MCP_CODE_EXEC_TEST_PYTHON",
             python().display()
         );
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/mcp_client.py");
-        let output = Command::new(python())
-            .args([script, BINARY])
-            .env("MCP_CODE_EXEC_TEST_EVERYTHING", everything())
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(
-            output.status.success() && stdout.contains("all e2e checks passed"),
-            "e2e client failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
-        );
+        sdk_script("mcp_client.py", "all e2e checks passed");
     }
 }
 
@@ -35,14 +24,7 @@ engine_test! {
     /// Images, files in and out, artifacts (their expiry and eviction) and a
     /// full workspace, through the official SDK (tests/e2e/rich_results.py).
     fn rich_results_through_the_official_sdk() {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/rich_results.py");
-        let output = Command::new(python()).args([script, BINARY]).output().unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(
-            output.status.success() && stdout.contains("all rich-result checks passed"),
-            "rich results failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
-        );
+        sdk_script("rich_results.py", "all rich-result checks passed");
     }
 }
 
@@ -51,15 +33,25 @@ engine_test! {
     /// and private, the limit, end_session, serialised calls, a timeout that
     /// ends a session, idle expiry, and their metrics.
     fn sessions_through_the_official_sdk() {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/sessions.py");
-        let output = Command::new(python()).args([script, BINARY]).output().unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(
-            output.status.success() && stdout.contains("all session checks passed"),
-            "sessions failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
-        );
+        sdk_script("sessions.py", "all session checks passed");
     }
+}
+
+/// Runs `tests/e2e/<script>` (an official-SDK client of the built binary)
+/// and checks that it ends with `passed`, its last line when every check passed.
+fn sdk_script(script: &str, passed: &str) {
+    let path = format!("{}/tests/e2e/{script}", env!("CARGO_MANIFEST_DIR"));
+    let output = Command::new(python())
+        .args([path.as_str(), BINARY])
+        .env("MCP_CODE_EXEC_TEST_EVERYTHING", everything())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains(passed),
+        "{script} failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+    );
 }
 
 /// The labels of this server's containers.
