@@ -78,7 +78,9 @@ fn measure(tokio: &tokio::runtime::Runtime, runtime: &str, full: bool) -> Result
         let pool = service.pool().await.map_err(|error| error.to_string())?;
         Ok::<_, String>(pool.wait_warm(Duration::from_secs(60)).await)
     })?;
-    assert!(warm_up, "the {runtime} pool warmed up");
+    if !warm_up {
+        return Err(format!("the {runtime} pool did not warm up within 60 s"));
+    }
     let request = CallRequest {
         code: PRINT.into(),
         ..CallRequest::default()

@@ -185,7 +185,6 @@ config = {}
 if os.path.exists(path) and os.path.getsize(path) > 0:
     with open(path) as f:
         config = json.load(f)
-config.setdefault("default-runtime", "runc")
 # Without --network=none, a container with `--network none` fails under
 # runsc here: "cannot run with network enabled in root network namespace".
 config.setdefault("runtimes", {})["runsc"] = {"path": runsc, "runtimeArgs": ["--network=none"]}
@@ -195,7 +194,9 @@ with open(path + ".tmp", "w") as f:
 os.replace(path + ".tmp", path)
 PYTHON
     # SIGHUP reloads the runtimes; running containers are not touched.
-    kill -HUP "$(cat /var/run/docker.pid)"
+    local dockerd
+    dockerd=$(pidof dockerd) || { log "no local dockerd to reload ($DOCKERD_CONFIG is its config; DOCKER_HOST points elsewhere?)"; exit 1; }
+    kill -HUP $dockerd
     for _ in $(seq 1 40); do
         runsc_registered && { log "dockerd has runsc: $(runsc --version 2>/dev/null | head -n 1)"; return; }
         sleep 0.25
@@ -232,14 +233,16 @@ ensure_podman() {
 stop_podman() {
     local pid
     pid=$(cat "$PODMAN_PID" 2>/dev/null) || return 0
-    if kill "$pid" 2>/dev/null; then
-        for _ in $(seq 1 40); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.25
-        done
-        log "stopped Podman's API service (pid $pid)"
-    fi
-    rm -f "$PODMAN_PID" "$PODMAN_SOCKET"
+    rm -f "$PODMAN_PID"
+    # Only if that pid is still the service (a pid is reused once it is gone).
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'podman system service' || return 0
+    kill "$pid"
+    for _ in $(seq 1 40); do
+        kill -0 "$pid" 2>/dev/null || { log "stopped Podman's API service (pid $pid)"; rm -f "$PODMAN_SOCKET"; return 0; }
+        sleep 0.25
+    done
+    log "Podman's API service (pid $pid) did not stop within 10 s"
+    return 1
 }
 
 # TAG in Podman's store, the same image (same id) as Docker's.
@@ -250,7 +253,8 @@ copy_image_to_podman() {
     log "copying $tag from Docker into Podman's store"
     docker save "$tag" | podman load -q >/dev/null
     # `podman load` names it localhost/NAME:TAG, which Podman also answers to as NAME:TAG.
-    [ "$(podman image inspect --format '{{.Id}}' "$tag")" = "${id#sha256:}" ]
+    [ "$(podman image inspect --format '{{.Id}}' "$tag")" = "${id#sha256:}" ] ||
+        { log "$tag in Podman's store is not Docker's image (ids differ) after podman load"; exit 1; }
 }
 
 if [ "${1:-}" = --stop-podman ]; then

@@ -166,7 +166,7 @@ impl StartCause {
             EngineError::Unreachable { .. } | EngineError::NoPodmanSocket { .. } => {
                 Self::EngineUnreachable
             }
-            EngineError::UnknownRuntime { .. } => Self::EngineRefused,
+            EngineError::UnknownRuntime { .. } | EngineError::Seccomp { .. } => Self::EngineRefused,
             EngineError::NoImage { .. } | EngineError::ImageMissing { .. } => Self::ImageMissing,
             EngineError::Engine { .. } => Self::EngineRefused,
         }

@@ -106,6 +106,16 @@ pub enum EngineError {
          point DOCKER_HOST at it"
     )]
     NoPodmanSocket { tried: String },
+    /// The strict seccomp profile sandboxes get on Podman was removed and
+    /// cannot be written again: no sandbox starts less isolated.
+    #[error(
+        "the seccomp profile for sandboxes ({}) is gone and cannot be written again: {reason}",
+        .path.display()
+    )]
+    Seccomp {
+        path: std::path::PathBuf,
+        reason: String,
+    },
     #[error(
         "MCP_BRIDGE_OCI_RUNTIME={wanted} is not a runtime of this engine; it has: {}",
         .available.join(", ")
@@ -509,6 +519,16 @@ impl Engine {
         if let (SeccompProfile::PodmanWithoutKeyring(path), Some(host)) =
             (&self.seccomp, body.host_config.as_mut())
         {
+            // Podman reads the file at every create: one removed since
+            // (a cleaned /tmp, a logout's runtime directory) is written again.
+            let path = if path.exists() {
+                path.clone()
+            } else {
+                seccomp::podman_profile().map_err(|error| EngineError::Seccomp {
+                    path: path.clone(),
+                    reason: error.to_string(),
+                })?
+            };
             host.security_opt
                 .get_or_insert_with(Vec::new)
                 .push(format!("seccomp={}", path.display()));

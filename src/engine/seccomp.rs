@@ -22,18 +22,43 @@ const PODMAN_PROFILES: [&str; 2] = [
     "/usr/share/containers/seccomp.json",
 ];
 
-/// `profile` (an OCI seccomp profile in JSON) with the keyring syscalls
-/// removed from every rule that allows them, so the profile's default
-/// action (an error) refuses them.
+/// Actions that refuse a syscall.
+const REFUSALS: [&str; 5] = [
+    "SCMP_ACT_ERRNO",
+    "SCMP_ACT_KILL",
+    "SCMP_ACT_KILL_PROCESS",
+    "SCMP_ACT_KILL_THREAD",
+    "SCMP_ACT_TRAP",
+];
+
+fn refuses(action: Option<&serde_json::Value>) -> bool {
+    action
+        .and_then(serde_json::Value::as_str)
+        .is_some_and(|action| REFUSALS.contains(&action))
+}
+
+/// `profile` (an OCI seccomp profile in JSON) refusing the keyring
+/// syscalls: they leave every rule that does not refuse them (allow, log,
+/// trace; `names` lists and the older one-`name` rules alike), and when the
+/// profile's default does not refuse either, a rule refusing them with
+/// `EPERM` (as Docker's does) is added.
 pub fn without_keyring(profile: &str) -> Result<String, serde_json::Error> {
     let mut profile: serde_json::Value = serde_json::from_str(profile)?;
+    let keyring = |name: &serde_json::Value| {
+        name.as_str()
+            .is_some_and(|name| KEYRING_SYSCALLS.contains(&name))
+    };
+    let default_refuses = refuses(profile.get("defaultAction"));
     if let Some(rules) = profile
         .get_mut("syscalls")
         .and_then(serde_json::Value::as_array_mut)
     {
         rules.retain_mut(|rule| {
-            if rule.get("action").and_then(serde_json::Value::as_str) != Some("SCMP_ACT_ALLOW") {
+            if refuses(rule.get("action")) {
                 return true;
+            }
+            if rule.get("name").is_some_and(keyring) {
+                return false;
             }
             let Some(names) = rule
                 .get_mut("names")
@@ -41,13 +66,16 @@ pub fn without_keyring(profile: &str) -> Result<String, serde_json::Error> {
             else {
                 return true;
             };
-            names.retain(|name| {
-                !name
-                    .as_str()
-                    .is_some_and(|name| KEYRING_SYSCALLS.contains(&name))
-            });
+            names.retain(|name| !keyring(name));
             !names.is_empty()
         });
+        if !default_refuses {
+            rules.push(serde_json::json!({
+                "names": KEYRING_SYSCALLS,
+                "action": "SCMP_ACT_ERRNO",
+                "errnoRet": 1
+            }));
+        }
     }
     serde_json::to_string(&profile)
 }
@@ -86,8 +114,10 @@ pub fn podman_profile() -> io::Result<PathBuf> {
 }
 
 /// `mcp-code-exec-<uid>` under the user's runtime directory (or the
-/// temporary one): created mode 0700, and refused unless it is a directory
-/// of this user that no one else can write.
+/// temporary one): created mode 0700, used only if it is a directory of this
+/// user that no one else can write. Someone else may have made that name
+/// first (it is guessable under /tmp): then a new directory of a name of
+/// this process's own, which must not exist yet.
 fn private_dir() -> io::Result<PathBuf> {
     let uid = std::fs::metadata("/proc/self")?.uid();
     let base = std::env::var_os("XDG_RUNTIME_DIR")
@@ -100,8 +130,20 @@ fn private_dir() -> io::Result<PathBuf> {
         Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
         Err(error) => return Err(error),
     }
-    check_private(&dir, uid)?;
-    Ok(dir)
+    if check_private(&dir, uid).is_ok() {
+        return Ok(dir);
+    }
+    let own = base.join(format!(
+        "mcp-code-exec-{uid}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+    ));
+    std::fs::DirBuilder::new().mode(0o700).create(&own)?;
+    check_private(&own, uid)?;
+    Ok(own)
 }
 
 fn check_private(dir: &Path, uid: u32) -> io::Result<()> {
@@ -141,6 +183,26 @@ mod tests {
         assert_eq!(rules[0]["names"], serde_json::json!(["read", "write"]));
         assert_eq!(rules[1]["action"], "SCMP_ACT_ERRNO", "refusals stay");
         assert!(without_keyring("not json").is_err());
+    }
+
+    #[test]
+    fn a_profile_that_allows_by_default_gets_a_refusal() {
+        let profile = r#"{
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [
+                {"name": "keyctl", "action": "SCMP_ACT_LOG"},
+                {"names": ["mount"], "action": "SCMP_ACT_ERRNO"}
+            ]
+        }"#;
+        let strict: serde_json::Value =
+            serde_json::from_str(&without_keyring(profile).unwrap()).unwrap();
+        assert_eq!(
+            strict["syscalls"],
+            serde_json::json!([
+                {"names": ["mount"], "action": "SCMP_ACT_ERRNO"},
+                {"names": ["add_key", "keyctl", "request_key"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}
+            ])
+        );
     }
 
     #[test]

@@ -530,6 +530,9 @@ def zygote_main(channel, preload):
     while len(hello := json.dumps({"missing": missing}).encode()) >= ZYGOTE_MESSAGE_LIMIT:
         missing = missing[: len(missing) // 2]
     channel.send(b"H" + hello)
+    # gVisor refuses (EINVAL, measured): orphans then go to PID 1, kill(-1)
+    # keeps finding them as zombies, and the reset fails: the container is
+    # recycled. (gVisor containers serve one run anyway: reset_impossible.)
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     wake_r, wake_w = os.pipe()
@@ -559,8 +562,6 @@ def zygote_main(channel, preload):
             select.select([wake_r], [], [], 0.05)
             drain(wake_r)
             reap()
-            if only_the_agents_zombies_left():
-                return True  # the agent reaps them before the next spare runs
             if time.monotonic() > deadline:
                 return False
 
@@ -597,25 +598,6 @@ def zygote_main(channel, preload):
             channel.send(b"Xunknown command")
         for fd in fds:
             os.close(fd)
-
-
-def only_the_agents_zombies_left():
-    """Whether every process but PID 1 and this one is a zombie whose parent
-    is PID 1. Where the zygote cannot be the subreaper (gVisor refuses
-    PR_SET_CHILD_SUBREAPER with EINVAL, measured), orphans go to PID 1, and
-    only the agent can reap them: kill(-1) then finds them until it does."""
-    me = str(os.getpid())
-    try:
-        for name in os.listdir("/proc"):
-            if not name.isdigit() or name in ("1", me):
-                continue
-            with open(f"/proc/{name}/stat", "rb") as f:
-                state, ppid = f.read().rsplit(b")", 1)[1].split()[:2]
-            if state != b"Z" or ppid != b"1":
-                return False
-    except (OSError, ValueError):
-        return False  # a process that came or went: look again
-    return True
 
 
 def preload_modules(names):
@@ -1242,9 +1224,7 @@ def reset(spare, zygote, baseline):
     else (None, why not)."""
 
     def clean():
-        # Our children: the zygote (if it died), and the orphans of the run
-        # where the zygote cannot be their subreaper (gVisor).
-        for _ in reaped():
+        for _ in reaped():  # nothing is ours but the zygote; this only matters if it died
             pass
         spare.close()
         failure = wipe_all()
