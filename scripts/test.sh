@@ -60,10 +60,10 @@ if ! "$venv/bin/python" -c 'import mcp.server.fastmcp, pytest' 2>/dev/null || [ 
 fi
 export MCP_CODE_EXEC_TEST_PYTHON="$PWD/$venv/bin/python"
 
-# The sandbox's Python: lint, format, unit tests of its pure parts.
+# The sandbox's Python (and the tests' SDK clients): lint, format; unit tests of its pure parts.
 ruff_config=src/sandbox/ruff.toml
-"$venv/bin/ruff" check --config "$ruff_config" src/sandbox tests/python
-"$venv/bin/ruff" format --check --config "$ruff_config" src/sandbox tests/python
+"$venv/bin/ruff" check --config "$ruff_config" src/sandbox tests/python tests/e2e
+"$venv/bin/ruff" format --check --config "$ruff_config" src/sandbox tests/python tests/e2e
 "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/python
 
 # Pinned: the tests assert its exact output.

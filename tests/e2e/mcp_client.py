@@ -33,9 +33,16 @@ def servers_config(directory):
     python = sys.executable
     config = {
         "mcpServers": {
-            "time": {"command": os.path.join(os.path.dirname(python), "mcp-server-time"), "args": ["--local-timezone", "UTC"]},
+            "time": {
+                "command": os.path.join(os.path.dirname(python), "mcp-server-time"),
+                "args": ["--local-timezone", "UTC"],
+            },
             "everything": {"command": os.environ["MCP_CODE_EXEC_TEST_EVERYTHING"], "args": ["stdio"]},
-            "fixture": {"command": python, "args": [os.path.join(here, "fixture_server.py")], "description": "test fixture"},
+            "fixture": {
+                "command": python,
+                "args": [os.path.join(here, "fixture_server.py")],
+                "description": "test fixture",
+            },
         }
     }
     path = os.path.join(directory, "servers.json")
@@ -57,63 +64,90 @@ async def main(binary):
     home = tempfile.mkdtemp()
     env["HOME"] = home
     params = StdioServerParameters(command=binary, args=["serve"], env=env, cwd=home)
-    async with stdio_client(params) as (read, write):
-        async with ClientSession(read, write) as session:
-            init = await session.initialize()
-            check(init.serverInfo.name == "mcp-code-exec", "initialize names the server", init.serverInfo)
+    async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+        init = await session.initialize()
+        check(init.serverInfo.name == "mcp-code-exec", "initialize names the server", init.serverInfo)
 
-            tools = (await session.list_tools()).tools
-            check([t.name for t in tools] == ["run_python"], "exactly one tool: run_python", tools)
-            tool = tools[0]
-            check(set(tool.inputSchema["properties"]) == {"code", "servers", "timeout", "files", "session", "end_session"}, "input schema", tool.inputSchema)
-            check(tool.inputSchema.get("required") == ["code"], "only code is required", tool.inputSchema)
-            check(tool.outputSchema and "status" in tool.outputSchema["properties"], "output schema", tool.outputSchema)
+        tools = (await session.list_tools()).tools
+        check([t.name for t in tools] == ["run_python"], "exactly one tool: run_python", tools)
+        tool = tools[0]
+        check(
+            set(tool.inputSchema["properties"]) == {"code", "servers", "timeout", "files", "session", "end_session"},
+            "input schema",
+            tool.inputSchema,
+        )
+        check(tool.inputSchema.get("required") == ["code"], "only code is required", tool.inputSchema)
+        check(tool.outputSchema and "status" in tool.outputSchema["properties"], "output schema", tool.outputSchema)
 
-            result = await call(session, "print(6*7)")
-            check(result.content[0].text == "42\n", "print(6*7) -> 42", result.content)
-            check(result.isError is False, "success is not an error", result.isError)
-            structured = result.structuredContent
-            check(structured["status"] == "success" and structured["exitCode"] == 0, "structured success", structured)
-            check(structured["stdout"] == "42\n" and structured["durationMs"] > 0, "structured stdout, duration", structured)
+        result = await call(session, "print(6*7)")
+        check(result.content[0].text == "42\n", "print(6*7) -> 42", result.content)
+        check(result.isError is False, "success is not an error", result.isError)
+        structured = result.structuredContent
+        check(structured["status"] == "success" and structured["exitCode"] == 0, "structured success", structured)
+        check(
+            structured["stdout"] == "42\n" and structured["durationMs"] > 0,
+            "structured stdout, duration",
+            structured,
+        )
 
-            result = await call(session, "import sys\nprint('partial')\nsys.exit(3)")
-            check(result.isError is True, "non-zero exit is an error result", result)
-            check(result.content[0].text == "partial\nstatus: error\nexit: 3\nerror: exited with code 3", "compact error text", result.content[0].text)
+        result = await call(session, "import sys\nprint('partial')\nsys.exit(3)")
+        check(result.isError is True, "non-zero exit is an error result", result)
+        check(
+            result.content[0].text == "partial\nstatus: error\nexit: 3\nerror: exited with code 3",
+            "compact error text",
+            result.content[0].text,
+        )
 
-            result = await call(session, "print(1)", timeout=0)
-            check(result.structuredContent["status"] == "validation_error", "timeout 0 is a validation error", result.structuredContent)
+        result = await call(session, "print(1)", timeout=0)
+        check(
+            result.structuredContent["status"] == "validation_error",
+            "timeout 0 is a validation error",
+            result.structuredContent,
+        )
 
-            result = await call(session, "print(1)", servers=["github"])
-            check("unknown MCP server" in result.structuredContent["error"], "unknown server is a validation error", result.structuredContent)
+        result = await call(session, "print(1)", servers=["github"])
+        check(
+            "unknown MCP server" in result.structuredContent["error"],
+            "unknown server is a validation error",
+            result.structuredContent,
+        )
 
-            result = await call(session, "import time\nprint('t', flush=True)\ntime.sleep(30)", timeout=1)
-            check(result.structuredContent["status"] == "timeout" and result.structuredContent["stdout"] == "t\n", "timeout keeps partial output", result.structuredContent)
+        result = await call(session, "import time\nprint('t', flush=True)\ntime.sleep(30)", timeout=1)
+        check(
+            result.structuredContent["status"] == "timeout" and result.structuredContent["stdout"] == "t\n",
+            "timeout keeps partial output",
+            result.structuredContent,
+        )
 
-            # Cancellation: the only sandbox (pool max 1) runs a 60 s sleep; the
-            # client cancels; the next call must get a fresh sandbox well within
-            # the 20 s pool wait, which it can only if the cancel killed the run.
-            async with anyio.create_task_group() as tasks:
-                tasks.start_soon(call_and_ignore, session, "import time\ntime.sleep(60)")
-                await anyio.sleep(1.0)
-                request_id = session._request_id - 1
-                await session.send_notification(
-                    ClientNotification(
-                        CancelledNotification(
-                            method="notifications/cancelled",
-                            params=CancelledNotificationParams(requestId=request_id, reason="test"),
-                        )
+        # Cancellation: the only sandbox (pool max 1) runs a 60 s sleep; the
+        # client cancels; the next call must get a fresh sandbox well within
+        # the 20 s pool wait, which it can only if the cancel killed the run.
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(call_and_ignore, session, "import time\ntime.sleep(60)")
+            await anyio.sleep(1.0)
+            request_id = session._request_id - 1
+            await session.send_notification(
+                ClientNotification(
+                    CancelledNotification(
+                        method="notifications/cancelled",
+                        params=CancelledNotificationParams(requestId=request_id, reason="test"),
                     )
                 )
-                await anyio.sleep(0.2)
-                tasks.cancel_scope.cancel()
-            result = await call(session, "print('after cancel')")
-            check(result.content[0].text == "after cancel\n", "a cancelled run frees its sandbox", result.content)
+            )
+            await anyio.sleep(0.2)
+            tasks.cancel_scope.cancel()
+        result = await call(session, "print('after cancel')")
+        check(result.content[0].text == "after cancel\n", "a cancelled run frees its sandbox", result.content)
 
-            results = await asyncio.gather(*(call(session, f"print({i})") for i in range(5)))
-            check([r.content[0].text for r in results] == [f"{i}\n" for i in range(5)], "concurrent calls queue and succeed", results)
+        results = await asyncio.gather(*(call(session, f"print({i})") for i in range(5)))
+        check(
+            [r.content[0].text for r in results] == [f"{i}\n" for i in range(5)],
+            "concurrent calls queue and succeed",
+            results,
+        )
 
-            await proxy_checks(session, tool)
-            await progress_checks(session)
+        await proxy_checks(session, tool)
+        await progress_checks(session)
 
     print("all e2e checks passed")
 
@@ -131,7 +165,11 @@ async def progress_checks(session):
     result = await session.call_tool("run_python", {"code": code, "timeout": 30}, progress_callback=on_progress)
     check(result.structuredContent["status"] == "success", "a 12 s run succeeds", result.structuredContent)
     check(len(heard) >= 2, "progress at least every 5 s during a 12 s run", heard)
-    check([p for p, _, _ in heard] == sorted(p for p, _, _ in heard) and heard[0][0] >= 3, "progress is seconds elapsed", heard)
+    check(
+        [p for p, _, _ in heard] == sorted(p for p, _, _ in heard) and heard[0][0] >= 3,
+        "progress is seconds elapsed",
+        heard,
+    )
     check(all(total == 30 for _, total, _ in heard), "total is the timeout", heard)
     check(all(message and message.startswith("tick") for _, _, message in heard), "message is the last line", heard)
     count = len(heard)
@@ -144,7 +182,11 @@ async def proxy_checks(session, tool):
     resources = (await session.list_resources()).resources
     check([str(r.uri) for r in resources] == ["resource://mcp-code-exec/capabilities"], "one resource", resources)
     manual = (await session.read_resource(resources[0].uri)).contents[0].text
-    check("search_tool_docs" in manual and "`fixture` (`mcp_fixture`): test fixture" in manual, "the manual lists the API and servers", manual)
+    check(
+        "search_tool_docs" in manual and "`fixture` (`mcp_fixture`): test fixture" in manual,
+        "the manual lists the API and servers",
+        manual,
+    )
 
     code = """
 print(runtime.discovered_servers())
@@ -153,7 +195,11 @@ echo = await mcp_everything.echo(message=now["datetime"])
 print(echo == "Echo: " + now["datetime"])
 """
     result = await call(session, code, servers=["time", "everything"])
-    check(result.content[0].text == "['time', 'everything', 'fixture']\nTrue\n", "discover, call each real server, chain", result.content)
+    check(
+        result.content[0].text == "['time', 'everything', 'fixture']\nTrue\n",
+        "discover, call each real server, chain",
+        result.content,
+    )
 
     code = """
 import asyncio, time
@@ -172,7 +218,9 @@ for attempt in ("fail", "crash"):
         print(attempt, e.tool)
 """
     result = await call(session, code, servers=["fixture"])
-    check(result.content[0].text == "fail fail\ncrash crash\n", "tool errors and a crash raise MCPError", result.content)
+    check(
+        result.content[0].text == "fail fail\ncrash crash\n", "tool errors and a crash raise MCPError", result.content
+    )
     result = await call(session, "print((await mcp_fixture.structured(name='again'))['greeting'])", servers=["fixture"])
     check(result.content[0].text == "hello again\n", "a killed server is restarted on next use", result.content)
 
