@@ -2,13 +2,15 @@
 //! place.
 //!
 //! Owns request validation (every input limit, with a message a model can act
-//! on), the tools the run may call, the lease of a sandbox and its run, the
-//! classification of how the run ended (status, error line, and the pool
-//! [`Verdict`] for its sandbox), the [`RunReport`], and the observation of
-//! every call exactly once (a span and metrics, cancelled calls included).
-//! Shared by the MCP front end and the `run` subcommand so both behave alike.
-//! It does not render text (that is [`crate::report`]), start anything (that
-//! is [`crate::service`]) nor speak to the engine.
+//! on), the tools the run may call, the lease of a sandbox (or the session's
+//! turn) and its run, the classification of how the run ended (status, error
+//! line, the pool [`Verdict`] for its sandbox, and whether a session ends
+//! with it), the [`RunReport`], and the observation of every call exactly
+//! once (a span and metrics, cancelled calls included). Shared by the MCP
+//! front end and the `run` subcommand so both behave alike. It does not
+//! render text (that is [`crate::report`]), start anything (that is
+//! [`crate::service`]), keep sessions (that is [`crate::sessions`]) nor
+//! speak to the engine.
 
 use std::path::{Component, Path};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -3,7 +3,7 @@
 //!
 //! Owns the size limit of a message on stdin. rmcp drops a line over its
 //! limit with a log line, so the request in it would never be answered and
-//! the client would wait forever. [`LineWatch`] sits in front of rmcp's
+//! the client would wait forever. `LineWatch` sits in front of rmcp's
 //! reader, sees the same bytes, applies the same limit and reports each
 //! over-limit line with the request id read from its head (or its tail: some
 //! clients write `id` last); [`StdioTransport`] answers it with an
