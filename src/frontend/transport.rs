@@ -43,7 +43,7 @@ struct Oversized {
     bytes: usize,
 }
 
-/// rmcp's transport over a [`LineWatch`]ed reader, answering what it drops.
+/// rmcp's transport over a `LineWatch`ed reader, answering what it drops.
 pub struct StdioTransport<R: AsyncRead + Unpin, W: AsyncWrite> {
     inner: AsyncRwTransport<RoleServer, LineWatch<R>, W>,
     oversized: mpsc::UnboundedReceiver<Oversized>,
