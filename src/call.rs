@@ -369,12 +369,15 @@ impl Run<'_> {
             Err(error) => return RunReport::rejected(RunStatus::Error, error.to_string()),
         };
         let mut ran = self.on(turn.lease()).await;
-        if let Some(gone) = ran.done.as_mut().and_then(|done| done.session_gone.take()) {
+        if let Some(done) = ran.done.as_ref().filter(|done| done.session_gone) {
             // Its interpreter had died between calls: the code did not run.
             // Once more on a new sandbox (the result says the state was lost).
             let ended = Ended {
                 reason: EndReason::Exited,
-                detail: gone,
+                detail: format!(
+                    "its interpreter exited between calls ({})",
+                    describe_exit(done.exit_code)
+                ),
             };
             if let Err(error) = turn.restart(ended, pool).await {
                 return RunReport::rejected(RunStatus::Error, error.to_string());
@@ -472,13 +475,10 @@ fn session_end(ran: &Ran, end_after: bool) -> Option<(Ended, Option<RecycleReaso
         return Some((Ended { reason, detail }, Some(recycle)));
     }
     if !ran.done.as_ref().is_some_and(|done| done.kept) {
-        let code = ran.report.exit_code.unwrap_or_default();
-        let how = if code < 0 {
-            format!("killed by {}", describe_signal(-code))
-        } else {
-            format!("exit code {code}")
-        };
-        let detail = format!("its interpreter exited during a call ({how})");
+        let detail = format!(
+            "its interpreter exited during a call ({})",
+            describe_exit(ran.report.exit_code.unwrap_or_default())
+        );
         return Some((
             Ended {
                 reason: EndReason::Exited,
@@ -670,7 +670,7 @@ impl Outcome {
         }
         let error = match done.exit_code {
             0 => None,
-            code if code < 0 => Some(format!("killed by {}", describe_signal(-code))),
+            code if code < 0 => Some(describe_exit(code)),
             code => Some(
                 done.error
                     .clone()
@@ -725,6 +725,15 @@ fn oom_message(memory_bytes: u64) -> String {
         "out of memory: the sandbox's limit is {} MiB (MCP_BRIDGE_MEMORY) and the run was killed",
         memory_bytes >> 20
     )
+}
+
+/// `exit code 3`, or `killed by SIGKILL (killed)` for a negative code.
+fn describe_exit(code: i32) -> String {
+    if code < 0 {
+        format!("killed by {}", describe_signal(-code))
+    } else {
+        format!("exit code {code}")
+    }
 }
 
 /// `SIGSEGV (segmentation fault)` for a signal number.

@@ -15,7 +15,7 @@
 //! may be locked while a seat is held, never the other way round.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -151,6 +151,8 @@ struct Shared {
     table: Mutex<Table>,
     idle_ttl: Duration,
     max: usize,
+    /// The sweeper of idle sessions was started (with the first session).
+    sweeping: AtomicBool,
 }
 
 #[derive(Default)]
@@ -158,7 +160,6 @@ struct Table {
     live: HashMap<String, Arc<Session>>,
     /// Why sessions ended, by name, oldest first (at most [`REMEMBERED_ENDS`]).
     ended: VecDeque<(String, Ended)>,
-    sweeping: bool,
 }
 
 struct Session {
@@ -204,6 +205,7 @@ impl Sessions {
                 table: Mutex::new(Table::default()),
                 idle_ttl,
                 max,
+                sweeping: AtomicBool::new(false),
             }),
         }
     }
@@ -294,11 +296,12 @@ impl Sessions {
     /// The sweeper of idle sessions: one task, started with the first session,
     /// gone with the last handle on the table.
     fn start_sweeping(&self) {
-        let mut table = self.shared.table();
-        if table.sweeping {
+        // A load on every call; the swap only until the sweeper runs.
+        if self.shared.sweeping.load(Ordering::Relaxed)
+            || self.shared.sweeping.swap(true, Ordering::AcqRel)
+        {
             return;
         }
-        table.sweeping = true;
         let weak = Arc::downgrade(&self.shared);
         let period = (self.shared.idle_ttl / 4).clamp(Duration::from_millis(100), MAX_SWEEP_PERIOD);
         tokio::spawn(sweep(weak, period));
@@ -566,6 +569,7 @@ mod tests {
             table: Mutex::new(Table::default()),
             idle_ttl: Duration::from_secs(600),
             max,
+            sweeping: AtomicBool::new(false),
         }
     }
 

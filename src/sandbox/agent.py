@@ -38,7 +38,8 @@
 # (JSON), b"F" reset failed (JSON; the host then recycles the container).
 # A request with "session": true is a session's call: its D says "kept" when
 # the spare lives on for the next call (then no reset and no Y follow), or
-# "session_gone" when the spare had died before it (the code did not run).
+# "session_gone" (with the spare's exit code) when it had died before the
+# call (the code did not run).
 # Keep in sync with protocol.rs.
 #
 # Agent <-> zygote, one SOCK_SEQPACKET message each: b"S" + six pipe fds
@@ -747,15 +748,12 @@ class Spare:
             return orphan_exit_code(self.pid)
         return zygote.exits.get(self.pid)
 
-    def session_gone(self, zygote):
-        """Why a session's spare cannot take its next call (it died between
-        calls: a thread's os._exit, the OOM killer), or None."""
+    def exited_between_calls(self, zygote):
+        """The exit code of a session's spare that died since its last call
+        (a thread's os._exit, the OOM killer), or None if it lives."""
         while not zygote.dead and select.select([zygote.fd], [], [], 0)[0]:
             zygote.receive()
-        code = self.exited(zygote)
-        if code is None:
-            return None
-        return f"its interpreter exited between calls ({describe_exit(code)})"
+        return self.exited(zygote)
 
     def discard_leftovers(self):
         """What a session's threads wrote between calls is no call's output
@@ -848,10 +846,10 @@ def run(spare, zygote, payload, request):
     started = time.monotonic_ns()
     session = bool(request.get("session"))
     if spare.calls:
-        gone = spare.session_gone(zygote)
-        if gone:
+        code = spare.exited_between_calls(zygote)
+        if code is not None:
             # The code did not run: the host starts the session anew.
-            send_json(ord("D"), {"exit_code": 0, "session_gone": gone})
+            send_json(ord("D"), {"exit_code": code, "session_gone": True})
             return False
         spare.discard_leftovers()
     spare.calls += 1
@@ -1278,10 +1276,6 @@ def wipe_children_quietly(path):
         wipe_children(path)
     except (OSError, RecursionError):
         pass  # the reset that ends the session empties it, or says why not
-
-
-def describe_exit(code):
-    return f"killed by signal {-code}" if code < 0 else f"exit code {code}"
 
 
 def wipe_children(path):

@@ -300,10 +300,10 @@ pub struct RunDone {
     /// in the call: the agent then resets as after a stateless run.
     #[serde(default)]
     pub kept: bool,
-    /// A session's interpreter was found dead before the call (why, in
-    /// words): the code did not run, and the agent resets.
+    /// A session's interpreter was found dead before the call (`exit_code`
+    /// is then its own): the code did not run, and the agent resets.
     #[serde(default)]
-    pub session_gone: Option<String>,
+    pub session_gone: bool,
 }
 
 /// Payload of a `Ready` frame.
@@ -695,12 +695,12 @@ mod tests {
     #[test]
     fn done_says_whether_a_session_lives_on() {
         let done: RunDone = parse_payload("done", br#"{"exit_code": 0}"#).unwrap();
-        assert!(!done.kept && done.session_gone.is_none());
+        assert!(!done.kept && !done.session_gone);
         let done: RunDone = parse_payload("done", br#"{"exit_code": 0, "kept": true}"#).unwrap();
         assert!(done.kept);
-        let gone = br#"{"exit_code": 0, "session_gone": "its interpreter exited"}"#;
+        let gone = br#"{"exit_code": -9, "session_gone": true}"#;
         let done: RunDone = parse_payload("done", gone).unwrap();
-        assert_eq!(done.session_gone.as_deref(), Some("its interpreter exited"));
+        assert!(done.session_gone && done.exit_code == -9);
     }
 
     #[test]
