@@ -23,11 +23,12 @@ use crate::artifacts::{self, ArtifactStore};
 use crate::config::Config;
 use crate::metrics;
 use crate::pool::{Lease, Pool, RecycleReason, Verdict};
+use crate::proxy::CallLimits;
 use crate::report::{Found, Image, OutputFile, RunReport, RunStatus, SessionReport, decode_output};
 use crate::sandbox::protocol::{
     FileBounds, FileContent, ImageBounds, InputFile, RunDone, RunInput, png_size,
 };
-use crate::sandbox::{CapturedOutput, SandboxFailure, ToolCalls};
+use crate::sandbox::{CapturedOutput, RunServices, SandboxFailure, ToolCalls};
 use crate::service::Service;
 use crate::sessions::{EndReason, Ended, Sessions};
 
@@ -275,7 +276,16 @@ async fn unobserved(
             );
         }
     };
-    let tools = match service.proxy().tools_for(&request.servers).await {
+    let config = service.config();
+    let call_limits = CallLimits {
+        max_call_bytes: config.max_tool_call_bytes,
+        bytes_in_flight: config.tool_bytes_in_flight,
+    };
+    let tools = match service
+        .proxy()
+        .tools_for(&request.servers, call_limits)
+        .await
+    {
         Ok(tools) => tools,
         Err(error) => return RunReport::rejected(RunStatus::Error, error.to_string()),
     };
@@ -286,7 +296,10 @@ async fn unobserved(
             ..limits.input(&request.code, &request.files)
         },
         timeout,
-        tools: tools.as_ref().map(|tools| tools as &dyn ToolCalls),
+        services: RunServices {
+            tools: tools.as_ref().map(|tools| tools as &dyn ToolCalls),
+            streams: None,
+        },
         tail,
     };
     let mut report = match &request.session {
@@ -328,7 +341,7 @@ struct Run<'a> {
     limits: &'a Limits,
     input: RunInput<'a>,
     timeout: Duration,
-    tools: Option<&'a dyn ToolCalls>,
+    services: RunServices<'a>,
     tail: Option<&'a OutputTail>,
 }
 
@@ -406,7 +419,7 @@ impl Run<'_> {
         let started = Instant::now();
         let result = lease
             .sandbox()
-            .run(&self.input, self.timeout, self.tools, &mut output)
+            .run(&self.input, self.timeout, self.services, &mut output)
             .await;
         let duration = started.elapsed();
         let mut notes = Vec::new();

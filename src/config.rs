@@ -73,6 +73,10 @@ pub struct Config {
     pub artifact_ttl: Duration,
     /// The host's budget for kept artifacts (least recently used out first).
     pub artifact_bytes: u64,
+    /// The largest tool call a run may make (its JSON, arguments included).
+    pub max_tool_call_bytes: usize,
+    /// What one run's tool calls and their answers may hold on the host at once.
+    pub tool_bytes_in_flight: usize,
     /// `tracing` filter directives built from `MCP_BRIDGE_LOG_LEVEL`, checked.
     pub log_filter: String,
     pub log_format: LogFormat,
@@ -122,6 +126,8 @@ impl Default for Config {
             max_output_files_bytes: 16 * MIB,
             artifact_ttl: Duration::from_secs(30 * 60),
             artifact_bytes: 256 * MIB,
+            max_tool_call_bytes: 4 << 20,
+            tool_bytes_in_flight: 64 << 20,
             log_filter: log_filter("info").expect("info is a level"),
             log_format: LogFormat::Text,
             metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
@@ -172,6 +178,7 @@ impl Config {
         config.read_run_limits(&vars)?;
         config.read_output(&vars)?;
         config.read_results(&vars)?;
+        config.read_tool_calls(&vars)?;
         config.read_logging(&vars)?;
         config.check()
     }
@@ -350,6 +357,39 @@ impl Config {
             self.artifact_bytes,
             size(0, 64 * 1024 * MIB, "0 to 64g"),
         )?;
+        Ok(())
+    }
+
+    /// What a run's calls to MCP servers may hold on the host.
+    fn read_tool_calls(&mut self, vars: &Vars<'_, impl Lookup>) -> Result<(), ConfigError> {
+        let size = |low: u64, high: u64, range: &'static str| {
+            move |v: &str| {
+                parse_bytes(v)
+                    .filter(|b| (low..=high).contains(b))
+                    .and_then(|b| usize::try_from(b).ok())
+                    .ok_or_else(|| format!("a size from {range}, like 4m"))
+            }
+        };
+        self.max_tool_call_bytes = vars.parse(
+            "MCP_BRIDGE_MAX_TOOL_CALL_BYTES",
+            self.max_tool_call_bytes,
+            size(1024, 16 * MIB, "1k to 16m (the agent's bound on one call)"),
+        )?;
+        self.tool_bytes_in_flight = vars.parse(
+            "MCP_BRIDGE_TOOL_BYTES_IN_FLIGHT",
+            self.tool_bytes_in_flight,
+            size(MIB, 4096 * MIB, "1m to 4g"),
+        )?;
+        if self.tool_bytes_in_flight < self.max_tool_call_bytes {
+            return Err(ConfigError {
+                name: "MCP_BRIDGE_TOOL_BYTES_IN_FLIGHT",
+                value: self.tool_bytes_in_flight.to_string(),
+                expected: format!(
+                    "at least MCP_BRIDGE_MAX_TOOL_CALL_BYTES ({} bytes): one call must fit",
+                    self.max_tool_call_bytes
+                ),
+            });
+        }
         Ok(())
     }
 

@@ -107,7 +107,7 @@ impl RecycleReason {
         match failure {
             SandboxFailure::Timeout(_) => Self::Timeout,
             SandboxFailure::AgentDied { .. } | SandboxFailure::Transport(_) => Self::AgentDied,
-            SandboxFailure::Protocol(_) => Self::Protocol,
+            SandboxFailure::Protocol(_) | SandboxFailure::StderrFlood(_) => Self::Protocol,
             SandboxFailure::ResetFailed(_) => Self::ResetFailed,
         }
     }

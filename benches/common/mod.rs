@@ -8,7 +8,7 @@ use std::time::Duration;
 use mcp_code_exec::call::Limits;
 use mcp_code_exec::config::Config;
 use mcp_code_exec::engine::{Engine, spec};
-use mcp_code_exec::sandbox::{CapturedOutput, Sandbox, agent_command};
+use mcp_code_exec::sandbox::{CapturedOutput, RunServices, Sandbox, agent_command};
 
 pub const PRINT: &str = "print(6*7)";
 
@@ -31,7 +31,7 @@ pub async fn cold_run(engine: &Engine, config: &Config, image: &str) {
         .run(
             &Limits::from(config).input(PRINT, &[]),
             Duration::from_secs(30),
-            None,
+            RunServices::default(),
             &mut output,
         )
         .await

@@ -6,6 +6,7 @@
 //! sandbox builds its `mcp` modules from, and the answer to each tool call
 //! the sandbox makes. It never touches containers.
 
+pub mod budget;
 pub mod clients;
 pub mod discovery;
 
@@ -14,12 +15,16 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use serde::Deserialize;
+use rmcp::model::{CallToolResult, ContentBlock};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
 use crate::metrics;
-use crate::sandbox::ToolCalls;
+use crate::sandbox::protocol::encode_answer;
+use crate::sandbox::{HostFrame, ToolCalls};
+use budget::{Budget, Hold};
 use clients::{ClientHub, ProxyError};
 use discovery::{SearchRoots, ServerDefinition, unique_identifiers};
 
@@ -95,11 +100,13 @@ impl Proxy {
         self.hub.definitions()
     }
 
-    /// The tools of `servers` for one run; starts those servers (once, then
-    /// they stay warm) to read their tools. `None` when nothing is configured.
+    /// The tools of `servers` for one run, within `limits`; starts those
+    /// servers (once, then they stay warm) to read their tools. `None` when
+    /// nothing is configured.
     pub async fn tools_for(
         self: &Arc<Self>,
         servers: &[String],
+        limits: CallLimits,
     ) -> Result<Option<RunTools>, ProxyError> {
         if self.hub.names().is_empty() {
             return Ok(None);
@@ -135,6 +142,10 @@ impl Proxy {
             proxy: self.clone(),
             allowed: servers.to_vec(),
             in_flight: Semaphore::new(MAX_CALLS_IN_FLIGHT),
+            budget: Budget::new(limits.bytes_in_flight),
+            waiting: Budget::new(limits.bytes_in_flight / 4),
+            parse_turn: tokio::sync::Mutex::new(()),
+            limits,
         }))
     }
 
@@ -144,9 +155,20 @@ impl Proxy {
     }
 }
 
+/// What one run's tool calls may hold on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallLimits {
+    /// The largest call (its JSON, arguments included).
+    pub max_call_bytes: usize,
+    /// The bytes of calls and answers in flight at once (a call's request
+    /// until the server answered it, then its answer until the sandbox has
+    /// it).
+    pub bytes_in_flight: usize,
+}
+
 /// The tools one run may call: the metadata its sandbox builds the `mcp`
 /// package from, and the answers to its calls, to the servers it asked for
-/// only.
+/// only, within the run's [`CallLimits`].
 pub struct RunTools {
     metadata: Value,
     proxy: Arc<Proxy>,
@@ -154,6 +176,15 @@ pub struct RunTools {
     /// Bounds the calls one run has in flight: user code cannot make the
     /// host (or the user's servers) hold an unbounded number of calls.
     in_flight: Semaphore,
+    /// What the run's calls and answers hold.
+    budget: Budget,
+    /// What large calls waiting for their turn to be parsed hold (a
+    /// quarter of the budget's size, apart from it, so that waiting calls
+    /// never starve the one being parsed).
+    waiting: Budget,
+    /// Large calls are parsed one at a time (fair: in arrival order).
+    parse_turn: tokio::sync::Mutex<()>,
+    limits: CallLimits,
 }
 
 impl std::fmt::Debug for RunTools {
@@ -189,14 +220,205 @@ impl CallOutcome {
 
 /// Tool calls one run may have in flight at once.
 pub const MAX_CALLS_IN_FLIGHT: usize = 64;
-
+/// A call or an answer larger than this is parsed or encoded on a blocking
+/// thread, not on the runtime's workers.
+const PARSE_INLINE_BYTES: usize = 64 * 1024;
+/// A call as the sandbox sends it: the envelope is read first (no
+/// allocation for the arguments), so a call is refused on its size, server
+/// or the budget before its arguments are parsed.
 #[derive(Deserialize)]
-struct CallRequest {
+struct Envelope<'a> {
     id: Value,
     server: String,
     tool: String,
-    #[serde(default)]
-    arguments: Option<serde_json::Map<String, Value>>,
+    #[serde(default, borrow)]
+    arguments: Option<&'a RawValue>,
+}
+
+/// An answer as the agent reads it: `{id, ok, result | error}`.
+#[derive(Serialize)]
+struct Answer<'a> {
+    id: &'a Value,
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<&'a CallToolResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+}
+
+/// A successful answer to call `id`.
+fn answer_of<'a>(id: &'a Value, result: &'a CallToolResult) -> Answer<'a> {
+    Answer {
+        id,
+        ok: true,
+        result: Some(result),
+        error: None,
+    }
+}
+
+/// An error answer to call `id`.
+fn refusal(id: &Value, error: &str) -> HostFrame {
+    let answer = Answer {
+        id,
+        ok: false,
+        result: None,
+        error: Some(error),
+    };
+    HostFrame::new(encode_answer(&answer, 64 + error.len()), None)
+}
+
+/// The length of `value`'s JSON, without writing it anywhere.
+fn json_size(value: &impl Serialize) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, value).expect("an answer always serializes");
+    count.0
+}
+
+/// The bytes of a result's content, as an estimate of its JSON's size.
+fn content_bytes(result: &CallToolResult) -> usize {
+    result
+        .content
+        .iter()
+        .map(|block| match block {
+            ContentBlock::Text(text) => text.text.len(),
+            ContentBlock::Image(image) => image.data.len(),
+            ContentBlock::Audio(audio) => audio.data.len(),
+            _ => 256,
+        })
+        .sum()
+}
+
+/// The id a call starts with (the sandbox's `mcp` package writes
+/// `{"id":N,` first), read without parsing the rest; null otherwise.
+fn leading_id(request: &[u8]) -> Value {
+    request
+        .strip_prefix(br#"{"id":"#)
+        .and_then(|rest| {
+            serde_json::Deserializer::from_slice(&rest[..rest.len().min(64)])
+                .into_iter::<Value>()
+                .next()?
+                .ok()
+        })
+        .unwrap_or(Value::Null)
+}
+
+/// A call's arguments, parsed, and the budget they hold while the call lasts.
+struct Arguments {
+    map: Option<serde_json::Map<String, Value>>,
+    _hold: Hold,
+}
+
+impl RunTools {
+    /// Parses a call's arguments (`raw`, a slice of the call's frame),
+    /// charging the run's budget for what they parse into as it is built.
+    /// Large ones are parsed on a blocking thread, one at a time; while they
+    /// wait for their turn their raw bytes are charged to `waiting`.
+    async fn arguments(&self, raw: Option<Bytes>) -> Result<Arguments, String> {
+        let Some(raw) = raw else {
+            return Ok(Arguments {
+                map: None,
+                _hold: Hold::default(),
+            });
+        };
+        let budget = self.budget.clone();
+        let parsed = if raw.len() <= PARSE_INLINE_BYTES {
+            budget.parse_object(&raw)
+        } else {
+            let waiting = self.waiting.take(raw.len()).ok_or_else(|| {
+                format!(
+                    "large tool calls waiting to be sent hold more than {} bytes with this one \
+                     (a quarter of MCP_BRIDGE_TOOL_BYTES_IN_FLIGHT); await some before \
+                     starting more",
+                    self.waiting.bytes()
+                )
+            })?;
+            let _turn = self.parse_turn.lock().await;
+            let parsed = tokio::task::spawn_blocking(move || budget.parse_object(&raw))
+                .await
+                .map_err(|error| format!("could not parse the call: {error}"))?;
+            drop(waiting);
+            parsed
+        };
+        match parsed {
+            Ok((map, hold)) => Ok(Arguments { map, _hold: hold }),
+            Err(Some(malformed)) => Err(malformed),
+            Err(None) => Err(self.over_budget("the call's arguments, parsed,")),
+        }
+    }
+
+    /// The answer frame for a server's result, holding its bytes of the
+    /// run's budget from the moment the result is here, or a refusal when
+    /// those bytes are not free (the result is then dropped at once, never
+    /// encoded). Large results are measured and encoded on blocking threads.
+    async fn answer(&self, id: &Value, result: CallToolResult) -> HostFrame {
+        let large = content_bytes(&result) > PARSE_INLINE_BYTES;
+        let answer_size = move |id: Value, result: CallToolResult| {
+            let size = json_size(&answer_of(&id, &result));
+            (id, result, size)
+        };
+        let measured = if large {
+            tokio::task::spawn_blocking({
+                let id = id.clone();
+                move || answer_size(id, result)
+            })
+            .await
+        } else {
+            Ok(answer_size(id.clone(), result))
+        };
+        let Ok((owned, result, size)) = measured else {
+            return refusal(id, "could not measure the answer");
+        };
+        let Some(hold) = self.budget.take(size) else {
+            drop(result);
+            return refusal(id, &self.over_budget(&format!("the result ({size} bytes)")));
+        };
+        let encode = move || encode_answer(&answer_of(&owned, &result), size);
+        let frame = if large {
+            match tokio::task::spawn_blocking(encode).await {
+                Ok(frame) => frame,
+                Err(error) => return refusal(id, &format!("could not encode the answer: {error}")),
+            }
+        } else {
+            encode()
+        };
+        HostFrame::new(frame, hold.into_permit())
+    }
+
+    /// Why `what` cannot be taken in: the run's calls hold their budget.
+    fn over_budget(&self, what: &str) -> String {
+        format!(
+            "{what} would take this run's tool calls and answers in flight past \
+             MCP_BRIDGE_TOOL_BYTES_IN_FLIGHT ({} bytes); await some calls before starting more, \
+             or pass and ask for less per call",
+            self.budget.bytes()
+        )
+    }
+
+    /// Checks a call on its envelope alone (the server it names);
+    /// returns the arguments' bytes, a slice of `request`.
+    fn admit(&self, request: &Bytes, envelope: &Envelope<'_>) -> Result<Option<Bytes>, String> {
+        if !self.allowed.contains(&envelope.server) {
+            return Err(format!(
+                "server {:?} is not available in this run; pass it in run_python(servers=[...])",
+                envelope.server
+            ));
+        }
+        Ok(envelope.arguments.map(|raw| {
+            // The raw value is a slice of `request`: the same bytes, shared.
+            let start = raw.get().as_ptr() as usize - request.as_ptr() as usize;
+            request.slice(start..start + raw.get().len())
+        }))
+    }
 }
 
 impl ToolCalls for RunTools {
@@ -204,45 +426,59 @@ impl ToolCalls for RunTools {
         &self.metadata
     }
 
-    fn call(&self, request: Bytes) -> BoxFuture<'_, Value> {
+    fn call(&self, request: Bytes) -> BoxFuture<'_, HostFrame> {
         Box::pin(async move {
-            let request: CallRequest = match serde_json::from_slice(&request) {
-                Ok(request) => request,
-                Err(error) => {
-                    let error = format!("malformed call: {error}");
-                    return json!({"id": null, "ok": false, "error": error});
-                }
-            };
-            let id = request.id;
-            if !self.allowed.contains(&request.server) {
+            if request.len() > self.limits.max_call_bytes {
+                // Refused on its length: not parsed, only its leading id read.
                 let error = format!(
-                    "server {:?} is not available in this run; \
-                     pass it in run_python(servers=[...])",
-                    request.server
+                    "the call is {} bytes; a call may be at most {} bytes, arguments included \
+                     (MCP_BRIDGE_MAX_TOOL_CALL_BYTES)",
+                    request.len(),
+                    self.limits.max_call_bytes
                 );
-                return json!({"id": id, "ok": false, "error": error});
+                return refusal(&leading_id(&request), &error);
             }
+            let envelope: Envelope<'_> = match serde_json::from_slice(&request) {
+                Ok(envelope) => envelope,
+                Err(error) => return refusal(&Value::Null, &format!("malformed call: {error}")),
+            };
+            let raw = match self.admit(&request, &envelope) {
+                Ok(raw) => raw,
+                Err(error) => return refusal(&envelope.id, &error),
+            };
+            let Envelope {
+                id, server, tool, ..
+            } = envelope;
+            // From here the call is its slice of arguments, then their parse.
+            drop(request);
             let Ok(_permit) = self.in_flight.try_acquire() else {
                 let error = format!(
                     "more than {MAX_CALLS_IN_FLIGHT} MCP calls in flight in one run; \
                      await some before starting more"
                 );
-                return json!({"id": id, "ok": false, "error": error});
+                return refusal(&id, &error);
+            };
+            let arguments = match self.arguments(raw).await {
+                Ok(arguments) => arguments,
+                Err(error) => return refusal(&id, &error),
             };
             let started = Instant::now();
-            let outcome = match self.proxy.hub.get(&request.server) {
-                Ok(client) => client.call(&request.tool, request.arguments).await,
+            let Arguments { map, _hold } = arguments;
+            let outcome = match self.proxy.hub.get(&server) {
+                Ok(client) => client.call(&tool, map).await,
                 Err(error) => Err(error),
             };
+            // The arguments were the server's: their bytes are free.
+            drop(_hold);
             let observed = match &outcome {
                 Ok(result) if result.is_error == Some(true) => CallOutcome::ToolError,
                 Ok(_) => CallOutcome::Ok,
                 Err(_) => CallOutcome::Failed,
             };
-            metrics::observe_proxy_call(&request.server, observed.as_str(), started.elapsed());
+            metrics::observe_proxy_call(&server, observed.as_str(), started.elapsed());
             match outcome {
-                Ok(result) => json!({"id": id, "ok": true, "result": result}),
-                Err(error) => json!({"id": id, "ok": false, "error": error.to_string()}),
+                Ok(result) => self.answer(&id, result).await,
+                Err(error) => refusal(&id, &error.to_string()),
             }
         })
     }
@@ -278,5 +514,16 @@ mod tests {
         let two = schema(json!({"type": "object", "required": ["result"],
             "properties": {"result": {}, "more": {}}}));
         assert!(!wraps_result(Some(&two)));
+    }
+
+    #[test]
+    fn an_oversized_call_is_answered_by_its_leading_id() {
+        assert_eq!(
+            leading_id(br#"{"id":17,"server":"s","tool":"t"}"#),
+            json!(17)
+        );
+        assert_eq!(leading_id(br#"{"id":"a-1","server":"#), json!("a-1"));
+        assert_eq!(leading_id(br#"{"server":"s","id":3}"#), Value::Null);
+        assert_eq!(leading_id(b"not json"), Value::Null);
     }
 }

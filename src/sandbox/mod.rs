@@ -7,12 +7,14 @@
 //! engine after start: a run is two pipes, no engine requests.
 //!
 //! A run is full duplex under one deadline: one loop reads the agent's
-//! frames, answers tool calls and writes host frames a piece at a time from
-//! an [`Outbox`], so a host write never stops the draining of the agent's
-//! output (the agent may itself be blocked writing it), and the deadline
-//! covers every read and write of the run.
+//! frames, answers tool calls, serves the run's streams ([`streams`]) and
+//! writes host frames a piece at a time from an [`Outbox`], so a host write
+//! never stops the draining of the agent's output (the agent may itself be
+//! blocked writing it), and the deadline covers every read and write of the
+//! run.
 
 pub mod protocol;
+pub mod streams;
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -22,13 +24,15 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use tokio::io::AsyncWriteExt;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant as Deadline;
 
 use crate::engine::{InputSink, OutputChunk, OutputStream, StartedContainer};
 use protocol::{
     AgentFrame, AgentFrameKind, FileBounds, FrameDecoder, ImageBounds, ProtocolError, Ready,
-    ResetFailed, RunDone, RunFrame, RunInput, encode_answer,
+    ResetFailed, RunDone, RunFrame, RunInput, StreamFrame,
 };
+use streams::{StreamEvent, StreamService, Streams};
 
 /// What the container runs, embedded in this binary: injected as arguments,
 /// so sandboxes need no bind mount (remote engines and Docker Desktop work).
@@ -68,12 +72,48 @@ pub trait ToolCalls: Send + Sync {
     /// Sent with the run: the servers and tools the run may call.
     fn metadata(&self) -> &serde_json::Value;
     /// Takes the call's JSON as the agent sent it and returns the answer
-    /// JSON, which carries the call's `id`.
-    fn call(&self, request: Bytes) -> BoxFuture<'_, serde_json::Value>;
+    /// (an `A` frame carrying the call's `id`).
+    fn call(&self, request: Bytes) -> BoxFuture<'_, HostFrame>;
+}
+
+/// What a run may use besides its code: the tools it may call and the
+/// service its streams are handed to (egress). Without a stream service,
+/// every stream the agent opens is aborted at once.
+#[derive(Clone, Copy, Default)]
+pub struct RunServices<'a> {
+    pub tools: Option<&'a dyn ToolCalls>,
+    pub streams: Option<&'a dyn StreamService>,
+}
+
+impl std::fmt::Debug for RunServices<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunServices")
+            .field("tools", &self.tools.is_some())
+            .field("streams", &self.streams.is_some())
+            .finish()
+    }
+}
+
+/// A whole frame for the agent, and what it holds of its run's budget (a
+/// tool call's answer holds its bytes) until it has been written.
+#[derive(Debug)]
+pub struct HostFrame {
+    bytes: Vec<u8>,
+    _hold: Option<OwnedSemaphorePermit>,
+}
+
+impl HostFrame {
+    pub fn new(bytes: Vec<u8>, hold: Option<OwnedSemaphorePermit>) -> Self {
+        Self { bytes, _hold: hold }
+    }
 }
 
 /// How much of the agent's own stderr (its crash reports) we keep for logs.
 const AGENT_STDERR_KEEP: usize = 4096;
+/// The agent writes to stderr only when it crashes; more than this means
+/// something else does (under gVisor user code can open the agent's fds):
+/// the container is discarded rather than the host's log flooded.
+const AGENT_STDERR_FLOOD: usize = 1024 * 1024;
 
 /// Why a sandbox cannot be used again. Every variant means "destroy it".
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +128,8 @@ pub enum SandboxFailure {
     Transport(#[from] std::io::Error),
     #[error("the sandbox reset failed: {0}")]
     ResetFailed(String),
+    #[error("the sandbox agent flooded its stderr ({0} bytes): discarded")]
+    StderrFlood(usize),
 }
 
 fn agent_said(stderr: &str) -> String {
@@ -194,14 +236,20 @@ pub struct Sandbox {
     python_version: String,
     /// The agent cannot reset this container (see [`Ready::single_use`]).
     single_use: bool,
+    /// The highest stream id the agent opened in this container (ids are
+    /// never reused, so a late frame of an earlier run's stream is known as such).
+    last_stream_id: u32,
 }
 
 /// The agent's side of the attach stream, decoded into frames.
 struct AgentOutput {
     stream: OutputStream,
     decoder: FrameDecoder,
-    /// The agent's own stderr: only written when it crashes.
+    /// The agent's own stderr: only written when it crashes (the first
+    /// [`AGENT_STDERR_KEEP`] bytes are kept and logged).
     stderr: String,
+    /// Every byte the agent wrote to stderr, kept or not.
+    stderr_bytes: usize,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -227,11 +275,13 @@ impl Sandbox {
                 stream: container.output,
                 decoder: FrameDecoder::default(),
                 stderr: String::new(),
+                stderr_bytes: 0,
             },
             created: Instant::now(),
             runs: 0,
             python_version: String::new(),
             single_use: false,
+            last_stream_id: 0,
         };
         let ready = sandbox.await_ready(timeout).await?;
         sandbox.python_version = ready.python.unwrap_or_default();
@@ -290,7 +340,7 @@ impl Sandbox {
         match self.agent.stream.next().now_or_never() {
             None => true,
             Some(Some(Ok(OutputChunk::Stderr(bytes)))) => {
-                self.agent.note_stderr(&self.id, &bytes);
+                let _ = self.agent.note_stderr(&self.id, &bytes);
                 false
             }
             Some(_) => false,
@@ -302,14 +352,15 @@ impl Sandbox {
     /// bounds, or the agent broke protocol) until the agent reports it done
     /// or `timeout` passes. The deadline is the host's and covers the whole
     /// run, writes included: it holds whatever the code does to the agent.
-    /// Tool calls are answered concurrently while output keeps draining; when
-    /// the run ends (or the future is dropped), calls still in flight are
-    /// dropped, which cancels them.
+    /// Tool calls are answered and streams served concurrently while output
+    /// keeps draining; when the run ends (or the future is dropped), calls
+    /// still in flight are dropped, which cancels them, and every stream is
+    /// aborted, which closes its connections.
     pub async fn run(
         &mut self,
         input: &RunInput<'_>,
         timeout: Duration,
-        tools: Option<&dyn ToolCalls>,
+        services: RunServices<'_>,
         output: &mut CapturedOutput,
     ) -> Result<RunDone, SandboxFailure> {
         let deadline = tokio::time::sleep_until(Deadline::now() + timeout);
@@ -317,18 +368,23 @@ impl Sandbox {
         self.runs += 1;
         let frame = RunFrame {
             input,
-            proxy: tools.map(ToolCalls::metadata),
+            proxy: services.tools.map(ToolCalls::metadata),
         }
         .encode();
-        self.outbox.push(frame);
+        self.outbox.push_control(frame);
         let cap = usize::try_from(input.max_output_bytes).unwrap_or(usize::MAX);
         let mut calls = FuturesUnordered::new();
+        // Made at the first stream: most runs open none.
+        let mut streams: Option<Streams> = None;
         loop {
             // Every branch is cancel-safe: a frame read keeps its partial
             // bytes in the decoder, a write step loses nothing it did not do.
             let event = tokio::select! {
                 frame = self.agent.next_frame(&self.id) => Event::Frame(frame),
                 Some(answer) = calls.next(), if !calls.is_empty() => Event::Answer(answer),
+                event = next_stream_event(&mut streams), if streams.is_some() => {
+                    Event::Stream(event)
+                }
                 written = self.outbox.write_step(&mut self.input), if !self.outbox.is_idle() => {
                     Event::Written(written)
                 }
@@ -341,7 +397,25 @@ impl Sandbox {
                     continue;
                 }
                 Event::Answer(answer) => {
-                    self.outbox.push(encode_answer(&answer));
+                    self.outbox.push_data(answer);
+                    continue;
+                }
+                Event::Stream(StreamEvent::Frame(frame)) => {
+                    match frame {
+                        StreamFrame::Data { .. } => {
+                            self.outbox.push_data(HostFrame::new(frame.encode(), None));
+                        }
+                        _ => self.outbox.push_control(frame.encode()),
+                    }
+                    continue;
+                }
+                Event::Stream(StreamEvent::Gone { id, abort }) => {
+                    if let Some(streams) = streams.as_mut() {
+                        streams.forget(id);
+                    }
+                    if abort {
+                        self.outbox.push_control(abort_stream(id));
+                    }
                     continue;
                 }
                 Event::Frame(frame) => frame?,
@@ -360,18 +434,53 @@ impl Sandbox {
                 // Without servers, nothing in the sandbox is wired to call: a
                 // hand-made request just gets no answer.
                 AgentFrameKind::Call => {
-                    if let Some(tools) = tools {
+                    if let Some(tools) = services.tools {
                         calls.push(tools.call(frame.payload));
+                    }
+                }
+                AgentFrameKind::Stream(kind) => {
+                    let frame = StreamFrame::parse(kind, frame.payload)?;
+                    let opened = match &frame {
+                        StreamFrame::Open { id, .. } => Some(*id),
+                        _ => None,
+                    };
+                    let served = match services.streams {
+                        Some(service) => streams.get_or_insert_with(Streams::default).receive(
+                            frame,
+                            &mut self.last_stream_id,
+                            service,
+                        )?,
+                        None => match opened {
+                            Some(id) if id > self.last_stream_id && id % 2 == 1 => {
+                                self.last_stream_id = id;
+                                false
+                            }
+                            Some(_) => {
+                                return Err(ProtocolError::BadPayload {
+                                    what: "stream",
+                                    reason: "a stream id that is not new and odd".into(),
+                                }
+                                .into());
+                            }
+                            None => true, // a late frame of an aborted stream
+                        },
+                    };
+                    if let (Some(id), false) = (opened, served) {
+                        self.outbox.push_control(abort_stream(id));
                     }
                 }
                 AgentFrameKind::Done => {
                     let done: RunDone = protocol::parse_payload("done", &frame.payload)?;
                     output.stdout.dropped += done.dropped_stdout;
                     output.stderr.dropped += done.dropped_stderr;
+                    // The run's streams end here (their tasks are aborted,
+                    // their connections closed): the agent has closed its
+                    // ends, and their frames not yet begun are dropped.
+                    drop(streams);
                     // Answers not yet begun are late: drop them. One cut in
                     // the middle must be completed, or the next frame the
                     // agent reads would start inside it (the agent skips late
-                    // answers, so a whole one is harmless).
+                    // answers and stream frames, so a whole one is harmless).
                     self.outbox.drop_unstarted();
                     while !self.outbox.is_idle() {
                         tokio::select! {
@@ -415,7 +524,7 @@ impl AgentOutput {
             }
             match self.stream.next().await {
                 Some(Ok(OutputChunk::Stdout(bytes))) => self.decoder.extend(&bytes),
-                Some(Ok(OutputChunk::Stderr(bytes))) => self.note_stderr(sandbox, &bytes),
+                Some(Ok(OutputChunk::Stderr(bytes))) => self.note_stderr(sandbox, &bytes)?,
                 Some(Err(error)) => return Err(error.into()),
                 None => {
                     return Err(SandboxFailure::AgentDied {
@@ -426,62 +535,104 @@ impl AgentOutput {
         }
     }
 
-    fn note_stderr(&mut self, sandbox: &str, bytes: &[u8]) {
+    /// Keeps and logs the first [`AGENT_STDERR_KEEP`] bytes of the agent's
+    /// stderr, counts the rest, and fails once it is a flood.
+    fn note_stderr(&mut self, sandbox: &str, bytes: &[u8]) -> Result<(), SandboxFailure> {
         let room = AGENT_STDERR_KEEP.saturating_sub(self.stderr.len());
-        let text = String::from_utf8_lossy(&bytes[..bytes.len().min(room)]);
-        tracing::warn!(
-            sandbox = short(sandbox),
-            agent_stderr = %text.trim_end(),
-            "sandbox agent wrote to stderr"
-        );
-        self.stderr.push_str(&text);
+        let before = self.stderr_bytes;
+        self.stderr_bytes += bytes.len();
+        if room > 0 {
+            let text = String::from_utf8_lossy(&bytes[..bytes.len().min(room)]);
+            tracing::warn!(
+                sandbox = short(sandbox),
+                agent_stderr = ?text.trim_end(),
+                "sandbox agent wrote to stderr"
+            );
+            self.stderr.push_str(&text);
+        } else if before <= AGENT_STDERR_KEEP {
+            tracing::warn!(
+                sandbox = short(sandbox),
+                "sandbox agent wrote more than {AGENT_STDERR_KEEP} bytes to stderr; \
+                 the rest is counted, not logged"
+            );
+        }
+        if self.stderr_bytes > AGENT_STDERR_FLOOD {
+            return Err(SandboxFailure::StderrFlood(self.stderr_bytes));
+        }
+        Ok(())
+    }
+}
+
+/// A stream frame aborting stream `id`.
+fn abort_stream(id: u32) -> Vec<u8> {
+    StreamFrame::Close { id, abort: true }.encode()
+}
+
+async fn next_stream_event(streams: &mut Option<Streams>) -> StreamEvent {
+    match streams {
+        Some(streams) => streams.next_event().await,
+        None => std::future::pending().await,
     }
 }
 
 /// Host frames on their way to the agent, written a step at a time from the
-/// run loop (no task of its own: a run costs no spawn).
+/// run loop (no task of its own: a run costs no spawn). Control frames (the
+/// request, stream window updates and ends) go before data (answers,
+/// stream bytes), so a download's bytes never hold up a window update.
 #[derive(Default)]
 struct Outbox {
-    frames: VecDeque<Vec<u8>>,
-    /// Bytes of the front frame already written.
-    written: usize,
+    control: VecDeque<HostFrame>,
+    data: VecDeque<HostFrame>,
+    /// The frame being written, and how many of its bytes are.
+    current: Option<(HostFrame, usize)>,
     /// Bytes were written since the last flush.
     unflushed: bool,
 }
 
 impl Outbox {
-    fn push(&mut self, frame: Vec<u8>) {
-        self.frames.push_back(frame);
+    fn push_control(&mut self, frame: Vec<u8>) {
+        self.control.push_back(HostFrame::new(frame, None));
+    }
+
+    fn push_data(&mut self, frame: HostFrame) {
+        self.data.push_back(frame);
     }
 
     /// Nothing to write and nothing to flush.
     fn is_idle(&self) -> bool {
-        self.frames.is_empty() && !self.unflushed
+        self.current.is_none() && self.control.is_empty() && self.data.is_empty() && !self.unflushed
     }
 
     /// Keeps only a frame already partly written.
     fn drop_unstarted(&mut self) {
-        let keep = usize::from(self.written > 0);
-        self.frames.truncate(keep);
+        self.control.clear();
+        self.data.clear();
     }
 
     /// One write (or, once everything is written, the flush). Cancel-safe:
     /// a write that did not complete wrote nothing.
     async fn write_step(&mut self, sink: &mut InputSink) -> std::io::Result<()> {
-        let Some(front) = self.frames.front() else {
+        if self.current.is_none() {
+            self.current = self
+                .control
+                .pop_front()
+                .or_else(|| self.data.pop_front())
+                .map(|frame| (frame, 0));
+        }
+        let Some((frame, written)) = &mut self.current else {
             sink.flush().await?;
             self.unflushed = false;
             return Ok(());
         };
-        let n = sink.write(&front[self.written..]).await?;
+        let n = sink.write(&frame.bytes[*written..]).await?;
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
         self.unflushed = true;
-        self.written += n;
-        if self.written == front.len() {
-            self.frames.pop_front();
-            self.written = 0;
+        *written += n;
+        if *written == frame.bytes.len() {
+            // Its budget (a tool answer's bytes) is free from here.
+            self.current = None;
         }
         Ok(())
     }
@@ -494,7 +645,8 @@ fn short(id: &str) -> &str {
 
 enum Event {
     Frame(Result<AgentFrame, SandboxFailure>),
-    Answer(serde_json::Value),
+    Answer(HostFrame),
+    Stream(StreamEvent),
     Written(std::io::Result<()>),
     Deadline,
 }

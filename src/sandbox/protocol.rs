@@ -9,6 +9,14 @@
 //! code it runs): [`FrameDecoder`] never panics, bounds the frame size, and
 //! turns anything unexpected into a [`ProtocolError`], after which the
 //! container is discarded. Keep in sync with the header of `agent.py`.
+//!
+//! Byte streams (a connection the sandbox made to the agent's loopback
+//! proxy port, for egress) travel in the same channel as [`StreamFrame`]s:
+//! `N` opens one, `S` carries its bytes, `X` ends it, `W` grants the peer
+//! more credit. Each side may send a stream only as many data bytes as the
+//! other has granted ([`STREAM_WINDOW`] at open, then each `W`), so no stream
+//! can make either side buffer more than one window, and none can hold up
+//! the channel's other frames.
 
 use bytes::{Buf, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
@@ -30,6 +38,15 @@ pub const MAX_IMAGE_FRAME: usize = 8 * 1024 * 1024;
 pub const MAX_FILE_FRAME: usize = 64 * 1024 * 1024 + 2 + MAX_PATH_BYTES;
 /// The longest path of a returned file, in bytes.
 pub const MAX_PATH_BYTES: usize = 4096;
+/// The most data bytes one `S` frame carries.
+pub const MAX_STREAM_CHUNK: usize = 64 * 1024;
+/// The credit each side grants a stream when it opens: bytes the peer may
+/// send before the first window update.
+pub const STREAM_WINDOW: u32 = 256 * 1024;
+/// The largest buffer the decoder keeps between frames: after a larger
+/// frame (a tool call, an image, a file) the rest is moved to a fresh one,
+/// so a sandbox does not hold its largest frame's memory for its life.
+const KEEP_BUFFER: usize = 1024 * 1024;
 
 /// A frame kind sent by the agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +67,42 @@ pub enum AgentFrameKind {
     Image,
     /// A file the run left under `/workspace/out`: see [`parse_file`].
     File,
+    /// A stream frame (`N`, `S`, `X`, `W`): see [`StreamFrame::parse`].
+    Stream(StreamKind),
+}
+
+/// The kinds of stream frames, both directions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamKind {
+    /// `N`: the agent opened a stream (id and service).
+    Open,
+    /// `S`: a stream's bytes.
+    Data,
+    /// `X`: the sender has no more bytes for the stream, or aborts it.
+    Close,
+    /// `W`: the receiver may be sent more bytes.
+    Window,
+}
+
+impl StreamKind {
+    pub fn byte(self) -> u8 {
+        match self {
+            Self::Open => b'N',
+            Self::Data => b'S',
+            Self::Close => b'X',
+            Self::Window => b'W',
+        }
+    }
+
+    /// The largest payload of this kind.
+    fn max_payload(self) -> usize {
+        match self {
+            Self::Open => 5,
+            Self::Data => 4 + MAX_STREAM_CHUNK,
+            Self::Close => 5,
+            Self::Window => 8,
+        }
+    }
 }
 
 impl AgentFrameKind {
@@ -63,6 +116,10 @@ impl AgentFrameKind {
             b'F' => Self::ResetFailed,
             b'I' => Self::Image,
             b'P' => Self::File,
+            b'N' => Self::Stream(StreamKind::Open),
+            b'S' => Self::Stream(StreamKind::Data),
+            b'X' => Self::Stream(StreamKind::Close),
+            b'W' => Self::Stream(StreamKind::Window),
             _ => return None,
         })
     }
@@ -118,6 +175,7 @@ impl FrameDecoder {
             AgentFrameKind::Call => MAX_CALL_FRAME,
             AgentFrameKind::Image => MAX_IMAGE_FRAME,
             AgentFrameKind::File => MAX_FILE_FRAME,
+            AgentFrameKind::Stream(kind) => kind.max_payload(),
             _ => MAX_AGENT_FRAME,
         };
         if len > max {
@@ -129,7 +187,21 @@ impl FrameDecoder {
         }
         self.buffer.advance(HEADER_LEN);
         let payload = self.buffer.split_to(len).freeze();
+        if len > KEEP_BUFFER {
+            // The rest shares the large frame's allocation, and would keep
+            // it alive (and reuse it) for the sandbox's life: what follows
+            // is usually little, copied out, and the allocation goes with
+            // the payload.
+            self.buffer = BytesMut::from(&self.buffer[..]);
+        }
         Ok(Some(AgentFrame { kind, payload }))
+    }
+
+    /// Where the decoder's buffer starts, to check it is not the tail of a
+    /// large frame's allocation.
+    #[cfg(test)]
+    fn buffer_address(&self) -> usize {
+        self.buffer.as_ptr() as usize
     }
 
     /// Bytes received but not yet part of a whole frame.
@@ -178,11 +250,98 @@ impl RunFrame<'_> {
     }
 }
 
-/// An answer to a tool call (`A`): its JSON payload, framed.
-pub fn encode_answer(answer: &serde_json::Value) -> Vec<u8> {
-    encode_frame(b'A', |frame| {
-        serde_json::to_writer(frame, answer).expect("a JSON value always serializes")
-    })
+/// An answer to a tool call (`A`): its JSON payload (of about `size`
+/// bytes, so the frame is allocated once), framed.
+pub fn encode_answer(answer: &impl Serialize, size: usize) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(HEADER_LEN + size);
+    frame.extend_from_slice(&[b'A', 0, 0, 0, 0]);
+    serde_json::to_writer(&mut frame, answer).expect("an answer always serializes");
+    set_length(&mut frame);
+    frame
+}
+
+/// The services a stream can be opened to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamService {
+    /// `h`: a connection to the agent's loopback proxy port; the host
+    /// speaks HTTP proxy on it (egress).
+    HttpProxy,
+}
+
+/// A stream frame, either direction. Payloads start with the stream's id
+/// (4 bytes, big-endian): the agent numbers the streams it opens with odd,
+/// increasing ids, never reused within a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamFrame {
+    /// `N`: id, then one byte naming the service (`h`).
+    Open { id: u32, service: StreamService },
+    /// `S`: id, then up to [`MAX_STREAM_CHUNK`] bytes.
+    Data { id: u32, data: Bytes },
+    /// `X`: id, then 0 (no more data from the sender) or 1 (aborted).
+    Close { id: u32, abort: bool },
+    /// `W`: id, then 4 bytes: how many more data bytes the peer may send.
+    Window { id: u32, credit: u32 },
+}
+
+impl StreamFrame {
+    /// Parses the payload of a stream frame of `kind`.
+    pub fn parse(kind: StreamKind, payload: Bytes) -> Result<Self, ProtocolError> {
+        let bad = |reason: &str| ProtocolError::BadPayload {
+            what: "stream",
+            reason: reason.to_owned(),
+        };
+        if payload.len() < 4 {
+            return Err(bad("shorter than a stream id"));
+        }
+        let id = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
+        let rest = &payload[4..];
+        Ok(match kind {
+            StreamKind::Open => match rest {
+                b"h" => Self::Open {
+                    id,
+                    service: StreamService::HttpProxy,
+                },
+                _ => return Err(bad("unknown stream service")),
+            },
+            StreamKind::Data => Self::Data {
+                id,
+                data: payload.slice(4..),
+            },
+            StreamKind::Close => match rest {
+                [0] => Self::Close { id, abort: false },
+                [1] => Self::Close { id, abort: true },
+                _ => return Err(bad("a close is 0 or 1")),
+            },
+            StreamKind::Window => match <[u8; 4]>::try_from(rest) {
+                Ok(credit) => Self::Window {
+                    id,
+                    credit: u32::from_be_bytes(credit),
+                },
+                Err(_) => return Err(bad("a window update is 4 bytes")),
+            },
+        })
+    }
+
+    /// The whole frame, header included, ready to write.
+    pub fn encode(&self) -> Vec<u8> {
+        let (kind, id) = match self {
+            Self::Open { id, .. } => (StreamKind::Open, *id),
+            Self::Data { id, .. } => (StreamKind::Data, *id),
+            Self::Close { id, .. } => (StreamKind::Close, *id),
+            Self::Window { id, .. } => (StreamKind::Window, *id),
+        };
+        encode_frame(kind.byte(), |frame| {
+            frame.extend_from_slice(&id.to_be_bytes());
+            match self {
+                Self::Open { service, .. } => match service {
+                    StreamService::HttpProxy => frame.push(b'h'),
+                },
+                Self::Data { data, .. } => frame.extend_from_slice(data),
+                Self::Close { abort, .. } => frame.push(u8::from(*abort)),
+                Self::Window { credit, .. } => frame.extend_from_slice(&credit.to_be_bytes()),
+            }
+        })
+    }
 }
 
 /// A file a call brings: a path under `/workspace` and its content.
@@ -258,10 +417,15 @@ pub fn png_size(png: &[u8]) -> Result<(u32, u32), ProtocolError> {
 fn encode_frame(kind: u8, write_payload: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
     let mut frame = vec![kind, 0, 0, 0, 0];
     write_payload(&mut frame);
+    set_length(&mut frame);
+    frame
+}
+
+/// Writes a frame's payload length into its header.
+fn set_length(frame: &mut [u8]) {
     let len =
         u32::try_from(frame.len() - HEADER_LEN).expect("payloads are validated far below 4 GiB");
     frame[1..HEADER_LEN].copy_from_slice(&len.to_be_bytes());
-    frame
 }
 
 /// Payload of a `Done` frame: how the run's process ended.
@@ -406,11 +570,25 @@ mod tests {
         }
     }
 
+    /// Every kind the agent sends, as its byte.
+    const KINDS: &[u8] = b"YOECDFIPNSXW";
+
+    fn byte_of(kind: AgentFrameKind) -> u8 {
+        *KINDS
+            .iter()
+            .find(|&&b| AgentFrameKind::from_byte(b) == Some(kind))
+            .expect("every kind has a byte")
+    }
+
     /// A valid frame the agent could send: a kind of its set and a payload
-    /// of that kind (JSON where the host parses JSON), mostly small, some
-    /// near the output frame limit.
+    /// of that kind (JSON where the host parses JSON, a PNG header, a file
+    /// path, a stream id), mostly small, some near the kind's limit.
     fn valid_frame(random: &mut Xorshift) -> (u8, Vec<u8>) {
-        let kind = b"YOECDF"[random.below(6)];
+        let kind = KINDS[random.below(KINDS.len())];
+        let noise = |random: &mut Xorshift, len: usize| -> Vec<u8> {
+            (0..len).map(|_| random.next() as u8).collect()
+        };
+        let id = (random.below(1 << 16) as u32 * 2 + 1).to_be_bytes();
         let payload = match kind {
             b'Y' => br#"{"python":"3.13.5","preload_missing":["numpy (ModuleNotFoundError)"]}"#.to_vec(),
             b'D' => format!(
@@ -426,16 +604,62 @@ mod tests {
                 random.below(1000)
             )
             .into_bytes(),
+            b'I' => {
+                let mut png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR".to_vec();
+                png.extend_from_slice(&(random.below(2000) as u32).to_be_bytes());
+                png.extend_from_slice(&(random.below(2000) as u32).to_be_bytes());
+                let len = random.below(2000);
+                png.extend(noise(random, len));
+                png
+            }
+            b'P' => {
+                let path = format!("dir{}/file{}.csv", random.below(10), random.below(100));
+                let mut file = u16::try_from(path.len()).unwrap().to_be_bytes().to_vec();
+                file.extend_from_slice(path.as_bytes());
+                let len = random.below(3000);
+                file.extend(noise(random, len));
+                file
+            }
+            b'N' => [&id[..], b"h"].concat(),
+            b'S' => {
+                let len = if random.below(20) == 0 {
+                    MAX_STREAM_CHUNK - random.below(3)
+                } else {
+                    random.below(300)
+                };
+                [id.to_vec(), noise(random, len)].concat()
+            }
+            b'X' => [&id[..], &[u8::from(random.below(2) == 0)]].concat(),
+            b'W' => [id, (random.next() as u32).to_be_bytes()].concat(),
             _ => {
                 let len = if random.below(20) == 0 {
                     MAX_AGENT_FRAME - random.below(3)
                 } else {
                     random.below(300)
                 };
-                (0..len).map(|_| random.next() as u8).collect()
+                noise(random, len)
             }
         };
         (kind, payload)
+    }
+
+    /// What the host does with a frame's payload: every parser takes any
+    /// bytes without panicking.
+    fn parse_every_way(frame: &AgentFrame) {
+        let _ = parse_payload::<RunDone>("done", &frame.payload);
+        let _ = parse_payload::<Ready>("ready", &frame.payload);
+        let _ = parse_payload::<ResetFailed>("reset", &frame.payload);
+        let _ = parse_payload::<serde_json::Value>("call", &frame.payload);
+        let _ = png_size(&frame.payload);
+        let _ = parse_file(&frame.payload);
+        for kind in [
+            StreamKind::Open,
+            StreamKind::Data,
+            StreamKind::Close,
+            StreamKind::Window,
+        ] {
+            let _ = StreamFrame::parse(kind, frame.payload.clone());
+        }
     }
 
     /// Decodes `wire` fed in random chunks, as the host does: until the
@@ -454,17 +678,15 @@ mod tests {
             loop {
                 match decoder.next_frame() {
                     Ok(Some(frame)) => {
-                        let max = if frame.kind == AgentFrameKind::Call {
-                            MAX_CALL_FRAME
-                        } else {
-                            MAX_AGENT_FRAME
+                        let max = match frame.kind {
+                            AgentFrameKind::Call => MAX_CALL_FRAME,
+                            AgentFrameKind::Image => MAX_IMAGE_FRAME,
+                            AgentFrameKind::File => MAX_FILE_FRAME,
+                            AgentFrameKind::Stream(kind) => kind.max_payload(),
+                            _ => MAX_AGENT_FRAME,
                         };
                         assert!(frame.payload.len() <= max, "a frame over its limit");
-                        // Every payload parser takes any bytes without panicking.
-                        let _ = parse_payload::<RunDone>("done", &frame.payload);
-                        let _ = parse_payload::<Ready>("ready", &frame.payload);
-                        let _ = parse_payload::<ResetFailed>("reset", &frame.payload);
-                        let _ = parse_payload::<serde_json::Value>("call", &frame.payload);
+                        parse_every_way(&frame);
                         frames.push(frame);
                     }
                     Ok(None) => break,
@@ -472,7 +694,7 @@ mod tests {
                 }
             }
             // Bounded: what waits is at most one frame in the making.
-            assert!(decoder.pending() < HEADER_LEN + MAX_CALL_FRAME + 4096);
+            assert!(decoder.pending() < HEADER_LEN + MAX_FILE_FRAME + 4096);
         }
         let pending = decoder.pending();
         (frames, None, pending)
@@ -506,7 +728,7 @@ mod tests {
             let sent: Vec<(u8, &[u8])> = frames.iter().map(|(k, p)| (*k, &p[..])).collect();
             let got: Vec<(u8, &[u8])> = whole
                 .iter()
-                .map(|f| (b"YOECDF"[kind_index(f.kind)], &f.payload[..]))
+                .map(|f| (byte_of(f.kind), &f.payload[..]))
                 .collect();
             assert_eq!(got, sent, "case {case}: round trip");
 
@@ -573,7 +795,7 @@ mod tests {
                 "case {case}: frames before the damage lost"
             );
             for (frame, (kind, payload)) in got.iter().zip(&frames).take(intact) {
-                assert_eq!(b"YOECDF"[kind_index(frame.kind)], *kind, "case {case}");
+                assert_eq!(byte_of(frame.kind), *kind, "case {case}");
                 assert_eq!(&frame.payload[..], &payload[..], "case {case}");
             }
             if let Some(ProtocolError::Oversized { len, max }) = error {
@@ -588,20 +810,6 @@ mod tests {
         );
     }
 
-    fn kind_index(kind: AgentFrameKind) -> usize {
-        [
-            AgentFrameKind::Ready,
-            AgentFrameKind::Stdout,
-            AgentFrameKind::Stderr,
-            AgentFrameKind::Call,
-            AgentFrameKind::Done,
-            AgentFrameKind::ResetFailed,
-        ]
-        .iter()
-        .position(|k| *k == kind)
-        .unwrap()
-    }
-
     #[test]
     fn never_panics_on_arbitrary_bytes() {
         // Random bytes in random split sizes (mostly refused at the header;
@@ -614,7 +822,7 @@ mod tests {
                 let chunk: Vec<u8> = (0..len).map(|_| random.next() as u8).collect();
                 decoder.extend(&chunk);
                 while let Ok(Some(frame)) = decoder.next_frame() {
-                    let _ = parse_payload::<RunDone>("done", &frame.payload);
+                    parse_every_way(&frame);
                 }
             }
         }
@@ -742,5 +950,73 @@ mod tests {
             decoder.next_frame(),
             Err(ProtocolError::Oversized { .. })
         ));
+    }
+
+    #[test]
+    fn stream_frames_round_trip_and_malformed_ones_are_refused() {
+        let frames = [
+            StreamFrame::Open {
+                id: 7,
+                service: StreamService::HttpProxy,
+            },
+            StreamFrame::Data {
+                id: u32::MAX,
+                data: Bytes::from_static(b"GET / HTTP/1.1\r\n"),
+            },
+            StreamFrame::Close { id: 9, abort: true },
+            StreamFrame::Close {
+                id: 9,
+                abort: false,
+            },
+            StreamFrame::Window {
+                id: 3,
+                credit: STREAM_WINDOW,
+            },
+        ];
+        let mut decoder = FrameDecoder::default();
+        for frame in &frames {
+            decoder.extend(&frame.encode());
+        }
+        for sent in frames {
+            let got = decoder.next_frame().unwrap().unwrap();
+            let AgentFrameKind::Stream(kind) = got.kind else {
+                panic!("{got:?}");
+            };
+            assert_eq!(StreamFrame::parse(kind, got.payload).unwrap(), sent);
+        }
+        let bad = |kind, payload: &'static [u8]| {
+            StreamFrame::parse(kind, Bytes::from_static(payload)).is_err()
+        };
+        assert!(bad(StreamKind::Data, b"\0\0\0"), "no id");
+        assert!(bad(StreamKind::Open, b"\0\0\0\x01z"), "unknown service");
+        assert!(bad(StreamKind::Close, b"\0\0\0\x01\x02"));
+        assert!(bad(StreamKind::Window, b"\0\0\0\x01\0\0"));
+        let mut decoder = FrameDecoder::default();
+        decoder.extend(&frame(b'S', &vec![0; 4 + MAX_STREAM_CHUNK + 1]));
+        assert!(matches!(
+            decoder.next_frame(),
+            Err(ProtocolError::Oversized { .. })
+        ));
+    }
+
+    #[test]
+    fn the_buffer_shrinks_after_a_large_frame() {
+        let mut decoder = FrameDecoder::default();
+        let big = vec![b'x'; 8 * KEEP_BUFFER];
+        let mut wire = frame(b'C', &big);
+        wire.extend(frame(b'O', b"after"));
+        decoder.extend(&wire);
+        let call = decoder.next_frame().unwrap().unwrap();
+        assert_eq!(call.payload.len(), big.len());
+        // Not in (or right after) the call's allocation.
+        let call_at = call.payload.as_ptr() as usize;
+        let buffer_at = decoder.buffer_address();
+        assert!(
+            !(call_at..call_at + big.len() + KEEP_BUFFER).contains(&buffer_at),
+            "the decoder still holds the call's allocation"
+        );
+        drop(call);
+        let after = decoder.next_frame().unwrap().unwrap();
+        assert_eq!(&after.payload[..], b"after");
     }
 }

@@ -1,16 +1,29 @@
 //! Host memory stays bounded by what a run keeps, however much the code
-//! prints. The output cap is raised (128 MiB per stream), so the flood
-//! really crosses into the host: 256 MiB of frames arrive, and the host's
-//! peak memory may grow by what it keeps (the capped output) and a small
-//! constant, never by another copy of the stream.
+//! prints, and by the run's tool-call budget, however much it sends to or
+//! asks of MCP servers.
 //!
-//! The measurement runs in a process of its own (this test binary, started
-//! again for this one test), so no other test's allocations blur it.
+//! - Output: the cap is raised (128 MiB per stream), so the flood really
+//!   crosses into the host: 256 MiB of frames arrive, and the host's peak
+//!   memory may grow by what it keeps (the capped output) and a small
+//!   constant, never by another copy of the stream.
+//! - Tool calls: 64 calls at once whose arguments take ~19 MB each once
+//!   parsed, then 64 answers of 4 MiB each and one larger than the budget:
+//!   the run's calls and answers in flight hold at most
+//!   `MCP_BRIDGE_TOOL_BYTES_IN_FLIGHT` (32 MiB here), large calls are
+//!   parsed and large answers encoded one at a time, and the rest are
+//!   refused with an `MCPError` naming the variable; the run goes on.
+//!
+//! Each measurement runs in a process of its own (this test binary, started
+//! again for that one test), so no other test's allocations blur it.
 
 use std::process::Command;
+use std::sync::Arc;
 
-use crate::util::{block_on, run_on, started_service, test_config};
+use crate::util::{block_on, fixture_server, run_on, started_service, test_config, warmed};
+use mcp_code_exec::call::{CallRequest, call};
+use mcp_code_exec::proxy::Proxy;
 use mcp_code_exec::report::RunStatus;
+use mcp_code_exec::service::Service;
 
 /// Set in the child process that measures.
 const MEASURE: &str = "MCP_CODE_EXEC_TEST_MEASURE_HOST_MEMORY";
@@ -30,36 +43,45 @@ fn peak_rss_mib() -> u64 {
         / 1024
 }
 
+/// Runs `measure` in a process of its own: this test binary, started again
+/// for the test `test` alone (its name within this module).
+fn in_own_process(test: &str, measure: fn()) {
+    if std::env::var_os(MEASURE).is_some() {
+        measure();
+        return;
+    }
+    // The test's name for libtest: its path without the crate's name.
+    let name = format!("{}::{test}", module_path!().split_once("::").unwrap().1);
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args([name.as_str(), "--exact", "--nocapture", "--test-threads=1"])
+        .env(MEASURE, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for line in stderr.lines().filter(|l| l.starts_with("host peak memory")) {
+        eprintln!("{line}");
+    }
+    assert!(
+        output.status.success() && stdout.contains("1 passed"),
+        "the measuring process failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+    );
+}
+
 engine_test! {
     fn a_256_mib_flood_on_both_streams_leaves_host_memory_flat() {
-        if std::env::var_os(MEASURE).is_some() {
-            measure();
-            return;
-        }
-        // This test's name for libtest: its path without the crate's name.
-        let name = format!(
-            "{}::a_256_mib_flood_on_both_streams_leaves_host_memory_flat",
-            module_path!().split_once("::").unwrap().1
-        );
-        let output = Command::new(std::env::current_exe().unwrap())
-            .args([name.as_str(), "--exact", "--nocapture", "--test-threads=1"])
-            .env(MEASURE, "1")
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        for line in stderr.lines().filter(|l| l.starts_with("host peak memory")) {
-            eprintln!("{line}");
-        }
-        assert!(
-            output.status.success() && stdout.contains("1 passed"),
-            "the measuring process failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
-        );
+        in_own_process("a_256_mib_flood_on_both_streams_leaves_host_memory_flat", flood);
+    }
+}
+
+engine_test! {
+    fn tool_calls_and_answers_hold_no_more_than_the_runs_budget() {
+        in_own_process("tool_calls_and_answers_hold_no_more_than_the_runs_budget", tool_calls);
     }
 }
 
 /// The flood and the measurement, in the child process.
-fn measure() {
+fn flood() {
     let mut config = test_config();
     config.max_output_bytes = CAP_MIB << 20;
     config.pool_max = 1;
@@ -85,6 +107,90 @@ fn measure() {
     assert!(
         growth < kept_mib + 32,
         "host peak memory grew {growth} MiB during a flood of which it keeps {kept_mib} MiB"
+    );
+    block_on(service.shutdown());
+}
+
+/// What the host may hold beyond a run's tool-call budget while a run
+/// floods it with calls and answers: the largest answer a server sent,
+/// before it can be refused (rmcp's line buffer, the parsed result, its
+/// measurement: three times its 40 MiB of JSON), and the runtime's own.
+const TOOL_CALL_SLACK_MIB: u64 = 3 * 40 + 64;
+
+/// The calls and answers, and the measurement, in the child process.
+fn tool_calls() {
+    let mut config = test_config();
+    config.pool_max = 1;
+    config.max_sessions = 0;
+    config.memory_bytes = 512 << 20;
+    config.tool_bytes_in_flight = 32 << 20;
+    let budget_mib = (config.tool_bytes_in_flight >> 20) as u64;
+    let proxy = Arc::new(Proxy::new(vec![fixture_server("fixture")]));
+    let service = warmed(Service::with_proxy(config, proxy));
+    let run = |code: &str| {
+        let request = CallRequest {
+            code: code.into(),
+            servers: vec!["fixture".into()],
+            timeout_secs: Some(90.0),
+            ..CallRequest::default()
+        };
+        block_on(call(&service, &request))
+    };
+    // Warm up: the fixture started, one call and one big answer made.
+    let warm = run("print(await mcp_fixture.big(mib=1))");
+    assert_eq!(warm.status, RunStatus::Success, "{:?}", warm.error);
+    let before = peak_rss_mib();
+    // Arguments of ~0.45 MB of JSON that parse into ~19 MB each.
+    let calls = run(r#"
+import asyncio
+pad = [0] * 150_000
+async def one():
+    try:
+        await mcp_fixture.slow(seconds=2, pad=pad)
+        return "answered"
+    except MCPError as error:
+        return "budget" if "MCP_BRIDGE_TOOL_BYTES_IN_FLIGHT" in str(error) else "tool: " + str(error)[:80]
+results = await asyncio.gather(*(one() for _ in range(64)))
+print(results.count("budget"), "refused on the budget;", len(results) - results.count("budget"), "went to the server")
+"#);
+    let after_calls = peak_rss_mib() - before;
+    assert_eq!(calls.status, RunStatus::Success, "{calls:#?}");
+    let refused: u32 = calls
+        .stdout
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(refused > 0 && refused < 64, "{}", calls.stdout);
+    // Answers of 4 MiB of text each (FastMCP sends it twice: as text and
+    // as structured content), 64 at once; then one of 20 MiB (40 MiB of
+    // JSON), more than the whole budget.
+    let answers = run(r#"
+import asyncio
+async def one(mib):
+    try:
+        return len(await mcp_fixture.big(mib=mib, seconds=1)) >> 20
+    except MCPError as error:
+        return "budget" if "MCP_BRIDGE_TOOL_BYTES_IN_FLIGHT" in str(error) else str(error)[:80]
+results = await asyncio.gather(*(one(4) for _ in range(64)))
+print(results.count("budget"), "refused on the budget;", results.count(4), "answered whole;", await one(20))
+"#);
+    let growth = peak_rss_mib() - before;
+    assert_eq!(answers.status, RunStatus::Success, "{answers:#?}");
+    let words: Vec<&str> = answers.stdout.split_whitespace().collect();
+    let (refused, whole): (u32, u32) = (words[0].parse().unwrap(), words[5].parse().unwrap());
+    assert_eq!(refused + whole, 64, "{}", answers.stdout);
+    assert_eq!(words.last(), Some(&"budget"), "{}", answers.stdout);
+    eprintln!(
+        "host peak memory grew {after_calls} MiB during 64 large calls and {growth} MiB with 64 \
+         answers of 4 MiB and one of 20 MiB ({}; {}; budget {budget_mib} MiB)",
+        calls.stdout.trim(),
+        answers.stdout.trim()
+    );
+    assert!(
+        growth < budget_mib + TOOL_CALL_SLACK_MIB,
+        "host peak memory grew {growth} MiB; the run's tool-call budget is {budget_mib} MiB"
     );
     block_on(service.shutdown());
 }

@@ -152,7 +152,7 @@ engine_test! {
             let input = limits.input("import time\ntime.sleep(60)", &[]);
             let run = lease
                 .sandbox()
-                .run(&input, Duration::from_secs(90), None, &mut output);
+                .run(&input, Duration::from_secs(90), Default::default(), &mut output);
             // The client gives up: the run future and then the lease are dropped.
             let cancelled = tokio::time::timeout(Duration::from_millis(300), run).await;
             assert!(cancelled.is_err());
