@@ -641,4 +641,75 @@ mod tests {
         bare.extend(chunk(b"IEND", &[]));
         assert_eq!(check(&Bytes::from(bare), 1024), Err(Rejected::NoPalette));
     }
+
+    /// Recomputes the checksum of every chunk that fits.
+    fn fix_checksums(data: &mut [u8]) {
+        let mut at = SIGNATURE.len();
+        while let Some(length) = read_u32(data, at) {
+            let end = at + 12 + length as usize;
+            if end > data.len() {
+                return;
+            }
+            let crc = crc32fast::hash(&data[at + 4..end - 4]);
+            data[end - 4..end].copy_from_slice(&crc.to_be_bytes());
+            at = end;
+        }
+    }
+
+    #[test]
+    fn mutated_pngs_never_panic_and_what_passes_checks_again() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut palette = SIGNATURE.to_vec();
+        palette.extend(header(20, 20, 4, 3, 1));
+        palette.extend(chunk(b"PLTE", &[1; 48]));
+        palette.extend(chunk(b"tRNS", &[0; 16]));
+        let rows = Header::parse(&palette[16..29]).unwrap().passes();
+        let size: u64 = rows.iter().map(|(row, rows)| row * rows).sum();
+        palette.extend(chunk(b"IDAT", &zeros(usize::try_from(size).unwrap())));
+        palette.extend(chunk(b"IEND", &[]));
+        let bases = [
+            png(30, 20, &[chunk(b"tEXt", b"a\0b")], &gray(30, 20), &[]).to_vec(),
+            palette,
+        ];
+        for base in &bases {
+            check(&Bytes::copy_from_slice(base), 64).unwrap();
+        }
+        let mut passed = 0;
+        for round in 0..20_000 {
+            let mut data = bases[round % 2].clone();
+            for _ in 0..=next() % 4 {
+                let at = usize::try_from(next() % data.len() as u64).unwrap();
+                let [byte, ..] = next().to_le_bytes();
+                match next() % 3 {
+                    0 => data[at] = data[at].wrapping_add(byte.max(1)),
+                    1 => data.truncate(at),
+                    _ => data.insert(at, byte),
+                }
+                if data.is_empty() {
+                    break;
+                }
+            }
+            if round % 4 != 0 {
+                fix_checksums(&mut data); // so that the mutation reaches the checks behind them
+            }
+            if let Ok(png) = check(&Bytes::from(data), 64) {
+                passed += 1;
+                assert_eq!(
+                    check(&png.data, 64).unwrap(),
+                    png,
+                    "a rebuilt PNG is its own rebuild"
+                );
+            }
+        }
+        assert!(
+            passed > 100,
+            "{passed}: mutations of pixels or dropped chunks still pass"
+        );
+    }
 }
