@@ -493,24 +493,22 @@ mod tests {
         };
         // Each put expires the one before: 20,000 gone, and the first still told apart.
         let now = (1..20_000).fold(t, |_, i| put(i));
-        let read = |uri: &str, now| store.get_at(uri, now);
-        assert!(matches!(
-            read(&first.uri, now),
-            Err(ArtifactError::Expired(_))
-        ));
-        assert!(matches!(
-            read("artifact://r0/b", now),
-            Err(ArtifactError::Unknown(_))
-        ));
+        let why = |uri: &str, now| match store.get_at(uri, now) {
+            Ok(_) => "live",
+            Err(ArtifactError::Expired(_)) => "expired",
+            Err(ArtifactError::Evicted(_)) => "evicted",
+            Err(ArtifactError::Unknown(_)) => "unknown",
+        };
+        assert_eq!(
+            [why(&first.uri, now), why("artifact://r0/b", now)],
+            ["expired", "unknown"]
+        );
         let now = (20_000..=GONE_REMEMBERED + 1).fold(now, |_, i| put(i));
-        assert!(matches!(
-            read(&first.uri, now),
-            Err(ArtifactError::Unknown(_))
-        ));
-        assert!(matches!(
-            read("artifact://r2/a", now),
-            Err(ArtifactError::Expired(_))
-        ));
+        assert_eq!(
+            [why(&first.uri, now), why("artifact://r2/a", now)],
+            ["unknown", "expired"],
+            "the oldest is forgotten"
+        );
         let state = store.shared.lock();
         assert_eq!(state.gone.len(), GONE_REMEMBERED);
         assert_eq!(state.gone_order.len(), GONE_REMEMBERED);
