@@ -1,14 +1,19 @@
 //! Files that runs handed back, kept on the host for a while so that a client
 //! can read them as MCP resources (`artifact://<run-id>/<path>`).
 //!
-//! Owns the store: what is kept, for how long (`MCP_BRIDGE_ARTIFACT_TTL`) and
-//! within what budget (`MCP_BRIDGE_ARTIFACT_BYTES`, least recently used out
-//! first). Bytes are shared, never copied on read. Pure bookkeeping under
-//! one lock: it knows nothing of runs, containers or the protocol; the call
-//! puts, the front end lists and reads.
+//! Owns the store: what is kept, for how long (`MCP_BRIDGE_ARTIFACT_TTL`,
+//! freed on a timer when it passes, used or not) and within what budget
+//! (`MCP_BRIDGE_ARTIFACT_BYTES`, [`ENTRY_OVERHEAD`] per entry, at most
+//! [`MAX_ENTRIES`], least recently used out first), which URIs are gone and
+//! why, and the type a file is served as (never one a client would run:
+//! [`mime_type`]). Bytes are shared, never copied on read. Bookkeeping under
+//! one lock, and the one task that expires it: it knows nothing of runs,
+//! containers or the protocol; the call puts, the front end lists and reads.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -68,8 +73,11 @@ struct State {
     entries: HashMap<String, Entry>,
     bytes: u64,
     /// URIs that were kept once and are gone, and why, so a read can say
-    /// so rather than "unknown". Bounded.
-    gone: VecDeque<(String, Gone)>,
+    /// so rather than "unknown": by a hash of the URI (a fixed size each,
+    /// however long the path), the last [`GONE_REMEMBERED`] in `gone_order`.
+    gone: HashMap<u64, Gone>,
+    gone_order: VecDeque<u64>,
+    hasher: RandomState,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,39 +86,54 @@ enum Gone {
     Evicted,
 }
 
-/// How many gone URIs are remembered for a clearer error.
-const GONE_REMEMBERED: usize = 1024;
+/// How many gone URIs are told apart from unknown ones (about 2 MiB): 16
+/// times a full store.
+pub const GONE_REMEMBERED: usize = 65_536;
 /// What an entry costs besides its bytes (its URI and path are counted too),
 /// so that a flood of empty files is bounded by the budget as well.
-const ENTRY_OVERHEAD: u64 = 256;
+pub const ENTRY_OVERHEAD: u64 = 256;
 /// Entries kept at most, whatever their size: every read scans them.
 pub const MAX_ENTRIES: usize = 4096;
+/// The expiry timer's shortest pause: what is due within it goes together,
+/// so an entry is freed at most this long after its TTL.
+pub const SWEEP_SLACK: Duration = Duration::from_millis(100);
 
 #[derive(Debug)]
 pub struct ArtifactStore {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
     state: Mutex<State>,
     ttl: Duration,
     budget: u64,
+    /// The expiry timer was started (with the first put in a runtime).
+    sweeping: AtomicBool,
 }
 
 impl ArtifactStore {
     pub fn new(ttl: Duration, budget: u64) -> Self {
         Self {
-            state: Mutex::new(State::default()),
-            ttl,
-            budget,
+            shared: Arc::new(Shared {
+                state: Mutex::new(State::default()),
+                ttl,
+                budget,
+                sweeping: AtomicBool::new(false),
+            }),
         }
     }
 
     /// Keeps a run's file; `None` when it alone is over the whole budget.
     pub fn put(&self, run_id: &str, path: &str, bytes: Bytes) -> Option<Artifact> {
+        self.start_sweeping();
         self.put_at(run_id, path, bytes, Instant::now())
     }
 
     fn put_at(&self, run_id: &str, path: &str, bytes: Bytes, now: Instant) -> Option<Artifact> {
         let uri = format!("{SCHEME}{}/{}", encode(run_id), encode(path));
         let size = bytes.len() as u64 + cost(&uri, path);
-        if size > self.budget {
+        if size > self.shared.budget {
             return None;
         }
         let artifact = Artifact {
@@ -119,9 +142,9 @@ impl ArtifactStore {
             mime_type: mime_type(path),
             bytes,
         };
-        let mut state = self.lock();
-        state.expire(now, self.ttl);
-        while state.bytes + size > self.budget || state.entries.len() >= MAX_ENTRIES {
+        let mut state = self.shared.lock();
+        state.expire(now, self.shared.ttl);
+        while state.bytes + size > self.shared.budget || state.entries.len() >= MAX_ENTRIES {
             state.evict_least_recently_used();
         }
         state.bytes += size;
@@ -142,22 +165,23 @@ impl ArtifactStore {
     }
 
     fn get_at(&self, uri: &str, now: Instant) -> Result<Artifact, ArtifactError> {
-        let mut state = self.lock();
-        state.expire(now, self.ttl);
+        let mut state = self.shared.lock();
+        state.expire(now, self.shared.ttl);
         if let Some(entry) = state.entries.get_mut(uri) {
             entry.last_used = now;
             return Ok(entry.artifact.clone());
         }
-        match state.gone.iter().find(|(gone, _)| gone == uri) {
-            Some((_, Gone::Expired)) => Err(ArtifactError::Expired(uri.to_owned())),
-            Some((_, Gone::Evicted)) => Err(ArtifactError::Evicted(uri.to_owned())),
+        let key = state.hasher.hash_one(uri);
+        match state.gone.get(&key) {
+            Some(Gone::Expired) => Err(ArtifactError::Expired(uri.to_owned())),
+            Some(Gone::Evicted) => Err(ArtifactError::Evicted(uri.to_owned())),
             None => Err(ArtifactError::Unknown(uri.to_owned())),
         }
     }
 
     /// Whether `uri` is kept (without marking it used).
     pub fn contains(&self, uri: &str) -> bool {
-        self.lock().entries.contains_key(uri)
+        self.shared.lock().entries.contains_key(uri)
     }
 
     /// The live artifacts, newest first.
@@ -166,8 +190,8 @@ impl ArtifactStore {
     }
 
     fn list_at(&self, now: Instant) -> Vec<Artifact> {
-        let mut state = self.lock();
-        state.expire(now, self.ttl);
+        let mut state = self.shared.lock();
+        state.expire(now, self.shared.ttl);
         let mut live: Vec<&Entry> = state.entries.values().collect();
         live.sort_by(|a, b| {
             b.created
@@ -179,10 +203,53 @@ impl ArtifactStore {
             .collect()
     }
 
+    /// The expiry timer: one task, started with the first put made in a
+    /// runtime, gone with the store. Without a runtime (plain unit tests,
+    /// nothing to run it) entries expire as the store is used.
+    fn start_sweeping(&self) {
+        // A load on every put; the swap only until the timer runs.
+        if self.shared.sweeping.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if !self.shared.sweeping.swap(true, Ordering::AcqRel) {
+            runtime.spawn(sweep(Arc::downgrade(&self.shared)));
+        }
+    }
+}
+
+impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Frees each entry when its TTL passes (within [`SWEEP_SLACK`]): it sleeps
+/// until the oldest is due, or a whole TTL when the store is empty (what is
+/// put meanwhile is due later still). It holds the store only while it
+/// sweeps, and ends within a TTL of the store's drop.
+async fn sweep(shared: Weak<Shared>) {
+    loop {
+        let pause = {
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            let now = Instant::now();
+            let mut state = shared.lock();
+            state.expire(now, shared.ttl);
+            state
+                .entries
+                .values()
+                .map(|entry| entry.created)
+                .min()
+                .and_then(|oldest| oldest.checked_add(shared.ttl))
+                .map_or(shared.ttl, |due| due.saturating_duration_since(now))
+        };
+        tokio::time::sleep(pause.max(SWEEP_SLACK)).await;
     }
 }
 
@@ -213,10 +280,15 @@ impl State {
     fn remove(&mut self, uri: &str, why: Gone) {
         if let Some(entry) = self.entries.remove(uri) {
             self.bytes -= entry.artifact.size();
-            if self.gone.len() == GONE_REMEMBERED {
-                self.gone.pop_front();
+            let key = self.hasher.hash_one(uri);
+            if self.gone.insert(key, why).is_none() {
+                self.gone_order.push_back(key);
+                if self.gone_order.len() > GONE_REMEMBERED
+                    && let Some(oldest) = self.gone_order.pop_front()
+                {
+                    self.gone.remove(&oldest);
+                }
             }
-            self.gone.push_back((uri.to_owned(), why));
         }
     }
 }
@@ -246,7 +318,10 @@ fn encode(text: &str) -> String {
     encoded
 }
 
-/// The MIME type of a file, from its extension.
+/// The MIME type a file is served as, from its extension. Types a client
+/// may render and so run script in (HTML, SVG, XML, JavaScript) are served
+/// as `text/plain`: their source, inert; an unknown type is
+/// `application/octet-stream`.
 pub fn mime_type(path: &str) -> &'static str {
     let extension = path
         .rsplit_once('.')
@@ -254,16 +329,16 @@ pub fn mime_type(path: &str) -> &'static str {
         .unwrap_or_default();
     match extension.as_str() {
         "txt" | "log" | "out" => "text/plain",
+        // Active content, as its source.
+        "html" | "htm" | "xhtml" | "xht" | "shtml" | "svg" | "xml" | "xsl" | "xslt" | "js"
+        | "mjs" | "cjs" => "text/plain",
         "csv" => "text/csv",
         "tsv" => "text/tab-separated-values",
         "md" => "text/markdown",
-        "html" | "htm" => "text/html",
         "json" => "application/json",
         "jsonl" | "ndjson" => "application/x-ndjson",
-        "xml" => "application/xml",
         "yaml" | "yml" => "application/yaml",
         "py" => "text/x-python",
-        "svg" => "image/svg+xml",
         "png" => "image/png",
         "jpg" | "jpeg" => "image/jpeg",
         "gif" => "image/gif",
@@ -281,11 +356,7 @@ pub fn is_text_type(mime_type: &str) -> bool {
     mime_type.starts_with("text/")
         || matches!(
             mime_type,
-            "application/json"
-                | "application/x-ndjson"
-                | "application/xml"
-                | "application/yaml"
-                | "image/svg+xml"
+            "application/json" | "application/x-ndjson" | "application/yaml"
         )
 }
 
@@ -391,5 +462,75 @@ mod tests {
         assert_eq!(artifact("plot.png", b"\x89PNG").text(), None);
         assert_eq!(artifact("bad.txt", b"\xff\xfe").text(), None);
         assert_eq!(artifact("noext", b"abc").text(), None);
+    }
+    #[test]
+    fn active_content_is_served_as_plain_text() {
+        for path in [
+            "x.html", "x.HTM", "x.xhtml", "x.svg", "x.xml", "x.xsl", "x.js", "x.mjs",
+        ] {
+            assert_eq!(mime_type(path), "text/plain", "{path}");
+        }
+        let store = ArtifactStore::new(TTL, 1 << 20);
+        let script = b"<svg xmlns='http://www.w3.org/2000/svg'><script>alert(1)</script></svg>";
+        let kept = store.put("r", "x.svg", Bytes::from_static(script)).unwrap();
+        let read = store.get(&kept.uri).unwrap();
+        assert_eq!(read.mime_type, "text/plain");
+        assert_eq!(read.text(), std::str::from_utf8(script).ok());
+        assert_eq!(mime_type("x.svgz"), "application/octet-stream");
+    }
+
+    #[test]
+    fn gone_uris_are_told_apart_within_a_bound() {
+        let store = ArtifactStore::new(TTL, u64::MAX);
+        let t = Instant::now();
+        let first = store.put_at("r0", "a", Bytes::new(), t).unwrap();
+        let put = |i: usize| {
+            let at = t + TTL * u32::try_from(i).unwrap();
+            store
+                .put_at(&format!("r{i}"), "a", Bytes::new(), at)
+                .unwrap();
+            at
+        };
+        // Each put expires the one before: 20,000 gone, and the first still told apart.
+        let now = (1..20_000).fold(t, |_, i| put(i));
+        let why = |uri: &str, now| match store.get_at(uri, now) {
+            Ok(_) => "live",
+            Err(ArtifactError::Expired(_)) => "expired",
+            Err(ArtifactError::Evicted(_)) => "evicted",
+            Err(ArtifactError::Unknown(_)) => "unknown",
+        };
+        assert_eq!(
+            [why(&first.uri, now), why("artifact://r0/b", now)],
+            ["expired", "unknown"]
+        );
+        let now = (20_000..=GONE_REMEMBERED + 1).fold(now, |_, i| put(i));
+        assert_eq!(
+            [why(&first.uri, now), why("artifact://r2/a", now)],
+            ["unknown", "expired"],
+            "the oldest is forgotten"
+        );
+        let state = store.shared.lock();
+        assert_eq!(state.gone.len(), GONE_REMEMBERED);
+        assert_eq!(state.gone_order.len(), GONE_REMEMBERED);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn artifacts_expire_on_time_without_any_later_use() {
+        let store = ArtifactStore::new(Duration::from_millis(200), 1 << 20);
+        let kept = store.put("r", "a.txt", Bytes::from_static(b"x")).unwrap();
+        assert!(store.contains(&kept.uri));
+        // `contains` neither expires nor marks used: only the timer can free it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.contains(&kept.uri) {
+            assert!(
+                Instant::now() < deadline,
+                "still held 10 s after a 200 ms TTL"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(matches!(
+            store.get(&kept.uri),
+            Err(ArtifactError::Expired(_))
+        ));
     }
 }

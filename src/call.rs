@@ -21,12 +21,13 @@ use tracing::Instrument;
 
 use crate::artifacts::{self, ArtifactStore};
 use crate::config::Config;
+use crate::images;
 use crate::metrics;
 use crate::pool::{Lease, Pool, RecycleReason, Verdict};
 use crate::proxy::CallLimits;
 use crate::report::{Found, Image, OutputFile, RunReport, RunStatus, SessionReport, decode_output};
 use crate::sandbox::protocol::{
-    FileBounds, FileContent, ImageBounds, InputFile, RunDone, RunInput, png_size,
+    FileBounds, FileContent, ImageBounds, InputFile, RunDone, RunInput,
 };
 use crate::sandbox::{CapturedOutput, RunServices, SandboxFailure, ToolCalls};
 use crate::service::Service;
@@ -503,25 +504,16 @@ fn session_end(ran: &Ran, end_after: bool) -> Option<(Ended, Option<RecycleReaso
     end_after.then(|| (Ended::requested(), None))
 }
 
-/// The run's PNGs with their sizes. The agent checked them; what still does
-/// not read as a PNG within the pixel bound is left out, with a note.
+/// The run's PNGs as the host rebuilt them ([`images::check`]): what fails
+/// is left out, with a note saying why.
 fn images(pngs: Vec<bytes::Bytes>, max_pixels: u32, notes: &mut Vec<String>) -> Vec<Image> {
     let total = pngs.len();
-    let kept: Vec<Image> = pngs
-        .into_iter()
-        .filter_map(|png| {
-            let (width, height) = png_size(&png).ok()?;
-            (width.max(height) <= max_pixels).then_some((png, width, height))
-        })
-        .enumerate()
-        .map(|(index, (png, width, height))| Image::png(index, png, width, height))
-        .collect();
-    if kept.len() < total {
-        notes.push(format!(
-            "{} images were not PNGs within {max_pixels} pixels (MCP_BRIDGE_MAX_IMAGE_PIXELS): \
-             dropped",
-            total - kept.len()
-        ));
+    let mut kept = Vec::with_capacity(total);
+    for (index, png) in pngs.iter().enumerate() {
+        match images::check(png, max_pixels) {
+            Ok(png) => kept.push(Image::png(kept.len(), png.data, png.width, png.height)),
+            Err(why) => notes.push(format!("image {} of {total} dropped: {why}", index + 1)),
+        }
     }
     kept
 }

@@ -19,6 +19,8 @@
 //! - [`engine`]: the container engine (Docker/Podman via bollard) and, in
 //!   [`engine::spec`], the hardened container specification.
 //! - [`report`]: the result's shape, the status vocabulary, text renderings.
+//! - [`artifacts`]: the files runs return, kept as `artifact://` resources.
+//! - [`images`]: the images runs return, read strictly and rebuilt on the host.
 //! - [`metrics`]: the Prometheus registry; a leaf every module reports into.
 //! - [`config`]: the `MCP_BRIDGE_*` variables, parsed and validated (pure).
 //!
@@ -31,6 +33,7 @@ pub mod call;
 pub mod config;
 pub mod engine;
 pub mod frontend;
+pub mod images;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;

@@ -21,6 +21,8 @@ mod e2e_mcp;
 mod fidelity;
 #[path = "suites/host_memory.rs"]
 mod host_memory;
+#[path = "suites/images.rs"]
+mod images;
 #[path = "suites/isolation.rs"]
 mod isolation;
 #[path = "suites/observability.rs"]

@@ -12,9 +12,12 @@
 # Each image is bounded here, in the run's own process and memory: scaled down
 # to `max_pixels` on its longest side, re-encoded smaller when over
 # `max_bytes` (dropped with a note when it cannot fit), at most `max_images`
-# per run (the rest counted). The PNGs are files in the directory the agent
-# names, in the order they were made; the agent reads them after the run and
-# bounds them again (signature, size, pixels, count).
+# per run (the rest counted). An image that cannot be made (a decompression
+# bomb, a header that lies, bytes that are no image, a `_repr_png_` that
+# raises) is dropped with a note: display() never raises for it, and the run
+# goes on. The PNGs are files in the directory the agent names, in the order
+# they were made; the agent reads them after the run and bounds them again
+# (signature, size, pixels, count), and the host reads each strictly.
 #
 # matplotlib is pointed at this backend when it is imported (an import hook:
 # no MPLBACKEND in the environment, so subprocesses and spawned workers,
@@ -29,6 +32,7 @@ import sys
 
 BACKEND = "mcp_code_exec_display"
 MIN_SIDE = 64  # smaller than this, an image says nothing: drop it instead
+MAX_DECODE_PIXELS = 1 << 24  # PNG bytes with more are not decoded to be scaled (64 MiB as RGBA)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -45,13 +49,19 @@ class Display:
         self.notes = []
 
     def __call__(self, *objects):
-        """display(obj, ...): each object as an image of the run, or printed."""
+        """display(obj, ...): each object as an image of the run, or printed.
+        An image that cannot be made is dropped with a note, never raised."""
         for obj in objects:
-            png = self.render(obj)
+            what = type(obj).__name__
+            try:
+                png = self.render(obj)
+            except Exception as exc:  # a bad image must not end the run (issue 24)
+                self.drop(f"an image ({what}) could not be made: {_described(exc)}: dropped")
+                continue
             if png is None:
                 print(repr(obj))
             else:
-                self.keep(png, type(obj).__name__)
+                self.keep(png, what)
 
     def render(self, obj):
         """PNG bytes for an image-like object, None for anything else."""
@@ -76,8 +86,11 @@ class Display:
 
     def bounded_png(self, data):
         """PNG bytes from elsewhere: re-encoded through PIL when too large, if it is there."""
-        if len(data) <= self.max_bytes and max(_png_size(data)) <= self.max_pixels:
+        width, height = _png_size(data)
+        if len(data) <= self.max_bytes and max(width, height) <= self.max_pixels:
             return data
+        if width * height > MAX_DECODE_PIXELS:
+            raise ValueError(f"{width}x{height} pixels, over {MAX_DECODE_PIXELS} to decode")
         try:
             from PIL import Image
         except ImportError:
@@ -103,8 +116,7 @@ class Display:
 
     def keep(self, png, what):
         if len(png) > self.max_bytes:
-            self.dropped += 1
-            self.notes.append(f"an image ({what}) was over {self.max_bytes} bytes even when made smaller: dropped")
+            self.drop(f"an image ({what}) was over {self.max_bytes} bytes even when made smaller: dropped")
             return
         if self.written >= self.max_images:
             self.dropped += 1
@@ -113,6 +125,10 @@ class Display:
         with open(f"{self.directory}/{self.written:04d}.png", "wb") as f:
             f.write(png)
         self.written += 1
+
+    def drop(self, note):
+        self.dropped += 1
+        self.notes.append(note)
 
     def show_figures(self):
         """plt.show(): every open figure, in order, then closed."""
@@ -138,6 +154,12 @@ def _figure_of(obj):
 def _is_pil_image(obj):
     image = sys.modules.get("PIL.Image")
     return image is not None and isinstance(obj, image.Image)
+
+
+def _described(exc, limit=200):
+    """An exception as one short line for a note."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _png(image):

@@ -3,8 +3,10 @@ count, figures through the matplotlib backend, everything else printed."""
 
 import io
 import os
+import struct
 import subprocess
 import sys
+import zlib
 
 import pytest
 from PIL import Image
@@ -89,3 +91,52 @@ print(subprocess.run([sys.executable, "-c", code], capture_output=True, text=Tru
     first, second = written(tmp_path)
     assert first.size == (320, 240), "640x480 scaled to 320 on its longest side"
     assert second.size == (200, 100)
+
+
+def chunk(kind, data):
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png(width, height, rows=None):
+    """An 8-bit grayscale PNG whose header says width x height; its data
+    stops after `rows` rows, mid-stream, when told (a header that lies)."""
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+    stream = zlib.compressobj()
+    data = stream.compress(bytes((width + 1) * (height if rows is None else rows)))
+    data += stream.flush() if rows is None else stream.flush(zlib.Z_SYNC_FLUSH)
+    return b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+
+
+class Wrapped:
+    """What a library hands display(): PNG bytes from _repr_png_."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def _repr_png_(self):
+        return self.data
+
+
+BAD_IMAGES = {
+    "decompression bomb": Wrapped(png(100_000, 100_000, rows=1)),
+    "header that lies": Wrapped(png(2000, 2000, rows=10)),
+    "random bytes": Wrapped(b"\x89PNG\r\n\x1a\n" + os.urandom(30_000)),
+    "lying PIL image": Image.open(io.BytesIO(png(300, 300, rows=3))),
+    "raising _repr_png_": type("Broken", (), {"_repr_png_": lambda self: 1 / 0})(),
+}
+
+
+@pytest.mark.parametrize("case", BAD_IMAGES)
+def test_a_bad_image_is_dropped_with_a_note_and_never_raises(display, tmp_path, case):
+    display(BAD_IMAGES[case], Image.new("L", (10, 10)))
+    assert display.dropped == 1
+    (note,) = display.notes
+    assert note.startswith(f"an image ({type(BAD_IMAGES[case]).__name__}) could not be made: "), note
+    assert note.endswith(": dropped"), note
+    assert len(note) < 300, note
+    assert [image.size for image in written(tmp_path)] == [(10, 10)], "the next image is still made"
+
+
+def test_a_bomb_is_refused_by_its_header_before_decoding(display):
+    display(BAD_IMAGES["decompression bomb"])
+    assert "100000x100000 pixels" in display.notes[0], display.notes
