@@ -102,7 +102,8 @@ WORKSPACE = "/workspace"
 # inspect, warnings and multiprocessing's spawn/forkserver read it. Its folder
 # is a tmpfs of its own (engine/spec.rs), so /tmp and /workspace stay the user's.
 SCRIPT_DIR = "/run/code"
-SCRIPT = SCRIPT_DIR + "/main.py"
+SCRIPT_NAME = "main.py"
+SCRIPT = f"{SCRIPT_DIR}/{SCRIPT_NAME}"
 WIPE_DIRS = ("/tmp", WORKSPACE, SCRIPT_DIR, "/dev/shm", "/dev/mqueue")
 # What a run hands back: the images display.py wrote, the files under out/.
 IMAGE_DIR = SCRIPT_DIR + "/images"
@@ -400,9 +401,14 @@ def like_a_script():
 
 
 def main_module(source):
-    """The code in a file and a fresh, real `__main__` module in sys.modules
-    (so pickle and multiprocessing find its functions and classes)."""
-    write_script(SCRIPT, source)
+    """The request's code in its file and a fresh, real `__main__` module in
+    sys.modules (so pickle and multiprocessing find its functions and
+    classes)."""
+    write_script(source)
+    return fresh_main_module()
+
+
+def fresh_main_module():
     module = types.ModuleType("__main__")
     module.__dict__.update(
         __file__=SCRIPT,
@@ -414,8 +420,20 @@ def main_module(source):
     return module
 
 
-def write_script(path, source):
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+def write_script(source):
+    """/run/code/main.py, made anew: whatever is at that name (the last
+    run's link to anywhere, in a session a thread's) is removed, never
+    written through."""
+    directory = os.open(SCRIPT_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        try:
+            os.unlink(SCRIPT_NAME, dir_fd=directory)
+        except FileNotFoundError:
+            pass
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(SCRIPT_NAME, flags, 0o644, dir_fd=directory)
+    finally:
+        os.close(directory)
     try:
         write_all(fd, source.encode("utf-8", "surrogatepass"))
     finally:
@@ -425,12 +443,14 @@ def write_script(path, source):
 def warm_up():
     """Run a tiny snippet to /dev/null, the way a run's code runs, so that the
     copy-on-write faults and caches of a first execution happen before a
-    request, not during it."""
+    request, not during it. It touches no file: the spare warms up while the
+    agent still empties the directories the last run had (its source is
+    compiled from memory, and it imports nothing)."""
     like_a_script()
     real = sys.stdout
     sys.stdout = io.TextIOWrapper(io.FileIO(0, "w", closefd=False))  # fd 0 is /dev/null, opened read-write
     try:
-        execute(WARMUP_CODE, main_module(WARMUP_CODE).__dict__, SCRIPT)
+        execute(WARMUP_CODE, fresh_main_module().__dict__, WARMUP_FILENAME)
         sys.stdout.flush()
     finally:
         sys.stdout = real
