@@ -1186,10 +1186,12 @@ def read_some(fd):
 
 
 def parse_status(data):
-    """The child's report, if whole and well-formed (user code can write to it)."""
+    """The child's report, if whole and well-formed (user code can write to
+    it: 16 KiB of nested brackets included, which the JSON decoder refuses
+    with a RecursionError)."""
     try:
         status = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         return {}
     if not isinstance(status, dict):
         return {}

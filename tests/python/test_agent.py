@@ -79,6 +79,7 @@ def test_answers_are_written_as_the_child_reads_them(agent):
         (b"[1, 2]", {}),
         (b'{"exit_code": 0', {}),
         (b"", {}),
+        (b"[" * 16000, {}),
     ],
 )
 def test_the_childs_status_is_untrusted(agent, raw, expected):
