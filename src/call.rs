@@ -12,7 +12,6 @@
 //! [`crate::service`]), keep sessions (that is [`crate::sessions`]) nor
 //! speak to the engine.
 
-use std::path::{Component, Path};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -178,16 +177,18 @@ impl Limits {
         let mut total: u64 = 0;
         for file in files {
             let path = &file.path;
-            let plain = !path.is_empty()
-                && !path.contains('\0')
+            // Part by part as written, not as `Path::components` reads it
+            // (it drops `.` and empty parts: `a/./b` would pass as `a/b`,
+            // and the file-or-folder check below compares the strings).
+            let plain = !path.contains('\0')
                 && path.len() <= 1024
-                && Path::new(path)
-                    .components()
-                    .all(|part| matches!(part, Component::Normal(name) if name.len() <= 255));
+                && path
+                    .split('/')
+                    .all(|part| !matches!(part, "" | "." | "..") && part.len() <= 255);
             if !plain {
                 return Err(format!(
                     "file path {path:?} must be relative and stay inside /workspace \
-                     (no absolute path, no '..')"
+                     (no absolute path, no '..', no '.' or empty part)"
                 ));
             }
             total += match &file.content {
@@ -830,6 +831,10 @@ mod tests {
             "../up",
             "a/../../b",
             "./x",
+            "a/./b",
+            "a//b",
+            "a/",
+            "a/.",
             "a\0b",
             long.as_str(),
         ] {
@@ -847,6 +852,19 @@ mod tests {
         };
         let error = l.validate(&both, &[]).unwrap_err();
         assert!(error.contains("\"data\" is also a folder"), "{error}");
+        // Spelled so that the components are the same, the strings not.
+        for other in ["data/./x.csv", "data//x.csv"] {
+            let both = CallRequest {
+                files: ["data", other]
+                    .map(|path| InputFile {
+                        path: path.into(),
+                        content: text(""),
+                    })
+                    .to_vec(),
+                ..request("print(1)", None)
+            };
+            assert!(l.validate(&both, &[]).is_err(), "{other}");
+        }
         let many = CallRequest {
             files: (0..=MAX_INPUT_FILES)
                 .map(|i| InputFile {
