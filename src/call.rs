@@ -617,7 +617,9 @@ impl CallObserver {
         self.span.record("duration_ms", report.duration_ms);
         self.span.in_scope(|| match &report.error {
             None => tracing::info!("run finished"),
-            Some(error) => tracing::info!(%error, "run finished"),
+            // Debug-quoted: the run's own exception text (newlines and escape
+            // sequences included) cannot forge lines of the log.
+            Some(error) => tracing::info!(?error, "run finished"),
         });
         let ran = report.status != RunStatus::ValidationError;
         metrics::observe_run(
@@ -977,6 +979,40 @@ mod tests {
             ended.detail,
             "its interpreter exited during a call (killed by SIGSEGV (segmentation fault))"
         );
+    }
+
+    /// A run's own error text (its exception message: newlines, escapes)
+    /// stays on the one log line of its call.
+    #[test]
+    fn a_runs_error_cannot_forge_log_lines() {
+        #[derive(Clone, Default)]
+        struct Log(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Log {
+            fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(data);
+                Ok(data.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let log = Log::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let report = RunReport::rejected(
+                RunStatus::Error,
+                "ValueError: x\n2026-12-02T00:00:00Z  INFO forged: \u{1b}[31mred\r",
+            );
+            CallObserver::new(&request("1/0", None)).finished(&report);
+        });
+        let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(!text.contains(['\u{1b}', '\r']), "{text:?}");
+        assert!(text.contains(r"ValueError: x\n2026-12-02"), "{text}");
     }
 
     #[test]

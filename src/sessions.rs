@@ -397,10 +397,12 @@ fn retire(name: &str, seat: &mut Seat, ended: &Ended, recycle: Option<RecycleRea
         let reason = recycle.unwrap_or(RecycleReason::SessionEnded);
         lease.finish(Verdict::Recycle(reason));
     }
+    // The detail quoted: it can hold the agent's stderr, which user code
+    // can write under gVisor.
     tracing::info!(
         session = name,
         reason = ended.reason.as_str(),
-        detail = %ended.detail,
+        detail = ?ended.detail,
         "session ended"
     );
     metrics::observe_session_ended(ended.reason.as_str());
