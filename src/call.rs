@@ -28,7 +28,7 @@ use crate::sandbox::protocol::{
 };
 use crate::sandbox::{CapturedOutput, SandboxFailure, ToolCalls};
 use crate::service::Service;
-use crate::sessions::{EndReason, Ended, Sessions};
+use crate::sessions::{EndReason, Ended, Ending, Sessions};
 
 /// How many files a call may bring.
 pub const MAX_INPUT_FILES: usize = 256;
@@ -243,11 +243,29 @@ pub async fn call_with_tail(
     tail: Option<&OutputTail>,
 ) -> RunReport {
     let observer = CallObserver::new(request);
-    let report = unobserved(service, request, observer.id, tail)
+    let answer = unobserved(service, request, observer.id, tail)
         .instrument(observer.span.clone())
         .await;
-    observer.finished(&report);
-    report
+    observer.finished(&answer.report, answer.ran);
+    answer.report
+}
+
+/// A call's report, and whether its code went to a sandbox (what the run
+/// metrics count).
+struct Answer {
+    report: RunReport,
+    ran: bool,
+}
+
+impl Answer {
+    /// The report of a call that ran no code.
+    fn nothing_ran(report: RunReport) -> Self {
+        Self { report, ran: false }
+    }
+
+    fn refused(status: RunStatus, error: impl Into<String>) -> Self {
+        Self::nothing_ran(RunReport::rejected(status, error))
+    }
 }
 
 async fn unobserved(
@@ -255,22 +273,22 @@ async fn unobserved(
     request: &CallRequest,
     call_id: u64,
     tail: Option<&OutputTail>,
-) -> RunReport {
+) -> Answer {
     let limits = Limits::from(service.config());
     let timeout = match limits.validate(request, service.proxy().names()) {
         Ok(timeout) => timeout,
-        Err(message) => return RunReport::rejected(RunStatus::ValidationError, message),
+        Err(message) => return Answer::refused(RunStatus::ValidationError, message),
     };
     if let Some(name) = &request.session
         && request.end_session
         && request.code.trim().is_empty()
     {
-        return end_session(service.sessions(), name).await;
+        return Answer::nothing_ran(end_session(service.sessions(), name).await);
     }
     let pool = match service.pool().await {
         Ok(pool) => pool,
         Err(error) => {
-            return RunReport::rejected(
+            return Answer::refused(
                 RunStatus::Error,
                 format!("the sandbox service is unavailable: {error}"),
             );
@@ -278,7 +296,7 @@ async fn unobserved(
     };
     let tools = match service.proxy().tools_for(&request.servers).await {
         Ok(tools) => tools,
-        Err(error) => return RunReport::rejected(RunStatus::Error, error.to_string()),
+        Err(error) => return Answer::refused(RunStatus::Error, error.to_string()),
     };
     let run = Run {
         limits: &limits,
@@ -290,36 +308,48 @@ async fn unobserved(
         tools: tools.as_ref().map(|tools| tools as &dyn ToolCalls),
         tail,
     };
-    let mut report = match &request.session {
+    let mut answer = match &request.session {
         None => run.stateless(pool).await,
         Some(name) => {
-            run.in_session(service.sessions(), name, request.end_session, pool)
-                .await
+            let seat_wait = service.config().pool_wait_timeout;
+            run.in_session(
+                service.sessions(),
+                name,
+                request.end_session,
+                pool,
+                seat_wait,
+            )
+            .await
         }
     };
-    if !report.files.is_empty() {
+    if !answer.report.files.is_empty() {
         // The process id keeps URIs of a restarted server apart.
         let run_id = format!("{}-{call_id}", std::process::id());
-        report.keep_files(service.artifacts(), &run_id);
+        answer.report.keep_files(service.artifacts(), &run_id);
     }
-    report
+    answer
 }
 
-/// `end_session` with no code: the session ends after the call it is
-/// running, if any; no sandbox is needed.
+/// `end_session` with no code: the session ends after the calls sent
+/// before, if any; no sandbox is needed.
 async fn end_session(sessions: &Sessions, name: &str) -> RunReport {
     let ended = Ended::requested();
     let mut report = RunReport::nothing_ran(RunStatus::Success);
-    if sessions.end(name, ended.clone()).await {
-        report.session = Some(SessionReport {
-            name: name.to_owned(),
-            found: Found::Continued,
-            ended: Some(ended.detail),
-        });
-    } else {
-        report
+    match sessions.end(name, ended.clone()).await {
+        Ending::Ended => {
+            report.session = Some(SessionReport {
+                name: name.to_owned(),
+                found: Found::Continued,
+                ended: Some(ended.detail),
+            });
+        }
+        Ending::AlreadyEnded(before) => report.notes.push(format!(
+            "session {name:?} had already ended ({}): nothing to end",
+            before.detail
+        )),
+        Ending::NoSession => report
             .notes
-            .push(format!("no live session is named {name:?}: nothing to end"));
+            .push(format!("no live session is named {name:?}: nothing to end")),
     }
     report
 }
@@ -343,31 +373,36 @@ struct Ran {
 
 impl Run<'_> {
     /// On a clean sandbox, reset or recycled after.
-    async fn stateless(&self, pool: &Pool) -> RunReport {
+    async fn stateless(&self, pool: &Pool) -> Answer {
         let waiting = Instant::now();
         let acquired = pool.acquire().await;
         metrics::observe_wait(waiting.elapsed());
         let mut lease = match acquired {
             Ok(lease) => lease,
-            Err(error) => return RunReport::rejected(RunStatus::Error, error.to_string()),
+            Err(error) => return Answer::refused(RunStatus::Error, error.to_string()),
         };
         let ran = self.on(&mut lease).await;
         lease.finish(ran.verdict);
-        ran.report
+        Answer {
+            report: ran.report,
+            ran: true,
+        }
     }
 
-    /// In the session `name`, after the calls before it; the session ends
-    /// with the call when its run failed, its interpreter died or `end_after`.
+    /// In the session `name`, after the calls before it (waiting at most
+    /// `seat_wait` for them); the session ends with the call when its run
+    /// failed, its interpreter died or `end_after`.
     async fn in_session(
         &self,
         sessions: &Sessions,
         name: &str,
         end_after: bool,
         pool: &Pool,
-    ) -> RunReport {
-        let mut turn = match sessions.enter(name, pool).await {
+        seat_wait: Duration,
+    ) -> Answer {
+        let mut turn = match sessions.enter(name, pool, seat_wait).await {
             Ok(turn) => turn,
-            Err(error) => return RunReport::rejected(RunStatus::Error, error.to_string()),
+            Err(error) => return Answer::refused(RunStatus::Error, error.to_string()),
         };
         let mut ran = self.on(turn.lease()).await;
         if let Some(done) = ran.done.as_ref().filter(|done| done.session_gone) {
@@ -380,8 +415,8 @@ impl Run<'_> {
                     describe_exit(done.exit_code)
                 ),
             };
-            if let Err(error) = turn.restart(ended, pool).await {
-                return RunReport::rejected(RunStatus::Error, error.to_string());
+            if let Err(error) = turn.restart(ended, RecycleReason::SessionEnded, pool).await {
+                return Answer::refused(RunStatus::Error, error.to_string());
             }
             ran = self.on(turn.lease()).await;
         }
@@ -396,7 +431,7 @@ impl Run<'_> {
             Some((ended, recycle)) => turn.end(ended, recycle),
             None => turn.keep(),
         }
-        report
+        Answer { report, ran: true }
     }
 
     /// Runs on `lease`'s sandbox and classifies the outcome.
@@ -423,7 +458,8 @@ impl Run<'_> {
                     && tokio::time::timeout(Duration::from_secs(5), lease.engine_saw_oom())
                         .await
                         .unwrap_or(false);
-                (Outcome::from_failure(&failure, oom, limits), None)
+                let session = self.input.session;
+                (Outcome::from_failure(&failure, oom, limits, session), None)
             }
         };
         if let Verdict::Recycle(reason) = outcome.verdict {
@@ -611,7 +647,12 @@ impl CallObserver {
         }
     }
 
-    fn finished(mut self, report: &RunReport) {
+    /// `ran`: the call's code went to a sandbox. Only runs are observed as
+    /// runs; a request refused on its face counts as `validation_error`
+    /// (no duration), and a call that ran nothing else (end_session alone,
+    /// a session limit, no sandbox, a server that could not start) is only
+    /// logged.
+    fn finished(mut self, report: &RunReport, ran: bool) {
         self.finished = true;
         self.span.record("status", report.status.as_str());
         self.span.record("duration_ms", report.duration_ms);
@@ -621,11 +662,12 @@ impl CallObserver {
             // sequences included) cannot forge lines of the log.
             Some(error) => tracing::info!(?error, "run finished"),
         });
-        let ran = report.status != RunStatus::ValidationError;
-        metrics::observe_run(
-            report.status.as_str(),
-            ran.then(|| Duration::from_secs_f64(report.duration_ms / 1e3)),
-        );
+        if ran || report.status == RunStatus::ValidationError {
+            metrics::observe_run(
+                report.status.as_str(),
+                ran.then(|| Duration::from_secs_f64(report.duration_ms / 1e3)),
+            );
+        }
         if report.stdout_truncated {
             metrics::observe_truncated("stdout");
         }
@@ -692,7 +734,9 @@ impl Outcome {
         }
     }
 
-    fn from_failure(failure: &SandboxFailure, oom: bool, limits: &Limits) -> Self {
+    /// How a run that failed ended; `session` for a session's call, whose
+    /// state goes with the sandbox.
+    fn from_failure(failure: &SandboxFailure, oom: bool, limits: &Limits, session: bool) -> Self {
         let (status, error) = match failure {
             _ if oom => (RunStatus::Oom, oom_message(limits.memory_bytes)),
             SandboxFailure::Timeout(limit) => (
@@ -704,6 +748,10 @@ impl Outcome {
                     humantime::format_duration(*limit),
                     humantime::format_duration(limits.max_timeout)
                 ),
+            ),
+            other if session => (
+                RunStatus::Error,
+                format!("{other}; the session's state is lost: its next call starts a new session"),
             ),
             other => (
                 RunStatus::Error,
@@ -1007,7 +1055,7 @@ mod tests {
                 RunStatus::Error,
                 "ValueError: x\n2026-12-02T00:00:00Z  INFO forged: \u{1b}[31mred\r",
             );
-            CallObserver::new(&request("1/0", None)).finished(&report);
+            CallObserver::new(&request("1/0", None)).finished(&report, true);
         });
         let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
         assert_eq!(text.lines().count(), 1, "{text}");
@@ -1058,6 +1106,7 @@ mod tests {
             &SandboxFailure::Timeout(Duration::from_secs(2)),
             false,
             &limits(),
+            false,
         );
         assert_eq!(timeout.status, RunStatus::Timeout);
         let error = timeout.error.unwrap();
@@ -1072,11 +1121,25 @@ mod tests {
             agent_stderr: String::new(),
         };
         assert_eq!(
-            Outcome::from_failure(&died, true, &limits()).status,
+            Outcome::from_failure(&died, true, &limits(), false).status,
             RunStatus::Oom
         );
-        let died = Outcome::from_failure(&died, false, &limits());
+        let in_session = Outcome::from_failure(&died, false, &limits(), true);
+        assert!(
+            in_session
+                .error
+                .as_deref()
+                .is_some_and(|e| e
+                    .ends_with("the session's state is lost: its next call starts a new session")),
+            "{in_session:?}"
+        );
+        let died = Outcome::from_failure(&died, false, &limits(), false);
         assert_eq!(died.status, RunStatus::Error);
+        assert!(
+            died.error
+                .as_deref()
+                .is_some_and(|e| e.ends_with("running the code again is safe"))
+        );
         assert_eq!(died.verdict, Verdict::Recycle(RecycleReason::AgentDied));
     }
 }
