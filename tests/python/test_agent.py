@@ -41,16 +41,70 @@ def test_output_keeps_the_head_and_counts_the_rest(agent, monkeypatch):
 
 
 def test_calls_are_lines_and_oversized_ones_are_refused(agent, monkeypatch):
-    monkeypatch.setattr(agent, "MAX_CALL_BYTES", 10)
+    monkeypatch.setattr(agent, "MAX_CALL_BYTES", 16)
     lines = []
     relay = agent.CallRelay(-1, lines.append)
     relay.forward_calls(b'{"id":1}\n{"id"')
     relay.forward_calls(b":2}\n")
     assert lines == [b'{"id":1}', b'{"id":2}']
-    with pytest.raises(ValueError):
-        relay.forward_calls(b"x" * 11)
-    with pytest.raises(ValueError):
-        agent.CallRelay(-1, lines.append).forward_calls(b"y" * 11 + b"\n")
+    # Over the bound: dropped as it comes (nothing kept), answered with its id.
+    relay.forward_calls(b'{"id":7,"x":"' + b"x" * 20)
+    assert not relay.partial
+    relay.forward_calls(b"y" * 100)
+    relay.forward_calls(b'"}\n{"id":3}\n' + b"z" * 17 + b"\n")
+    assert lines == [b'{"id":1}', b'{"id":2}', b'{"id":3}'], "the run's calls go on"
+    answers = [json.loads(line) for line in relay.pending.splitlines()]
+    assert [a["id"] for a in answers] == [7, None], "the id when the line's head has one"
+    assert not any(a["ok"] for a in answers)
+    assert "over 0 MiB, the most a call may carry: refused" in answers[0]["error"]
+
+
+def test_an_answer_cut_by_the_calls_end_is_carried_to_the_next_call(agent):
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    relay = agent.CallRelay(w, None)
+    assert relay.cut_answer() == b"", "nothing written yet"
+    big = b'{"id":1,"x":"' + b"x" * (1 << 20) + b'"}'
+    relay.queue_answer(big)
+    relay.queue_answer(b'{"id":2}')
+    relay.write_answers()  # as much as the pipe takes
+    head = os.read(r, 1 << 21)
+    assert 0 < len(head) < len(big)
+    rest = relay.cut_answer()
+    assert head + rest == big + b"\n", "the rest of the cut answer, not the next one"
+    following = agent.CallRelay(w, None, cut=rest)
+    following.queue_answer(b'{"id":3}')
+    received = head
+    while following.pending:
+        following.write_answers()
+        received += os.read(r, 1 << 21)
+    assert received.split(b"\n") == [big, b'{"id":3}', b""]
+    assert following.cut_answer() == b""
+    os.close(r)
+    os.close(w)
+
+
+def test_leftovers_are_drained_to_the_last_byte(agent, tmp_path, monkeypatch):
+    monkeypatch.setattr(agent, "IMAGE_DIR", str(tmp_path))
+    fds = [os.pipe() for _ in range(4)]
+    spare = agent.Spare.__new__(agent.Spare)
+    spare.out_r, spare.err_r, spare.call_r, spare.status_r = (r for r, _ in fds)
+    for r, w in fds:
+        os.set_blocking(r, False)
+        os.set_blocking(w, False)
+    fcntl = pytest.importorskip("fcntl")
+    fcntl.fcntl(fds[0][1], fcntl.F_SETPIPE_SZ, 1 << 20)  # as user code may make it
+    for _, w in fds:
+        try:
+            while True:
+                os.write(w, b"x" * 65536)
+        except BlockingIOError:
+            pass
+    spare.discard_leftovers()
+    for r, w in fds:
+        assert agent.read_some(r) is None, "the pipe is empty"
+        os.close(r)
+        os.close(w)
 
 
 def test_answers_are_written_as_the_child_reads_them(agent):
