@@ -65,6 +65,7 @@ import atexit
 import base64
 import builtins
 import ctypes
+import errno
 import gc
 import importlib
 import importlib.machinery
@@ -555,6 +556,14 @@ def zygote_main(channel, preload):
     os.dup2(devnull, 0)
     os.dup2(devnull, 1)  # only the agent speaks the protocol; fd 2 stays for crash reports
     missing = preload_modules(preload)
+    shared = shared_writable_mappings()
+    if shared:
+        reason = (
+            "after the preload (MCP_BRIDGE_PRELOAD) the zygote maps memory shared and writable, which every "
+            f"run would share with every other: {', '.join(shared[:4])}; preload fewer modules"
+        )
+        channel.send(b"X" + reason.encode()[: ZYGOTE_MESSAGE_LIMIT - 1])
+        os._exit(0)
     while len(hello := json.dumps({"missing": missing}).encode()) >= ZYGOTE_MESSAGE_LIMIT:
         missing = missing[: len(missing) // 2]
     channel.send(b"H" + hello)
@@ -644,6 +653,19 @@ def preload_modules(names):
     # around each fork by their own handlers and restarted in the run.
     warnings.filterwarnings("ignore", message=r"This process .* is multi-threaded", category=DeprecationWarning)
     return missing
+
+
+def shared_writable_mappings(maps="/proc/self/maps"):
+    """What this process maps shared and writable (`rw-s`: MAP_SHARED,
+    SysV or POSIX shared memory): every spare forked from it would share it
+    with every other, across runs, and no reset empties it."""
+    found = []
+    with open(maps) as f:
+        for line in f:
+            fields = line.split(maxsplit=5)
+            if len(fields) > 1 and fields[1][1:2] == "w" and fields[1][3:4] == "s":
+                found.append(fields[5].strip() if len(fields) > 5 else "[anonymous]")
+    return found
 
 
 def run_spare(fds):
@@ -1375,13 +1397,56 @@ def wipe_children_quietly(path):
 
 
 def wipe_children(path):
-    for entry in os.scandir(path):
-        if entry.is_dir(follow_symlinks=False):
-            os.chmod(entry.path, 0o700)
-            wipe_children(entry.path)
-            os.rmdir(entry.path)
-        else:
-            os.unlink(entry.path)
+    """Empties the directory `path` through directory fds, never following a
+    link: user code (a session's threads) may swap one in for a directory
+    while PID 1 walks."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        wipe_directory(fd)
+    finally:
+        os.close(fd)
+
+
+def wipe_directory(dir_fd):
+    with os.scandir(dir_fd) as scan:
+        entries = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in scan]
+    for name, is_dir in entries:
+        sub = open_directory(name, dir_fd) if is_dir else None
+        if sub is None:
+            os.unlink(name, dir_fd=dir_fd)
+            continue
+        try:
+            wipe_directory(sub)
+        finally:
+            os.close(sub)
+        os.rmdir(name, dir_fd=dir_fd)
+
+
+def open_directory(name, dir_fd):
+    """The directory `name` of `dir_fd`, opened to be emptied (made ours
+    first if user code locked it), or None if it is no directory (now)."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    try:
+        try:
+            return os.open(name, flags, dir_fd=dir_fd)
+        except PermissionError:
+            unlock_directory(name, dir_fd)
+            return os.open(name, flags, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTDIR, errno.ELOOP):
+            return None  # a link or a file swapped in: removed as such
+        raise
+
+
+def unlock_directory(name, dir_fd):
+    """Mode 0700 for a directory user code locked, set through an O_PATH fd
+    of it (so never through a link: chmod has no no-follow form here)."""
+    fd = os.open(name, os.O_PATH | os.O_NOFOLLOW, dir_fd=dir_fd)
+    try:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            os.chmod(f"/proc/self/fd/{fd}", 0o700)
+    finally:
+        os.close(fd)
 
 
 def remove_sysv_ipc():

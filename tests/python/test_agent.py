@@ -204,6 +204,59 @@ def test_wipe_empties_directories_the_user_locked(agent, tmp_path):
     assert os.path.exists("/etc/passwd"), "symlinks are removed, not followed"
 
 
+def test_the_wipe_never_follows_a_link_swapped_in_for_a_directory(agent, tmp_path, monkeypatch):
+    root = tmp_path / "root"
+    (root / "a").mkdir(parents=True)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep").write_text("x")
+    victim.chmod(0o500)
+    real = os.scandir
+    swapped = []
+
+    class Listing(list):
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    def scandir(where):
+        with real(where) as scan:
+            entries = Listing(scan)
+        if not swapped:  # after the listing of root, before the walk into "a"
+            swapped.append(True)
+            (root / "a").rmdir()
+            (root / "a").symlink_to(victim)
+        return entries
+
+    monkeypatch.setattr(agent.os, "scandir", scandir)
+    agent.wipe_children(str(root))
+    assert list(root.iterdir()) == [], "the link is removed"
+    assert (victim / "keep").exists(), "not emptied through the link"
+    assert victim.stat().st_mode & 0o777 == 0o500, "nor unlocked through it"
+    victim.chmod(0o700)
+
+
+def test_shared_writable_mappings_are_found(agent, tmp_path):
+    maps = tmp_path / "maps"
+    maps.write_text(
+        "55d0-55d1 r-xp 00000000 08:01 42 /usr/bin/python3\n"
+        "7f00-7f01 rw-p 00000000 00:00 0 \n"
+        "7f10-7f11 rw-s 00000000 00:05 7 /SYSV00000000 (deleted)\n"
+        "7f20-7f21 r--s 00000000 08:01 9 /usr/share/x.cache\n"
+        "7f30-7f31 rw-s 00000000 00:01 3\n"
+    )
+    assert agent.shared_writable_mappings(str(maps)) == ["/SYSV00000000 (deleted)", "[anonymous]"]
+    script = (
+        f"import mmap, sys\nsys.path.insert(0, {str(pathlib.Path(agent.__file__).parent)!r})\n"
+        "import agent\nbefore = agent.shared_writable_mappings()\nshared = mmap.mmap(-1, 4096)\n"
+        "print(before, len(agent.shared_writable_mappings()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=30)
+    assert out.stdout == "[] 1\n", "a plain interpreter has none; an anonymous shared mmap is one"
+
+
 def test_integrity_is_stable_and_sees_a_nice_change(agent):
     before = agent.integrity()
     assert agent.integrity() == before
