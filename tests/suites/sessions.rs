@@ -105,6 +105,10 @@ fn wait_gone(what: &str, id: &str) {
 }
 
 engine_test! {
+    /// What a session keeps, and that a stateless call and another session
+    /// see none of it while it lives (each has a container of its own);
+    /// that its container serves no one after it ends is
+    /// `a_sessions_container_is_never_reused_however_it_ends`.
     fn state_persists_in_a_session_and_nowhere_else() {
         let service = SERVICE.get();
         let first = in_session(
