@@ -5,10 +5,12 @@
 //! arrival order: a fair `tokio::sync::Mutex` per session); the limit on live
 //! sessions; their end (on request, after `MCP_BRIDGE_SESSION_IDLE_TTL`
 //! without calls, when a call in it fails, at shutdown), which recycles the
-//! container; and the memory of why a session ended, so the next call with its
-//! name says it was lost. It does not run code nor judge runs (that is
-//! [`crate::call`], which decides when a session ends) and does not speak to
-//! the engine or the agent.
+//! container; a new sandbox under a session whose interpreter or container
+//! died while it waited; and the memory of why a session ended, so the next
+//! call with its name says it was lost. It does not run code nor judge runs
+//! (that is [`crate::call`], which decides when a session ends) and does not
+//! speak to the engine or the agent (a sandbox's liveness is a look at its
+//! stream, as the pool's).
 //!
 //! Locks: the table is a `std::sync::Mutex` never held across an `.await`; a
 //! session's seat is a `tokio` mutex held for the whole of a call. The table
