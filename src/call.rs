@@ -12,7 +12,6 @@
 //! [`crate::service`]), keep sessions (that is [`crate::sessions`]) nor
 //! speak to the engine.
 
-use std::path::{Component, Path};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -31,7 +30,7 @@ use crate::sandbox::protocol::{
 };
 use crate::sandbox::{CapturedOutput, RunServices, SandboxFailure, ToolCalls};
 use crate::service::Service;
-use crate::sessions::{EndReason, Ended, Sessions};
+use crate::sessions::{EndReason, Ended, Ending, Sessions};
 
 /// How many files a call may bring.
 pub const MAX_INPUT_FILES: usize = 256;
@@ -180,16 +179,18 @@ impl Limits {
         let mut total: u64 = 0;
         for file in files {
             let path = &file.path;
-            let plain = !path.is_empty()
-                && !path.contains('\0')
+            // Part by part as written, not as `Path::components` reads it
+            // (it drops `.` and empty parts: `a/./b` would pass as `a/b`,
+            // and the file-or-folder check below compares the strings).
+            let plain = !path.contains('\0')
                 && path.len() <= 1024
-                && Path::new(path)
-                    .components()
-                    .all(|part| matches!(part, Component::Normal(name) if name.len() <= 255));
+                && path
+                    .split('/')
+                    .all(|part| !matches!(part, "" | "." | "..") && part.len() <= 255);
             if !plain {
                 return Err(format!(
                     "file path {path:?} must be relative and stay inside /workspace \
-                     (no absolute path, no '..')"
+                     (no absolute path, no '..', no '.' or empty part)"
                 ));
             }
             total += match &file.content {
@@ -244,11 +245,29 @@ pub async fn call_with_tail(
     tail: Option<&OutputTail>,
 ) -> RunReport {
     let observer = CallObserver::new(request);
-    let report = unobserved(service, request, observer.id, tail)
+    let answer = unobserved(service, request, observer.id, tail)
         .instrument(observer.span.clone())
         .await;
-    observer.finished(&report);
-    report
+    observer.finished(&answer.report, answer.ran);
+    answer.report
+}
+
+/// A call's report, and whether its code went to a sandbox (what the run
+/// metrics count).
+struct Answer {
+    report: RunReport,
+    ran: bool,
+}
+
+impl Answer {
+    /// The report of a call that ran no code.
+    fn nothing_ran(report: RunReport) -> Self {
+        Self { report, ran: false }
+    }
+
+    fn refused(status: RunStatus, error: impl Into<String>) -> Self {
+        Self::nothing_ran(RunReport::rejected(status, error))
+    }
 }
 
 async fn unobserved(
@@ -256,22 +275,22 @@ async fn unobserved(
     request: &CallRequest,
     call_id: u64,
     tail: Option<&OutputTail>,
-) -> RunReport {
+) -> Answer {
     let limits = Limits::from(service.config());
     let timeout = match limits.validate(request, service.proxy().names()) {
         Ok(timeout) => timeout,
-        Err(message) => return RunReport::rejected(RunStatus::ValidationError, message),
+        Err(message) => return Answer::refused(RunStatus::ValidationError, message),
     };
     if let Some(name) = &request.session
         && request.end_session
         && request.code.trim().is_empty()
     {
-        return end_session(service.sessions(), name).await;
+        return Answer::nothing_ran(end_session(service.sessions(), name).await);
     }
     let pool = match service.pool().await {
         Ok(pool) => pool,
         Err(error) => {
-            return RunReport::rejected(
+            return Answer::refused(
                 RunStatus::Error,
                 format!("the sandbox service is unavailable: {error}"),
             );
@@ -288,7 +307,7 @@ async fn unobserved(
         .await
     {
         Ok(tools) => tools,
-        Err(error) => return RunReport::rejected(RunStatus::Error, error.to_string()),
+        Err(error) => return Answer::refused(RunStatus::Error, error.to_string()),
     };
     let run = Run {
         limits: &limits,
@@ -303,36 +322,48 @@ async fn unobserved(
         },
         tail,
     };
-    let mut report = match &request.session {
+    let mut answer = match &request.session {
         None => run.stateless(pool).await,
         Some(name) => {
-            run.in_session(service.sessions(), name, request.end_session, pool)
-                .await
+            let seat_wait = service.config().pool_wait_timeout;
+            run.in_session(
+                service.sessions(),
+                name,
+                request.end_session,
+                pool,
+                seat_wait,
+            )
+            .await
         }
     };
-    if !report.files.is_empty() {
+    if !answer.report.files.is_empty() {
         // The process id keeps URIs of a restarted server apart.
         let run_id = format!("{}-{call_id}", std::process::id());
-        report.keep_files(service.artifacts(), &run_id);
+        answer.report.keep_files(service.artifacts(), &run_id);
     }
-    report
+    answer
 }
 
-/// `end_session` with no code: the session ends after the call it is
-/// running, if any; no sandbox is needed.
+/// `end_session` with no code: the session ends after the calls sent
+/// before, if any; no sandbox is needed.
 async fn end_session(sessions: &Sessions, name: &str) -> RunReport {
     let ended = Ended::requested();
     let mut report = RunReport::nothing_ran(RunStatus::Success);
-    if sessions.end(name, ended.clone()).await {
-        report.session = Some(SessionReport {
-            name: name.to_owned(),
-            found: Found::Continued,
-            ended: Some(ended.detail),
-        });
-    } else {
-        report
+    match sessions.end(name, ended.clone()).await {
+        Ending::Ended => {
+            report.session = Some(SessionReport {
+                name: name.to_owned(),
+                found: Found::Continued,
+                ended: Some(ended.detail),
+            });
+        }
+        Ending::AlreadyEnded(before) => report.notes.push(format!(
+            "session {name:?} had already ended ({}): nothing to end",
+            before.detail
+        )),
+        Ending::NoSession => report
             .notes
-            .push(format!("no live session is named {name:?}: nothing to end"));
+            .push(format!("no live session is named {name:?}: nothing to end")),
     }
     report
 }
@@ -356,31 +387,36 @@ struct Ran {
 
 impl Run<'_> {
     /// On a clean sandbox, reset or recycled after.
-    async fn stateless(&self, pool: &Pool) -> RunReport {
+    async fn stateless(&self, pool: &Pool) -> Answer {
         let waiting = Instant::now();
         let acquired = pool.acquire().await;
         metrics::observe_wait(waiting.elapsed());
         let mut lease = match acquired {
             Ok(lease) => lease,
-            Err(error) => return RunReport::rejected(RunStatus::Error, error.to_string()),
+            Err(error) => return Answer::refused(RunStatus::Error, error.to_string()),
         };
         let ran = self.on(&mut lease).await;
         lease.finish(ran.verdict);
-        ran.report
+        Answer {
+            report: ran.report,
+            ran: true,
+        }
     }
 
-    /// In the session `name`, after the calls before it; the session ends
-    /// with the call when its run failed, its interpreter died or `end_after`.
+    /// In the session `name`, after the calls before it (waiting at most
+    /// `seat_wait` for them); the session ends with the call when its run
+    /// failed, its interpreter died or `end_after`.
     async fn in_session(
         &self,
         sessions: &Sessions,
         name: &str,
         end_after: bool,
         pool: &Pool,
-    ) -> RunReport {
-        let mut turn = match sessions.enter(name, pool).await {
+        seat_wait: Duration,
+    ) -> Answer {
+        let mut turn = match sessions.enter(name, pool, seat_wait).await {
             Ok(turn) => turn,
-            Err(error) => return RunReport::rejected(RunStatus::Error, error.to_string()),
+            Err(error) => return Answer::refused(RunStatus::Error, error.to_string()),
         };
         let mut ran = self.on(turn.lease()).await;
         if let Some(done) = ran.done.as_ref().filter(|done| done.session_gone) {
@@ -393,8 +429,8 @@ impl Run<'_> {
                     describe_exit(done.exit_code)
                 ),
             };
-            if let Err(error) = turn.restart(ended, pool).await {
-                return RunReport::rejected(RunStatus::Error, error.to_string());
+            if let Err(error) = turn.restart(ended, RecycleReason::SessionEnded, pool).await {
+                return Answer::refused(RunStatus::Error, error.to_string());
             }
             ran = self.on(turn.lease()).await;
         }
@@ -409,7 +445,7 @@ impl Run<'_> {
             Some((ended, recycle)) => turn.end(ended, recycle),
             None => turn.keep(),
         }
-        report
+        Answer { report, ran: true }
     }
 
     /// Runs on `lease`'s sandbox and classifies the outcome.
@@ -436,7 +472,8 @@ impl Run<'_> {
                     && tokio::time::timeout(Duration::from_secs(5), lease.engine_saw_oom())
                         .await
                         .unwrap_or(false);
-                (Outcome::from_failure(&failure, oom, limits), None)
+                let session = self.input.session;
+                (Outcome::from_failure(&failure, oom, limits, session), None)
             }
         };
         if let Verdict::Recycle(reason) = outcome.verdict {
@@ -615,19 +652,27 @@ impl CallObserver {
         }
     }
 
-    fn finished(mut self, report: &RunReport) {
+    /// `ran`: the call's code went to a sandbox. Only runs are observed as
+    /// runs; a request refused on its face counts as `validation_error`
+    /// (no duration), and a call that ran nothing else (end_session alone,
+    /// a session limit, no sandbox, a server that could not start) is only
+    /// logged.
+    fn finished(mut self, report: &RunReport, ran: bool) {
         self.finished = true;
         self.span.record("status", report.status.as_str());
         self.span.record("duration_ms", report.duration_ms);
         self.span.in_scope(|| match &report.error {
             None => tracing::info!("run finished"),
-            Some(error) => tracing::info!(%error, "run finished"),
+            // Debug-quoted: the run's own exception text (newlines and escape
+            // sequences included) cannot forge lines of the log.
+            Some(error) => tracing::info!(?error, "run finished"),
         });
-        let ran = report.status != RunStatus::ValidationError;
-        metrics::observe_run(
-            report.status.as_str(),
-            ran.then(|| Duration::from_secs_f64(report.duration_ms / 1e3)),
-        );
+        if ran || report.status == RunStatus::ValidationError {
+            metrics::observe_run(
+                report.status.as_str(),
+                ran.then(|| Duration::from_secs_f64(report.duration_ms / 1e3)),
+            );
+        }
         if report.stdout_truncated {
             metrics::observe_truncated("stdout");
         }
@@ -694,7 +739,9 @@ impl Outcome {
         }
     }
 
-    fn from_failure(failure: &SandboxFailure, oom: bool, limits: &Limits) -> Self {
+    /// How a run that failed ended; `session` for a session's call, whose
+    /// state goes with the sandbox.
+    fn from_failure(failure: &SandboxFailure, oom: bool, limits: &Limits, session: bool) -> Self {
         let (status, error) = match failure {
             _ if oom => (RunStatus::Oom, oom_message(limits.memory_bytes)),
             SandboxFailure::Timeout(limit) => (
@@ -706,6 +753,10 @@ impl Outcome {
                     humantime::format_duration(*limit),
                     humantime::format_duration(limits.max_timeout)
                 ),
+            ),
+            other if session => (
+                RunStatus::Error,
+                format!("{other}; the session's state is lost: its next call starts a new session"),
             ),
             other => (
                 RunStatus::Error,
@@ -835,6 +886,10 @@ mod tests {
             "../up",
             "a/../../b",
             "./x",
+            "a/./b",
+            "a//b",
+            "a/",
+            "a/.",
             "a\0b",
             long.as_str(),
         ] {
@@ -852,6 +907,19 @@ mod tests {
         };
         let error = l.validate(&both, &[]).unwrap_err();
         assert!(error.contains("\"data\" is also a folder"), "{error}");
+        // Spelled so that the components are the same, the strings not.
+        for other in ["data/./x.csv", "data//x.csv"] {
+            let both = CallRequest {
+                files: ["data", other]
+                    .map(|path| InputFile {
+                        path: path.into(),
+                        content: text(""),
+                    })
+                    .to_vec(),
+                ..request("print(1)", None)
+            };
+            assert!(l.validate(&both, &[]).is_err(), "{other}");
+        }
         let many = CallRequest {
             files: (0..=MAX_INPUT_FILES)
                 .map(|i| InputFile {
@@ -966,6 +1034,40 @@ mod tests {
         );
     }
 
+    /// A run's own error text (its exception message: newlines, escapes)
+    /// stays on the one log line of its call.
+    #[test]
+    fn a_runs_error_cannot_forge_log_lines() {
+        #[derive(Clone, Default)]
+        struct Log(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Log {
+            fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(data);
+                Ok(data.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let log = Log::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let report = RunReport::rejected(
+                RunStatus::Error,
+                "ValueError: x\n2026-12-02T00:00:00Z  INFO forged: \u{1b}[31mred\r",
+            );
+            CallObserver::new(&request("1/0", None)).finished(&report, true);
+        });
+        let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(!text.contains(['\u{1b}', '\r']), "{text:?}");
+        assert!(text.contains(r"ValueError: x\n2026-12-02"), "{text}");
+    }
+
     #[test]
     fn signals_are_named() {
         assert_eq!(describe_signal(11), "SIGSEGV (segmentation fault)");
@@ -1009,6 +1111,7 @@ mod tests {
             &SandboxFailure::Timeout(Duration::from_secs(2)),
             false,
             &limits(),
+            false,
         );
         assert_eq!(timeout.status, RunStatus::Timeout);
         let error = timeout.error.unwrap();
@@ -1023,11 +1126,25 @@ mod tests {
             agent_stderr: String::new(),
         };
         assert_eq!(
-            Outcome::from_failure(&died, true, &limits()).status,
+            Outcome::from_failure(&died, true, &limits(), false).status,
             RunStatus::Oom
         );
-        let died = Outcome::from_failure(&died, false, &limits());
+        let in_session = Outcome::from_failure(&died, false, &limits(), true);
+        assert!(
+            in_session
+                .error
+                .as_deref()
+                .is_some_and(|e| e
+                    .ends_with("the session's state is lost: its next call starts a new session")),
+            "{in_session:?}"
+        );
+        let died = Outcome::from_failure(&died, false, &limits(), false);
         assert_eq!(died.status, RunStatus::Error);
+        assert!(
+            died.error
+                .as_deref()
+                .is_some_and(|e| e.ends_with("running the code again is safe"))
+        );
         assert_eq!(died.verdict, Verdict::Recycle(RecycleReason::AgentDied));
     }
 }

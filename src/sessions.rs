@@ -5,17 +5,19 @@
 //! arrival order: a fair `tokio::sync::Mutex` per session); the limit on live
 //! sessions; their end (on request, after `MCP_BRIDGE_SESSION_IDLE_TTL`
 //! without calls, when a call in it fails, at shutdown), which recycles the
-//! container; and the memory of why a session ended, so the next call with its
-//! name says it was lost. It does not run code nor judge runs (that is
-//! [`crate::call`], which decides when a session ends) and does not speak to
-//! the engine or the agent.
+//! container; a new sandbox under a session whose interpreter or container
+//! died while it waited; and the memory of why a session ended, so the next
+//! call with its name says it was lost. It does not run code nor judge runs
+//! (that is [`crate::call`], which decides when a session ends) and does not
+//! speak to the engine or the agent (a sandbox's liveness is a look at its
+//! stream, as the pool's).
 //!
 //! Locks: the table is a `std::sync::Mutex` never held across an `.await`; a
 //! session's seat is a `tokio` mutex held for the whole of a call. The table
 //! may be locked while a seat is held, never the other way round.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -128,8 +130,25 @@ pub enum SessionError {
          at a time: wait for their results"
     )]
     Queue { name: String },
+    #[error(
+        "session {name:?} stayed busy with its earlier calls for {} (MCP_BRIDGE_POOL_WAIT_TIMEOUT): \
+         this call did not run; send it again once they are done",
+        humantime::format_duration(*.waited)
+    )]
+    Busy { name: String, waited: Duration },
     #[error("no sandbox for the session: {0}")]
     NoSandbox(#[from] AcquireError),
+}
+
+/// What `end_session` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// The session ended (after the calls before the request).
+    Ended,
+    /// It had ended before (on its own, while the request waited): why.
+    AlreadyEnded(Ended),
+    /// No session has that name, nor had lately.
+    NoSession,
 }
 
 /// The live sessions.
@@ -153,6 +172,8 @@ struct Shared {
     max: usize,
     /// The sweeper of idle sessions was started (with the first session).
     sweeping: AtomicBool,
+    /// Numbers the calls and end requests in the order they arrive.
+    arrivals: AtomicU64,
 }
 
 #[derive(Default)]
@@ -166,9 +187,12 @@ struct Session {
     seat: Arc<tokio::sync::Mutex<Seat>>,
     /// Calls holding or waiting for the seat (at most [`MAX_QUEUED`]).
     queued: AtomicUsize,
+    /// The arrival of the call that made it (see [`Sessions::end`]).
+    made_by: u64,
 }
 
-/// Counts a call as queued on its session for as long as it lives.
+/// Counts a call as queued on its session for as long as it lives: while
+/// it waits for the seat and while its turn lasts.
 struct Queued(Arc<Session>);
 
 impl Queued {
@@ -206,6 +230,7 @@ impl Sessions {
                 idle_ttl,
                 max,
                 sweeping: AtomicBool::new(false),
+                arrivals: AtomicU64::new(0),
             }),
         }
     }
@@ -216,59 +241,99 @@ impl Sessions {
     }
 
     /// Waits for the session's turn (a session runs one call at a time, in
-    /// arrival order) and returns it with the session's sandbox: its own, or
-    /// a new one from `pool` when the session is new or was lost.
-    pub async fn enter(&self, name: &str, pool: &Pool) -> Result<Turn, SessionError> {
+    /// arrival order; at most `wait`, then [`SessionError::Busy`]) and
+    /// returns it with the session's sandbox: its own, or a new one from
+    /// `pool` when the session is new, was lost, or its sandbox died while
+    /// the session was idle (the turn then says it was lost).
+    pub async fn enter(
+        &self,
+        name: &str,
+        pool: &Pool,
+        wait: Duration,
+    ) -> Result<Turn, SessionError> {
+        let mut turn = self.seated(name, wait).await?;
+        let alive = turn
+            .seat_mut()
+            .lease
+            .as_mut()
+            .map(|lease| lease.sandbox().is_idle_and_alive());
+        match alive {
+            None => turn.take_sandbox(pool).await?,
+            Some(true) => {}
+            Some(false) => {
+                let ended = Ended {
+                    reason: EndReason::SandboxFailed,
+                    detail: "its sandbox stopped between calls (the container died)".into(),
+                };
+                turn.restart(ended, RecycleReason::Unhealthy, pool).await?;
+            }
+        }
+        Ok(turn)
+    }
+
+    /// The session's turn, without a sandbox if it has none (new, or lost).
+    async fn seated(&self, name: &str, wait: Duration) -> Result<Turn, SessionError> {
         if self.shared.max == 0 {
             return Err(SessionError::Off);
         }
         self.start_sweeping();
+        let arrival = self.shared.arrival();
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut session = self.shared.find_or_create(name, arrival)?;
         loop {
-            let session = self.shared.find_or_create(name)?;
             let queued = Queued::join(session.clone(), name)?;
-            let mut seat = session.seat.clone().lock_owned().await;
-            drop(queued);
-            if seat.closed {
-                continue; // it ended while we waited: the name is free again
-            }
-            let idle = seat.last_used.map(|t| t.elapsed());
-            if idle.is_some_and(|idle| idle >= self.shared.idle_ttl) {
+            let Ok(mut seat) =
+                tokio::time::timeout_at(deadline, session.seat.clone().lock_owned()).await
+            else {
+                return Err(SessionError::Busy {
+                    name: name.to_owned(),
+                    waited: wait,
+                });
+            };
+            if !seat.closed {
+                let idle = seat.last_used.map(|t| t.elapsed());
+                if idle.is_none_or(|idle| idle < self.shared.idle_ttl) {
+                    return Ok(Turn {
+                        shared: self.shared.clone(),
+                        name: name.to_owned(),
+                        session,
+                        seat: Some(seat),
+                        found: Found::Continued,
+                        _queued: queued,
+                    });
+                }
                 // The sweeper had not got to it yet; the caller sees what it would have.
                 self.shared
                     .end(name, &session, &mut seat, self.idle_end(), None);
-                continue;
             }
-            let mut turn = Turn {
-                shared: self.shared.clone(),
-                name: name.to_owned(),
-                session,
-                seat: Some(seat),
-                found: Found::Continued,
-            };
-            if turn.seat.as_ref().is_some_and(|seat| seat.lease.is_none()) {
-                // A failed or cancelled wait drops the turn, which frees the name.
-                turn.take_sandbox(pool).await?;
-                turn.found = match self.shared.table().take_ended(name) {
-                    Some(ended) => Found::Lost(ended.detail),
-                    None => Found::New,
-                };
-            }
-            return Ok(turn);
+            // It ended while we waited: the name is free again. Its successor
+            // is found or made while this seat is still held, so that an end
+            // request queued behind this call finds it (see `end`).
+            session = self.shared.find_or_create(name, arrival)?;
         }
     }
 
-    /// Ends the session `name` (after the call it is running, if any);
-    /// false when no session has that name.
-    pub async fn end(&self, name: &str, reason: Ended) -> bool {
-        let Some(session) = self.shared.table().live.get(name).cloned() else {
-            return false;
+    /// Ends the session `name` after the calls queued before this request.
+    /// When it ended on its own while the request waited (a call timed
+    /// out), the session a call queued before the request made in its
+    /// place is ended instead: the client asked for the end after that call.
+    pub async fn end(&self, name: &str, reason: Ended) -> Ending {
+        let arrival = self.shared.arrival();
+        let Some(mut session) = self.shared.table().live.get(name).cloned() else {
+            return self.shared.ended_before(name);
         };
-        let mut seat = session.seat.clone().lock_owned().await;
-        if seat.closed {
-            return false;
+        loop {
+            let mut seat = session.seat.clone().lock_owned().await;
+            if !seat.closed {
+                self.shared.end(name, &session, &mut seat, reason, None);
+                return Ending::Ended;
+            }
+            let successor = self.shared.table().live.get(name).cloned();
+            match successor {
+                Some(next) if next.made_by < arrival => session = next,
+                _ => return self.shared.ended_before(name),
+            }
         }
-        self.shared.end(name, &session, &mut seat, reason, None);
-        true
     }
 
     /// Ends every session (their containers go with the pool's).
@@ -344,7 +409,21 @@ impl Shared {
         self.table.lock().expect("session table is never poisoned")
     }
 
-    fn find_or_create(&self, name: &str) -> Result<Arc<Session>, SessionError> {
+    fn arrival(&self) -> u64 {
+        self.arrivals.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// What an end request says of a name that is not live (any more).
+    fn ended_before(&self, name: &str) -> Ending {
+        match self.table().take_ended(name) {
+            Some(ended) => Ending::AlreadyEnded(ended),
+            None => Ending::NoSession,
+        }
+    }
+
+    /// The live session `name`, or a new one made by the call that arrived
+    /// as `arrival`.
+    fn find_or_create(&self, name: &str, arrival: u64) -> Result<Arc<Session>, SessionError> {
         let mut table = self.table();
         if let Some(session) = table.live.get(name) {
             return Ok(session.clone());
@@ -360,6 +439,7 @@ impl Shared {
         let session = Arc::new(Session {
             seat: Arc::new(tokio::sync::Mutex::new(Seat::default())),
             queued: AtomicUsize::new(0),
+            made_by: arrival,
         });
         table.live.insert(name.to_owned(), session.clone());
         Ok(session)
@@ -377,33 +457,32 @@ impl Shared {
         recycle: Option<RecycleReason>,
     ) {
         seat.closed = true;
-        retire(name, seat, &ended, recycle);
+        recycle_lease(seat, recycle.unwrap_or(RecycleReason::SessionEnded));
+        // The detail quoted: it can hold the agent's stderr, which user code
+        // can write under gVisor.
+        tracing::info!(
+            session = name,
+            reason = ended.reason.as_str(),
+            detail = ?ended.detail,
+            "session ended"
+        );
+        metrics::observe_session_ended(ended.reason.as_str());
         let mut table = self.table();
         table.forget_live(name, session);
-        table.ended.retain(|(n, _)| n != name);
-        if ended.reason != EndReason::Requested {
-            if table.ended.len() >= REMEMBERED_ENDS {
-                table.ended.pop_front();
-            }
-            table.ended.push_back((name.to_owned(), ended));
+        if ended.reason == EndReason::Requested {
+            table.ended.retain(|(n, _)| n != name);
+        } else {
+            table.remember(name, ended);
         }
     }
 }
 
-/// The end of a session's interpreter: its sandbox recycled (with the
-/// failed run's reason, or as an ended session), logged and counted.
-fn retire(name: &str, seat: &mut Seat, ended: &Ended, recycle: Option<RecycleReason>) {
+/// A session's sandbox destroyed (it holds the session's state: never
+/// reset for another call).
+fn recycle_lease(seat: &mut Seat, reason: RecycleReason) {
     if let Some(lease) = seat.lease.take() {
-        let reason = recycle.unwrap_or(RecycleReason::SessionEnded);
         lease.finish(Verdict::Recycle(reason));
     }
-    tracing::info!(
-        session = name,
-        reason = ended.reason.as_str(),
-        detail = %ended.detail,
-        "session ended"
-    );
-    metrics::observe_session_ended(ended.reason.as_str());
 }
 
 impl Table {
@@ -416,6 +495,15 @@ impl Table {
         {
             self.live.remove(name);
         }
+    }
+
+    /// Why `name`'s state was lost, for its next call (the latest only).
+    fn remember(&mut self, name: &str, ended: Ended) {
+        self.ended.retain(|(n, _)| n != name);
+        if self.ended.len() >= REMEMBERED_ENDS {
+            self.ended.pop_front();
+        }
+        self.ended.push_back((name.to_owned(), ended));
     }
 
     fn take_ended(&mut self, name: &str) -> Option<Ended> {
@@ -458,6 +546,8 @@ pub struct Turn {
     session: Arc<Session>,
     seat: Option<OwnedMutexGuard<Seat>>,
     found: Found,
+    /// The call counts toward the session's [`MAX_QUEUED`] until its turn ends.
+    _queued: Queued,
 }
 
 impl std::fmt::Debug for Turn {
@@ -475,31 +565,53 @@ impl Turn {
     }
 
     pub fn lease(&mut self) -> &mut Lease {
-        self.seat
+        self.seat_mut()
+            .lease
             .as_mut()
-            .and_then(|seat| seat.lease.as_mut())
             .expect("a turn holds its session's lease until keep or end")
     }
 
-    /// Its interpreter is gone (`ended` says how) before this call ran:
-    /// the session goes on, without the call losing its place, on a new
-    /// sandbox, and the call is told it was lost.
-    pub async fn restart(&mut self, ended: Ended, pool: &Pool) -> Result<(), SessionError> {
-        if let Some(seat) = self.seat.as_mut() {
-            retire(&self.name, seat, &ended, None);
-        }
-        self.found = Found::Lost(ended.detail);
+    fn seat_mut(&mut self) -> &mut Seat {
+        self.seat
+            .as_mut()
+            .expect("a turn holds its seat until keep or end")
+    }
+
+    /// Its interpreter is gone (`ended` says how; its sandbox is recycled
+    /// for `recycle`) before this call ran: the session goes on, without the
+    /// call losing its place, on a new sandbox, and the call is told it was
+    /// lost. Not an end of the session (nor counted as one). If no sandbox
+    /// comes, the next call with the name is told instead.
+    pub async fn restart(
+        &mut self,
+        ended: Ended,
+        recycle: RecycleReason,
+        pool: &Pool,
+    ) -> Result<(), SessionError> {
+        recycle_lease(self.seat_mut(), recycle);
+        tracing::info!(
+            session = self.name,
+            reason = ended.reason.as_str(),
+            detail = ?ended.detail,
+            "session lost its interpreter; it goes on in a new sandbox"
+        );
+        self.shared.table().remember(&self.name, ended);
         self.take_sandbox(pool).await
     }
 
-    /// A sandbox of the pool for a seat that has none.
+    /// A sandbox of the pool for a seat that has none: the session is new,
+    /// or it was lost (and the turn says why).
     async fn take_sandbox(&mut self, pool: &Pool) -> Result<(), SessionError> {
         let waiting = Instant::now();
         let lease = pool.acquire().await;
         metrics::observe_wait(waiting.elapsed());
-        if let Some(seat) = self.seat.as_mut() {
-            seat.lease = Some(lease?);
-        }
+        // A failed wait drops the turn, which frees the name; why it was
+        // lost stays remembered for the next call.
+        self.seat_mut().lease = Some(lease?);
+        self.found = match self.shared.table().take_ended(&self.name) {
+            Some(ended) => Found::Lost(ended.detail),
+            None => Found::New,
+        };
         Ok(())
     }
 
@@ -526,7 +638,9 @@ impl Drop for Turn {
             return;
         };
         if seat.lease.is_none() {
-            // It never had a sandbox: nothing ran, nothing to tell.
+            // It never had a sandbox (or its restart found none): nothing
+            // ran, nothing to tell; why it was lost, if it was, stays
+            // remembered for the next call.
             seat.closed = true;
             self.shared.table().forget_live(&self.name, &self.session);
         } else {
@@ -564,20 +678,31 @@ mod tests {
         );
     }
 
-    fn shared(max: usize) -> Shared {
-        Shared {
-            table: Mutex::new(Table::default()),
-            idle_ttl: Duration::from_secs(600),
-            max,
-            sweeping: AtomicBool::new(false),
+    fn shared(max: usize) -> Arc<Shared> {
+        Sessions::new(max, Duration::from_secs(600)).shared
+    }
+
+    /// Long enough never to be reached by a test that does not mean to.
+    const WAIT: Duration = Duration::from_secs(600);
+
+    /// Lets the tasks spawned so far run until they wait (the tests run on
+    /// tokio's current-thread runtime: a spawned task runs only then).
+    async fn let_them_queue() {
+        for _ in 0..16 {
+            tokio::task::yield_now().await;
         }
+    }
+
+    fn queued(sessions: &Sessions, name: &str) -> usize {
+        let table = sessions.shared.table();
+        table.live[name].queued.load(Ordering::Acquire)
     }
 
     #[test]
     fn ended_sessions_are_remembered_within_a_bound_and_requested_ends_are_not() {
         let shared = shared(4);
         let end = |name: &str, reason| {
-            let session = shared.find_or_create(name).unwrap();
+            let session = shared.find_or_create(name, 0).unwrap();
             let mut seat = Seat::default();
             let ended = Ended {
                 reason,
@@ -603,16 +728,22 @@ mod tests {
         assert!(table.live.is_empty());
     }
 
-    #[test]
-    fn a_session_holds_at_most_max_queued_calls() {
-        let session = Arc::new(Session {
-            seat: Arc::new(tokio::sync::Mutex::new(Seat::default())),
-            queued: AtomicUsize::new(0),
-        });
-        let queued: Vec<_> = (0..MAX_QUEUED)
-            .map(|_| Queued::join(session.clone(), "q").unwrap())
+    /// Through the turns callers get: the call in its turn counts too, so
+    /// at most 16 run or wait (it was 17: a call stopped counting once seated).
+    #[tokio::test]
+    async fn a_session_holds_at_most_max_queued_calls() {
+        let sessions = Sessions::new(4, Duration::from_secs(600));
+        let running = sessions.seated("q", WAIT).await.unwrap();
+        let waiting: Vec<_> = (1..MAX_QUEUED)
+            .map(|_| {
+                let sessions = sessions.clone();
+                tokio::spawn(async move { sessions.seated("q", WAIT).await.map(Turn::keep) })
+            })
             .collect();
-        let Err(error) = Queued::join(session.clone(), "q") else {
+        let_them_queue().await;
+        assert_eq!(queued(&sessions, "q"), MAX_QUEUED);
+        // Refused at once, not after its (short) wait.
+        let Err(error) = sessions.seated("q", Duration::from_millis(50)).await else {
             panic!("one call more than the bound");
         };
         assert_eq!(
@@ -620,24 +751,107 @@ mod tests {
             "session \"q\" already has 16 calls running or waiting; its calls run one at a time: \
              wait for their results"
         );
-        drop(queued);
+        running.keep();
+        for call in waiting {
+            call.await.unwrap().unwrap();
+        }
+        assert_eq!(queued(&sessions, "q"), 0, "each call counted out");
+        assert!(sessions.seated("q", WAIT).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_call_waits_for_its_turn_within_a_bound() {
+        let sessions = Sessions::new(4, Duration::from_secs(600));
+        let running = sessions.seated("slow", WAIT).await.unwrap();
+        let Err(error) = sessions.seated("slow", Duration::from_millis(50)).await else {
+            panic!("the session is busy");
+        };
         assert_eq!(
-            session.queued.load(Ordering::Acquire),
-            0,
-            "each call counted out"
+            error.to_string(),
+            "session \"slow\" stayed busy with its earlier calls for 50ms \
+             (MCP_BRIDGE_POOL_WAIT_TIMEOUT): this call did not run; send it again once they are done"
         );
-        assert!(Queued::join(session, "q").is_ok());
+        assert_eq!(
+            queued(&sessions, "slow"),
+            1,
+            "the call that gave up no longer counts"
+        );
+        running.keep();
+    }
+
+    /// A call C2 queued behind C1, then an end request E. C1's run fails,
+    /// which ends the session; C2 finds it ended and makes a new one; E,
+    /// seated next on the ended session, follows the name to the session C2
+    /// made (C2 arrived before E) and ends it after C2's turn, as the client
+    /// asked: it used to end nothing and leave C2's session to idle expiry.
+    #[tokio::test]
+    async fn an_end_queued_behind_a_call_that_made_a_new_session_ends_that_one() {
+        let sessions = Sessions::new(4, Duration::from_secs(600));
+        let first = sessions.seated("s", WAIT).await.unwrap();
+        let second = tokio::spawn({
+            let sessions = sessions.clone();
+            async move { sessions.seated("s", WAIT).await }
+        });
+        let_them_queue().await;
+        let end = tokio::spawn({
+            let sessions = sessions.clone();
+            async move { sessions.end("s", Ended::requested()).await }
+        });
+        let_them_queue().await;
+        let timed_out = Ended {
+            reason: EndReason::Timeout,
+            detail: "a call timed out".into(),
+        };
+        first.end(timed_out, Some(RecycleReason::Timeout));
+        let second = second.await.unwrap().unwrap();
+        assert_eq!(
+            second.found(),
+            &Found::Continued,
+            "no sandbox yet: `enter` takes one"
+        );
+        let_them_queue().await;
+        assert!(!end.is_finished(), "the end waits for the call before it");
+        assert_eq!(sessions.live(), 1);
+        second.keep();
+        assert_eq!(end.await.unwrap(), Ending::Ended);
+        assert_eq!(sessions.live(), 0, "nothing left to idle");
+
+        // A call that arrives after the end request is not ended by it.
+        let first = sessions.seated("t", WAIT).await.unwrap();
+        let end = tokio::spawn({
+            let sessions = sessions.clone();
+            async move { sessions.end("t", Ended::requested()).await }
+        });
+        let_them_queue().await;
+        first.end(
+            Ended {
+                reason: EndReason::Exited,
+                detail: "its interpreter exited".into(),
+            },
+            None,
+        );
+        let later = sessions.seated("t", WAIT).await.unwrap();
+        later.keep();
+        let Ending::AlreadyEnded(before) = end.await.unwrap() else {
+            panic!("the end request finds the session ended before it");
+        };
+        assert_eq!(before.detail, "its interpreter exited");
+        assert_eq!(sessions.live(), 1, "the later call's session lives on");
+        assert_eq!(
+            sessions.end("nobody", Ended::requested()).await,
+            Ending::NoSession
+        );
     }
 
     #[test]
     fn the_limit_error_lists_the_live_sessions() {
         let shared = shared(2);
-        let a = shared.find_or_create("a").unwrap();
+        let a = shared.find_or_create("a", 0).unwrap();
         a.seat.try_lock().unwrap().last_used = Some(Instant::now() - Duration::from_secs(125));
-        let b = shared.find_or_create("b").unwrap();
+        let b = shared.find_or_create("b", 1).unwrap();
         let _in_a_call = b.seat.try_lock().unwrap();
-        assert!(Arc::ptr_eq(&shared.find_or_create("a").unwrap(), &a));
-        let Err(error) = shared.find_or_create("c") else {
+        assert!(Arc::ptr_eq(&shared.find_or_create("a", 2).unwrap(), &a));
+        let Err(error) = shared.find_or_create("c", 3) else {
             panic!("a third session is over the limit");
         };
         assert_eq!(

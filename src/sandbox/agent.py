@@ -39,8 +39,10 @@
 # A request with "session": true is a session's call: its D says "kept" when
 # the spare lives on for the next call (then no reset and no Y follow), or
 # "session_gone" (with the spare's exit code) when it had died before the
-# call (the code did not run).
-# Keep in sync with protocol.rs.
+# call (the code did not run). After a session's call that is not kept the
+# agent does not reset either: the host recycles a session's container.
+# Between a session's calls every process but PID 1 and the zygote is
+# stopped (stop_session). Keep in sync with protocol.rs.
 #
 # Agent <-> zygote, one SOCK_SEQPACKET message each: b"S" + six pipe fds
 # (SCM_RIGHTS) asks for a spare, answered b"P<pid>"; b"K" + six fds (the
@@ -63,6 +65,7 @@ import atexit
 import base64
 import builtins
 import ctypes
+import errno
 import gc
 import importlib
 import importlib.machinery
@@ -73,6 +76,7 @@ import json
 import linecache
 import os
 import platform
+import re
 import resource
 import select
 import signal
@@ -92,17 +96,22 @@ READ_CHUNK = 64 * 1024
 # Bytes read from the run's pipes after the child exited: what it (or a process
 # it left behind) had buffered. Bounded so a leftover writer cannot keep us here.
 DRAIN_LIMIT = 8 * 1024 * 1024
+# How long, at most, a session's leftovers between calls are drained.
+LEFTOVERS_DEADLINE_S = 1.0
 STATUS_LIMIT = 16 * 1024
 # A tool call's JSON (its arguments) from user code; the mcp package gets it
 # from here and refuses larger calls, the host applies the same bound
 # (protocol.rs MAX_CALL_FRAME).
 MAX_CALL_BYTES = 16 * 1024 * 1024
+# The id at the head of a call line, as the mcp package writes it.
+CALL_ID = re.compile(rb'\{\s*"id"\s*:\s*(\d{1,18})\s*,')
 WORKSPACE = "/workspace"
 # The run's code is a real file, as under `python3 main.py`: tracebacks,
 # inspect, warnings and multiprocessing's spawn/forkserver read it. Its folder
 # is a tmpfs of its own (engine/spec.rs), so /tmp and /workspace stay the user's.
 SCRIPT_DIR = "/run/code"
-SCRIPT = SCRIPT_DIR + "/main.py"
+SCRIPT_NAME = "main.py"
+SCRIPT = f"{SCRIPT_DIR}/{SCRIPT_NAME}"
 WIPE_DIRS = ("/tmp", WORKSPACE, SCRIPT_DIR, "/dev/shm", "/dev/mqueue")
 # What a run hands back: the images display.py wrote, the files under out/.
 IMAGE_DIR = SCRIPT_DIR + "/images"
@@ -400,9 +409,14 @@ def like_a_script():
 
 
 def main_module(source):
-    """The code in a file and a fresh, real `__main__` module in sys.modules
-    (so pickle and multiprocessing find its functions and classes)."""
-    write_script(SCRIPT, source)
+    """The request's code in its file and a fresh, real `__main__` module in
+    sys.modules (so pickle and multiprocessing find its functions and
+    classes)."""
+    write_script(source)
+    return fresh_main_module()
+
+
+def fresh_main_module():
     module = types.ModuleType("__main__")
     module.__dict__.update(
         __file__=SCRIPT,
@@ -414,8 +428,20 @@ def main_module(source):
     return module
 
 
-def write_script(path, source):
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+def write_script(source):
+    """/run/code/main.py, made anew: whatever is at that name (the last
+    run's link to anywhere, in a session a thread's) is removed, never
+    written through."""
+    directory = os.open(SCRIPT_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        try:
+            os.unlink(SCRIPT_NAME, dir_fd=directory)
+        except FileNotFoundError:
+            pass
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(SCRIPT_NAME, flags, 0o644, dir_fd=directory)
+    finally:
+        os.close(directory)
     try:
         write_all(fd, source.encode("utf-8", "surrogatepass"))
     finally:
@@ -425,12 +451,14 @@ def write_script(path, source):
 def warm_up():
     """Run a tiny snippet to /dev/null, the way a run's code runs, so that the
     copy-on-write faults and caches of a first execution happen before a
-    request, not during it."""
+    request, not during it. It touches no file: the spare warms up while the
+    agent still empties the directories the last run had (its source is
+    compiled from memory, and it imports nothing)."""
     like_a_script()
     real = sys.stdout
     sys.stdout = io.TextIOWrapper(io.FileIO(0, "w", closefd=False))  # fd 0 is /dev/null, opened read-write
     try:
-        execute(WARMUP_CODE, main_module(WARMUP_CODE).__dict__, SCRIPT)
+        execute(WARMUP_CODE, fresh_main_module().__dict__, WARMUP_FILENAME)
         sys.stdout.flush()
     finally:
         sys.stdout = real
@@ -528,6 +556,14 @@ def zygote_main(channel, preload):
     os.dup2(devnull, 0)
     os.dup2(devnull, 1)  # only the agent speaks the protocol; fd 2 stays for crash reports
     missing = preload_modules(preload)
+    shared = shared_writable_mappings()
+    if shared:
+        reason = (
+            "after the preload (MCP_BRIDGE_PRELOAD) the zygote maps memory shared and writable, which every "
+            f"run would share with every other: {', '.join(shared[:4])}; preload fewer modules"
+        )
+        channel.send(b"X" + reason.encode()[: ZYGOTE_MESSAGE_LIMIT - 1])
+        os._exit(0)
     while len(hello := json.dumps({"missing": missing}).encode()) >= ZYGOTE_MESSAGE_LIMIT:
         missing = missing[: len(missing) // 2]
     channel.send(b"H" + hello)
@@ -617,6 +653,19 @@ def preload_modules(names):
     # around each fork by their own handlers and restarted in the run.
     warnings.filterwarnings("ignore", message=r"This process .* is multi-threaded", category=DeprecationWarning)
     return missing
+
+
+def shared_writable_mappings(maps="/proc/self/maps"):
+    """What this process maps shared and writable (`rw-s`: MAP_SHARED,
+    SysV or POSIX shared memory): every spare forked from it would share it
+    with every other, across runs, and no reset empties it."""
+    found = []
+    with open(maps) as f:
+        for line in f:
+            fields = line.split(maxsplit=5)
+            if len(fields) > 1 and fields[1][1:2] == "w" and fields[1][3:4] == "s":
+                found.append(fields[5].strip() if len(fields) > 5 else "[anonymous]")
+    return found
 
 
 def run_spare(fds):
@@ -737,10 +786,12 @@ class Spare:
         zygote.exits.clear()
         for fd in (self.out_r, self.err_r, self.status_r, self.call_r, self.answer_w):
             os.set_blocking(fd, False)
-        # Requests run so far (more than one only in a session), and the
-        # files under out/ as the last run left them (send_output_files).
+        # Requests run so far (more than one only in a session), the files
+        # under out/ as the last run left them (send_output_files), and the
+        # rest of an answer the last call's end cut (CallRelay.cut_answer).
         self.calls = 0
         self.returned = OutFiles()
+        self.cut_answer = b""
 
     def exited(self, zygote):
         """The spare's exit code if it has exited (as far as we heard), else None."""
@@ -756,12 +807,15 @@ class Spare:
         return self.exited(zygote)
 
     def discard_leftovers(self):
-        """What a session's threads wrote between calls is no call's output
-        (nor a call, nor a status): dropped, within a bound."""
+        """What a session's processes wrote after its last call ended, before
+        they were stopped (stop_session), is no call's output (nor a call,
+        nor a status): dropped, all of it, since nothing writes while they
+        are stopped (at most what the pipes hold); the deadline only bounds
+        a writer the stop would have missed."""
+        deadline = time.monotonic() + LEFTOVERS_DEADLINE_S
         for fd in (self.out_r, self.err_r, self.call_r, self.status_r):
-            budget = DRAIN_LIMIT
-            while budget > 0 and (data := read_some(fd)):
-                budget -= len(data)
+            while read_some(fd) and time.monotonic() < deadline:
+                pass
         wipe_children_quietly(IMAGE_DIR)
 
     def wait_warm(self, timeout_s):
@@ -797,33 +851,71 @@ class Output:
 class CallRelay:
     """Tool calls of the run: JSON lines from the child become b"C" frames;
     b"A" frames from the host become lines to the child, written as the
-    child reads them (never blocking the loop that drains its output)."""
+    child reads them (never blocking the loop that drains its output: the
+    relay registers the answer pipe with `poller` while it has answers).
 
-    def __init__(self, answer_w, forward):
+    A call line over MAX_CALL_BYTES (written by hand, past the mcp
+    package's own check) is dropped as it comes and answered with an error
+    (with its id when its head has one, as the mcp package writes it); the
+    run goes on. An answer the run's end cuts (the child had read part of
+    it) is `cut_answer()`: a session's next call writes it first, or the
+    child's reader would take the next answer as part of it."""
+
+    def __init__(self, answer_w, forward, poller=None, cut=b""):
         self.answer_w = answer_w
         self.forward = forward
+        self.poller = poller
         self.partial = bytearray()
+        # An oversized call line is being dropped, and its id if it had one.
+        self.oversized = False
+        self.oversized_id = None
         self.pending = bytearray()
+        # The last write ended inside an answer.
+        self.mid_answer = False
+        if cut:
+            self.queue(cut)
+            self.mid_answer = True
 
     def forward_calls(self, data):
-        # The mcp package refuses larger calls with a clear error; a line this
-        # long was written by hand, past it, and the host would reject it.
         # Only the new chunk is searched: a 16 MiB call costs one pass.
         end = data.rfind(b"\n")
         if end < 0:
-            self.partial += data
-        else:
-            lines = (bytes(self.partial) + data[:end]).split(b"\n")
-            self.partial = bytearray(data[end + 1 :])
-            if any(len(line) > MAX_CALL_BYTES for line in lines):
-                raise ValueError("a tool call request exceeds the size limit")
-            for line in lines:
-                self.forward(line)
+            self.take(data)
+            return
+        first, *lines = data[:end].split(b"\n")
+        self.take(first)
+        self.end_line()
+        for line in lines:
+            self.take(line)
+            self.end_line()
+        self.take(data[end + 1 :])
+
+    def take(self, data):
+        """Part of the current call line."""
+        if self.oversized:
+            return
+        self.partial += data
         if len(self.partial) > MAX_CALL_BYTES:
-            raise ValueError("a tool call request exceeds the size limit")
+            head = CALL_ID.match(self.partial[:64])
+            self.oversized, self.oversized_id = True, int(head[1]) if head else None
+            self.partial = bytearray()
+
+    def end_line(self):
+        if self.oversized:
+            error = f"the call is over {MAX_CALL_BYTES >> 20} MiB, the most a call may carry: refused"
+            self.queue_answer(json.dumps({"id": self.oversized_id, "ok": False, "error": error}).encode())
+            self.oversized = False
+        else:
+            self.forward(bytes(self.partial))
+        self.partial = bytearray()
 
     def queue_answer(self, payload):
-        self.pending += payload + b"\n"
+        self.queue(payload + b"\n")
+
+    def queue(self, data):
+        if not self.pending and self.poller is not None:
+            self.poller.register(self.answer_w, select.POLLOUT)
+        self.pending += data
 
     def write_answers(self):
         try:
@@ -832,7 +924,17 @@ class CallRelay:
             return
         except OSError:
             written = len(self.pending)  # the child stopped listening
-        del self.pending[:written]
+        if written:
+            self.mid_answer = self.pending[written - 1] != ord("\n")
+            del self.pending[:written]
+        if not self.pending and self.poller is not None:
+            self.poller.unregister(self.answer_w)
+
+    def cut_answer(self):
+        """The rest of the answer the child is in the middle of, if any."""
+        if not self.mid_answer:
+            return b""
+        return bytes(self.pending[: self.pending.index(b"\n") + 1])
 
 
 # While the zygote is alive it reports the spare's exit; once it died the
@@ -852,6 +954,7 @@ def run(spare, zygote, payload, request):
             send_json(ord("D"), {"exit_code": code, "session_gone": True})
             return False
         spare.discard_leftovers()
+        signal_all(signal.SIGCONT)  # the session runs again (see stop_session)
     spare.calls += 1
     oom_before = oom_counter.read()
     outputs = {
@@ -869,8 +972,8 @@ def run(spare, zygote, payload, request):
 
     # The run is over when the child sends its status (the fast, usual way)
     # or when it exits (killed, os._exit, crash).
-    relay = CallRelay(spare.answer_w, lambda line: send(ord("C"), line))
     poller = select.poll()
+    relay = CallRelay(spare.answer_w, lambda line: send(ord("C"), line), poller, spare.cut_answer)
     for fd in (*outputs, spare.status_r, zygote.fd, spare.call_r, 0):
         poller.register(fd, select.POLLIN)
     statuses = StatusReader()
@@ -886,12 +989,10 @@ def run(spare, zygote, payload, request):
                 exit_code = zygote.exits.get(spare.pid, exit_code)
                 continue
             if fd == 0:
-                relay_answers(relay, poller)
+                relay_answers(relay)
                 continue
             if fd == spare.answer_w:
                 relay.write_answers()
-                if not relay.pending:
-                    poller.unregister(fd)
                 continue
             data = read_some(fd)
             if data is None:
@@ -908,10 +1009,7 @@ def run(spare, zygote, payload, request):
             elif not data:
                 poller.unregister(fd)
             elif fd == spare.call_r:
-                try:
-                    relay.forward_calls(data)
-                except ValueError:
-                    kill(spare.pid)  # reported by its exit status
+                relay.forward_calls(data)
             else:
                 outputs[fd].forward(data)
     # Exited before we read its status (both became ready at once): read it now.
@@ -946,7 +1044,28 @@ def run(spare, zygote, payload, request):
         done["kept"] = kept
     done["agent_us"] = (time.monotonic_ns() - started) // 1000
     send_json(ord("D"), done)
+    if kept:
+        spare.cut_answer = relay.cut_answer()
+        stop_session(zygote)
     return kept
+
+
+def stop_session(zygote):
+    """Stops every process of a session after its call (everything but PID
+    1 and the zygote), so that nothing of it runs until its next call:
+    background threads and processes escape no time limit. `kill(-1)` also
+    reaches what forks meanwhile; the zygote, stopped too, is continued at
+    once (a pending SIGSTOP is discarded by a SIGCONT)."""
+    signal_all(signal.SIGSTOP)
+    if not zygote.dead:
+        os.kill(zygote.pid, signal.SIGCONT)
+
+
+def signal_all(signum):
+    try:
+        os.kill(-1, signum)
+    except ProcessLookupError:
+        pass  # no other process
 
 
 class StatusReader:
@@ -1141,20 +1260,17 @@ def orphan_exit_code(pid):
     return os.waitstatus_to_exitcode(wait_status) if reaped else None
 
 
-def relay_answers(relay, poller):
+def relay_answers(relay):
     """Reads host frames during a run and queues the answers for the child."""
     host.feed()
     if host.closed:
         os._exit(0)
-    had_pending = bool(relay.pending)
     while (frame := host.next_frame()) is not None:
         kind, payload = frame
         if kind != ord("A"):
             sys.stderr.write(f"mcp-code-exec agent: unexpected frame kind {kind} during a run\n")
             os._exit(3)
         relay.queue_answer(payload)
-    if relay.pending and not had_pending:
-        poller.register(relay.answer_w, select.POLLOUT)
 
 
 def read_some(fd):
@@ -1166,10 +1282,12 @@ def read_some(fd):
 
 
 def parse_status(data):
-    """The child's report, if whole and well-formed (user code can write to it)."""
+    """The child's report, if whole and well-formed (user code can write to
+    it: 16 KiB of nested brackets included, which the JSON decoder refuses
+    with a RecursionError)."""
     try:
         status = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         return {}
     if not isinstance(status, dict):
         return {}
@@ -1279,13 +1397,56 @@ def wipe_children_quietly(path):
 
 
 def wipe_children(path):
-    for entry in os.scandir(path):
-        if entry.is_dir(follow_symlinks=False):
-            os.chmod(entry.path, 0o700)
-            wipe_children(entry.path)
-            os.rmdir(entry.path)
-        else:
-            os.unlink(entry.path)
+    """Empties the directory `path` through directory fds, never following a
+    link: user code (a session's threads) may swap one in for a directory
+    while PID 1 walks."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        wipe_directory(fd)
+    finally:
+        os.close(fd)
+
+
+def wipe_directory(dir_fd):
+    with os.scandir(dir_fd) as scan:
+        entries = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in scan]
+    for name, is_dir in entries:
+        sub = open_directory(name, dir_fd) if is_dir else None
+        if sub is None:
+            os.unlink(name, dir_fd=dir_fd)
+            continue
+        try:
+            wipe_directory(sub)
+        finally:
+            os.close(sub)
+        os.rmdir(name, dir_fd=dir_fd)
+
+
+def open_directory(name, dir_fd):
+    """The directory `name` of `dir_fd`, opened to be emptied (made ours
+    first if user code locked it), or None if it is no directory (now)."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    try:
+        try:
+            return os.open(name, flags, dir_fd=dir_fd)
+        except PermissionError:
+            unlock_directory(name, dir_fd)
+            return os.open(name, flags, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTDIR, errno.ELOOP):
+            return None  # a link or a file swapped in: removed as such
+        raise
+
+
+def unlock_directory(name, dir_fd):
+    """Mode 0700 for a directory user code locked, set through an O_PATH fd
+    of it (so never through a link: chmod has no no-follow form here)."""
+    fd = os.open(name, os.O_PATH | os.O_NOFOLLOW, dir_fd=dir_fd)
+    try:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            os.chmod(f"/proc/self/fd/{fd}", 0o700)
+    finally:
+        os.close(fd)
 
 
 def remove_sysv_ipc():
@@ -1391,8 +1552,11 @@ def main(argv):
             os._exit(3)
         if run(spare, zygote, payload, request):
             continue  # the session's next call goes to the same spare
-        if single_use:
-            continue  # the host recycles this container; another run would be refused above
+        if single_use or request.get("session"):
+            # The host recycles this container (a session's is never reset
+            # for anyone else); another run would be refused above, or
+            # answered session_gone.
+            continue
         spare, failure = reset(spare, zygote, baseline)
         if failure:
             # The host recycles this container; nothing here can be trusted now.

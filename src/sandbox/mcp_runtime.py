@@ -68,21 +68,57 @@ class _Channel:
         return future
 
     def _read(self):
-        buffer = b""
-        while True:
-            chunk = os.read(self._in, 1 << 20)
-            if not chunk:
-                error = MCPError("the connection to the MCP proxy closed")
-                for future in self._pending.values():
-                    future.set_exception(error)
-                return
-            buffer += chunk
-            *lines, buffer = buffer.split(b"\n")
+        """Resolves each answer's future, for the process's life. A line that
+        is not an answer is skipped; if reading itself fails, the calls in
+        flight fail and the next call starts a new reader (a reader that
+        died would leave every later call waiting forever)."""
+        try:
+            self._read_answers()
+        except BaseException as exc:  # the calls in flight must hear of it
+            self._fail_all(MCPError(f"the connection to the MCP proxy broke: {type(exc).__name__}: {exc}"))
+            return
+        self._fail_all(MCPError("the connection to the MCP proxy closed"))
+
+    def _read_answers(self):
+        buffer = bytearray()
+        while chunk := os.read(self._in, 1 << 20):
+            end = chunk.rfind(b"\n")  # only the new chunk is searched
+            if end < 0:
+                buffer += chunk
+                continue
+            lines = (bytes(buffer) + chunk[:end]).split(b"\n")
+            buffer = bytearray(chunk[end + 1 :])
             for line in lines:
-                answer = json.loads(line)
-                future = self._pending.pop(answer.get("id"), None)
-                if future is not None:
-                    future.set_result(answer)
+                self._resolve(line)
+
+    def _resolve(self, line):
+        try:
+            answer = json.loads(line)
+        except (ValueError, RecursionError):
+            return  # not an answer (e.g. the rest of one whose start was lost)
+        ident = answer.get("id") if isinstance(answer, dict) else None
+        if not isinstance(ident, int):
+            return
+        with self._lock:
+            future = self._pending.pop(ident, None)
+        if future is not None:
+            _settle(future, future.set_result, answer)
+
+    def _fail_all(self, error):
+        with self._lock:
+            pending, self._pending = self._pending, {}
+            self._reader = None
+        for future in pending.values():
+            _settle(future, future.set_exception, error)
+
+
+def _settle(future, settle, value):
+    """`settle(value)`, unless the future was cancelled meanwhile (an asyncio
+    timeout around the call cancels it from another thread)."""
+    try:
+        settle(value)
+    except concurrent.futures.InvalidStateError:
+        pass
 
 
 def _unwrap(server, tool, answer, wraps_result=False):

@@ -41,16 +41,70 @@ def test_output_keeps_the_head_and_counts_the_rest(agent, monkeypatch):
 
 
 def test_calls_are_lines_and_oversized_ones_are_refused(agent, monkeypatch):
-    monkeypatch.setattr(agent, "MAX_CALL_BYTES", 10)
+    monkeypatch.setattr(agent, "MAX_CALL_BYTES", 16)
     lines = []
     relay = agent.CallRelay(-1, lines.append)
     relay.forward_calls(b'{"id":1}\n{"id"')
     relay.forward_calls(b":2}\n")
     assert lines == [b'{"id":1}', b'{"id":2}']
-    with pytest.raises(ValueError):
-        relay.forward_calls(b"x" * 11)
-    with pytest.raises(ValueError):
-        agent.CallRelay(-1, lines.append).forward_calls(b"y" * 11 + b"\n")
+    # Over the bound: dropped as it comes (nothing kept), answered with its id.
+    relay.forward_calls(b'{"id":7,"x":"' + b"x" * 20)
+    assert not relay.partial
+    relay.forward_calls(b"y" * 100)
+    relay.forward_calls(b'"}\n{"id":3}\n' + b"z" * 17 + b"\n")
+    assert lines == [b'{"id":1}', b'{"id":2}', b'{"id":3}'], "the run's calls go on"
+    answers = [json.loads(line) for line in relay.pending.splitlines()]
+    assert [a["id"] for a in answers] == [7, None], "the id when the line's head has one"
+    assert not any(a["ok"] for a in answers)
+    assert "over 0 MiB, the most a call may carry: refused" in answers[0]["error"]
+
+
+def test_an_answer_cut_by_the_calls_end_is_carried_to_the_next_call(agent):
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    relay = agent.CallRelay(w, None)
+    assert relay.cut_answer() == b"", "nothing written yet"
+    big = b'{"id":1,"x":"' + b"x" * (1 << 20) + b'"}'
+    relay.queue_answer(big)
+    relay.queue_answer(b'{"id":2}')
+    relay.write_answers()  # as much as the pipe takes
+    head = os.read(r, 1 << 21)
+    assert 0 < len(head) < len(big)
+    rest = relay.cut_answer()
+    assert head + rest == big + b"\n", "the rest of the cut answer, not the next one"
+    following = agent.CallRelay(w, None, cut=rest)
+    following.queue_answer(b'{"id":3}')
+    received = head
+    while following.pending:
+        following.write_answers()
+        received += os.read(r, 1 << 21)
+    assert received.split(b"\n") == [big, b'{"id":3}', b""]
+    assert following.cut_answer() == b""
+    os.close(r)
+    os.close(w)
+
+
+def test_leftovers_are_drained_to_the_last_byte(agent, tmp_path, monkeypatch):
+    monkeypatch.setattr(agent, "IMAGE_DIR", str(tmp_path))
+    fds = [os.pipe() for _ in range(4)]
+    spare = agent.Spare.__new__(agent.Spare)
+    spare.out_r, spare.err_r, spare.call_r, spare.status_r = (r for r, _ in fds)
+    for r, w in fds:
+        os.set_blocking(r, False)
+        os.set_blocking(w, False)
+    fcntl = pytest.importorskip("fcntl")
+    fcntl.fcntl(fds[0][1], fcntl.F_SETPIPE_SZ, 1 << 20)  # as user code may make it
+    for _, w in fds:
+        try:
+            while True:
+                os.write(w, b"x" * 65536)
+        except BlockingIOError:
+            pass
+    spare.discard_leftovers()
+    for r, w in fds:
+        assert agent.read_some(r) is None, "the pipe is empty"
+        os.close(r)
+        os.close(w)
 
 
 def test_answers_are_written_as_the_child_reads_them(agent):
@@ -79,6 +133,7 @@ def test_answers_are_written_as_the_child_reads_them(agent):
         (b"[1, 2]", {}),
         (b'{"exit_code": 0', {}),
         (b"", {}),
+        (b"[" * 16000, {}),
     ],
 )
 def test_the_childs_status_is_untrusted(agent, raw, expected):
@@ -147,6 +202,59 @@ def test_wipe_empties_directories_the_user_locked(agent, tmp_path):
     agent.wipe_children(str(tmp_path))
     assert list(tmp_path.iterdir()) == []
     assert os.path.exists("/etc/passwd"), "symlinks are removed, not followed"
+
+
+def test_the_wipe_never_follows_a_link_swapped_in_for_a_directory(agent, tmp_path, monkeypatch):
+    root = tmp_path / "root"
+    (root / "a").mkdir(parents=True)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep").write_text("x")
+    victim.chmod(0o500)
+    real = os.scandir
+    swapped = []
+
+    class Listing(list):
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    def scandir(where):
+        with real(where) as scan:
+            entries = Listing(scan)
+        if not swapped:  # after the listing of root, before the walk into "a"
+            swapped.append(True)
+            (root / "a").rmdir()
+            (root / "a").symlink_to(victim)
+        return entries
+
+    monkeypatch.setattr(agent.os, "scandir", scandir)
+    agent.wipe_children(str(root))
+    assert list(root.iterdir()) == [], "the link is removed"
+    assert (victim / "keep").exists(), "not emptied through the link"
+    assert victim.stat().st_mode & 0o777 == 0o500, "nor unlocked through it"
+    victim.chmod(0o700)
+
+
+def test_shared_writable_mappings_are_found(agent, tmp_path):
+    maps = tmp_path / "maps"
+    maps.write_text(
+        "55d0-55d1 r-xp 00000000 08:01 42 /usr/bin/python3\n"
+        "7f00-7f01 rw-p 00000000 00:00 0 \n"
+        "7f10-7f11 rw-s 00000000 00:05 7 /SYSV00000000 (deleted)\n"
+        "7f20-7f21 r--s 00000000 08:01 9 /usr/share/x.cache\n"
+        "7f30-7f31 rw-s 00000000 00:01 3\n"
+    )
+    assert agent.shared_writable_mappings(str(maps)) == ["/SYSV00000000 (deleted)", "[anonymous]"]
+    script = (
+        f"import mmap, sys\nsys.path.insert(0, {str(pathlib.Path(agent.__file__).parent)!r})\n"
+        "import agent\nbefore = agent.shared_writable_mappings()\nshared = mmap.mmap(-1, 4096)\n"
+        "print(before, len(agent.shared_writable_mappings()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=30)
+    assert out.stdout == "[] 1\n", "a plain interpreter has none; an anonymous shared mmap is one"
 
 
 def test_integrity_is_stable_and_sees_a_nice_change(agent):

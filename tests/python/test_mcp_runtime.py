@@ -94,13 +94,39 @@ def test_calls_travel_as_lines_and_answers_match_by_id(mcp_runtime):
     os.close(call_w)
 
 
-def test_a_closed_channel_fails_calls_in_flight(mcp_runtime):
+@pytest.fixture
+def channel(mcp_runtime):
+    """A channel over pipes, and the agent's end of its answers."""
     call_r, call_w = os.pipe()
     answer_r, answer_w = os.pipe()
-    channel = mcp_runtime._Channel(call_w, answer_r, 1 << 20)
+    yield mcp_runtime._Channel(call_w, answer_r, 1 << 20), answer_w
+    for fd in (call_r, call_w, answer_r, answer_w):
+        try:
+            os.close(fd)
+        except OSError:
+            pass  # closed by the test
+
+
+def test_a_closed_channel_fails_calls_in_flight_and_later_ones(mcp_runtime, channel):
+    channel, answers = channel
     future = channel.request("time", "pid", {})
-    os.close(answer_w)
+    os.close(answers)
     with pytest.raises(mcp_runtime.MCPError, match="closed"):
         future.result(timeout=5)
-    os.close(call_r)
-    os.close(call_w)
+    with pytest.raises(mcp_runtime.MCPError, match="closed"):
+        channel.request("time", "pid", {}).result(timeout=5)
+
+
+def test_a_bad_line_or_a_cancelled_call_does_not_stop_the_answers(channel):
+    channel, answers = channel
+    cancelled = channel.request("time", "pid", {})
+    waiting = channel.request("time", "pid", {})
+    assert cancelled.cancel()
+    # The rest of an answer whose start was lost, garbage, JSON that is no
+    # answer, an answer to the cancelled call, then the awaited one.
+    os.write(answers, b'xx"}\n\xff\n[1]\n{"id": [1]}\n' + b"[" * 5000 + b"\n")
+    os.write(answers, b'{"id": 1, "ok": true}\n{"id": 2, "ok": true, "result": 5}\n')
+    assert waiting.result(timeout=5) == {"id": 2, "ok": True, "result": 5}
+    later = channel.request("time", "pid", {})
+    os.write(answers, b'{"id": 3, "ok": true}\n')
+    assert later.result(timeout=5)["id"] == 3

@@ -285,6 +285,31 @@ sys.exit(5)
 }
 
 engine_test! {
+    /// The status pipe takes anything user code writes: a message of 16000
+    /// nested brackets (within the status bound) is skipped like any status
+    /// without an exit code; it used to crash the agent (RecursionError).
+    fn a_deeply_nested_status_is_skipped() {
+        let code = r#"
+import os, struct
+message = struct.pack('>I', 16000) + b'[' * 16000
+for fd in range(3, 256):
+    try:
+        os.write(fd, message)
+    except OSError:
+        pass
+print('still here')
+"#;
+        let report = SERVICE.run(code);
+        assert_eq!(
+            (report.status, report.stdout.as_str()),
+            (RunStatus::Success, "still here\n"),
+            "{report:#?}"
+        );
+        assert_next_call_works(SERVICE.get());
+    }
+}
+
+engine_test! {
     fn stdin_is_empty() {
         let report = SERVICE.run("import sys\nprint(repr(sys.stdin.read()))\ninput()");
         assert_eq!(report.status, RunStatus::Error);

@@ -30,12 +30,23 @@ builtins.LEAK = 1
 json.LEAK = 1
 os.environ['LEAK'] = '1'
 subprocess.Popen(['sleep', '1000'], start_new_session=True)
-if os.fork() == 0:          # a double-forked daemon that prints late
+if os.fork() == 0:          # a double-forked daemon that writes late
     os.setsid()
     if os.fork() == 0:
-        time.sleep(0.4)
-        print('LATE OUTPUT', flush=True)
-        open('/tmp/late', 'w').write('x')
+        # Into the stdout of every process it can open, the next run's
+        # spare included, for as long as it lives.
+        end = time.monotonic() + 1.5
+        while time.monotonic() < end:
+            open('/tmp/late', 'w').write('x')
+            for pid in os.listdir('/proc'):
+                if pid.isdigit() and int(pid) != os.getpid():
+                    try:
+                        fd = os.open(f'/proc/{pid}/fd/1', os.O_WRONLY | os.O_NONBLOCK)
+                        os.write(fd, b'LATE OUTPUT\n')
+                        os.close(fd)
+                    except OSError:
+                        pass
+            time.sleep(0.01)
         os._exit(0)
     os._exit(0)
 libc = ctypes.CDLL(None, use_errno=True)
@@ -46,12 +57,19 @@ librt = ctypes.CDLL('librt.so.1', use_errno=True)
 assert librt.mq_open(b'/leak', os.O_CREAT | os.O_RDWR, 0o600, None) >= 0, 'mq_open failed'
 # gVisor has POSIX queues but no /dev/mqueue to list them in.
 assert not os.path.isdir('/dev/mqueue') or os.listdir('/dev/mqueue') == ['leak']
+# The next spare warms up while the agent wipes: a slow wipe of /tmp, and
+# the script's file a link to the next spare's own stdout.
+for i in range(20_000):
+    open(f'/tmp/slow{i}', 'w').close()
+os.unlink('/run/code/main.py')
+os.symlink('/proc/self/fd/1', '/run/code/main.py')
 "#;
         let planted = run_on(&service, plant, Some(10.0));
         assert_eq!(planted.status, RunStatus::Success, "{planted:#?}");
         let container = containers_of(&service);
         assert_eq!(container.len(), 1, "{container:?}");
-        std::thread::sleep(Duration::from_millis(800));
+        // Time for a daemon that survived the reset to write (it lives 1.5 s).
+        std::thread::sleep(Duration::from_millis(500));
 
         let look = r#"
 import builtins, ctypes, json, os
@@ -72,26 +90,45 @@ print(json.dumps({
     'ipc': ipc,
 }, sort_keys=True))
 "#;
-        let seen = run_on(&service, look, Some(10.0));
-        assert_eq!(seen.status, RunStatus::Success, "{seen:#?}");
-        if under_test().gvisor() {
-            // A container serves one run there (its IPC objects cannot be
-            // listed to remove): the planted one goes (a reused one would
-            // stay idle in the pool, and this would time out).
-            wait_until("the planted run's container to go", Duration::from_secs(20), || {
-                !containers_of(&service).contains(&container[0])
-            });
-        } else {
-            assert_eq!(containers_of(&service), container, "both runs used the same container");
-        }
-        let state = seen.stdout.trim_end();
         // gVisor has no /dev/mqueue (None); the queue itself must still be gone.
         let mqueue = if under_test().gvisor() { "null" } else { "[]" };
-        assert_eq!(
-            state,
-            format!(r#"{{"files": [[], [], [], {mqueue}, ["main.py"]], "ipc": {{"mq": 0, "msg": 0, "sem": 0, "shm": 0}}, "leaks": [false, false, false], "processes": []}}"#)
+        let clean = format!(
+            r#"{{"files": [[], [], [], {mqueue}, ["main.py"]], "ipc": {{"mq": 0, "msg": 0, "sem": 0, "shm": 0}}, "leaks": [false, false, false], "processes": []}}"#
         );
-        assert!(!seen.stdout.contains("LATE"));
+        let mut container = container;
+        let mut look_after = |what: &str| {
+            let seen = run_on(&service, look, Some(10.0));
+            assert_eq!(seen.status, RunStatus::Success, "{what}: {seen:#?}");
+            if under_test().gvisor() {
+                // A container serves one run there (its IPC objects cannot be
+                // listed to remove): the planted one goes (a reused one would
+                // stay idle in the pool, and this would time out).
+                wait_until("the planted run's container to go", Duration::from_secs(20), || {
+                    !containers_of(&service).contains(&container[0])
+                });
+                container = containers_of(&service);
+            } else {
+                assert_eq!(containers_of(&service), container, "{what}: both runs used the same container");
+            }
+            // Nothing before the state: the late daemon's lines or the
+            // warm-up's source would be there.
+            assert_eq!(seen.stdout.trim_end(), clean, "{what}");
+        };
+        look_after("after the plant, the late daemon and the link to the next spare's stdout");
+
+        // The link to a module of /workspace, which the next spare would
+        // write after the agent emptied /workspace, while it is slow on
+        // /run/code (tmpfs lists the newest first: the link comes last).
+        let link = r#"
+import os
+os.unlink('/run/code/main.py')
+os.symlink('/workspace/planted.py', '/run/code/main.py')
+for i in range(20_000):
+    open(f'/run/code/slow{i}', 'w').close()
+"#;
+        let linked = run_on(&service, link, Some(10.0));
+        assert_eq!(linked.status, RunStatus::Success, "{linked:#?}");
+        look_after("after the link to a module of /workspace");
     }
 }
 
@@ -174,10 +211,15 @@ except OSError as e:
 print(sorted(i for _, i in socket.if_nameindex()))
 print(open('/proc/self/status').read().split('CapEff:')[1].split()[0])
 # The kernel keyring is shared by every sandbox's uid: the engine's seccomp
-# profile must refuse it (add_key, keyctl on x86_64).
-import ctypes
+# profile must refuse it (add_key; keyctl's KEYCTL_GET_KEYRING_ID, which
+# would succeed if it ran), and refuse it, not fail on its arguments.
+import ctypes, errno, platform
 libc = ctypes.CDLL(None, use_errno=True)
-print('keyring:', [libc.syscall(nr, *args) for nr, args in ((248, (b'user', b'leak', b'x', 1, -4)), (250, (0, -4, 0, 0, 0)))])
+add_key, keyctl = {'x86_64': (248, 250), 'aarch64': (217, 219)}[platform.machine()]
+def call(nr, *args):
+    ctypes.set_errno(0)
+    return f'{libc.syscall(nr, *args)}:{errno.errorcode.get(ctypes.get_errno())}'
+print('keyring:', call(add_key, b'user', b'leak', b'x', 1, -4), call(keyctl, 0, -4, 0, 0, 0))
 "#;
         let report = SERVICE.run(code);
         // gVisor checks the permission before the mount: a file uid 65534
@@ -187,10 +229,25 @@ print('keyring:', [libc.syscall(nr, *args) for nr, args in ((248, (b'user', b'le
         } else {
             "Read-only file system"
         };
+        let (head, keyring) = report.stdout.split_once("keyring: ").expect("the keyring line");
         assert_eq!(
-            report.stdout,
-            format!("65534 65534 /workspace /workspace\nroot mount: ['ro']\nroot fs: {refused}\nnetwork: unreachable\n['lo']\n0000000000000000\nkeyring: [-1, -1]\n"),
+            head,
+            format!("65534 65534 /workspace /workspace\nroot mount: ['ro']\nroot fs: {refused}\nnetwork: unreachable\n['lo']\n0000000000000000\n"),
             "{report:#?}"
+        );
+        // Docker's profile refuses with EPERM. Podman's copy keeps Podman's
+        // default refusal (its errno, ENOSYS in containers-common), and
+        // gVisor answers the calls itself: there any refusal passes, never
+        // an error about the arguments (EINVAL, …), which would mean it ran.
+        let refusals: &[&str] = if under_test().podman || under_test().gvisor() {
+            &["-1:EPERM", "-1:EACCES", "-1:ENOSYS"]
+        } else {
+            &["-1:EPERM"]
+        };
+        let calls: Vec<&str> = keyring.split_whitespace().collect();
+        assert!(
+            calls.len() == 2 && calls.iter().all(|call| refusals.contains(call)),
+            "keyring: {keyring}"
         );
     }
 }

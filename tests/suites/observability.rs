@@ -204,7 +204,8 @@ engine_test! {
         let after = metrics();
         let delta = |series: &str| sample(&after, series) - sample(&before, series);
         for (series, expected) in [
-            ("mcp_code_exec_runs_total{status=\"success\"}", 5.0),
+            // The end-session call ran no code: not a run.
+            ("mcp_code_exec_runs_total{status=\"success\"}", 4.0),
             ("mcp_code_exec_runs_total{status=\"error\"}", 1.0),
             ("mcp_code_exec_runs_total{status=\"timeout\"}", 1.0),
             ("mcp_code_exec_runs_total{status=\"oom\"}", 1.0),

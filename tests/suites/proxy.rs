@@ -315,7 +315,43 @@ print(len(results) - len(errors), len(errors), "more than 64 MCP calls in flight
     }
 }
 
+/// Python for a run that talks to its call pipe by hand, as hostile code
+/// can, past the `mcp` package's own checks: `ask(line)` writes one call
+/// line and returns the answer line to it, parsed.
+const BY_HAND: &str = r#"
+import json, os
+channel = runtime._channel
+def ask(line):
+    view = memoryview(line)
+    while view:
+        view = view[os.write(channel._out, view):]
+    answer = b""
+    while not answer.endswith(b"\n"):
+        answer += os.read(channel._in, 1 << 16)
+    return json.loads(answer)
+"#;
+
 engine_test! {
+    /// The host enforces the run's servers itself: a call written by hand
+    /// to a server the run did not ask for gets the host's refusal (the
+    /// `mcp` package's own check is not in the way).
+    fn the_host_refuses_a_server_the_run_did_not_ask_for() {
+        let code = format!(
+            "{BY_HAND}print(ask(b'{{\"id\":900001,\"server\":\"other\",\"tool\":\"x\",\"arguments\":{{}}}}\\n'))"
+        );
+        assert_eq!(
+            run_ok(&code, &["fixture"]),
+            "{'id': 900001, 'ok': False, 'error': 'server \"other\" is not available in this run; \
+             pass it in run_python(servers=[...])'}\n"
+        );
+    }
+}
+
+engine_test! {
+    /// A call over 16 MiB is refused with a clear error and the run goes
+    /// on: by the `mcp` package, and, written by hand past it, by the agent
+    /// (which answers it by its id and drops it as it comes; the host never
+    /// sees it).
     fn an_oversized_call_is_a_clear_error_and_the_run_goes_on() {
         let code = r#"
 try:
@@ -325,6 +361,16 @@ except MCPError as e:
 print((await mcp_fixture.structured(name="small"))["greeting"])
 "#;
         assert_eq!(run_ok(code, &["fixture"]), "refused: True\nhello small\n");
+        let by_hand = format!(
+            "{BY_HAND}line = b'{{\"id\":900002,\"server\":\"fixture\",\"tool\":\"structured\",\"arguments\":{{\"name\":\"' + b'x' * (17 << 20) + b'\"}}}}\\n'\n\
+             answer = ask(line)\n\
+             print(answer['id'], answer['ok'], answer['error'])\n\
+             print((await mcp_fixture.structured(name='small'))['greeting'])"
+        );
+        assert_eq!(
+            run_ok(&by_hand, &["fixture"]),
+            "900002 False the call is over 16 MiB, the most a call may carry: refused\nhello small\n"
+        );
     }
 }
 
