@@ -113,3 +113,21 @@ fn root_ids_and_unknown_log_levels_stop_at_launch() {
         }
     }
 }
+
+engine_test! {
+    /// `MCP_BRIDGE_PRELOAD` takes module names as written: `PIL.Image` is
+    /// preloaded, not `pil.image` (which does not exist).
+    fn preloaded_module_names_keep_their_case() {
+        let output = mcp_code_exec(
+            &["run"],
+            "import sys\nprint('PIL.Image' in sys.modules, 'pandas' in sys.modules)",
+            &[
+                ("MCP_BRIDGE_PRELOAD", "numpy,PIL.Image"),
+                ("MCP_BRIDGE_LOG_LEVEL", "warn"),
+            ],
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(String::from_utf8_lossy(&output.stdout), "True False\n", "{stderr}");
+        assert!(!stderr.contains("MCP_BRIDGE_PRELOAD"), "no preload is missing: {stderr}");
+    }
+}
