@@ -20,6 +20,20 @@ pub enum EngineKind {
     Podman,
 }
 
+/// Which MCP server files of the working directory are read. That folder is
+/// the project the client opened, which may be a hostile repository, and a
+/// server's command runs on the host, outside any sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProjectServers {
+    /// None.
+    Off,
+    /// The servers of `./.mcp.json` that the user approved for this folder in
+    /// Claude Code (recorded in `~/.claude.json`, which no repository writes).
+    Approved,
+    /// Every project file (`./.mcp.json`, `./mcp-servers/*.json`, …).
+    All,
+}
+
 /// How the text content of a `run_python` result is rendered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputMode {
@@ -81,6 +95,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// The metrics and health side port; `None` when `off`.
     pub metrics_addr: Option<SocketAddr>,
+    /// `MCP_BRIDGE_PROJECT_SERVERS`.
+    pub project_servers: ProjectServers,
 }
 
 /// How logs (stderr) are written.
@@ -128,6 +144,7 @@ impl Default for Config {
             log_filter: log_filter("info").expect("info is a level"),
             log_format: LogFormat::Text,
             metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            project_servers: ProjectServers::Approved,
         }
     }
 }
@@ -176,6 +193,7 @@ impl Config {
         config.read_output(&vars)?;
         config.read_results(&vars)?;
         config.read_logging(&vars)?;
+        config.read_servers(&vars)?;
         config.check()
     }
 
@@ -368,6 +386,18 @@ impl Config {
         })?;
         let addr = self.metrics_addr;
         self.metrics_addr = vars.parse("MCP_BRIDGE_METRICS_ADDR", addr, parse_metrics_addr)?;
+        Ok(())
+    }
+
+    /// Where the user's MCP servers may come from.
+    fn read_servers(&mut self, vars: &Vars<'_, impl Lookup>) -> Result<(), ConfigError> {
+        let project = self.project_servers;
+        self.project_servers = vars.choice("MCP_BRIDGE_PROJECT_SERVERS", project, |v| match v {
+            "off" | "0" => Ok(ProjectServers::Off),
+            "approved" => Ok(ProjectServers::Approved),
+            "all" | "1" => Ok(ProjectServers::All),
+            _ => Err("one of off (0), approved, all (1)".into()),
+        })?;
         Ok(())
     }
 
@@ -786,6 +816,7 @@ mod tests {
             ("MCP_BRIDGE_LOG_LEVEL", directives),
             ("MCP_BRIDGE_RUNTIME", "Docker"),
             ("MCP_BRIDGE_LOG_FORMAT", "JSON"),
+            ("MCP_BRIDGE_PROJECT_SERVERS", "All"),
             ("MCP_BRIDGE_TIMEOUT", "45S"),
             ("MCP_BRIDGE_MEMORY", "1G"),
             ("MCP_BRIDGE_METRICS_ADDR", "OFF"),
@@ -796,16 +827,39 @@ mod tests {
         assert_eq!(c.log_filter, directives);
         assert_eq!(c.engine, EngineKind::Docker);
         assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.project_servers, ProjectServers::All);
         assert_eq!(c.default_timeout, Duration::from_secs(45));
         assert_eq!(c.memory_bytes, 1 << 30);
         assert_eq!(c.metrics_addr, None);
         let words = config(&[
             ("MCP_BRIDGE_PRELOAD", "None"),
             ("MCP_BRIDGE_LOG_LEVEL", "Trace"),
+            ("MCP_BRIDGE_PROJECT_SERVERS", "OFF"),
         ])
         .unwrap();
         assert!(words.preload.is_empty());
         assert_eq!(words.log_filter, "warn,mcp_code_exec=trace");
+        assert_eq!(words.project_servers, ProjectServers::Off);
+    }
+
+    #[test]
+    fn project_servers_are_approved_ones_unless_told() {
+        let project = |value: &str| {
+            config(&[("MCP_BRIDGE_PROJECT_SERVERS", value)]).map(|c| c.project_servers)
+        };
+        assert_eq!(
+            config(&[]).unwrap().project_servers,
+            ProjectServers::Approved
+        );
+        assert_eq!(project("0"), Ok(ProjectServers::Off));
+        assert_eq!(project("approved"), Ok(ProjectServers::Approved));
+        assert_eq!(project("1"), Ok(ProjectServers::All));
+        let error = project("yes").unwrap_err();
+        assert_eq!(error.name, "MCP_BRIDGE_PROJECT_SERVERS");
+        assert!(
+            error.expected.contains("off (0), approved, all (1)"),
+            "{error}"
+        );
     }
 
     #[test]

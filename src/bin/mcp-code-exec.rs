@@ -15,11 +15,11 @@ use rmcp::ServiceExt;
 use tracing_subscriber::EnvFilter;
 
 use mcp_code_exec::call::{CallRequest, call};
-use mcp_code_exec::config::{Config, LogFormat, parse_metrics_addr};
+use mcp_code_exec::config::{Config, LogFormat, ProjectServers, parse_metrics_addr};
 use mcp_code_exec::engine::{Engine, SeccompProfile};
 use mcp_code_exec::frontend::CodeExecServer;
 use mcp_code_exec::proxy::Proxy;
-use mcp_code_exec::proxy::discovery::SearchRoots;
+use mcp_code_exec::proxy::discovery::{self, SearchRoots};
 use mcp_code_exec::report::RunStatus;
 use mcp_code_exec::service::Service;
 use mcp_code_exec::side_port;
@@ -111,7 +111,9 @@ fn init_logging(filter: &str, format: LogFormat) {
 async fn serve(config: Config) -> ExitCode {
     let output_mode = config.output_mode;
     let metrics_addr = config.metrics_addr;
-    let proxy = Arc::new(Proxy::discover(&SearchRoots::from_environment()));
+    let proxy = Arc::new(Proxy::discover(&SearchRoots::from_environment(
+        config.project_servers,
+    )));
     let service = Arc::new(Service::with_proxy(config, proxy));
     // Warm up in the background: the MCP handshake never waits for it.
     let warm = service.clone();
@@ -184,7 +186,9 @@ async fn run_once(
     // One run needs one sandbox, not a warm spare.
     config.pool_min_idle = 0;
     let output_mode = config.output_mode;
-    let proxy = Arc::new(Proxy::discover(&SearchRoots::from_environment()));
+    let proxy = Arc::new(Proxy::discover(&SearchRoots::from_environment(
+        config.project_servers,
+    )));
     let service = Service::with_proxy(config, proxy);
     let request = CallRequest {
         code,
@@ -231,6 +235,7 @@ fn read_code(file: Option<PathBuf>) -> Result<String, String> {
 /// Each check prints one line; the first failure says how to fix it.
 async fn doctor(mut config: Config) -> ExitCode {
     println!("mcp-code-exec {} doctor", env!("CARGO_PKG_VERSION"));
+    print_servers(config.project_servers);
     let engine = match Engine::connect(config.engine).await {
         Ok(engine) => engine,
         Err(error) => return fail("container engine", error),
@@ -309,6 +314,32 @@ async fn doctor(mut config: Config) -> ExitCode {
     );
     println!("all checks passed");
     ExitCode::SUCCESS
+}
+
+/// A line per MCP server and the file it comes from (its command runs on
+/// the host), then a line per file or server that was skipped, and why.
+fn print_servers(project: ProjectServers) {
+    let (servers, warnings) = discovery::discover(&SearchRoots::from_environment(project));
+    if servers.is_empty() {
+        println!(
+            "ok    MCP servers: none configured (README, \"MCP servers\", says where they are read from)"
+        );
+    }
+    for server in &servers {
+        println!(
+            "ok    MCP server {:?} (mcp_{}): {}",
+            server.name,
+            server.alias,
+            server.source.display()
+        );
+    }
+    for warning in &warnings {
+        println!(
+            "warn  MCP servers: {}: {}",
+            warning.file.display(),
+            warning.reason
+        );
+    }
 }
 
 fn fail(step: &str, error: impl std::fmt::Display) -> ExitCode {
