@@ -23,6 +23,8 @@ mod fidelity;
 mod host_memory;
 #[path = "suites/isolation.rs"]
 mod isolation;
+#[path = "suites/lifecycle.rs"]
+mod lifecycle;
 #[path = "suites/observability.rs"]
 mod observability;
 #[path = "suites/pool.rs"]

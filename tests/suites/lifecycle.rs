@@ -1,0 +1,91 @@
+//! The serving binary on a host it shares: the orphan sweep of one instance
+//! and the live containers of another.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::util::server::{BINARY, empty_home, run_binary};
+use crate::util::{block_on, docker, test_config, wait_until};
+use mcp_code_exec::engine::Engine;
+
+/// Every container this program made, any instance's: (id, owner label).
+fn managed_containers() -> Vec<(String, String)> {
+    let listed = docker(&[
+        "ps",
+        "-a",
+        "--no-trunc",
+        "--filter",
+        "label=mcp-code-exec.managed=true",
+        "--format",
+        "{{.ID}} {{.Label \"mcp-code-exec.owner\"}}",
+    ]);
+    listed
+        .lines()
+        .filter_map(|line| line.split_once(' '))
+        .map(|(id, owner)| (id.to_owned(), owner.to_owned()))
+        .collect()
+}
+
+/// The pid an owner label names (`…/pid/start/instance`).
+fn labelled_pid(owner: &str) -> Option<&str> {
+    owner.rsplit('/').nth(2)
+}
+
+engine_test! {
+    /// Two instances with the same hostname, one in a pid namespace of its
+    /// own (a dev container with `--network host`, a fixed `--hostname`):
+    /// the other's orphan sweep at launch leaves the first one's containers
+    /// alone, while it still removes a leftover of its own place whose
+    /// process is gone. Needs root (`unshare --pid`), as CI has.
+    fn the_orphan_sweep_leaves_a_live_instance_in_another_pid_namespace_alone() {
+        let mut inner = Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc", BINARY, "serve"])
+            .env("HOME", empty_home())
+            .current_dir(empty_home())
+            .env("MCP_BRIDGE_METRICS_ADDR", "off")
+            .env("MCP_BRIDGE_POOL_MIN_IDLE", "1")
+            .env("MCP_BRIDGE_PRELOAD", "none")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("unshare (util-linux) runs");
+        // The first process of a new pid namespace is pid 1 there.
+        let inner_container = || {
+            managed_containers()
+                .into_iter()
+                .find(|(_, owner)| labelled_pid(owner) == Some("1"))
+        };
+        wait_until("the inner instance's sandbox", Duration::from_secs(60), || {
+            inner_container().is_some()
+        });
+        let (inner_id, inner_owner) = inner_container().unwrap();
+
+        // A leftover of this place (as an instance started here labels it)
+        // whose process is gone: the sweep removes it, which says it ran.
+        let (image, probe) = block_on(async {
+            let engine = Engine::connect(test_config().engine).await.unwrap();
+            let image = engine.resolve_image("mcp-code-exec-sandbox:trixie").await.unwrap();
+            (image, engine.owner_label())
+        });
+        let place = probe.rsplitn(4, '/').last().unwrap();
+        let dead = docker(&[
+            "run", "-d", "--network", "none",
+            "--label", "mcp-code-exec.managed=true",
+            "--label", &format!("mcp-code-exec.owner={place}/4000000/1/0"),
+            &image, "sleep", "300",
+        ]);
+        assert!(!dead.is_empty(), "could not start a fake leftover container");
+        let outer = run_binary(&["run"], "print(1)", &[("MCP_BRIDGE_PRELOAD", "none")]);
+        assert_eq!(String::from_utf8_lossy(&outer.stdout), "1\n");
+        wait_until("the dead instance's leftover is removed", Duration::from_secs(15), || {
+            docker(&["ps", "-aq", "--filter", &format!("id={dead}")]).is_empty()
+        });
+        let survivors = managed_containers();
+        drop(inner.stdin.take());
+        let _ = inner.wait();
+        assert!(
+            survivors.iter().any(|(id, _)| *id == inner_id),
+            "the live inner instance ({inner_owner}) kept its sandbox {inner_id}: {survivors:?}"
+        );
+    }
+}
