@@ -1,13 +1,17 @@
 //! The `mcp-code-exec` binary: a thin command line over the library.
 //!
 //! `serve` (the default) speaks MCP on stdin/stdout, so in that mode nothing
-//! but protocol may reach stdout: logs go to stderr. `run` and `doctor` are
-//! for people and scripts, and print their results on stdout.
+//! but protocol may reach stdout: logs go to stderr, through a queue of
+//! their own ([`LogQueue`]) so that a client that stops reading stderr stalls
+//! nothing. `run` and `doctor` are for people and scripts, and print their
+//! results on stdout.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
@@ -75,7 +79,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(&config.log_filter, config.log_format);
+    let logs = init_logging(&config.log_filter, config.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -93,18 +97,130 @@ fn main() -> ExitCode {
     });
     // Don't wait for the blocking stdin reader: after a signal, stdin may never close.
     runtime.shutdown_background();
+    logs.flush(LOG_FLUSH_TIMEOUT);
     exit
 }
 
-/// Logs to stderr only, with the filter the configuration checked.
-fn init_logging(filter: &str, format: LogFormat) {
+/// Log lines waiting for stderr, at most: past this, lines are dropped.
+const LOG_QUEUE_BYTES: usize = 4 << 20;
+/// How long the exit waits for the queued log lines to reach stderr.
+const LOG_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Logs to stderr only, with the filter the configuration checked, through
+/// a [`LogQueue`].
+fn init_logging(filter: &str, format: LogFormat) -> Arc<LogQueue> {
+    let queue = LogQueue::start(std::io::stderr(), LOG_QUEUE_BYTES);
+    let writer = {
+        let queue = queue.clone();
+        move || LogLine(queue.clone())
+    };
     let logs = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(false);
     match format {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().with_current_span(true).init(),
+    }
+    queue
+}
+
+/// Log lines on their way to a sink (stderr), written by a thread of their
+/// own: logging never waits for the sink, so a client that stops reading
+/// our stderr (its pipe fills at 64 KiB) stalls no tokio worker. Bounded by
+/// bytes: a line that would take the queue past its bound is dropped and
+/// counted, and the writer says how many were dropped before the next line
+/// it writes. (tracing-appender's writer does the same, but its guard
+/// prints to stdout, the MCP channel, when its queue stays full at exit.)
+struct LogQueue {
+    sender: mpsc::Sender<Vec<u8>>,
+    bound: usize,
+    /// Bytes queued and not yet written.
+    queued: AtomicUsize,
+    /// Lines queued (ticks included) and not yet written.
+    pending: AtomicUsize,
+    /// Lines dropped since the writer last said so.
+    dropped: AtomicU64,
+}
+
+impl LogQueue {
+    fn start(mut sink: impl Write + Send + 'static, bound: usize) -> Arc<Self> {
+        let (sender, lines) = mpsc::channel::<Vec<u8>>();
+        let queue = Arc::new(Self {
+            sender,
+            bound,
+            queued: AtomicUsize::new(0),
+            pending: AtomicUsize::new(0),
+            dropped: AtomicU64::new(0),
+        });
+        let writer = queue.clone();
+        std::thread::Builder::new()
+            .name("log-writer".into())
+            .spawn(move || {
+                for line in lines {
+                    let dropped = writer.dropped.swap(0, Ordering::Relaxed);
+                    if dropped > 0 {
+                        let _ = writeln!(
+                            sink,
+                            "mcp-code-exec: {dropped} log lines dropped: stderr was not read \
+                             fast enough (at most {} KiB wait for it)",
+                            writer.bound >> 10
+                        );
+                    }
+                    let _ = sink.write_all(&line);
+                    writer.queued.fetch_sub(line.len(), Ordering::Relaxed);
+                    writer.pending.fetch_sub(1, Ordering::Release);
+                }
+            })
+            .expect("the log writer thread starts");
+        queue
+    }
+
+    /// Queues `line` if it fits within the bound; never waits.
+    fn push(&self, line: &[u8]) {
+        let fits = self
+            .queued
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |queued| {
+                Some(queued + line.len()).filter(|&total| total <= self.bound)
+            })
+            .is_ok();
+        if !fits {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.pending.fetch_add(1, Ordering::Relaxed);
+        if self.sender.send(line.to_vec()).is_err() {
+            self.pending.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Waits, at most `timeout`, until every queued line (and the count of
+    /// dropped ones) is written. False if the sink did not take them.
+    fn flush(&self, timeout: Duration) -> bool {
+        // An empty line: the writer then says what it dropped.
+        self.push(b"");
+        let deadline = Instant::now() + timeout;
+        while self.pending.load(Ordering::Acquire) > 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+}
+
+/// One log event's bytes, handed to the queue whole.
+struct LogLine(Arc<LogQueue>);
+
+impl Write for LogLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.push(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -345,4 +461,75 @@ fn print_servers(project: ProjectServers) {
 fn fail(step: &str, error: impl std::fmt::Display) -> ExitCode {
     println!("FAIL  {step}: {error}");
     ExitCode::FAILURE
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Condvar, Mutex};
+
+    use super::*;
+
+    /// A sink that takes nothing until it is opened (a pipe nobody reads),
+    /// then keeps what it is given.
+    #[derive(Clone, Default)]
+    struct Gate {
+        open: Arc<(Mutex<bool>, Condvar)>,
+        taken: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl Gate {
+        fn open(&self) {
+            *self.open.0.lock().unwrap() = true;
+            self.open.1.notify_all();
+        }
+    }
+
+    impl Write for Gate {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let (open, opened) = &*self.open;
+            let _open = opened
+                .wait_while(open.lock().unwrap(), |open| !*open)
+                .unwrap();
+            self.taken.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn logging_never_waits_for_a_sink_that_takes_nothing() {
+        let gate = Gate::default();
+        let queue = LogQueue::start(gate.clone(), 64 << 10);
+        // Ten lines of 16 KiB into a 64 KiB queue whose sink is stuck: four
+        // are kept (the one being written counts until it is written), six
+        // dropped, and no push waits.
+        let line = |i: usize| format!("{i}{}\n", "-".repeat((16 << 10) - 2));
+        for i in 0..10 {
+            queue.push(line(i).as_bytes());
+        }
+        assert!(
+            !queue.flush(Duration::from_millis(50)),
+            "the sink took nothing"
+        );
+        gate.open();
+        assert!(queue.flush(Duration::from_secs(10)));
+        let taken = String::from_utf8(gate.taken.lock().unwrap().clone()).unwrap();
+        let note = "mcp-code-exec: 6 log lines dropped: stderr was not read fast enough \
+                    (at most 64 KiB wait for it)\n";
+        // The note comes before the first line written after the drops.
+        assert_eq!(taken.matches(note).count(), 1, "{taken:.200}");
+        assert_eq!(
+            taken.replace(note, ""),
+            (0..4).map(line).collect::<String>()
+        );
+        queue.push(b"after\n");
+        assert!(queue.flush(Duration::from_secs(10)));
+        assert!(
+            gate.taken.lock().unwrap().ends_with(b"-\nafter\n"),
+            "nothing dropped once the sink takes lines"
+        );
+    }
 }

@@ -1,10 +1,11 @@
-//! The serving binary on a host it shares: the orphan sweep of one instance
-//! and the live containers of another.
+//! The serving binary among its neighbours: a client that never reads its
+//! stderr, and the orphan sweep of one instance beside the live containers
+//! of another.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::util::server::{BINARY, empty_home, run_binary};
+use crate::util::server::{BINARY, Server, empty_home, run_binary};
 use crate::util::{block_on, docker, test_config, wait_until};
 use mcp_code_exec::engine::Engine;
 
@@ -87,5 +88,25 @@ engine_test! {
             survivors.iter().any(|(id, _)| *id == inner_id),
             "the live inner instance ({inner_owner}) kept its sandbox {inner_id}: {survivors:?}"
         );
+    }
+}
+
+engine_test! {
+    /// Logging never waits for stderr: with every crate logging at trace
+    /// into a pipe nobody reads (it fills at 64 KiB), calls keep being
+    /// answered. Before, the first worker to log into the full pipe blocked,
+    /// then every worker did, and the server answered nothing more.
+    fn a_client_that_never_reads_stderr_still_gets_answers() {
+        let mut server = Server::start(
+            &[("MCP_BRIDGE_LOG_LEVEL", "trace,mcp_code_exec=trace")],
+            Stdio::piped(),
+        );
+        // Held, never read: the pipe stays open and fills.
+        let _stderr = server.child.stderr.take();
+        let _watchdog = server.watchdog(Duration::from_secs(60));
+        for i in 0..60 {
+            let result = server.run_python(serde_json::json!({"code": format!("print({i})")}));
+            assert_eq!(result["stdout"], format!("{i}\n"), "call {i}: {result}");
+        }
     }
 }
