@@ -8,20 +8,26 @@
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use rmcp::ServiceExt;
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 use mcp_code_exec::call::{CallRequest, call};
 use mcp_code_exec::config::{Config, LogFormat, ProjectServers, parse_metrics_addr};
 use mcp_code_exec::engine::{Engine, SeccompProfile};
 use mcp_code_exec::frontend::CodeExecServer;
+use mcp_code_exec::frontend::transport::{MAX_MESSAGE_BYTES, StdioTransport};
+use mcp_code_exec::pool::SHUTDOWN_TIMEOUT;
 use mcp_code_exec::proxy::Proxy;
 use mcp_code_exec::proxy::discovery::{self, SearchRoots};
 use mcp_code_exec::report::RunStatus;
@@ -252,28 +258,79 @@ async fn serve(config: Config) -> ExitCode {
         }
     }
     let server = CodeExecServer::new(service.clone(), output_mode);
-    let exit = match server
-        .serve(mcp_code_exec::frontend::transport::stdio())
-        .await
-    {
-        Ok(service) => {
-            tokio::select! {
-                result = service.waiting() => {
-                    if let Err(error) = result {
-                        tracing::error!(%error, "MCP session ended with an error");
-                    }
-                }
-                signal = shutdown_signal() => tracing::info!(signal, "shutting down"),
-            }
-            ExitCode::SUCCESS
-        }
+    let stdin_closed = CancellationToken::new();
+    let stdin = WatchedStdin {
+        stdin: tokio::io::stdin(),
+        closed: stdin_closed.clone(),
+    };
+    let transport = StdioTransport::new(stdin, tokio::io::stdout(), MAX_MESSAGE_BYTES);
+    let running = match server.serve(transport).await {
+        Ok(running) => running,
         Err(error) => {
             tracing::error!(%error, "MCP initialization failed");
-            ExitCode::FAILURE
+            service.shutdown().await;
+            return ExitCode::FAILURE;
         }
     };
-    service.shutdown().await;
-    exit
+    let cancel = running.cancellation_token();
+    let waiting = running.waiting();
+    tokio::pin!(waiting);
+    let stopping = tokio::select! {
+        result = &mut waiting => {
+            if let Err(error) = result {
+                tracing::error!(%error, "MCP session ended with an error");
+            }
+            None
+        }
+        () = stdin_closed.cancelled() => Some("stdin closed"),
+        signal = shutdown_signal() => {
+            // rmcp answers what it can for 2 s, then cancels the rest.
+            cancel.cancel();
+            Some(signal)
+        }
+    };
+    let Some(why) = stopping else {
+        service.shutdown().await;
+        return ExitCode::SUCCESS;
+    };
+    tracing::info!(why, "shutting down");
+    // The containers go at once, while rmcp sends the answers of the calls
+    // in flight, which end as their sandboxes go (it waits for them up to
+    // 5 s after stdin closed, 2 s after a signal).
+    let answers = async {
+        let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, &mut waiting).await;
+    };
+    tokio::join!(service.shutdown(), answers);
+    ExitCode::SUCCESS
+}
+
+/// stdin, cancelling `closed` when it ends (EOF or an error), so that
+/// shutdown starts then, not only after rmcp has waited for the calls in
+/// flight.
+struct WatchedStdin {
+    stdin: tokio::io::Stdin,
+    closed: CancellationToken,
+}
+
+impl AsyncRead for WatchedStdin {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let room = buf.remaining();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.stdin).poll_read(cx, buf);
+        let ended = match &polled {
+            Poll::Ready(Ok(())) => room > 0 && buf.filled().len() == before,
+            Poll::Ready(Err(_)) => true,
+            Poll::Pending => false,
+        };
+        if ended {
+            self.closed.cancel();
+        }
+        polled
+    }
 }
 
 async fn shutdown_signal() -> &'static str {

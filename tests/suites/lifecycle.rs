@@ -1,4 +1,5 @@
-//! The serving binary among its neighbours: a client that never reads its
+//! The serving binary from start to exit among its neighbours: shutdown
+//! with a run and a session in flight, a client that never reads its
 //! stderr, and the orphan sweep of one instance beside the live containers
 //! of another.
 
@@ -30,6 +31,79 @@ fn managed_containers() -> Vec<(String, String)> {
 /// The pid an owner label names (`…/pid/start/instance`).
 fn labelled_pid(owner: &str) -> Option<&str> {
     owner.rsplit('/').nth(2)
+}
+
+/// The containers of `server`'s process, as the engine lists them.
+fn containers_of(server: &Server) -> Vec<String> {
+    let pid = server.child.id().to_string();
+    managed_containers()
+        .into_iter()
+        .filter(|(_, owner)| labelled_pid(owner) == Some(&pid))
+        .map(|(id, _)| id)
+        .collect()
+}
+
+/// Starts a server with a stateless run and a session call in flight (each
+/// has printed and sleeps for a minute), stops it with `stop`, and checks
+/// that every container of it is gone within 5 s, then that it exits.
+fn shutdown_with_work_in_flight(stop: impl FnOnce(&mut Server)) {
+    let mut server = Server::start(
+        &[
+            ("MCP_BRIDGE_POOL_MIN_IDLE", "2"),
+            ("MCP_BRIDGE_PRELOAD", "none"),
+        ],
+        Stdio::null(),
+    );
+    let _watchdog = server.watchdog(Duration::from_secs(90));
+    let code = "import time\nprint('in flight', flush=True)\ntime.sleep(60)";
+    for (id, session) in [(101, None), (102, Some("kept"))] {
+        let call = serde_json::json!({
+            "jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": {
+                "name": "run_python",
+                "arguments": {"code": code, "timeout": 100, "session": session},
+                "_meta": {"progressToken": id},
+            },
+        });
+        server.send(&call.to_string());
+    }
+    // Each run's progress notes (every 4 s) carry its last line: both run.
+    let mut running = std::collections::BTreeSet::new();
+    while running.len() < 2 {
+        let message: serde_json::Value = serde_json::from_str(&server.receive()).unwrap();
+        let params = &message["params"];
+        if message["method"] == "notifications/progress" && params["message"] == "in flight" {
+            running.insert(params["progressToken"].to_string());
+        }
+    }
+    assert!(!containers_of(&server).is_empty());
+    stop(&mut server);
+    wait_until(
+        "every container of the server to be removed",
+        Duration::from_secs(5),
+        || containers_of(&server).is_empty(),
+    );
+    server.wait_exit(Duration::from_secs(8));
+    assert_eq!(
+        containers_of(&server),
+        Vec::<String>::new(),
+        "none came after"
+    );
+}
+
+engine_test! {
+    fn stdin_eof_with_a_run_and_a_session_in_flight_removes_every_container_within_5_s() {
+        shutdown_with_work_in_flight(|server| drop(server.stdin.take()));
+    }
+}
+
+engine_test! {
+    fn sigterm_with_a_run_and_a_session_in_flight_removes_every_container_within_5_s() {
+        shutdown_with_work_in_flight(|server| {
+            let pid = server.child.id().to_string();
+            Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        });
+    }
 }
 
 engine_test! {
