@@ -33,3 +33,5 @@ mod pool;
 mod proxy;
 #[path = "suites/sessions.rs"]
 mod sessions;
+#[path = "suites/shared_kernel.rs"]
+mod shared_kernel;
