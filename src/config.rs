@@ -4,6 +4,9 @@
 //! Owns names, defaults and units; builds nothing expensive (the engine,
 //! pool and server are built from a finished [`Config`] by their own
 //! modules). Every error names the variable, the value and what it accepts.
+//! Values are taken as written (module names, tracing directives, runtime
+//! names are case-sensitive); only words from a fixed set (`docker`, `json`,
+//! `off`, …) and units are read in any case.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -15,6 +18,20 @@ pub enum EngineKind {
     Auto,
     Docker,
     Podman,
+}
+
+/// Which MCP server files of the working directory are read. That folder is
+/// the project the client opened, which may be a hostile repository, and a
+/// server's command runs on the host, outside any sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProjectServers {
+    /// None.
+    Off,
+    /// The servers of `./.mcp.json` that the user approved for this folder in
+    /// Claude Code (recorded in `~/.claude.json`, which no repository writes).
+    Approved,
+    /// Every project file (`./.mcp.json`, `./mcp-servers/*.json`, …).
+    All,
 }
 
 /// How the text content of a `run_python` result is rendered.
@@ -82,6 +99,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// The metrics and health side port; `None` when `off`.
     pub metrics_addr: Option<SocketAddr>,
+    /// `MCP_BRIDGE_PROJECT_SERVERS`.
+    pub project_servers: ProjectServers,
 }
 
 /// How logs (stderr) are written.
@@ -131,6 +150,7 @@ impl Default for Config {
             log_filter: log_filter("info").expect("info is a level"),
             log_format: LogFormat::Text,
             metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            project_servers: ProjectServers::Approved,
         }
     }
 }
@@ -180,12 +200,13 @@ impl Config {
         config.read_results(&vars)?;
         config.read_tool_calls(&vars)?;
         config.read_logging(&vars)?;
+        config.read_servers(&vars)?;
         config.check()
     }
 
     /// The engine, the image, what it preloads and whom it runs code as.
     fn read_engine_and_image(&mut self, vars: &Vars<'_, impl Lookup>) -> Result<(), ConfigError> {
-        self.engine = vars.parse("MCP_BRIDGE_RUNTIME", self.engine, |v| match v {
+        self.engine = vars.choice("MCP_BRIDGE_RUNTIME", self.engine, |v| match v {
             "auto" => Ok(EngineKind::Auto),
             "docker" => Ok(EngineKind::Docker),
             "podman" => Ok(EngineKind::Podman),
@@ -294,12 +315,13 @@ impl Config {
                 .filter(|&b| (1..=256 * MIB).contains(&b))
                 .ok_or_else(|| "a size from 1 byte to 256m, like 1m or 65536".into())
         })?;
-        self.output_mode = vars.parse("MCP_BRIDGE_OUTPUT_MODE", self.output_mode, |v| match v {
-            "compact" | "text" => Ok(OutputMode::Compact),
-            "toon" => Ok(OutputMode::Toon),
-            "json" => Ok(OutputMode::Json),
-            _ => Err("one of compact, toon, json".into()),
-        })?;
+        self.output_mode =
+            vars.choice("MCP_BRIDGE_OUTPUT_MODE", self.output_mode, |v| match v {
+                "compact" | "text" => Ok(OutputMode::Compact),
+                "toon" => Ok(OutputMode::Toon),
+                "json" => Ok(OutputMode::Json),
+                _ => Err("one of compact, toon, json".into()),
+            })?;
         Ok(())
     }
 
@@ -397,13 +419,25 @@ impl Config {
     fn read_logging(&mut self, vars: &Vars<'_, impl Lookup>) -> Result<(), ConfigError> {
         let filter = std::mem::take(&mut self.log_filter);
         self.log_filter = vars.parse("MCP_BRIDGE_LOG_LEVEL", filter, log_filter)?;
-        self.log_format = vars.parse("MCP_BRIDGE_LOG_FORMAT", self.log_format, |v| match v {
+        self.log_format = vars.choice("MCP_BRIDGE_LOG_FORMAT", self.log_format, |v| match v {
             "text" => Ok(LogFormat::Text),
             "json" => Ok(LogFormat::Json),
             _ => Err("one of text, json".into()),
         })?;
         let addr = self.metrics_addr;
         self.metrics_addr = vars.parse("MCP_BRIDGE_METRICS_ADDR", addr, parse_metrics_addr)?;
+        Ok(())
+    }
+
+    /// Where the user's MCP servers may come from.
+    fn read_servers(&mut self, vars: &Vars<'_, impl Lookup>) -> Result<(), ConfigError> {
+        let project = self.project_servers;
+        self.project_servers = vars.choice("MCP_BRIDGE_PROJECT_SERVERS", project, |v| match v {
+            "off" | "0" => Ok(ProjectServers::Off),
+            "approved" => Ok(ProjectServers::Approved),
+            "all" | "1" => Ok(ProjectServers::All),
+            _ => Err("one of off (0), approved, all (1)".into()),
+        })?;
         Ok(())
     }
 
@@ -432,7 +466,7 @@ impl Config {
 
 /// A comma-separated list of dotted module names, or `none`.
 fn parse_modules(value: &str) -> Result<Vec<String>, String> {
-    if value == "none" {
+    if value.eq_ignore_ascii_case("none") {
         return Ok(Vec::new());
     }
     let modules: Vec<String> = value.split(',').map(|m| m.trim().to_owned()).collect();
@@ -473,6 +507,7 @@ impl<F: Lookup> Vars<'_, F> {
         self.raw(name).unwrap_or(default)
     }
 
+    /// The variable as written, through `parse`.
     fn parse<T>(
         &self,
         name: &'static str,
@@ -481,24 +516,35 @@ impl<F: Lookup> Vars<'_, F> {
     ) -> Result<T, ConfigError> {
         match self.raw(name) {
             None => Ok(default),
-            Some(value) => parse(&value.to_ascii_lowercase()).map_err(|expected| ConfigError {
+            Some(value) => parse(&value).map_err(|expected| ConfigError {
                 name,
                 value,
                 expected,
             }),
         }
     }
+
+    /// A word of a fixed set, in any case: `parse` sees it lowercased.
+    fn choice<T>(
+        &self,
+        name: &'static str,
+        default: T,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        self.parse(name, default, |value| parse(&value.to_ascii_lowercase()))
+    }
 }
 
 /// A duration as humantime (`30s`, `2m`, `1h 30m`) or plain seconds (`30`, `0.5`).
 pub fn parse_duration(value: &str) -> Result<Duration, String> {
-    let value = value.trim();
+    // Units in any case (`30S`, `2M`): humantime knows only lowercase.
+    let value = value.trim().to_ascii_lowercase();
     let parsed = match value.parse::<f64>() {
         Ok(seconds) if seconds.is_finite() && seconds >= 0.0 => {
             Duration::try_from_secs_f64(seconds).ok()
         }
         Ok(_) => None,
-        Err(_) => humantime::parse_duration(value).ok(),
+        Err(_) => humantime::parse_duration(&value).ok(),
     };
     parsed
         .filter(|d| !d.is_zero())
@@ -569,10 +615,12 @@ fn parse_user(value: &str) -> Result<String, String> {
 fn log_filter(value: &str) -> Result<String, String> {
     const EXPECTED: &str = "one of off, error, warn, info, debug, trace, \
                             or tracing directives like warn,mcp_code_exec=debug";
-    let directives = match value {
-        "off" | "error" | "warn" => value.to_owned(),
-        "info" | "debug" | "trace" => format!("warn,mcp_code_exec={value}"),
-        directives if directives.contains('=') => directives.to_owned(),
+    let level = value.to_ascii_lowercase();
+    let directives = match level.as_str() {
+        "off" | "error" | "warn" => level,
+        "info" | "debug" | "trace" => format!("warn,mcp_code_exec={level}"),
+        // As written: span and field values in directives are case-sensitive.
+        _ if value.contains('=') => value.to_owned(),
         _ => return Err(EXPECTED.into()),
     };
     tracing_subscriber::EnvFilter::try_new(&directives)
@@ -797,6 +845,61 @@ mod tests {
             assert_eq!(error.name, "MCP_BRIDGE_LOG_LEVEL", "{invalid}");
             assert!(error.to_string().contains("one of off, error"), "{error}");
         }
+    }
+
+    #[test]
+    fn values_keep_their_case_and_words_are_read_in_any_case() {
+        let directives = "warn,mcp_code_exec[call{server=GitHub}]=debug";
+        let c = config(&[
+            ("MCP_BRIDGE_PRELOAD", "numpy, PIL.Image"),
+            ("MCP_BRIDGE_OCI_RUNTIME", "Kata-Runtime"),
+            ("MCP_BRIDGE_LOG_LEVEL", directives),
+            ("MCP_BRIDGE_RUNTIME", "Docker"),
+            ("MCP_BRIDGE_LOG_FORMAT", "JSON"),
+            ("MCP_BRIDGE_PROJECT_SERVERS", "All"),
+            ("MCP_BRIDGE_TIMEOUT", "45S"),
+            ("MCP_BRIDGE_MEMORY", "1G"),
+            ("MCP_BRIDGE_METRICS_ADDR", "OFF"),
+        ])
+        .unwrap();
+        assert_eq!(c.preload, ["numpy", "PIL.Image"]);
+        assert_eq!(c.oci_runtime.as_deref(), Some("Kata-Runtime"));
+        assert_eq!(c.log_filter, directives);
+        assert_eq!(c.engine, EngineKind::Docker);
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.project_servers, ProjectServers::All);
+        assert_eq!(c.default_timeout, Duration::from_secs(45));
+        assert_eq!(c.memory_bytes, 1 << 30);
+        assert_eq!(c.metrics_addr, None);
+        let words = config(&[
+            ("MCP_BRIDGE_PRELOAD", "None"),
+            ("MCP_BRIDGE_LOG_LEVEL", "Trace"),
+            ("MCP_BRIDGE_PROJECT_SERVERS", "OFF"),
+        ])
+        .unwrap();
+        assert!(words.preload.is_empty());
+        assert_eq!(words.log_filter, "warn,mcp_code_exec=trace");
+        assert_eq!(words.project_servers, ProjectServers::Off);
+    }
+
+    #[test]
+    fn project_servers_are_approved_ones_unless_told() {
+        let project = |value: &str| {
+            config(&[("MCP_BRIDGE_PROJECT_SERVERS", value)]).map(|c| c.project_servers)
+        };
+        assert_eq!(
+            config(&[]).unwrap().project_servers,
+            ProjectServers::Approved
+        );
+        assert_eq!(project("0"), Ok(ProjectServers::Off));
+        assert_eq!(project("approved"), Ok(ProjectServers::Approved));
+        assert_eq!(project("1"), Ok(ProjectServers::All));
+        let error = project("yes").unwrap_err();
+        assert_eq!(error.name, "MCP_BRIDGE_PROJECT_SERVERS");
+        assert!(
+            error.expected.contains("off (0), approved, all (1)"),
+            "{error}"
+        );
     }
 
     #[test]

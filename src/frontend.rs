@@ -360,9 +360,12 @@ fn capabilities_manual<'a>(servers: impl Iterator<Item = &'a ServerDefinition>) 
     for server in servers {
         any = true;
         let description = server.description.as_deref().unwrap_or("(no description)");
+        // Where it came from: its command runs on the host.
         text.push_str(&format!(
-            "- `{}` (`mcp_{}`): {description}\n",
-            server.name, server.alias
+            "- `{}` (`mcp_{}`): {description} (from `{}`)\n",
+            server.name,
+            server.alias,
+            server.source.display()
         ));
     }
     if !any {

@@ -597,18 +597,25 @@ impl Pool {
         true
     }
 
-    /// Stops refilling, drops idle sandboxes and removes every container of
-    /// this instance, within [`SHUTDOWN_TIMEOUT`].
+    /// Stops refilling and leasing, and removes every container of this
+    /// instance, within [`SHUTDOWN_TIMEOUT`]: by label at once, those of runs
+    /// and sessions in flight included (their runs then end at once, as a
+    /// dead sandbox, instead of being waited for); then, after the background
+    /// work (a start in flight ends with the pool closed, and removes its
+    /// container), once more by label for what a start created after the
+    /// first listing.
     pub async fn shutdown(&self) {
         let shared = &self.shared;
-        let idle = shared.state().close();
-        drop(idle);
+        // The idle ones' agents see their stdin close and exit.
+        drop(shared.state().close());
         shared.closed.cancel();
         shared.sandbox_ready.notify_waiters();
         shared.background.close();
         let removal = async {
+            let first = shared.engine.remove_all_owned().await?;
             let _ = tokio::time::timeout(Duration::from_secs(2), shared.background.wait()).await;
-            shared.engine.remove_all_owned().await
+            let second = shared.engine.remove_all_owned().await?;
+            Ok::<_, EngineError>(first + second)
         };
         match tokio::time::timeout(SHUTDOWN_TIMEOUT, removal).await {
             Ok(Ok(count)) => tracing::info!(

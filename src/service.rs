@@ -176,17 +176,21 @@ impl Service {
         Ok(())
     }
 
-    /// Ends the sessions, removes every container of this instance (bounded
-    /// by the pool's shutdown timeout) and stops the MCP servers it started.
+    /// Removes every container of this instance (within the pool's
+    /// [`SHUTDOWN_TIMEOUT`]), ends the sessions and stops the MCP servers it
+    /// started, all at once. The containers go first, by label, those of
+    /// runs and sessions in flight included, so those calls end at once (as
+    /// a dead sandbox) rather than being waited for.
     pub async fn shutdown(&self) {
-        // A session in a call ends after it, within SHUTDOWN_TIMEOUT; the
-        // pool's shutdown then removes every container, those of sessions
-        // still in a call included.
-        let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, self.sessions.shutdown()).await;
-        self.proxy.shutdown().await;
-        if let Some(pool) = self.pool.get() {
-            pool.shutdown().await;
-        }
+        let containers = async {
+            if let Some(pool) = self.pool.get() {
+                pool.shutdown().await;
+            }
+        };
+        // A session in a call ends when the call does, which its container's
+        // removal brings about.
+        let sessions = tokio::time::timeout(SHUTDOWN_TIMEOUT, self.sessions.shutdown());
+        let _ = tokio::join!(containers, sessions, self.proxy.shutdown());
     }
 }
 

@@ -25,6 +25,8 @@ mod host_memory;
 mod images;
 #[path = "suites/isolation.rs"]
 mod isolation;
+#[path = "suites/lifecycle.rs"]
+mod lifecycle;
 #[path = "suites/observability.rs"]
 mod observability;
 #[path = "suites/pool.rs"]
@@ -33,3 +35,5 @@ mod pool;
 mod proxy;
 #[path = "suites/sessions.rs"]
 mod sessions;
+#[path = "suites/shared_kernel.rs"]
+mod shared_kernel;

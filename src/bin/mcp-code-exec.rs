@@ -1,25 +1,35 @@
 //! The `mcp-code-exec` binary: a thin command line over the library.
 //!
 //! `serve` (the default) speaks MCP on stdin/stdout, so in that mode nothing
-//! but protocol may reach stdout: logs go to stderr. `run` and `doctor` are
-//! for people and scripts, and print their results on stdout.
+//! but protocol may reach stdout: logs go to stderr, through a queue of
+//! their own ([`LogQueue`]) so that a client that stops reading stderr stalls
+//! nothing. `run` and `doctor` are for people and scripts, and print their
+//! results on stdout.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use rmcp::ServiceExt;
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 use mcp_code_exec::call::{CallRequest, call};
-use mcp_code_exec::config::{Config, LogFormat, parse_metrics_addr};
+use mcp_code_exec::config::{Config, LogFormat, ProjectServers, parse_metrics_addr};
 use mcp_code_exec::engine::{Engine, SeccompProfile};
 use mcp_code_exec::frontend::CodeExecServer;
+use mcp_code_exec::frontend::transport::{MAX_MESSAGE_BYTES, StdioTransport};
+use mcp_code_exec::pool::SHUTDOWN_TIMEOUT;
 use mcp_code_exec::proxy::Proxy;
-use mcp_code_exec::proxy::discovery::SearchRoots;
+use mcp_code_exec::proxy::discovery::{self, SearchRoots};
 use mcp_code_exec::report::RunStatus;
 use mcp_code_exec::service::Service;
 use mcp_code_exec::side_port;
@@ -75,7 +85,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(&config.log_filter, config.log_format);
+    let logs = init_logging(&config.log_filter, config.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -93,25 +103,139 @@ fn main() -> ExitCode {
     });
     // Don't wait for the blocking stdin reader: after a signal, stdin may never close.
     runtime.shutdown_background();
+    logs.flush(LOG_FLUSH_TIMEOUT);
     exit
 }
 
-/// Logs to stderr only, with the filter the configuration checked.
-fn init_logging(filter: &str, format: LogFormat) {
+/// Log lines waiting for stderr, at most: past this, lines are dropped.
+const LOG_QUEUE_BYTES: usize = 4 << 20;
+/// How long the exit waits for the queued log lines to reach stderr.
+const LOG_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Logs to stderr only, with the filter the configuration checked, through
+/// a [`LogQueue`].
+fn init_logging(filter: &str, format: LogFormat) -> Arc<LogQueue> {
+    let queue = LogQueue::start(std::io::stderr(), LOG_QUEUE_BYTES);
+    let writer = {
+        let queue = queue.clone();
+        move || LogLine(queue.clone())
+    };
     let logs = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(false);
     match format {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().with_current_span(true).init(),
+    }
+    queue
+}
+
+/// Log lines on their way to a sink (stderr), written by a thread of their
+/// own: logging never waits for the sink, so a client that stops reading
+/// our stderr (its pipe fills at 64 KiB) stalls no tokio worker. Bounded by
+/// bytes: a line that would take the queue past its bound is dropped and
+/// counted, and the writer says how many were dropped before the next line
+/// it writes. (tracing-appender's writer does the same, but its guard
+/// prints to stdout, the MCP channel, when its queue stays full at exit.)
+struct LogQueue {
+    sender: mpsc::Sender<Vec<u8>>,
+    bound: usize,
+    /// Bytes queued and not yet written.
+    queued: AtomicUsize,
+    /// Lines queued (ticks included) and not yet written.
+    pending: AtomicUsize,
+    /// Lines dropped since the writer last said so.
+    dropped: AtomicU64,
+}
+
+impl LogQueue {
+    fn start(mut sink: impl Write + Send + 'static, bound: usize) -> Arc<Self> {
+        let (sender, lines) = mpsc::channel::<Vec<u8>>();
+        let queue = Arc::new(Self {
+            sender,
+            bound,
+            queued: AtomicUsize::new(0),
+            pending: AtomicUsize::new(0),
+            dropped: AtomicU64::new(0),
+        });
+        let writer = queue.clone();
+        std::thread::Builder::new()
+            .name("log-writer".into())
+            .spawn(move || {
+                for line in lines {
+                    let dropped = writer.dropped.swap(0, Ordering::Relaxed);
+                    if dropped > 0 {
+                        let _ = writeln!(
+                            sink,
+                            "mcp-code-exec: {dropped} log lines dropped: stderr was not read \
+                             fast enough (at most {} KiB wait for it)",
+                            writer.bound >> 10
+                        );
+                    }
+                    let _ = sink.write_all(&line);
+                    writer.queued.fetch_sub(line.len(), Ordering::Relaxed);
+                    writer.pending.fetch_sub(1, Ordering::Release);
+                }
+            })
+            .expect("the log writer thread starts");
+        queue
+    }
+
+    /// Queues `line` if it fits within the bound; never waits.
+    fn push(&self, line: &[u8]) {
+        let fits = self
+            .queued
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |queued| {
+                Some(queued + line.len()).filter(|&total| total <= self.bound)
+            })
+            .is_ok();
+        if !fits {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.pending.fetch_add(1, Ordering::Relaxed);
+        if self.sender.send(line.to_vec()).is_err() {
+            self.pending.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Waits, at most `timeout`, until every queued line (and the count of
+    /// dropped ones) is written. False if the sink did not take them.
+    fn flush(&self, timeout: Duration) -> bool {
+        // An empty line: the writer then says what it dropped.
+        self.push(b"");
+        let deadline = Instant::now() + timeout;
+        while self.pending.load(Ordering::Acquire) > 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+}
+
+/// One log event's bytes, handed to the queue whole.
+struct LogLine(Arc<LogQueue>);
+
+impl Write for LogLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.push(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
 async fn serve(config: Config) -> ExitCode {
     let output_mode = config.output_mode;
     let metrics_addr = config.metrics_addr;
-    let proxy = Arc::new(Proxy::discover(&SearchRoots::from_environment()));
+    let proxy = Arc::new(Proxy::discover(&SearchRoots::from_environment(
+        config.project_servers,
+    )));
     let service = Arc::new(Service::with_proxy(config, proxy));
     // Warm up in the background: the MCP handshake never waits for it.
     let warm = service.clone();
@@ -134,28 +258,79 @@ async fn serve(config: Config) -> ExitCode {
         }
     }
     let server = CodeExecServer::new(service.clone(), output_mode);
-    let exit = match server
-        .serve(mcp_code_exec::frontend::transport::stdio())
-        .await
-    {
-        Ok(service) => {
-            tokio::select! {
-                result = service.waiting() => {
-                    if let Err(error) = result {
-                        tracing::error!(%error, "MCP session ended with an error");
-                    }
-                }
-                signal = shutdown_signal() => tracing::info!(signal, "shutting down"),
-            }
-            ExitCode::SUCCESS
-        }
+    let stdin_closed = CancellationToken::new();
+    let stdin = WatchedStdin {
+        stdin: tokio::io::stdin(),
+        closed: stdin_closed.clone(),
+    };
+    let transport = StdioTransport::new(stdin, tokio::io::stdout(), MAX_MESSAGE_BYTES);
+    let running = match server.serve(transport).await {
+        Ok(running) => running,
         Err(error) => {
             tracing::error!(%error, "MCP initialization failed");
-            ExitCode::FAILURE
+            service.shutdown().await;
+            return ExitCode::FAILURE;
         }
     };
-    service.shutdown().await;
-    exit
+    let cancel = running.cancellation_token();
+    let waiting = running.waiting();
+    tokio::pin!(waiting);
+    let stopping = tokio::select! {
+        result = &mut waiting => {
+            if let Err(error) = result {
+                tracing::error!(%error, "MCP session ended with an error");
+            }
+            None
+        }
+        () = stdin_closed.cancelled() => Some("stdin closed"),
+        signal = shutdown_signal() => {
+            // rmcp answers what it can for 2 s, then cancels the rest.
+            cancel.cancel();
+            Some(signal)
+        }
+    };
+    let Some(why) = stopping else {
+        service.shutdown().await;
+        return ExitCode::SUCCESS;
+    };
+    tracing::info!(why, "shutting down");
+    // The containers go at once, while rmcp sends the answers of the calls
+    // in flight, which end as their sandboxes go (it waits for them up to
+    // 5 s after stdin closed, 2 s after a signal).
+    let answers = async {
+        let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, &mut waiting).await;
+    };
+    tokio::join!(service.shutdown(), answers);
+    ExitCode::SUCCESS
+}
+
+/// stdin, cancelling `closed` when it ends (EOF or an error), so that
+/// shutdown starts then, not only after rmcp has waited for the calls in
+/// flight.
+struct WatchedStdin {
+    stdin: tokio::io::Stdin,
+    closed: CancellationToken,
+}
+
+impl AsyncRead for WatchedStdin {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let room = buf.remaining();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.stdin).poll_read(cx, buf);
+        let ended = match &polled {
+            Poll::Ready(Ok(())) => room > 0 && buf.filled().len() == before,
+            Poll::Ready(Err(_)) => true,
+            Poll::Pending => false,
+        };
+        if ended {
+            self.closed.cancel();
+        }
+        polled
+    }
 }
 
 async fn shutdown_signal() -> &'static str {
@@ -184,7 +359,9 @@ async fn run_once(
     // One run needs one sandbox, not a warm spare.
     config.pool_min_idle = 0;
     let output_mode = config.output_mode;
-    let proxy = Arc::new(Proxy::discover(&SearchRoots::from_environment()));
+    let proxy = Arc::new(Proxy::discover(&SearchRoots::from_environment(
+        config.project_servers,
+    )));
     let service = Service::with_proxy(config, proxy);
     let request = CallRequest {
         code,
@@ -231,6 +408,7 @@ fn read_code(file: Option<PathBuf>) -> Result<String, String> {
 /// Each check prints one line; the first failure says how to fix it.
 async fn doctor(mut config: Config) -> ExitCode {
     println!("mcp-code-exec {} doctor", env!("CARGO_PKG_VERSION"));
+    print_servers(config.project_servers);
     let engine = match Engine::connect(config.engine).await {
         Ok(engine) => engine,
         Err(error) => return fail("container engine", error),
@@ -311,7 +489,104 @@ async fn doctor(mut config: Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// A line per MCP server and the file it comes from (its command runs on
+/// the host), then a line per file or server that was skipped, and why.
+fn print_servers(project: ProjectServers) {
+    let (servers, warnings) = discovery::discover(&SearchRoots::from_environment(project));
+    if servers.is_empty() {
+        println!(
+            "ok    MCP servers: none configured (README, \"MCP servers\", says where they are read from)"
+        );
+    }
+    for server in &servers {
+        println!(
+            "ok    MCP server {:?} (mcp_{}): {}",
+            server.name,
+            server.alias,
+            server.source.display()
+        );
+    }
+    for warning in &warnings {
+        println!(
+            "warn  MCP servers: {}: {}",
+            warning.file.display(),
+            warning.reason
+        );
+    }
+}
+
 fn fail(step: &str, error: impl std::fmt::Display) -> ExitCode {
     println!("FAIL  {step}: {error}");
     ExitCode::FAILURE
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Condvar, Mutex};
+
+    use super::*;
+
+    /// A sink that takes nothing until it is opened (a pipe nobody reads),
+    /// then keeps what it is given.
+    #[derive(Clone, Default)]
+    struct Gate {
+        open: Arc<(Mutex<bool>, Condvar)>,
+        taken: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl Gate {
+        fn open(&self) {
+            *self.open.0.lock().unwrap() = true;
+            self.open.1.notify_all();
+        }
+    }
+
+    impl Write for Gate {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let (open, opened) = &*self.open;
+            let _open = opened
+                .wait_while(open.lock().unwrap(), |open| !*open)
+                .unwrap();
+            self.taken.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn logging_never_waits_for_a_sink_that_takes_nothing() {
+        let gate = Gate::default();
+        let queue = LogQueue::start(gate.clone(), 64 << 10);
+        // Ten lines of 16 KiB into a 64 KiB queue whose sink is stuck: four
+        // are kept (the one being written counts until it is written), six
+        // dropped, and no push waits.
+        let line = |i: usize| format!("{i}{}\n", "-".repeat((16 << 10) - 2));
+        for i in 0..10 {
+            queue.push(line(i).as_bytes());
+        }
+        assert!(
+            !queue.flush(Duration::from_millis(50)),
+            "the sink took nothing"
+        );
+        gate.open();
+        assert!(queue.flush(Duration::from_secs(10)));
+        let taken = String::from_utf8(gate.taken.lock().unwrap().clone()).unwrap();
+        let note = "mcp-code-exec: 6 log lines dropped: stderr was not read fast enough \
+                    (at most 64 KiB wait for it)\n";
+        // The note comes before the first line written after the drops.
+        assert_eq!(taken.matches(note).count(), 1, "{taken:.200}");
+        assert_eq!(
+            taken.replace(note, ""),
+            (0..4).map(line).collect::<String>()
+        );
+        queue.push(b"after\n");
+        assert!(queue.flush(Duration::from_secs(10)));
+        assert!(
+            gate.taken.lock().unwrap().ends_with(b"-\nafter\n"),
+            "nothing dropped once the sink takes lines"
+        );
+    }
 }

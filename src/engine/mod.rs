@@ -174,12 +174,18 @@ fn engine_answered(error: &BollardError) -> bool {
 }
 
 /// Identity of one engine client (one pool) of this server process, written
-/// on each container it creates: `host/pid/start/instance`. A later process
-/// can tell from it whether the owner of a leftover is still running, and
+/// on each container it creates:
+/// `host,boot=BOOT_ID,pidns=INODE/pid/start/instance`. A later process can
+/// tell from it whether the owner of a leftover is still running, and
 /// shutdown removes exactly its own containers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owner {
     host: String,
+    /// Where the pid and start time mean something: a pid is only the same
+    /// process within one boot and one pid namespace (two instances with one
+    /// hostname may run in different pid namespaces: a dev container with a
+    /// fixed hostname beside the host).
+    place: Place,
     pid: u32,
     /// Process start time in clock ticks since boot: guards against pid
     /// reuse. 0 when it could not be read (no `/proc`).
@@ -188,11 +194,46 @@ pub struct Owner {
     instance: u64,
 }
 
+/// The boot and the pid namespace a process runs in; `None` for what could
+/// not be read (then no owner there can be checked).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Place {
+    /// `/proc/sys/kernel/random/boot_id`.
+    boot: Option<String>,
+    /// The inode of `/proc/self/ns/pid`.
+    pid_ns: Option<u64>,
+}
+
+impl Place {
+    fn current() -> Self {
+        Self {
+            boot: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .ok()
+                .map(|id| id.trim().to_owned())
+                .filter(|id| !id.is_empty() && !id.contains(['/', ','])),
+            pid_ns: std::fs::read_link("/proc/self/ns/pid")
+                .ok()
+                .and_then(|link| {
+                    // `pid:[4026531836]`
+                    let link = link.to_string_lossy().into_owned();
+                    link.strip_prefix("pid:[")?.strip_suffix(']')?.parse().ok()
+                }),
+        }
+    }
+
+    /// Both known and equal: pids of one are pids of the other.
+    fn same_as(&self, other: &Self) -> bool {
+        let known = self.boot.is_some() && self.pid_ns.is_some();
+        known && self == other
+    }
+}
+
 /// What this process can see of the processes of its own host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct HostView {
     /// `None` when the host's name cannot be read.
     host: Option<String>,
+    place: Place,
     /// Whether `/proc` shows processes (not on macOS or Windows, where even
     /// Docker Desktop's engine runs in a VM we cannot look into).
     proc_visible: bool,
@@ -202,6 +243,7 @@ impl HostView {
     fn current() -> Self {
         Self {
             host: hostname(),
+            place: Place::current(),
             proc_visible: process_start_ticks(std::process::id()).is_some(),
         }
     }
@@ -213,6 +255,7 @@ impl Owner {
         let pid = std::process::id();
         Self {
             host: hostname().unwrap_or_else(|| "unknown".into()),
+            place: Place::current(),
             pid,
             start: process_start_ticks(pid).unwrap_or(0),
             instance: INSTANCES.fetch_add(1, Ordering::Relaxed),
@@ -220,9 +263,17 @@ impl Owner {
     }
 
     pub fn label(&self) -> String {
+        let unknown = || "?".to_owned();
         format!(
-            "{}/{}/{}/{}",
-            self.host, self.pid, self.start, self.instance
+            "{},boot={},pidns={}/{}/{}/{}",
+            self.host,
+            self.place.boot.clone().unwrap_or_else(unknown),
+            self.place
+                .pid_ns
+                .map_or_else(unknown, |inode| inode.to_string()),
+            self.pid,
+            self.start,
+            self.instance
         )
     }
 
@@ -244,14 +295,29 @@ impl Owner {
         format!("mcp-code-exec-{host}-{}-{n}", self.pid)
     }
 
+    /// The owner a label names. A label of an older version (`host/…`, no
+    /// boot or namespace) parses with an unknown place: it is never judged gone.
     fn parse(label: &str) -> Option<Self> {
         let mut parts = label.rsplitn(4, '/');
         let instance = parts.next()?.parse().ok()?;
         let start = parts.next()?.parse().ok()?;
         let pid = parts.next()?.parse().ok()?;
-        let host = parts.next()?.to_owned();
+        let mut host_and_place = parts.next()?.split(',');
+        let host = host_and_place.next()?.to_owned();
+        let mut place = Place {
+            boot: None,
+            pid_ns: None,
+        };
+        for field in host_and_place {
+            match field.split_once('=') {
+                Some(("boot", id)) if id != "?" => place.boot = Some(id.to_owned()),
+                Some(("pidns", inode)) => place.pid_ns = inode.parse().ok(),
+                _ => {}
+            }
+        }
         Some(Self {
             host,
+            place,
             pid,
             start,
             instance,
@@ -261,11 +327,14 @@ impl Owner {
     /// Whether the process this label names is known to be gone
     /// (`start_of(pid)`: that process's start time on this host, if it runs).
     /// An owner we cannot check is never judged gone: one on another host (a
-    /// shared remote engine), one that recorded no start time, or any owner
-    /// when this host shows no `/proc`.
+    /// shared remote engine), in another boot or pid namespace (or one whose
+    /// boot or namespace is unknown), one that recorded no start time, or any
+    /// owner when this host shows no `/proc`.
     fn is_gone(&self, here: &HostView, start_of: impl Fn(u32) -> Option<u64>) -> bool {
-        let checkable =
-            here.proc_visible && self.start != 0 && here.host.as_deref() == Some(&*self.host);
+        let checkable = here.proc_visible
+            && self.start != 0
+            && here.host.as_deref() == Some(&*self.host)
+            && here.place.same_as(&self.place);
         checkable && start_of(self.pid) != Some(self.start)
     }
 }
@@ -835,10 +904,15 @@ mod tests {
     fn owner_labels_round_trip_and_judge_liveness() {
         let me = Owner::current();
         assert!(me.start > 0, "reads its own start time from /proc");
+        assert!(
+            me.place.boot.is_some() && me.place.pid_ns.is_some(),
+            "reads its boot id and pid namespace from /proc: {me:?}"
+        );
         let parsed = Owner::parse(&me.label()).unwrap();
         assert_eq!(parsed, me);
         let here = HostView::current();
         assert!(here.proc_visible);
+        assert_eq!(here.place, me.place);
         assert!(
             !parsed.is_gone(&here, process_start_ticks),
             "this process is running"
@@ -853,6 +927,7 @@ mod tests {
         );
         let elsewhere = Owner {
             host: "another-host".into(),
+            place: me.place.clone(),
             pid: u32::MAX,
             start: 1,
             instance: 0,
@@ -867,12 +942,22 @@ mod tests {
             "owners on other hosts are never judged"
         );
         assert_eq!(Owner::parse("garbage"), None);
+        let older_version = Owner::parse(&format!("{}/{}/{}/0", me.host, me.pid, me.start + 1));
+        assert!(
+            !older_version.unwrap().is_gone(&here, process_start_ticks),
+            "a label without boot and namespace cannot be checked"
+        );
     }
 
     #[test]
     fn an_owner_that_cannot_be_checked_is_never_judged_gone() {
+        let place = Place {
+            boot: Some("b1".into()),
+            pid_ns: Some(4026531836),
+        };
         let owner = Owner {
             host: "unknown".into(),
+            place: place.clone(),
             pid: 4242,
             start: 17,
             instance: 0,
@@ -882,17 +967,20 @@ mod tests {
         // to look at; another live instance on the same engine looks just the same.
         let no_proc = HostView {
             host: None,
+            place: place.clone(),
             proc_visible: false,
         };
         assert!(!owner.is_gone(&no_proc, no_process));
         let named_but_blind = HostView {
             host: Some("unknown".into()),
+            place: place.clone(),
             proc_visible: false,
         };
         assert!(!owner.is_gone(&named_but_blind, no_process));
         // An owner that could not read its own start time cannot be told from a pid reuse.
         let here = HostView {
             host: Some("h".into()),
+            place: place.clone(),
             proc_visible: true,
         };
         let startless = Owner {
@@ -910,12 +998,41 @@ mod tests {
             "no such process: gone"
         );
         assert!(!checkable.is_gone(&here, |_| Some(17)), "same start: alive");
+        // The same host name in another pid namespace or another boot: its
+        // pid 4242 is not our pid 4242 (a live instance in a dev container).
+        for (boot, pid_ns) in [
+            (Some("b1"), Some(4026532180)),
+            (Some("b2"), Some(4026531836)),
+            (None, Some(4026531836)),
+            (Some("b1"), None),
+        ] {
+            let elsewhere = Owner {
+                place: Place {
+                    boot: boot.map(str::to_owned),
+                    pid_ns,
+                },
+                ..checkable.clone()
+            };
+            assert!(!elsewhere.is_gone(&here, no_process), "{elsewhere:?}");
+        }
+        let lost_here = HostView {
+            place: Place {
+                boot: None,
+                pid_ns: None,
+            },
+            ..here
+        };
+        assert!(
+            !checkable.is_gone(&lost_here, no_process),
+            "our own boot and namespace unknown: nobody can be checked"
+        );
     }
 
     #[test]
     fn container_names_say_whose_they_are() {
         let owner = Owner {
             host: "build box_7".into(),
+            place: Place::current(),
             pid: 4242,
             start: 17,
             instance: 3,
