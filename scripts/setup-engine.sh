@@ -9,7 +9,8 @@
 #    use it. Otherwise, on Debian as root, install docker.io and start dockerd
 #    in the background (log: /var/log/mcp-code-exec-dockerd.log).
 # 2. Image: the project's sandbox image, mcp-code-exec-sandbox:data (Python
-#    with numpy, pandas, matplotlib, scipy and pillow; the server's default
+#    with numpy, pandas, matplotlib, scipy and pillow, and pip, requests, httpx,
+#    aiohttp and certifi for the network; the server's default
 #    MCP_BRIDGE_IMAGE). Two recipes for the same tag: where a registry answers,
 #    `docker build` of scripts/sandbox-image/Dockerfile (python:3.12-slim and
 #    pinned wheels); where none does (as on the development VM), Debian trixie
@@ -44,7 +45,10 @@ set -euo pipefail
 DATA_IMAGE=mcp-code-exec-sandbox:data
 BARE_IMAGE=mcp-code-exec-sandbox:trixie
 REGISTRY_BASE=python:3.12-slim
-DATA_PACKAGES=python3,python3-numpy,python3-pandas,python3-matplotlib,python3-scipy,python3-pil
+DATA_PACKAGES=python3,python3-numpy,python3-pandas,python3-matplotlib,python3-scipy,python3-pil,python3-pip,python3-requests,python3-httpx,python3-aiohttp,python3-certifi
+# Bumped when either recipe of the data image changes: an image of an older
+# recipe is built again (its environment says which recipe made it).
+DATA_RECIPE=2
 HERE="$(cd "$(dirname "$0")" && pwd)"
 DOCKERD_LOG=/var/log/mcp-code-exec-dockerd.log
 DOCKERD_CONFIG=/etc/docker/daemon.json
@@ -120,6 +124,7 @@ build_from_debian() {
     rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* \
         "$rootfs"/usr/share/doc "$rootfs"/usr/share/man "$rootfs"/usr/share/locale
     tar -C "$rootfs" -c . | docker import \
+        -c "ENV MCP_CODE_EXEC_IMAGE_RECIPE=$DATA_RECIPE" \
         -c 'ENV PYTHONDONTWRITEBYTECODE=1' \
         -c 'ENV LANG=C.UTF-8' \
         -c 'ENV MPLBACKEND=Agg' \
@@ -131,12 +136,21 @@ build_from_debian() {
 
 image_present() { docker image inspect "$1" >/dev/null 2>&1; }
 
+# The data image is there and made by today's recipe.
+data_image_current() {
+    docker image inspect --format '{{range .Config.Env}}{{println .}}{{end}}' "$DATA_IMAGE" 2>/dev/null |
+        grep -qx "MCP_CODE_EXEC_IMAGE_RECIPE=$DATA_RECIPE"
+}
+
 ensure_data_image() {
-    image_present "$DATA_IMAGE" && return
+    data_image_current && return
+    if image_present "$DATA_IMAGE"; then
+        log "$DATA_IMAGE is of an older recipe: building it again"
+    fi
     log "trying the registry for $REGISTRY_BASE"
     if timeout 60 docker pull -q "$REGISTRY_BASE" >/dev/null 2>&1; then
         log "building $DATA_IMAGE from scripts/sandbox-image/Dockerfile"
-        docker build -q -t "$DATA_IMAGE" "$HERE/sandbox-image" >/dev/null
+        docker build -q --build-arg "RECIPE=$DATA_RECIPE" -t "$DATA_IMAGE" "$HERE/sandbox-image" >/dev/null
         log "built $DATA_IMAGE"
     else
         log "no registry answers; building $DATA_IMAGE from Debian packages instead (about 90 s)"
@@ -152,7 +166,7 @@ verify_recipe() {
     local scratch=mcp-code-exec-sandbox:recipe-check
     build_from_debian "$scratch" "$DATA_PACKAGES"
     docker run --rm --network none --user 65534:65534 -e HOME=/tmp "$scratch" \
-        python3 -c 'import numpy, pandas, scipy, PIL, matplotlib.pyplot; print("recipe ok:", numpy.__version__, pandas.__version__)' >&2
+        python3 -c 'import numpy, pandas, scipy, PIL, matplotlib.pyplot, requests, httpx, aiohttp, certifi, pip; print("recipe ok:", numpy.__version__, pandas.__version__)' >&2
     docker rmi "$scratch" >/dev/null
 }
 

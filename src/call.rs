@@ -309,6 +309,8 @@ async fn unobserved(
         Ok(tools) => tools,
         Err(error) => return Answer::refused(RunStatus::Error, error.to_string()),
     };
+    // The run's network: its connections end with it.
+    let egress = service.egress().run();
     let run = Run {
         limits: &limits,
         input: RunInput {
@@ -318,7 +320,7 @@ async fn unobserved(
         timeout,
         services: RunServices {
             tools: tools.as_ref().map(|tools| tools as &dyn ToolCalls),
-            streams: None,
+            streams: Some(&egress),
         },
         tail,
     };
@@ -336,6 +338,9 @@ async fn unobserved(
             .await
         }
     };
+    let network = egress.finish();
+    answer.report.notes.extend(network.notes());
+    answer.report.egress = network.connections;
     if !answer.report.files.is_empty() {
         // The process id keeps URIs of a restarted server apart.
         let run_id = format!("{}-{call_id}", std::process::id());
@@ -501,6 +506,7 @@ impl Run<'_> {
                 .collect(),
             notes,
             session: None,
+            egress: Vec::new(),
         };
         Ran {
             report,

@@ -9,7 +9,10 @@
 //! `off`, …) and units are read in any case.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
+
+use crate::allowlist::Policy;
 
 /// Which container engine to talk to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +97,8 @@ pub struct Config {
     pub max_tool_call_bytes: usize,
     /// What one run's tool calls and their answers may hold on the host at once.
     pub tool_bytes_in_flight: usize,
+    /// The network runs may reach through the host's proxy, and its bounds.
+    pub egress: EgressSettings,
     /// `tracing` filter directives built from `MCP_BRIDGE_LOG_LEVEL`, checked.
     pub log_filter: String,
     pub log_format: LogFormat,
@@ -101,6 +106,51 @@ pub struct Config {
     pub metrics_addr: Option<SocketAddr>,
     /// `MCP_BRIDGE_PROJECT_SERVERS`.
     pub project_servers: ProjectServers,
+}
+
+/// What each run may do on the network (see [`crate::egress`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EgressSettings {
+    pub policy: Policy,
+    pub limits: EgressLimits,
+    /// A PEM file on the host installed as the sandboxes' trust
+    /// (`MCP_BRIDGE_CA_BUNDLE`), read at launch.
+    pub ca_bundle: Option<CaBundle>,
+}
+
+/// The sandboxes' trust for TLS: certificates as PEM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaBundle {
+    pub path: PathBuf,
+    pub pem: String,
+}
+
+/// A run's (or a session call's) network bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EgressLimits {
+    /// Connections open at once (`MCP_BRIDGE_EGRESS_CONNECTIONS`).
+    pub connections: usize,
+    /// Connections in total (`MCP_BRIDGE_EGRESS_CONNECTIONS_TOTAL`).
+    pub connections_total: usize,
+    /// Bytes each way, all connections together (`MCP_BRIDGE_EGRESS_BYTES`).
+    pub bytes: u64,
+    /// Resolving and connecting (`MCP_BRIDGE_EGRESS_CONNECT_TIMEOUT`).
+    pub connect_timeout: Duration,
+    /// A connection moving no byte for this long is closed
+    /// (`MCP_BRIDGE_EGRESS_IDLE_TIMEOUT`).
+    pub idle_timeout: Duration,
+}
+
+impl Default for EgressLimits {
+    fn default() -> Self {
+        Self {
+            connections: 64,
+            connections_total: 1024,
+            bytes: 256 << 20,
+            connect_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
 }
 
 /// How logs (stderr) are written.
@@ -147,6 +197,7 @@ impl Default for Config {
             artifact_bytes: 256 * MIB,
             max_tool_call_bytes: 4 << 20,
             tool_bytes_in_flight: 64 << 20,
+            egress: EgressSettings::default(),
             log_filter: log_filter("info").expect("info is a level"),
             log_format: LogFormat::Text,
             metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
@@ -156,6 +207,8 @@ impl Default for Config {
 }
 
 const MIB: u64 = 1024 * 1024;
+/// The largest CA bundle installed in the sandboxes (the Mozilla roots are ~220 KiB).
+pub const MAX_CA_BUNDLE: u64 = MIB;
 /// The engine refuses less than 0.01 CPUs; below 1e-9 the limit would round
 /// to 0 nanoCPUs, which means "no limit".
 const MIN_CPUS: f64 = 0.01;
@@ -199,6 +252,7 @@ impl Config {
         config.read_output(&vars)?;
         config.read_results(&vars)?;
         config.read_tool_calls(&vars)?;
+        config.read_egress(&vars)?;
         config.read_logging(&vars)?;
         config.read_servers(&vars)?;
         config.check()
@@ -415,6 +469,60 @@ impl Config {
         Ok(())
     }
 
+    /// The network: which hosts runs may reach, and each run's bounds.
+    fn read_egress(&mut self, vars: &Vars<'_, impl Lookup>) -> Result<(), ConfigError> {
+        let hosts = vars.raw("MCP_BRIDGE_ALLOW_HOSTS").unwrap_or_default();
+        let nets = vars.raw("MCP_BRIDGE_ALLOW_NETS").unwrap_or_default();
+        self.egress.policy =
+            Policy::parse(&hosts, &nets).map_err(|(name, expected)| ConfigError {
+                name,
+                value: if name == "MCP_BRIDGE_ALLOW_HOSTS" {
+                    hosts.clone()
+                } else {
+                    nets.clone()
+                },
+                expected,
+            })?;
+        let limits = &mut self.egress.limits;
+        let count = |low: usize, high: usize| {
+            move |v: &str| {
+                v.parse::<usize>()
+                    .ok()
+                    .filter(|n| (low..=high).contains(n))
+                    .ok_or_else(|| format!("a whole number from {low} to {high}"))
+            }
+        };
+        limits.connections = vars.parse(
+            "MCP_BRIDGE_EGRESS_CONNECTIONS",
+            limits.connections,
+            count(1, 256),
+        )?;
+        limits.connections_total = vars.parse(
+            "MCP_BRIDGE_EGRESS_CONNECTIONS_TOTAL",
+            limits.connections_total,
+            count(1, 1_000_000),
+        )?;
+        limits.bytes = vars.parse("MCP_BRIDGE_EGRESS_BYTES", limits.bytes, |v| {
+            parse_bytes(v)
+                .filter(|&b| b >= 1024)
+                .ok_or_else(|| "a size of at least 1k, like 256m or 2g".into())
+        })?;
+        limits.connect_timeout = vars.parse(
+            "MCP_BRIDGE_EGRESS_CONNECT_TIMEOUT",
+            limits.connect_timeout,
+            parse_duration,
+        )?;
+        limits.idle_timeout = vars.parse(
+            "MCP_BRIDGE_EGRESS_IDLE_TIMEOUT",
+            limits.idle_timeout,
+            parse_duration,
+        )?;
+        self.egress.ca_bundle = vars.parse("MCP_BRIDGE_CA_BUNDLE", None, |v| {
+            read_ca_bundle(PathBuf::from(v)).map(Some)
+        })?;
+        Ok(())
+    }
+
     /// Logs and the metrics side port.
     fn read_logging(&mut self, vars: &Vars<'_, impl Lookup>) -> Result<(), ConfigError> {
         let filter = std::mem::take(&mut self.log_filter);
@@ -462,6 +570,29 @@ impl Config {
         }
         Ok(self)
     }
+}
+
+/// The PEM certificates of `path`: a regular file of at most
+/// [`MAX_CA_BUNDLE`] bytes, text, with at least one certificate.
+fn read_ca_bundle(path: PathBuf) -> Result<CaBundle, String> {
+    let meta = std::fs::metadata(&path)
+        .map_err(|error| format!("a PEM file that can be read ({error})"))?;
+    if !meta.is_file() {
+        return Err("a PEM file (this is not a regular file)".into());
+    }
+    if meta.len() > MAX_CA_BUNDLE {
+        return Err(format!(
+            "a PEM file of at most {} KiB (this one is {} bytes)",
+            MAX_CA_BUNDLE >> 10,
+            meta.len()
+        ));
+    }
+    let pem = std::fs::read_to_string(&path)
+        .map_err(|error| format!("a PEM file that can be read as text ({error})"))?;
+    if !pem.contains("-----BEGIN CERTIFICATE-----") {
+        return Err("a PEM file of certificates (no -----BEGIN CERTIFICATE----- in it)".into());
+    }
+    Ok(CaBundle { path, pem })
 }
 
 /// A comma-separated list of dotted module names, or `none`.

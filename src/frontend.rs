@@ -343,7 +343,8 @@ fn output_schema() -> serde_json::Map<String, serde_json::Value> {
             "images": {"type": "array"},
             "files": {"type": "array"},
             "notes": {"type": "array"},
-            "session": {"type": "object"}
+            "session": {"type": "object"},
+            "egress": {"type": "array"}
         },
         "required": [
             "status", "stdout", "stderr", "durationMs", "stdoutTruncated", "stderrTruncated"
@@ -486,6 +487,14 @@ mod tests {
                 found: crate::report::Found::New,
                 ended: None,
             }),
+            egress: vec![crate::egress::Connection {
+                host: "example.org".into(),
+                port: 443,
+                outcome: crate::egress::Outcome::Allowed,
+                reason: None,
+                bytes_sent: 1,
+                bytes_received: 2,
+            }],
             ..RunReport::rejected(RunStatus::Error, "x")
         };
         let value = serde_json::to_value(&report).unwrap();

@@ -14,6 +14,8 @@
 //! - [`pool`]: warm sandboxes, leases, reset/recycle off the caller's path.
 //! - [`proxy`]: the user's MCP servers: discovery, warm host-side clients,
 //!   the tools a run may call and the answers to its calls.
+//! - [`egress`]: the network a run may reach: the HTTP proxy served on the
+//!   streams the sandbox opens, the operator's allowlist, the run's bounds.
 //! - [`sandbox`]: one container and its agent (`sandbox/agent.py`, PID 1 in
 //!   the container); [`sandbox::protocol`] is the frame format between them.
 //! - [`engine`]: the container engine (Docker/Podman via bollard) and, in
@@ -21,6 +23,8 @@
 //! - [`report`]: the result's shape, the status vocabulary, text renderings.
 //! - [`artifacts`]: the files runs return, kept as `artifact://` resources.
 //! - [`images`]: the images runs return, read strictly and rebuilt on the host.
+//! - [`allowlist`]: the operator's network allowlist (host patterns, networks,
+//!   refused address ranges); pure.
 //! - [`metrics`]: the Prometheus registry; a leaf every module reports into.
 //! - [`config`]: the `MCP_BRIDGE_*` variables, parsed and validated (pure).
 //!
@@ -28,9 +32,11 @@
 //! the MCP client of the user's servers). `tests/tests.rs` checks that the
 //! imports between these modules form no cycle. See ARCHITECTURE.md.
 
+pub mod allowlist;
 pub mod artifacts;
 pub mod call;
 pub mod config;
+pub mod egress;
 pub mod engine;
 pub mod frontend;
 pub mod images;

@@ -26,6 +26,7 @@ struct Metrics {
     sandboxes: SandboxMetrics,
     sessions: SessionMetrics,
     proxy: ProxyMetrics,
+    egress: EgressMetrics,
 }
 
 /// The `run_python` calls: outcome, time in a sandbox, wait, truncation.
@@ -60,6 +61,15 @@ struct ProxyMetrics {
     restarts: IntCounterVec,
 }
 
+/// The sandboxes' network connections, through the host's proxy.
+struct EgressMetrics {
+    connections: IntCounterVec,
+    bytes: IntCounterVec,
+}
+
+/// The directions egress bytes are counted in.
+const DIRECTIONS: [&str; 2] = ["sent", "received"];
+
 /// The output streams whose truncation is counted.
 const STREAMS: [&str; 2] = ["stdout", "stderr"];
 
@@ -92,6 +102,7 @@ fn metrics() -> &'static Metrics {
             sandboxes: SandboxMetrics::new(&registrar),
             sessions: SessionMetrics::new(&registrar),
             proxy: ProxyMetrics::new(&registrar),
+            egress: EgressMetrics::new(&registrar),
             registry,
         }
     })
@@ -249,6 +260,28 @@ impl ProxyMetrics {
     }
 }
 
+impl EgressMetrics {
+    fn new(registrar: &Registrar<'_>) -> Self {
+        let bytes = registrar.counter_vec(
+            "egress_bytes_total",
+            "Bytes sandboxes sent to and received from the network, by direction",
+            &["direction"],
+        );
+        for direction in DIRECTIONS {
+            bytes.with_label_values(&[direction]);
+        }
+        Self {
+            connections: registrar.counter_vec(
+                "egress_connections_total",
+                "Network connections sandboxes asked for, by outcome (allowed, refused_host, \
+                 refused_address, limit, failed)",
+                &["outcome"],
+            ),
+            bytes,
+        }
+    }
+}
+
 /// The closed sets of label values, and the configured servers, whose
 /// series must exist before their first event.
 #[derive(Debug, Clone, Copy)]
@@ -258,6 +291,7 @@ pub struct Series<'a> {
     pub sandbox_states: &'a [&'static str],
     pub call_outcomes: &'a [&'static str],
     pub session_end_reasons: &'a [&'static str],
+    pub egress_outcomes: &'a [&'static str],
     pub servers: &'a [String],
 }
 
@@ -277,6 +311,9 @@ pub fn start_at_zero(series: Series<'_>) {
     for reason in series.session_end_reasons {
         m.sessions.ended.with_label_values(&[reason]);
     }
+    for outcome in series.egress_outcomes {
+        m.egress.connections.with_label_values(&[outcome]);
+    }
     for server in series.servers {
         for outcome in series.call_outcomes {
             m.proxy.calls.with_label_values(&[server.as_str(), outcome]);
@@ -284,6 +321,24 @@ pub fn start_at_zero(series: Series<'_>) {
         m.proxy.call_duration.with_label_values(&[server]);
         m.proxy.restarts.with_label_values(&[server]);
     }
+}
+
+/// A network connection a sandbox asked for, and how it went.
+pub fn observe_egress_connection(outcome: &'static str) {
+    metrics()
+        .egress
+        .connections
+        .with_label_values(&[outcome])
+        .inc();
+}
+
+/// Bytes a sandbox's connection moved (`sent` or `received`).
+pub fn observe_egress_bytes(direction: &'static str, bytes: u64) {
+    metrics()
+        .egress
+        .bytes
+        .with_label_values(&[direction])
+        .inc_by(bytes);
 }
 
 /// A finished `run_python` call with its `status`; `took` is `None` when
@@ -409,6 +464,7 @@ mod tests {
             sandbox_states: &["a_state"],
             call_outcomes: &["an_outcome"],
             session_end_reasons: &["an_end"],
+            egress_outcomes: &["an_egress_outcome"],
             servers: &["never-called".into()],
         });
         // Not `render`: the gauges belong to the test above, running alongside.
@@ -419,6 +475,8 @@ mod tests {
             "mcp_code_exec_sandboxes_recycled_total{reason=\"a_reason\"} 0",
             "mcp_code_exec_sandboxes{state=\"a_state\"} 0",
             "mcp_code_exec_sessions_ended_total{reason=\"an_end\"} 0",
+            "mcp_code_exec_egress_connections_total{outcome=\"an_egress_outcome\"} 0",
+            "mcp_code_exec_egress_bytes_total{direction=\"received\"} 0",
             "mcp_code_exec_proxy_client_restarts_total{server=\"never-called\"} 0",
             "mcp_code_exec_proxy_calls_total{outcome=\"an_outcome\",server=\"never-called\"} 0",
             "mcp_code_exec_proxy_call_duration_seconds_count{server=\"never-called\"} 0",

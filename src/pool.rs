@@ -480,12 +480,8 @@ struct Shared {
 impl Pool {
     /// Starts the pool: warm-up begins in the background at once.
     pub fn start(engine: Engine, config: &Config, image: &str) -> Self {
-        let container_spec = spec::container_spec(
-            config,
-            image,
-            &engine.owner_label(),
-            agent_command(&config.preload),
-        );
+        let container_spec =
+            spec::container_spec(config, image, &engine.owner_label(), agent_command(config));
         let shared = Arc::new(Shared {
             engine,
             container_spec,

@@ -94,6 +94,10 @@ pub struct RunReport {
     /// The session the call ran in, if it named one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session: Option<SessionReport>,
+    /// The network connections the run asked for (the first of them), and
+    /// how each went.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub egress: Vec<crate::egress::Connection>,
 }
 
 /// The session of a call: how the call found it, and whether it ended.
@@ -205,6 +209,7 @@ impl RunReport {
             files: Vec::new(),
             notes: Vec::new(),
             session: None,
+            egress: Vec::new(),
         }
     }
 

@@ -14,6 +14,7 @@ use tokio::sync::OnceCell;
 
 use crate::artifacts::ArtifactStore;
 use crate::config::Config;
+use crate::egress::Egress;
 use crate::engine::{Engine, EngineError};
 use crate::metrics;
 use crate::pool::{Pool, PoolStatus, RecycleReason, SHUTDOWN_TIMEOUT, StartCause, StartError};
@@ -29,6 +30,8 @@ pub struct Service {
     proxy: Arc<Proxy>,
     /// Named interpreters kept between calls, each on a sandbox of the pool.
     sessions: Sessions,
+    /// The network runs may reach, by the operator's policy.
+    egress: Egress,
 }
 
 impl std::fmt::Debug for Service {
@@ -94,11 +97,13 @@ impl Service {
             sandbox_states: &PoolStatus::STATES,
             call_outcomes: &CallOutcome::ALL.map(CallOutcome::as_str),
             session_end_reasons: &EndReason::ALL.map(EndReason::as_str),
+            egress_outcomes: &crate::egress::Outcome::ALL.map(crate::egress::Outcome::as_str),
             servers: proxy.names(),
         });
         Self {
             artifacts: ArtifactStore::new(config.artifact_ttl, config.artifact_bytes),
             sessions: Sessions::new(config.max_sessions, config.session_idle_ttl),
+            egress: Egress::new(config.egress.clone()),
             config,
             pool: OnceCell::new(),
             proxy,
@@ -119,6 +124,10 @@ impl Service {
 
     pub fn sessions(&self) -> &Sessions {
         &self.sessions
+    }
+
+    pub fn egress(&self) -> &Egress {
+        &self.egress
     }
 
     /// The pool, starting the service on first use (concurrent callers share one start).

@@ -17,6 +17,8 @@ mod cli;
 mod data;
 #[path = "suites/e2e_mcp.rs"]
 mod e2e_mcp;
+#[path = "suites/egress.rs"]
+mod egress;
 #[path = "suites/fidelity.rs"]
 mod fidelity;
 #[path = "suites/host_memory.rs"]

@@ -15,12 +15,7 @@ pub const PRINT: &str = "print(6*7)";
 /// What a fresh container per call costs, with our own flags and agent:
 /// create + start + `print(6*7)` + remove.
 pub async fn cold_run(engine: &Engine, config: &Config, image: &str) {
-    let spec = spec::container_spec(
-        config,
-        image,
-        &engine.owner_label(),
-        agent_command(&config.preload),
-    );
+    let spec = spec::container_spec(config, image, &engine.owner_label(), agent_command(config));
     let container = engine.start_container(&spec).await.unwrap();
     let id = container.id.clone();
     let mut sandbox = Sandbox::attach(container, Duration::from_secs(60))

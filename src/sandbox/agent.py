@@ -36,6 +36,10 @@
 # bytes), b"C" a tool call the run makes (JSON), b"I" an image of the run (a
 # PNG), b"P" a file of the run (path length, path, bytes), b"D" run done
 # (JSON), b"F" reset failed (JSON; the host then recycles the container).
+# Streams (egress): during a run the agent accepts connections on the proxy
+# port of the sandbox's loopback and relays each as a stream: b"N" opens one
+# (agent -> host), b"S" carries its bytes, b"X" ends or aborts it, b"W" grants
+# credit (both ways); streams.py holds the agent's half.
 # A request with "session": true is a session's call: its D says "kept" when
 # the spare lives on for the next call (then no reset and no Y follow), or
 # "session_gone" (with the spare's exit code) when it had died before the
@@ -113,6 +117,13 @@ SCRIPT_DIR = "/run/code"
 SCRIPT_NAME = "main.py"
 SCRIPT = f"{SCRIPT_DIR}/{SCRIPT_NAME}"
 WIPE_DIRS = ("/tmp", WORKSPACE, SCRIPT_DIR, "/dev/shm", "/dev/mqueue")
+# The sandbox's trust for TLS when the operator gave one (MCP_BRIDGE_CA_BUNDLE):
+# written again after every wipe, so a run's change to it dies with the run.
+TRUST_NAME = "ca-bundle.pem"
+TRUST = f"{SCRIPT_DIR}/{TRUST_NAME}"
+TRUST_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT", "CURL_CA_BUNDLE")
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "PIP_PROXY")
+STREAM_KINDS = (ord("S"), ord("X"), ord("W"))
 # What a run hands back: the images display.py wrote, the files under out/.
 IMAGE_DIR = SCRIPT_DIR + "/images"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -429,21 +440,26 @@ def fresh_main_module():
 
 
 def write_script(source):
-    """/run/code/main.py, made anew: whatever is at that name (the last
-    run's link to anywhere, in a session a thread's) is removed, never
-    written through."""
-    directory = os.open(SCRIPT_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    """/run/code/main.py, made anew."""
+    write_fresh(SCRIPT_DIR, SCRIPT_NAME, source.encode("utf-8", "surrogatepass"))
+
+
+def write_fresh(directory_path, name, data):
+    """`directory_path/name` made anew with `data`: whatever is at that name
+    (the last run's link to anywhere, in a session a thread's) is removed,
+    never written through."""
+    directory = os.open(directory_path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         try:
-            os.unlink(SCRIPT_NAME, dir_fd=directory)
+            os.unlink(name, dir_fd=directory)
         except FileNotFoundError:
             pass
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(SCRIPT_NAME, flags, 0o644, dir_fd=directory)
+        fd = os.open(name, flags, 0o644, dir_fd=directory)
     finally:
         os.close(directory)
     try:
-        write_all(fd, source.encode("utf-8", "surrogatepass"))
+        write_all(fd, data)
     finally:
         os.close(fd)
 
@@ -974,6 +990,7 @@ def run(spare, zygote, payload, request):
     # or when it exits (killed, os._exit, crash).
     poller = select.poll()
     relay = CallRelay(spare.answer_w, lambda line: send(ord("C"), line), poller, spare.cut_answer)
+    streams = streams_runtime["Streams"](network.listener, poller)
     for fd in (*outputs, spare.status_r, zygote.fd, spare.call_r, 0):
         poller.register(fd, select.POLLIN)
     statuses = StatusReader()
@@ -982,14 +999,20 @@ def run(spare, zygote, payload, request):
         events = poller.poll(ORPHAN_POLL_MS if zygote.dead else None)
         if zygote.dead:
             exit_code = orphan_exit_code(spare.pid)
-        for fd, _ in events:
+        for fd, mask in events:
+            if streams.owns(fd):
+                streams.event(fd, mask)
+                continue
+            if fd == network.listener.fileno():
+                streams.accept()
+                continue
             if fd == zygote.fd:
                 if zygote.receive() is None:
                     poller.unregister(fd)
                 exit_code = zygote.exits.get(spare.pid, exit_code)
                 continue
             if fd == 0:
-                relay_answers(relay)
+                relay_answers(relay, streams)
                 continue
             if fd == spare.answer_w:
                 relay.write_answers()
@@ -1012,6 +1035,8 @@ def run(spare, zygote, payload, request):
                 relay.forward_calls(data)
             else:
                 outputs[fd].forward(data)
+    # The run's connections end with it (the host ends its side at D).
+    streams.close_all()
     # Exited before we read its status (both became ready at once): read it now.
     while statuses.status is None and (data := read_some(spare.status_r)):
         statuses.feed(data)
@@ -1260,17 +1285,21 @@ def orphan_exit_code(pid):
     return os.waitstatus_to_exitcode(wait_status) if reaped else None
 
 
-def relay_answers(relay):
-    """Reads host frames during a run and queues the answers for the child."""
+def relay_answers(relay, streams):
+    """Reads host frames during a run: answers queued for the child, stream
+    frames to their streams."""
     host.feed()
     if host.closed:
         os._exit(0)
     while (frame := host.next_frame()) is not None:
         kind, payload = frame
-        if kind != ord("A"):
+        if kind == ord("A"):
+            relay.queue_answer(payload)
+        elif kind in STREAM_KINDS:
+            streams.frame(kind, payload)
+        else:
             sys.stderr.write(f"mcp-code-exec agent: unexpected frame kind {kind} during a run\n")
             os._exit(3)
-        relay.queue_answer(payload)
 
 
 def read_some(fd):
@@ -1343,7 +1372,8 @@ def reset(spare, zygote, baseline):
         for _ in reaped():  # nothing is ours but the zygote; this only matters if it died
             pass
         spare.close()
-        failure = wipe_all()
+        streams_runtime["refuse_waiting"](network.listener)
+        failure = fresh_places()
         if failure:
             return failure
         if integrity() != baseline:
@@ -1362,6 +1392,18 @@ def reset_impossible():
     if not missing:
         return None
     return f"{' and '.join(missing)} missing (as under gVisor): IPC objects a run leaves cannot be listed to remove"
+
+
+def fresh_places():
+    """Every writable place empty, as at start, with the sandbox's trust
+    (MCP_BRIDGE_CA_BUNDLE) in place again; None, or why not."""
+    failure = wipe_all()
+    if failure is None and network.trust:
+        try:
+            write_fresh(SCRIPT_DIR, TRUST_NAME, network.trust)
+        except OSError as exc:
+            failure = f"could not write {TRUST}: {exc}"
+    return failure
 
 
 def wipe_all():
@@ -1487,20 +1529,52 @@ host = FrameReader()
 # (display.py), built once by main() and inherited by every run.
 mcp_runtime = {"__name__": "mcp_runtime"}
 display_runtime = {"__name__": "mcp_code_exec_display_runtime"}
+# The agent's half of the run's streams (streams.py), also built by main().
+streams_runtime = {"__name__": "mcp_code_exec_streams"}
+
+
+class Network:
+    """The agent's egress: the proxy port's listener (bound by main(), kept for
+    the agent's life) and the trust to install (PEM bytes, or b"")."""
+
+    listener = None
+    trust = b""
+
+
+network = Network()
+
+
+def set_network_environment(port, trust):
+    """What every run sees (set before the zygote is forked, so all inherit
+    it): the proxy, in both cases where tools read both, NO_PROXY empty (the
+    sandbox's loopback holds nothing to reach around the proxy), and the
+    trust when there is one."""
+    proxy = f"http://127.0.0.1:{port}"
+    for name in PROXY_VARIABLES:
+        os.environ[name] = os.environ[name.lower()] = proxy
+    os.environ["NO_PROXY"] = os.environ["no_proxy"] = ""
+    if trust:
+        for name in TRUST_VARIABLES:
+            os.environ[name] = TRUST
 
 
 def main(argv):
-    """argv: the sources of mcp_runtime.py and display.py, then the
+    """argv: the sources of mcp_runtime.py, display.py and streams.py, the
     comma-separated modules the zygote imports before any run
-    (MCP_BRIDGE_PRELOAD)."""
+    (MCP_BRIDGE_PRELOAD), the proxy port, then the sandbox's trust (PEM, in
+    parts: one argument holds at most 128 KiB), if any."""
     if os.getpid() != 1:
         # kill(-1) outside a PID namespace would hit every process of this uid.
         sys.stderr.write("mcp-code-exec agent: refusing to run outside a container (not PID 1)\n")
         sys.exit(2)
     exec(compile(argv[0], "<mcp-runtime>", "exec"), mcp_runtime)
     exec(compile(argv[1], "<display>", "exec"), display_runtime)
+    exec(compile(argv[2], "<streams>", "exec"), streams_runtime)
     display_runtime["register_backend"]()  # before the preload imports matplotlib
-    preload = [name for name in argv[2].split(",") if name]
+    preload = [name for name in argv[3].split(",") if name]
+    port = int(argv[4])
+    network.trust = "".join(argv[5:]).encode()
+    set_network_environment(port, network.trust)
     libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # inherited by the zygote
     # The root filesystem is read-only and /workspace is wiped: caches are noise.
     sys.dont_write_bytecode = True
@@ -1522,9 +1596,11 @@ def main(argv):
             )
         sys.stderr.write(f"mcp-code-exec agent: the zygote did not start: {reason}\n")
         os._exit(5)
+    # Bound after the zygote is forked: no process but the agent holds it.
+    network.listener = streams_runtime["listen"](port)
     # What the preload wrote (e.g. matplotlib's font cache in $HOME) is not
     # the first run's to see.
-    failure = wipe_all()
+    failure = fresh_places()
     if not failure:
         spare, failure = fresh_spare(zygote)
     if failure:
@@ -1540,8 +1616,8 @@ def main(argv):
         if frame is None:
             os._exit(0)
         kind, payload = frame
-        if kind == ord("A"):
-            continue  # a late answer to a call of a run that has ended
+        if kind == ord("A") or kind in STREAM_KINDS:
+            continue  # a late answer, or stream frame, of a run that has ended
         if kind != ord("R"):
             sys.stderr.write(f"mcp-code-exec agent: unknown frame kind {kind}\n")
             os._exit(3)

@@ -27,6 +27,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant as Deadline;
 
+use crate::config::Config;
 use crate::engine::{InputSink, OutputChunk, OutputStream, StartedContainer};
 use protocol::{
     AgentFrame, AgentFrameKind, FileBounds, FrameDecoder, ImageBounds, ProtocolError, Ready,
@@ -43,26 +44,51 @@ struct AgentSource {
     mcp_package: &'static str,
     /// The run's images (`display()`, matplotlib's backend), the second.
     display: &'static str,
+    /// The agent's half of the run's network streams, the third.
+    streams: &'static str,
 }
 
 const AGENT_SOURCE: AgentSource = AgentSource {
     agent: include_str!("agent.py"),
     mcp_package: include_str!("mcp_runtime.py"),
     display: include_str!("display.py"),
+    streams: include_str!("streams.py"),
 };
 
-/// The container's command: `python3 -c AGENT MCP_PACKAGE DISPLAY PRELOAD`,
-/// where PRELOAD is the comma-separated modules the zygote imports before
-/// any run.
-pub fn agent_command(preload: &[String]) -> Vec<String> {
-    vec![
+/// The port of the agent's HTTP proxy on the sandbox's loopback (runs see
+/// it in `HTTP_PROXY` and the rest): each connection to it is a stream.
+pub const PROXY_PORT: u16 = 3128;
+/// The most bytes one argument may have (Linux's `MAX_ARG_STRLEN` is 128 KiB).
+const MAX_ARGUMENT: usize = 120 * 1024;
+
+/// The container's command: `python3 -c AGENT MCP_PACKAGE DISPLAY STREAMS
+/// PRELOAD PORT [TRUST...]`, where PRELOAD is the comma-separated modules
+/// the zygote imports before any run, PORT the proxy's, and TRUST the
+/// sandbox's CA bundle (PEM; in parts, an argument being bounded), if any.
+pub fn agent_command(config: &Config) -> Vec<String> {
+    let mut command = vec![
         "python3".into(),
         "-c".into(),
         AGENT_SOURCE.agent.into(),
         AGENT_SOURCE.mcp_package.into(),
         AGENT_SOURCE.display.into(),
-        preload.join(","),
-    ]
+        AGENT_SOURCE.streams.into(),
+        config.preload.join(","),
+        PROXY_PORT.to_string(),
+    ];
+    if let Some(bundle) = &config.egress.ca_bundle {
+        let mut rest = bundle.pem.as_str();
+        while !rest.is_empty() {
+            let mut cut = rest.len().min(MAX_ARGUMENT);
+            while !rest.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let (part, after) = rest.split_at(cut);
+            command.push(part.to_owned());
+            rest = after;
+        }
+    }
+    command
 }
 
 /// The MCP tools a run may call ([`crate::proxy`] implements it; the
@@ -401,11 +427,11 @@ impl Sandbox {
                     continue;
                 }
                 Event::Stream(StreamEvent::Frame(frame)) => {
+                    // A stream's end follows its data; credit need not
+                    // wait behind other streams' bytes.
                     match frame {
-                        StreamFrame::Data { .. } => {
-                            self.outbox.push_data(HostFrame::new(frame.encode(), None));
-                        }
-                        _ => self.outbox.push_control(frame.encode()),
+                        StreamFrame::Window { .. } => self.outbox.push_control(frame.encode()),
+                        _ => self.outbox.push_data(HostFrame::new(frame.encode(), None)),
                     }
                     continue;
                 }
@@ -414,7 +440,8 @@ impl Sandbox {
                         streams.forget(id);
                     }
                     if abort {
-                        self.outbox.push_control(abort_stream(id));
+                        self.outbox
+                            .push_data(HostFrame::new(abort_stream(id), None));
                     }
                     continue;
                 }
@@ -667,12 +694,28 @@ mod tests {
 
     #[test]
     fn agent_source_is_embedded_and_guards_pid_one() {
-        let command = agent_command(&["numpy".into(), "pandas".into()]);
+        let mut config = Config {
+            preload: vec!["numpy".into(), "pandas".into()],
+            ..Config::default()
+        };
+        let command = agent_command(&config);
         assert!(command[2].contains("os.getpid() != 1"));
         assert!(command[3].contains("def install("));
         assert!(command[4].contains("def register_backend("));
-        assert_eq!(command[5], "numpy,pandas");
-        // Each source travels as one argv entry (MAX_ARG_STRLEN is 128 KiB).
+        assert!(command[5].contains("class Streams"));
+        assert_eq!(command[6], "numpy,pandas");
+        assert_eq!(command[7], "3128");
+        assert_eq!(command.len(), 8, "no trust: nothing more");
+        // A trust of 300 KB travels in parts, whole, cut at characters.
+        let pem = format!("-----BEGIN CERTIFICATE-----\n{}é\n", "A".repeat(300_000));
+        config.egress.ca_bundle = Some(crate::config::CaBundle {
+            path: "/ca.pem".into(),
+            pem: pem.clone(),
+        });
+        let command = agent_command(&config);
+        assert_eq!(command[8..].concat(), pem);
+        assert!(command.len() > 9);
+        // Each argv entry within MAX_ARG_STRLEN (128 KiB).
         assert!(command.iter().all(|arg| arg.len() < 128 * 1024));
     }
 }

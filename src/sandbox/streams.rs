@@ -99,7 +99,7 @@ fn lock(shared: &Shared) -> MutexGuard<'_, State> {
 
 /// One stream as a service sees it: reads are what the sandbox sent, writes
 /// go to the sandbox within the credit it granted. Dropping it ends the
-/// stream (aborting it unless both sides had ended their data).
+/// stream (aborting it unless its end of data was sent).
 #[derive(Debug)]
 pub struct SandboxStream {
     id: u32,
@@ -216,8 +216,10 @@ impl AsyncWrite for SandboxStream {
 
 impl Drop for SandboxStream {
     fn drop(&mut self) {
+        // Ended its data: the sandbox's side reads it all and closes; what
+        // the sandbox still sends is dropped as late. Else it is aborted.
         let state = lock(&self.shared);
-        let abort = !(state.aborted || state.outbound_ended && state.inbound_ended);
+        let abort = !(state.aborted || state.outbound_ended);
         drop(state);
         let _ = self.events.send(StreamEvent::Gone { id: self.id, abort });
     }

@@ -386,6 +386,8 @@ engine_test! {
         config.pool_max = 1;
         // Four 8 MiB answers at once, as JSON and as strings, in the agent and the code.
         config.memory_bytes = 512 << 20;
+        // FastMCP sends each twice (text and structured): 4 x 16 MiB in flight.
+        config.tool_bytes_in_flight = 128 << 20;
         // Output must keep flowing while the answers are written: a cap the
         // flood reaches early would stop it (the agent counts, not sends, the rest).
         config.max_output_bytes = 256 << 20;

@@ -9,6 +9,7 @@
 
 pub mod forwarder;
 pub mod server;
+pub mod web;
 
 use std::future::Future;
 use std::path::PathBuf;
