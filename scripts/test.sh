@@ -60,6 +60,16 @@ if ! "$venv/bin/python" -c 'import mcp.server.fastmcp, pytest' 2>/dev/null || [ 
 fi
 export MCP_CODE_EXEC_TEST_PYTHON="$PWD/$venv/bin/python"
 
+# A wheel for the egress suite's local package index, downloaded once with
+# the host's own pip (ordinary registry use).
+wheels=target/e2e-wheels
+if ! ls "$wheels"/six-1.16.0-*.whl >/dev/null 2>&1; then
+    echo "test.sh: downloading a wheel for the local package index into $wheels" >&2
+    "$venv/bin/pip" download -q --disable-pip-version-check --no-deps --only-binary :all: \
+        -d "$wheels" six==1.16.0
+fi
+export MCP_CODE_EXEC_TEST_WHEELS="$PWD/$wheels"
+
 # The sandbox's Python (and the tests' SDK clients): lint, format; unit tests of its pure parts.
 ruff_config=src/sandbox/ruff.toml
 "$venv/bin/ruff" check --config "$ruff_config" src/sandbox tests/python tests/e2e

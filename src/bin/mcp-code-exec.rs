@@ -405,10 +405,44 @@ fn read_code(file: Option<PathBuf>) -> Result<String, String> {
     }
 }
 
+/// What runs may reach on the network, as `doctor` says it.
+fn print_egress(egress: &mcp_code_exec::config::EgressSettings) {
+    if egress.policy.is_off() {
+        println!(
+            "ok    egress: off (MCP_BRIDGE_ALLOW_HOSTS is empty): every connection is refused"
+        );
+        return;
+    }
+    let nets = egress.policy.nets();
+    let limits = &egress.limits;
+    println!(
+        "ok    egress: to {} (networks allowed despite the refused ranges: {}); per run at most {} \
+         connections at once, {} in all, {} bytes each way",
+        egress.policy.hosts(),
+        if nets.is_empty() {
+            "none".to_owned()
+        } else {
+            nets
+        },
+        limits.connections,
+        limits.connections_total,
+        limits.bytes
+    );
+    match &egress.ca_bundle {
+        Some(bundle) => println!(
+            "ok    egress trust: {} (MCP_BRIDGE_CA_BUNDLE, {} certificates)",
+            bundle.path.display(),
+            bundle.pem.matches("-----BEGIN CERTIFICATE-----").count()
+        ),
+        None => println!("ok    egress trust: the image's own certificates"),
+    }
+}
+
 /// Each check prints one line; the first failure says how to fix it.
 async fn doctor(mut config: Config) -> ExitCode {
     println!("mcp-code-exec {} doctor", env!("CARGO_PKG_VERSION"));
     print_servers(config.project_servers);
+    print_egress(&config.egress);
     let engine = match Engine::connect(config.engine).await {
         Ok(engine) => engine,
         Err(error) => return fail("container engine", error),

@@ -130,6 +130,8 @@ engine_test! {
             "mcp_code_exec_runs_total{status=\"cancelled\"} 0",
             "mcp_code_exec_sandboxes_recycled_total{reason=\"abandoned\"} 0",
             "mcp_code_exec_sessions_ended_total{reason=\"idle\"} 0",
+            "mcp_code_exec_egress_connections_total{outcome=\"refused_host\"} 0",
+            "mcp_code_exec_egress_bytes_total{direction=\"received\"} 0",
             "mcp_code_exec_sessions 0",
         ] {
             assert!(
@@ -170,6 +172,15 @@ engine_test! {
             "servers": ["fixture"],
         });
         assert_eq!(server.run_python(proxied)["stdout"], "hello a\nhello b\n");
+        // A connection while egress is off: refused, and counted so.
+        let refused = server.run_python(json!({
+            "code": "import urllib.request
+try:
+    urllib.request.urlopen('http://example.org/')
+except OSError as error:
+    print(error.code)",
+        }));
+        assert_eq!(refused["stdout"], "403\n", "{refused}");
         // A session that lives, then ends on request: the gauge, then the counter.
         server.run_python(json!({"code": "x = 1", "session": "s"}));
         assert_eq!(sample(&metrics(), "mcp_code_exec_sessions"), 1.0);
@@ -205,7 +216,7 @@ engine_test! {
         let delta = |series: &str| sample(&after, series) - sample(&before, series);
         for (series, expected) in [
             // The end-session call ran no code: not a run.
-            ("mcp_code_exec_runs_total{status=\"success\"}", 4.0),
+            ("mcp_code_exec_runs_total{status=\"success\"}", 5.0),
             ("mcp_code_exec_runs_total{status=\"error\"}", 1.0),
             ("mcp_code_exec_runs_total{status=\"timeout\"}", 1.0),
             ("mcp_code_exec_runs_total{status=\"oom\"}", 1.0),
@@ -252,7 +263,11 @@ engine_test! {
                 1.0,
             ),
             ("mcp_code_exec_sessions", 0.0),
-            ("mcp_code_exec_sandbox_resets_total", 4.0),
+            ("mcp_code_exec_sandbox_resets_total", 5.0),
+            (
+                "mcp_code_exec_egress_connections_total{outcome=\"refused_host\"}",
+                1.0,
+            ),
         ] {
             assert_eq!(delta(series), expected, "{series}\n{after}");
         }
