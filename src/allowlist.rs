@@ -270,8 +270,12 @@ impl Policy {
     /// Whether `address` may be dialled: never a loopback, private, shared,
     /// link-local (cloud metadata), multicast, reserved or unspecified
     /// address (nor an IPv4-mapped, -compatible, NAT64 or 6to4 form of
-    /// one), unless a network of `MCP_BRIDGE_ALLOW_NETS` holds it.
+    /// one), unless a network of `MCP_BRIDGE_ALLOW_NETS` holds it; never
+    /// a cloud metadata service, whatever the networks.
     pub fn address(&self, address: IpAddr) -> bool {
+        if is_metadata(address) {
+            return false;
+        }
         if self.nets.iter().any(|net| net.contains(&address)) {
             return true;
         }
@@ -297,6 +301,17 @@ impl Policy {
             });
         }
         Ok(allowed)
+    }
+}
+
+/// The cloud metadata services (169.254.169.254, and AWS's IPv6 one), in
+/// any form that carries the IPv4 one.
+fn is_metadata(address: IpAddr) -> bool {
+    const V4: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+    const V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254);
+    match address {
+        IpAddr::V4(v4) => v4 == V4,
+        IpAddr::V6(v6) => v6 == V6 || embedded_v4(v6) == Some(V4),
     }
 }
 
@@ -335,22 +350,29 @@ fn refused_v4(address: Ipv4Addr) -> Option<&'static str> {
     })
 }
 
-fn refused_v6(address: Ipv6Addr) -> Option<&'static str> {
-    let segments = address.segments();
-    // Forms that carry an IPv4 address: checked as that address.
+/// The IPv4 address an IPv6 address carries: IPv4-mapped, IPv4-compatible,
+/// NAT64 (`64:ff9b::/96`) or 6to4 (`2002::/16`).
+fn embedded_v4(address: Ipv6Addr) -> Option<Ipv4Addr> {
     if let Some(v4) = address.to_ipv4_mapped() {
-        return refused_v4(v4);
+        return Some(v4);
     }
+    let segments = address.segments();
     let embedded = |high: u16, low: u16| Ipv4Addr::from((u32::from(high) << 16) | u32::from(low));
     if segments[..6] == [0, 0, 0, 0, 0, 0] && !address.is_unspecified() && !address.is_loopback() {
-        return refused_v4(embedded(segments[6], segments[7])); // IPv4-compatible
+        return Some(embedded(segments[6], segments[7]));
     }
     if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-        return refused_v4(embedded(segments[6], segments[7])); // NAT64
+        return Some(embedded(segments[6], segments[7]));
     }
-    if segments[0] == 0x2002 {
-        return refused_v4(embedded(segments[1], segments[2])); // 6to4
+    (segments[0] == 0x2002).then(|| embedded(segments[1], segments[2]))
+}
+
+fn refused_v6(address: Ipv6Addr) -> Option<&'static str> {
+    // Forms that carry an IPv4 address: checked as that address.
+    if let Some(v4) = embedded_v4(address) {
+        return refused_v4(v4);
     }
+    let segments = address.segments();
     Some(match segments[0] {
         _ if address.is_unspecified() => "an unspecified address",
         _ if address.is_loopback() => "a loopback address",
@@ -510,6 +532,12 @@ mod tests {
         ] {
             assert!(p.address(ip(public)), "{public} was refused");
         }
+        // The metadata services stay refused whatever the networks.
+        let everything = policy("example.org", "0.0.0.0/0,::/0");
+        for metadata in ["169.254.169.254", "::ffff:169.254.169.254", "fd00:ec2::254"] {
+            assert!(!everything.address(ip(metadata)), "{metadata} was allowed");
+        }
+        assert!(everything.address(ip("169.254.169.253")));
         let loopback = policy("localhost", "127.0.0.0/8,::1/128");
         assert!(loopback.address(ip("127.0.0.1")) && loopback.address(ip("::1")));
         assert!(!loopback.address(ip("10.0.0.1")));

@@ -460,23 +460,19 @@ struct Metered {
 }
 
 impl Metered {
-    /// Counts `n` bytes in `total` (the run's) and `own` (the connection's);
-    /// an error once the run is past its bound.
-    fn count(
-        &self,
-        n: usize,
-        total: &AtomicU64,
-        own: &AtomicU64,
-        direction: &'static str,
-    ) -> std::io::Result<()> {
-        if n == 0 {
-            return Ok(());
-        }
-        let n = n as u64;
-        self.activity.touch();
-        own.fetch_add(n, Ordering::Relaxed);
-        metrics::observe_egress_bytes(direction, n);
-        if total.fetch_add(n, Ordering::Relaxed) + n > self.shared.settings.limits.bytes {
+    /// Takes up to `want` bytes of the run's bound in `total`: what the next
+    /// read or write may move (all connections of the run draw on it at
+    /// once, so the reservation, not the count after the fact, is what
+    /// keeps the bound exact). An error once nothing is left.
+    fn reserve(&self, want: usize, total: &AtomicU64) -> std::io::Result<usize> {
+        let limit = self.shared.settings.limits.bytes;
+        let want = want as u64;
+        let mut granted = 0;
+        let _ = total.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+            granted = want.min(limit.saturating_sub(used));
+            Some(used + granted)
+        });
+        if granted == 0 && want > 0 {
             let reason = format!(
                 "{}:{}: cut: {}",
                 self.record.host,
@@ -486,7 +482,25 @@ impl Metered {
             self.record.cut(reason.clone());
             return Err(std::io::Error::other(reason));
         }
-        Ok(())
+        Ok(usize::try_from(granted).expect("at most `want`"))
+    }
+
+    /// Settles a reservation of `granted` bytes of which `moved` moved: the
+    /// rest goes back to `total`; `moved` counts for the connection.
+    fn settle(
+        &self,
+        granted: usize,
+        moved: usize,
+        total: &AtomicU64,
+        own: &AtomicU64,
+        direction: &'static str,
+    ) {
+        total.fetch_sub((granted - moved) as u64, Ordering::Relaxed);
+        if moved > 0 {
+            self.activity.touch();
+            own.fetch_add(moved as u64, Ordering::Relaxed);
+            metrics::observe_egress_bytes(direction, moved as u64);
+        }
     }
 }
 
@@ -497,15 +511,28 @@ impl AsyncRead for Metered {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
+        let granted = this.reserve(buf.remaining(), &this.shared.received)?;
         let before = buf.filled().len();
-        std::task::ready!(Pin::new(&mut this.tcp).poll_read(cx, buf))?;
+        let polled = if granted == buf.remaining() {
+            Pin::new(&mut this.tcp).poll_read(cx, buf)
+        } else {
+            // Near the bound: read no more than is left of it (a copy, only
+            // for the last read before the cut).
+            let mut rest = vec![0; granted];
+            let mut limited = ReadBuf::new(&mut rest);
+            let polled = Pin::new(&mut this.tcp).poll_read(cx, &mut limited);
+            buf.put_slice(limited.filled());
+            polled
+        };
         let read = buf.filled().len() - before;
-        Poll::Ready(this.count(
+        this.settle(
+            granted,
             read,
             &this.shared.received,
             &this.record.received,
             "received",
-        ))
+        );
+        polled
     }
 }
 
@@ -516,9 +543,20 @@ impl AsyncWrite for Metered {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
-        let written = std::task::ready!(Pin::new(&mut this.tcp).poll_write(cx, buf))?;
-        this.count(written, &this.shared.sent, &this.record.sent, "sent")?;
-        Poll::Ready(Ok(written))
+        let granted = this.reserve(buf.len(), &this.shared.sent)?;
+        let polled = Pin::new(&mut this.tcp).poll_write(cx, &buf[..granted]);
+        let written = match &polled {
+            Poll::Ready(Ok(n)) => *n,
+            _ => 0,
+        };
+        this.settle(
+            granted,
+            written,
+            &this.shared.sent,
+            &this.record.sent,
+            "sent",
+        );
+        polled
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

@@ -21,6 +21,9 @@ static SERVICE: Shared = Shared::with(|| {
     let mut config = test_config();
     config.pool_max = 10;
     config.max_sessions = 9;
+    // gVisor counts its own kernel's memory in the container's: an 8 MiB
+    // answer carried into a session's next call took 256 MiB there.
+    config.memory_bytes = 512 << 20;
     let proxy = Proxy::new(vec![fixture_server("fixture")]);
     Service::with_proxy(config, Arc::new(proxy))
 });
