@@ -18,6 +18,7 @@ use crate::util::web::{self, WebServers};
 use crate::util::{
     block_on, containers_of, one_sandbox, run_on, test_config, under_test, wait_until, warmed,
 };
+use mcp_code_exec::call::{CallRequest, call};
 use mcp_code_exec::config::{CaBundle, Config};
 use mcp_code_exec::egress::{Outcome, Policy};
 use mcp_code_exec::report::{RunReport, RunStatus};
@@ -397,6 +398,54 @@ print(len(established), "established")
             // (Under gVisor a container serves one run: the next is a new one.)
             assert_eq!(containers_of(&service.0), before, "the same container served both runs");
         }
+    }
+}
+
+engine_test! {
+    /// A session's calls are bounded and recorded one call at a time: a
+    /// connection its thread holds at the end of a call is closed (the
+    /// server sees it go), the next call of the session lists only its own
+    /// connections and fetches again within a fresh bound.
+    fn a_sessions_connections_end_with_each_call() {
+        let servers = block_on(web::start(None));
+        let config = config_for(&servers, &servers.allow_hosts(), "127.0.0.0/8", |config| {
+            config.egress.limits.connections_total = 2;
+        });
+        let service = service(config);
+        let in_session = |code: String| {
+            block_on(call(&service.0, &CallRequest {
+                code,
+                session: Some("net".into()),
+                timeout_secs: Some(30.0),
+                ..CallRequest::default()
+            }))
+        };
+        let first = in_session(format!(r#"
+import threading, urllib.request
+held = urllib.request.urlopen("http://localhost:{port}/hold", timeout=10)
+held.read(3)
+threading.Thread(target=lambda: [held.read(1) for _ in iter(int, 1)], daemon=True).start()
+print(urllib.request.urlopen("http://localhost:{port}/hello").read().decode().strip())
+"#, port = servers.http_port));
+        assert_success(&first);
+        assert_eq!(first.egress.len(), 2, "{:#?}", first.egress);
+        wait_until("the server sees the session's held connection close", Duration::from_secs(10), || {
+            servers.open_responses() == 0
+        });
+        let second = in_session(format!(r#"
+import urllib.request
+for _ in range(2):
+    print(urllib.request.urlopen("http://localhost:{port}/hello").read().decode().strip())
+try:
+    urllib.request.urlopen("http://localhost:{port}/hello")
+except OSError as error:
+    print("third |", error)
+"#, port = servers.http_port));
+        assert_success(&second);
+        assert_eq!(second.stdout.matches("hello from the test server").count(), 2, "{}", second.stdout);
+        assert!(second.stdout.contains("MCP_BRIDGE_EGRESS_CONNECTIONS_TOTAL"), "{}", second.stdout);
+        assert_eq!(second.egress.len(), 3, "only this call's: {:#?}", second.egress);
+        assert_eq!(second.egress.iter().filter(|c| c.outcome == Outcome::Limit).count(), 1);
     }
 }
 
