@@ -16,6 +16,9 @@
 //! being removed, the callers waiting, the failed starts in a row and the last
 //! error. Each transition is one `State` method, so the counts change
 //! together. A `Notify` wakes the refill task; another wakes waiting callers.
+//! (`deadpool::managed` was measured against this and cannot keep the refill
+//! invariant: it creates only in a `get` that found its queue empty; see
+//! ARCHITECTURE.md, "Pool state", and `benches/pool.rs`.)
 //! Invariants:
 //! - `total = idle + starting + busy + resetting + removing <= max`: a
 //!   container counts from its create request until the engine confirmed its
