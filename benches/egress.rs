@@ -104,6 +104,8 @@ fn main() {
     let base = Config::from_env().expect("valid MCP_BRIDGE_* environment");
     let mut allowed = base.clone();
     allowed.egress.policy = Policy::parse(&servers.allow_hosts(), "127.0.0.0/8").unwrap();
+    // Room for every download of the run (the bound is a test's matter).
+    allowed.egress.limits.bytes = 1 << 40;
     allowed.egress.ca_bundle = Some(CaBundle {
         path: ca_file.clone(),
         pem: servers.ca_pem.clone(),

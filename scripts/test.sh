@@ -60,13 +60,17 @@ if ! "$venv/bin/python" -c 'import mcp.server.fastmcp, pytest' 2>/dev/null || [ 
 fi
 export MCP_CODE_EXEC_TEST_PYTHON="$PWD/$venv/bin/python"
 
-# A wheel for the egress suite's local package index, downloaded once with
-# the host's own pip (ordinary registry use).
+# Wheels for the egress and packages suites' local package index, downloaded
+# once with the host's own pip (ordinary registry use).
 wheels=target/e2e-wheels
-if ! ls "$wheels"/six-1.16.0-*.whl >/dev/null 2>&1; then
-    echo "test.sh: downloading a wheel for the local package index into $wheels" >&2
+if ! ls "$wheels"/six-1.16.0-*.whl "$wheels"/tabulate-0.9.0-*.whl "$wheels"/[Mm]arkup[Ss]afe-3.0.2-*.whl >/dev/null 2>&1; then
+    echo "test.sh: downloading wheels for the local package index into $wheels" >&2
     "$venv/bin/pip" download -q --disable-pip-version-check --no-deps --only-binary :all: \
-        -d "$wheels" six==1.16.0
+        -d "$wheels" six==1.16.0 tabulate==0.9.0
+    # A C extension, for the sandbox's Python (the image's 3.13), not the host's.
+    "$venv/bin/pip" download -q --disable-pip-version-check --no-deps --only-binary :all: \
+        --python-version 3.13 --implementation cp --platform manylinux2014_x86_64 \
+        -d "$wheels" markupsafe==3.0.2
 fi
 export MCP_CODE_EXEC_TEST_WHEELS="$PWD/$wheels"
 

@@ -51,6 +51,8 @@ pub struct CallRequest {
     pub session: Option<String>,
     /// End the session after this call (with no code: just end it).
     pub end_session: bool,
+    /// Requirements (`tabulate==0.9.0`) installed before the code starts.
+    pub packages: Vec<String>,
 }
 
 /// The longest session name.
@@ -118,6 +120,7 @@ impl Limits {
             return Err(format!("unknown MCP server {unknown:?}; {known}"));
         }
         self.validate_files(&request.files)?;
+        crate::packages::requirement::validate(&request.packages)?;
         let max = self.max_timeout.as_secs_f64();
         match request.timeout_secs {
             None => Ok(self.default_timeout),
@@ -161,6 +164,7 @@ impl Limits {
             code,
             max_output_bytes: self.max_output_bytes,
             files,
+            packages: &[],
             display: self.images,
             files_out: self.files_out,
             session: false,
@@ -315,6 +319,7 @@ async fn unobserved(
         limits: &limits,
         input: RunInput {
             session: request.session.is_some(),
+            packages: &request.packages,
             ..limits.input(&request.code, &request.files)
         },
         timeout,
@@ -507,6 +512,7 @@ impl Run<'_> {
             notes,
             session: None,
             egress: Vec::new(),
+            packages: done.as_ref().and_then(|done| done.packages.clone()),
         };
         Ran {
             report,

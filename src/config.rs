@@ -99,6 +99,8 @@ pub struct Config {
     pub tool_bytes_in_flight: usize,
     /// The network runs may reach through the host's proxy, and its bounds.
     pub egress: EgressSettings,
+    /// Packages runs install, and the host's wheel cache they come from.
+    pub packages: PackageSettings,
     /// `tracing` filter directives built from `MCP_BRIDGE_LOG_LEVEL`, checked.
     pub log_filter: String,
     pub log_format: LogFormat,
@@ -116,6 +118,35 @@ pub struct EgressSettings {
     /// A PEM file on the host installed as the sandboxes' trust
     /// (`MCP_BRIDGE_CA_BUNDLE`), read at launch.
     pub ca_bundle: Option<CaBundle>,
+}
+
+/// Packages (see [`crate::packages`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PackageSettings {
+    /// The sandbox's exec-allowed package directory (`MCP_BRIDGE_PACKAGES_BYTES`).
+    pub sandbox_bytes: u64,
+    /// The host's wheel cache (`MCP_BRIDGE_PACKAGE_CACHE`).
+    pub cache_dir: PathBuf,
+    /// Its bound (`MCP_BRIDGE_PACKAGE_CACHE_BYTES`).
+    pub cache_bytes: u64,
+    /// The index wheels come from (`MCP_BRIDGE_PACKAGE_INDEX`); `None`: the
+    /// one the host's pip is configured with.
+    pub index: Option<String>,
+}
+
+impl Default for PackageSettings {
+    fn default() -> Self {
+        let cache = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+            .unwrap_or_else(std::env::temp_dir);
+        Self {
+            sandbox_bytes: 256 * MIB,
+            cache_dir: cache.join("mcp-code-exec").join("wheels"),
+            cache_bytes: 4096 * MIB,
+            index: None,
+        }
+    }
 }
 
 /// The sandboxes' trust for TLS: certificates as PEM.
@@ -198,6 +229,7 @@ impl Default for Config {
             max_tool_call_bytes: 4 << 20,
             tool_bytes_in_flight: 64 << 20,
             egress: EgressSettings::default(),
+            packages: PackageSettings::default(),
             log_filter: log_filter("info").expect("info is a level"),
             log_format: LogFormat::Text,
             metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
@@ -253,6 +285,7 @@ impl Config {
         config.read_results(&vars)?;
         config.read_tool_calls(&vars)?;
         config.read_egress(&vars)?;
+        config.read_packages(&vars)?;
         config.read_logging(&vars)?;
         config.read_servers(&vars)?;
         config.check()
@@ -519,6 +552,45 @@ impl Config {
         )?;
         self.egress.ca_bundle = vars.parse("MCP_BRIDGE_CA_BUNDLE", None, |v| {
             read_ca_bundle(PathBuf::from(v)).map(Some)
+        })?;
+        Ok(())
+    }
+
+    /// Packages: the sandbox's package directory and the host's cache.
+    fn read_packages(&mut self, vars: &Vars<'_, impl Lookup>) -> Result<(), ConfigError> {
+        let packages = &mut self.packages;
+        packages.sandbox_bytes =
+            vars.parse("MCP_BRIDGE_PACKAGES_BYTES", packages.sandbox_bytes, |v| {
+                parse_bytes(v)
+                    .filter(|b| (MIB..=64 * 1024 * MIB).contains(b))
+                    .ok_or_else(|| "a size from 1m to 64g, like 256m".into())
+            })?;
+        packages.cache_bytes = vars.parse(
+            "MCP_BRIDGE_PACKAGE_CACHE_BYTES",
+            packages.cache_bytes,
+            |v| {
+                parse_bytes(v)
+                    .filter(|&b| b >= MIB)
+                    .ok_or_else(|| "a size of at least 1m, like 4g".into())
+            },
+        )?;
+        let default_dir = std::mem::take(&mut packages.cache_dir);
+        packages.cache_dir = vars.parse("MCP_BRIDGE_PACKAGE_CACHE", default_dir, |v| {
+            let path = PathBuf::from(v);
+            if path.is_absolute() {
+                Ok(path)
+            } else {
+                Err("an absolute path to a directory".into())
+            }
+        })?;
+        packages.index = vars.parse("MCP_BRIDGE_PACKAGE_INDEX", None, |v| {
+            let valid = (v.starts_with("https://") || v.starts_with("http://"))
+                && !v.contains(char::is_whitespace);
+            if valid {
+                Ok(Some(v.trim_end_matches('/').to_owned()))
+            } else {
+                Err("the URL of a simple index, like https://pypi.org/simple".into())
+            }
         })?;
         Ok(())
     }

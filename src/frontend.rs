@@ -58,6 +58,9 @@ pub struct RunPythonArgs {
     /// End the session after this call (with empty code: just end it).
     #[serde(default)]
     pub end_session: bool,
+    /// Requirements to pip-install first.
+    #[serde(default)]
+    pub packages: Vec<String>,
 }
 
 /// A file's content in `run_python(files=...)`.
@@ -84,7 +87,7 @@ const MANUAL: &str = include_str!("sandbox/manual.md");
 /// (clients that reset their timeout on progress can then wait for long runs).
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(4);
 /// How much of the tool description may go to server names.
-const SERVER_NAMES_BUDGET: usize = 220;
+const SERVER_NAMES_BUDGET: usize = 110;
 
 #[derive(Clone)]
 pub struct CodeExecServer {
@@ -143,6 +146,7 @@ impl CodeExecServer {
                 .collect(),
             session: args.session,
             end_session: args.end_session,
+            packages: args.packages,
         };
         let Some(token) = context.meta.get_progress_token() else {
             // The usual case: no timer, no channel.
@@ -262,11 +266,11 @@ impl ServerHandler for CodeExecServer {
 /// far as a fixed budget allows (the resource has them all).
 fn tool_description(servers: &[String]) -> String {
     let mut text = String::from(
-        "Run Python 3 in an isolated sandbox (no network, read-only system; /tmp and \
-         /workspace writable; memory, process and time limits). Each call starts clean \
+        "Run Python 3 in an isolated sandbox (read-only system; /tmp and /workspace \
+         writable; memory, process, time and network limits). Each call starts clean \
          unless calls share a `session`. \
-         Top-level await works. Returns stdout, stderr and a status; plots (plt.show(), \
-         display()) as images; files left in /workspace/out as resources.",
+         Top-level await works. Returns stdout, stderr, a status; plots and display() \
+         as images; files left in /workspace/out as resources.",
     );
     if servers.is_empty() {
         return text;
@@ -301,6 +305,7 @@ fn input_schema() -> serde_json::Map<String, serde_json::Value> {
             "timeout": {"type": "number", "description": "seconds (default MCP_BRIDGE_TIMEOUT)"},
             "session": {"type": "string", "description": "calls with the same name share state"},
             "end_session": {"type": "boolean", "description": "end the session after this call (code may be empty)"},
+            "packages": {"type": "array", "items": {"type": "string"}, "description": "requirements pip installs first"},
             "files": {
                 "type": "object",
                 "description": "written under /workspace first: relative path -> text, or {\"base64\": ...}",
@@ -344,7 +349,8 @@ fn output_schema() -> serde_json::Map<String, serde_json::Value> {
             "files": {"type": "array"},
             "notes": {"type": "array"},
             "session": {"type": "object"},
-            "egress": {"type": "array"}
+            "egress": {"type": "array"},
+            "packages": {"type": "object"}
         },
         "required": [
             "status", "stdout", "stderr", "durationMs", "stdoutTruncated", "stderrTruncated"
@@ -495,6 +501,7 @@ mod tests {
                 bytes_sent: 1,
                 bytes_received: 2,
             }],
+            packages: Some(crate::sandbox::protocol::Installed::default()),
             ..RunReport::rejected(RunStatus::Error, "x")
         };
         let value = serde_json::to_value(&report).unwrap();

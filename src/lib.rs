@@ -41,6 +41,7 @@ pub mod engine;
 pub mod frontend;
 pub mod images;
 pub mod metrics;
+pub mod packages;
 pub mod pool;
 pub mod proxy;
 pub mod report;

@@ -98,6 +98,9 @@ pub struct RunReport {
     /// how each went.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub egress: Vec<crate::egress::Connection>,
+    /// What the call's `packages` installed, and how long it took.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub packages: Option<crate::sandbox::protocol::Installed>,
 }
 
 /// The session of a call: how the call found it, and whether it ended.
@@ -210,6 +213,7 @@ impl RunReport {
             notes: Vec::new(),
             session: None,
             egress: Vec::new(),
+            packages: None,
         }
     }
 
@@ -260,6 +264,10 @@ impl RunReport {
             end_line(&mut text);
             session.render(&mut text);
         }
+        if let Some(packages) = &self.packages {
+            end_line(&mut text);
+            render_packages(packages, &mut text);
+        }
         if text.is_empty() {
             text.push_str(if self.images.is_empty() && self.files.is_empty() {
                 "(no output)"
@@ -291,6 +299,24 @@ impl SessionReport {
             text.push(')');
         }
     }
+}
+
+/// `installed: six 1.16.0, tabulate 0.9.0 (840 ms)`, or `installed:
+/// nothing new (…)` when every requirement was there already.
+fn render_packages(packages: &crate::sandbox::protocol::Installed, text: &mut String) {
+    text.push_str("installed: ");
+    if packages.installed.is_empty() {
+        text.push_str("nothing new");
+    }
+    for (i, package) in packages.installed.iter().enumerate() {
+        if i > 0 {
+            text.push_str(", ");
+        }
+        text.push_str(&package.name);
+        text.push(' ');
+        text.push_str(&package.version);
+    }
+    text.push_str(&format!(" ({} ms)", packages.duration_ms));
 }
 
 fn end_line(text: &mut String) {

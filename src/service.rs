@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::egress::Egress;
 use crate::engine::{Engine, EngineError};
 use crate::metrics;
+use crate::packages::PackageIndex;
 use crate::pool::{Pool, PoolStatus, RecycleReason, SHUTDOWN_TIMEOUT, StartCause, StartError};
 use crate::proxy::{CallOutcome, Proxy};
 use crate::report::RunStatus;
@@ -103,7 +104,10 @@ impl Service {
         Self {
             artifacts: ArtifactStore::new(config.artifact_ttl, config.artifact_bytes),
             sessions: Sessions::new(config.max_sessions, config.session_idle_ttl),
-            egress: Egress::new(config.egress.clone()),
+            egress: Egress::new(config.egress.clone()).with_site(Arc::new(PackageIndex::new(
+                config.packages.clone(),
+                config.egress.ca_bundle.clone(),
+            ))),
             config,
             pool: OnceCell::new(),
             proxy,

@@ -31,6 +31,8 @@ mod isolation;
 mod lifecycle;
 #[path = "suites/observability.rs"]
 mod observability;
+#[path = "suites/packages.rs"]
+mod packages;
 #[path = "suites/pool.rs"]
 mod pool;
 #[path = "suites/proxy.rs"]

@@ -117,17 +117,42 @@ impl Report {
     }
 }
 
+/// The body of an answer the proxy sends.
+pub type Body = http_body_util::combinators::BoxBody<bytes::Bytes, BoxError>;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A site the host serves itself under a name of its own that no resolver
+/// knows (the package index): plain-HTTP requests for it never reach the
+/// network nor the allowlist, whatever egress allows.
+pub trait Site: Send + Sync + std::fmt::Debug {
+    /// The name, e.g. `packages.mcp-code-exec.invalid` (port 80).
+    fn host(&self) -> &str;
+    fn serve(
+        &self,
+        request: hyper::Request<hyper::body::Incoming>,
+    ) -> BoxFuture<'static, hyper::Response<Body>>;
+}
+
 /// The egress of a service: its settings, shared by every run.
 #[derive(Debug, Clone, Default)]
 pub struct Egress {
     settings: Arc<Settings>,
+    site: Option<Arc<dyn Site>>,
 }
 
 impl Egress {
     pub fn new(settings: Settings) -> Self {
         Self {
             settings: Arc::new(settings),
+            site: None,
         }
+    }
+
+    /// Serves `site` to every run, whether or not egress is allowed.
+    #[must_use]
+    pub fn with_site(mut self, site: Arc<dyn Site>) -> Self {
+        self.site = Some(site);
+        self
     }
 
     pub fn settings(&self) -> &Settings {
@@ -139,6 +164,7 @@ impl Egress {
         RunEgress {
             shared: Arc::new(Shared {
                 settings: self.settings.clone(),
+                site: self.site.clone(),
                 open: AtomicUsize::new(0),
                 opened: AtomicUsize::new(0),
                 sent: AtomicU64::new(0),
@@ -192,6 +218,7 @@ impl StreamService for RunEgress {
 #[derive(Debug)]
 struct Shared {
     settings: Arc<Settings>,
+    site: Option<Arc<dyn Site>>,
     /// Connections dialled and not yet closed.
     open: AtomicUsize,
     /// Connections dialled in all.

@@ -20,7 +20,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
@@ -30,7 +29,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::{Outcome, Record, Shared};
+use super::{Body, Outcome, Record, Shared};
 use crate::metrics;
 use crate::sandbox::streams::SandboxStream;
 
@@ -38,8 +37,6 @@ use crate::sandbox::streams::SandboxStream;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest request head the proxy reads.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
-
-type Body = BoxBody<Bytes, hyper::Error>;
 
 /// Serves one stream: requests one after another, until the client closes
 /// it, a tunnel takes it over, or the run ends.
@@ -95,6 +92,14 @@ async fn handle(
     let Some((host, port)) = target(request.uri(), Some(80)) else {
         return Ok(answer(StatusCode::BAD_REQUEST, "the URL has no host"));
     };
+    if let Some(site) = shared
+        .site
+        .as_ref()
+        .filter(|site| port == 80 && host == site.host())
+    {
+        // The host's own site (the package index): not the network.
+        return Ok(site.serve(request).await);
+    }
     let upstream = match shared.open(&host, port).await {
         Ok(upstream) => upstream,
         Err(refused) => return Ok(refused.response()),
@@ -177,7 +182,7 @@ async fn forward(
     match sender.send_request(request).await {
         Ok(mut response) => {
             strip_hop_by_hop(response.headers_mut());
-            response.map(BodyExt::boxed)
+            response.map(|body| body.map_err(Into::into).boxed())
         }
         Err(error) => answer(
             StatusCode::BAD_GATEWAY,

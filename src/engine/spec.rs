@@ -23,6 +23,11 @@ const WORKSPACE_OPTIONS: &str = "rw,noexec,nosuid,nodev,size=128m,mode=1777";
 /// Where the agent writes each run's code as `main.py` (see agent.py), apart
 /// from the user's `/tmp` and `/workspace`.
 pub const CODE_DIR: &str = "/run/code";
+/// Where runs install packages (`packages=[…]`, `pip install`): the one
+/// writable place that allows exec, so installed C extensions load; never
+/// setuid, no devices; its size is `MCP_BRIDGE_PACKAGES_BYTES`, memory
+/// counted in the sandbox's limit like every tmpfs.
+pub const PACKAGES_DIR: &str = "/run/packages";
 /// `/dev/shm` is memory too; keep it small (it also counts against the memory limit).
 const SHM_BYTES: i64 = 64 * 1024 * 1024;
 const NOFILE: i64 = 1024;
@@ -100,6 +105,13 @@ fn container_body(
                     config.max_code_bytes as u64
                         + u64::from(config.max_images) * config.max_image_bytes
                         + (1 << 20)
+                ),
+            ),
+            (
+                PACKAGES_DIR.to_owned(),
+                format!(
+                    "rw,exec,nosuid,nodev,size={},mode=1777",
+                    config.packages.sandbox_bytes
                 ),
             ),
         ])),
@@ -195,6 +207,12 @@ mod tests {
                 tmpfs[path]
             );
         }
+        // The package directory alone allows exec, never setuid or devices.
+        assert!(
+            tmpfs[PACKAGES_DIR].starts_with("rw,exec,nosuid,nodev,size=268435456,"),
+            "{}",
+            tmpfs[PACKAGES_DIR]
+        );
         let ulimits = host.ulimits.as_ref().unwrap();
         assert!(ulimits.iter().any(|u| u.name.as_deref() == Some("nofile")));
         assert!(ulimits.iter().any(|u| u.name.as_deref() == Some("nproc")));

@@ -116,7 +116,9 @@ WORKSPACE = "/workspace"
 SCRIPT_DIR = "/run/code"
 SCRIPT_NAME = "main.py"
 SCRIPT = f"{SCRIPT_DIR}/{SCRIPT_NAME}"
-WIPE_DIRS = ("/tmp", WORKSPACE, SCRIPT_DIR, "/dev/shm", "/dev/mqueue")
+# The run's package directory (packages.py): the one that allows exec.
+PACKAGES_DIR = "/run/packages"
+WIPE_DIRS = ("/tmp", WORKSPACE, SCRIPT_DIR, PACKAGES_DIR, "/dev/shm", "/dev/mqueue")
 # The sandbox's trust for TLS when the operator gave one (MCP_BRIDGE_CA_BUNDLE):
 # written again after every wipe, so a run's change to it dies with the run.
 TRUST_NAME = "ca-bundle.pem"
@@ -344,10 +346,20 @@ def run_code(request, module, filename, channel):
             request.get("servers", []),
             request.get("discovered", []),
         )
+    installed = None
+    if request.get("packages"):
+        try:
+            installed = packages_runtime["install"](request["packages"])
+        except (packages_runtime["InstallError"], OSError, ValueError, KeyError) as exc:
+            message = str(exc) if isinstance(exc, packages_runtime["InstallError"]) else f"packages: {exc!r}"
+            print(message, file=sys.stderr, flush=True)
+            return 1, {"error": message.splitlines()[0], "error_type": "PackageError"}, None
     display = None
     if "display" in request:
         display = display_runtime["install"](dict(request["display"], directory=IMAGE_DIR))
     exit_code, status = execute(request["code"], module.__dict__, filename)
+    if installed is not None:
+        status["packages"] = installed
     return exit_code, status, display
 
 
@@ -416,7 +428,8 @@ def like_a_script():
     sys.argv = [SCRIPT]
     # The script's folder first, as Python does; then the working directory,
     # where the user's own modules are (the files a call brings land there).
-    sys.path[0:1] = [SCRIPT_DIR, WORKSPACE]
+    # The run's packages come before them (what `packages=` or pip installs).
+    sys.path[0:1] = [SCRIPT_DIR, packages_runtime["site_dir"](), WORKSPACE]
 
 
 def main_module(source):
@@ -1065,6 +1078,8 @@ def run(spare, zygote, payload, request):
             wipe_children_quietly(IMAGE_DIR)  # the next call's images are its own
     if "files_out" in request:
         done.update(send_output_files(request["files_out"], spare.returned))
+    if "packages" in status:
+        done["packages"] = status["packages"]
     if session:
         done["kept"] = kept
     done["agent_us"] = (time.monotonic_ns() - started) // 1000
@@ -1330,7 +1345,26 @@ def parse_status(data):
     notes = status.get("image_notes")
     if isinstance(notes, list):
         clean["image_notes"] = [note[:300] for note in notes[:8] if isinstance(note, str)]
+    packages = parse_installed(status.get("packages"))
+    if packages is not None:
+        clean["packages"] = packages
     return clean
+
+
+def parse_installed(packages):
+    """What `packages` installed, as the child said (names and versions,
+    bounded), or None when it is not that shape."""
+    if not isinstance(packages, dict) or not isinstance(packages.get("installed"), list):
+        return None
+    duration = packages.get("duration_ms")
+    if not isinstance(duration, int) or isinstance(duration, bool) or duration < 0:
+        return None
+    installed = [
+        {"name": item["name"][:200], "version": item["version"][:100]}
+        for item in packages["installed"][:256]
+        if isinstance(item, dict) and isinstance(item.get("name"), str) and isinstance(item.get("version"), str)
+    ]
+    return {"installed": installed, "duration_ms": duration}
 
 
 class OomCounter:
@@ -1398,6 +1432,11 @@ def fresh_places():
     """Every writable place empty, as at start, with the sandbox's trust
     (MCP_BRIDGE_CA_BUNDLE) in place again; None, or why not."""
     failure = wipe_all()
+    if failure is None:
+        try:
+            packages_runtime["prepare"]()
+        except OSError as exc:
+            failure = f"could not make the package directory: {exc}"
     if failure is None and network.trust:
         try:
             write_fresh(SCRIPT_DIR, TRUST_NAME, network.trust)
@@ -1531,6 +1570,8 @@ mcp_runtime = {"__name__": "mcp_runtime"}
 display_runtime = {"__name__": "mcp_code_exec_display_runtime"}
 # The agent's half of the run's streams (streams.py), also built by main().
 streams_runtime = {"__name__": "mcp_code_exec_streams"}
+# The run's packages (packages.py), also built by main().
+packages_runtime = {"__name__": "mcp_code_exec_packages"}
 
 
 class Network:
@@ -1559,7 +1600,7 @@ def set_network_environment(port, trust):
 
 
 def main(argv):
-    """argv: the sources of mcp_runtime.py, display.py and streams.py, the
+    """argv: the sources of mcp_runtime.py, display.py, streams.py and packages.py, the
     comma-separated modules the zygote imports before any run
     (MCP_BRIDGE_PRELOAD), the proxy port, then the sandbox's trust (PEM, in
     parts: one argument holds at most 128 KiB), if any."""
@@ -1570,11 +1611,13 @@ def main(argv):
     exec(compile(argv[0], "<mcp-runtime>", "exec"), mcp_runtime)
     exec(compile(argv[1], "<display>", "exec"), display_runtime)
     exec(compile(argv[2], "<streams>", "exec"), streams_runtime)
+    exec(compile(argv[3], "<packages>", "exec"), packages_runtime)
     display_runtime["register_backend"]()  # before the preload imports matplotlib
-    preload = [name for name in argv[3].split(",") if name]
-    port = int(argv[4])
-    network.trust = "".join(argv[5:]).encode()
+    preload = [name for name in argv[4].split(",") if name]
+    port = int(argv[5])
+    network.trust = "".join(argv[6:]).encode()
     set_network_environment(port, network.trust)
+    packages_runtime["set_environment"](os.environ)
     libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # inherited by the zygote
     # The root filesystem is read-only and /workspace is wiped: caches are noise.
     sys.dont_write_bytecode = True

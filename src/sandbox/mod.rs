@@ -46,6 +46,8 @@ struct AgentSource {
     display: &'static str,
     /// The agent's half of the run's network streams, the third.
     streams: &'static str,
+    /// The run's package directory and installs, the fourth.
+    packages: &'static str,
 }
 
 const AGENT_SOURCE: AgentSource = AgentSource {
@@ -53,6 +55,7 @@ const AGENT_SOURCE: AgentSource = AgentSource {
     mcp_package: include_str!("mcp_runtime.py"),
     display: include_str!("display.py"),
     streams: include_str!("streams.py"),
+    packages: include_str!("packages.py"),
 };
 
 /// The port of the agent's HTTP proxy on the sandbox's loopback (runs see
@@ -73,6 +76,7 @@ pub fn agent_command(config: &Config) -> Vec<String> {
         AGENT_SOURCE.mcp_package.into(),
         AGENT_SOURCE.display.into(),
         AGENT_SOURCE.streams.into(),
+        AGENT_SOURCE.packages.into(),
         config.preload.join(","),
         PROXY_PORT.to_string(),
     ];
@@ -703,9 +707,10 @@ mod tests {
         assert!(command[3].contains("def install("));
         assert!(command[4].contains("def register_backend("));
         assert!(command[5].contains("class Streams"));
-        assert_eq!(command[6], "numpy,pandas");
-        assert_eq!(command[7], "3128");
-        assert_eq!(command.len(), 8, "no trust: nothing more");
+        assert!(command[6].contains("def site_dir("));
+        assert_eq!(command[7], "numpy,pandas");
+        assert_eq!(command[8], "3128");
+        assert_eq!(command.len(), 9, "no trust: nothing more");
         // A trust of 300 KB travels in parts, whole, cut at characters.
         let pem = format!("-----BEGIN CERTIFICATE-----\n{}é\n", "A".repeat(300_000));
         config.egress.ca_bundle = Some(crate::config::CaBundle {
@@ -713,8 +718,8 @@ mod tests {
             pem: pem.clone(),
         });
         let command = agent_command(&config);
-        assert_eq!(command[8..].concat(), pem);
-        assert!(command.len() > 9);
+        assert_eq!(command[9..].concat(), pem);
+        assert!(command.len() > 10);
         // Each argv entry within MAX_ARG_STRLEN (128 KiB).
         assert!(command.iter().all(|arg| arg.len() < 128 * 1024));
     }

@@ -220,6 +220,10 @@ pub struct RunInput<'a> {
     /// Written under `/workspace` before the code starts (checked by the call).
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     pub files: &'a [InputFile],
+    /// Requirements installed before the code starts (checked by the call:
+    /// names and versions only), from the host's package index.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub packages: &'a [String],
     /// The bounds of the images the run returns.
     pub display: ImageBounds,
     /// The bounds of the files the run returns from `/workspace/out`.
@@ -468,6 +472,26 @@ pub struct RunDone {
     /// is then its own): the code did not run, and the agent resets.
     #[serde(default)]
     pub session_gone: bool,
+    /// What `packages` installed (pip's report), when the call asked.
+    #[serde(default)]
+    pub packages: Option<Installed>,
+}
+
+/// What a call's `packages` installed, and how long it took.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub struct Installed {
+    /// Each distribution installed, dependencies included (those already
+    /// there are not listed).
+    pub installed: Vec<Package>,
+    #[serde(rename(serialize = "durationMs"))]
+    pub duration_ms: u64,
+}
+
+/// A distribution, as its metadata names it.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+pub struct Package {
+    pub name: String,
+    pub version: String,
 }
 
 /// Payload of a `Ready` frame.
@@ -833,6 +857,7 @@ mod tests {
             code,
             max_output_bytes: 7,
             files: &[],
+            packages: &[],
             display: ImageBounds {
                 max_pixels: 64,
                 max_bytes: 1024,

@@ -29,3 +29,8 @@ def mcp_runtime():
 @pytest.fixture(scope="session")
 def mcp_display():
     return load("display")
+
+
+@pytest.fixture(scope="session")
+def packages():
+    return load("packages")

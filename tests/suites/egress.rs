@@ -27,16 +27,7 @@ use mcp_code_exec::service::Service;
 /// The suite's servers, started once on the crate's executor.
 fn servers() -> &'static WebServers {
     static SERVERS: OnceLock<WebServers> = OnceLock::new();
-    SERVERS.get_or_init(|| block_on(web::start(Some(wheels()))))
-}
-
-/// Wheels for the local package index (scripts/test.sh downloads them with
-/// the host's pip).
-fn wheels() -> PathBuf {
-    std::env::var_os("MCP_CODE_EXEC_TEST_WHEELS").map_or_else(
-        || concat!(env!("CARGO_MANIFEST_DIR"), "/target/e2e-wheels").into(),
-        PathBuf::from,
-    )
+    SERVERS.get_or_init(|| block_on(web::start(Some(web::wheels()))))
 }
 
 /// The test configuration allowing the suite's servers (and loopback), and
@@ -473,11 +464,12 @@ engine_test! {
         config.egress.policy = Policy::parse(hosts, &nets.join(",")).unwrap();
         config.egress.ca_bundle = Some(CaBundle { path: bundle, pem });
         let service = service(config);
+        // PyPI itself, not the host's package index pip is pointed at by default.
         let report = run_on(&service.0, r#"
 import subprocess, sys, os
 done = subprocess.run(
     [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-     "-d", "/tmp/wheels", "six==1.16.0"],
+     "--index-url", "https://pypi.org/simple", "-d", "/tmp/wheels", "six==1.16.0"],
     capture_output=True, text=True)
 print(done.returncode, os.listdir("/tmp/wheels") if os.path.isdir("/tmp/wheels") else [], done.stderr[-2000:])
 "#, Some(110.0));

@@ -125,7 +125,7 @@ raise ValueError("boom")
         assert_eq!(report.status, RunStatus::Error, "{report:#?}");
         assert_eq!(
             report.stdout,
-            "__main__ /run/code/main.py None ['/run/code/main.py'] ['/run/code', '/workspace'] /workspace\n\
+            "__main__ /run/code/main.py None ['/run/code/main.py'] ['/run/code', '/run/packages/lib/python3.13/site-packages'] /workspace\n\
          True import asyncio, os, signal, sys\n42\nalarm\nhooked ValueError boom\n"
         );
         assert_eq!(report.exit_code, Some(1));

@@ -22,6 +22,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::stream;
+use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
@@ -32,6 +33,8 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs
 struct Shared {
     /// Responses being sent (a `/hold` lives until its client goes).
     open: Arc<AtomicUsize>,
+    /// Files of the index sent.
+    downloads: Arc<AtomicUsize>,
     wheels: Option<PathBuf>,
 }
 
@@ -42,9 +45,15 @@ pub struct WebServers {
     /// The CA the HTTPS server's certificate is signed by, as PEM.
     pub ca_pem: String,
     open: Arc<AtomicUsize>,
+    downloads: Arc<AtomicUsize>,
 }
 
 impl WebServers {
+    /// Files of the package index sent, on either server.
+    pub fn downloads(&self) -> usize {
+        self.downloads.load(Ordering::SeqCst)
+    }
+
     /// Responses being sent right now, on either server.
     pub fn open_responses(&self) -> usize {
         self.open.load(Ordering::SeqCst)
@@ -138,13 +147,22 @@ async fn index(State(shared): State<Shared>, Path(package): Path<String>) -> Res
     };
     let prefix = package.replace('-', "_").to_lowercase();
     let mut links = String::from("<!DOCTYPE html><html><body>\n");
+    let mut listed = 0;
     for entry in std::fs::read_dir(folder).into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.to_lowercase().starts_with(&format!("{prefix}-")) && name.ends_with(".whl") {
-            links.push_str(&format!("<a href=\"/files/{name}\">{name}</a>\n"));
+        let distribution = name.ends_with(".whl") || name.ends_with(".tar.gz");
+        if name.to_lowercase().starts_with(&format!("{prefix}-")) && distribution {
+            let sha = hex::encode(Sha256::digest(std::fs::read(entry.path()).unwrap()));
+            links.push_str(&format!(
+                "<a href=\"/files/{name}#sha256={sha}\">{name}</a>\n"
+            ));
+            listed += 1;
         }
     }
     links.push_str("</body></html>\n");
+    if listed == 0 {
+        return StatusCode::NOT_FOUND.into_response(); // as PyPI answers for no such project
+    }
     ([(header::CONTENT_TYPE, "text/html")], links).into_response()
 }
 
@@ -154,17 +172,31 @@ async fn wheel(State(shared): State<Shared>, Path(name): Path<String>) -> Respon
         .as_ref()
         .map(|folder| std::fs::read(folder.join(&name)))
     {
-        Some(Ok(bytes)) if !name.contains('/') => bytes.into_response(),
+        Some(Ok(bytes)) if !name.contains('/') => {
+            shared.downloads.fetch_add(1, Ordering::SeqCst);
+            bytes.into_response()
+        }
         _ => StatusCode::NOT_FOUND.into_response(),
     }
+}
+
+/// Wheels for the local package index (scripts/test.sh downloads them with
+/// the host's pip).
+pub fn wheels() -> PathBuf {
+    std::env::var_os("MCP_CODE_EXEC_TEST_WHEELS").map_or_else(
+        || concat!(env!("CARGO_MANIFEST_DIR"), "/target/e2e-wheels").into(),
+        PathBuf::from,
+    )
 }
 
 /// Starts both servers on the host's loopback (random ports), serving the
 /// wheels of `wheels` as a package index if given.
 pub async fn start(wheels: Option<PathBuf>) -> WebServers {
     let open = Arc::new(AtomicUsize::new(0));
+    let downloads = Arc::new(AtomicUsize::new(0));
     let app = router(Shared {
         open: open.clone(),
+        downloads: downloads.clone(),
         wheels,
     });
     let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -200,6 +232,7 @@ pub async fn start(wheels: Option<PathBuf>) -> WebServers {
         https_port,
         ca_pem,
         open,
+        downloads,
     }
 }
 

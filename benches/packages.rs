@@ -1,0 +1,93 @@
+//! What `packages=[…]` adds to a run, measured in one run against a real
+//! package index on the host's loopback (the tests' index over the wheels
+//! scripts/test.sh downloads): the first install (the host fetches the
+//! wheel into an empty cache), then installs from the warm cache, of a pure
+//! wheel (tabulate) and of one with a C extension (MarkupSafe), next to a
+//! warm `print(6*7)` without `packages`.
+//!
+//! `cargo bench --bench packages`. Needs the engine, the sandbox image and
+//! the wheels (scripts/test.sh).
+
+#[path = "../tests/util/web.rs"]
+#[allow(dead_code)] // the tests' servers: this bench reads less of what they count
+mod web;
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{PRINT, percentiles};
+use mcp_code_exec::call::{CallRequest, call};
+use mcp_code_exec::config::Config;
+use mcp_code_exec::report::RunStatus;
+use mcp_code_exec::service::Service;
+
+fn main() {
+    let full = std::env::args().any(|arg| arg == "--bench");
+    let rounds = if full { 30 } else { 2 };
+    let tokio = tokio::runtime::Runtime::new().unwrap();
+    let servers = tokio.block_on(web::start(Some(web::wheels())));
+    let cache = std::env::temp_dir().join(format!("packages-bench-cache-{}", std::process::id()));
+    let mut config = Config::from_env().expect("valid MCP_BRIDGE_* environment");
+    config.packages.index = Some(format!("http://127.0.0.1:{}/simple", servers.http_port));
+    config.packages.cache_dir = cache.clone();
+    let service = Service::new(config);
+    if let Err(error) = tokio.block_on(service.pool()) {
+        eprintln!("SKIPPED packages benchmark: {error}");
+        return;
+    }
+    let request = |packages: &[&str], code: &str| CallRequest {
+        code: code.into(),
+        packages: packages.iter().map(|p| (*p).to_owned()).collect(),
+        timeout_secs: Some(120.0),
+        ..CallRequest::default()
+    };
+    // One sample: the whole call, and the install as the sandbox timed it.
+    let sample = |request: &CallRequest| {
+        let started = Instant::now();
+        let report = tokio.block_on(call(&service, request));
+        let took = started.elapsed();
+        assert_eq!(report.status, RunStatus::Success, "{report:?}");
+        let install = report
+            .packages
+            .map_or(Duration::ZERO, |p| Duration::from_millis(p.duration_ms));
+        (took, install)
+    };
+    let tabulate = request(&["tabulate"], "import tabulate");
+    let markupsafe = request(&["MarkupSafe"], "import markupsafe._speedups");
+    let print = request(&[], PRINT);
+
+    let (cold_call, cold_install) = sample(&tabulate);
+    assert_eq!(servers.downloads(), 1);
+    let (mut warm, mut warm_install, mut native, mut plain) = (vec![], vec![], vec![], vec![]);
+    sample(&markupsafe); // its wheel into the cache
+    for _ in 0..rounds {
+        let (call, install) = sample(&tabulate);
+        warm.push(call);
+        warm_install.push(install);
+        native.push(sample(&markupsafe).0);
+        plain.push(sample(&print).0);
+    }
+    assert_eq!(
+        servers.downloads(),
+        2,
+        "every later install came from the cache"
+    );
+
+    println!("\nthe first `packages=[\"tabulate\"]`, an empty cache (download + install):");
+    println!(
+        "  whole call {:.1} ms, install {:.1} ms",
+        cold_call.as_secs_f64() * 1e3,
+        cold_install.as_secs_f64() * 1e3
+    );
+    println!("\nfrom the warm cache, whole calls, alternating:");
+    percentiles("packages=[\"tabulate\"] (pure)", warm);
+    percentiles(
+        "  of which the install (pip, timed in the sandbox)",
+        warm_install,
+    );
+    percentiles("packages=[\"MarkupSafe\"] (C extension)", native);
+    percentiles(&format!("`{PRINT}` without packages"), plain);
+    tokio.block_on(service.shutdown());
+    let _ = std::fs::remove_dir_all(cache);
+}

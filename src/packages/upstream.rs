@@ -1,0 +1,451 @@
+//! The upstream index the cache is filled from: its URL and TLS trust (the
+//! operator's, else what the host's pip is configured with), its project
+//! pages (PEP 691 JSON, or PEP 503 HTML), and downloads of the files they
+//! list. Only the host talks to it, never a sandbox.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::StatusCode;
+use reqwest::Url;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use serde::Deserialize;
+
+use crate::config::{CaBundle, PackageSettings};
+
+/// The index when neither the operator nor the host's pip names one.
+const DEFAULT_INDEX: &str = "https://pypi.org/simple";
+/// Where the host keeps its trust when pip names none (Debian's bundle).
+const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+/// A project page, at most.
+const MAX_PAGE_BYTES: usize = 32 << 20;
+/// Reading pip's own configuration.
+const PIP_CONFIG_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A wheel an upstream page lists.
+#[derive(Debug, Clone)]
+pub(super) struct UpstreamFile {
+    pub filename: String,
+    pub url: Url,
+    pub sha256: String,
+    pub requires_python: Option<String>,
+    pub yanked: bool,
+}
+
+/// A project page: its wheels (with a SHA-256), and how many source
+/// distributions it has (which are never installed).
+#[derive(Debug, Default)]
+pub(super) struct Listing {
+    pub wheels: Vec<UpstreamFile>,
+    pub sdists: usize,
+}
+
+#[derive(Debug)]
+pub(super) struct Upstream {
+    index: Url,
+    client: reqwest::Client,
+    /// The largest file fetched (a wheel larger than the sandbox's package
+    /// directory could not be installed anyway).
+    max_file_bytes: u64,
+}
+
+/// What the host's pip is configured with (`pip config list`).
+#[derive(Debug, Default)]
+struct PipConfig {
+    index_url: Option<String>,
+    cert: Option<String>,
+}
+
+impl Upstream {
+    /// The index and a client that trusts `trust` (else pip's bundle, else
+    /// the system's), read once at first use.
+    pub async fn configure(
+        settings: &PackageSettings,
+        trust: Option<&CaBundle>,
+    ) -> Result<Self, String> {
+        let pip = pip_config().await;
+        let index = settings
+            .index
+            .clone()
+            .or(pip.index_url)
+            .unwrap_or_else(|| DEFAULT_INDEX.to_owned());
+        let index = Url::parse(&format!("{}/", index.trim_end_matches('/')))
+            .map_err(|error| format!("the package index {index:?} is not a URL: {error}"))?;
+        let pem = match (trust, pip.cert) {
+            (Some(bundle), _) => bundle.pem.clone().into_bytes(),
+            (None, Some(cert)) => std::fs::read(&cert).map_err(|error| {
+                format!("the CA bundle the host's pip names ({cert}) cannot be read: {error}")
+            })?,
+            (None, None) => std::fs::read(SYSTEM_BUNDLE).map_err(|error| {
+                format!("no CA bundle for the package index ({SYSTEM_BUNDLE}: {error}); set MCP_BRIDGE_CA_BUNDLE")
+            })?,
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&pem).flatten() {
+            let _ = roots.add(cert);
+        }
+        if roots.is_empty() {
+            return Err("the CA bundle for the package index holds no certificate".into());
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|error| error.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(Duration::from_secs(60))
+            .user_agent(concat!("mcp-code-exec/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|error| format!("the package index client: {error}"))?;
+        tracing::info!(index = %index, "package index: upstream configured");
+        Ok(Self {
+            index,
+            client,
+            max_file_bytes: settings.sandbox_bytes,
+        })
+    }
+
+    /// The project page of `name` (normalized).
+    pub async fn listing(&self, name: &str) -> Result<Listing, (StatusCode, String)> {
+        let url = self
+            .index
+            .join(&format!("{name}/"))
+            .map_err(|error| (StatusCode::NOT_FOUND, error.to_string()))?;
+        let failed = |error: String| {
+            (
+                StatusCode::BAD_GATEWAY,
+                format!("the package index {}: {error}", self.index),
+            )
+        };
+        let response = self
+            .client
+            .get(url.clone())
+            .header(
+                "accept",
+                "application/vnd.pypi.simple.v1+json, text/html;q=0.1",
+            )
+            .send()
+            .await
+            .map_err(|error| failed(error.to_string()))?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Err((
+                StatusCode::NOT_FOUND,
+                format!("no project {name:?} on the package index {}", self.index),
+            ));
+        }
+        if !response.status().is_success() {
+            return Err(failed(format!("{} for {name}", response.status())));
+        }
+        let json = response
+            .headers()
+            .get("content-type")
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|value| value.contains("json"));
+        let page = bounded_body(response, MAX_PAGE_BYTES as u64)
+            .await
+            .map_err(failed)?;
+        let page = String::from_utf8_lossy(&page);
+        Ok(if json {
+            parse_json(&page, &url)
+                .map_err(|error| failed(format!("a page that is not PEP 691 JSON: {error}")))?
+        } else {
+            parse_html(&page, &url)
+        })
+    }
+
+    /// The bytes of `file` (its hash is the caller's to check).
+    pub async fn download(&self, file: &UpstreamFile) -> Result<Vec<u8>, String> {
+        let response = self
+            .client
+            .get(file.url.clone())
+            .send()
+            .await
+            .map_err(|error| format!("{}: {error}", file.filename))?;
+        if !response.status().is_success() {
+            return Err(format!("{}: {}", file.filename, response.status()));
+        }
+        bounded_body(response, self.max_file_bytes)
+            .await
+            .map_err(|error| format!("{}: {error} (MCP_BRIDGE_PACKAGES_BYTES)", file.filename))
+    }
+}
+
+async fn bounded_body(mut response: reqwest::Response, max: u64) -> Result<Vec<u8>, String> {
+    let mut data = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|error| error.to_string())? {
+        if (data.len() + chunk.len()) as u64 > max {
+            return Err(format!("larger than {max} bytes"));
+        }
+        data.extend_from_slice(&chunk);
+    }
+    Ok(data)
+}
+
+/// `pip config list` of the host's `python3`: its index and CA bundle;
+/// nothing when pip is not there.
+async fn pip_config() -> PipConfig {
+    let output = tokio::time::timeout(
+        PIP_CONFIG_TIMEOUT,
+        tokio::process::Command::new("python3")
+            .args(["-m", "pip", "config", "list"])
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await;
+    match output {
+        Ok(Ok(output)) if output.status.success() => {
+            parse_pip_config(&String::from_utf8_lossy(&output.stdout))
+        }
+        _ => PipConfig::default(),
+    }
+}
+
+/// Lines like `global.index-url='https://…'`; `:env:` (PIP_* variables)
+/// wins over `install`, which wins over `global`.
+fn parse_pip_config(text: &str) -> PipConfig {
+    let rank = |section: &str| match section {
+        ":env:" => 3,
+        "install" | "download" => 2,
+        "global" => 1,
+        _ => 0,
+    };
+    let mut best: [(u8, Option<String>); 2] = [(0, None), (0, None)];
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        let Some((section, name)) = key.rsplit_once('.') else {
+            continue;
+        };
+        let slot = match name {
+            "index-url" => 0,
+            "cert" => 1,
+            _ => continue,
+        };
+        let value = value.trim().trim_matches('\'').trim_matches('"').to_owned();
+        let rank = rank(section);
+        if rank > best[slot].0 && !value.is_empty() {
+            best[slot] = (rank, Some(value));
+        }
+    }
+    let [(_, index_url), (_, cert)] = best;
+    PipConfig { index_url, cert }
+}
+
+#[derive(Deserialize)]
+struct JsonPage {
+    files: Vec<JsonFile>,
+}
+
+#[derive(Deserialize)]
+struct JsonFile {
+    filename: String,
+    url: String,
+    #[serde(default)]
+    hashes: std::collections::HashMap<String, String>,
+    #[serde(rename = "requires-python", default)]
+    requires_python: Option<String>,
+    #[serde(default)]
+    yanked: serde_json::Value,
+}
+
+fn parse_json(page: &str, base: &Url) -> Result<Listing, serde_json::Error> {
+    let page: JsonPage = serde_json::from_str(page)?;
+    let mut listing = Listing::default();
+    for file in page.files {
+        let yanked = !matches!(
+            file.yanked,
+            serde_json::Value::Bool(false) | serde_json::Value::Null
+        );
+        let sha256 = file.hashes.get("sha256").cloned();
+        listing.add(
+            base,
+            &file.filename,
+            &file.url,
+            sha256,
+            file.requires_python,
+            yanked,
+        );
+    }
+    Ok(listing)
+}
+
+/// The anchors of a PEP 503 page: `<a href="URL#sha256=…"
+/// data-requires-python="…" data-yanked>FILENAME</a>`.
+fn parse_html(page: &str, base: &Url) -> Listing {
+    let mut listing = Listing::default();
+    let lower = page.to_ascii_lowercase();
+    let mut at = 0;
+    while let Some(start) = lower[at..].find("<a ").map(|i| at + i) {
+        let Some(tag_end) = lower[start..].find('>').map(|i| start + i) else {
+            break;
+        };
+        let Some(text_end) = lower[tag_end..].find("</a>").map(|i| tag_end + i) else {
+            break;
+        };
+        let tag = &page[start..tag_end];
+        let filename = unescape(page[tag_end + 1..text_end].trim());
+        at = text_end;
+        let Some(href) = attribute(tag, "href") else {
+            continue;
+        };
+        let (href, fragment) = href.split_once('#').unwrap_or((&href, ""));
+        let sha256 = fragment.strip_prefix("sha256=").map(str::to_owned);
+        let yanked = attribute(tag, "data-yanked").is_some() || tag.contains(" data-yanked");
+        listing.add(
+            base,
+            &filename,
+            href,
+            sha256,
+            attribute(tag, "data-requires-python"),
+            yanked,
+        );
+    }
+    listing
+}
+
+impl Listing {
+    fn add(
+        &mut self,
+        base: &Url,
+        filename: &str,
+        url: &str,
+        sha256: Option<String>,
+        requires_python: Option<String>,
+        yanked: bool,
+    ) {
+        if !filename.ends_with(".whl") {
+            if filename.ends_with(".tar.gz") || filename.ends_with(".zip") {
+                self.sdists += 1;
+            }
+            return;
+        }
+        let valid_hash = sha256
+            .map(|hash| hash.to_ascii_lowercase())
+            .filter(|hash| hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()));
+        let (Some(sha256), Ok(url)) = (valid_hash, base.join(url)) else {
+            return; // without a hash the host could not check it: not listed
+        };
+        self.wheels.push(UpstreamFile {
+            filename: filename.to_owned(),
+            url,
+            sha256,
+            requires_python,
+            yanked,
+        });
+    }
+}
+
+/// The value of `name="…"` (or `'…'`) in a tag, unescaped.
+fn attribute(tag: &str, name: &str) -> Option<String> {
+    let lower = tag.to_ascii_lowercase();
+    let mut from = 0;
+    while let Some(at) = lower[from..].find(name).map(|i| from + i) {
+        from = at + name.len();
+        let before_ok = at > 0 && lower.as_bytes()[at - 1].is_ascii_whitespace();
+        let rest = lower[from..].trim_start();
+        if !before_ok || !rest.starts_with('=') {
+            continue;
+        }
+        let value_at = tag.len() - rest.len() + 1;
+        let value = tag[value_at..].trim_start();
+        let quote = value.chars().next()?;
+        if quote == '"' || quote == '\'' {
+            let end = value[1..].find(quote)?;
+            return Some(unescape(&value[1..1 + end]));
+        }
+        let end = value
+            .find(|c: char| c.is_ascii_whitespace())
+            .unwrap_or(value.len());
+        return Some(unescape(&value[..end]));
+    }
+    None
+}
+
+fn unescape(text: &str) -> String {
+    text.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&#x27;", "'")
+        .replace("&amp;", "&")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Url {
+        Url::parse("https://index.example/simple/six/").unwrap()
+    }
+
+    const SHA: &str = "8abb2f1d86890a2dfb989f9a77cfcfd3e47c2a354b01111771326f8aa26e0254";
+
+    #[test]
+    fn html_pages_list_hashed_wheels_and_count_sdists() {
+        let page = format!(
+            r#"<html><body>
+<a href="../../files/six-1.16.0-py2.py3-none-any.whl#sha256={SHA}" data-requires-python="&gt;=2.7, !=3.0.*">six-1.16.0-py2.py3-none-any.whl</a><br>
+<A HREF='https://cdn.example/six-1.15.0-py2.py3-none-any.whl#sha256={SHA}' data-yanked="">six-1.15.0-py2.py3-none-any.whl</A>
+<a href="six-1.16.0.tar.gz#sha256={SHA}">six-1.16.0.tar.gz</a>
+<a href="six-1.14.0-py2.py3-none-any.whl">six-1.14.0-py2.py3-none-any.whl</a>
+</body></html>"#
+        );
+        let listing = parse_html(&page, &base());
+        assert_eq!(listing.sdists, 1);
+        assert_eq!(
+            listing.wheels.len(),
+            2,
+            "the wheel without a hash is left out"
+        );
+        let first = &listing.wheels[0];
+        assert_eq!(
+            first.url.as_str(),
+            "https://index.example/files/six-1.16.0-py2.py3-none-any.whl"
+        );
+        assert_eq!(first.requires_python.as_deref(), Some(">=2.7, !=3.0.*"));
+        assert!(!first.yanked && listing.wheels[1].yanked);
+        assert_eq!(listing.wheels[1].url.host_str(), Some("cdn.example"));
+    }
+
+    #[test]
+    fn json_pages_are_read_too() {
+        let page = format!(
+            r#"{{"meta": {{"api-version": "1.1"}}, "name": "six", "files": [
+            {{"filename": "six-1.16.0-py2.py3-none-any.whl", "url": "/f/six.whl", "hashes": {{"sha256": "{SHA}"}}, "requires-python": ">=2.7", "yanked": false}},
+            {{"filename": "six-1.0.whl", "url": "/f/old.whl", "hashes": {{"sha256": "{SHA}"}}, "yanked": "broken"}},
+            {{"filename": "six-1.16.0.tar.gz", "url": "/f/six.tgz", "hashes": {{}}}}]}}"#
+        );
+        let listing = parse_json(&page, &base()).unwrap();
+        assert_eq!((listing.wheels.len(), listing.sdists), (2, 1));
+        assert_eq!(
+            listing.wheels[0].url.as_str(),
+            "https://index.example/f/six.whl"
+        );
+        assert!(!listing.wheels[0].yanked && listing.wheels[1].yanked);
+    }
+
+    #[test]
+    fn pip_config_environment_wins() {
+        let config = parse_pip_config(
+            ":env:.cert='/etc/ssl/certs/ca-certificates.crt'\n\
+             global.cert='/other.pem'\n\
+             global.index-url='https://mirror.example/simple'\n\
+             :env:.find-links='/opt/wheels'\n",
+        );
+        assert_eq!(
+            config.cert.as_deref(),
+            Some("/etc/ssl/certs/ca-certificates.crt")
+        );
+        assert_eq!(
+            config.index_url.as_deref(),
+            Some("https://mirror.example/simple")
+        );
+    }
+}

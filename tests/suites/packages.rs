@@ -1,0 +1,316 @@
+//! Packages: `packages=[…]` and `pip install` in a run, from the host's
+//! wheel cache, filled from a real package index the test serves on the
+//! host's loopback (real wheels: a pure one, one with a C extension for the
+//! sandbox's Python), with egress off.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::util::web::{self, WebServers};
+use crate::util::{block_on, test_config, warmed};
+use mcp_code_exec::call::{CallRequest, call};
+use mcp_code_exec::config::Config;
+use mcp_code_exec::report::{RunReport, RunStatus};
+use mcp_code_exec::service::Service;
+
+/// A package index of its own (its downloads are counted), over a copy of
+/// the wheels plus a project that has only a source distribution.
+struct Index {
+    servers: WebServers,
+    _folder: TempDir,
+}
+
+/// A folder removed when the test ends.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(what: &str) -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "mcp-code-exec-test-{what}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn index() -> Index {
+    let folder = TempDir::new("index");
+    for entry in std::fs::read_dir(web::wheels()).expect("scripts/test.sh downloads the wheels") {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), folder.0.join(entry.file_name())).unwrap();
+    }
+    std::fs::write(folder.0.join("onlysdist-1.0.tar.gz"), b"not built, ever").unwrap();
+    let servers = block_on(web::start(Some(folder.0.clone())));
+    Index {
+        servers,
+        _folder: folder,
+    }
+}
+
+/// A warm service whose package index is `index`, with a cache of its own.
+struct Running {
+    service: Service,
+    _cache: TempDir,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        block_on(self.service.shutdown());
+    }
+}
+
+fn service(index: &Index, change: impl FnOnce(&mut Config)) -> Running {
+    let cache = TempDir::new("cache");
+    let mut config = test_config();
+    config.packages.index = Some(format!(
+        "http://127.0.0.1:{}/simple",
+        index.servers.http_port
+    ));
+    config.packages.cache_dir = cache.0.clone();
+    change(&mut config);
+    Running {
+        service: warmed(Service::new(config)),
+        _cache: cache,
+    }
+}
+
+fn run(service: &Running, packages: &[&str], code: &str) -> RunReport {
+    run_in(service, None, packages, code)
+}
+
+fn run_in(service: &Running, session: Option<&str>, packages: &[&str], code: &str) -> RunReport {
+    block_on(call(
+        &service.service,
+        &CallRequest {
+            code: code.into(),
+            packages: packages.iter().map(|p| (*p).to_owned()).collect(),
+            session: session.map(str::to_owned),
+            timeout_secs: Some(90.0),
+            ..CallRequest::default()
+        },
+    ))
+}
+
+fn installed(report: &RunReport) -> Vec<(String, String)> {
+    report
+        .packages
+        .as_ref()
+        .map(|p| {
+            p.installed
+                .iter()
+                .map(|p| (p.name.clone(), p.version.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn assert_success(report: &RunReport) {
+    assert_eq!(report.status, RunStatus::Success, "{report:#?}");
+}
+
+fn cached_wheels(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".whl"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+engine_test! {
+    /// A pure wheel, then a C extension (imported and used), then the same
+    /// again in a new stateless run, served from the cache: the index sees
+    /// no second download. A run without `packages` sees none of it.
+    fn packages_install_from_the_hosts_cache_and_c_extensions_load() {
+        let index = index();
+        let service = service(&index, |_| {});
+        let report = run(&service, &["tabulate==0.9.0"], "import tabulate\nprint(tabulate.tabulate([[1, 2]]))");
+        assert_success(&report);
+        assert!(report.stdout.contains("-  -\n1  2\n-  -"), "{}", report.stdout);
+        assert_eq!(installed(&report), [("tabulate".to_owned(), "0.9.0".to_owned())]);
+        let text = report.render(mcp_code_exec::config::OutputMode::Compact);
+        assert!(text.contains("installed: tabulate 0.9.0 ("), "{text}");
+
+        let code = "import markupsafe, markupsafe._speedups\nprint(markupsafe.escape('<b>'), markupsafe._speedups.__file__)";
+        let report = run(&service, &["MarkupSafe"], code);
+        assert_success(&report);
+        assert!(report.stdout.starts_with("&lt;b&gt; /run/packages/"), "{}", report.stdout);
+        let downloads = index.servers.downloads();
+        assert_eq!(downloads, 2, "one download per wheel");
+        assert_eq!(cached_wheels(&service._cache.0), 2);
+
+        let again = run(&service, &["markupsafe", "tabulate"], code);
+        assert_success(&again);
+        assert_eq!(index.servers.downloads(), downloads, "served from the cache");
+        assert_eq!(installed(&again).len(), 2);
+
+        let plain = run(&service, &[], "import importlib.util as u\nprint(u.find_spec('tabulate'), u.find_spec('markupsafe'))");
+        assert_success(&plain);
+        assert_eq!(plain.stdout, "None None\n");
+        assert!(plain.packages.is_none());
+    }
+}
+
+engine_test! {
+    /// `pip install` in the code installs from the same index, egress off,
+    /// and the package imports in the same run.
+    fn pip_install_in_the_code_uses_the_hosts_index() {
+        let index = index();
+        let service = service(&index, |_| {});
+        let report = run(&service, &[], r#"
+import subprocess, sys
+done = subprocess.run([sys.executable, "-m", "pip", "install", "tabulate"], capture_output=True, text=True)
+print(done.returncode, done.stderr[-500:])
+import tabulate
+print(tabulate.__version__, tabulate.__file__)
+"#);
+        assert_success(&report);
+        assert!(report.stdout.starts_with("0 "), "{}", report.stdout);
+        assert!(report.stdout.contains("0.9.0 /run/packages/lib/"), "{}", report.stdout);
+    }
+}
+
+engine_test! {
+    /// In a session, what call 1 installed imports in call 3 (call 2 adds
+    /// another); a stateless call and another session never see it.
+    fn a_sessions_packages_live_with_it_and_nowhere_else() {
+        let index = index();
+        let service = service(&index, |_| {});
+        assert_success(&run_in(&service, Some("a"), &["tabulate"], "x = 1"));
+        assert_success(&run_in(&service, Some("a"), &["six"], "import six"));
+        let third = run_in(&service, Some("a"), &[], "import tabulate, six\nprint(tabulate.__version__, six.__version__)");
+        assert_success(&third);
+        assert_eq!(third.stdout, "0.9.0 1.16.0\n");
+        let probe = "import importlib.util as u\nprint(u.find_spec('tabulate'))";
+        let stateless = run(&service, &[], probe);
+        assert_eq!(stateless.stdout, "None\n", "{stateless:#?}");
+        let other = run_in(&service, Some("b"), &[], probe);
+        assert_eq!(other.stdout, "None\n", "{other:#?}");
+    }
+}
+
+engine_test! {
+    /// Each failure is an `error` naming the package and why, before the
+    /// code runs, and the pool stays healthy: a project the index does not
+    /// have, one with only a source distribution, a version conflict, a
+    /// package over `MCP_BRIDGE_PACKAGES_BYTES`; a requirement that is an
+    /// option or a URL is refused before anything runs.
+    fn failures_are_clear_errors_before_the_code_runs() {
+        let index = index();
+        let service = service(&index, |_| {});
+        let marker = "print('THE CODE RAN')";
+        for (packages, expected) in [
+            (&["no-such-package-here"][..], "no project \"no-such-package-here\""),
+            (&["onlysdist"][..], "only source distributions"),
+            (&["tabulate==0.9.0", "tabulate==0.8.10"][..], "conflict"),
+        ] {
+            let report = run(&service, packages, marker);
+            assert_eq!(report.status, RunStatus::Error, "{report:#?}");
+            assert!(!report.stdout.contains("THE CODE RAN"), "{report:#?}");
+            assert!(report.error.as_deref().unwrap_or("").contains(packages[0]), "{report:#?}");
+            assert!(report.stderr.contains(expected), "{expected:?} missing: {}", report.stderr);
+        }
+        let refused = run(&service, &["--index-url=https://evil.example/simple"], marker);
+        assert_eq!(refused.status, RunStatus::ValidationError, "{refused:#?}");
+        assert_success(&run(&service, &[], "print(1)"));
+
+        let small = service_small(&index);
+        let report = run(&small, &["MarkupSafe", "tabulate"], marker);
+        assert_eq!(report.status, RunStatus::Error, "{report:#?}");
+        assert!(report.stderr.contains("MCP_BRIDGE_PACKAGES_BYTES"), "{}", report.stderr);
+        assert_success(&run(&small, &[], "print(1)"));
+    }
+}
+
+/// A package directory too small for two wheels.
+fn service_small(index: &Index) -> Running {
+    service(index, |config| config.packages.sandbox_bytes = 96 << 10)
+}
+
+engine_test! {
+    /// What a run plants in the package directory (a fake module, a fake
+    /// `.dist-info`) is gone in the next run, and the cache is the index's:
+    /// the next install gets the real package.
+    fn a_run_cannot_reach_the_next_run_or_the_cache_through_packages() {
+        let index = index();
+        let service = service(&index, |config| {
+            config.pool_max = 1;
+            config.max_sessions = 0;
+        });
+        let plant = run(&service, &[], r#"
+import os, sys, urllib.request
+site = [p for p in sys.path if p.startswith("/run/packages/")][0]
+open(os.path.join(site, "tabulate.py"), "w").write("__version__ = 'planted'\n")
+os.makedirs(os.path.join(site, "tabulate-9.9.dist-info"))
+open(os.path.join(site, "tabulate-9.9.dist-info", "METADATA"), "w").write("Name: tabulate\nVersion: 9.9\n")
+# The index takes nothing from a run.
+request = urllib.request.Request("http://packages.mcp-code-exec.invalid/files/" + "0" * 64 + "/tabulate-9.9-py3-none-any.whl", data=b"evil", method="PUT")
+try:
+    urllib.request.urlopen(request)
+except OSError as error:
+    print("put |", error)
+"#);
+        assert_success(&plant);
+        assert!(plant.stdout.contains("put | HTTP Error 404"), "{}", plant.stdout);
+        let next = run(&service, &[], "import importlib.util as u\nprint(u.find_spec('tabulate'))");
+        assert_eq!(next.stdout, "None\n", "{next:#?}");
+        let real = run(&service, &["tabulate"], "import tabulate\nprint(tabulate.__version__)");
+        assert_success(&real);
+        assert_eq!(real.stdout, "0.9.0\n");
+    }
+}
+
+engine_test! {
+    /// scripts/derive-image.sh bakes a requirements file into an image
+    /// (offline, from the wheels folder): its sandboxes import the package
+    /// with no install step and no index.
+    fn the_derived_image_imports_its_packages_with_no_install() {
+        let folder = TempDir::new("derive");
+        let requirements = folder.0.join("requirements.txt");
+        std::fs::write(&requirements, "# the team's stack\ntabulate==0.9.0\n").unwrap();
+        let tag = format!("mcp-code-exec-sandbox:test-derived-{}", std::process::id());
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/derive-image.sh");
+        let built = std::process::Command::new(script)
+            .arg("--packages-file")
+            .arg(&requirements)
+            .args(["--tag", &tag, "--find-links"])
+            .arg(web::wheels())
+            .output()
+            .unwrap();
+        assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+        let mut config = test_config();
+        config.image = tag.clone();
+        config.packages.index = Some("http://127.0.0.1:9/simple".into()); // nothing answers there
+        let service = warmed(Service::new(config));
+        let report = block_on(call(&service, &CallRequest {
+            code: "import tabulate\nprint(tabulate.__version__)".into(),
+            ..CallRequest::default()
+        }));
+        block_on(service.shutdown());
+        let _ = std::process::Command::new("docker").args(["rmi", "-f", &tag]).output();
+        assert_success(&report);
+        assert_eq!(report.stdout, "0.9.0\n");
+
+        // Options cannot ride along in the file.
+        std::fs::write(&requirements, "--index-url https://evil.example/simple\ntabulate\n").unwrap();
+        let refused = std::process::Command::new(script)
+            .arg("--packages-file")
+            .arg(&requirements)
+            .args(["--tag", &tag])
+            .output()
+            .unwrap();
+        assert_eq!(refused.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&refused.stderr).contains("names and versions only"));
+    }
+}
