@@ -1012,12 +1012,16 @@ def run(spare, zygote, payload, request):
         events = poller.poll(ORPHAN_POLL_MS if zygote.dead else None)
         if zygote.dead:
             exit_code = orphan_exit_code(spare.pid)
+        streams.new_batch()
+        accept = False
         for fd, mask in events:
             if streams.owns(fd):
                 streams.event(fd, mask)
                 continue
             if fd == network.listener.fileno():
-                streams.accept()
+                # After the batch: a connection accepted now could take the
+                # fd of a stream closed in it, whose stale events would follow.
+                accept = True
                 continue
             if fd == zygote.fd:
                 if zygote.receive() is None:
@@ -1048,6 +1052,8 @@ def run(spare, zygote, payload, request):
                 relay.forward_calls(data)
             else:
                 outputs[fd].forward(data)
+        if accept:
+            streams.accept()
     # The run's connections end with it (the host ends its side at D).
     streams.close_all()
     # Exited before we read its status (both became ready at once): read it now.

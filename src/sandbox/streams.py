@@ -104,10 +104,19 @@ class Streams:
         self.poller = poller
         self.by_fd = {}
         self.by_ident = {}
+        # Fds of streams closed since the poll: their events in the batch
+        # being handled are stale (and the fd may not be open at all).
+        self.retired = set()
         poller.register(listener, select.POLLIN)
 
+    def new_batch(self):
+        """A new batch of poll events begins: what closed before it is gone
+        from the poller."""
+        self.retired.clear()
+
     def owns(self, fd):
-        return fd in self.by_fd
+        """Whether `fd` is (or, in this batch, was) one of the streams'."""
+        return fd in self.by_fd or fd in self.retired
 
     def accept(self):
         """Each waiting connection becomes a stream (announced with N)."""
@@ -127,10 +136,15 @@ class Streams:
             self.watch(stream, register=True)
 
     def event(self, fd, events):
-        """The connection `fd` polled ready."""
-        stream = self.by_fd[fd]
+        """The connection `fd` polled ready (a stream closed since the poll
+        is not: its events are dropped)."""
+        stream = self.by_fd.get(fd)
+        if stream is None:
+            return
         if events & select.POLLOUT:
             self.flush(stream)
+            if stream.ident not in self.by_ident:
+                return  # the write found the connection broken: aborted
         if events & select.POLLIN and stream.credit > 0 and not stream.client_ended:
             try:
                 data = stream.sock.recv(min(MAX_CHUNK, stream.credit))
@@ -214,9 +228,11 @@ class Streams:
         self.forget(stream)
 
     def forget(self, stream):
-        self.poller.unregister(stream.sock)
-        del self.by_fd[stream.sock.fileno()]
+        fd = stream.sock.fileno()
+        self.poller.unregister(fd)
+        del self.by_fd[fd]
         del self.by_ident[stream.ident]
+        self.retired.add(fd)
         stream.sock.close()
 
     def close_all(self):

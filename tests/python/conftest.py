@@ -34,3 +34,8 @@ def mcp_display():
 @pytest.fixture(scope="session")
 def packages():
     return load("packages")
+
+
+@pytest.fixture(scope="session")
+def streams_module():
+    return load("streams")

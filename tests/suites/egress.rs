@@ -310,6 +310,28 @@ except Exception as error:
 }
 
 engine_test! {
+    /// Hundreds of short connections one after another in one run (a new
+    /// TLS connection each, closed by the client as the answer ends): every
+    /// one is answered, and the agent keeps relaying.
+    fn hundreds_of_short_connections_in_one_run() {
+        let service = service(allowed());
+        let report = run(&service, r#"
+import ssl, urllib.request
+context = ssl.create_default_context(cafile="/run/code/ca-bundle.pem")
+opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context))
+answered = 0
+for _ in range(300):
+    with opener.open("{https}/hello", timeout=10) as response:
+        response.read(1)
+        answered += 1
+print(answered, "answered")
+"#);
+        assert_success(&report);
+        assert_eq!(report.stdout, "300 answered\n");
+    }
+}
+
+engine_test! {
     /// 50 downloads at once in one run all arrive whole.
     fn fifty_parallel_downloads_arrive_whole() {
         let service = service(allowed());
