@@ -85,7 +85,11 @@ const MANUAL: &str = include_str!("sandbox/manual.md");
 /// (clients that reset their timeout on progress can then wait for long runs).
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(4);
 /// How much of the tool description may go to server names.
-const SERVER_NAMES_BUDGET: usize = 220;
+const SERVER_NAMES_BUDGET: usize = 120;
+/// What `tools/list` may take with any number of servers: under the 2 KiB
+/// of context it aims at, with 128 bytes of room for parameters to come.
+#[cfg(test)]
+const TOOLS_LIST_BYTES: usize = 1920;
 
 #[derive(Clone)]
 pub struct CodeExecServer {
@@ -287,7 +291,7 @@ fn tool_description(servers: &[String]) -> String {
     if servers.is_empty() {
         return text;
     }
-    text.push_str(" MCP servers callable from the code (pass them in `servers`; API in ");
+    text.push_str(" MCP servers for `servers` (API: ");
     text.push_str(CAPABILITIES_URI);
     text.push_str("): ");
     let mut used = 0;
@@ -408,10 +412,32 @@ mod tests {
     use crate::proxy::Proxy;
     use crate::proxy::discovery::identifier;
 
+    /// Servers named like real ones (then `extra-server-NN`), each with a
+    /// short description, as a user with many configured would have them.
     fn server_with(count: usize) -> CodeExecServer {
+        const REAL: [&str; 16] = [
+            "github",
+            "google-drive",
+            "slack",
+            "postgres",
+            "filesystem",
+            "brave-search",
+            "puppeteer",
+            "memory",
+            "sentry",
+            "linear",
+            "notion",
+            "atlassian",
+            "google-maps",
+            "sqlite",
+            "everything",
+            "sequential-thinking",
+        ];
         let servers = (0..count)
             .map(|i| {
-                let name = format!("example-server-{i:02}");
+                let name = REAL
+                    .get(i)
+                    .map_or_else(|| format!("extra-server-{i:02}"), |name| (*name).into());
                 ServerDefinition {
                     alias: identifier(&name),
                     name,
@@ -419,9 +445,7 @@ mod tests {
                     args: vec!["-y".into(), "@example/server".into()],
                     env: Default::default(),
                     cwd: None,
-                    description: Some(
-                        "A server with a long description that must not reach tools/list".into(),
-                    ),
+                    description: Some("Search and edit the team's issues".into()),
                     source: "test".into(),
                 }
             })
@@ -437,16 +461,31 @@ mod tests {
             .len()
     }
 
+    /// `tools/list` stays under 2 KiB with 20 servers, with room left for
+    /// the parameters to come: the server names have a budget of their own
+    /// (the manual resource lists them all).
     #[test]
     fn tools_list_stays_under_2_kb_with_0_or_20_servers() {
         let none = tools_list_bytes(&server_with(0));
         let twenty = tools_list_bytes(&server_with(20));
         eprintln!("tools/list result: {none} bytes with 0 servers, {twenty} with 20");
-        assert!(none < 2048 && twenty < 2048, "{none} / {twenty} bytes");
+        assert!(
+            twenty <= TOOLS_LIST_BYTES,
+            "{twenty} bytes with 20 servers, over {TOOLS_LIST_BYTES}"
+        );
+        assert!(
+            twenty - none <= SERVER_NAMES_BUDGET + 90,
+            "the names cost {} bytes",
+            twenty - none
+        );
         let description = tool_description(server_with(20).service.proxy().names());
         assert!(
-            description.contains("example-server-00") && description.contains("more"),
+            description.contains("github, google-drive") && description.contains("more"),
             "{description}"
+        );
+        assert!(
+            !description.contains("extra-server-17"),
+            "past the budget: {description}"
         );
     }
 
@@ -495,7 +534,7 @@ mod tests {
         let manual = capabilities_manual(server.service.proxy().definitions());
         assert!(manual.contains("mcp.runtime") && manual.contains("search_tool_docs"));
         assert!(
-            manual.contains("- `example-server-02` (`mcp_example_server_02`)"),
+            manual.contains("- `slack` (`mcp_slack`): Search and edit the team's issues"),
             "{manual}"
         );
     }

@@ -39,3 +39,5 @@ mod proxy;
 mod sessions;
 #[path = "suites/shared_kernel.rs"]
 mod shared_kernel;
+#[path = "suites/stdio.rs"]
+mod stdio;
