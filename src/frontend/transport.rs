@@ -296,17 +296,16 @@ impl<R> LineGate<R> {
             over.bytes += line.len();
             keep_head(&mut over.head, line);
             keep_tail(&mut over.tail, &line[..line.len() - 1]);
-            Err(oversized(&over, self.limit))
+            oversized(&over, self.limit)
         } else {
             judge(line)
         };
         match verdict {
-            Ok(()) => self.passed = end,
-            Err(refused) => {
-                if let Some(refused) = refused {
-                    // The receiver lives as long as the transport reading us.
-                    let _ = self.reports.send(refused);
-                }
+            Verdict::Pass => self.passed = end,
+            Verdict::Drop => drop(self.buf.drain(self.passed..end)),
+            Verdict::Answer(refused) => {
+                // The receiver lives as long as the transport reading us.
+                let _ = self.reports.send(refused);
                 self.buf.drain(self.passed..end);
             }
         }
@@ -329,21 +328,30 @@ impl<R> LineGate<R> {
     }
 }
 
-/// What becomes of a whole line (newline included): passed on to rmcp
-/// (`Ok`), or kept from it, with the answer it gets if any.
-fn judge(line: &[u8]) -> Result<(), Option<Refused>> {
+/// What becomes of a whole line.
+enum Verdict {
+    /// On to rmcp.
+    Pass,
+    /// Kept from rmcp, unanswered: no message, or an invalid notification.
+    Drop,
+    /// Kept from rmcp and answered.
+    Answer(Refused),
+}
+
+/// The verdict on a whole line (newline included).
+fn judge(line: &[u8]) -> Verdict {
     let text = line.strip_suffix(b"\n").unwrap_or(line);
     let text = text.strip_suffix(b"\r").unwrap_or(text);
     let text = text.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(text);
     if text.is_empty() {
-        return Ok(()); // rmcp skips it
+        return Verdict::Pass; // rmcp skips it
     }
     let error = match serde_json::from_slice::<RxJsonRpcMessage<RoleServer>>(text) {
-        Ok(_) => return Ok(()),
+        Ok(_) => return Verdict::Pass,
         Err(error) => error,
     };
     if text.iter().all(u8::is_ascii_whitespace) {
-        return Err(None); // no message at all: nothing to answer
+        return Verdict::Drop; // no message at all: nothing to answer
     }
     let envelope = envelope::read(text);
     let id = envelope.answer_id();
@@ -369,7 +377,7 @@ fn judge(line: &[u8]) -> Result<(), Option<Refused>> {
                 None,
             );
             // JSON-RPC: a parse error never carries an id.
-            return Err(Some(Refused { id: None, error }));
+            return Verdict::Answer(Refused { id: None, error });
         }
         serde_json::error::Category::Data if envelope.shape == Shape::Array => {
             ErrorData::invalid_request(
@@ -379,31 +387,34 @@ fn judge(line: &[u8]) -> Result<(), Option<Refused>> {
         }
         serde_json::error::Category::Data if envelope.is_notification() => {
             tracing::warn!(%error, "invalid JSON-RPC notification ignored");
-            return Err(None);
+            return Verdict::Drop;
         }
         serde_json::error::Category::Data => ErrorData::invalid_request(
             format!("not a valid JSON-RPC 2.0 message of MCP: {error}"),
             None,
         ),
     };
-    Err(Some(Refused { id, error }))
+    Verdict::Answer(Refused { id, error })
 }
 
-/// The answer to a line over the limit, with the id read from its ends.
-fn oversized(over: &Over, limit: usize) -> Option<Refused> {
+/// The verdict on a line over the limit: answered with the id read from
+/// its ends, if one is there.
+fn oversized(over: &Over, limit: usize) -> Verdict {
     let bytes = over.bytes;
     let id = envelope::read(&over.head)
         .answer_id()
         .or_else(|| id_from_tail(&over.tail));
     tracing::warn!(bytes, limit, id = ?id, "JSON-RPC message over the size limit; not read");
     // A notification, or no id where we look for one: nothing to answer.
-    let id = id?;
+    let Some(id) = id else {
+        return Verdict::Drop;
+    };
     let message = format!(
         "the message is {bytes} bytes, over this server's limit of {limit} bytes ({} MiB) per \
          JSON-RPC message; send less per request",
         limit >> 20
     );
-    Some(Refused {
+    Verdict::Answer(Refused {
         id: Some(id),
         error: ErrorData::invalid_request(message, None),
     })
