@@ -2,26 +2,26 @@
 //! and resources: the sandbox API manual, and the files runs returned.
 //!
 //! Owns the tool's contract (arguments, description, output schema), client
-//! cancellation, the context budget of `tools/list` (small however many
-//! servers are configured: the full manual is a resource), and the one
-//! mapping from a [`RunReport`] to an MCP result. It never writes to stdout
-//! itself (that is the protocol channel) and knows nothing of containers: it
-//! hands each call to [`crate::call`] with the [`Service`]. [`transport`] is
-//! its stdio transport, which answers every request, even one over the
-//! message size limit.
+//! cancellation, progress notes that never hold a run, and the context
+//! budget of `tools/list` (small however many servers are configured: the
+//! full manual is a resource). It never writes to stdout itself (that is
+//! the protocol channel) and knows nothing of containers: it hands each
+//! call to [`crate::call`] with the [`Service`]. [`result`] maps a report
+//! to an MCP result and bounds every answer's size; [`transport`] is its
+//! stdio transport, which answers every line a client sends.
 
+mod envelope;
+pub mod result;
 pub mod transport;
 
 use std::collections::BTreeMap;
+use std::pin::Pin;
 use std::sync::Arc;
-
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
 
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
-    CallToolResult, ContentBlock, Implementation, ListResourcesResult, PaginatedRequestParams,
+    CallToolResult, Implementation, ListResourcesResult, PaginatedRequestParams,
     ProgressNotificationParam, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult,
     Resource, ResourceContents, ServerCapabilities, ServerConfig,
 };
@@ -34,9 +34,10 @@ use crate::artifacts;
 use crate::call::{self, CallRequest};
 use crate::config::OutputMode;
 use crate::proxy::discovery::ServerDefinition;
-use crate::report::{RunReport, RunStatus};
+use crate::report::RunStatus;
 use crate::sandbox::protocol::{FileContent, InputFile};
 use crate::service::Service;
+pub use result::tool_result;
 
 /// Arguments of `run_python`.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -87,7 +88,11 @@ const MANUAL: &str = include_str!("sandbox/manual.md");
 /// (clients that reset their timeout on progress can then wait for long runs).
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(4);
 /// How much of the tool description may go to server names.
-const SERVER_NAMES_BUDGET: usize = 110;
+const SERVER_NAMES_BUDGET: usize = 100;
+/// What `tools/list` may take with any number of servers: under the 2 KiB
+/// of context it aims at, with room for parameters to come.
+#[cfg(test)]
+const TOOLS_LIST_BYTES: usize = 2000;
 
 #[derive(Clone)]
 pub struct CodeExecServer {
@@ -163,14 +168,31 @@ impl CodeExecServer {
         tokio::pin!(run);
         let started = tokio::time::Instant::now();
         let mut ticker = tokio::time::interval_at(started + PROGRESS_EVERY, PROGRESS_EVERY);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let total = request
             .timeout_secs
             .unwrap_or(self.service.config().default_timeout.as_secs_f64());
+        // The notification being written, polled beside the run: a client
+        // that reads slowly delays its notes (one at a time; ticks while one
+        // is pending are skipped), never the run, its deadline or its cancel.
+        let mut sending: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = None;
         loop {
             tokio::select! {
-                report = &mut run => return Ok(tool_result(&report, self.output_mode)),
+                report = &mut run => {
+                    if let Some(note) = sending.take() {
+                        // No progress after the result: the pending note first.
+                        tokio::select! {
+                            () = note => {}
+                            _ = context.ct.cancelled() => return Err(cancelled()),
+                        }
+                    }
+                    return Ok(tool_result(&report, self.output_mode));
+                }
                 _ = context.ct.cancelled() => return Err(cancelled()),
-                _ = ticker.tick() => {
+                () = async { sending.as_mut().expect("guarded").await }, if sending.is_some() => {
+                    sending = None;
+                }
+                _ = ticker.tick(), if sending.is_none() => {
                     let elapsed = started.elapsed().as_secs_f64();
                     let mut note = ProgressNotificationParam::new(token.clone(), elapsed)
                         .with_total(total);
@@ -178,8 +200,11 @@ impl CodeExecServer {
                     if !line.is_empty() {
                         note = note.with_message(line);
                     }
-                    // A client gone deaf is its own problem; the run goes on.
-                    let _ = context.peer.notify_progress(note).await;
+                    let peer = context.peer.clone();
+                    sending = Some(Box::pin(async move {
+                        // A client gone deaf is its own problem.
+                        let _ = peer.notify_progress(note).await;
+                    }));
                 }
             }
         }
@@ -238,13 +263,8 @@ impl ServerHandler for CodeExecServer {
                 .artifacts()
                 .get(&request.uri)
                 .map_err(|error| ErrorData::resource_not_found(error.to_string(), None))?;
-            let contents = match artifact.text() {
-                Some(text) => ResourceContents::text(text, &artifact.uri),
-                None => ResourceContents::blob(BASE64.encode(&artifact.bytes), &artifact.uri),
-            };
-            return Ok(
-                ReadResourceResult::new(vec![contents.with_mime_type(artifact.mime_type)]).into(),
-            );
+            let contents = result::artifact_contents(&artifact)?;
+            return Ok(ReadResourceResult::new(vec![contents]).into());
         }
         if request.uri != CAPABILITIES_URI {
             return Err(ErrorData::resource_not_found(
@@ -275,7 +295,7 @@ fn tool_description(servers: &[String]) -> String {
     if servers.is_empty() {
         return text;
     }
-    text.push_str(" MCP servers callable from the code (pass them in `servers`; API in ");
+    text.push_str(" MCP servers for `servers` (API: ");
     text.push_str(CAPABILITIES_URI);
     text.push_str("): ");
     let mut used = 0;
@@ -305,7 +325,7 @@ fn input_schema() -> serde_json::Map<String, serde_json::Value> {
             "timeout": {"type": "number", "description": "seconds (default MCP_BRIDGE_TIMEOUT)"},
             "session": {"type": "string", "description": "calls with the same name share state"},
             "end_session": {"type": "boolean", "description": "end the session after this call (code may be empty)"},
-            "packages": {"type": "array", "items": {"type": "string"}, "description": "requirements pip installs first"},
+            "packages": {"type": "array", "items": {"type": "string"}, "description": "wheels to install first"},
             "files": {
                 "type": "object",
                 "description": "written under /workspace first: relative path -> text, or {\"base64\": ...}",
@@ -383,43 +403,6 @@ fn capabilities_manual<'a>(servers: impl Iterator<Item = &'a ServerDefinition>) 
     text
 }
 
-/// The one place a report becomes an MCP result: text for the model in the
-/// configured mode, the report itself as `structuredContent`, and `isError`
-/// whenever the run did not succeed.
-pub fn tool_result(report: &RunReport, mode: OutputMode) -> CallToolResult {
-    let structured = serde_json::to_value(report).expect("a report always serializes");
-    let mut result = if report.status == RunStatus::Success {
-        CallToolResult::structured(structured)
-    } else {
-        CallToolResult::structured_error(structured)
-    };
-    let mut content = Vec::with_capacity(1 + report.images.len() + 2 * report.files.len());
-    content.push(ContentBlock::text(report.render(mode)));
-    content.extend(
-        report
-            .images
-            .iter()
-            .map(|image| ContentBlock::image(BASE64.encode(&image.data), image.mime_type)),
-    );
-    for file in &report.files {
-        let Some(uri) = &file.uri else {
-            continue; // not kept: the notes say why
-        };
-        content.push(match &file.text {
-            Some(text) => ContentBlock::resource(
-                ResourceContents::text(text, uri).with_mime_type(file.mime_type),
-            ),
-            None => ContentBlock::resource_link(
-                Resource::new(uri, format!("out/{}", file.path))
-                    .with_mime_type(file.mime_type)
-                    .with_size(file.bytes as u64),
-            ),
-        });
-    }
-    result.content = content;
-    result
-}
-
 /// A kept file as `resources/list` shows it.
 fn artifact_resource(artifact: &artifacts::Artifact) -> Resource {
     Resource::new(&artifact.uri, format!("out/{}", artifact.path))
@@ -435,10 +418,32 @@ mod tests {
     use crate::proxy::Proxy;
     use crate::proxy::discovery::identifier;
 
+    /// Servers named like real ones (then `extra-server-NN`), each with a
+    /// short description, as a user with many configured would have them.
     fn server_with(count: usize) -> CodeExecServer {
+        const REAL: [&str; 16] = [
+            "github",
+            "google-drive",
+            "slack",
+            "postgres",
+            "filesystem",
+            "brave-search",
+            "puppeteer",
+            "memory",
+            "sentry",
+            "linear",
+            "notion",
+            "atlassian",
+            "google-maps",
+            "sqlite",
+            "everything",
+            "sequential-thinking",
+        ];
         let servers = (0..count)
             .map(|i| {
-                let name = format!("example-server-{i:02}");
+                let name = REAL
+                    .get(i)
+                    .map_or_else(|| format!("extra-server-{i:02}"), |name| (*name).into());
                 ServerDefinition {
                     alias: identifier(&name),
                     name,
@@ -446,9 +451,7 @@ mod tests {
                     args: vec!["-y".into(), "@example/server".into()],
                     env: Default::default(),
                     cwd: None,
-                    description: Some(
-                        "A server with a long description that must not reach tools/list".into(),
-                    ),
+                    description: Some("Search and edit the team's issues".into()),
                     source: "test".into(),
                 }
             })
@@ -464,22 +467,37 @@ mod tests {
             .len()
     }
 
+    /// `tools/list` stays under 2 KiB with 20 servers, with room left for
+    /// the parameters to come: the server names have a budget of their own
+    /// (the manual resource lists them all).
     #[test]
     fn tools_list_stays_under_2_kb_with_0_or_20_servers() {
         let none = tools_list_bytes(&server_with(0));
         let twenty = tools_list_bytes(&server_with(20));
         eprintln!("tools/list result: {none} bytes with 0 servers, {twenty} with 20");
-        assert!(none < 2048 && twenty < 2048, "{none} / {twenty} bytes");
+        assert!(
+            twenty <= TOOLS_LIST_BYTES,
+            "{twenty} bytes with 20 servers, over {TOOLS_LIST_BYTES}"
+        );
+        assert!(
+            twenty - none <= SERVER_NAMES_BUDGET + 90,
+            "the names cost {} bytes",
+            twenty - none
+        );
         let description = tool_description(server_with(20).service.proxy().names());
         assert!(
-            description.contains("example-server-00") && description.contains("more"),
+            description.contains("github, google-drive") && description.contains("more"),
             "{description}"
+        );
+        assert!(
+            !description.contains("extra-server-17"),
+            "past the budget: {description}"
         );
     }
 
     #[test]
     fn output_schema_matches_the_report() {
-        let report = RunReport {
+        let report = crate::report::RunReport {
             exit_code: Some(1),
             error: Some("x".into()),
             images: vec![crate::report::Image::png(0, bytes::Bytes::new(), 1, 1)],
@@ -502,7 +520,7 @@ mod tests {
                 bytes_received: 2,
             }],
             packages: Some(crate::sandbox::protocol::Installed::default()),
-            ..RunReport::rejected(RunStatus::Error, "x")
+            ..crate::report::RunReport::rejected(RunStatus::Error, "x")
         };
         let value = serde_json::to_value(&report).unwrap();
         let schema = output_schema();
@@ -523,7 +541,7 @@ mod tests {
         let manual = capabilities_manual(server.service.proxy().definitions());
         assert!(manual.contains("mcp.runtime") && manual.contains("search_tool_docs"));
         assert!(
-            manual.contains("- `example-server-02` (`mcp_example_server_02`)"),
+            manual.contains("- `slack` (`mcp_slack`): Search and edit the team's issues"),
             "{manual}"
         );
     }

@@ -41,3 +41,5 @@ mod proxy;
 mod sessions;
 #[path = "suites/shared_kernel.rs"]
 mod shared_kernel;
+#[path = "suites/stdio.rs"]
+mod stdio;

@@ -1,28 +1,41 @@
-//! The front end's stdio transport: rmcp's line transport, with every
-//! request answered, even one over the message size limit.
+//! The front end's stdio transport: rmcp's line transport, with an answer
+//! for every line a client sends.
 //!
-//! Owns the size limit of a message on stdin. rmcp drops a line over its
-//! limit with a log line, so the request in it would never be answered and
-//! the client would wait forever. `LineWatch` sits in front of rmcp's
-//! reader, sees the same bytes, applies the same limit and reports each
-//! over-limit line with the request id read from its head (or its tail: some
-//! clients write `id` last); [`StdioTransport`] answers it with an
-//! invalid-request error naming the limit. Parsing, dispatch and writing stay
-//! rmcp's, so stdout still carries only rmcp's framed messages. It keeps no
-//! copy of a line that fits in one read, so the hot path gains a scan for
-//! newlines and nothing else.
+//! Owns what reaches rmcp's reader. rmcp drops, without an answer, a line
+//! over its size limit, a line that is not JSON (invalid UTF-8, a lone
+//! surrogate, cut short) and one nested past serde_json's depth limit; it
+//! answers a line that is JSON but no message (params that are an array, a
+//! method that is no string, a batch, ...) without the request's id; and of
+//! two requests in flight with the same id it answers one. A client waiting
+//! on an id would wait forever. So [`LineGate`] sits under rmcp's reader and
+//! passes on only lines that parse as the very type rmcp parses; every other
+//! line it reports, and [`StdioTransport`] answers it: `-32700` with no id
+//! for a line that is not JSON, `-32600` with the request's id when its top
+//! level can be read ([`envelope`]) for the rest, a line over the size
+//! limit included (its id read from its head or its tail). A notification
+//! that is not a valid one is logged, never answered (JSON-RPC). A request
+//! reusing the id of one in flight is answered with an error and never
+//! reaches rmcp.
+//!
+//! Parsing, dispatch and writing stay rmcp's: stdout carries only rmcp's
+//! framed messages. The price is a second parse of each line (rmcp parses
+//! it again) and one copy of it, held until its newline arrives; a line is
+//! held only up to the limit, and a buffer grown by a large line is given
+//! back once it has gone through.
 
+use std::collections::HashSet;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use rmcp::RoleServer;
-use rmcp::model::{ErrorData, RequestId};
+use rmcp::model::{ClientNotification, ErrorCode, ErrorData, JsonRpcMessage, RequestId};
 use rmcp::service::{RxJsonRpcMessage, TxJsonRpcMessage};
 use rmcp::transport::Transport;
 use rmcp::transport::async_rw::AsyncRwTransport;
-use serde::de::{IgnoredAny, MapAccess, Visitor};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
+
+use super::envelope::{self, DEPTH_LIMIT, Shape};
 
 /// The largest JSON-RPC message (one line, newline included) the server reads.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
@@ -30,23 +43,31 @@ pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 const HEAD_KEEP: usize = 4096;
 /// How much of a long line's end is kept to find an `id` written last.
 const TAIL_KEEP: usize = 256;
+/// How much is read from stdin at a time.
+const READ_CHUNK: usize = 8 * 1024;
+/// A line buffer grown past this is shrunk back to it once empty.
+const KEEP_CAPACITY: usize = 64 * 1024;
 
 /// The transport `serve` uses: stdin and stdout.
 pub fn stdio() -> StdioTransport<tokio::io::Stdin, tokio::io::Stdout> {
     StdioTransport::new(tokio::io::stdin(), tokio::io::stdout(), MAX_MESSAGE_BYTES)
 }
 
-/// A line over the limit, as [`LineWatch`] saw it go by.
+/// A line [`LineGate`] kept from rmcp, to answer.
 #[derive(Debug)]
-struct Oversized {
+struct Refused {
+    /// `None`: answered without an id (JSON-RPC's `null`).
     id: Option<RequestId>,
-    bytes: usize,
+    error: ErrorData,
 }
 
-/// rmcp's transport over a `LineWatch`ed reader, answering what it drops.
+/// rmcp's transport over a [`LineGate`]d reader, answering what the gate
+/// keeps back and requests that reuse an id in flight.
 pub struct StdioTransport<R: AsyncRead + Unpin, W: AsyncWrite> {
-    inner: AsyncRwTransport<RoleServer, LineWatch<R>, W>,
-    oversized: mpsc::UnboundedReceiver<Oversized>,
+    inner: AsyncRwTransport<RoleServer, LineGate<R>, W>,
+    refused: mpsc::UnboundedReceiver<Refused>,
+    /// The ids of the client's requests rmcp has and has not answered yet.
+    in_flight: HashSet<RequestId>,
     limit: usize,
 }
 
@@ -54,6 +75,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite> std::fmt::Debug for StdioTransport<R, 
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StdioTransport")
             .field("limit", &self.limit)
+            .field("in_flight", &self.in_flight.len())
             .finish_non_exhaustive()
     }
 }
@@ -65,47 +87,73 @@ where
 {
     /// Lines over `limit` bytes (newline included) are answered, not read.
     pub fn new(read: R, write: W, limit: usize) -> Self {
-        let (reports, oversized) = mpsc::unbounded_channel();
-        let watch = LineWatch {
+        let (reports, refused) = mpsc::unbounded_channel();
+        let gate = LineGate {
             inner: read,
             limit,
-            line: 0,
-            head: Vec::new(),
-            tail: Vec::new(),
+            buf: Vec::new(),
+            chunk: vec![0; READ_CHUNK].into_boxed_slice(),
+            start: 0,
+            passed: 0,
+            scanned: 0,
+            over: None,
+            eof: false,
             reports,
         };
-        // The same limit on both sides: rmcp drops exactly the lines we answer.
-        let inner = AsyncRwTransport::new_server(watch, write).with_max_line_length(limit);
+        // The gate passes no line over the limit; rmcp's own stays a backstop.
+        let inner = AsyncRwTransport::new_server(gate, write).with_max_line_length(limit);
         Self {
             inner,
-            oversized,
+            refused,
+            in_flight: HashSet::new(),
             limit,
         }
     }
 
-    fn answer(&mut self, oversized: Oversized) {
-        let Oversized { id, bytes } = oversized;
-        let limit = self.limit;
-        tracing::warn!(bytes, limit, id = ?id, "JSON-RPC message over the size limit; not read");
-        // A notification, or no id where we look for one: nothing to answer.
-        let Some(id) = id else { return };
-        let message = format!(
-            "the message is {bytes} bytes, over this server's limit of {limit} bytes ({} MiB) per \
-             JSON-RPC message; send less per request",
-            limit >> 20
-        );
-        let error = TxJsonRpcMessage::<RoleServer>::error(
-            ErrorData::invalid_request(message, None),
-            Some(id),
-        );
+    fn answer(&mut self, refused: Refused) {
+        let Refused { id, error } = refused;
+        tracing::warn!(id = ?id, code = error.code.0, message = %error.message, "JSON-RPC line refused");
+        let error = TxJsonRpcMessage::<RoleServer>::error(error, id);
         // Rare, and must not wait inside `receive` (which rmcp may cancel):
         // rmcp's own writer orders it among the other responses.
         let send = self.inner.send(error);
         tokio::spawn(async move {
             if let Err(error) = send.await {
-                tracing::warn!(%error, "could not answer an oversized message");
+                tracing::warn!(%error, "could not answer a refused JSON-RPC line");
             }
         });
+    }
+
+    /// Whether `message` may go on to rmcp: not a request whose id is in flight.
+    fn admit(&mut self, message: &RxJsonRpcMessage<RoleServer>) -> Option<Refused> {
+        match message {
+            JsonRpcMessage::Request(request) => {
+                if self.in_flight.insert(request.id.clone()) {
+                    return None;
+                }
+                Some(Refused {
+                    id: Some(request.id.clone()),
+                    error: ErrorData::invalid_request(
+                        format!(
+                            "a request with id {} is already in flight; give each request its own id",
+                            request.id
+                        ),
+                        None,
+                    ),
+                })
+            }
+            // rmcp never answers a request it cancels: its id is free again.
+            JsonRpcMessage::Notification(notification) => {
+                if let ClientNotification::CancelledNotification(cancelled) =
+                    &notification.notification
+                    && let Some(id) = &cancelled.params.request_id
+                {
+                    self.in_flight.remove(id);
+                }
+                None
+            }
+            _ => None,
+        }
     }
 }
 
@@ -120,16 +168,34 @@ where
         &mut self,
         item: TxJsonRpcMessage<RoleServer>,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
+        match &item {
+            JsonRpcMessage::Response(response) => {
+                self.in_flight.remove(&response.id);
+            }
+            JsonRpcMessage::Error(error) => {
+                if let Some(id) = &error.id {
+                    self.in_flight.remove(id);
+                }
+            }
+            _ => {}
+        }
         self.inner.send(item)
     }
 
     async fn receive(&mut self) -> Option<RxJsonRpcMessage<RoleServer>> {
         loop {
             // rmcp's receive is cancel-safe (a partial line stays buffered).
-            tokio::select! {
+            let message = tokio::select! {
                 biased;
-                Some(oversized) = self.oversized.recv() => self.answer(oversized),
-                message = self.inner.receive() => return message,
+                Some(refused) = self.refused.recv() => {
+                    self.answer(refused);
+                    continue;
+                }
+                message = self.inner.receive() => message?,
+            };
+            match self.admit(&message) {
+                None => return Some(message),
+                Some(refused) => self.answer(refused),
             }
         }
     }
@@ -139,61 +205,219 @@ where
     }
 }
 
-/// A reader that passes bytes through untouched and reports every line over
-/// `limit` bytes, newline included (how rmcp counts), with its request id.
-struct LineWatch<R> {
-    inner: R,
-    limit: usize,
-    /// Bytes of the current line read so far.
-    line: usize,
-    /// The current line's first bytes, kept only once it spans reads.
+/// A line over the limit, while its bytes still come: only its ends are kept.
+#[derive(Debug, Default)]
+struct Over {
+    bytes: usize,
     head: Vec<u8>,
-    /// The current line's last bytes, kept only once it spans reads.
     tail: Vec<u8>,
-    reports: mpsc::UnboundedSender<Oversized>,
 }
 
-impl<R: AsyncRead + Unpin> AsyncRead for LineWatch<R> {
+/// A reader that holds each line until its newline, then passes it on if it
+/// parses as the message type rmcp reads, and otherwise reports it (with
+/// what should answer it) instead.
+struct LineGate<R> {
+    inner: R,
+    limit: usize,
+    /// Bytes read and not yet passed on: lines passed, then lines not yet
+    /// judged (the last one perhaps without its newline yet).
+    buf: Vec<u8>,
+    /// Where reads from `inner` land.
+    chunk: Box<[u8]>,
+    /// `buf[start..passed]` is judged and goes to rmcp next.
+    start: usize,
+    passed: usize,
+    /// `buf[passed..scanned]` holds no newline.
+    scanned: usize,
+    /// The line in progress is over the limit: it is counted, not kept.
+    over: Option<Over>,
+    eof: bool,
+    reports: mpsc::UnboundedSender<Refused>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for LineGate<R> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
+        out: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
-        let before = buf.filled().len();
-        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
-        this.watch(&buf.filled()[before..]);
-        Poll::Ready(Ok(()))
+        loop {
+            if this.start < this.passed {
+                let n = (this.passed - this.start).min(out.remaining());
+                out.put_slice(&this.buf[this.start..this.start + n]);
+                this.start += n;
+                return Poll::Ready(Ok(()));
+            }
+            if this.judge_next_line() {
+                continue;
+            }
+            if this.eof {
+                return Poll::Ready(Ok(()));
+            }
+            let mut read = ReadBuf::new(&mut this.chunk);
+            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
+            let data = read.filled();
+            if data.is_empty() {
+                this.eof = true;
+                // A last line without its newline is judged like the others.
+                if this.over.is_some() || this.buf.len() > this.passed {
+                    this.buf.push(b'\n');
+                }
+            } else {
+                this.buf.extend_from_slice(data);
+            }
+        }
     }
 }
 
-impl<R> LineWatch<R> {
-    fn watch(&mut self, mut data: &[u8]) {
-        while let Some(end) = data.iter().position(|&b| b == b'\n') {
-            let bytes = self.line + end + 1;
-            if bytes > self.limit {
-                self.report(&data[..end], bytes);
+impl<R> LineGate<R> {
+    /// Judges the next whole line, if `buf` holds one; false if it does not
+    /// (then what there is of the line is counted against the limit).
+    fn judge_next_line(&mut self) -> bool {
+        // Everything passed is gone to rmcp: drop it.
+        if self.start == self.passed && self.passed > 0 {
+            self.buf.drain(..self.passed);
+            self.scanned -= self.passed;
+            (self.start, self.passed) = (0, 0);
+            if self.buf.capacity() > KEEP_CAPACITY && self.buf.len() <= KEEP_CAPACITY {
+                self.buf.shrink_to(KEEP_CAPACITY);
             }
-            self.line = 0;
-            self.head.clear();
-            self.tail.clear();
-            data = &data[end + 1..];
         }
-        if !data.is_empty() {
-            self.line += data.len();
-            keep_head(&mut self.head, data);
-            keep_tail(&mut self.tail, data);
+        let Some(newline) = self.buf[self.scanned..].iter().position(|&b| b == b'\n') else {
+            self.scanned = self.buf.len();
+            self.count_long_line();
+            return false;
+        };
+        let end = self.scanned + newline + 1;
+        let line = &self.buf[self.passed..end];
+        let verdict = if self.over.is_some() || line.len() > self.limit {
+            let mut over = self.over.take().unwrap_or_default();
+            over.bytes += line.len();
+            keep_head(&mut over.head, line);
+            keep_tail(&mut over.tail, &line[..line.len() - 1]);
+            oversized(&over, self.limit)
+        } else {
+            judge(line)
+        };
+        match verdict {
+            Verdict::Pass => self.passed = end,
+            Verdict::Drop => drop(self.buf.drain(self.passed..end)),
+            Verdict::Answer(refused) => {
+                // The receiver lives as long as the transport reading us.
+                let _ = self.reports.send(refused);
+                self.buf.drain(self.passed..end);
+            }
         }
+        self.scanned = self.passed;
+        true
     }
 
-    /// `last` is the line's part in this read, newline excluded.
-    fn report(&mut self, last: &[u8], bytes: usize) {
-        keep_head(&mut self.head, last);
-        keep_tail(&mut self.tail, last);
-        let id = id_from_head(&self.head).or_else(|| id_from_tail(&self.tail));
-        // The receiver lives as long as the transport that reads through us.
-        let _ = self.reports.send(Oversized { id, bytes });
+    /// A line without its newline yet, over the limit: kept no longer.
+    fn count_long_line(&mut self) {
+        let part = &self.buf[self.passed..];
+        if self.over.is_none() && part.len() < self.limit {
+            return;
+        }
+        let over = self.over.get_or_insert_with(Over::default);
+        over.bytes += part.len();
+        keep_head(&mut over.head, part);
+        keep_tail(&mut over.tail, part);
+        self.buf.truncate(self.passed);
+        self.scanned = self.passed;
     }
+}
+
+/// What becomes of a whole line.
+enum Verdict {
+    /// On to rmcp.
+    Pass,
+    /// Kept from rmcp, unanswered: no message, or an invalid notification.
+    Drop,
+    /// Kept from rmcp and answered.
+    Answer(Refused),
+}
+
+/// The verdict on a whole line (newline included).
+fn judge(line: &[u8]) -> Verdict {
+    let text = line.strip_suffix(b"\n").unwrap_or(line);
+    let text = text.strip_suffix(b"\r").unwrap_or(text);
+    let text = text.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(text);
+    if text.is_empty() {
+        return Verdict::Pass; // rmcp skips it
+    }
+    let error = match serde_json::from_slice::<RxJsonRpcMessage<RoleServer>>(text) {
+        Ok(_) => return Verdict::Pass,
+        Err(error) => error,
+    };
+    if text.iter().all(u8::is_ascii_whitespace) {
+        return Verdict::Drop; // no message at all: nothing to answer
+    }
+    let envelope = envelope::read(text);
+    let id = envelope.answer_id();
+    let error = match error.classify() {
+        serde_json::error::Category::Syntax | serde_json::error::Category::Eof
+            if envelope.depth >= DEPTH_LIMIT =>
+        {
+            ErrorData::invalid_request(
+                format!(
+                    "the message nests {} levels deep; this server reads at most {} levels",
+                    envelope.depth,
+                    DEPTH_LIMIT - 1
+                ),
+                None,
+            )
+        }
+        serde_json::error::Category::Syntax
+        | serde_json::error::Category::Eof
+        | serde_json::error::Category::Io => {
+            let error = ErrorData::new(
+                ErrorCode::PARSE_ERROR,
+                format!("the message is not valid JSON in UTF-8: {error}"),
+                None,
+            );
+            // JSON-RPC: a parse error never carries an id.
+            return Verdict::Answer(Refused { id: None, error });
+        }
+        serde_json::error::Category::Data if envelope.shape == Shape::Array => {
+            ErrorData::invalid_request(
+                "a batch (a JSON array) is not supported: send one message per line",
+                None,
+            )
+        }
+        serde_json::error::Category::Data if envelope.is_notification() => {
+            tracing::warn!(%error, "invalid JSON-RPC notification ignored");
+            return Verdict::Drop;
+        }
+        serde_json::error::Category::Data => ErrorData::invalid_request(
+            format!("not a valid JSON-RPC 2.0 message of MCP: {error}"),
+            None,
+        ),
+    };
+    Verdict::Answer(Refused { id, error })
+}
+
+/// The verdict on a line over the limit: answered with the id read from
+/// its ends, if one is there.
+fn oversized(over: &Over, limit: usize) -> Verdict {
+    let bytes = over.bytes;
+    let id = envelope::read(&over.head)
+        .answer_id()
+        .or_else(|| id_from_tail(&over.tail));
+    tracing::warn!(bytes, limit, id = ?id, "JSON-RPC message over the size limit; not read");
+    // A notification, or no id where we look for one: nothing to answer.
+    let Some(id) = id else {
+        return Verdict::Drop;
+    };
+    let message = format!(
+        "the message is {bytes} bytes, over this server's limit of {limit} bytes ({} MiB) per \
+         JSON-RPC message; send less per request",
+        limit >> 20
+    );
+    Verdict::Answer(Refused {
+        id: Some(id),
+        error: ErrorData::invalid_request(message, None),
+    })
 }
 
 fn keep_head(head: &mut Vec<u8>, data: &[u8]) {
@@ -205,37 +429,6 @@ fn keep_tail(tail: &mut Vec<u8>, data: &[u8]) {
     tail.extend_from_slice(&data[data.len().saturating_sub(TAIL_KEEP)..]);
     let excess = tail.len().saturating_sub(TAIL_KEEP);
     tail.drain(..excess);
-}
-
-/// The `id` of a JSON object whose start is `head`, if it comes before the
-/// first value that does not fit in `head`: serde_json parses the prefix in
-/// order, and the visitor stops at `id`.
-fn id_from_head(head: &[u8]) -> Option<RequestId> {
-    struct FindId<'a>(&'a mut Option<RequestId>);
-    impl<'de> Visitor<'de> for FindId<'_> {
-        type Value = ();
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a JSON-RPC message")
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-            while let Some(key) = map.next_key::<String>()? {
-                if key == "id" {
-                    *self.0 = map.next_value()?;
-                    return Ok(());
-                }
-                map.next_value::<IgnoredAny>()?;
-            }
-            Ok(())
-        }
-    }
-    let mut id = None;
-    // The rest of the line is cut off: the parse ends in an error, after
-    // the visitor has seen what there was.
-    let _ = serde::Deserializer::deserialize_map(
-        &mut serde_json::Deserializer::from_slice(head),
-        FindId(&mut id),
-    );
-    id
 }
 
 /// The `id` among the last members of a JSON object that ends `tail`: the
@@ -268,21 +461,8 @@ mod tests {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
     #[test]
-    fn finds_the_id_at_either_end() {
+    fn finds_the_id_at_the_end() {
         let number = |n| Some(NumberOrString::Number(n));
-        assert_eq!(
-            id_from_head(br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"argu"#),
-            number(7)
-        );
-        assert_eq!(
-            id_from_head(br#"{"method":"x","params":{"a":[1,{"id":3}]},"id":"req-9","#),
-            Some(NumberOrString::String("req-9".into())),
-            "nested ids are skipped"
-        );
-        assert_eq!(
-            id_from_head(br#"{"method":"x","params":{"code":"pri"#),
-            None
-        );
         assert_eq!(
             id_from_tail(br#"t(1)\n\",\"id\":5}"}},"jsonrpc":"2.0","id":12}"#),
             number(12)
@@ -330,12 +510,14 @@ mod tests {
                 client.write_all(&line).await.unwrap();
             }
         });
-        let id = |message: Option<RxJsonRpcMessage<RoleServer>>| match message {
-            Some(rmcp::model::JsonRpcMessage::Request(request)) => request.id,
-            other => panic!("expected a request: {other:?}"),
-        };
-        assert_eq!(id(transport.receive().await), NumberOrString::Number(1));
-        assert_eq!(id(transport.receive().await), NumberOrString::Number(4));
+        assert_eq!(
+            request_id(transport.receive().await),
+            NumberOrString::Number(1)
+        );
+        assert_eq!(
+            request_id(transport.receive().await),
+            NumberOrString::Number(4)
+        );
         let mut answers = BufReader::new(client_out).lines();
         for expected in [2, 3] {
             let line = answers.next_line().await.unwrap().unwrap();
@@ -345,5 +527,144 @@ mod tests {
             let message = answer["error"]["message"].as_str().unwrap();
             assert!(message.contains("limit of 256 bytes"), "{message}");
         }
+    }
+
+    /// A transport over in-memory pipes: (transport, client's writer, the
+    /// answers it reads).
+    fn pipes(
+        limit: usize,
+    ) -> (
+        StdioTransport<tokio::io::DuplexStream, tokio::io::DuplexStream>,
+        tokio::io::DuplexStream,
+        tokio::io::Lines<BufReader<tokio::io::DuplexStream>>,
+    ) {
+        // Room for every line a test writes before it reads.
+        let (client, server_in) = tokio::io::duplex(1 << 16);
+        let (server_out, client_out) = tokio::io::duplex(1 << 16);
+        let transport = StdioTransport::new(server_in, server_out, limit);
+        (transport, client, BufReader::new(client_out).lines())
+    }
+
+    fn request_id(message: Option<RxJsonRpcMessage<RoleServer>>) -> RequestId {
+        match message {
+            Some(JsonRpcMessage::Request(request)) => request.id,
+            other => panic!("expected a request: {other:?}"),
+        }
+    }
+
+    /// Every line that is no message rmcp reads is answered (`-32700` with no
+    /// id when it is not JSON, `-32600` with its id when one can be read),
+    /// except an invalid notification; rmcp sees only the valid request.
+    #[tokio::test]
+    async fn every_line_rmcp_cannot_read_is_answered_by_the_gate() {
+        let (mut transport, mut client, mut answers) = pipes(MAX_MESSAGE_BYTES);
+        let deep = format!(
+            r#"{{"jsonrpc":"2.0","method":"tools/list","params":{{"_meta":{{"x":{}1{}}}}},"id":8}}"#,
+            "[".repeat(300),
+            "]".repeat(300)
+        );
+        let lines: Vec<Vec<u8>> = vec![
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":[]}"#.to_vec(),
+            br#"{"jsonrpc":"2.0","id":2,"method":5}"#.to_vec(),
+            br#"{"jsonrpc":"1.0","id":"three","method":"ping"}"#.to_vec(),
+            br#"{"jsonrpc":"2.0","id":1.5,"method":"ping"}"#.to_vec(),
+            br#"[{"jsonrpc":"2.0","id":4,"method":"ping"}]"#.to_vec(),
+            b"{\"jsonrpc\":\"2.0\",\"id\":5,\"method\":\"ping\",\"params\":{\"s\":\"\xff\"}}"
+                .to_vec(),
+            br#"{"jsonrpc":"2.0","id":6,"method":"ping","params":{"s":"\ud800"}}"#.to_vec(),
+            br#"{"jsonrpc":"2.0","id":7,"method":"pi"#.to_vec(),
+            deep.into_bytes(),
+            br#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":5}"#.to_vec(),
+            b"   ".to_vec(),
+            br#"{"jsonrpc":"2.0","id":9,"method":"ping"}"#.to_vec(),
+        ];
+        tokio::spawn(async move {
+            for mut line in lines {
+                line.push(b'\n');
+                client.write_all(&line).await.unwrap();
+            }
+            client.shutdown().await.unwrap();
+        });
+        assert_eq!(
+            request_id(transport.receive().await),
+            NumberOrString::Number(9)
+        );
+        assert!(transport.receive().await.is_none(), "then EOF");
+        let mut got = Vec::new();
+        for _ in 0..9 {
+            let line = answers.next_line().await.unwrap().unwrap();
+            let answer: serde_json::Value = serde_json::from_str(&line).unwrap();
+            got.push((
+                answer["id"].to_string(),
+                answer["error"]["code"].as_i64().unwrap(),
+            ));
+        }
+        got.sort();
+        let want = [
+            ("\"three\"", -32600),
+            ("1", -32600),
+            ("2", -32600),
+            ("8", -32600),
+            ("null", -32700),
+            ("null", -32700),
+            ("null", -32700),
+            ("null", -32600),
+            ("null", -32600),
+        ];
+        let mut want: Vec<_> = want
+            .iter()
+            .map(|(id, code)| (id.to_string(), *code))
+            .collect();
+        want.sort();
+        assert_eq!(got, want);
+    }
+
+    /// A request that reuses the id of one in flight gets an error; once the
+    /// first is answered (or cancelled) the id may be used again.
+    #[tokio::test]
+    async fn a_duplicate_id_in_flight_is_answered_with_an_error() {
+        let (mut transport, mut client, mut answers) = pipes(MAX_MESSAGE_BYTES);
+        let ping = |id: u32| format!("{{\"jsonrpc\":\"2.0\",\"id\":{id},\"method\":\"ping\"}}\n");
+        client.write_all(ping(1).as_bytes()).await.unwrap();
+        client.write_all(ping(1).as_bytes()).await.unwrap();
+        client.write_all(ping(2).as_bytes()).await.unwrap();
+        assert_eq!(
+            request_id(transport.receive().await),
+            NumberOrString::Number(1)
+        );
+        assert_eq!(
+            request_id(transport.receive().await),
+            NumberOrString::Number(2)
+        );
+        let answer: serde_json::Value =
+            serde_json::from_str(&answers.next_line().await.unwrap().unwrap()).unwrap();
+        assert_eq!(answer["id"], 1, "{answer}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains("already in flight"), "{message}");
+        let done = TxJsonRpcMessage::<RoleServer>::response(
+            rmcp::model::ServerResult::empty(()),
+            NumberOrString::Number(1),
+        );
+        transport.send(done).await.unwrap();
+        client.write_all(ping(1).as_bytes()).await.unwrap();
+        assert_eq!(
+            request_id(transport.receive().await),
+            NumberOrString::Number(1)
+        );
+        let cancel =
+            r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":2}}"#;
+        client
+            .write_all(format!("{cancel}\n").as_bytes())
+            .await
+            .unwrap();
+        client.write_all(ping(2).as_bytes()).await.unwrap();
+        assert!(matches!(
+            transport.receive().await,
+            Some(JsonRpcMessage::Notification(_))
+        ));
+        assert_eq!(
+            request_id(transport.receive().await),
+            NumberOrString::Number(2)
+        );
     }
 }

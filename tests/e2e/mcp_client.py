@@ -157,21 +157,28 @@ async def progress_checks(session):
     every 5 s (elapsed seconds, the timeout, the last line), and nothing after.
     (Without a token the server sends none: `frontend.rs` ticks only with one.)"""
     heard = []
+    loop = asyncio.get_running_loop()
 
     async def on_progress(progress, total, message):
-        heard.append((progress, total, message))
+        heard.append((progress, total, message, loop.time()))
 
     code = "import time\nfor i in range(12):\n    print('tick', i, flush=True)\n    time.sleep(1)\nprint('done')"
+    started = loop.time()
     result = await session.call_tool("run_python", {"code": code, "timeout": 30}, progress_callback=on_progress)
+    ended = loop.time()
     check(result.structuredContent["status"] == "success", "a 12 s run succeeds", result.structuredContent)
-    check(len(heard) >= 2, "progress at least every 5 s during a 12 s run", heard)
+    # The gaps the client saw: from the call to the first note, between
+    # notes, and from the last note to the result.
+    times = [started] + [t for *_, t in heard] + [ended]
+    gaps = [round(b - a, 2) for a, b in zip(times, times[1:])]
+    check(len(heard) >= 2 and max(gaps) <= 5.0, "progress at least every 5 s during a 12 s run", gaps)
     check(
-        [p for p, _, _ in heard] == sorted(p for p, _, _ in heard) and heard[0][0] >= 3,
+        [p for p, *_ in heard] == sorted(p for p, *_ in heard) and heard[0][0] >= 3,
         "progress is seconds elapsed",
         heard,
     )
-    check(all(total == 30 for _, total, _ in heard), "total is the timeout", heard)
-    check(all(message and message.startswith("tick") for _, _, message in heard), "message is the last line", heard)
+    check(all(total == 30 for _, total, *_ in heard), "total is the timeout", heard)
+    check(all(message and message.startswith("tick") for _, _, message, _ in heard), "message is the last line", heard)
     count = len(heard)
     await asyncio.sleep(5)
     check(len(heard) == count, "no progress after the result", heard)
