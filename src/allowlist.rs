@@ -304,14 +304,25 @@ impl Policy {
     }
 }
 
-/// The cloud metadata services (169.254.169.254, and AWS's IPv6 one), in
-/// any form that carries the IPv4 one.
+/// The cloud metadata and credential services: 169.254.169.254 (most
+/// clouds), AWS ECS and EKS (169.254.170.2, 169.254.170.23), Alibaba
+/// (100.100.100.200), Azure's WireServer (168.63.129.16, a public address),
+/// AWS's IPv6 ones; in any form that carries the IPv4 ones.
 fn is_metadata(address: IpAddr) -> bool {
-    const V4: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
-    const V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254);
+    const V4: [Ipv4Addr; 5] = [
+        Ipv4Addr::new(169, 254, 169, 254),
+        Ipv4Addr::new(169, 254, 170, 2),
+        Ipv4Addr::new(169, 254, 170, 23),
+        Ipv4Addr::new(100, 100, 100, 200),
+        Ipv4Addr::new(168, 63, 129, 16),
+    ];
+    const V6: [Ipv6Addr; 2] = [
+        Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254),
+        Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0023),
+    ];
     match address {
-        IpAddr::V4(v4) => v4 == V4,
-        IpAddr::V6(v6) => v6 == V6 || embedded_v4(v6) == Some(V4),
+        IpAddr::V4(v4) => V4.contains(&v4),
+        IpAddr::V6(v6) => V6.contains(&v6) || embedded_v4(v6).is_some_and(|v4| V4.contains(&v4)),
     }
 }
 
@@ -534,7 +545,15 @@ mod tests {
         }
         // The metadata services stay refused whatever the networks.
         let everything = policy("example.org", "0.0.0.0/0,::/0");
-        for metadata in ["169.254.169.254", "::ffff:169.254.169.254", "fd00:ec2::254"] {
+        for metadata in [
+            "169.254.169.254",
+            "::ffff:169.254.169.254",
+            "fd00:ec2::254",
+            "169.254.170.2",
+            "168.63.129.16",
+            "100.100.100.200",
+            "fd00:ec2::23",
+        ] {
             assert!(!everything.address(ip(metadata)), "{metadata} was allowed");
         }
         assert!(everything.address(ip("169.254.169.253")));

@@ -443,6 +443,10 @@ async fn doctor(mut config: Config) -> ExitCode {
     println!("mcp-code-exec {} doctor", env!("CARGO_PKG_VERSION"));
     print_servers(config.project_servers);
     print_egress(&config.egress);
+    println!(
+        "ok    packages: {}",
+        mcp_code_exec::packages::describe(&config.packages)
+    );
     let engine = match Engine::connect(config.engine).await {
         Ok(engine) => engine,
         Err(error) => return fail("container engine", error),

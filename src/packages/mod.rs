@@ -19,18 +19,18 @@
 pub mod requirement;
 mod upstream;
 
-use std::collections::HashMap;
-use std::path::Path;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use futures_util::TryStreamExt;
 use futures_util::future::BoxFuture;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
 use hyper::header::{self, HeaderValue};
-use hyper::{Request, Response, StatusCode};
-use sha2::{Digest, Sha256};
+use hyper::{Method, Request, Response, StatusCode};
 
 use crate::config::{CaBundle, PackageSettings};
 use crate::egress::{Body, Site};
@@ -40,8 +40,14 @@ use upstream::{Listing, Upstream, UpstreamFile};
 pub const INDEX_HOST: &str = "packages.mcp-code-exec.invalid";
 /// How long a project's page is served from memory before it is read again.
 const PAGE_TTL: Duration = Duration::from_secs(10 * 60);
-/// Project pages kept in memory.
+/// Project pages kept in memory, and the files they list, at most (the
+/// oldest pages go first).
 const MAX_PAGES: usize = 1024;
+const MAX_LISTED_FILES: usize = 200_000;
+/// Downloads from upstream at once, for all runs.
+const MAX_FILLS: usize = 4;
+/// One download, at most.
+const FILL_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
 /// The index; cheap to clone (one shared state).
 #[derive(Debug, Clone)]
@@ -53,12 +59,12 @@ pub struct PackageIndex {
 struct Inner {
     settings: PackageSettings,
     trust: Option<CaBundle>,
-    upstream: tokio::sync::OnceCell<Result<Upstream, String>>,
+    /// Configured at first use; a failure is not kept (the next request tries again).
+    upstream: tokio::sync::OnceCell<Upstream>,
     /// The cache directory has been read.
     scanned: tokio::sync::OnceCell<()>,
     state: Mutex<State>,
-    /// One download per file at a time.
-    fills: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    fills: tokio::sync::Semaphore,
 }
 
 #[derive(Debug, Default)]
@@ -70,6 +76,8 @@ struct State {
     /// What the cache holds: file name in the cache directory → bytes and last use.
     cached: HashMap<String, (u64, SystemTime)>,
     cached_bytes: u64,
+    /// Files being fetched (one download per file at a time).
+    filling: HashSet<String>,
 }
 
 impl PackageIndex {
@@ -84,7 +92,7 @@ impl PackageIndex {
                 upstream: tokio::sync::OnceCell::new(),
                 scanned: tokio::sync::OnceCell::new(),
                 state: Mutex::new(State::default()),
-                fills: tokio::sync::Mutex::new(HashMap::new()),
+                fills: tokio::sync::Semaphore::new(MAX_FILLS),
             }),
         }
     }
@@ -97,8 +105,25 @@ impl Site for PackageIndex {
 
     fn serve(&self, request: Request<Incoming>) -> BoxFuture<'static, Response<Body>> {
         let inner = self.inner.clone();
-        Box::pin(async move { inner.serve(request.uri().path()).await })
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        Box::pin(async move {
+            if method != Method::GET && method != Method::HEAD {
+                return text(StatusCode::METHOD_NOT_ALLOWED, "this index is read only\n");
+            }
+            inner.serve(&path).await
+        })
     }
+}
+
+/// Whether `/files/SHA/NAME` names a file as this index lists them: a
+/// SHA-256 in hex, a wheel's name of plain characters.
+fn plain_file_request(sha: &str, name: &str) -> bool {
+    sha.len() == 64
+        && sha
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        && upstream::plain_wheel_name(name)
 }
 
 impl Inner {
@@ -110,10 +135,8 @@ impl Inner {
 
     async fn upstream(&self) -> Result<&Upstream, String> {
         self.upstream
-            .get_or_init(|| Upstream::configure(&self.settings, self.trust.as_ref()))
+            .get_or_try_init(|| Upstream::configure(&self.settings, self.trust.as_ref()))
             .await
-            .as_ref()
-            .map_err(Clone::clone)
     }
 
     async fn serve(self: Arc<Self>, path: &str) -> Response<Body> {
@@ -152,16 +175,7 @@ impl Inner {
         match upstream.listing(&name).await {
             Ok(listing) => {
                 let listing = Arc::new(listing);
-                let mut state = self.state();
-                for file in &listing.wheels {
-                    state.files.insert(file.sha256.clone(), file.clone());
-                }
-                if state.pages.len() >= MAX_PAGES {
-                    state.pages.retain(|_, (read, _)| read.elapsed() < PAGE_TTL);
-                }
-                if state.pages.len() < MAX_PAGES {
-                    state.pages.insert(name, (Instant::now(), listing.clone()));
-                }
+                self.state().keep_page(name, listing.clone());
                 Ok(listing)
             }
             Err(error) => match kept {
@@ -226,74 +240,117 @@ impl Inner {
         }
     }
 
-    /// A wheel, from the cache, else fetched from upstream, checked and kept.
-    async fn file(&self, sha: &str, name: &str) -> Response<Body> {
-        let plain = sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit());
-        let safe_name = name.ends_with(".whl")
-            && !name.starts_with('.')
-            && name.bytes().all(|b| {
-                b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'+' | b'!')
-            });
-        if !plain || !safe_name {
-            return text(StatusCode::NOT_FOUND, "not a file of this index\n");
-        }
-        let cached_name = format!("{sha}-{name}");
-        let path = self.settings.cache_dir.join(&cached_name);
-        if let Some(response) = self.cached(&cached_name, &path).await {
+    /// A wheel a page of ours listed, under the name it listed: from the
+    /// cache, else fetched from upstream (in a task of its own, so a run
+    /// that goes away does not waste it), checked and kept.
+    async fn file(self: Arc<Self>, sha: &str, name: &str) -> Response<Body> {
+        let listed = self.state().files.get(sha).cloned();
+        let file = match listed {
+            Some(file) if plain_file_request(sha, name) && file.filename == name => file,
+            _ => {
+                return text(
+                    StatusCode::NOT_FOUND,
+                    "this index serves the files of the pages it listed, under their names\n",
+                );
+            }
+        };
+        let path = self.settings.cache_dir.join(cached_name(&file));
+        if let Some(response) = self.cached(&file, &path).await {
             return response;
         }
-        let Some(file) = self.state().files.get(sha).cloned() else {
-            return text(
-                StatusCode::NOT_FOUND,
-                "this index serves the files of the pages it listed\n",
-            );
-        };
-        let lock = {
-            let mut fills = self.fills.lock().await;
-            fills.entry(sha.to_owned()).or_default().clone()
-        };
-        let _filling = lock.lock().await;
-        if let Some(response) = self.cached(&cached_name, &path).await {
-            return response;
+        let inner = self.clone();
+        let fill = tokio::spawn(async move { inner.fill(&file).await });
+        match fill.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => return text(StatusCode::BAD_GATEWAY, &format!("{error}\n")),
+            Err(_) => return text(StatusCode::BAD_GATEWAY, "the download failed\n"),
         }
-        let fetched = match self.upstream().await {
-            Ok(upstream) => upstream.download(&file).await,
-            Err(error) => Err(error),
-        };
-        let data = match fetched {
-            Ok(data) => data,
-            Err(error) => return text(StatusCode::BAD_GATEWAY, &format!("{error}\n")),
-        };
-        let actual = hex::encode(Sha256::digest(&data));
-        if actual != file.sha256 {
-            tracing::warn!(file = %file.filename, expected = %file.sha256, %actual, "package index: a download did not match its hash; not kept");
-            return text(
-                StatusCode::BAD_GATEWAY,
-                &format!(
-                    "{} did not match the SHA-256 the index gave for it; not kept\n",
-                    file.filename
-                ),
-            );
+        let listed = self.state().files.get(sha).cloned();
+        match listed {
+            Some(file) => match self.cached(&file, &path).await {
+                Some(response) => response,
+                None => text(StatusCode::BAD_GATEWAY, "the wheel could not be kept\n"),
+            },
+            None => text(StatusCode::BAD_GATEWAY, "the wheel is no longer listed\n"),
         }
-        if let Err(error) = self.keep(&cached_name, &path, &data).await {
-            tracing::warn!(file = %file.filename, %error, "package index: could not keep a wheel in the cache");
-        }
-        wheel(Bytes::from(data))
     }
 
-    async fn cached(&self, cached_name: &str, path: &Path) -> Option<Response<Body>> {
+    /// Fetches `file` into the cache unless it is there (or being fetched:
+    /// then waits for that download).
+    async fn fill(&self, file: &UpstreamFile) -> Result<(), String> {
+        let name = cached_name(file);
+        loop {
+            {
+                let mut state = self.state();
+                if state.cached.contains_key(&name) {
+                    return Ok(());
+                }
+                if state.filling.insert(name.clone()) {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let filled = tokio::time::timeout(FILL_TIMEOUT, self.download(file, &name))
+            .await
+            .unwrap_or_else(|_| Err(format!("{}: the download took too long", file.filename)));
+        self.state().filling.remove(&name);
+        filled
+    }
+
+    /// Streams `file` from upstream into a temporary file of the cache,
+    /// hashing as it goes; renamed into place only when its SHA-256 is the
+    /// page's (a temporary left by a failure is removed).
+    async fn download(&self, file: &UpstreamFile, name: &str) -> Result<(), String> {
+        let _slot = self.fills.acquire().await.map_err(|e| e.to_string())?;
+        let upstream = self.upstream().await?;
+        let dir = &self.settings.cache_dir;
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|error| format!("the package cache {}: {error}", dir.display()))?;
+        let partial = Partial(dir.join(format!(".partial-{}-{name}", std::process::id())));
+        let size = upstream.download(file, &partial.0).await?;
+        if size > self.settings.cache_bytes {
+            return Err(format!(
+                "{} is larger than the package cache (MCP_BRIDGE_PACKAGE_CACHE_BYTES)",
+                file.filename
+            ));
+        }
+        tokio::fs::rename(&partial.0, dir.join(name))
+            .await
+            .map_err(|error| format!("the package cache: {error}"))?;
+        std::mem::forget(partial); // renamed: nothing to remove
+        self.account(name, size).await;
+        Ok(())
+    }
+
+    /// A cached wheel, streamed from its file.
+    async fn cached(&self, file: &UpstreamFile, path: &Path) -> Option<Response<Body>> {
         self.scan_once().await;
-        if !self.state().cached.contains_key(cached_name) {
+        let name = cached_name(file);
+        if !self.state().cached.contains_key(&name) {
             return None;
         }
-        let data = tokio::fs::read(path).await.ok()?;
-        if let Some(entry) = self.state().cached.get_mut(cached_name) {
+        let opened = tokio::fs::File::open(path).await.ok()?;
+        let size = opened.metadata().await.ok()?.len();
+        if let Some(entry) = self.state().cached.get_mut(&name) {
             entry.1 = SystemTime::now();
         }
-        Some(wheel(Bytes::from(data)))
+        let stream = tokio_util::io::ReaderStream::new(opened)
+            .map_ok(Frame::data)
+            .map_err(|error| Box::new(error) as crate::egress::BoxError);
+        let mut response = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+        Some(response)
     }
 
-    /// Reads what the cache directory holds, once (the cache outlives the server).
+    /// Reads what the cache directory holds, once (the cache outlives the
+    /// server); temporaries a crash left are removed.
     async fn scan_once(&self) {
         self.scanned
             .get_or_init(|| async {
@@ -311,26 +368,14 @@ impl Inner {
             .await;
     }
 
-    /// Writes a checked wheel into the cache (a temporary name, then a
-    /// rename: a reader never sees half a file), then evicts the least
-    /// recently used until the cache is within its bound.
-    async fn keep(&self, cached_name: &str, path: &Path, data: &[u8]) -> std::io::Result<()> {
-        let size = data.len() as u64;
-        if size > self.settings.cache_bytes {
-            return Ok(());
-        }
-        tokio::fs::create_dir_all(&self.settings.cache_dir).await?;
-        let partial = self
-            .settings
-            .cache_dir
-            .join(format!(".partial-{}-{cached_name}", std::process::id()));
-        tokio::fs::write(&partial, data).await?;
-        tokio::fs::rename(&partial, path).await?;
+    /// Counts a wheel just kept, then evicts the least recently used until
+    /// the cache is within its bound (never one being fetched).
+    async fn account(&self, name: &str, size: u64) {
         let evicted = {
             let mut state = self.state();
             if let Some((old, _)) = state
                 .cached
-                .insert(cached_name.to_owned(), (size, SystemTime::now()))
+                .insert(name.to_owned(), (size, SystemTime::now()))
             {
                 state.cached_bytes -= old;
             }
@@ -340,9 +385,9 @@ impl Inner {
                 let Some(oldest) = state
                     .cached
                     .iter()
-                    .filter(|(name, _)| name.as_str() != cached_name)
+                    .filter(|(other, _)| other.as_str() != name && !state.filling.contains(*other))
                     .min_by_key(|(_, (_, used))| *used)
-                    .map(|(name, _)| name.clone())
+                    .map(|(other, _)| other.clone())
                 else {
                     break;
                 };
@@ -355,31 +400,88 @@ impl Inner {
         for name in evicted {
             let _ = tokio::fs::remove_file(self.settings.cache_dir.join(&name)).await;
         }
-        Ok(())
     }
 }
 
-/// The cache directory's wheels: name → size and last modification.
+impl State {
+    /// Keeps a page and its files, the oldest pages (and their files) going
+    /// first past the bounds.
+    fn keep_page(&mut self, name: String, listing: Arc<Listing>) {
+        if let Some((_, old)) = self.pages.remove(&name) {
+            self.forget_files(&old);
+        }
+        while !self.pages.is_empty()
+            && (self.pages.len() >= MAX_PAGES
+                || self.files.len() + listing.wheels.len() > MAX_LISTED_FILES)
+        {
+            let oldest = self
+                .pages
+                .iter()
+                .min_by_key(|(_, (read, _))| *read)
+                .map(|(name, _)| name.clone())
+                .expect("not empty");
+            let (_, old) = self.pages.remove(&oldest).expect("just found");
+            self.forget_files(&old);
+        }
+        for file in listing.wheels.iter().take(MAX_LISTED_FILES) {
+            self.files.insert(file.sha256.clone(), file.clone());
+        }
+        self.pages.insert(name, (Instant::now(), listing));
+    }
+
+    fn forget_files(&mut self, listing: &Listing) {
+        for file in &listing.wheels {
+            self.files.remove(&file.sha256);
+        }
+    }
+}
+
+/// Where a wheel lives in the cache: its SHA-256, then its name.
+fn cached_name(file: &UpstreamFile) -> String {
+    format!("{}-{}", file.sha256, file.filename)
+}
+
+/// A temporary file of the cache, removed unless it was renamed into place.
+struct Partial(PathBuf);
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The cache directory's wheels (named as [`cached_name`] names them):
+/// name → size and last modification. Temporaries are removed.
 fn scan(dir: &Path) -> HashMap<String, (u64, SystemTime)> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return HashMap::new();
     };
-    entries
-        .filter_map(Result::ok)
-        .filter_map(|entry| {
-            let name = entry.file_name().into_string().ok()?;
-            let meta = entry.metadata().ok()?;
-            (meta.is_file() && name.ends_with(".whl") && !name.starts_with('.')).then(|| {
+    let mut found = HashMap::new();
+    for entry in entries.filter_map(Result::ok) {
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        let Ok(meta) = entry.metadata() else {
+            continue;
+        };
+        if name.starts_with(".partial-") && meta.is_file() {
+            let _ = std::fs::remove_file(entry.path());
+            continue;
+        }
+        let ours = name
+            .split_once('-')
+            .is_some_and(|(sha, wheel)| plain_file_request(sha, wheel));
+        if meta.is_file() && ours {
+            found.insert(
+                name,
                 (
-                    name,
-                    (
-                        meta.len(),
-                        meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                    ),
-                )
-            })
-        })
-        .collect()
+                    meta.len(),
+                    meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                ),
+            );
+        }
+    }
+    found
 }
 
 fn escape(text: &str) -> String {
@@ -405,24 +507,98 @@ fn text(status: StatusCode, body: &str) -> Response<Body> {
     response
 }
 
-fn wheel(data: Bytes) -> Response<Body> {
-    let mut response = Response::new(full(data));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    response
-}
-
-/// Where the cache lives, for `doctor`.
+/// Where the cache lives and which index fills it, for `doctor` (the
+/// index without its credentials).
 pub fn describe(settings: &PackageSettings) -> String {
+    let index = match &settings.index {
+        Some(index) => reqwest::Url::parse(index)
+            .map(|url| upstream::without_credentials(&url))
+            .unwrap_or_default(),
+        None => "the host pip's (pip config list), else https://pypi.org/simple".to_owned(),
+    };
     format!(
-        "cache {} (at most {} MiB), index {}",
+        "cache {} (at most {} MiB), index {index}; each sandbox's package directory {} MiB \
+         (MCP_BRIDGE_PACKAGES_BYTES)",
         settings.cache_dir.display(),
         settings.cache_bytes >> 20,
-        settings
-            .index
-            .as_deref()
-            .unwrap_or("the host pip's (pip config list), else https://pypi.org/simple")
+        settings.sandbox_bytes >> 20,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHA: &str = "8abb2f1d86890a2dfb989f9a77cfcfd3e47c2a354b01111771326f8aa26e0254";
+
+    fn wheel(name: &str, sha: &str) -> UpstreamFile {
+        UpstreamFile {
+            filename: name.into(),
+            url: reqwest::Url::parse("https://index.example/f.whl").unwrap(),
+            sha256: sha.into(),
+            requires_python: None,
+            yanked: false,
+        }
+    }
+
+    #[test]
+    fn file_requests_name_a_listed_wheel_plainly() {
+        assert!(plain_file_request(SHA, "six-1.16.0-py2.py3-none-any.whl"));
+        for (sha, name) in [
+            (&SHA[1..], "six-1.16.0-py2.py3-none-any.whl"),
+            (&SHA.to_uppercase()[..], "six-1.16.0-py2.py3-none-any.whl"),
+            (SHA, "../six.whl"),
+            (SHA, ".partial-six.whl"),
+            (SHA, "six.tar.gz"),
+            (SHA, "six%2F.whl"),
+            (SHA, &format!("{}.whl", "a".repeat(300))),
+        ] {
+            assert!(!plain_file_request(sha, name), "{sha} {name}");
+        }
+    }
+
+    #[test]
+    fn pages_and_their_files_stay_within_bounds() {
+        let mut state = State::default();
+        let page = |n: usize| {
+            Arc::new(Listing {
+                wheels: (0..n)
+                    .map(|i| wheel(&format!("p-{i}-py3-none-any.whl"), &format!("{i:064x}")))
+                    .collect(),
+                sdists: 0,
+            })
+        };
+        for i in 0..MAX_PAGES + 10 {
+            state.keep_page(format!("p{i}"), page(1));
+        }
+        assert_eq!(state.pages.len(), MAX_PAGES);
+        // Pages listing many files push out the oldest, and their files go too.
+        state.keep_page("big".into(), page(MAX_LISTED_FILES - 5));
+        assert!(
+            state.files.len() <= MAX_LISTED_FILES,
+            "{}",
+            state.files.len()
+        );
+        assert!(state.pages.contains_key("big"));
+        // A page read again replaces its files.
+        state.keep_page("big".into(), page(3));
+        assert!(state.files.len() <= MAX_PAGES + 3, "{}", state.files.len());
+    }
+
+    #[test]
+    fn doctor_shows_the_index_without_its_credentials() {
+        let settings = PackageSettings {
+            index: Some("https://user:s3cret@artifactory.example/api/pypi/simple".into()),
+            ..PackageSettings::default()
+        };
+        let shown = describe(&settings);
+        assert!(
+            shown.contains("https://artifactory.example/api/pypi/simple"),
+            "{shown}"
+        );
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("user"),
+            "{shown}"
+        );
+    }
 }

@@ -39,6 +39,13 @@ fn check(entry: &str) -> Result<(), &'static str> {
     if !valid_name(name) {
         return Err("does not start with a package name");
     }
+    let lower = name.to_ascii_lowercase();
+    if [".whl", ".zip", ".tar.gz", ".tgz", ".tar.bz2", ".egg"]
+        .iter()
+        .any(|suffix| lower.ends_with(suffix))
+    {
+        return Err("names a file; only names and versions are installed (from the index)");
+    }
     let mut rest = entry[name_end..].trim_start();
     if let Some(after) = rest.strip_prefix('[') {
         let (extras, after) = after.split_once(']').ok_or("has an unclosed [")?;
@@ -147,6 +154,9 @@ mod tests {
             "pkg==",
             "pkg==$(id)",
             "-r requirements.txt",
+            "evil.whl",
+            "pkg-1.0.tar.gz",
+            "Thing.ZIP",
         ] {
             assert!(!ok(entry), "{entry:?} passed");
         }

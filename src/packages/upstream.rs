@@ -44,6 +44,8 @@ pub(super) struct Listing {
 #[derive(Debug)]
 pub(super) struct Upstream {
     index: Url,
+    /// The index as messages and logs show it: without its credentials.
+    shown: String,
     client: reqwest::Client,
     /// The largest file fetched (a wheel larger than the sandbox's package
     /// directory could not be installed anyway).
@@ -59,26 +61,31 @@ struct PipConfig {
 
 impl Upstream {
     /// The index and a client that trusts `trust` (else pip's bundle, else
-    /// the system's), read once at first use.
+    /// the system's), read at first use.
     pub async fn configure(
         settings: &PackageSettings,
         trust: Option<&CaBundle>,
     ) -> Result<Self, String> {
-        let pip = pip_config().await;
+        let pip = pip_config().await?;
         let index = settings
             .index
             .clone()
             .or(pip.index_url)
             .unwrap_or_else(|| DEFAULT_INDEX.to_owned());
-        let index = Url::parse(&format!("{}/", index.trim_end_matches('/')))
-            .map_err(|error| format!("the package index {index:?} is not a URL: {error}"))?;
+        let index = Url::parse(&format!("{}/", index.trim_end_matches('/'))).map_err(|_| {
+            "the package index is not a URL (MCP_BRIDGE_PACKAGE_INDEX, or pip's index-url)"
+                .to_owned()
+        })?;
+        let shown = without_credentials(&index);
         let pem = match (trust, pip.cert) {
             (Some(bundle), _) => bundle.pem.clone().into_bytes(),
             (None, Some(cert)) => std::fs::read(&cert).map_err(|error| {
                 format!("the CA bundle the host's pip names ({cert}) cannot be read: {error}")
             })?,
             (None, None) => std::fs::read(SYSTEM_BUNDLE).map_err(|error| {
-                format!("no CA bundle for the package index ({SYSTEM_BUNDLE}: {error}); set MCP_BRIDGE_CA_BUNDLE")
+                format!(
+                    "no CA bundle for the package index ({SYSTEM_BUNDLE}: {error}); set MCP_BRIDGE_CA_BUNDLE"
+                )
             })?,
         };
         let mut roots = rustls::RootCertStore::empty();
@@ -101,10 +108,11 @@ impl Upstream {
             .read_timeout(Duration::from_secs(60))
             .user_agent(concat!("mcp-code-exec/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|error| format!("the package index client: {error}"))?;
-        tracing::info!(index = %index, "package index: upstream configured");
+            .map_err(|error| format!("the package index client: {}", error.without_url()))?;
+        tracing::info!(index = %shown, "package index: upstream configured");
         Ok(Self {
             index,
+            shown,
             client,
             max_file_bytes: settings.sandbox_bytes,
         })
@@ -112,14 +120,16 @@ impl Upstream {
 
     /// The project page of `name` (normalized).
     pub async fn listing(&self, name: &str) -> Result<Listing, (StatusCode, String)> {
-        let url = self
-            .index
-            .join(&format!("{name}/"))
-            .map_err(|error| (StatusCode::NOT_FOUND, error.to_string()))?;
+        let url = self.index.join(&format!("{name}/")).map_err(|_| {
+            (
+                StatusCode::NOT_FOUND,
+                format!("{name:?} is not a project name"),
+            )
+        })?;
         let failed = |error: String| {
             (
                 StatusCode::BAD_GATEWAY,
-                format!("the package index {}: {error}", self.index),
+                format!("the package index {}: {error}", self.shown),
             )
         };
         let response = self
@@ -131,11 +141,11 @@ impl Upstream {
             )
             .send()
             .await
-            .map_err(|error| failed(error.to_string()))?;
+            .map_err(|error| failed(error.without_url().to_string()))?;
         if response.status() == reqwest::StatusCode::NOT_FOUND {
             return Err((
                 StatusCode::NOT_FOUND,
-                format!("no project {name:?} on the package index {}", self.index),
+                format!("no project {name:?} on the package index {}", self.shown),
             ));
         }
         if !response.status().is_success() {
@@ -149,35 +159,105 @@ impl Upstream {
         let page = bounded_body(response, MAX_PAGE_BYTES as u64)
             .await
             .map_err(failed)?;
-        let page = String::from_utf8_lossy(&page);
-        Ok(if json {
-            parse_json(&page, &url)
-                .map_err(|error| failed(format!("a page that is not PEP 691 JSON: {error}")))?
-        } else {
-            parse_html(&page, &url)
+        // Pages of a few MiB: parsed off the runtime.
+        let parsed = tokio::task::spawn_blocking(move || {
+            let page = String::from_utf8_lossy(&page);
+            if json {
+                parse_json(&page, &url).map_err(|error| error.to_string())
+            } else {
+                Ok(parse_html(&page, &url))
+            }
         })
+        .await
+        .map_err(|error| failed(error.to_string()))?;
+        parsed.map_err(|error| failed(format!("a page that is not PEP 691 JSON: {error}")))
     }
 
-    /// The bytes of `file` (its hash is the caller's to check).
-    pub async fn download(&self, file: &UpstreamFile) -> Result<Vec<u8>, String> {
-        let response = self
+    /// Streams `file` into `path` (a new file), hashing as it goes; its
+    /// size, once its SHA-256 is the one its page gave.
+    pub async fn download(
+        &self,
+        file: &UpstreamFile,
+        path: &std::path::Path,
+    ) -> Result<u64, String> {
+        use sha2::Digest;
+        use tokio::io::AsyncWriteExt;
+        let name = &file.filename;
+        let mut response = self
             .client
             .get(file.url.clone())
             .send()
             .await
-            .map_err(|error| format!("{}: {error}", file.filename))?;
+            .map_err(|error| format!("{name}: {}", error.without_url()))?;
         if !response.status().is_success() {
-            return Err(format!("{}: {}", file.filename, response.status()));
+            return Err(format!(
+                "{name}: the package index answered {}",
+                response.status()
+            ));
         }
-        bounded_body(response, self.max_file_bytes)
+        let mut out = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
             .await
-            .map_err(|error| format!("{}: {error} (MCP_BRIDGE_PACKAGES_BYTES)", file.filename))
+            .map_err(|error| format!("the package cache: {error}"))?;
+        let mut hash = sha2::Sha256::new();
+        let mut size: u64 = 0;
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|error| format!("{name}: {}", error.without_url()))?
+        {
+            size += chunk.len() as u64;
+            if size > self.max_file_bytes {
+                return Err(format!(
+                    "{name} is larger than the sandbox's package directory (MCP_BRIDGE_PACKAGES_BYTES)"
+                ));
+            }
+            hash.update(&chunk);
+            out.write_all(&chunk)
+                .await
+                .map_err(|error| format!("the package cache: {error}"))?;
+        }
+        out.flush()
+            .await
+            .map_err(|error| format!("the package cache: {error}"))?;
+        let actual = hex::encode(hash.finalize());
+        if actual != file.sha256 {
+            tracing::warn!(file = %name, expected = %file.sha256, %actual, "package index: a download did not match its hash; not kept");
+            return Err(format!(
+                "{name} did not match the SHA-256 its page gave; not kept"
+            ));
+        }
+        Ok(size)
     }
+}
+
+/// `index` without user name and password (what messages and logs show).
+pub(super) fn without_credentials(index: &Url) -> String {
+    let mut shown = index.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown.to_string()
+}
+
+/// A wheel's file name of plain characters: what the index lists and serves.
+pub(super) fn plain_wheel_name(name: &str) -> bool {
+    (6..=200).contains(&name.len())
+        && name.ends_with(".whl")
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'+' | b'!'))
 }
 
 async fn bounded_body(mut response: reqwest::Response, max: u64) -> Result<Vec<u8>, String> {
     let mut data = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|error| error.to_string())? {
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|error| error.without_url().to_string())?
+    {
         if (data.len() + chunk.len()) as u64 > max {
             return Err(format!("larger than {max} bytes"));
         }
@@ -187,22 +267,42 @@ async fn bounded_body(mut response: reqwest::Response, max: u64) -> Result<Vec<u
 }
 
 /// `pip config list` of the host's `python3`: its index and CA bundle;
-/// nothing when pip is not there.
-async fn pip_config() -> PipConfig {
+/// nothing when there is no python3 or no pip. It runs in `/` with
+/// `PYTHONSAFEPATH`, never from the working directory: that is the
+/// repository the client opened, and a `pip/` there would run on the host.
+async fn pip_config() -> Result<PipConfig, String> {
     let output = tokio::time::timeout(
         PIP_CONFIG_TIMEOUT,
         tokio::process::Command::new("python3")
             .args(["-m", "pip", "config", "list"])
+            .current_dir("/")
+            .env("PYTHONSAFEPATH", "1")
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true)
             .output(),
     )
-    .await;
+    .await
+    .map_err(|_| {
+        "the host's pip did not say its configuration in time (pip config list)".to_owned()
+    })?;
     match output {
-        Ok(Ok(output)) if output.status.success() => {
-            parse_pip_config(&String::from_utf8_lossy(&output.stdout))
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(PipConfig::default()),
+        Err(error) => Err(format!(
+            "the host's pip configuration (pip config list): {error}"
+        )),
+        Ok(output) if output.status.success() => {
+            Ok(parse_pip_config(&String::from_utf8_lossy(&output.stdout)))
         }
-        _ => PipConfig::default(),
+        Ok(output) if String::from_utf8_lossy(&output.stderr).contains("No module named pip") => {
+            Ok(PipConfig::default())
+        }
+        Ok(output) => Err(format!(
+            "the host's pip configuration (pip config list) failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        )),
     }
 }
 
@@ -329,8 +429,14 @@ impl Listing {
         let valid_hash = sha256
             .map(|hash| hash.to_ascii_lowercase())
             .filter(|hash| hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()));
-        let (Some(sha256), Ok(url)) = (valid_hash, base.join(url)) else {
-            return; // without a hash the host could not check it: not listed
+        let url = base
+            .join(url)
+            .ok()
+            .filter(|url| matches!(url.scheme(), "https" | "http"));
+        let (Some(sha256), Some(url), true) = (valid_hash, url, plain_wheel_name(filename)) else {
+            // Without a hash the host could not check it; a name of other
+            // characters, or a URL of another scheme, is never served.
+            return;
         };
         self.wheels.push(UpstreamFile {
             filename: filename.to_owned(),

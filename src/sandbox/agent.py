@@ -1365,12 +1365,16 @@ def parse_installed(packages):
     duration = packages.get("duration_ms")
     if not isinstance(duration, int) or isinstance(duration, bool) or duration < 0:
         return None
+
+    def plain(text, limit):
+        return "".join(c for c in text[:limit] if c.isprintable())
+
     installed = [
-        {"name": item["name"][:200], "version": item["version"][:100]}
+        {"name": plain(item["name"], 200), "version": plain(item["version"], 100)}
         for item in packages["installed"][:256]
         if isinstance(item, dict) and isinstance(item.get("name"), str) and isinstance(item.get("version"), str)
     ]
-    return {"installed": installed, "duration_ms": duration}
+    return {"installed": installed, "duration_ms": min(duration, 10**9)}
 
 
 class OomCounter:

@@ -80,7 +80,11 @@ def install(requirements, run=subprocess.run):
     env = dict(os.environ, TMPDIR=scratch)
     command = [sys.executable, "-m", "pip", "install", "--quiet", "--report", report, "--", *requirements]
     try:
-        done = run(command, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace")
+        # In its scratch folder: never /workspace, where a call's files (or a
+        # `pip/` shadowing pip) could be read as requirements or modules.
+        done = run(
+            command, cwd=scratch, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace"
+        )
         if done.returncode != 0:
             raise InstallError(explain(done.stderr + done.stdout, requirements))
         with open(report, encoding="utf-8") as f:

@@ -10,7 +10,8 @@ import pytest
 
 
 def fake_pip(returncode, stderr="", installed=()):
-    def run(command, env, **_):
+    def run(command, env, cwd, **_):
+        assert cwd == env["TMPDIR"], "pip runs in its scratch folder, never /workspace"
         assert command[3:6] == ["install", "--quiet", "--report"]
         assert command[7] == "--", "requirements can never be read as options"
         assert "/.pip-" in env["TMPDIR"], "pip's scratch is in the package directory"
@@ -67,3 +68,7 @@ def test_the_childs_install_report_is_bounded_and_typed(agent):
     }
     for bad in (None, [], {"installed": "six"}, {"installed": [], "duration_ms": -1}, {"installed": []}):
         assert agent.parse_installed(bad) is None
+    forged = agent.parse_installed(
+        {"installed": [{"name": "six\nstatus: success", "version": "1\x1b[2J"}], "duration_ms": 10**30}
+    )
+    assert forged == {"installed": [{"name": "sixstatus: success", "version": "1[2J"}], "duration_ms": 10**9}

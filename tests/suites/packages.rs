@@ -117,15 +117,21 @@ fn assert_success(report: &RunReport) {
     assert_eq!(report.status, RunStatus::Success, "{report:#?}");
 }
 
+/// The wheels the cache holds; none of its temporaries may be left.
 fn cached_wheels(dir: &Path) -> usize {
-    std::fs::read_dir(dir)
+    let names: Vec<String> = std::fs::read_dir(dir)
         .map(|entries| {
             entries
                 .flatten()
-                .filter(|e| e.file_name().to_string_lossy().ends_with(".whl"))
-                .count()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
         })
-        .unwrap_or(0)
+        .unwrap_or_default();
+    assert!(
+        !names.iter().any(|n| n.starts_with('.')),
+        "temporaries left: {names:?}"
+    );
+    names.iter().filter(|n| n.ends_with(".whl")).count()
 }
 
 engine_test! {
@@ -240,31 +246,42 @@ fn service_small(index: &Index) -> Running {
 
 engine_test! {
     /// What a run plants in the package directory (a fake module, a fake
-    /// `.dist-info`) is gone in the next run, and the cache is the index's:
-    /// the next install gets the real package.
+    /// `.dist-info`, a `.pth`) is gone in the next run, and the cache is the
+    /// index's: it takes nothing from a run (read only), serves a listed
+    /// wheel only under its own name (never a copy under another), and the
+    /// next install gets the real package.
     fn a_run_cannot_reach_the_next_run_or_the_cache_through_packages() {
         let index = index();
         let service = service(&index, |config| {
             config.pool_max = 1;
             config.max_sessions = 0;
         });
+        assert_success(&run(&service, &["tabulate"], "import tabulate"));
+        assert_eq!((index.servers.downloads(), cached_wheels(&service._cache.0)), (1, 1));
         let plant = run(&service, &[], r#"
-import os, sys, urllib.request
+import os, re, sys, urllib.request, urllib.error
 site = [p for p in sys.path if p.startswith("/run/packages/")][0]
 open(os.path.join(site, "tabulate.py"), "w").write("__version__ = 'planted'\n")
 os.makedirs(os.path.join(site, "tabulate-9.9.dist-info"))
 open(os.path.join(site, "tabulate-9.9.dist-info", "METADATA"), "w").write("Name: tabulate\nVersion: 9.9\n")
-# The index takes nothing from a run.
-request = urllib.request.Request("http://packages.mcp-code-exec.invalid/files/" + "0" * 64 + "/tabulate-9.9-py3-none-any.whl", data=b"evil", method="PUT")
-try:
-    urllib.request.urlopen(request)
-except OSError as error:
-    print("put |", error)
+open(os.path.join(site, "planted.pth"), "w").write("import os; os.environ['PLANTED'] = '1'\n")
+index = "http://packages.mcp-code-exec.invalid"
+page = urllib.request.urlopen(index + "/simple/tabulate/").read().decode()
+sha = re.search(r"/files/([0-9a-f]{64})/", page).group(1)
+for method, name in [("GET", "tabulate-9.9-py3-none-any.whl"), ("PUT", "tabulate-0.9.0-py3-none-any.whl")]:
+    request = urllib.request.Request(f"{index}/files/{sha}/{name}", data=b"evil" if method == "PUT" else None, method=method)
+    try:
+        urllib.request.urlopen(request)
+        print(method, "| served")
+    except urllib.error.HTTPError as error:
+        print(method, "|", error.code)
 "#);
         assert_success(&plant);
-        assert!(plant.stdout.contains("put | HTTP Error 404"), "{}", plant.stdout);
-        let next = run(&service, &[], "import importlib.util as u\nprint(u.find_spec('tabulate'))");
-        assert_eq!(next.stdout, "None\n", "{next:#?}");
+        assert!(plant.stdout.contains("GET | 404\nPUT | 405\n"), "{}", plant.stdout);
+        assert_eq!((index.servers.downloads(), cached_wheels(&service._cache.0)), (1, 1));
+        let next = run(&service, &[], "import importlib.util as u, subprocess, sys\nprint(u.find_spec('tabulate'))\n\
+            print(subprocess.run([sys.executable, '-c', 'import os; print(os.environ.get(\"PLANTED\"))'], capture_output=True, text=True).stdout.strip())");
+        assert_eq!(next.stdout, "None\nNone\n", "{next:#?}");
         let real = run(&service, &["tabulate"], "import tabulate\nprint(tabulate.__version__)");
         assert_success(&real);
         assert_eq!(real.stdout, "0.9.0\n");
