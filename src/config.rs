@@ -387,9 +387,10 @@ impl Config {
         self.max_code_bytes =
             vars.parse("MCP_BRIDGE_MAX_CODE_BYTES", self.max_code_bytes, |v| {
                 parse_bytes(v)
-                    .filter(|&b| (1..=64 * MIB).contains(&b))
+                    // A call travels in one 16 MiB message, its code included.
+                    .filter(|&b| (1..=12 * MIB).contains(&b))
                     .and_then(|b| usize::try_from(b).ok())
-                    .ok_or_else(|| "a size from 1 byte to 64m, like 1m or 65536".into())
+                    .ok_or_else(|| "a size from 1 byte to 12m, like 1m or 65536".into())
             })?;
         Ok(())
     }
