@@ -3,7 +3,8 @@
 //! scripts/test.sh downloads): the first install (the host fetches the
 //! wheel into an empty cache), then installs from the warm cache, of a pure
 //! wheel (tabulate) and of one with a C extension (MarkupSafe), next to a
-//! warm `print(6*7)` without `packages`.
+//! warm `print(6*7)` without `packages`; then scikit-learn (a 9 MB wheel and
+//! four pure ones), first and from the warm cache.
 //!
 //! `cargo bench --bench packages`. Needs the engine, the sandbox image and
 //! the wheels (scripts/test.sh).
@@ -55,22 +56,26 @@ fn main() {
     };
     let tabulate = request(&["tabulate"], "import tabulate");
     let markupsafe = request(&["MarkupSafe"], "import markupsafe._speedups");
+    let sklearn = request(&["scikit-learn"], "import sklearn.linear_model");
     let print = request(&[], PRINT);
 
     let (cold_call, cold_install) = sample(&tabulate);
     assert_eq!(servers.downloads(), 1);
     let (mut warm, mut warm_install, mut native, mut plain) = (vec![], vec![], vec![], vec![]);
+    let mut heavy = vec![];
     sample(&markupsafe); // its wheel into the cache
+    let (sklearn_cold, _) = sample(&sklearn); // and its four
     for _ in 0..rounds {
         let (call, install) = sample(&tabulate);
         warm.push(call);
         warm_install.push(install);
         native.push(sample(&markupsafe).0);
         plain.push(sample(&print).0);
+        heavy.push(sample(&sklearn).0);
     }
     assert_eq!(
         servers.downloads(),
-        2,
+        7,
         "every later install came from the cache"
     );
 
@@ -87,6 +92,11 @@ fn main() {
         warm_install,
     );
     percentiles("packages=[\"MarkupSafe\"] (C extension)", native);
+    println!(
+        "the first packages=[\"scikit-learn\"] (a 9 MB wheel, and joblib, cloudpickle, threadpoolctl, narwhals): {:.0} ms",
+        sklearn_cold.as_secs_f64() * 1e3
+    );
+    percentiles("packages=[\"scikit-learn\"], warm cache", heavy);
     percentiles(&format!("`{PRINT}` without packages"), plain);
     tokio.block_on(service.shutdown());
     let _ = std::fs::remove_dir_all(cache);

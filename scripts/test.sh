@@ -63,14 +63,16 @@ export MCP_CODE_EXEC_TEST_PYTHON="$PWD/$venv/bin/python"
 # Wheels for the egress and packages suites' local package index, downloaded
 # once with the host's own pip (ordinary registry use).
 wheels=target/e2e-wheels
-if ! ls "$wheels"/six-1.16.0-*.whl "$wheels"/tabulate-0.9.0-*.whl "$wheels"/[Mm]arkup[Ss]afe-3.0.2-*.whl >/dev/null 2>&1; then
+if ! ls "$wheels"/six-1.16.0-*.whl "$wheels"/tabulate-0.9.0-*.whl "$wheels"/[Mm]arkup[Ss]afe-3.0.2-*.whl \
+    "$wheels"/scikit_learn-1.9.1-*.whl "$wheels"/cloudpickle-3.1.3-*.whl >/dev/null 2>&1; then
     echo "test.sh: downloading wheels for the local package index into $wheels" >&2
     "$venv/bin/pip" download -q --disable-pip-version-check --no-deps --only-binary :all: \
-        -d "$wheels" six==1.16.0 tabulate==0.9.0
-    # A C extension, for the sandbox's Python (the image's 3.13), not the host's.
+        -d "$wheels" six==1.16.0 tabulate==0.9.0 joblib==1.6.0 cloudpickle==3.1.3 threadpoolctl==3.8.0 narwhals==2.29.0
+    # C extensions, for the sandbox's Python (the image's 3.13), not the host's.
     "$venv/bin/pip" download -q --disable-pip-version-check --no-deps --only-binary :all: \
-        --python-version 3.13 --implementation cp --platform manylinux2014_x86_64 \
-        -d "$wheels" markupsafe==3.0.2
+        --python-version 3.13 --implementation cp \
+        --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 \
+        -d "$wheels" markupsafe==3.0.2 scikit-learn==1.9.1
 fi
 export MCP_CODE_EXEC_TEST_WHEELS="$PWD/$wheels"
 

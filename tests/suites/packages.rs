@@ -331,3 +331,26 @@ engine_test! {
         assert!(String::from_utf8_lossy(&refused.stderr).contains("names and versions only"));
     }
 }
+
+engine_test! {
+    /// The package users ask for most: scikit-learn and the pure packages
+    /// it needs come from the index, numpy and scipy stay the image's, and
+    /// a model fits.
+    fn scikit_learn_installs_over_the_images_stack_and_fits_a_model() {
+        let index = index();
+        let service = service(&index, |_| {});
+        let report = run(&service, &["scikit-learn"], r#"
+import numpy, sklearn
+from sklearn.linear_model import LinearRegression
+model = LinearRegression().fit(numpy.arange(10).reshape(-1, 1), 3 * numpy.arange(10) + 1)
+print(sklearn.__version__, round(float(model.coef_[0]), 6), sklearn.__file__.startswith("/run/packages/"))
+"#);
+        assert_success(&report);
+        assert_eq!(report.stdout, "1.9.1 3.0 True\n");
+        let names: Vec<String> = installed(&report).into_iter().map(|(name, _)| name.to_lowercase()).collect();
+        for expected in ["scikit-learn", "joblib", "cloudpickle", "threadpoolctl", "narwhals"] {
+            assert!(names.iter().any(|n| n.replace('_', "-") == expected), "{expected} not in {names:?}");
+        }
+        assert!(!names.iter().any(|n| n == "numpy" || n == "scipy"), "the image's own were installed again: {names:?}");
+    }
+}
