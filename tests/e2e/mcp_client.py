@@ -72,7 +72,8 @@ async def main(binary):
         check([t.name for t in tools] == ["run_python"], "exactly one tool: run_python", tools)
         tool = tools[0]
         check(
-            set(tool.inputSchema["properties"]) == {"code", "servers", "timeout", "files", "session", "end_session"},
+            set(tool.inputSchema["properties"])
+            == {"code", "servers", "timeout", "files", "session", "end_session", "packages"},
             "input schema",
             tool.inputSchema,
         )
