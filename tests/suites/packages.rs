@@ -338,7 +338,9 @@ engine_test! {
     /// a model fits.
     fn scikit_learn_installs_over_the_images_stack_and_fits_a_model() {
         let index = index();
-        let service = service(&index, |_| {});
+        // Room for pip, the 40 MB unpacked and the import (gVisor counts
+        // its own kernel too): the tests' 256 MiB is not.
+        let service = service(&index, |config| config.memory_bytes = 1 << 30);
         let report = run(&service, &["scikit-learn"], r#"
 import numpy, sklearn
 from sklearn.linear_model import LinearRegression
