@@ -308,18 +308,21 @@ impl Inner {
         tokio::fs::create_dir_all(dir)
             .await
             .map_err(|error| format!("the package cache {}: {error}", dir.display()))?;
-        let partial = Partial(dir.join(format!(".partial-{}-{name}", std::process::id())));
-        let size = upstream.download(file, &partial.0).await?;
+        let mut partial = Partial(Some(
+            dir.join(format!(".partial-{}-{name}", std::process::id())),
+        ));
+        let path = partial.0.clone().expect("just made");
+        let size = upstream.download(file, &path).await?;
         if size > self.settings.cache_bytes {
             return Err(format!(
                 "{} is larger than the package cache (MCP_BRIDGE_PACKAGE_CACHE_BYTES)",
                 file.filename
             ));
         }
-        tokio::fs::rename(&partial.0, dir.join(name))
+        tokio::fs::rename(&path, dir.join(name))
             .await
             .map_err(|error| format!("the package cache: {error}"))?;
-        std::mem::forget(partial); // renamed: nothing to remove
+        partial.0 = None; // renamed: nothing to remove
         self.account(name, size).await;
         Ok(())
     }
@@ -441,12 +444,15 @@ fn cached_name(file: &UpstreamFile) -> String {
     format!("{}-{}", file.sha256, file.filename)
 }
 
-/// A temporary file of the cache, removed unless it was renamed into place.
-struct Partial(PathBuf);
+/// A temporary file of the cache, removed unless it was renamed into place
+/// (then `None`).
+struct Partial(Option<PathBuf>);
 
 impl Drop for Partial {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        if let Some(path) = &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 

@@ -241,9 +241,11 @@ pub(super) fn without_credentials(index: &Url) -> String {
     shown.to_string()
 }
 
-/// A wheel's file name of plain characters: what the index lists and serves.
+/// A wheel's file name of plain characters: what the index lists and
+/// serves; short enough that its cache name and temporary name (its
+/// SHA-256 and a prefix before it) stay within a file name's 255 bytes.
 pub(super) fn plain_wheel_name(name: &str) -> bool {
-    (6..=200).contains(&name.len())
+    (6..=160).contains(&name.len())
         && name.ends_with(".whl")
         && !name.starts_with('.')
         && name
