@@ -23,19 +23,26 @@ use serde_json::json;
 
 /// Runs `work`, sampling all through it what the engine has of `pool`'s
 /// containers (`docker ps -a --filter label=…`): its result and the peak.
+/// The work starts once a first sample is in (a slow engine's listing,
+/// Podman's under load, could otherwise let the work end unsampled).
 fn peak_containers_during<T>(pool: &Pool, work: impl Future<Output = T>) -> (T, usize) {
     let peak = Arc::new(AtomicUsize::new(0));
+    let sampled = Arc::new(tokio::sync::Notify::new());
     let sampler = spawn({
-        let (pool, peak) = (pool.clone(), peak.clone());
+        let (pool, peak, sampled) = (pool.clone(), peak.clone(), sampled.clone());
         async move {
             loop {
                 let count = pool.engine().list_owned().await.unwrap().len();
                 peak.fetch_max(count, Ordering::Relaxed);
+                sampled.notify_one();
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
     });
-    let result = block_on(work);
+    let result = block_on(async {
+        sampled.notified().await;
+        work.await
+    });
     sampler.abort();
     (result, peak.load(Ordering::Relaxed))
 }
