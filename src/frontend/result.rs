@@ -18,6 +18,7 @@ use rmcp::model::{CallToolResult, ContentBlock, Resource, ResourceContents};
 
 use crate::artifacts::Artifact;
 use crate::config::OutputMode;
+use crate::proxy::json_size;
 use crate::report::{RunReport, RunStatus};
 
 use super::transport::MAX_MESSAGE_BYTES;
@@ -33,7 +34,7 @@ pub const MAX_ARTIFACT_READ_BYTES: usize = MAX_ANSWER_BYTES / 4 * 3 - 4096;
 /// not succeed; degraded, if need be, to fit in [`MAX_ANSWER_BYTES`].
 pub fn tool_result(report: &RunReport, mode: OutputMode) -> CallToolResult {
     let result = build(report, mode);
-    let bytes = json_bytes(&result);
+    let bytes = json_size(&result);
     if bytes <= MAX_ANSWER_BYTES {
         return result;
     }
@@ -51,7 +52,7 @@ fn fit(mut report: RunReport, mode: OutputMode, mut bytes: usize) -> CallToolRes
             &mut report,
             "the files' text is not inline (read each file's resource)",
         );
-        bytes = json_bytes(&build(&report, mode));
+        bytes = json_size(&build(&report, mode));
     }
     if bytes > MAX_ANSWER_BYTES && !report.images.is_empty() {
         let mut excess = bytes - MAX_ANSWER_BYTES;
@@ -67,7 +68,7 @@ fn fit(mut report: RunReport, mode: OutputMode, mut bytes: usize) -> CallToolRes
             before - report.images.len()
         );
         note(&mut report, &left_out);
-        bytes = json_bytes(&build(&report, mode));
+        bytes = json_size(&build(&report, mode));
     }
     if bytes > MAX_ANSWER_BYTES {
         note(&mut report, "stdout and stderr are cut short");
@@ -79,7 +80,7 @@ fn fit(mut report: RunReport, mode: OutputMode, mut bytes: usize) -> CallToolRes
         let (out, err) = (escaped_bytes(&report.stdout), escaped_bytes(&report.stderr));
         let mut empty = report.clone();
         (empty.stdout, empty.stderr) = (String::new(), String::new());
-        let rest = json_bytes(&build(&empty, mode));
+        let rest = json_size(&build(&empty, mode));
         let room = MAX_ANSWER_BYTES.saturating_sub(rest + 4096);
         let share = room as f64 / (bytes - rest).max(1) as f64;
         for (stream, escaped, truncated) in [
@@ -93,7 +94,7 @@ fn fit(mut report: RunReport, mode: OutputMode, mut bytes: usize) -> CallToolRes
                 *truncated = true;
             }
         }
-        bytes = json_bytes(&build(&report, mode));
+        bytes = json_size(&build(&report, mode));
     }
     build(&report, mode)
 }
@@ -168,23 +169,6 @@ pub fn artifact_contents(artifact: &Artifact) -> Result<ResourceContents, ErrorD
     )
 }
 
-/// How many bytes `value` takes as JSON, counted without keeping them.
-fn json_bytes(value: &impl serde::Serialize) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    serde_json::to_writer(&mut count, value).expect("an MCP result always serializes");
-    count.0
-}
-
 /// What `c` takes inside a JSON string as serde_json writes it.
 fn escaped_char(c: char) -> usize {
     match c {
@@ -240,7 +224,7 @@ mod tests {
                     ..RunReport::nothing_ran(RunStatus::Success)
                 };
                 let result = tool_result(&report, mode);
-                let bytes = json_bytes(&result);
+                let bytes = json_size(&result);
                 let structured = result.structured_content.as_ref().unwrap();
                 eprintln!(
                     "{mode:?}, {} bytes per stream: {bytes} bytes (stdout kept {}, {} images)",
@@ -310,6 +294,6 @@ mod tests {
             error.message
         );
         let blob = artifact_contents(&artifact(MAX_ARTIFACT_READ_BYTES, "b.bin")).unwrap();
-        assert!(json_bytes(&blob) <= MAX_ANSWER_BYTES);
+        assert!(json_size(&blob) <= MAX_ANSWER_BYTES);
     }
 }

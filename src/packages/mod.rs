@@ -291,11 +291,15 @@ impl Inner {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let filled = tokio::time::timeout(FILL_TIMEOUT, self.download(file, &name))
+        // However this ends (an error, a panic, the runtime going away), the
+        // file is no longer being filled: waiters then try it themselves.
+        let _filling = Filling {
+            inner: self,
+            name: &name,
+        };
+        tokio::time::timeout(FILL_TIMEOUT, self.download(file, &name))
             .await
-            .unwrap_or_else(|_| Err(format!("{}: the download took too long", file.filename)));
-        self.state().filling.remove(&name);
-        filled
+            .unwrap_or_else(|_| Err(format!("{}: the download took too long", file.filename)))
     }
 
     /// Streams `file` from upstream into a temporary file of the cache,
@@ -436,6 +440,18 @@ impl State {
         for file in &listing.wheels {
             self.files.remove(&file.sha256);
         }
+    }
+}
+
+/// A fill under way: dropped, it is over.
+struct Filling<'a> {
+    inner: &'a Inner,
+    name: &'a str,
+}
+
+impl Drop for Filling<'_> {
+    fn drop(&mut self) {
+        self.inner.state().filling.remove(self.name);
     }
 }
 

@@ -267,8 +267,9 @@ fn refusal(id: &Value, error: &str) -> HostFrame {
     HostFrame::new(encode_answer(&answer, 64 + error.len()), None)
 }
 
-/// The length of `value`'s JSON, without writing it anywhere.
-fn json_size(value: &impl Serialize) -> usize {
+/// The length of `value`'s JSON, without writing it anywhere (the front
+/// end bounds its answers with it too).
+pub fn json_size(value: &impl Serialize) -> usize {
     struct Count(usize);
     impl std::io::Write for Count {
         fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
