@@ -1070,6 +1070,8 @@ def run(spare, zygote, payload, request):
 
     status = statuses.status or {}
     kept = session and "exit_code" in status and not spare.exited(zygote)
+    if kept:
+        stop_session(zygote)  # at once: nothing of it runs while the answer is sent
     done = {
         "exit_code": exit_code,
         "oom": oom_counter.read() > oom_before or status.get("error_type") == "MemoryError",
@@ -1092,7 +1094,6 @@ def run(spare, zygote, payload, request):
     send_json(ord("D"), done)
     if kept:
         spare.cut_answer = relay.cut_answer()
-        stop_session(zygote)
     return kept
 
 

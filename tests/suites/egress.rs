@@ -356,9 +356,11 @@ engine_test! {
         let servers = servers();
         let code = format!(r#"
 import threading, urllib.request, sys
-def download():
+def download():  # in chunks: the flood is of the tunnel, not of memory
     while True:
-        urllib.request.urlopen("http://localhost:{}/bytes/50000000", timeout=30).read()
+        with urllib.request.urlopen("http://localhost:{}/bytes/50000000", timeout=30) as response:
+            while response.read(1 << 16):
+                pass
 threading.Thread(target=download, daemon=True).start()
 print("started", flush=True)
 while True:
