@@ -15,7 +15,8 @@
 //! limit included (its id read from its head or its tail). A notification
 //! that is not a valid one is logged, never answered (JSON-RPC). A request
 //! reusing the id of one in flight is answered with an error and never
-//! reaches rmcp.
+//! reaches rmcp. A notification before the lifecycle began (rmcp ends the
+//! connection on one) is logged and dropped: it has nothing to act on yet.
 //!
 //! Parsing, dispatch and writing stay rmcp's: stdout carries only rmcp's
 //! framed messages. The price is a second parse of each line (rmcp parses
@@ -28,7 +29,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use rmcp::RoleServer;
-use rmcp::model::{ClientNotification, ErrorCode, ErrorData, JsonRpcMessage, RequestId};
+use rmcp::model::{
+    ClientNotification, ClientRequest, ErrorCode, ErrorData, GetMeta, JsonRpcMessage,
+    ProtocolVersion, RequestId,
+};
 use rmcp::service::{RxJsonRpcMessage, TxJsonRpcMessage};
 use rmcp::transport::Transport;
 use rmcp::transport::async_rw::AsyncRwTransport;
@@ -68,6 +72,9 @@ pub struct StdioTransport<R: AsyncRead + Unpin, W: AsyncWrite> {
     refused: mpsc::UnboundedReceiver<Refused>,
     /// The ids of the client's requests rmcp has and has not answered yet.
     in_flight: HashSet<RequestId>,
+    /// rmcp has begun a lifecycle: it read an `initialize`, or a request of
+    /// the 2026-07-28 revision with its metadata inline (see [`begins_lifecycle`]).
+    lifecycle: bool,
     limit: usize,
 }
 
@@ -106,6 +113,7 @@ where
             inner,
             refused,
             in_flight: HashSet::new(),
+            lifecycle: false,
             limit,
         }
     }
@@ -124,14 +132,22 @@ where
         });
     }
 
-    /// Whether `message` may go on to rmcp: not a request whose id is in flight.
-    fn admit(&mut self, message: &RxJsonRpcMessage<RoleServer>) -> Option<Refused> {
+    /// Whether `message` may go on to rmcp: not a request whose id is in
+    /// flight (answered), nor a notification before the lifecycle (dropped).
+    fn admit(&mut self, message: &RxJsonRpcMessage<RoleServer>) -> Admit {
         match message {
+            JsonRpcMessage::Notification(_) if !self.lifecycle => {
+                tracing::warn!(
+                    "a notification before initialize (or a first request) has nothing to act on: dropped"
+                );
+                Admit::Drop
+            }
             JsonRpcMessage::Request(request) => {
                 if self.in_flight.insert(request.id.clone()) {
-                    return None;
+                    self.lifecycle |= begins_lifecycle(&request.request);
+                    return Admit::Pass;
                 }
-                Some(Refused {
+                Admit::Answer(Refused {
                     id: Some(request.id.clone()),
                     error: ErrorData::invalid_request(
                         format!(
@@ -150,9 +166,35 @@ where
                 {
                     self.in_flight.remove(id);
                 }
-                None
+                Admit::Pass
             }
-            _ => None,
+            _ => Admit::Pass,
+        }
+    }
+}
+
+enum Admit {
+    Pass,
+    Answer(Refused),
+    Drop,
+}
+
+/// Whether rmcp begins its lifecycle on reading `request` (after it, a
+/// notification reaches the service; before it, rmcp ends the connection on
+/// one): an `initialize`, or a request other than `ping` and
+/// `server/discover` whose inline metadata names a supported revision (the
+/// 2026-07-28 revision has no `initialize`). Mirrors rmcp's `serve_server`.
+fn begins_lifecycle(request: &ClientRequest) -> bool {
+    match request {
+        ClientRequest::InitializeRequest(_) => true,
+        ClientRequest::PingRequest(_) | ClientRequest::DiscoverRequest(_) => false,
+        request => {
+            let meta = request.get_meta();
+            meta.missing_required_keys(&ProtocolVersion::V_2026_07_28)
+                .is_empty()
+                && meta
+                    .protocol_version()
+                    .is_some_and(|version| ProtocolVersion::KNOWN_VERSIONS.contains(&version))
         }
     }
 }
@@ -194,8 +236,9 @@ where
                 message = self.inner.receive() => message?,
             };
             match self.admit(&message) {
-                None => return Some(message),
-                Some(refused) => self.answer(refused),
+                Admit::Pass => return Some(message),
+                Admit::Answer(refused) => self.answer(refused),
+                Admit::Drop => {}
             }
         }
     }

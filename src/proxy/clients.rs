@@ -6,15 +6,18 @@
 //! `tools/list` each under a timeout, restart with backoff after it died,
 //! tool metadata cached and refreshed (under a timeout) on
 //! `notifications/tools/list_changed` or restart, child stderr to our log
-//! (never our stdout), and stopping them all at shutdown. No lock is held
+//! (never our stdout), a message over the size limit ending the connection
+//! (not waited for: see [`MessageBound`]), and stopping them all at shutdown. No lock is held
 //! across I/O: a hung server delays only the callers that wait for that very
 //! answer, and each of those waits is bounded. It knows nothing of
 //! sandboxes: it answers "call tool T of server S".
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
@@ -23,7 +26,7 @@ use rmcp::model::{CallToolRequestParams, CallToolResult, Tool};
 use rmcp::service::{NotificationContext, RunningService};
 use rmcp::transport::async_rw::AsyncRwTransport;
 use rmcp::{ClientHandler, RoleClient, ServiceExt};
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader, ReadBuf};
 
 use super::discovery::ServerDefinition;
 use crate::metrics;
@@ -33,7 +36,8 @@ const INITIALIZE_TIMEOUT: Duration = Duration::from_secs(30);
 /// `tools/list`, at start and on refresh: the server is up by then, so a
 /// list that takes longer means it hangs.
 const LIST_TOOLS_TIMEOUT: Duration = Duration::from_secs(10);
-/// The largest message accepted from a server.
+/// The largest message (one line, its newline not counted) accepted from a
+/// server.
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// The longest line of a server's stderr that goes to our log; the rest of
 /// the line is dropped.
@@ -80,6 +84,9 @@ struct Connected {
     service: RunningService<RoleClient, Handler>,
     _child: tokio::process::Child,
     tools_changed: Arc<AtomicBool>,
+    /// Set when the server sent a message over [`MAX_MESSAGE_BYTES`] (the
+    /// connection is closed then).
+    oversized: Arc<AtomicBool>,
     /// The last tool list; swapped whole on refresh, never held across I/O.
     tools: Mutex<Arc<Vec<Tool>>>,
 }
@@ -139,10 +146,11 @@ impl ServerClient {
                 if !connected.service.is_transport_closed() {
                     return Ok(connected.clone());
                 }
-                tracing::warn!(server = %self.definition.name, "MCP server exited; restarting");
+                let reason = connected.closed_because();
+                tracing::warn!(server = %self.definition.name, reason, "MCP server connection ended; restarting");
                 *state = State::Failed {
                     at: Instant::now(),
-                    reason: "the server exited".into(),
+                    reason: reason.into(),
                     attempts: 0,
                 };
             }
@@ -240,7 +248,11 @@ impl ServerClient {
             .map_err(|error| ProxyError::Call {
                 server: self.definition.name.clone(),
                 tool: tool.to_owned(),
-                reason: error.to_string(),
+                reason: if connected.oversized.load(Ordering::Relaxed) {
+                    connected.closed_because().to_owned()
+                } else {
+                    error.to_string()
+                },
             })
     }
 
@@ -278,10 +290,13 @@ async fn start(definition: ServerDefinition) -> Result<Arc<Connected>, String> {
         return Err("the child process has no stdio pipes".into());
     };
     tokio::spawn(log_stderr(definition.name.clone(), stderr));
+    let oversized = Arc::new(AtomicBool::new(false));
+    let stdout = MessageBound::new(stdout, MAX_MESSAGE_BYTES, oversized.clone());
     // rmcp drops incoming lines over 16 MiB by default; results that size
-    // must pass intact, with room for JSON escaping.
+    // must pass intact, with room for JSON escaping. Its own limit is never
+    // reached: MessageBound ends the stream first.
     let transport =
-        AsyncRwTransport::new_client(stdout, stdin).with_max_line_length(MAX_MESSAGE_BYTES);
+        AsyncRwTransport::new_client(stdout, stdin).with_max_line_length(MAX_MESSAGE_BYTES + 1);
     let handler = Handler::default();
     let tools_changed = handler.tools_changed.clone();
     let service = match tokio::time::timeout(INITIALIZE_TIMEOUT, handler.serve(transport)).await {
@@ -299,8 +314,86 @@ async fn start(definition: ServerDefinition) -> Result<Arc<Connected>, String> {
         service,
         _child: child,
         tools_changed,
+        oversized,
         tools: Mutex::new(Arc::new(tools)),
     }))
+}
+
+impl Connected {
+    /// Why the connection ended, as a caller is told.
+    fn closed_because(&self) -> &'static str {
+        if self.oversized.load(Ordering::Relaxed) {
+            OVERSIZED
+        } else {
+            "the server exited"
+        }
+    }
+}
+
+const OVERSIZED: &str = "the server sent a message over 64 MiB, the largest accepted: \
+    its connection was closed (the server is restarted for the next call)";
+
+/// A server's stdout as rmcp reads it, ended (EOF) at the first line over
+/// its limit ([`MAX_MESSAGE_BYTES`]). rmcp drops such a line and reads on, so the call
+/// it answered would wait until its run's deadline; ending the stream closes
+/// the connection instead, and every call waiting on it fails at once. What
+/// came before the long line in the same read is passed on.
+struct MessageBound<R> {
+    inner: R,
+    limit: usize,
+    /// Bytes of the current line so far.
+    line: usize,
+    oversized: Arc<AtomicBool>,
+}
+
+impl<R> MessageBound<R> {
+    fn new(inner: R, limit: usize, oversized: Arc<AtomicBool>) -> Self {
+        Self {
+            inner,
+            limit,
+            line: 0,
+            oversized,
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for MessageBound<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.oversized.load(Ordering::Relaxed) {
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        let mut line = self.line;
+        let mut line_start = before;
+        let mut over = false;
+        let mut rest = &buf.filled()[before..];
+        loop {
+            let end = rest.iter().position(|&byte| byte == b'\n');
+            let length = line + end.unwrap_or(rest.len());
+            if length > self.limit {
+                over = true;
+                break;
+            }
+            let Some(end) = end else {
+                line = length;
+                break;
+            };
+            line = 0;
+            line_start += end + 1;
+            rest = &rest[end + 1..];
+        }
+        self.line = line;
+        if over {
+            self.oversized.store(true, Ordering::Relaxed);
+            buf.set_filled(line_start);
+        }
+        Poll::Ready(Ok(()))
+    }
 }
 
 async fn list_tools(service: &RunningService<RoleClient, Handler>) -> Result<Vec<Tool>, String> {
@@ -396,5 +489,49 @@ impl ClientHub {
         for client in self.clients.values() {
             client.stop();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// What rmcp would read through a bound of `limit` from `chunks` (each
+    /// one read), and whether the bound tripped.
+    async fn through(limit: usize, chunks: &[&[u8]]) -> (Vec<u8>, bool) {
+        let mut reader = chunked(chunks);
+        let oversized = Arc::new(AtomicBool::new(false));
+        let mut bound = MessageBound::new(&mut reader, limit, oversized.clone());
+        let mut read = Vec::new();
+        bound.read_to_end(&mut read).await.unwrap();
+        (read, oversized.load(Ordering::Relaxed))
+    }
+
+    /// A reader that yields `chunks` one read each.
+    fn chunked(chunks: &[&[u8]]) -> impl AsyncRead + Unpin {
+        let chunks: Vec<std::io::Result<Vec<u8>>> =
+            chunks.iter().map(|chunk| Ok(chunk.to_vec())).collect();
+        tokio_util::io::StreamReader::new(futures_util::stream::iter(
+            chunks
+                .into_iter()
+                .map(|chunk| chunk.map(bytes::Bytes::from)),
+        ))
+    }
+
+    #[tokio::test]
+    async fn lines_within_the_limit_pass_whole() {
+        let (read, over) = through(4, &[b"ab\nabcd", b"\n", b"a", b"bc\n"]).await;
+        assert_eq!((read.as_slice(), over), (&b"ab\nabcd\nabc\n"[..], false));
+    }
+
+    #[tokio::test]
+    async fn the_stream_ends_before_a_line_over_the_limit() {
+        // Over in the middle of a read: what came before it passes.
+        let (read, over) = through(4, &[b"ab\nabcde\nab\n"]).await;
+        assert_eq!((read.as_slice(), over), (&b"ab\n"[..], true));
+        // Over across reads: the line's start passed already, then EOF.
+        let (read, over) = through(4, &[b"abc", b"de", b"\nab\n"]).await;
+        assert_eq!((read.as_slice(), over), (&b"abc"[..], true));
     }
 }

@@ -17,8 +17,9 @@ use mcp_code_exec::report::{RunReport, RunStatus};
 use mcp_code_exec::service::Service;
 
 /// Separate fixture processes per test, so their counters don't mix.
-const FIXTURES: [&str; 8] = [
+const FIXTURES: [&str; 9] = [
     "fixture",
+    "fixture-oversize",
     "fixture-concurrency",
     "fixture-cancel",
     "fixture-crash",
@@ -163,6 +164,27 @@ big = await mcp_fixture.big(mib=16)
 print(len(big), big == "0123456789abcdef" * (16 * 65536))
 "#;
         assert_eq!(run_ok(code, &["fixture"]), "16777216 True\n");
+    }
+}
+
+engine_test! {
+    /// An answer over 64 MiB (the largest message read from a server) fails
+    /// its call at once, not at the run's deadline, and the server is
+    /// restarted for the next call (a call that waited for the deadline
+    /// would end the run as a timeout, with nothing printed).
+    fn an_answer_over_the_message_limit_fails_at_once_and_the_server_restarts() {
+        let code = r#"
+first = await mcp_fixture_oversize.pid()
+try:
+    await mcp_fixture_oversize.big(mib=65)
+except MCPError as e:
+    print("refused:", "over 64 MiB" in str(e))
+print("restarted:", await mcp_fixture_oversize.pid() != first)
+"#;
+        let mut request = request(code, Some(60.0));
+        request.servers = vec!["fixture-oversize".into()];
+        let report = block_on(call(SERVICE.get(), &request));
+        assert_eq!(report.stdout, "refused: True\nrestarted: True\n", "{report:#?}");
     }
 }
 

@@ -211,7 +211,9 @@ engine_test! {
     /// MCP 2026-07-28 has no `initialize`: each request carries the
     /// protocol version and the client's capabilities in `_meta`. rmcp
     /// serves such a request as the first message; one without them gets
-    /// an error with its id.
+    /// an error with its id. A notification before any of it (rmcp would
+    /// end the connection on one) is dropped, and `server/discover`,
+    /// `tools/list` and `tools/call` are all served.
     fn a_stateless_client_calls_without_initialize() {
         let mut child = command()
             .arg("serve")
@@ -223,12 +225,16 @@ engine_test! {
             .unwrap();
         let mut stdin = child.stdin.take().unwrap();
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut ask = |request: Value| {
-            writeln!(stdin, "{request}").unwrap();
+        let mut send = |message: Value| {
+            writeln!(stdin, "{message}").unwrap();
             stdin.flush().unwrap();
+        };
+        send(json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 7}}));
+        let mut ask = |request: Value| {
+            send(request);
             let mut line = String::new();
             stdout.read_line(&mut line).unwrap();
-            serde_json::from_str::<Value>(&line).unwrap()
+            serde_json::from_str::<Value>(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
         };
         let bare = ask(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}));
         assert_eq!(bare["id"], 1, "{bare}");
@@ -238,8 +244,16 @@ engine_test! {
             "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "0"},
             "io.modelcontextprotocol/clientCapabilities": {}
         });
-        let listed = ask(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {"_meta": meta}}));
+        let discovered = ask(json!({"jsonrpc": "2.0", "id": 2, "method": "server/discover", "params": {"_meta": meta}}));
+        assert_eq!(discovered["id"], 2, "{discovered}");
+        assert!(discovered["result"].is_object(), "{discovered}");
+        let listed = ask(json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list", "params": {"_meta": meta}}));
         assert_eq!(listed["result"]["tools"][0]["name"], "run_python", "{listed}");
+        let called = ask(json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {
+            "_meta": meta, "name": "run_python", "arguments": {"code": "print(6*7)"}
+        }}));
+        assert_eq!(called["id"], 4, "{called}");
+        assert!(called["result"]["content"][0]["text"].as_str().is_some_and(|t| t.contains("42")), "{called}");
         drop(stdin);
         let _ = child.wait();
     }
