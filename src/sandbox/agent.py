@@ -593,7 +593,10 @@ def zygote_main(channel, preload):
         )
         channel.send(b"X" + reason.encode()[: ZYGOTE_MESSAGE_LIMIT - 1])
         os._exit(0)
-    while len(hello := json.dumps({"missing": missing}).encode()) >= ZYGOTE_MESSAGE_LIMIT:
+    # Tried from here, a process of the user's uid that is not PID 1, as
+    # user code would: the agent's answer to whether it may reset.
+    reachable = protocol_pipes_reachable()
+    while len(hello := json.dumps({"missing": missing, "reachable": reachable}).encode()) >= ZYGOTE_MESSAGE_LIMIT:
         missing = missing[: len(missing) // 2]
     channel.send(b"H" + hello)
     # gVisor refuses (EINVAL, measured): orphans then go to PID 1, kill(-1)
@@ -737,8 +740,11 @@ class Zygote:
         # Exit codes of spares, by pid, as the zygote reported them.
         self.exits = {}
         hello = self.wait_reply(ZYGOTE_START_TIMEOUT_S)
+        hello = json.loads(hello[1:])
         # Preloaded modules that this image lacks (the host warns about them).
-        self.missing = json.loads(hello[1:])["missing"]
+        self.missing = hello["missing"]
+        # The agent's protocol pipes the zygote could open (reset_impossible).
+        self.reachable = hello["reachable"]
 
     def request(self, message, fds=()):
         """Sends a command; returns the reply, or raises ZygoteLost."""
@@ -1427,15 +1433,44 @@ def reset(spare, zygote, baseline):
     return fresh_spare(zygote, b"K", clean, RESET_WARM_TIMEOUT_S)
 
 
-def reset_impossible():
-    """Why this container cannot be reset, or None. The reset removes SysV
-    IPC objects by listing /proc/sysvipc and POSIX message queues through
-    /dev/mqueue; where neither is there (gVisor, measured), objects a run
-    leaves could not be found, so a container serves one run."""
+def reset_impossible(reachable):
+    """Why this container cannot be reset, or None; then it serves one run.
+    Two checks, each failing under gVisor (runsc 2022-12-19, measured):
+    - `reachable`: the agent's protocol pipes that a process of the user's
+      uid opened through /proc (protocol_pipes_reachable). A run could then
+      write a forged ready frame (Y) to the host while its processes live on,
+      and read the next run's request from the agent's stdin: a reset could
+      not keep the next run from this one.
+    - the reset removes SysV IPC objects by listing /proc/sysvipc and POSIX
+      message queues through /dev/mqueue; without them, what a run leaves
+      could not be found."""
+    reasons = []
+    if reachable:
+        reasons.append(
+            f"user code can open the agent's protocol pipes ({', '.join(reachable)}), so a run could forge "
+            "the agent's ready frame and read the next run's request"
+        )
     missing = [path for path in ("/proc/sysvipc", "/dev/mqueue") if not os.path.isdir(path)]
-    if not missing:
-        return None
-    return f"{' and '.join(missing)} missing (as under gVisor): IPC objects a run leaves cannot be listed to remove"
+    if missing:
+        reasons.append(f"{' and '.join(missing)} missing: IPC objects a run leaves cannot be listed to remove")
+    return "; ".join(reasons) or None
+
+
+def protocol_pipes_reachable():
+    """The agent's protocol pipes (PID 1's stdin and stdout) that this
+    process opens through /proc/1/fd, in the direction that would let it
+    inject or steal frames; each is closed at once, nothing read or written.
+    None where PID 1's non-dumpability guards /proc/1/fd (runc, Podman);
+    both under gVisor before its fix of /proc/PID/fd's checks (2025-12)."""
+    reachable = []
+    for fd, flags in ((0, os.O_WRONLY), (1, os.O_RDONLY)):
+        path = f"/proc/1/fd/{fd}"
+        try:
+            os.close(os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC))
+        except OSError:
+            continue
+        reachable.append(path)
+    return reachable
 
 
 def fresh_places():
@@ -1660,7 +1695,7 @@ def main(argv):
         sys.stderr.write(f"mcp-code-exec agent: no first spare: {failure}\n")
         os._exit(5)
     hello = {"python": sys.version.split()[0], "preload_missing": zygote.missing}
-    single_use = reset_impossible()
+    single_use = reset_impossible(zygote.reachable)
     if single_use:
         hello["single_use"] = single_use
     send_json(ord("Y"), hello)

@@ -264,8 +264,8 @@ pub struct Sandbox {
     created: Instant,
     runs: u32,
     python_version: String,
-    /// The agent cannot reset this container (see [`Ready::single_use`]).
-    single_use: bool,
+    /// Why the agent cannot reset this container (see [`Ready::single_use`]).
+    single_use: Option<String>,
     /// The highest stream id the agent opened in this container (ids are
     /// never reused, so a late frame of an earlier run's stream is known as such).
     last_stream_id: u32,
@@ -310,13 +310,13 @@ impl Sandbox {
             created: Instant::now(),
             runs: 0,
             python_version: String::new(),
-            single_use: false,
+            single_use: None,
             last_stream_id: 0,
         };
         let ready = sandbox.await_ready(timeout).await?;
         sandbox.python_version = ready.python.unwrap_or_default();
         if let Some(reason) = ready.single_use {
-            sandbox.single_use = true;
+            sandbox.single_use = Some(reason.clone());
             static WARNED: std::sync::Once = std::sync::Once::new();
             WARNED.call_once(|| {
                 tracing::warn!(
@@ -359,9 +359,9 @@ impl Sandbox {
         self.runs
     }
 
-    /// Whether the agent said it cannot reset this container.
-    pub fn single_use(&self) -> bool {
-        self.single_use
+    /// Why the agent said it cannot reset this container, if it did.
+    pub fn single_use(&self) -> Option<&str> {
+        self.single_use.as_deref()
     }
 
     /// A zero-cost liveness check of an idle sandbox: the agent says nothing

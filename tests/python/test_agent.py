@@ -468,3 +468,16 @@ def test_the_status_is_the_first_whole_message_with_an_exit_code(agent):
     huge = agent.StatusReader()
     assert huge.feed(agent.LENGTH.pack(agent.STATUS_LIMIT + 1) + b"x") is None
     assert huge.feed(message({"exit_code": 0})) is None, "after an oversized header nothing is trusted"
+
+
+def test_a_container_serves_one_run_when_a_reset_check_fails(agent, monkeypatch):
+    present = {"/proc/sysvipc", "/dev/mqueue"}
+    monkeypatch.setattr(agent.os.path, "isdir", lambda path: path in present)
+    assert agent.reset_impossible([]) is None
+    reason = agent.reset_impossible(["/proc/1/fd/0", "/proc/1/fd/1"])
+    assert reason.startswith("user code can open the agent's protocol pipes (/proc/1/fd/0, /proc/1/fd/1)")
+    present.discard("/dev/mqueue")
+    reason = agent.reset_impossible(["/proc/1/fd/0"])
+    assert "protocol pipes (/proc/1/fd/0)" in reason
+    assert reason.endswith("; /dev/mqueue missing: IPC objects a run leaves cannot be listed to remove")
+    assert agent.reset_impossible([]) == "/dev/mqueue missing: IPC objects a run leaves cannot be listed to remove"

@@ -102,9 +102,10 @@ print(json.dumps({
             let seen = run_on(&service, look, Some(10.0));
             assert_eq!(seen.status, RunStatus::Success, "{what}: {seen:#?}");
             if under_test().gvisor() {
-                // A container serves one run there (its IPC objects cannot be
-                // listed to remove): the planted one goes (a reused one would
-                // stay idle in the pool, and this would time out).
+                // A container serves one run there (user code can open the
+                // agent's pipes, and IPC objects cannot be listed: README,
+                // "Choosing the engine"): the planted one goes (a reused one
+                // would stay idle in the pool, and this would time out).
                 wait_until("the planted run's container to go", Duration::from_secs(20), || {
                     !containers_of(&service).contains(&container[0])
                 });
