@@ -733,8 +733,8 @@ impl Shared {
         let shared = self.clone();
         self.background.spawn(async move {
             let started = Instant::now();
-            match sandbox.await_ready(RESET_TIMEOUT).await {
-                Ok(_) => {
+            match sandbox.await_reset(RESET_TIMEOUT).await {
+                Ok(()) => {
                     metrics::observe_reset(started.elapsed());
                     let closed = shared.state().reset_done(sandbox);
                     match closed {

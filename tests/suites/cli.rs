@@ -52,8 +52,7 @@ engine_test! {
         );
         assert!(text.ends_with("all checks passed\n"), "{text}");
 
-        // Under gVisor (where this engine has it) doctor names the check
-        // that keeps a sandbox to one run: the agent's pipes are reachable.
+        // Under gVisor (where this engine has it) a sandbox is reset too.
         let gvisor = mcp_code_exec(&["doctor"], "", &[("MCP_BRIDGE_OCI_RUNTIME", "runsc")]);
         let text = String::from_utf8_lossy(&gvisor.stdout);
         if text.contains("FAIL  OCI runtime: MCP_BRIDGE_OCI_RUNTIME=runsc is not a runtime") {
@@ -61,10 +60,7 @@ engine_test! {
         } else {
             assert!(gvisor.status.success(), "{text}");
             assert!(
-                text.contains(
-                    "warn  reuse: a sandbox serves one run and is then replaced (slower under load): \
-                     user code can open the agent's protocol pipes (/proc/1/fd/0, /proc/1/fd/1)"
-                ),
+                text.contains("ok    reuse: a sandbox is reset after each run"),
                 "{text}"
             );
         }
