@@ -1,15 +1,18 @@
-//! What gVisor costs: warm runs and cold starts under runc and runsc, side
-//! by side, on the same engine, in one run.
+//! What gVisor costs: warm runs, throughput and cold starts under runc and
+//! runsc, side by side, on the same engine, in one run.
 //!
-//! `cargo bench --bench runtimes`. For each OCI runtime in turn (one pool at
-//! a time, so they do not compete for the CPUs): a pool of the configuration
-//! users run (`MCP_BRIDGE_*` respected, the runtime set), warm `print(6*7)`
-//! calls 10 ms apart once a warm sandbox is idle (under gVisor a sandbox
-//! serves one run), then cold create + start + run + remove. A runtime the
-//! engine does not have is a row saying so (`scripts/setup-engine.sh gvisor`
-//! registers runsc with Docker); no engine at all skips with a message, as
-//! the latency bench does.
+//! `cargo bench --bench runtimes`. For each row in turn (one pool at a time,
+//! so they do not compete for the CPUs): a pool of the configuration users
+//! run (`MCP_BRIDGE_*` respected, the runtime set), warm `print(6*7)` calls
+//! 10 ms apart once a warm sandbox is idle, the throughput of 4 calls in
+//! flight on a pool of 4, then cold create + start + run + remove. The last
+//! row is runsc with single-use sandboxes (`MCP_BRIDGE_POOL_MAX_USES=1`, what
+//! gVisor had before its reset was complete). A runtime the engine does not
+//! have is a row saying so (`scripts/setup-engine.sh gvisor` registers runsc
+//! with Docker); no engine at all skips with a message, as the latency
+//! bench does.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
@@ -21,12 +24,18 @@ use mcp_code_exec::engine::Engine;
 use mcp_code_exec::report::RunStatus;
 use mcp_code_exec::service::Service;
 
-const RUNTIMES: [&str; 2] = ["runc", "runsc"];
+/// The rows: a label, the OCI runtime, and whether a sandbox serves one run.
+const ROWS: [(&str, &str, bool); 3] = [
+    ("runc", "runc", false),
+    ("runsc", "runsc", false),
+    ("runsc, single use", "runsc", true),
+];
 
-/// Warm and cold tails of one runtime.
+/// Warm and cold tails of one row, and its throughput.
 struct Measured {
     warm: Tail,
-    cold: Tail,
+    runs_per_s: f64,
+    cold: Option<Tail>,
 }
 
 /// p50 and p99 of `samples`.
@@ -61,10 +70,58 @@ fn timed<F: Future<Output = ()>>(
         .collect()
 }
 
-/// Warm and cold tails under `runtime`, or why it could not be measured.
-fn measure(tokio: &tokio::runtime::Runtime, runtime: &str, full: bool) -> Result<Measured, String> {
+/// A service of `config` once its pool is warm, or why it did not warm up.
+fn warm_service(tokio: &tokio::runtime::Runtime, config: &Config) -> Result<Arc<Service>, String> {
+    let service = Arc::new(Service::new(config.clone()));
+    let warm_up = tokio.block_on(async {
+        let pool = service.pool().await.map_err(|error| error.to_string())?;
+        Ok::<_, String>(pool.wait_warm(Duration::from_secs(60)).await)
+    })?;
+    if !warm_up {
+        return Err(format!(
+            "the pool of {:?} did not warm up within 60 s",
+            config.oci_runtime
+        ));
+    }
+    Ok(service)
+}
+
+/// Runs per second of `total` calls, 4 in flight.
+fn throughput(tokio: &tokio::runtime::Runtime, service: &Arc<Service>, total: usize) -> f64 {
+    let started = Instant::now();
+    tokio.block_on(async {
+        let workers = (0..4).map(|_| {
+            let service = service.clone();
+            tokio::spawn(async move {
+                let request = CallRequest {
+                    code: PRINT.into(),
+                    ..CallRequest::default()
+                };
+                for _ in 0..total / 4 {
+                    let report = call(&service, &request).await;
+                    assert_eq!(report.status, RunStatus::Success, "{report:?}");
+                }
+            })
+        });
+        for worker in futures_util::future::join_all(workers).await {
+            worker.unwrap();
+        }
+    });
+    (total / 4 * 4) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Warm and cold tails of a row, and its throughput, or why it could not be
+/// measured. The cold start is the runtime's, measured once per runtime.
+fn measure(
+    tokio: &tokio::runtime::Runtime,
+    (_, runtime, single_use): (&str, &str, bool),
+    full: bool,
+) -> Result<Measured, String> {
     let mut config = Config::from_env().expect("valid MCP_BRIDGE_* environment");
     config.oci_runtime = Some(runtime.to_owned());
+    if single_use {
+        config.pool_max_uses = 1;
+    }
     let (engine, image) = tokio
         .block_on(async {
             let engine = Engine::connect(config.engine).await?;
@@ -73,14 +130,7 @@ fn measure(tokio: &tokio::runtime::Runtime, runtime: &str, full: bool) -> Result
             Ok::<_, mcp_code_exec::engine::EngineError>((engine, image))
         })
         .map_err(|error| error.to_string())?;
-    let service = Service::new(config.clone());
-    let warm_up = tokio.block_on(async {
-        let pool = service.pool().await.map_err(|error| error.to_string())?;
-        Ok::<_, String>(pool.wait_warm(Duration::from_secs(60)).await)
-    })?;
-    if !warm_up {
-        return Err(format!("the {runtime} pool did not warm up within 60 s"));
-    }
+    let service = warm_service(tokio, &config)?;
     let request = CallRequest {
         code: PRINT.into(),
         ..CallRequest::default()
@@ -89,10 +139,9 @@ fn measure(tokio: &tokio::runtime::Runtime, runtime: &str, full: bool) -> Result
     let pool = tokio
         .block_on(service.pool())
         .map_err(|error| error.to_string())?;
-    // Under gVisor a sandbox serves one run (README, "Choosing the engine"),
-    // so each call waits, untimed, for the pool to be warm again: this is
-    // the latency of a call that finds a warm sandbox, as users see it when
-    // their calls are further apart than a start.
+    // Each call waits, untimed, for the pool to be warm again: with
+    // single-use sandboxes this is the latency of a call that finds a warm
+    // one, as users see it when their calls are further apart than a start.
     let warm_again = || {
         std::thread::sleep(Duration::from_millis(10));
         assert!(tokio.block_on(pool.wait_warm(Duration::from_secs(60))));
@@ -101,7 +150,11 @@ fn measure(tokio: &tokio::runtime::Runtime, runtime: &str, full: bool) -> Result
         &format!("{runtime}: warm print(6*7), a warm sandbox idle, 10 ms or more apart"),
         timed(
             tokio,
-            n(if runtime == "runsc" { 100 } else { 500 }),
+            n(match (runtime, single_use) {
+                (_, true) => 20,
+                ("runsc", _) => 200,
+                _ => 500,
+            }),
             warm_again,
             || async {
                 let report = call(&service, &request).await;
@@ -110,11 +163,28 @@ fn measure(tokio: &tokio::runtime::Runtime, runtime: &str, full: bool) -> Result
         ),
     );
     tokio.block_on(service.shutdown());
-    let cold = tail(
-        &format!("{runtime}: cold create+start+run+remove"),
-        timed(tokio, n(30), || {}, || cold_run(&engine, &config, &image)),
+    config.pool_min_idle = 4;
+    config.pool_max = 4;
+    // Single-use calls wait for starts, four at a time.
+    config.pool_wait_timeout = Duration::from_secs(120);
+    let service = warm_service(tokio, &config)?;
+    let runs_per_s = throughput(tokio, &service, n(if single_use { 40 } else { 1000 }));
+    println!(
+        "{runtime}{}: {runs_per_s:.1} runs/s, 4 in flight, pool of 4",
+        if single_use { ", single use" } else { "" }
     );
-    Ok(Measured { warm, cold })
+    tokio.block_on(service.shutdown());
+    let cold = (!single_use).then(|| {
+        tail(
+            &format!("{runtime}: cold create+start+run+remove"),
+            timed(tokio, n(30), || {}, || cold_run(&engine, &config, &image)),
+        )
+    });
+    Ok(Measured {
+        warm,
+        runs_per_s,
+        cold,
+    })
 }
 
 fn main() {
@@ -132,25 +202,33 @@ fn main() {
     }
     // `cargo test --all-targets` runs benches once as a smoke test: a few samples.
     let full = std::env::args().any(|arg| arg == "--bench");
-    let rows: Vec<(&str, Result<Measured, String>)> = RUNTIMES
+    let rows: Vec<(&str, Result<Measured, String>)> = ROWS
         .iter()
-        .map(|runtime| (*runtime, measure(&tokio, runtime, full)))
+        .map(|row| (row.0, measure(&tokio, *row, full)))
         .collect();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
-        "\n{:<8} {:>14} {:>14} {:>14} {:>14}",
-        "runtime", "warm p50 ms", "warm p99 ms", "cold p50 ms", "cold p99 ms"
+        "\n{:<18} {:>12} {:>12} {:>14} {:>12} {:>12}",
+        "runtime", "warm p50 ms", "warm p99 ms", "runs/s at 4", "cold p50 ms", "cold p99 ms"
     );
-    for (runtime, row) in rows {
+    for (label, row) in rows {
         match row {
-            Ok(Measured { warm, cold }) => println!(
-                "{runtime:<8} {:>14.2} {:>14.2} {:>14.0} {:>14.0}",
-                ms(warm.p50),
-                ms(warm.p99),
-                ms(cold.p50),
-                ms(cold.p99)
-            ),
-            Err(why) => println!("{runtime:<8} not measured: {why}"),
+            Ok(Measured {
+                warm,
+                runs_per_s,
+                cold,
+            }) => {
+                let cold = cold.map_or_else(
+                    || format!("{:>12} {:>12}", "-", "-"),
+                    |cold| format!("{:>12.0} {:>12.0}", ms(cold.p50), ms(cold.p99)),
+                );
+                println!(
+                    "{label:<18} {:>12.2} {:>12.2} {runs_per_s:>14.1} {cold}",
+                    ms(warm.p50),
+                    ms(warm.p99),
+                );
+            }
+            Err(why) => println!("{label:<18} not measured: {why}"),
         }
     }
 }

@@ -519,6 +519,16 @@ impl Pool {
         self.shared.state().last_error.clone()
     }
 
+    /// Why the warmest idle sandbox serves one run only (its agent cannot
+    /// reset it here), or None: it is reset after each run, or none is idle.
+    pub fn single_use(&self) -> Option<String> {
+        let state = self.shared.state();
+        state
+            .idle
+            .last()
+            .and_then(|sandbox| sandbox.single_use().map(str::to_owned))
+    }
+
     /// Takes a warm sandbox, waiting (bounded) when none is idle. Fails at
     /// once, with the cause, when nothing can become idle because sandboxes
     /// cannot be started (engine unreachable, image broken, …).
@@ -686,7 +696,9 @@ impl Lease {
         let sandbox = self.sandbox.take().expect("finish is called once");
         let sizing = &self.shared.sizing;
         let verdict = match verdict {
-            Verdict::Reuse if sandbox.single_use() => Verdict::Recycle(RecycleReason::SingleUse),
+            Verdict::Reuse if sandbox.single_use().is_some() => {
+                Verdict::Recycle(RecycleReason::SingleUse)
+            }
             verdict => verdict.or_worn_out(
                 sandbox.runs(),
                 sandbox.age(),
@@ -721,8 +733,8 @@ impl Shared {
         let shared = self.clone();
         self.background.spawn(async move {
             let started = Instant::now();
-            match sandbox.await_ready(RESET_TIMEOUT).await {
-                Ok(_) => {
+            match sandbox.await_reset(RESET_TIMEOUT).await {
+                Ok(()) => {
                     metrics::observe_reset(started.elapsed());
                     let closed = shared.state().reset_done(sandbox);
                     match closed {

@@ -509,6 +509,12 @@ async fn doctor(mut config: Config) -> ExitCode {
         "ok    warm-up: first sandbox ready in {:.0} ms",
         started.elapsed().as_secs_f64() * 1e3
     );
+    match service.started_pool().and_then(|pool| pool.single_use()) {
+        Some(reason) => println!(
+            "warn  reuse: a sandbox serves one run and is then replaced (slower under load): {reason}"
+        ),
+        None => println!("ok    reuse: a sandbox is reset after each run and serves the next"),
+    }
     let request = CallRequest {
         code: "import sys; print(6*7, sys.version.split()[0])".into(),
         ..CallRequest::default()

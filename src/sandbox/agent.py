@@ -13,8 +13,9 @@
 #   └── the zygote: forked at start, before any request; it never reads the
 #       │   host's frames, only one-byte commands and pipe fds from the agent,
 #       │   so nothing of any run ever reaches its memory. It forks the spares,
-#       │   reaps them (it is the child subreaper of everything below it) and
-#       │   kills everything at reset.
+#       │   reaps them (it is the child subreaper of everything below it; where
+#       │   it cannot be, under gVisor, the agent reaps the orphans) and kills
+#       │   everything at reset.
 #       └── a spare: forked ahead of time, warmed up, waits on its code pipe;
 #           it runs one request as `__main__`, then exits. A session's spare
 #           runs one request after another in the same `__main__` (no reset
@@ -32,10 +33,10 @@
 # Frames, both directions: 1 byte kind, 4 bytes big-endian payload length,
 # payload. Host -> agent: b"R" run (JSON request), b"A" the answer to a tool
 # call (JSON). Agent -> host: b"Y" ready (JSON; sent at start and after each
-# successful reset), b"O"/b"E" a chunk of the run's stdout/stderr (raw
-# bytes), b"C" a tool call the run makes (JSON), b"I" an image of the run (a
-# PNG), b"P" a file of the run (path length, path, bytes), b"D" run done
-# (JSON), b"F" reset failed (JSON; the host then recycles the container).
+# successful reset, each with the token of the first, which no run sees),
+# b"O"/b"E" a chunk of the run's stdout/stderr (raw bytes), b"C" a tool call
+# the run makes (JSON), b"I" an image of the run (a PNG), b"P" a file of the
+# run (path length, path, bytes), b"D" run done (JSON), b"F" reset failed (JSON; the host then recycles the container).
 # Streams (egress): during a run the agent accepts connections on the proxy
 # port of the sandbox's loopback and relays each as a stream: b"N" opens one
 # (agent -> host), b"S" carries its bytes, b"X" ends or aborts it, b"W" grants
@@ -139,10 +140,28 @@ RESET_DEADLINE_S = 3.0
 # 10 s), so the host hears the agent's own reason (F) rather than a timeout.
 ZYGOTE_REPLY_TIMEOUT_S = RESET_DEADLINE_S + 1.0
 FORK_REPLY_TIMEOUT_S = 1.5
+# How often the agent reaps the orphans the zygote kills (Zygote.request).
+ORPHAN_REAP_S = 0.005
 RESET_WARM_TIMEOUT_S = 3.5
 PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+IPC_PRIVATE = 0
 IPC_RMID = 0
+MSG_INFO = 12
+SHM_INFO = 14
+SEM_INFO = 19
+# Where /proc/sysvipc is missing (gVisor), objects are found by id: ids come
+# in sequence there, so a run's objects lie below a new one's id; this many
+# ids below it are tried (a run that went through more, and left one lower
+# down, fails the reset: remove_sysv_ipc counts what is left).
+SYSV_PROBE_IDS = 4096
+# mq_open, refused to runs where POSIX message queues cannot be listed
+# (no /dev/mqueue: gVisor), by a seccomp filter of the zygote.
+MQ_OPEN = {"x86_64": 240, "aarch64": 180}.get(platform.machine())
+AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}.get(platform.machine())
 IOPRIO_WHO_PROCESS = 1
 SYS_IOPRIO_GET = {"x86_64": 252, "aarch64": 31}.get(platform.machine())
 # The zygote's messages: one-byte commands and short replies, and its hello
@@ -593,12 +612,14 @@ def zygote_main(channel, preload):
         )
         channel.send(b"X" + reason.encode()[: ZYGOTE_MESSAGE_LIMIT - 1])
         os._exit(0)
-    while len(hello := json.dumps({"missing": missing}).encode()) >= ZYGOTE_MESSAGE_LIMIT:
+    # Inherited by every spare: no run can make a queue the reset could not find.
+    queues = None if os.path.isdir("/dev/mqueue") else refuse_message_queues()
+    while len(hello := json.dumps({"missing": missing, "queues": queues}).encode()) >= ZYGOTE_MESSAGE_LIMIT:
         missing = missing[: len(missing) // 2]
     channel.send(b"H" + hello)
-    # gVisor refuses (EINVAL, measured): orphans then go to PID 1, kill(-1)
-    # keeps finding them as zombies, and the reset fails: the container is
-    # recycled. (gVisor containers serve one run anyway: reset_impossible.)
+    # gVisor refuses (EINVAL, measured: it takes it from PID 1 only): the
+    # run's orphans then go to the agent, which reaps them while this kills
+    # (Zygote.wait_reply), or kill(-1) would keep finding their zombies.
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     wake_r, wake_w = os.pipe()
@@ -737,22 +758,34 @@ class Zygote:
         # Exit codes of spares, by pid, as the zygote reported them.
         self.exits = {}
         hello = self.wait_reply(ZYGOTE_START_TIMEOUT_S)
+        hello = json.loads(hello[1:])
         # Preloaded modules that this image lacks (the host warns about them).
-        self.missing = json.loads(hello[1:])["missing"]
+        self.missing = hello["missing"]
+        # Why POSIX message queues are not refused to runs where they cannot
+        # be listed, or None (reset_impossible).
+        self.queues = hello["queues"]
 
     def request(self, message, fds=()):
-        """Sends a command; returns the reply, or raises ZygoteLost."""
+        """Sends a command; returns the reply, or raises ZygoteLost. While
+        the zygote kills (K), the orphans it kills are reaped here: where it
+        cannot be the child subreaper (gVisor) they are this process's."""
         try:
             socket.send_fds(self.channel, [message], list(fds))
         except OSError as exc:
             raise ZygoteLost(f"the zygote is gone ({exc})") from None
-        return self.wait_reply(ZYGOTE_REPLY_TIMEOUT_S)
+        return self.wait_reply(ZYGOTE_REPLY_TIMEOUT_S, reap=message == b"K")
 
-    def wait_reply(self, timeout_s):
+    def wait_reply(self, timeout_s, reap=False):
         deadline = time.monotonic() + timeout_s
         while True:
             remaining = deadline - time.monotonic()
+            if reap:
+                for _ in reaped():
+                    pass
+                remaining = min(remaining, ORPHAN_REAP_S)
             if remaining <= 0 or not select.select([self.fd], [], [], remaining)[0]:
+                if reap and time.monotonic() < deadline:
+                    continue
                 raise ZygoteLost("the zygote did not answer (stopped?)")
             reply = self.receive()
             if reply is None:
@@ -1414,7 +1447,7 @@ def reset(spare, zygote, baseline):
     else (None, why not)."""
 
     def clean():
-        for _ in reaped():  # nothing is ours but the zygote; this only matters if it died
+        for _ in reaped():  # the zygote, if it died, and the last orphans (gVisor)
             pass
         spare.close()
         streams_runtime["refuse_waiting"](network.listener)
@@ -1428,21 +1461,51 @@ def reset(spare, zygote, baseline):
     return fresh_spare(zygote, b"K", clean, RESET_WARM_TIMEOUT_S)
 
 
-def reset_impossible():
-    """Why this container cannot be reset, or None. The reset removes SysV
-    IPC objects by listing /proc/sysvipc and POSIX message queues through
-    /dev/mqueue; where neither is there (gVisor, measured), objects a run
-    leaves could not be found, so a container serves one run."""
-    missing = [path for path in ("/proc/sysvipc", "/dev/mqueue") if not os.path.isdir(path)]
-    if not missing:
-        return None
-    return f"{' and '.join(missing)} missing (as under gVisor): IPC objects a run leaves cannot be listed to remove"
+def reset_impossible(queues, sysv):
+    """Why this container cannot be reset, or None; then it serves one run.
+    `queues`: why POSIX message queues, which cannot be listed without
+    /dev/mqueue, are not refused to runs (the zygote's refuse_message_queues),
+    or None. `sysv`: why SysV IPC objects cannot be found to remove
+    (sysv_unlistable), or None."""
+    reasons = [reason for reason in (queues, sysv) if reason]
+    return "; ".join(reasons) or None
 
 
-def fresh_places():
+def refuse_message_queues():
+    """Makes mq_open fail with EPERM in this process and every process it
+    forks (a seccomp filter: no run can undo it), where queues cannot be
+    listed to remove (no /dev/mqueue: gVisor, measured); other architectures'
+    and x32 system calls are refused too. None, or why not."""
+    if MQ_OPEN is None:
+        return f"/dev/mqueue missing, and POSIX message queues cannot be refused on {platform.machine()}"
+    program = (
+        (0x20, 0, 0, 4),  # load the architecture
+        (0x15, 1, 0, AUDIT_ARCH),
+        (0x06, 0, 0, 0x80000000),  # another one: kill the process
+        (0x20, 0, 0, 0),  # load the system call number
+        (0x35, 3, 0, 0x40000000),  # x32: ENOSYS
+        (0x15, 1, 0, MQ_OPEN),
+        (0x06, 0, 0, 0x7FFF0000),  # allow
+        (0x06, 0, 0, 0x00050000 | errno.EPERM),
+        (0x06, 0, 0, 0x00050000 | errno.ENOSYS),
+    )
+    filters = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *insn) for insn in program))
+    fprog = ctypes.create_string_buffer(struct.pack("HxxxxxxP", len(program), ctypes.addressof(filters)))
+    libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, fprog, 0, 0) != 0:
+        return f"/dev/mqueue missing, and POSIX message queues cannot be refused: {os.strerror(ctypes.get_errno())}"
+    librt = ctypes.CDLL("librt.so.1", use_errno=True)
+    if librt.mq_open(b"/mcp-code-exec-probe", os.O_RDONLY, 0, None) != -1 or ctypes.get_errno() != errno.EPERM:
+        return "/dev/mqueue missing, and a seccomp filter did not refuse mq_open"
+    return None
+
+
+def fresh_places(sysv=True):
     """Every writable place empty, as at start, with the sandbox's trust
-    (MCP_BRIDGE_CA_BUNDLE) in place again; None, or why not."""
-    failure = wipe_all()
+    (MCP_BRIDGE_CA_BUNDLE) in place again; None, or why not. `sysv`: SysV IPC
+    removed too (not at the start of a container that serves one run because
+    its objects cannot be found)."""
+    failure = wipe_all(sysv)
     if failure is None:
         try:
             packages_runtime["prepare"]()
@@ -1456,7 +1519,7 @@ def fresh_places():
     return failure
 
 
-def wipe_all():
+def wipe_all(sysv=True):
     """Empties every writable place and removes SysV IPC; None, or why not."""
     for path in WIPE_DIRS:
         try:
@@ -1465,8 +1528,7 @@ def wipe_all():
             continue
         except (OSError, RecursionError) as exc:
             return f"could not empty {path}: {exc}"
-    remove_sysv_ipc()
-    return None
+    return remove_sysv_ipc() if sysv else None
 
 
 def reaped():
@@ -1541,22 +1603,99 @@ def unlock_directory(name, dir_fd):
         os.close(fd)
 
 
+class SysV:
+    """One kind of SysV IPC object: how to make a private one, remove one by
+    id, and count those that exist (Linux and gVisor alike: SHM_INFO's
+    shm_tot in pages, SEM_INFO's semusz, MSG_INFO's msgpool)."""
+
+    def __init__(self, table, create, remove, count):
+        self.table, self.create, self.remove, self._count = table, create, remove, count
+
+    def count(self):
+        info = ctypes.create_string_buffer(128)
+        if self._count(info) < 0:
+            return None
+        return self.unpack(info)
+
+    def unpack(self, info):
+        if self.table == "shm":
+            return struct.unpack_from("ixxxxQ", info)[1]
+        if self.table == "sem":
+            return struct.unpack_from("10i", info)[7]
+        return struct.unpack_from("i", info)[0]
+
+
+SYSV_KINDS = (
+    SysV(
+        "shm",
+        lambda: libc.shmget(IPC_PRIVATE, 1, 0o600),
+        lambda ident: libc.shmctl(ident, IPC_RMID, None),
+        lambda info: libc.shmctl(0, SHM_INFO, info),
+    ),
+    SysV(
+        "sem",
+        lambda: libc.semget(IPC_PRIVATE, 1, 0o600),
+        lambda ident: libc.semctl(ident, 0, IPC_RMID),
+        lambda info: libc.semctl(0, 0, SEM_INFO, info),
+    ),
+    SysV(
+        "msg",
+        lambda: libc.msgget(IPC_PRIVATE, 0o600),
+        lambda ident: libc.msgctl(ident, IPC_RMID, None),
+        lambda info: libc.msgctl(0, MSG_INFO, info),
+    ),
+)
+
+
 def remove_sysv_ipc():
-    # SysV objects outlive processes; the container's IPC namespace is private.
-    for table, remove in (
-        ("shm", lambda ident: libc.shmctl(ident, IPC_RMID, None)),
-        ("sem", lambda ident: libc.semctl(ident, 0, IPC_RMID)),
-        ("msg", lambda ident: libc.msgctl(ident, IPC_RMID, None)),
-    ):
+    """Removes every SysV IPC object (they outlive processes; the
+    container's IPC namespace is private), listed in /proc/sysvipc or, where
+    it is missing (gVisor), found by id; then counts what is left. None, or
+    why not."""
+    for kind in SYSV_KINDS:
+        if kind.count() == 0:
+            continue
         try:
-            with open(f"/proc/sysvipc/{table}") as f:
+            with open(f"/proc/sysvipc/{kind.table}") as f:
                 next(f, None)
                 for line in f:
                     fields = line.split()
                     if len(fields) > 1:
-                        remove(int(fields[1]))
+                        kind.remove(int(fields[1]))
+        except FileNotFoundError:
+            remove_by_id(kind)
         except (OSError, ValueError):
-            continue
+            pass
+        left = kind.count()
+        if left != 0:
+            return f"SysV IPC ({kind.table}) objects a run left could not all be removed ({left} left)"
+    return None
+
+
+def remove_by_id(kind):
+    """Where ids come in sequence (gVisor), a new private object's id is
+    above every object a run made: the ids below it are removed, at most
+    SYSV_PROBE_IDS of them, until none is left."""
+    top = kind.create()
+    if top < 0:
+        return
+    kind.remove(top)
+    for ident in range(top - 1, max(top - SYSV_PROBE_IDS, -1), -1):
+        if kind.remove(ident) == 0 and kind.count() == 0:
+            return
+
+
+def sysv_unlistable():
+    """Where /proc/sysvipc is missing (gVisor), whether the reset finds SysV
+    objects by id all the same: one of each kind is made and must be gone
+    after remove_sysv_ipc. None, or why not."""
+    if os.path.isdir("/proc/sysvipc"):
+        return None
+    for kind in SYSV_KINDS:
+        if kind.create() < 0:
+            return f"/proc/sysvipc missing, and a SysV ({kind.table}) object could not be made to test the reset"
+    failure = remove_sysv_ipc()
+    return f"/proc/sysvipc missing, and {failure}" if failure else None
 
 
 def fresh_spare(zygote, command=b"S", between=None, warm_timeout_s=SPARE_WARM_TIMEOUT_S):
@@ -1652,16 +1791,22 @@ def main(argv):
         os._exit(5)
     # Bound after the zygote is forked: no process but the agent holds it.
     network.listener = streams_runtime["listen"](port)
+    # In every Y, so the host tells the agent's from one user code forged
+    # (gVisor lets it write to the agent's stdout). Made after the zygote is
+    # forked (no run is forked from a process that knows it) and sent only
+    # when no process but the agent and the zygote lives.
+    token = os.urandom(16).hex()
+    sysv = sysv_unlistable()
+    single_use = reset_impossible(zygote.queues, sysv)
     # What the preload wrote (e.g. matplotlib's font cache in $HOME) is not
     # the first run's to see.
-    failure = fresh_places()
+    failure = fresh_places(sysv=sysv is None)
     if not failure:
         spare, failure = fresh_spare(zygote)
     if failure:
         sys.stderr.write(f"mcp-code-exec agent: no first spare: {failure}\n")
         os._exit(5)
-    hello = {"python": sys.version.split()[0], "preload_missing": zygote.missing}
-    single_use = reset_impossible()
+    hello = {"python": sys.version.split()[0], "preload_missing": zygote.missing, "token": token}
     if single_use:
         hello["single_use"] = single_use
     send_json(ord("Y"), hello)
@@ -1692,7 +1837,7 @@ def main(argv):
             # The host recycles this container; nothing here can be trusted now.
             send_json(ord("F"), {"reason": failure})
             os._exit(4)
-        send_json(ord("Y"), {})
+        send_json(ord("Y"), {"token": token})
 
 
 if __name__ == "__main__":

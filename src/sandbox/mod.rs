@@ -264,8 +264,10 @@ pub struct Sandbox {
     created: Instant,
     runs: u32,
     python_version: String,
-    /// The agent cannot reset this container (see [`Ready::single_use`]).
-    single_use: bool,
+    /// Why the agent cannot reset this container (see [`Ready::single_use`]).
+    single_use: Option<String>,
+    /// The agent's token, from its first `Ready` (see [`Ready::token`]).
+    token: Option<String>,
     /// The highest stream id the agent opened in this container (ids are
     /// never reused, so a late frame of an earlier run's stream is known as such).
     last_stream_id: u32,
@@ -310,13 +312,15 @@ impl Sandbox {
             created: Instant::now(),
             runs: 0,
             python_version: String::new(),
-            single_use: false,
+            single_use: None,
+            token: None,
             last_stream_id: 0,
         };
         let ready = sandbox.await_ready(timeout).await?;
+        sandbox.token = ready.token;
         sandbox.python_version = ready.python.unwrap_or_default();
         if let Some(reason) = ready.single_use {
-            sandbox.single_use = true;
+            sandbox.single_use = Some(reason.clone());
             static WARNED: std::sync::Once = std::sync::Once::new();
             WARNED.call_once(|| {
                 tracing::warn!(
@@ -359,9 +363,9 @@ impl Sandbox {
         self.runs
     }
 
-    /// Whether the agent said it cannot reset this container.
-    pub fn single_use(&self) -> bool {
-        self.single_use
+    /// Why the agent said it cannot reset this container, if it did.
+    pub fn single_use(&self) -> Option<&str> {
+        self.single_use.as_deref()
     }
 
     /// A zero-cost liveness check of an idle sandbox: the agent says nothing
@@ -526,8 +530,15 @@ impl Sandbox {
         }
     }
 
-    /// Waits for the agent to confirm it is idle and clean again.
-    pub async fn await_ready(&mut self, timeout: Duration) -> Result<Ready, SandboxFailure> {
+    /// Waits for the agent to confirm, after a run, that it is idle and
+    /// clean again: its `Ready` with its token.
+    pub async fn await_reset(&mut self, timeout: Duration) -> Result<(), SandboxFailure> {
+        let ready = self.await_ready(timeout).await?;
+        Ok(ready.check_token(self.token.as_deref())?)
+    }
+
+    /// Waits for the agent's next `Ready` (or its reset failure).
+    async fn await_ready(&mut self, timeout: Duration) -> Result<Ready, SandboxFailure> {
         let frame = match tokio::time::timeout(timeout, self.agent.next_frame(&self.id)).await {
             Ok(frame) => frame?,
             Err(_) => {

@@ -507,6 +507,25 @@ pub struct Ready {
     /// calls count as one) and is then recycled; first `Ready` only.
     #[serde(default)]
     pub single_use: Option<String>,
+    /// The agent's token: made at its start, the same in every `Ready`, so
+    /// one user code forged (gVisor lets it write to the agent's stdout, and
+    /// it never sees a real one) does not pass for the end of a reset.
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+impl Ready {
+    /// Whether this `Ready` is the agent's: it carries the token of the
+    /// agent's first one.
+    pub fn check_token(&self, first: Option<&str>) -> Result<(), ProtocolError> {
+        if first.is_some() && self.token.as_deref() == first {
+            return Ok(());
+        }
+        Err(ProtocolError::BadPayload {
+            what: "ready",
+            reason: "not the agent's token (a ready frame written by user code?)".into(),
+        })
+    }
 }
 
 /// Payload of a `ResetFailed` frame.
@@ -923,6 +942,28 @@ mod tests {
         let gvisor = br#"{"python": "3.13.5", "single_use": "/proc/sysvipc missing"}"#;
         let ready: Ready = parse_payload("ready", gvisor).unwrap();
         assert_eq!(ready.single_use.as_deref(), Some("/proc/sysvipc missing"));
+    }
+
+    #[test]
+    fn a_ready_counts_only_with_the_agents_token() {
+        let first: Ready = parse_payload("ready", br#"{"token": "5eed"}"#).unwrap();
+        let token = first.token.as_deref();
+        let again: Ready = parse_payload("ready", br#"{"token": "5eed"}"#).unwrap();
+        assert!(again.check_token(token).is_ok());
+        for forged in [
+            &br#"{}"#[..],
+            br#"{"token": "5eee"}"#,
+            br#"{"token": null}"#,
+        ] {
+            let ready: Ready = parse_payload("ready", forged).unwrap();
+            let error = ready.check_token(token).unwrap_err();
+            assert!(
+                error.to_string().contains("not the agent's token"),
+                "{error}"
+            );
+        }
+        // An agent that sent none at start has no Ready that counts later.
+        assert!(again.check_token(None).is_err());
     }
 
     #[test]

@@ -5,6 +5,7 @@ through the real engine (tests/suites/fidelity.rs, isolation.rs, bad_input.rs)."
 import json
 import os
 import pathlib
+import struct
 import subprocess
 import sys
 
@@ -468,3 +469,23 @@ def test_the_status_is_the_first_whole_message_with_an_exit_code(agent):
     huge = agent.StatusReader()
     assert huge.feed(agent.LENGTH.pack(agent.STATUS_LIMIT + 1) + b"x") is None
     assert huge.feed(message({"exit_code": 0})) is None, "after an oversized header nothing is trusted"
+
+
+def test_a_container_serves_one_run_when_a_reset_check_fails(agent):
+    assert agent.reset_impossible(None, None) is None
+    queues = "/dev/mqueue missing, and POSIX message queues cannot be refused: Invalid argument"
+    sysv = "/proc/sysvipc missing, and SysV IPC (msg) objects a run left could not all be removed (1 left)"
+    assert agent.reset_impossible(queues, None) == queues
+    assert agent.reset_impossible(None, sysv) == sysv
+    assert agent.reset_impossible(queues, sysv) == f"{queues}; {sysv}"
+
+
+def test_sysv_objects_are_counted_the_way_linux_and_gvisor_agree(agent):
+    """SHM_INFO's shm_tot (pages, after an int and padding), SEM_INFO's
+    semusz (the eighth int), MSG_INFO's msgpool (the first)."""
+    shm, sem, msg = agent.SYSV_KINDS
+    info = struct.pack("ixxxxQ", 7, 3) + bytes(100)
+    assert shm.unpack(info) == 3
+    assert sem.unpack(struct.pack("10i", 1, 2, 3, 4, 5, 6, 7, 9, 10, 11)) == 9
+    assert msg.unpack(struct.pack("8i", 4, 0, 0, 0, 0, 0, 0, 0)) == 4
+    assert [kind.count() for kind in agent.SYSV_KINDS] == [shm.count(), sem.count(), msg.count()]

@@ -46,7 +46,24 @@ engine_test! {
                 && text.contains("; rootless: no"),
             "{text}"
         );
+        assert!(
+            text.contains("ok    reuse: a sandbox is reset after each run"),
+            "{text}"
+        );
         assert!(text.ends_with("all checks passed\n"), "{text}");
+
+        // Under gVisor (where this engine has it) a sandbox is reset too.
+        let gvisor = mcp_code_exec(&["doctor"], "", &[("MCP_BRIDGE_OCI_RUNTIME", "runsc")]);
+        let text = String::from_utf8_lossy(&gvisor.stdout);
+        if text.contains("FAIL  OCI runtime: MCP_BRIDGE_OCI_RUNTIME=runsc is not a runtime") {
+            assert_eq!(gvisor.status.code(), Some(1), "{text}");
+        } else {
+            assert!(gvisor.status.success(), "{text}");
+            assert!(
+                text.contains("ok    reuse: a sandbox is reset after each run"),
+                "{text}"
+            );
+        }
 
         // Asking for Podman gets Podman, or a clear no: never Docker's socket
         // (whether this machine runs Podman's service or not).

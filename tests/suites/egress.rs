@@ -15,9 +15,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::util::web::{self, WebServers};
-use crate::util::{
-    block_on, containers_of, one_sandbox, run_on, test_config, under_test, wait_until, warmed,
-};
+use crate::util::{block_on, containers_of, one_sandbox, run_on, test_config, wait_until, warmed};
 use mcp_code_exec::call::{CallRequest, call};
 use mcp_code_exec::config::{CaBundle, Config};
 use mcp_code_exec::egress::{Outcome, Policy};
@@ -409,10 +407,7 @@ print(len(established), "established")
 "#);
         assert_success(&report);
         assert_eq!(report.stdout.trim(), "0 established");
-        if !under_test().gvisor() {
-            // (Under gVisor a container serves one run: the next is a new one.)
-            assert_eq!(containers_of(&service.0), before, "the same container served both runs");
-        }
+        assert_eq!(containers_of(&service.0), before, "the same container served both runs");
     }
 }
 

@@ -55,10 +55,18 @@ libc = ctypes.CDLL(None, use_errno=True)
 assert libc.shmget(0x5EED, 4096, 0o1600) >= 0, 'shmget failed'
 assert libc.semget(0x5EEE, 1, 0o1600) >= 0, 'semget failed'
 assert libc.msgget(0x5EEF, 0o1600) >= 0, 'msgget failed'
+# Private ones too (no key to find them by), mode 0, above a few thousand
+# ids used and removed (gVisor hands ids out in sequence).
+for i in range(3000):
+    assert libc.msgctl(libc.msgget(0, 0o600), 0, None) == 0
+assert min(libc.shmget(0, 4096, 0), libc.semget(0, 2, 0), libc.msgget(0, 0)) >= 0, 'private ones failed'
 librt = ctypes.CDLL('librt.so.1', use_errno=True)
-assert librt.mq_open(b'/leak', os.O_CREAT | os.O_RDWR, 0o600, None) >= 0, 'mq_open failed'
-# gVisor has POSIX queues but no /dev/mqueue to list them in.
-assert not os.path.isdir('/dev/mqueue') or os.listdir('/dev/mqueue') == ['leak']
+queue = librt.mq_open(b'/leak', os.O_CREAT | os.O_RDWR, 0o600, None)
+if os.path.isdir('/dev/mqueue'):
+    assert queue >= 0 and os.listdir('/dev/mqueue') == ['leak'], 'mq_open failed'
+else:
+    # gVisor has POSIX queues but no /dev/mqueue to list them in: refused.
+    assert queue == -1 and ctypes.get_errno() == 1, 'mq_open was not refused'
 # The next spare warms up while the agent wipes: a slow wipe of /tmp, and
 # the script's file a link to the next spare's own stdout.
 for i in range(20_000):
@@ -74,7 +82,7 @@ os.symlink('/proc/self/fd/1', '/run/code/main.py')
         std::thread::sleep(Duration::from_millis(500));
 
         let look = r#"
-import builtins, ctypes, json, os
+import builtins, ctypes, json, os, struct
 # Asked by key, not read from /proc/sysvipc (gVisor has none): 1 if it is still there.
 libc = ctypes.CDLL(None, use_errno=True)
 librt = ctypes.CDLL('librt.so.1', use_errno=True)
@@ -84,6 +92,15 @@ ipc = {
     'msg': int(libc.msgget(0x5EEF, 0) >= 0),
     'mq': int(librt.mq_open(b'/leak', os.O_RDONLY, 0, None) >= 0),
 }
+# How many of each kind exist, private ones included: SHM_INFO's shm_tot
+# (pages), SEM_INFO's semusz, MSG_INFO's msgpool.
+info = ctypes.create_string_buffer(128)
+assert libc.shmctl(0, 14, info) >= 0
+ipc['shm'] += struct.unpack_from('ixxxxQ', info)[1]
+assert libc.semctl(0, 0, 19, info) >= 0
+ipc['sem'] += struct.unpack_from('10i', info)[7]
+assert libc.msgctl(0, 12, info) >= 0
+ipc['msg'] += struct.unpack_from('i', info)[0]
 others = [p for p in os.listdir('/proc') if p.isdigit() and p not in ('1', str(os.getppid()), str(os.getpid()))]
 print(json.dumps({
     'files': [sorted(os.listdir(d)) if os.path.isdir(d) else None for d in ('/tmp', '/workspace', '/dev/shm', '/dev/mqueue', '/run/code')],
@@ -97,21 +114,10 @@ print(json.dumps({
         let clean = format!(
             r#"{{"files": [[], [], [], {mqueue}, ["main.py"]], "ipc": {{"mq": 0, "msg": 0, "sem": 0, "shm": 0}}, "leaks": [false, false, false], "processes": []}}"#
         );
-        let mut container = container;
-        let mut look_after = |what: &str| {
+        let look_after = |what: &str| {
             let seen = run_on(&service, look, Some(10.0));
             assert_eq!(seen.status, RunStatus::Success, "{what}: {seen:#?}");
-            if under_test().gvisor() {
-                // A container serves one run there (its IPC objects cannot be
-                // listed to remove): the planted one goes (a reused one would
-                // stay idle in the pool, and this would time out).
-                wait_until("the planted run's container to go", Duration::from_secs(20), || {
-                    !containers_of(&service).contains(&container[0])
-                });
-                container = containers_of(&service);
-            } else {
-                assert_eq!(containers_of(&service), container, "{what}: both runs used the same container");
-            }
+            assert_eq!(containers_of(&service), container, "{what}: both runs used the same container");
             // Nothing before the state: the late daemon's lines or the
             // warm-up's source would be there.
             assert_eq!(seen.stdout.trim_end(), clean, "{what}");
@@ -274,5 +280,68 @@ print(await asyncio.gather(twice(1), twice(2)))
             "out 0\nout 1\nout 2\nfrom a subprocess\n[2, 4]\n"
         );
         assert_eq!(report.stderr, "err 0\nerr 1\nerr 2\n");
+    }
+}
+
+engine_test! {
+    /// Where user code can open the agent's pipes (gVisor; elsewhere it is
+    /// refused), nothing it does with them reaches another run: the agent's
+    /// stdin takes no writes (measured: the reopened pipe keeps its read-only
+    /// mode), and a forged end of the run and "ready" on its stdout are not
+    /// the agent's (no token): the container is replaced, never reused.
+    fn what_a_run_writes_into_the_agents_pipes_reaches_no_other_run() {
+        let service = started_service(one_sandbox());
+        let write_into = |path: &str, what: &str| {
+            format!(
+                r#"
+import os, struct, time
+def frame(kind, payload):
+    return kind + struct.pack('>I', len(payload)) + payload
+try:
+    fd = os.open('{path}', os.O_WRONLY)
+except OSError as exc:
+    print('open refused:', exc.strerror)
+else:
+    try:
+        os.write(fd, {what})
+    except OSError as exc:
+        print('write refused:', exc.strerror)
+    else:
+        print('written')
+        time.sleep(2)  # alive while the host would send the next request
+"#
+            )
+        };
+        let begun = write_into("/proc/1/fd/0", "b'A' + struct.pack('>I', 1 << 20) + b'begun'");
+        let forged = write_into(
+            "/proc/1/fd/1",
+            r#"frame(b'D', b'{"exit_code": 0}') + frame(b'Y', b'{}')"#,
+        );
+        let gvisor = under_test().gvisor();
+        for (what, code, replaced) in [
+            ("a frame begun on its stdin", begun, false),
+            ("a forged end and ready", forged, gvisor),
+        ] {
+            let before = containers_of(&service);
+            assert_eq!(before.len(), 1, "{what}: {before:?}");
+            let report = run_on(&service, &code, Some(10.0));
+            assert_eq!(report.status, RunStatus::Success, "{what}: {report:#?}");
+            let expected = match (gvisor, replaced) {
+                (false, _) => "open refused: Permission denied\n",
+                (true, false) => "write refused: Bad file descriptor\n",
+                // The forged end of the run came before anything it printed.
+                (true, true) => "",
+            };
+            assert_eq!(report.stdout, expected, "{what}: {report:#?}");
+            if replaced {
+                wait_until(&format!("{what}: its container to go"), Duration::from_secs(20), || {
+                    !containers_of(&service).contains(&before[0])
+                });
+            }
+            assert_next_call_works(&service);
+            if !replaced {
+                assert_eq!(containers_of(&service), before, "{what}: reused");
+            }
+        }
     }
 }
