@@ -16,6 +16,7 @@
 //! directory). It knows nothing of containers or runs: `pip` in the
 //! sandbox is its client. [`requirement`] checks what a call may ask for.
 
+mod plan;
 pub mod requirement;
 mod upstream;
 
@@ -34,6 +35,7 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use crate::config::{CaBundle, PackageSettings};
 use crate::egress::{Body, Site};
+use crate::sandbox::protocol::{Installed, PlannedWheel};
 use upstream::{Listing, Upstream, UpstreamFile};
 
 /// The name sandboxes reach the index under (`.invalid` never resolves).
@@ -78,6 +80,8 @@ struct State {
     cached_bytes: u64,
     /// Files being fetched (one download per file at a time).
     filling: HashSet<String>,
+    /// What requirement sets resolved to ([`plan`]), by [`plan::key`].
+    plans: HashMap<String, plan::Plan>,
 }
 
 impl PackageIndex {
@@ -94,6 +98,42 @@ impl PackageIndex {
                 state: Mutex::new(State::default()),
                 fills: tokio::sync::Semaphore::new(MAX_FILLS),
             }),
+        }
+    }
+}
+
+impl PackageIndex {
+    /// The wheels to install `requirements` from in a sandbox of `image`
+    /// without pip, when a fresh plan for them holds (else empty: pip then
+    /// resolves them); always empty with `MCP_BRIDGE_PACKAGE_PLANS=off`.
+    pub fn plan(&self, image: &str, requirements: &[String]) -> Arc<[PlannedWheel]> {
+        if !self.inner.settings.plans || requirements.is_empty() {
+            return Arc::from([]);
+        }
+        self.inner.state().plan(&plan::key(image, requirements))
+    }
+
+    /// Remembers what pip installed for `requirements` in a stateless run
+    /// of `image`, as far as the host's own facts bear it out: `served` is
+    /// what the index served that run (see [`plan`]).
+    pub fn remember(
+        &self,
+        image: &str,
+        requirements: &[String],
+        installed: &Installed,
+        served: &[String],
+    ) {
+        if !self.inner.settings.plans || installed.wheels.is_empty() {
+            return;
+        }
+        let key = plan::key(image, requirements);
+        let max_bytes = self.inner.settings.sandbox_bytes;
+        let remembered =
+            self.inner
+                .state()
+                .remember(key, requirements, &installed.wheels, served, max_bytes);
+        if let Err(why) = remembered {
+            tracing::info!(requirements = ?requirements, %why, "package index: the install is not planned");
         }
     }
 }
@@ -254,7 +294,7 @@ impl Inner {
                 );
             }
         };
-        let path = self.settings.cache_dir.join(cached_name(&file));
+        let path = self.settings.cache_dir.join(cached_name(&file.sha256, &file.filename));
         if let Some(response) = self.cached(&file, &path).await {
             return response;
         }
@@ -278,7 +318,7 @@ impl Inner {
     /// Fetches `file` into the cache unless it is there (or being fetched:
     /// then waits for that download).
     async fn fill(&self, file: &UpstreamFile) -> Result<(), String> {
-        let name = cached_name(file);
+        let name = cached_name(&file.sha256, &file.filename);
         loop {
             {
                 let mut state = self.state();
@@ -334,7 +374,7 @@ impl Inner {
     /// A cached wheel, streamed from its file.
     async fn cached(&self, file: &UpstreamFile, path: &Path) -> Option<Response<Body>> {
         self.scan_once().await;
-        let name = cached_name(file);
+        let name = cached_name(&file.sha256, &file.filename);
         if !self.state().cached.contains_key(&name) {
             return None;
         }
@@ -456,8 +496,8 @@ impl Drop for Filling<'_> {
 }
 
 /// Where a wheel lives in the cache: its SHA-256, then its name.
-fn cached_name(file: &UpstreamFile) -> String {
-    format!("{}-{}", file.sha256, file.filename)
+fn cached_name(sha256: &str, filename: &str) -> String {
+    format!("{sha256}-{filename}")
 }
 
 /// A temporary file of the cache, removed unless it was renamed into place
