@@ -350,7 +350,9 @@ async fn unobserved(
     if let (None, Some(installed)) = (&request.session, &answer.report.packages) {
         // What pip chose in a fresh sandbox, as far as the host served it.
         let image = &config.image;
-        service.packages().remember(image, &request.packages, installed, &network.site_paths);
+        service
+            .packages()
+            .remember(image, &request.packages, installed, &network.site_paths);
     }
     answer.report.notes.extend(network.notes());
     answer.report.egress = network.connections;

@@ -146,6 +146,19 @@ pub struct SiteLimits {
     pub bytes: u64,
 }
 
+/// Puts `why` (its printable ASCII, at most 200 characters) in the status
+/// line of `response`: clients that show no body (pip) show that.
+pub fn give_reason(response: &mut hyper::Response<Body>, why: &str) {
+    let phrase: String = why
+        .chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .take(200)
+        .collect();
+    if let Ok(phrase) = hyper::ext::ReasonPhrase::try_from(phrase) {
+        response.extensions_mut().insert(phrase);
+    }
+}
+
 /// The egress of a service: its settings, shared by every run.
 #[derive(Debug, Clone, Default)]
 pub struct Egress {

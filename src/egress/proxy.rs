@@ -132,15 +132,17 @@ async fn site_request(
     let taken = shared
         .site_bytes
         .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-            used.checked_add(size).filter(|&total| total <= limits.bytes)
+            used.checked_add(size)
+                .filter(|&total| total <= limits.bytes)
         });
     if taken.is_err() {
         return answer(
             StatusCode::FORBIDDEN,
             &format!(
-                "{path} ({size} bytes) would take this run past its {} bytes from {host} \
-                 (MCP_BRIDGE_PACKAGE_RUN_BYTES)",
-                limits.bytes
+                "over MCP_BRIDGE_PACKAGE_RUN_BYTES ({} bytes from {host} per run): \
+                 {} is {size} bytes more",
+                limits.bytes,
+                path.rsplit('/').next().unwrap_or_default()
             ),
         );
     }
@@ -296,14 +298,7 @@ fn answer(status: StatusCode, why: &str) -> Response<Body> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    let phrase: String = why
-        .chars()
-        .filter(|c| c.is_ascii_graphic() || *c == ' ')
-        .take(200)
-        .collect();
-    if let Ok(phrase) = hyper::ext::ReasonPhrase::try_from(phrase) {
-        response.extensions_mut().insert(phrase);
-    }
+    super::give_reason(&mut response, why);
     response
 }
 

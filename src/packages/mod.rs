@@ -294,7 +294,10 @@ impl Inner {
                 );
             }
         };
-        let path = self.settings.cache_dir.join(cached_name(&file.sha256, &file.filename));
+        let path = self
+            .settings
+            .cache_dir
+            .join(cached_name(&file.sha256, &file.filename));
         if let Some(response) = self.cached(&file, &path).await {
             return response;
         }
@@ -302,7 +305,7 @@ impl Inner {
         let fill = tokio::spawn(async move { inner.fill(&file).await });
         match fill.await {
             Ok(Ok(())) => {}
-            Ok(Err(error)) => return text(StatusCode::BAD_GATEWAY, &format!("{error}\n")),
+            Ok(Err((status, error))) => return text(status, &format!("{error}\n")),
             Err(_) => return text(StatusCode::BAD_GATEWAY, "the download failed\n"),
         }
         let listed = self.state().files.get(sha).cloned();
@@ -317,7 +320,7 @@ impl Inner {
 
     /// Fetches `file` into the cache unless it is there (or being fetched:
     /// then waits for that download).
-    async fn fill(&self, file: &UpstreamFile) -> Result<(), String> {
+    async fn fill(&self, file: &UpstreamFile) -> Result<(), (StatusCode, String)> {
         let name = cached_name(&file.sha256, &file.filename);
         loop {
             {
@@ -339,33 +342,46 @@ impl Inner {
         };
         tokio::time::timeout(FILL_TIMEOUT, self.download(file, &name))
             .await
-            .unwrap_or_else(|_| Err(format!("{}: the download took too long", file.filename)))
+            .unwrap_or_else(|_| {
+                Err((
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!("{}: the download took too long", file.filename),
+                ))
+            })
     }
 
     /// Streams `file` from upstream into a temporary file of the cache,
     /// hashing as it goes; renamed into place only when its SHA-256 is the
     /// page's (a temporary left by a failure is removed).
-    async fn download(&self, file: &UpstreamFile, name: &str) -> Result<(), String> {
-        let _slot = self.fills.acquire().await.map_err(|e| e.to_string())?;
-        let upstream = self.upstream().await?;
+    async fn download(&self, file: &UpstreamFile, name: &str) -> Result<(), (StatusCode, String)> {
+        let failed = |error: String| (StatusCode::BAD_GATEWAY, error);
+        let _slot = self
+            .fills
+            .acquire()
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let upstream = self.upstream().await.map_err(failed)?;
         let dir = &self.settings.cache_dir;
         tokio::fs::create_dir_all(dir)
             .await
-            .map_err(|error| format!("the package cache {}: {error}", dir.display()))?;
+            .map_err(|error| failed(format!("the package cache {}: {error}", dir.display())))?;
         let mut partial = Partial(Some(
             dir.join(format!(".partial-{}-{name}", std::process::id())),
         ));
         let path = partial.0.clone().expect("just made");
         let size = upstream.download(file, &path).await?;
         if size > self.settings.cache_bytes {
-            return Err(format!(
-                "{} is larger than the package cache (MCP_BRIDGE_PACKAGE_CACHE_BYTES)",
-                file.filename
+            return Err((
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "{} is larger than the package cache (MCP_BRIDGE_PACKAGE_CACHE_BYTES)",
+                    file.filename
+                ),
             ));
         }
         tokio::fs::rename(&path, dir.join(name))
             .await
-            .map_err(|error| format!("the package cache: {error}"))?;
+            .map_err(|error| failed(format!("the package cache: {error}")))?;
         partial.0 = None; // renamed: nothing to remove
         self.account(name, size).await;
         Ok(())
@@ -562,6 +578,9 @@ fn full(body: impl Into<Bytes>) -> Body {
 fn text(status: StatusCode, body: &str) -> Response<Body> {
     let mut response = Response::new(full(body.to_owned()));
     *response.status_mut() = status;
+    if status != StatusCode::OK {
+        crate::egress::give_reason(&mut response, body.trim_end());
+    }
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),

@@ -159,3 +159,149 @@ impl State {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packages::upstream::UpstreamFile;
+    use std::time::SystemTime;
+
+    const SIX: &str = "six-1.16.0-py2.py3-none-any.whl";
+    const TAB: &str = "tabulate-0.9.0-py3-none-any.whl";
+
+    fn sha(i: u8) -> String {
+        format!("{i:064x}")
+    }
+
+    /// A state whose index listed and cached both wheels.
+    fn state() -> State {
+        let mut state = State::default();
+        for (i, name) in [(1, SIX), (2, TAB)] {
+            state.files.insert(
+                sha(i),
+                UpstreamFile {
+                    filename: name.into(),
+                    url: reqwest::Url::parse("https://index.example/f.whl").unwrap(),
+                    sha256: sha(i),
+                    requires_python: None,
+                    yanked: false,
+                },
+            );
+            state
+                .cached
+                .insert(cached_name(&sha(i), name), (1000, SystemTime::now()));
+        }
+        state
+    }
+
+    fn chosen(list: &[(u8, &str)]) -> Vec<ChosenWheel> {
+        list.iter()
+            .map(|(i, name)| ChosenWheel {
+                filename: (*name).into(),
+                sha256: sha(*i),
+            })
+            .collect()
+    }
+
+    fn served(list: &[(u8, &str)]) -> Vec<String> {
+        list.iter()
+            .map(|(i, name)| format!("/files/{}/{name}", sha(*i)))
+            .collect()
+    }
+
+    fn reqs(list: &[&str]) -> Vec<String> {
+        list.iter().map(|r| (*r).to_owned()).collect()
+    }
+
+    #[test]
+    fn a_choice_the_host_served_is_planned_and_named_from_its_files() {
+        let mut state = state();
+        let both = [(1, SIX), (2, TAB)];
+        let key = key("img", &reqs(&["Tabulate == 0.9.0", "six"]));
+        state
+            .remember(
+                key.clone(),
+                &reqs(&["tabulate==0.9.0", "six"]),
+                &chosen(&both),
+                &served(&both),
+                1 << 20,
+            )
+            .unwrap();
+        let plan = state.plan(&key);
+        assert_eq!(plan.len(), 2);
+        assert_eq!(
+            (plan[1].name.as_str(), plan[1].version.as_str()),
+            ("tabulate", "0.9.0")
+        );
+        assert_eq!(key, super::key("img", &reqs(&["six", "tabulate==0.9.0"])));
+        assert!(
+            state
+                .plan(&super::key(
+                    "other-image",
+                    &reqs(&["six", "tabulate==0.9.0"])
+                ))
+                .is_empty()
+        );
+        // Evicted from the cache: no plan.
+        state.cached.remove(&cached_name(&sha(1), SIX));
+        assert!(state.plan(&key).is_empty());
+    }
+
+    #[test]
+    fn the_sandboxs_word_is_refused_where_the_hosts_facts_do_not_bear_it_out() {
+        let mut state = state();
+        let both = [(1, SIX), (2, TAB)];
+        type Case<'a> = (&'a [&'a str], Vec<ChosenWheel>, Vec<String>, u64, &'a str);
+        let cases: [Case; 6] = [
+            (
+                &["six"],
+                chosen(&[(1, SIX)]),
+                served(&[(2, TAB)]),
+                1 << 20,
+                "not served",
+            ),
+            (
+                &["six"],
+                chosen(&[(2, SIX)]),
+                served(&[(2, SIX)]),
+                1 << 20,
+                "not in the cache",
+            ),
+            (
+                &["six"],
+                chosen(&[(1, SIX), (1, SIX)]),
+                served(&both),
+                1 << 20,
+                "two wheels",
+            ),
+            (
+                &["six", "numpy"],
+                chosen(&[(1, SIX)]),
+                served(&both),
+                1 << 20,
+                "numpy is not among",
+            ),
+            (
+                &["six==1.15"],
+                chosen(&[(1, SIX)]),
+                served(&both),
+                1 << 20,
+                "not the version pinned",
+            ),
+            (&["six"], chosen(&both), served(&both), 1500, "larger than"),
+        ];
+        for (requirements, chosen, served, max, why) in cases {
+            let key = key("img", &reqs(requirements));
+            let error = state
+                .remember(key.clone(), &reqs(requirements), &chosen, &served, max)
+                .unwrap_err();
+            assert!(error.contains(why), "{why:?}: {error}");
+            assert!(state.plan(&key).is_empty());
+        }
+        assert!(
+            state
+                .remember("k".into(), &reqs(&["six"]), &[], &[], 1 << 20)
+                .is_err()
+        );
+    }
+}

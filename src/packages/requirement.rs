@@ -140,8 +140,14 @@ mod tests {
     fn entries_name_their_project_and_pin() {
         let pair = |entry| project_and_pin(entry).unwrap();
         assert_eq!(pair("Scikit_Learn"), ("scikit-learn".into(), None));
-        assert_eq!(pair("tabulate == 0.9.0"), ("tabulate".into(), Some("0.9.0".into())));
-        assert_eq!(pair("pandas[excel]==2.2RC1"), ("pandas".into(), Some("2.2rc1".into())));
+        assert_eq!(
+            pair("tabulate == 0.9.0"),
+            ("tabulate".into(), Some("0.9.0".into()))
+        );
+        assert_eq!(
+            pair("pandas[excel]==2.2RC1"),
+            ("pandas".into(), Some("2.2rc1".into()))
+        );
         for unpinned in ["six>=1", "six==1.*", "six==1,!=1.2", "six===1"] {
             assert_eq!(pair(unpinned).1, None, "{unpinned}");
         }
