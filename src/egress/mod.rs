@@ -9,7 +9,8 @@
 //! operator's [`Policy`] ([`crate::allowlist`]: the name before any lookup, then every address it
 //! resolves to, then it dials exactly a checked address), bounds each run
 //! (connections at once and in total, bytes each way, connect and idle
-//! timeouts), and records every connection for the run's result, the log
+//! timeouts; the host's own [`Site`]: requests and bytes, recording the
+//! paths it served), and records every connection for the run's result, the log
 //! and the metrics. It knows nothing of containers or of the call that owns
 //! the run; [`RunEgress::finish`] closes every connection of the run.
 
