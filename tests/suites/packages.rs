@@ -461,3 +461,26 @@ engine_test! {
         }
     }
 }
+
+engine_test! {
+    /// Once, the index the host's pip uses (`pip config list`: its index,
+    /// else PyPI, and its CA bundle), through a cache of the test's own: a
+    /// small wheel installs from it. Needs the host's network: CI runs it
+    /// in the Docker lane only, and it fails (never skips) when that index
+    /// cannot be reached.
+    fn the_index_the_hosts_pip_uses_fills_the_cache() {
+        let cache = TempDir::new("host-index");
+        let mut config = test_config();
+        config.packages.index = None;
+        config.packages.cache_dir = cache.0.clone();
+        let service = Running { service: warmed(Service::new(config)), _cache: cache };
+        let report = run(&service, &["six==1.16.0"], "import six\nprint(six.__version__, six.__file__.startswith('/run/packages/'))");
+        assert!(
+            report.status == RunStatus::Success,
+            "the index the host's pip uses (see `python3 -m pip config list`) must be reachable from this host: {}\n{report:#?}",
+            report.stderr
+        );
+        assert_eq!(report.stdout, "1.16.0 True\n");
+        assert_eq!(cached_wheels(&service._cache.0), 1);
+    }
+}
