@@ -20,6 +20,7 @@ does not touch the agent's channel. Built by the agent (`exec` of this
 source); `install` runs in the spare, as the user.
 """
 
+import configparser
 import csv
 import errno
 import hashlib
@@ -240,8 +241,6 @@ def record_hashes(archive, record):
 
 def console_scripts(entry_points):
     """The launchers pip writes for a distribution's console and GUI scripts."""
-    import configparser
-
     parser = configparser.ConfigParser(delimiters=("=",), interpolation=None)
     parser.optionxform = str
     try:
