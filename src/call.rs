@@ -165,6 +165,7 @@ impl Limits {
             max_output_bytes: self.max_output_bytes,
             files,
             packages: &[],
+            wheels: &[],
             display: self.images,
             files_out: self.files_out,
             session: false,
@@ -315,11 +316,13 @@ async fn unobserved(
     };
     // The run's network: its connections end with it.
     let egress = service.egress().run();
+    let wheels = service.packages().plan(&config.image, &request.packages);
     let run = Run {
         limits: &limits,
         input: RunInput {
             session: request.session.is_some(),
             packages: &request.packages,
+            wheels: &wheels,
             ..limits.input(&request.code, &request.files)
         },
         timeout,
@@ -344,6 +347,13 @@ async fn unobserved(
         }
     };
     let network = egress.finish();
+    if let (None, Some(installed)) = (&request.session, &answer.report.packages) {
+        // What pip chose in a fresh sandbox, as far as the host served it.
+        let image = &config.image;
+        service
+            .packages()
+            .remember(image, &request.packages, installed, &network.site_paths);
+    }
     answer.report.notes.extend(network.notes());
     answer.report.egress = network.connections;
     if !answer.report.files.is_empty() {

@@ -132,6 +132,13 @@ pub struct PackageSettings {
     /// The index wheels come from (`MCP_BRIDGE_PACKAGE_INDEX`); `None`: the
     /// one the host's pip is configured with.
     pub index: Option<String>,
+    /// Requests one run may make to the index (`MCP_BRIDGE_PACKAGE_RUN_REQUESTS`).
+    pub run_requests: usize,
+    /// Bytes of answers one run may take from it (`MCP_BRIDGE_PACKAGE_RUN_BYTES`).
+    pub run_bytes: u64,
+    /// Whether a set of requirements installed before is installed from the
+    /// wheels pip chose then, without pip (`MCP_BRIDGE_PACKAGE_PLANS`).
+    pub plans: bool,
 }
 
 impl Default for PackageSettings {
@@ -145,6 +152,9 @@ impl Default for PackageSettings {
             cache_dir: cache.join("mcp-code-exec").join("wheels"),
             cache_bytes: 4096 * MIB,
             index: None,
+            run_requests: 2000,
+            run_bytes: 2048 * MIB,
+            plans: true,
         }
     }
 }
@@ -583,6 +593,27 @@ impl Config {
             } else {
                 Err("an absolute path to a directory".into())
             }
+        })?;
+        packages.run_requests = vars.parse(
+            "MCP_BRIDGE_PACKAGE_RUN_REQUESTS",
+            packages.run_requests,
+            |v| {
+                v.parse()
+                    .ok()
+                    .filter(|&n: &usize| n >= 1)
+                    .ok_or_else(|| "a count of at least 1, like 2000".into())
+            },
+        )?;
+        packages.run_bytes =
+            vars.parse("MCP_BRIDGE_PACKAGE_RUN_BYTES", packages.run_bytes, |v| {
+                parse_bytes(v)
+                    .filter(|&b| b >= MIB)
+                    .ok_or_else(|| "a size of at least 1m, like 2g".into())
+            })?;
+        packages.plans = vars.parse("MCP_BRIDGE_PACKAGE_PLANS", packages.plans, |v| match v {
+            "on" => Ok(true),
+            "off" => Ok(false),
+            _ => Err("on or off".into()),
         })?;
         packages.index = vars.parse("MCP_BRIDGE_PACKAGE_INDEX", None, |v| {
             let valid = (v.starts_with("https://") || v.starts_with("http://"))

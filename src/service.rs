@@ -14,7 +14,7 @@ use tokio::sync::OnceCell;
 
 use crate::artifacts::ArtifactStore;
 use crate::config::Config;
-use crate::egress::Egress;
+use crate::egress::{Egress, SiteLimits};
 use crate::engine::{Engine, EngineError};
 use crate::metrics;
 use crate::packages::PackageIndex;
@@ -33,6 +33,8 @@ pub struct Service {
     sessions: Sessions,
     /// The network runs may reach, by the operator's policy.
     egress: Egress,
+    /// The host's package index (served to runs through `egress`).
+    packages: PackageIndex,
 }
 
 impl std::fmt::Debug for Service {
@@ -101,13 +103,17 @@ impl Service {
             egress_outcomes: &crate::egress::Outcome::ALL.map(crate::egress::Outcome::as_str),
             servers: proxy.names(),
         });
+        let packages = PackageIndex::new(config.packages.clone(), config.egress.ca_bundle.clone());
+        let site_limits = SiteLimits {
+            requests: config.packages.run_requests,
+            bytes: config.packages.run_bytes,
+        };
         Self {
             artifacts: ArtifactStore::new(config.artifact_ttl, config.artifact_bytes),
             sessions: Sessions::new(config.max_sessions, config.session_idle_ttl),
-            egress: Egress::new(config.egress.clone()).with_site(Arc::new(PackageIndex::new(
-                config.packages.clone(),
-                config.egress.ca_bundle.clone(),
-            ))),
+            egress: Egress::new(config.egress.clone())
+                .with_site(Arc::new(packages.clone()), site_limits),
+            packages,
             config,
             pool: OnceCell::new(),
             proxy,
@@ -132,6 +138,10 @@ impl Service {
 
     pub fn egress(&self) -> &Egress {
         &self.egress
+    }
+
+    pub fn packages(&self) -> &PackageIndex {
+        &self.packages
     }
 
     /// The pool, starting the service on first use (concurrent callers share one start).

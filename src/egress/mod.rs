@@ -9,7 +9,8 @@
 //! operator's [`Policy`] ([`crate::allowlist`]: the name before any lookup, then every address it
 //! resolves to, then it dials exactly a checked address), bounds each run
 //! (connections at once and in total, bytes each way, connect and idle
-//! timeouts), and records every connection for the run's result, the log
+//! timeouts; the host's own [`Site`]: requests and bytes, recording the
+//! paths it served), and records every connection for the run's result, the log
 //! and the metrics. It knows nothing of containers or of the call that owns
 //! the run; [`RunEgress::finish`] closes every connection of the run.
 
@@ -29,6 +30,8 @@ use crate::sandbox::streams::{SandboxStream, StreamService};
 
 /// Connections a run's result lists (the rest are counted).
 const RECORDS_KEPT: usize = 32;
+/// Paths of the host's site a run's record keeps (the rest are not).
+const SITE_PATHS_KEPT: usize = 1024;
 
 pub use crate::config::{EgressLimits as Limits, EgressSettings as Settings};
 
@@ -89,6 +92,9 @@ pub struct Report {
     pub connections: Vec<Connection>,
     /// Connections beyond those listed.
     pub unlisted: usize,
+    /// Paths of the host's site ([`Site`]) answered with success, in order
+    /// (the first [`SITE_PATHS_KEPT`]): what the host served this run.
+    pub site_paths: Vec<String>,
 }
 
 impl Report {
@@ -133,11 +139,32 @@ pub trait Site: Send + Sync + std::fmt::Debug {
     ) -> BoxFuture<'static, hyper::Response<Body>>;
 }
 
+/// What one run may take from the host's site: requests, and bytes of
+/// answers (`MCP_BRIDGE_PACKAGE_RUN_REQUESTS`, `MCP_BRIDGE_PACKAGE_RUN_BYTES`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SiteLimits {
+    pub requests: usize,
+    pub bytes: u64,
+}
+
+/// Puts `why` (its printable ASCII, at most 200 characters) in the status
+/// line of `response`: clients that show no body (pip) show that.
+pub fn give_reason(response: &mut hyper::Response<Body>, why: &str) {
+    let phrase: String = why
+        .chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .take(200)
+        .collect();
+    if let Ok(phrase) = hyper::ext::ReasonPhrase::try_from(phrase) {
+        response.extensions_mut().insert(phrase);
+    }
+}
+
 /// The egress of a service: its settings, shared by every run.
 #[derive(Debug, Clone, Default)]
 pub struct Egress {
     settings: Arc<Settings>,
-    site: Option<Arc<dyn Site>>,
+    site: Option<(Arc<dyn Site>, SiteLimits)>,
 }
 
 impl Egress {
@@ -148,10 +175,11 @@ impl Egress {
         }
     }
 
-    /// Serves `site` to every run, whether or not egress is allowed.
+    /// Serves `site` to every run, whether or not egress is allowed, each
+    /// run within `limits`.
     #[must_use]
-    pub fn with_site(mut self, site: Arc<dyn Site>) -> Self {
-        self.site = Some(site);
+    pub fn with_site(mut self, site: Arc<dyn Site>, limits: SiteLimits) -> Self {
+        self.site = Some((site, limits));
         self
     }
 
@@ -165,6 +193,9 @@ impl Egress {
             shared: Arc::new(Shared {
                 settings: self.settings.clone(),
                 site: self.site.clone(),
+                site_requests: AtomicUsize::new(0),
+                site_bytes: AtomicU64::new(0),
+                site_paths: Mutex::new(Vec::new()),
                 open: AtomicUsize::new(0),
                 opened: AtomicUsize::new(0),
                 sent: AtomicU64::new(0),
@@ -196,6 +227,7 @@ impl RunEgress {
                 .map(|record| record.snapshot())
                 .collect(),
             unlisted: records.unlisted,
+            site_paths: lock(&self.shared.site_paths).clone(),
         }
     }
 }
@@ -218,7 +250,12 @@ impl StreamService for RunEgress {
 #[derive(Debug)]
 struct Shared {
     settings: Arc<Settings>,
-    site: Option<Arc<dyn Site>>,
+    site: Option<(Arc<dyn Site>, SiteLimits)>,
+    /// Requests to the site, and bytes of its answers, so far.
+    site_requests: AtomicUsize,
+    site_bytes: AtomicU64,
+    /// Paths of the site answered with success (see [`Report::site_paths`]).
+    site_paths: Mutex<Vec<String>>,
     /// Connections dialled and not yet closed.
     open: AtomicUsize,
     /// Connections dialled in all.
@@ -338,6 +375,7 @@ mod tests {
         let report = Report {
             connections: vec![refused("a.example"), refused("a.example"), allowed],
             unlisted: 3,
+            site_paths: Vec::new(),
         };
         assert_eq!(
             report.notes(),

@@ -29,7 +29,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::{Body, Outcome, Record, Shared};
+use super::{Body, Outcome, Record, Shared, Site, SiteLimits};
 use crate::metrics;
 use crate::sandbox::streams::SandboxStream;
 
@@ -92,19 +92,81 @@ async fn handle(
     let Some((host, port)) = target(request.uri(), Some(80)) else {
         return Ok(answer(StatusCode::BAD_REQUEST, "the URL has no host"));
     };
-    if let Some(site) = shared
+    if let Some((site, limits)) = shared
         .site
         .as_ref()
-        .filter(|site| port == 80 && host == site.host())
+        .filter(|(site, _)| port == 80 && host == site.host())
     {
         // The host's own site (the package index): not the network.
-        return Ok(site.serve(request).await);
+        return Ok(site_request(&shared, site.as_ref(), *limits, request).await);
     }
     let upstream = match shared.open(&host, port).await {
         Ok(upstream) => upstream,
         Err(refused) => return Ok(refused.response()),
     };
     Ok(forward(shared, request, &host, port, upstream).await)
+}
+
+/// A request for the host's own site, within the run's bounds of it: its
+/// requests, and the bytes of its answers (an answer that would pass the
+/// bound is refused whole, before any of it is sent).
+async fn site_request(
+    shared: &Shared,
+    site: &dyn Site,
+    limits: SiteLimits,
+    request: Request<Incoming>,
+) -> Response<Body> {
+    let host = site.host();
+    if shared.site_requests.fetch_add(1, Ordering::AcqRel) >= limits.requests {
+        return answer(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "this run made its {} requests to {host} (MCP_BRIDGE_PACKAGE_RUN_REQUESTS)",
+                limits.requests
+            ),
+        );
+    }
+    let path = request.uri().path().to_owned();
+    let response = site.serve(request).await;
+    let size = body_size(&response);
+    let taken = shared
+        .site_bytes
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+            used.checked_add(size)
+                .filter(|&total| total <= limits.bytes)
+        });
+    if taken.is_err() {
+        return answer(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "over MCP_BRIDGE_PACKAGE_RUN_BYTES ({} bytes from {host} per run): \
+                 {} is {size} bytes more",
+                limits.bytes,
+                path.rsplit('/').next().unwrap_or_default()
+            ),
+        );
+    }
+    if response.status().is_success() {
+        let mut paths = super::lock(&shared.site_paths);
+        if paths.len() < super::SITE_PATHS_KEPT {
+            paths.push(path);
+        }
+    }
+    response
+}
+
+/// The size of an answer of the site: exact, or its Content-Length (the
+/// site streams cached files with one); an answer of unknown size counts
+/// as more than any bound (refused).
+fn body_size(response: &Response<Body>) -> u64 {
+    use hyper::body::Body as _;
+    response.body().size_hint().exact().unwrap_or_else(|| {
+        response
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok()?.parse().ok())
+            .unwrap_or(u64::MAX)
+    })
 }
 
 /// The host (lower case, brackets of an IPv6 literal kept) and port a
@@ -236,14 +298,7 @@ fn answer(status: StatusCode, why: &str) -> Response<Body> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    let phrase: String = why
-        .chars()
-        .filter(|c| c.is_ascii_graphic() || *c == ' ')
-        .take(200)
-        .collect();
-    if let Ok(phrase) = hyper::ext::ReasonPhrase::try_from(phrase) {
-        response.extensions_mut().insert(phrase);
-    }
+    super::give_reason(&mut response, why);
     response
 }
 

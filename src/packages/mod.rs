@@ -16,6 +16,7 @@
 //! directory). It knows nothing of containers or runs: `pip` in the
 //! sandbox is its client. [`requirement`] checks what a call may ask for.
 
+mod plan;
 pub mod requirement;
 mod upstream;
 
@@ -34,6 +35,7 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use crate::config::{CaBundle, PackageSettings};
 use crate::egress::{Body, Site};
+use crate::sandbox::protocol::{Installed, PlannedWheel};
 use upstream::{Listing, Upstream, UpstreamFile};
 
 /// The name sandboxes reach the index under (`.invalid` never resolves).
@@ -78,6 +80,8 @@ struct State {
     cached_bytes: u64,
     /// Files being fetched (one download per file at a time).
     filling: HashSet<String>,
+    /// What requirement sets resolved to ([`plan`]), by [`plan::key`].
+    plans: HashMap<String, plan::Plan>,
 }
 
 impl PackageIndex {
@@ -94,6 +98,42 @@ impl PackageIndex {
                 state: Mutex::new(State::default()),
                 fills: tokio::sync::Semaphore::new(MAX_FILLS),
             }),
+        }
+    }
+}
+
+impl PackageIndex {
+    /// The wheels to install `requirements` from in a sandbox of `image`
+    /// without pip, when a fresh plan for them holds (else empty: pip then
+    /// resolves them); always empty with `MCP_BRIDGE_PACKAGE_PLANS=off`.
+    pub fn plan(&self, image: &str, requirements: &[String]) -> Arc<[PlannedWheel]> {
+        if !self.inner.settings.plans || requirements.is_empty() {
+            return Arc::from([]);
+        }
+        self.inner.state().plan(&plan::key(image, requirements))
+    }
+
+    /// Remembers what pip installed for `requirements` in a stateless run
+    /// of `image`, as far as the host's own facts bear it out: `served` is
+    /// what the index served that run (see [`plan`]).
+    pub fn remember(
+        &self,
+        image: &str,
+        requirements: &[String],
+        installed: &Installed,
+        served: &[String],
+    ) {
+        if !self.inner.settings.plans || installed.wheels.is_empty() {
+            return;
+        }
+        let key = plan::key(image, requirements);
+        let max_bytes = self.inner.settings.sandbox_bytes;
+        let remembered =
+            self.inner
+                .state()
+                .remember(key, requirements, &installed.wheels, served, max_bytes);
+        if let Err(why) = remembered {
+            tracing::info!(requirements = ?requirements, %why, "package index: the install is not planned");
         }
     }
 }
@@ -254,7 +294,10 @@ impl Inner {
                 );
             }
         };
-        let path = self.settings.cache_dir.join(cached_name(&file));
+        let path = self
+            .settings
+            .cache_dir
+            .join(cached_name(&file.sha256, &file.filename));
         if let Some(response) = self.cached(&file, &path).await {
             return response;
         }
@@ -262,7 +305,7 @@ impl Inner {
         let fill = tokio::spawn(async move { inner.fill(&file).await });
         match fill.await {
             Ok(Ok(())) => {}
-            Ok(Err(error)) => return text(StatusCode::BAD_GATEWAY, &format!("{error}\n")),
+            Ok(Err((status, error))) => return text(status, &format!("{error}\n")),
             Err(_) => return text(StatusCode::BAD_GATEWAY, "the download failed\n"),
         }
         let listed = self.state().files.get(sha).cloned();
@@ -277,8 +320,8 @@ impl Inner {
 
     /// Fetches `file` into the cache unless it is there (or being fetched:
     /// then waits for that download).
-    async fn fill(&self, file: &UpstreamFile) -> Result<(), String> {
-        let name = cached_name(file);
+    async fn fill(&self, file: &UpstreamFile) -> Result<(), (StatusCode, String)> {
+        let name = cached_name(&file.sha256, &file.filename);
         loop {
             {
                 let mut state = self.state();
@@ -299,33 +342,46 @@ impl Inner {
         };
         tokio::time::timeout(FILL_TIMEOUT, self.download(file, &name))
             .await
-            .unwrap_or_else(|_| Err(format!("{}: the download took too long", file.filename)))
+            .unwrap_or_else(|_| {
+                Err((
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!("{}: the download took too long", file.filename),
+                ))
+            })
     }
 
     /// Streams `file` from upstream into a temporary file of the cache,
     /// hashing as it goes; renamed into place only when its SHA-256 is the
     /// page's (a temporary left by a failure is removed).
-    async fn download(&self, file: &UpstreamFile, name: &str) -> Result<(), String> {
-        let _slot = self.fills.acquire().await.map_err(|e| e.to_string())?;
-        let upstream = self.upstream().await?;
+    async fn download(&self, file: &UpstreamFile, name: &str) -> Result<(), (StatusCode, String)> {
+        let failed = |error: String| (StatusCode::BAD_GATEWAY, error);
+        let _slot = self
+            .fills
+            .acquire()
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let upstream = self.upstream().await.map_err(failed)?;
         let dir = &self.settings.cache_dir;
         tokio::fs::create_dir_all(dir)
             .await
-            .map_err(|error| format!("the package cache {}: {error}", dir.display()))?;
+            .map_err(|error| failed(format!("the package cache {}: {error}", dir.display())))?;
         let mut partial = Partial(Some(
             dir.join(format!(".partial-{}-{name}", std::process::id())),
         ));
         let path = partial.0.clone().expect("just made");
         let size = upstream.download(file, &path).await?;
         if size > self.settings.cache_bytes {
-            return Err(format!(
-                "{} is larger than the package cache (MCP_BRIDGE_PACKAGE_CACHE_BYTES)",
-                file.filename
+            return Err((
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "{} is larger than the package cache (MCP_BRIDGE_PACKAGE_CACHE_BYTES)",
+                    file.filename
+                ),
             ));
         }
         tokio::fs::rename(&path, dir.join(name))
             .await
-            .map_err(|error| format!("the package cache: {error}"))?;
+            .map_err(|error| failed(format!("the package cache: {error}")))?;
         partial.0 = None; // renamed: nothing to remove
         self.account(name, size).await;
         Ok(())
@@ -334,7 +390,7 @@ impl Inner {
     /// A cached wheel, streamed from its file.
     async fn cached(&self, file: &UpstreamFile, path: &Path) -> Option<Response<Body>> {
         self.scan_once().await;
-        let name = cached_name(file);
+        let name = cached_name(&file.sha256, &file.filename);
         if !self.state().cached.contains_key(&name) {
             return None;
         }
@@ -456,8 +512,8 @@ impl Drop for Filling<'_> {
 }
 
 /// Where a wheel lives in the cache: its SHA-256, then its name.
-fn cached_name(file: &UpstreamFile) -> String {
-    format!("{}-{}", file.sha256, file.filename)
+fn cached_name(sha256: &str, filename: &str) -> String {
+    format!("{sha256}-{filename}")
 }
 
 /// A temporary file of the cache, removed unless it was renamed into place
@@ -522,6 +578,9 @@ fn full(body: impl Into<Bytes>) -> Body {
 fn text(status: StatusCode, body: &str) -> Response<Body> {
     let mut response = Response::new(full(body.to_owned()));
     *response.status_mut() = status;
+    if status != StatusCode::OK {
+        crate::egress::give_reason(&mut response, body.trim_end());
+    }
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),

@@ -112,9 +112,46 @@ pub fn normalized(name: &str) -> Option<String> {
     Some(out)
 }
 
+/// The project a valid entry names (normalized) and the version it pins,
+/// when its only clause is `==VERSION` (no wildcard).
+pub fn project_and_pin(entry: &str) -> Option<(String, Option<String>)> {
+    let entry = entry.trim();
+    let name_end = entry
+        .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        .unwrap_or(entry.len());
+    let project = normalized(&entry[..name_end])?;
+    let mut rest = entry[name_end..].trim_start();
+    if let Some((_, after)) = rest.split_once(']').filter(|_| rest.starts_with('[')) {
+        rest = after.trim_start();
+    }
+    let pin = rest
+        .strip_prefix("==")
+        .map(str::trim)
+        .filter(|version| !version.is_empty() && !version.contains([',', '*', '=']))
+        .map(str::to_ascii_lowercase);
+    Some((project, pin))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entries_name_their_project_and_pin() {
+        let pair = |entry| project_and_pin(entry).unwrap();
+        assert_eq!(pair("Scikit_Learn"), ("scikit-learn".into(), None));
+        assert_eq!(
+            pair("tabulate == 0.9.0"),
+            ("tabulate".into(), Some("0.9.0".into()))
+        );
+        assert_eq!(
+            pair("pandas[excel]==2.2RC1"),
+            ("pandas".into(), Some("2.2rc1".into()))
+        );
+        for unpinned in ["six>=1", "six==1.*", "six==1,!=1.2", "six===1"] {
+            assert_eq!(pair(unpinned).1, None, "{unpinned}");
+        }
+    }
 
     fn ok(entry: &str) -> bool {
         validate(&[entry.to_owned()]).is_ok()

@@ -174,59 +174,66 @@ impl Upstream {
     }
 
     /// Streams `file` into `path` (a new file), hashing as it goes; its
-    /// size, once its SHA-256 is the one its page gave.
+    /// size, once its SHA-256 is the one its page gave. A file refused for
+    /// what it is (not its hash, too large) is a 4xx, which pip shows and
+    /// does not retry; the index or the cache failing is a 502.
     pub async fn download(
         &self,
         file: &UpstreamFile,
         path: &std::path::Path,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, (StatusCode, String)> {
         use sha2::Digest;
         use tokio::io::AsyncWriteExt;
         let name = &file.filename;
+        let failed = |error: String| (StatusCode::BAD_GATEWAY, error);
         let mut response = self
             .client
             .get(file.url.clone())
             .send()
             .await
-            .map_err(|error| format!("{name}: {}", error.without_url()))?;
+            .map_err(|error| failed(format!("{name}: {}", error.without_url())))?;
         if !response.status().is_success() {
-            return Err(format!(
+            return Err(failed(format!(
                 "{name}: the package index answered {}",
                 response.status()
-            ));
+            )));
         }
         let mut out = tokio::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(path)
             .await
-            .map_err(|error| format!("the package cache: {error}"))?;
+            .map_err(|error| failed(format!("the package cache: {error}")))?;
         let mut hash = sha2::Sha256::new();
         let mut size: u64 = 0;
         while let Some(chunk) = response
             .chunk()
             .await
-            .map_err(|error| format!("{name}: {}", error.without_url()))?
+            .map_err(|error| failed(format!("{name}: {}", error.without_url())))?
         {
             size += chunk.len() as u64;
             if size > self.max_file_bytes {
-                return Err(format!(
-                    "{name} is larger than the sandbox's package directory (MCP_BRIDGE_PACKAGES_BYTES)"
+                return Err((
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!(
+                        "{name} is larger than the sandbox's package directory (MCP_BRIDGE_PACKAGES_BYTES)"
+                    ),
                 ));
             }
             hash.update(&chunk);
             out.write_all(&chunk)
                 .await
-                .map_err(|error| format!("the package cache: {error}"))?;
+                .map_err(|error| failed(format!("the package cache: {error}")))?;
         }
         out.flush()
             .await
-            .map_err(|error| format!("the package cache: {error}"))?;
+            .map_err(|error| failed(format!("the package cache: {error}")))?;
         let actual = hex::encode(hash.finalize());
         if actual != file.sha256 {
             tracing::warn!(file = %name, expected = %file.sha256, %actual, "package index: a download did not match its hash; not kept");
-            return Err(format!(
-                "{name} did not match the SHA-256 its page gave; not kept"
+            return Err((
+                StatusCode::CONFLICT,
+                format!("{name} did not match the SHA-256 its page gave; not kept"),
             ));
         }
         Ok(size)

@@ -368,7 +368,7 @@ def run_code(request, module, filename, channel):
     installed = None
     if request.get("packages"):
         try:
-            installed = packages_runtime["install"](request["packages"])
+            installed = packages_runtime["install"](request["packages"], request.get("wheels", ()))
         except (packages_runtime["InstallError"], OSError, ValueError, KeyError) as exc:
             message = str(exc) if isinstance(exc, packages_runtime["InstallError"]) else f"packages: {exc!r}"
             print(message, file=sys.stderr, flush=True)
@@ -1408,7 +1408,13 @@ def parse_installed(packages):
         for item in packages["installed"][:256]
         if isinstance(item, dict) and isinstance(item.get("name"), str) and isinstance(item.get("version"), str)
     ]
-    return {"installed": installed, "duration_ms": min(duration, 10**9)}
+    # The wheels pip chose: the host keeps only those it served this run.
+    wheels = [
+        {"filename": item["filename"][:200], "sha256": item["sha256"][:64]}
+        for item in (packages.get("wheels") if isinstance(packages.get("wheels"), list) else [])[:256]
+        if isinstance(item, dict) and isinstance(item.get("filename"), str) and isinstance(item.get("sha256"), str)
+    ]
+    return {"installed": installed, "duration_ms": min(duration, 10**9), "wheels": wheels}
 
 
 class OomCounter:

@@ -224,6 +224,10 @@ pub struct RunInput<'a> {
     /// names and versions only), from the host's package index.
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     pub packages: &'a [String],
+    /// The exact wheels the host's plan for `packages` names: installed
+    /// without pip when the package directory holds no distribution yet.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub wheels: &'a [PlannedWheel],
     /// The bounds of the images the run returns.
     pub display: ImageBounds,
     /// The bounds of the files the run returns from `/workspace/out`.
@@ -485,6 +489,27 @@ pub struct Installed {
     pub installed: Vec<Package>,
     #[serde(rename(serialize = "durationMs"))]
     pub duration_ms: u64,
+    /// The wheels pip chose, as the sandbox says (the host plans only
+    /// those it served this run); never in the call's result.
+    #[serde(default, skip_serializing)]
+    pub wheels: Vec<ChosenWheel>,
+}
+
+/// A wheel pip chose: its file on the host's index.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct ChosenWheel {
+    pub filename: String,
+    pub sha256: String,
+}
+
+/// A wheel of a plan, as the host names it to the sandbox.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PlannedWheel {
+    pub filename: String,
+    pub sha256: String,
+    /// The distribution and its version, from the file's name.
+    pub name: String,
+    pub version: String,
 }
 
 /// A distribution, as its metadata names it.
@@ -877,6 +902,7 @@ mod tests {
             max_output_bytes: 7,
             files: &[],
             packages: &[],
+            wheels: &[],
             display: ImageBounds {
                 max_pixels: 64,
                 max_bytes: 1024,

@@ -3,8 +3,13 @@ container: pip's failures become one message (the variable named when the
 package directory is full, the index's word when it had nothing), and the
 status the child sends about installs is bounded and typed."""
 
+import csv
 import json
+import os
+import pathlib
 import subprocess
+import sys
+import zipfile
 
 import pytest
 
@@ -65,10 +70,85 @@ def test_the_childs_install_report_is_bounded_and_typed(agent):
     assert agent.parse_installed({"installed": [{"name": 1, "version": "x"}], "duration_ms": 1}) == {
         "installed": [],
         "duration_ms": 1,
+        "wheels": [],
     }
     for bad in (None, [], {"installed": "six"}, {"installed": [], "duration_ms": -1}, {"installed": []}):
         assert agent.parse_installed(bad) is None
     forged = agent.parse_installed(
         {"installed": [{"name": "six\nstatus: success", "version": "1\x1b[2J"}], "duration_ms": 10**30}
     )
-    assert forged == {"installed": [{"name": "sixstatus: success", "version": "1[2J"}], "duration_ms": 10**9}
+    assert forged == {
+        "installed": [{"name": "sixstatus: success", "version": "1[2J"}],
+        "duration_ms": 10**9,
+        "wheels": [],
+    }
+    chose = {"filename": "six-1.16.0-py2.py3-none-any.whl", "sha256": "a" * 64}
+    for wheels in ([chose, {"filename": 1}, "x"], 7, "six"):
+        parsed = agent.parse_installed({"installed": [], "duration_ms": 1, "wheels": wheels})
+        assert parsed["wheels"] == ([chose] if isinstance(wheels, list) else [])
+
+
+def test_pip_reports_the_wheels_it_chose(in_tmp):
+    sha = "b" * 64
+    item = {
+        "metadata": {"name": "six", "version": "1.16.0"},
+        "download_info": {
+            "url": f"http://packages.mcp-code-exec.invalid/files/{sha}/six-1.16.0-py2.py3-none-any.whl",
+            "archive_info": {"hashes": {"sha256": sha}},
+        },
+    }
+
+    def run(command, **_):
+        with open(command[6], "w") as f:
+            json.dump({"install": [item, {"metadata": {"name": "local", "version": "1"}}]}, f)
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    done = in_tmp.install(["six"], run=run)
+    assert done["wheels"] == [{"filename": "six-1.16.0-py2.py3-none-any.whl", "sha256": sha}]
+
+
+def make_wheel(path, members):
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            info = zipfile.ZipInfo(name)
+            info.external_attr = (0o755 if name.endswith(".sh") else 0o644) << 16
+            archive.writestr(info, data)
+
+
+def test_a_wheel_unpacks_as_pip_lays_it_out(in_tmp, tmp_path):
+    wheel = tmp_path / "demo.whl"
+    make_wheel(
+        wheel,
+        {
+            "demo/__init__.py": "X = 1\n",
+            "demo-1.0.dist-info/METADATA": "Name: demo\nVersion: 1.0\n",
+            "demo-1.0.dist-info/RECORD": "demo/__init__.py,sha256=abc,6\ndemo-1.0.dist-info/RECORD,,\n",
+            "demo-1.0.dist-info/entry_points.txt": "[console_scripts]\ndemo-cli = demo.cli:main\n",
+            "demo-1.0.data/scripts/tool.sh": "#!/bin/sh\n",
+            "demo-1.0.data/headers/demo.h": "int x;\n",
+            "demo-1.0.data/data/share/demo.txt": "data\n",
+            "demo-1.0.data/platlib/demo_native.py": "",
+        },
+    )
+    site = pathlib.Path(in_tmp.site_dir())
+    written = in_tmp.unpack(str(wheel), "demo-1.0-py3-none-any.whl")
+    assert (site / "demo/__init__.py").read_text() == "X = 1\n"
+    assert (site / "demo_native.py").exists()
+    assert os.access(tmp_path / "bin/tool.sh", os.X_OK)
+    assert (tmp_path / "share/demo.txt").read_text() == "data\n"
+    assert (tmp_path / f"include/python{sys.version_info.major}.{sys.version_info.minor}/demo/demo.h").exists()
+    assert "from demo.cli import main" in (tmp_path / "bin/demo-cli").read_text()
+    assert (site / "demo-1.0.dist-info/INSTALLER").read_text() == "pip\n"
+    record = {row[0]: row[1] for row in csv.reader((site / "demo-1.0.dist-info/RECORD").read_text().splitlines())}
+    assert record["demo/__init__.py"] == "sha256=abc"
+    assert "../../../bin/demo-cli" in record and "demo-1.0.dist-info/INSTALLER" in record
+    assert str(tmp_path / "bin/demo-cli") in written
+
+
+@pytest.mark.parametrize("escape", ["../../../evil.py", "demo-1.0.data/purelib/../../../../evil.py", "/abs.py"])
+def test_a_wheel_member_leaving_its_folder_is_refused(in_tmp, tmp_path, escape):
+    wheel = tmp_path / "bad.whl"
+    make_wheel(wheel, {"demo-1.0.dist-info/METADATA": "", escape: "boom"})
+    with pytest.raises(in_tmp.InstallError, match="leaves its folder"):
+        in_tmp.unpack(str(wheel), "demo-1.0-py3-none-any.whl")
+    assert not [p for p in tmp_path.rglob("*.py")], "nothing written outside"

@@ -356,3 +356,131 @@ print(sklearn.__version__, round(float(model.coef_[0]), 6), sklearn.__file__.sta
         assert!(!names.iter().any(|n| n == "numpy" || n == "scipy"), "the image's own were installed again: {names:?}");
     }
 }
+
+engine_test! {
+    /// The second install of the same requirements in a stateless run is
+    /// the host's plan: the wheels pip chose the first time, unpacked
+    /// without pip (so nothing is compiled to bytecode), as complete a
+    /// distribution as pip's. A package directory that holds one already
+    /// (a session's later call) is pip's again.
+    fn a_set_installed_before_is_unpacked_from_the_plan_without_pip() {
+        let index = index();
+        let service = service(&index, |_| {});
+        let code = "import importlib.metadata as m, os, tabulate\n\
+            print(m.version('tabulate'), os.path.isdir(os.path.join(os.path.dirname(tabulate.__file__), '__pycache__')), \
+            m.distribution('tabulate').read_text('INSTALLER').strip(), len(m.files('tabulate')) > 3)";
+        let first = run(&service, &["tabulate==0.9.0"], code);
+        assert_success(&first);
+        assert_eq!(first.stdout, "0.9.0 True pip True\n", "pip compiles what it installs");
+        let second = run(&service, &["tabulate == 0.9.0"], code);
+        assert_success(&second);
+        assert_eq!(second.stdout, "0.9.0 False pip True\n", "unpacked from the plan: {second:#?}");
+        assert_eq!(installed(&second), [("tabulate".to_owned(), "0.9.0".to_owned())]);
+        assert_eq!(index.servers.downloads(), 1);
+
+        assert_success(&run_in(&service, Some("s"), &["six"], "import six"));
+        let later = run_in(&service, Some("s"), &["tabulate==0.9.0"], code);
+        assert_success(&later);
+        assert_eq!(later.stdout, "0.9.0 True pip True\n", "pip, beside what the session has");
+    }
+}
+
+engine_test! {
+    /// A wheel whose bytes are not those its page's SHA-256 names is
+    /// refused: a clear error, nothing cached; once the index serves the
+    /// real file, the install works.
+    fn a_wheel_that_does_not_match_its_hash_is_refused_and_not_cached() {
+        let index = index();
+        let wheel = std::fs::read_dir(&index._folder.0)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("six-"))
+            .unwrap();
+        let mut bytes = std::fs::read(&wheel).unwrap();
+        bytes[100] ^= 0xff;
+        let corrupt = wheel.with_extension("whl.corrupt");
+        std::fs::write(&corrupt, bytes).unwrap();
+        let service = service(&index, |_| {});
+        let report = run(&service, &["six"], "print('THE CODE RAN')");
+        assert_eq!(report.status, RunStatus::Error, "{report:#?}");
+        assert!(!report.stdout.contains("THE CODE RAN"));
+        assert!(report.stderr.contains("did not match the SHA-256"), "{}", report.stderr);
+        assert!(index.servers.downloads() >= 1);
+        assert_eq!(cached_wheels(&service._cache.0), 0, "nothing kept");
+        std::fs::remove_file(corrupt).unwrap();
+        let report = run(&service, &["six"], "import six\nprint(six.__version__)");
+        assert_success(&report);
+        assert_eq!(report.stdout, "1.16.0\n");
+        assert_eq!(cached_wheels(&service._cache.0), 1);
+    }
+}
+
+engine_test! {
+    /// Past MCP_BRIDGE_PACKAGE_CACHE_BYTES the least recently used wheels
+    /// leave the cache; the run that filled it succeeds, and an evicted
+    /// wheel is fetched again when asked for.
+    fn the_cache_evicts_the_least_recently_used_past_its_bound() {
+        let index = index();
+        // tabulate 35 KB, MarkupSafe 23 KB, six 11 KB, threadpoolctl 32 KB.
+        let service = service(&index, |config| config.packages.cache_bytes = 100_000);
+        for package in ["tabulate", "MarkupSafe", "six", "tabulate"] {
+            assert_success(&run(&service, &[package], "pass"));
+        }
+        assert_eq!((index.servers.downloads(), cached_wheels(&service._cache.0)), (3, 3));
+        assert_success(&run(&service, &["threadpoolctl"], "import threadpoolctl"));
+        let names: Vec<String> = std::fs::read_dir(&service._cache.0)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+        assert!(!names.iter().any(|n| n.contains("-MarkupSafe-")), "the least recently used went: {names:?}");
+        assert!(names.iter().any(|n| n.contains("-tabulate-")), "{names:?}");
+        let again = run(&service, &["MarkupSafe"], "import markupsafe._speedups");
+        assert_success(&again);
+        assert_eq!(index.servers.downloads(), 5, "fetched again");
+    }
+}
+
+engine_test! {
+    /// A run's requests to the index and the bytes it takes from it are
+    /// bounded: over either, an error naming the variable, and the pool
+    /// serves the next call.
+    fn a_runs_use_of_the_index_is_bounded() {
+        let index = index();
+        for (change, variable) in [
+            (Box::new(|c: &mut Config| c.packages.run_requests = 1) as Box<dyn FnOnce(&mut Config)>, "MCP_BRIDGE_PACKAGE_RUN_REQUESTS"),
+            (Box::new(|c: &mut Config| c.packages.run_bytes = 20_000), "MCP_BRIDGE_PACKAGE_RUN_BYTES"),
+        ] {
+            let service = service(&index, change);
+            let report = run(&service, &["tabulate"], "print('THE CODE RAN')");
+            assert_eq!(report.status, RunStatus::Error, "{report:#?}");
+            assert!(report.stderr.contains(variable), "{variable}: {}", report.stderr);
+            assert_success(&run(&service, &[], "print(1)"));
+        }
+    }
+}
+
+engine_test! {
+    /// Once, the index the host's pip uses (`pip config list`: its index,
+    /// else PyPI, and its CA bundle), through a cache of the test's own: a
+    /// small wheel installs from it. Needs the host's network: CI runs it
+    /// in the Docker lane only, and it fails (never skips) when that index
+    /// cannot be reached.
+    fn the_index_the_hosts_pip_uses_fills_the_cache() {
+        let cache = TempDir::new("host-index");
+        let mut config = test_config();
+        config.packages.index = None;
+        config.packages.cache_dir = cache.0.clone();
+        let service = Running { service: warmed(Service::new(config)), _cache: cache };
+        let report = run(&service, &["six==1.16.0"], "import six\nprint(six.__version__, six.__file__.startswith('/run/packages/'))");
+        assert!(
+            report.status == RunStatus::Success,
+            "the index the host's pip uses (see `python3 -m pip config list`) must be reachable from this host: {}\n{report:#?}",
+            report.stderr
+        );
+        assert_eq!(report.stdout, "1.16.0 True\n");
+        assert_eq!(cached_wheels(&service._cache.0), 1);
+    }
+}

@@ -8,7 +8,8 @@
 //! Routes: `/hello`, `/data.csv`, `/bytes/{n}` (n bytes, streamed),
 //! `/hold` (one byte every 100 ms until the client goes), `/redirect/{url}`
 //! (a 302 to `http://{url}`), `/simple/{package}/` and `/files/{wheel}` (a
-//! PEP 503 index of the wheels in a folder), and any other path echoes the
+//! PEP 503 index of the wheels in a folder; `NAME.corrupt` beside a wheel is
+//! served in its place, under the hash of the real one), and any other path echoes the
 //! request's `Host` header.
 
 use std::path::PathBuf;
@@ -167,11 +168,11 @@ async fn index(State(shared): State<Shared>, Path(package): Path<String>) -> Res
 }
 
 async fn wheel(State(shared): State<Shared>, Path(name): Path<String>) -> Response {
-    match shared
-        .wheels
-        .as_ref()
-        .map(|folder| std::fs::read(folder.join(&name)))
-    {
+    match shared.wheels.as_ref().map(|folder| {
+        // A test's corrupted copy, served under the listed name.
+        std::fs::read(folder.join(format!("{name}.corrupt")))
+            .or_else(|_| std::fs::read(folder.join(&name)))
+    }) {
         Some(Ok(bytes)) if !name.contains('/') => {
             shared.downloads.fetch_add(1, Ordering::SeqCst);
             bytes.into_response()
