@@ -4,7 +4,8 @@
 //!
 //! Owns startup ordering and its failures (connecting to the engine,
 //! resolving the image, removing orphans of dead instances, starting the
-//! pool), the sessions' table, readiness, and shutdown. A failed start is not cached: the next
+//! pool), the sessions' table, each principal's call quota, readiness, and
+//! shutdown. A failed start is not cached: the next
 //! call tries again, so an engine started after the server is picked up.
 //! It does not run calls (that is [`crate::call`]) and serves no protocol.
 
@@ -19,6 +20,7 @@ use crate::engine::{Engine, EngineError};
 use crate::metrics;
 use crate::packages::PackageIndex;
 use crate::pool::{Pool, PoolStatus, RecycleReason, SHUTDOWN_TIMEOUT, StartCause, StartError};
+use crate::principals::CallQuota;
 use crate::proxy::{CallOutcome, Proxy};
 use crate::report::RunStatus;
 use crate::sessions::{EndReason, Sessions};
@@ -33,6 +35,8 @@ pub struct Service {
     sessions: Sessions,
     /// The network runs may reach, by the operator's policy.
     egress: Egress,
+    /// Each principal's calls in flight (`MCP_BRIDGE_MAX_CALLS_PER_CLIENT`).
+    calls: CallQuota,
 }
 
 impl std::fmt::Debug for Service {
@@ -108,6 +112,7 @@ impl Service {
                 config.packages.clone(),
                 config.egress.ca_bundle.clone(),
             ))),
+            calls: CallQuota::new(config.max_calls_per_client),
             config,
             pool: OnceCell::new(),
             proxy,
@@ -132,6 +137,10 @@ impl Service {
 
     pub fn egress(&self) -> &Egress {
         &self.egress
+    }
+
+    pub fn calls(&self) -> &CallQuota {
+        &self.calls
     }
 
     /// The pool, starting the service on first use (concurrent callers share one start).
