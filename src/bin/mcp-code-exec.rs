@@ -252,11 +252,23 @@ async fn serve(config: Config) -> ExitCode {
     let output_mode = config.output_mode;
     let metrics_addr = config.metrics_addr;
     let http = config.http.clone();
-    let http_addr = http.addr;
     let proxy = Arc::new(Proxy::discover(&SearchRoots::from_environment(
         config.project_servers,
     )));
     let service = Arc::new(Service::with_proxy(config, proxy));
+    let server = CodeExecServer::new(service.clone(), output_mode);
+    // Over HTTP, the listener is checked and bound before anything starts.
+    let door = match http.addr {
+        None => None,
+        Some(addr) => match HttpFrontDoor::bind(&http, addr, server.clone()).await {
+            Ok(door) => Some(door),
+            Err(error) => {
+                tracing::error!(%error, "MCP over HTTP not started");
+                eprintln!("mcp-code-exec: {error}");
+                return ExitCode::from(2);
+            }
+        },
+    };
     // Warm up in the background: the MCP handshake never waits for it.
     let warm = service.clone();
     tokio::spawn(async move {
@@ -277,9 +289,8 @@ async fn serve(config: Config) -> ExitCode {
             }
         }
     }
-    let server = CodeExecServer::new(service.clone(), output_mode);
-    if let Some(addr) = http_addr {
-        return serve_http(&http, addr, service, server).await;
+    if let Some(door) = door {
+        return serve_http(door, service).await;
     }
     let stdin_closed = CancellationToken::new();
     let stdin = WatchedStdin {
@@ -329,21 +340,7 @@ async fn serve(config: Config) -> ExitCode {
 
 /// MCP over streamable HTTP until SIGTERM or SIGINT; then the calls in
 /// flight end (within the front door's drain bound) before the containers go.
-async fn serve_http(
-    settings: &mcp_code_exec::config::HttpSettings,
-    addr: std::net::SocketAddr,
-    service: Arc<Service>,
-    server: CodeExecServer,
-) -> ExitCode {
-    let door = match HttpFrontDoor::bind(settings, addr, server).await {
-        Ok(door) => door,
-        Err(error) => {
-            tracing::error!(%error, "MCP over HTTP not started");
-            eprintln!("mcp-code-exec: {error}");
-            service.shutdown().await;
-            return ExitCode::from(2);
-        }
-    };
+async fn serve_http(door: HttpFrontDoor, service: Arc<Service>) -> ExitCode {
     match door.local_addr() {
         Ok(bound) => tracing::info!(%bound, "serving MCP on http://{bound}/mcp"),
         Err(error) => tracing::warn!(%error, "serving MCP over HTTP at an unknown address"),
