@@ -122,9 +122,7 @@ async def run_progress_and_artifacts(ann, bob):
         heard.append((progress, message))
 
     code = "import time\nprint('working', flush=True)\ntime.sleep(6)\nprint('done')"
-    result = await ann.session.call_tool(
-        "run_python", {"code": code, "timeout": 30}, progress_callback=on_progress
-    )
+    result = await ann.session.call_tool("run_python", {"code": code, "timeout": 30}, progress_callback=on_progress)
     check(result.structuredContent["stdout"] == "working\ndone\n", "a long run ends", result.structuredContent)
     check(heard and heard[0][1] == "working", "progress arrives on the request's stream", heard)
 
