@@ -14,6 +14,7 @@
 
 pub mod auth;
 
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +44,10 @@ pub const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
 /// How long a shutdown waits for the calls in flight to end before it
 /// removes their sandboxes.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long, after the drain, the last answers have to reach their
+/// clients before the sessions and their streams are ended (and as long
+/// again for the connections to close).
+const ANSWER_GRACE: Duration = Duration::from_secs(2);
 
 /// Why the HTTP front door does not start.
 #[derive(Debug, thiserror::Error)]
@@ -62,11 +67,61 @@ pub enum StartError {
     },
 }
 
+/// MCP sessions (2025-11-25) remembered with their principal, at most:
+/// past it, the oldest binding goes, and its session is refused (its
+/// client initializes anew).
+pub const MAX_BOUND_SESSIONS: usize = 10_000;
+/// The header of rmcp's session ids.
+const SESSION_ID: &str = "mcp-session-id";
+
 /// What the authentication layer needs.
 #[derive(Debug, Clone)]
 struct Gate {
     auth: Auth,
     resource_url: Option<String>,
+    owners: Arc<SessionOwners>,
+}
+
+/// Which principal opened each MCP session: a session id is served to
+/// that principal only (another principal that learnt it could otherwise
+/// read its stream or cancel its calls). Bounded by [`MAX_BOUND_SESSIONS`].
+#[derive(Debug, Default)]
+struct SessionOwners {
+    owners: std::sync::Mutex<Owners>,
+}
+
+/// Each session's principal, and the sessions oldest first.
+type Owners = (HashMap<Vec<u8>, Principal>, VecDeque<Vec<u8>>);
+
+impl SessionOwners {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Owners> {
+        // Each update is a few map operations that cannot panic halfway.
+        self.owners.lock().expect("never poisoned")
+    }
+
+    /// Whether `principal` opened the session `id` (an unknown id: no).
+    fn owned_by(&self, id: &[u8], principal: &Principal) -> bool {
+        self.lock().0.get(id) == Some(principal)
+    }
+
+    fn bind(&self, id: &[u8], principal: Principal) {
+        let (owners, order) = &mut *self.lock();
+        if owners.insert(id.to_vec(), principal).is_none() {
+            order.push_back(id.to_vec());
+        }
+        while order.len() > MAX_BOUND_SESSIONS {
+            if let Some(oldest) = order.pop_front() {
+                owners.remove(&oldest);
+            }
+        }
+    }
+
+    fn forget(&self, id: &[u8]) {
+        let (owners, order) = &mut *self.lock();
+        if owners.remove(id).is_some() {
+            order.retain(|kept| kept != id);
+        }
+    }
 }
 
 /// The HTTP front door, bound and ready to serve.
@@ -134,9 +189,16 @@ impl HttpFrontDoor {
                 "calls still in flight after the drain; their sandboxes go"
             );
         }
-        // Ends the SSE streams and sessions that keep connections open.
-        sessions.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+        // The answers of the last calls go out on their streams first; then
+        // the sessions end, and the streams that kept connections open.
+        let mut server = server;
+        if tokio::time::timeout(ANSWER_GRACE, &mut server)
+            .await
+            .is_err()
+        {
+            sessions.cancel();
+            let _ = tokio::time::timeout(ANSWER_GRACE, server).await;
+        }
     }
 }
 
@@ -161,6 +223,7 @@ fn router(
     let gate = Gate {
         auth,
         resource_url: settings.resource_url.clone(),
+        owners: Arc::default(),
     };
     Router::new()
         .route_service(MCP_PATH, mcp)
@@ -175,16 +238,35 @@ fn router(
 
 /// The authentication layer: a request with a principal's token goes on
 /// with that [`Principal`] in its extensions (and without its
-/// `Authorization` header); any other gets a 401 that says where the
-/// metadata is.
+/// `Authorization` header), to a session that principal opened if it names
+/// one (else 404, as an unknown session); any other gets a 401 that says
+/// where the metadata is.
 async fn authenticate(State(gate): State<Gate>, mut request: Request, next: Next) -> Response {
     let authorization = request.headers().get(header::AUTHORIZATION);
     let verdict = gate.auth.check(authorization.map(HeaderValue::as_bytes));
     match verdict {
         Verdict::Allowed(principal) => {
             request.headers_mut().remove(header::AUTHORIZATION);
-            request.extensions_mut().insert::<Principal>(principal);
-            next.run(request).await
+            let session = request
+                .headers()
+                .get(SESSION_ID)
+                .map(|id| id.as_bytes().to_vec());
+            if let Some(id) = &session
+                && !gate.owners.owned_by(id, &principal)
+            {
+                return (StatusCode::NOT_FOUND, "Not Found: Session not found\n").into_response();
+            }
+            let ends_session = request.method() == axum::http::Method::DELETE;
+            request.extensions_mut().insert(principal.clone());
+            let response = next.run(request).await;
+            match (&session, response.headers().get(SESSION_ID)) {
+                (None, Some(opened)) => gate.owners.bind(opened.as_bytes(), principal),
+                (Some(id), _) if ends_session && response.status().is_success() => {
+                    gate.owners.forget(id);
+                }
+                _ => {}
+            }
+            response
         }
         Verdict::Missing | Verdict::Invalid => {
             let metadata = format!("{}{METADATA_PATH}", origin(&gate, &request));

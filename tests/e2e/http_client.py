@@ -107,6 +107,14 @@ async def auth_checks(url, port):
     check(response.status_code == 403, "a bad Origin: 403, even with a token", response.status_code)
     response = post(url, {**ann, "Origin": f"http://localhost:{port}"}, INITIALIZE)
     check(response.status_code == 200, "a loopback Origin is served", response.status_code)
+    opened = post(url, ann, INITIALIZE)
+    session_id = opened.headers["mcp-session-id"]
+    bob = {"Authorization": f"Bearer {TOKENS['bob']}"}
+    ping = b'{"jsonrpc":"2.0","id":3,"method":"ping"}'
+    response = post(url, {**bob, "Mcp-Session-Id": session_id}, ping)
+    check(response.status_code == 404, "another principal cannot use a principal's MCP session", response.status_code)
+    response = httpx.get(url, headers={**bob, "Mcp-Session-Id": session_id, "Accept": "text/event-stream"})
+    check(response.status_code == 404, "nor open its stream", response.status_code)
     big = b'{"jsonrpc":"2.0","id":2,"method":"ping","pad":"' + b"x" * (17 << 20) + b'"}'
     response = post(url, ann, big)
     check(response.status_code == 413, "a body over 16 MiB: 413", response.status_code)
@@ -220,6 +228,15 @@ async def main(binary):
             await session_checks(ann, bob)
             await quota_checks(ann, bob)
         await revocation_check(url, tokens)
+        async with contextlib.AsyncExitStack() as stack:
+            ann = await Client.connect(stack, url, "ann")
+            # The SDK reads tools/list once, to check results against the schema.
+            await ann.run("print(1)")
+            slow = asyncio.create_task(ann.run("import time; time.sleep(3); print('drained')"))
+            await asyncio.sleep(1)
+            server.terminate()
+            report = await slow
+            check(report["stdout"] == "drained\n", "SIGTERM: a call in flight still gets its result", report)
     finally:
         server.terminate()
         code = server.wait(timeout=40)
