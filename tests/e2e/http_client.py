@@ -13,6 +13,7 @@ the first failure.
 import asyncio
 import contextlib
 import hashlib
+import json
 import os
 import socket
 import subprocess
@@ -159,6 +160,44 @@ async def run_progress_and_artifacts(ann, bob):
     )
 
 
+def stateless_call(url, name, code, session, **extra):
+    """A 2026-07-28 tools/call: no initialize, no MCP session, the protocol in `_meta` and headers."""
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
+    body = {
+        "jsonrpc": "2.0",
+        "id": 7,
+        "method": "tools/call",
+        "params": {"name": "run_python", "arguments": {"code": code, "session": session, **extra}, "_meta": meta},
+    }
+    headers = {
+        "Authorization": f"Bearer {TOKENS[name]}",
+        "MCP-Protocol-Version": "2026-07-28",
+        "Mcp-Method": "tools/call",
+        "Mcp-Name": "run_python",
+    }
+    response = post(url, headers, json.dumps(body).encode())
+    for line in response.text.splitlines():
+        if line.startswith("data:") and '"result"' in line:
+            return json.loads(line[5:])["result"]["structuredContent"]
+        if response.headers.get("content-type", "").startswith("application/json"):
+            return response.json()["result"]["structuredContent"]
+    raise AssertionError(f"no result: {response.status_code} {response.text[:500]}")
+
+
+async def stateless_checks(url):
+    stateless_call(url, "ann", "y = 'ann'", "st")
+    report = stateless_call(url, "bob", "print(globals().get('y'))", "st")
+    check(report["stdout"] == "None\n", "2026-07-28 (stateless) requests are kept apart by principal", report)
+    report = stateless_call(url, "ann", "print(y)", "st")
+    check(report["stdout"] == "ann\n", "2026-07-28: a principal's session goes on across requests", report)
+    for name in ("ann", "bob"):
+        stateless_call(url, name, "", "st", end_session=True)
+
+
 async def session_checks(ann, bob):
     await ann.run("x = 'ann'", session="eda")
     report = await bob.run("print(globals().get('x'))", session="eda")
@@ -227,6 +266,7 @@ async def main(binary):
             await run_progress_and_artifacts(ann, bob)
             await session_checks(ann, bob)
             await quota_checks(ann, bob)
+        await stateless_checks(url)
         await revocation_check(url, tokens)
         async with contextlib.AsyncExitStack() as stack:
             ann = await Client.connect(stack, url, "ann")
