@@ -1,8 +1,10 @@
 //! MCP over streamable HTTP (`serve --http`): the official Python SDK's
 //! streamable-HTTP client against the built binary (tests/e2e/http_client.py:
-//! run_python, progress, artifacts, two principals kept apart, the quota,
-//! tokens missing, wrong and revoked, a bad Origin, a body over 16 MiB), and
-//! the refusal to listen beyond loopback without tokens.
+//! run_python, progress, artifacts; two principals kept apart: sessions,
+//! artifacts, the quota, MCP session ids, 2026-07-28 stateless requests;
+//! tokens missing, wrong and revoked, a bad Origin, a body over 16 MiB; a
+//! call in flight at SIGTERM still answered), and the refusal to listen
+//! beyond loopback without tokens.
 
 use crate::e2e_mcp::sdk_script;
 use crate::util::server::run_binary;
