@@ -288,11 +288,6 @@ async fn unobserved(
         Ok(timeout) => timeout,
         Err(message) => return Answer::refused(RunStatus::ValidationError, message),
     };
-    // Counted until the call ends (or is cancelled: the slot drops with it).
-    let _slot = match service.calls().enter(&request.principal) {
-        Ok(slot) => slot,
-        Err(error) => return Answer::refused(RunStatus::Error, error.to_string()),
-    };
     let session = request
         .session
         .as_deref()
@@ -382,12 +377,13 @@ async fn end_session(sessions: &Sessions, name: &SessionName) -> RunReport {
             });
         }
         Ending::AlreadyEnded(before) => report.notes.push(format!(
-            "session {name:?} had already ended ({}): nothing to end",
-            before.detail
+            "session {:?} had already ended ({}): nothing to end",
+            name.name, before.detail
         )),
-        Ending::NoSession => report
-            .notes
-            .push(format!("no live session is named {name:?}: nothing to end")),
+        Ending::NoSession => report.notes.push(format!(
+            "no live session is named {:?}: nothing to end",
+            name.name
+        )),
     }
     report
 }

@@ -38,7 +38,7 @@ use crate::call::{self, CallRequest};
 use crate::config::OutputMode;
 use crate::principals::Principal;
 use crate::proxy::discovery::ServerDefinition;
-use crate::report::RunStatus;
+use crate::report::{RunReport, RunStatus};
 use crate::sandbox::protocol::{FileContent, InputFile};
 use crate::service::Service;
 pub use result::tool_result;
@@ -142,6 +142,19 @@ impl CodeExecServer {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
         let principal = principal_of(&context)?;
+        // Over HTTP, counted against its principal until the answer is made
+        // (a cancelled call's slot drops with it); stdio's one client is
+        // bounded by the pool, as before.
+        let _slot = match context.extensions.get::<axum::http::request::Parts>() {
+            None => None,
+            Some(_) => match self.service.calls().enter(&principal) {
+                Ok(slot) => Some(slot),
+                Err(error) => {
+                    let refused = RunReport::rejected(RunStatus::Error, error.to_string());
+                    return Ok(tool_result(&refused, self.output_mode));
+                }
+            },
+        };
         let request = CallRequest {
             principal,
             code: args.code,
