@@ -662,6 +662,7 @@ impl CallObserver {
             "run",
             id,
             servers = ?request.servers,
+            principal = %request.principal,
             session = request.session.as_deref(),
             status = tracing::field::Empty,
             duration_ms = tracing::field::Empty,
