@@ -9,6 +9,8 @@
 //! [`mime_type`]). Bytes are shared, never copied on read. Bookkeeping under
 //! one lock, and the one task that expires it: it knows nothing of runs,
 //! containers or the protocol; the call puts, the front end lists and reads.
+//! Each file is its principal's: another principal can neither list nor
+//! read it, nor learn whether it exists or did.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
@@ -17,6 +19,8 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+
+use crate::principals::Principal;
 
 /// The URI scheme of artifacts.
 pub const SCHEME: &str = "artifact://";
@@ -64,6 +68,8 @@ pub enum ArtifactError {
 #[derive(Debug)]
 struct Entry {
     artifact: Artifact,
+    /// Whose run made it: no other principal may list or read it.
+    owner: Principal,
     created: Instant,
     last_used: Instant,
 }
@@ -124,13 +130,26 @@ impl ArtifactStore {
         }
     }
 
-    /// Keeps a run's file; `None` when it alone is over the whole budget.
-    pub fn put(&self, run_id: &str, path: &str, bytes: Bytes) -> Option<Artifact> {
+    /// Keeps a run's file for `owner`; `None` when it alone is over the whole budget.
+    pub fn put(
+        &self,
+        owner: &Principal,
+        run_id: &str,
+        path: &str,
+        bytes: Bytes,
+    ) -> Option<Artifact> {
         self.start_sweeping();
-        self.put_at(run_id, path, bytes, Instant::now())
+        self.put_at(owner, run_id, path, bytes, Instant::now())
     }
 
-    fn put_at(&self, run_id: &str, path: &str, bytes: Bytes, now: Instant) -> Option<Artifact> {
+    fn put_at(
+        &self,
+        owner: &Principal,
+        run_id: &str,
+        path: &str,
+        bytes: Bytes,
+        now: Instant,
+    ) -> Option<Artifact> {
         let uri = format!("{SCHEME}{}/{}", encode(run_id), encode(path));
         let size = bytes.len() as u64 + cost(&uri, path);
         if size > self.shared.budget {
@@ -150,6 +169,7 @@ impl ArtifactStore {
         state.bytes += size;
         let entry = Entry {
             artifact: artifact.clone(),
+            owner: owner.clone(),
             created: now,
             last_used: now,
         };
@@ -159,19 +179,28 @@ impl ArtifactStore {
         Some(artifact)
     }
 
-    /// Reads a kept file (and marks it used).
-    pub fn get(&self, uri: &str) -> Result<Artifact, ArtifactError> {
-        self.get_at(uri, Instant::now())
+    /// Reads a file kept for `owner` (and marks it used). Another
+    /// principal's file is [`ArtifactError::Unknown`], as one never made:
+    /// whether it exists, or did, is not told.
+    pub fn get(&self, owner: &Principal, uri: &str) -> Result<Artifact, ArtifactError> {
+        self.get_at(owner, uri, Instant::now())
     }
 
-    fn get_at(&self, uri: &str, now: Instant) -> Result<Artifact, ArtifactError> {
+    fn get_at(
+        &self,
+        owner: &Principal,
+        uri: &str,
+        now: Instant,
+    ) -> Result<Artifact, ArtifactError> {
         let mut state = self.shared.lock();
         state.expire(now, self.shared.ttl);
-        if let Some(entry) = state.entries.get_mut(uri) {
+        if let Some(entry) = state.entries.get_mut(uri)
+            && entry.owner == *owner
+        {
             entry.last_used = now;
             return Ok(entry.artifact.clone());
         }
-        let key = state.hasher.hash_one(uri);
+        let key = state.hasher.hash_one((owner, uri));
         match state.gone.get(&key) {
             Some(Gone::Expired) => Err(ArtifactError::Expired(uri.to_owned())),
             Some(Gone::Evicted) => Err(ArtifactError::Evicted(uri.to_owned())),
@@ -184,15 +213,19 @@ impl ArtifactStore {
         self.shared.lock().entries.contains_key(uri)
     }
 
-    /// The live artifacts, newest first.
-    pub fn list(&self) -> Vec<Artifact> {
-        self.list_at(Instant::now())
+    /// The live artifacts of `owner`, newest first.
+    pub fn list(&self, owner: &Principal) -> Vec<Artifact> {
+        self.list_at(owner, Instant::now())
     }
 
-    fn list_at(&self, now: Instant) -> Vec<Artifact> {
+    fn list_at(&self, owner: &Principal, now: Instant) -> Vec<Artifact> {
         let mut state = self.shared.lock();
         state.expire(now, self.shared.ttl);
-        let mut live: Vec<&Entry> = state.entries.values().collect();
+        let mut live: Vec<&Entry> = state
+            .entries
+            .values()
+            .filter(|entry| entry.owner == *owner)
+            .collect();
         live.sort_by(|a, b| {
             b.created
                 .cmp(&a.created)
@@ -280,7 +313,8 @@ impl State {
     fn remove(&mut self, uri: &str, why: Gone) {
         if let Some(entry) = self.entries.remove(uri) {
             self.bytes -= entry.artifact.size();
-            let key = self.hasher.hash_one(uri);
+            // Told to its owner only: another principal learns nothing.
+            let key = self.hasher.hash_one((&entry.owner, uri));
             if self.gone.insert(key, why).is_none() {
                 self.gone_order.push_back(key);
                 if self.gone_order.len() > GONE_REMEMBERED
@@ -366,26 +400,53 @@ mod tests {
 
     const TTL: Duration = Duration::from_secs(60);
 
+    fn me() -> Principal {
+        Principal::local()
+    }
+
+    /// Another principal neither lists nor reads a file, and is told of it
+    /// what it is told of a URI never made, even once the file is gone.
+    #[test]
+    fn another_principal_cannot_see_a_file_nor_learn_it_exists() {
+        let store = ArtifactStore::new(TTL, 1 << 20);
+        let other = Principal::new("other").unwrap();
+        let t = Instant::now();
+        let kept = store
+            .put_at(&me(), "r1", "secret.txt", Bytes::from_static(b"x"), t)
+            .unwrap();
+        assert_eq!(store.list_at(&me(), t).len(), 1);
+        assert!(store.list_at(&other, t).is_empty());
+        let unknown = ArtifactError::Unknown(kept.uri.clone());
+        assert_eq!(store.get_at(&other, &kept.uri, t).unwrap_err(), unknown);
+        assert_eq!(store.get_at(&me(), &kept.uri, t).unwrap().bytes, "x");
+        let later = t + TTL;
+        assert_eq!(
+            store.get_at(&me(), &kept.uri, later).unwrap_err(),
+            ArtifactError::Expired(kept.uri.clone())
+        );
+        assert_eq!(store.get_at(&other, &kept.uri, later).unwrap_err(), unknown);
+    }
+
     #[test]
     fn kept_until_the_ttl_then_gone_with_a_clear_error() {
         let store = ArtifactStore::new(TTL, 1000);
         let start = Instant::now();
         let kept = store
-            .put_at("r1", "out.csv", Bytes::from_static(b"a,b\n"), start)
+            .put_at(&me(), "r1", "out.csv", Bytes::from_static(b"a,b\n"), start)
             .unwrap();
         assert_eq!(kept.uri, "artifact://r1/out.csv");
         assert_eq!(kept.mime_type, "text/csv");
-        let read = store.get_at(&kept.uri, start + TTL / 2).unwrap();
+        let read = store.get_at(&me(), &kept.uri, start + TTL / 2).unwrap();
         assert_eq!(read.text(), Some("a,b\n"));
         assert!(matches!(
-            store.get_at(&kept.uri, start + TTL),
+            store.get_at(&me(), &kept.uri, start + TTL),
             Err(ArtifactError::Expired(uri)) if uri == kept.uri
         ));
         assert!(matches!(
-            store.get_at("artifact://r9/x", start),
+            store.get_at(&me(), "artifact://r9/x", start),
             Err(ArtifactError::Unknown(_))
         ));
-        assert!(store.list_at(start + TTL).is_empty());
+        assert!(store.list_at(&me(), start + TTL).is_empty());
     }
 
     #[test]
@@ -394,30 +455,30 @@ mod tests {
         let store = ArtifactStore::new(TTL, 2 * entry("a") + 1);
         let t = Instant::now();
         let four = || Bytes::from_static(b"1234");
-        store.put_at("r1", "a", four(), t).unwrap();
+        store.put_at(&me(), "r1", "a", four(), t).unwrap();
         store
-            .put_at("r1", "b", four(), t + Duration::from_secs(1))
+            .put_at(&me(), "r1", "b", four(), t + Duration::from_secs(1))
             .unwrap();
         // Reading `a` makes `b` the least recently used.
         store
-            .get_at("artifact://r1/a", t + Duration::from_secs(2))
+            .get_at(&me(), "artifact://r1/a", t + Duration::from_secs(2))
             .unwrap();
         store
-            .put_at("r2", "c", four(), t + Duration::from_secs(3))
+            .put_at(&me(), "r2", "c", four(), t + Duration::from_secs(3))
             .unwrap();
         let live: Vec<String> = store
-            .list_at(t + Duration::from_secs(3))
+            .list_at(&me(), t + Duration::from_secs(3))
             .into_iter()
             .map(|a| a.uri)
             .collect();
         assert_eq!(live, ["artifact://r2/c", "artifact://r1/a"]);
         assert!(matches!(
-            store.get_at("artifact://r1/b", t + Duration::from_secs(3)),
+            store.get_at(&me(), "artifact://r1/b", t + Duration::from_secs(3)),
             Err(ArtifactError::Evicted(_))
         ));
         let huge = Bytes::from(vec![0; usize::try_from(2 * entry("a")).unwrap()]);
         assert!(
-            store.put_at("r3", "huge", huge, t).is_none(),
+            store.put_at(&me(), "r3", "huge", huge, t).is_none(),
             "larger than the whole budget"
         );
     }
@@ -427,27 +488,42 @@ mod tests {
         let store = ArtifactStore::new(TTL, u64::MAX);
         let t = Instant::now();
         for i in 0..MAX_ENTRIES + 10 {
-            store.put_at("r", &format!("{i}"), Bytes::new(), t).unwrap();
+            store
+                .put_at(&me(), "r", &format!("{i}"), Bytes::new(), t)
+                .unwrap();
         }
-        assert_eq!(store.list_at(t).len(), MAX_ENTRIES);
+        assert_eq!(store.list_at(&me(), t).len(), MAX_ENTRIES);
         let small = ArtifactStore::new(TTL, 1000);
         for i in 0..100 {
-            small.put_at("r", &format!("{i}"), Bytes::new(), t).unwrap();
+            small
+                .put_at(&me(), "r", &format!("{i}"), Bytes::new(), t)
+                .unwrap();
         }
-        assert!(small.list_at(t).len() < 5, "each entry costs its overhead");
+        assert!(
+            small.list_at(&me(), t).len() < 5,
+            "each entry costs its overhead"
+        );
     }
 
     #[test]
     fn uris_are_percent_encoded_and_read_back() {
         let store = ArtifactStore::new(TTL, 1 << 20);
         let kept = store
-            .put("7-1", "my dir/résumé #1?.txt", Bytes::from_static(b"x"))
+            .put(
+                &me(),
+                "7-1",
+                "my dir/résumé #1?.txt",
+                Bytes::from_static(b"x"),
+            )
             .unwrap();
         assert_eq!(
             kept.uri,
             "artifact://7-1/my%20dir/r%C3%A9sum%C3%A9%20%231%3F.txt"
         );
-        assert_eq!(store.get(&kept.uri).unwrap().path, "my dir/résumé #1?.txt");
+        assert_eq!(
+            store.get(&me(), &kept.uri).unwrap().path,
+            "my dir/résumé #1?.txt"
+        );
     }
 
     #[test]
@@ -472,8 +548,10 @@ mod tests {
         }
         let store = ArtifactStore::new(TTL, 1 << 20);
         let script = b"<svg xmlns='http://www.w3.org/2000/svg'><script>alert(1)</script></svg>";
-        let kept = store.put("r", "x.svg", Bytes::from_static(script)).unwrap();
-        let read = store.get(&kept.uri).unwrap();
+        let kept = store
+            .put(&me(), "r", "x.svg", Bytes::from_static(script))
+            .unwrap();
+        let read = store.get(&me(), &kept.uri).unwrap();
         assert_eq!(read.mime_type, "text/plain");
         assert_eq!(read.text(), std::str::from_utf8(script).ok());
         assert_eq!(mime_type("x.svgz"), "application/octet-stream");
@@ -483,17 +561,17 @@ mod tests {
     fn gone_uris_are_told_apart_within_a_bound() {
         let store = ArtifactStore::new(TTL, u64::MAX);
         let t = Instant::now();
-        let first = store.put_at("r0", "a", Bytes::new(), t).unwrap();
+        let first = store.put_at(&me(), "r0", "a", Bytes::new(), t).unwrap();
         let put = |i: usize| {
             let at = t + TTL * u32::try_from(i).unwrap();
             store
-                .put_at(&format!("r{i}"), "a", Bytes::new(), at)
+                .put_at(&me(), &format!("r{i}"), "a", Bytes::new(), at)
                 .unwrap();
             at
         };
         // Each put expires the one before: 20,000 gone, and the first still told apart.
         let now = (1..20_000).fold(t, |_, i| put(i));
-        let why = |uri: &str, now| match store.get_at(uri, now) {
+        let why = |uri: &str, now| match store.get_at(&me(), uri, now) {
             Ok(_) => "live",
             Err(ArtifactError::Expired(_)) => "expired",
             Err(ArtifactError::Evicted(_)) => "evicted",
@@ -517,7 +595,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn artifacts_expire_on_time_without_any_later_use() {
         let store = ArtifactStore::new(Duration::from_millis(200), 1 << 20);
-        let kept = store.put("r", "a.txt", Bytes::from_static(b"x")).unwrap();
+        let kept = store
+            .put(&me(), "r", "a.txt", Bytes::from_static(b"x"))
+            .unwrap();
         assert!(store.contains(&kept.uri));
         // `contains` neither expires nor marks used: only the timer can free it.
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -529,7 +609,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(matches!(
-            store.get(&kept.uri),
+            store.get(&me(), &kept.uri),
             Err(ArtifactError::Expired(_))
         ));
     }

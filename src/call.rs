@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::images;
 use crate::metrics;
 use crate::pool::{Lease, Pool, RecycleReason, Verdict};
+use crate::principals::Principal;
 use crate::proxy::CallLimits;
 use crate::report::{Found, Image, OutputFile, RunReport, RunStatus, SessionReport, decode_output};
 use crate::sandbox::protocol::{
@@ -30,7 +31,7 @@ use crate::sandbox::protocol::{
 };
 use crate::sandbox::{CapturedOutput, RunServices, SandboxFailure, ToolCalls};
 use crate::service::Service;
-use crate::sessions::{EndReason, Ended, Ending, Sessions};
+use crate::sessions::{EndReason, Ended, Ending, SessionName, Sessions};
 
 /// How many files a call may bring.
 pub const MAX_INPUT_FILES: usize = 256;
@@ -53,6 +54,8 @@ pub struct CallRequest {
     pub end_session: bool,
     /// Requirements (`tabulate==0.9.0`) installed before the code starts.
     pub packages: Vec<String>,
+    /// Whom the call is for: its sessions and files are that principal's.
+    pub principal: Principal,
 }
 
 /// The longest session name.
@@ -286,7 +289,11 @@ async fn unobserved(
         Ok(timeout) => timeout,
         Err(message) => return Answer::refused(RunStatus::ValidationError, message),
     };
-    if let Some(name) = &request.session
+    let session = request
+        .session
+        .as_deref()
+        .map(|name| SessionName::new(request.principal.clone(), name));
+    if let Some(name) = &session
         && request.end_session
         && request.code.trim().is_empty()
     {
@@ -332,7 +339,7 @@ async fn unobserved(
         },
         tail,
     };
-    let mut answer = match &request.session {
+    let mut answer = match &session {
         None => run.stateless(pool).await,
         Some(name) => {
             let seat_wait = service.config().pool_wait_timeout;
@@ -359,31 +366,34 @@ async fn unobserved(
     if !answer.report.files.is_empty() {
         // The process id keeps URIs of a restarted server apart.
         let run_id = format!("{}-{call_id}", std::process::id());
-        answer.report.keep_files(service.artifacts(), &run_id);
+        answer
+            .report
+            .keep_files(service.artifacts(), &request.principal, &run_id);
     }
     answer
 }
 
 /// `end_session` with no code: the session ends after the calls sent
 /// before, if any; no sandbox is needed.
-async fn end_session(sessions: &Sessions, name: &str) -> RunReport {
+async fn end_session(sessions: &Sessions, name: &SessionName) -> RunReport {
     let ended = Ended::requested();
     let mut report = RunReport::nothing_ran(RunStatus::Success);
     match sessions.end(name, ended.clone()).await {
         Ending::Ended => {
             report.session = Some(SessionReport {
-                name: name.to_owned(),
+                name: name.to_string(),
                 found: Found::Continued,
                 ended: Some(ended.detail),
             });
         }
         Ending::AlreadyEnded(before) => report.notes.push(format!(
-            "session {name:?} had already ended ({}): nothing to end",
-            before.detail
+            "session {:?} had already ended ({}): nothing to end",
+            name.name, before.detail
         )),
-        Ending::NoSession => report
-            .notes
-            .push(format!("no live session is named {name:?}: nothing to end")),
+        Ending::NoSession => report.notes.push(format!(
+            "no live session is named {:?}: nothing to end",
+            name.name
+        )),
     }
     report
 }
@@ -429,7 +439,7 @@ impl Run<'_> {
     async fn in_session(
         &self,
         sessions: &Sessions,
-        name: &str,
+        name: &SessionName,
         end_after: bool,
         pool: &Pool,
         seat_wait: Duration,
@@ -457,7 +467,7 @@ impl Run<'_> {
         let end = session_end(&ran, end_after);
         let mut report = ran.report;
         report.session = Some(SessionReport {
-            name: name.to_owned(),
+            name: name.to_string(),
             found: turn.found().clone(),
             ended: end.as_ref().map(|(ended, _)| ended.detail.clone()),
         });
@@ -606,10 +616,10 @@ fn result_notes(done: &RunDone, limits: &Limits) -> Vec<String> {
 impl RunReport {
     /// Keeps the run's files as artifacts; a small text file also comes
     /// inline. One too large for the whole store is left out, with a note.
-    fn keep_files(&mut self, store: &ArtifactStore, run_id: &str) {
+    fn keep_files(&mut self, store: &ArtifactStore, owner: &Principal, run_id: &str) {
         let mut refused = Vec::new();
         for file in &mut self.files {
-            match store.put(run_id, &file.path, file.data.clone()) {
+            match store.put(owner, run_id, &file.path, file.data.clone()) {
                 Some(artifact) => file.uri = Some(artifact.uri),
                 None => {
                     refused.push(file.path.clone());
@@ -662,6 +672,7 @@ impl CallObserver {
             "run",
             id,
             servers = ?request.servers,
+            principal = %request.principal,
             session = request.session.as_deref(),
             status = tracing::field::Empty,
             duration_ms = tracing::field::Empty,
@@ -981,7 +992,7 @@ mod tests {
                 .collect(),
             ..RunReport::rejected(RunStatus::Success, "x")
         };
-        report.keep_files(&store, "1-1");
+        report.keep_files(&store, &Principal::local(), "1-1");
         let kept: Vec<_> = report.files.iter().map(|f| f.uri.is_some()).collect();
         assert_eq!(kept, [false, true, true, false], "{:?}", report.notes);
         assert!(report.files[2].inline && report.files[2].text.as_deref() == Some("xxxxx"));

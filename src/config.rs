@@ -108,6 +108,43 @@ pub struct Config {
     pub metrics_addr: Option<SocketAddr>,
     /// `MCP_BRIDGE_PROJECT_SERVERS`.
     pub project_servers: ProjectServers,
+    /// Calls one principal may have in flight at once.
+    pub max_calls_per_client: usize,
+    /// The streamable HTTP listener, when MCP is served over HTTP.
+    pub http: HttpSettings,
+}
+
+/// MCP over streamable HTTP (see [`crate::http`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpSettings {
+    /// `MCP_BRIDGE_HTTP_ADDR` (or `serve --http ADDR`); `None`: stdio.
+    pub addr: Option<SocketAddr>,
+    /// `MCP_BRIDGE_HTTP_TOKENS_FILE`: `name:sha256-hex-of-token` lines.
+    pub tokens_file: Option<PathBuf>,
+    /// `MCP_BRIDGE_HTTP_ALLOWED_HOSTS`: the `Host` values served (`name`
+    /// or `name:port`), against DNS rebinding; loopback names by default.
+    pub allowed_hosts: Vec<String>,
+    /// `MCP_BRIDGE_HTTP_ALLOWED_ORIGINS`: the browser origins served (a
+    /// request without `Origin` is not a browser's); loopback by default.
+    pub allowed_origins: Vec<String>,
+    /// `MCP_BRIDGE_HTTP_RESOURCE_URL`: the URL clients reach the MCP
+    /// endpoint at, as the protected-resource metadata names it; by default
+    /// `http://<Host>/mcp` from the request.
+    pub resource_url: Option<String>,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            addr: None,
+            tokens_file: None,
+            allowed_hosts: ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec(),
+            allowed_origins: ["http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*"]
+                .map(String::from)
+                .to_vec(),
+            resource_url: None,
+        }
+    }
 }
 
 /// What each run may do on the network (see [`crate::egress`]).
@@ -244,6 +281,8 @@ impl Default for Config {
             log_format: LogFormat::Text,
             metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
             project_servers: ProjectServers::Approved,
+            max_calls_per_client: 16,
+            http: HttpSettings::default(),
         }
     }
 }
@@ -298,6 +337,7 @@ impl Config {
         config.read_packages(&vars)?;
         config.read_logging(&vars)?;
         config.read_servers(&vars)?;
+        config.read_http(&vars)?;
         config.check()
     }
 
@@ -653,6 +693,47 @@ impl Config {
         Ok(())
     }
 
+    /// The HTTP listener and the bound on each client's calls.
+    fn read_http(&mut self, vars: &Vars<'_, impl Lookup>) -> Result<(), ConfigError> {
+        let max = self.max_calls_per_client;
+        self.max_calls_per_client = vars.parse("MCP_BRIDGE_MAX_CALLS_PER_CLIENT", max, |v| {
+            v.parse::<usize>()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| "a whole number, 1 or more".into())
+        })?;
+        let http = &mut self.http;
+        http.addr = vars.parse("MCP_BRIDGE_HTTP_ADDR", http.addr, |v| {
+            parse_http_addr(v).map(Some)
+        })?;
+        http.tokens_file = vars.raw("MCP_BRIDGE_HTTP_TOKENS_FILE").map(PathBuf::from);
+        let hosts = std::mem::take(&mut http.allowed_hosts);
+        http.allowed_hosts = vars.parse("MCP_BRIDGE_HTTP_ALLOWED_HOSTS", hosts, |v| {
+            list(v, "host names or host:port, comma-separated")
+        })?;
+        let origins = std::mem::take(&mut http.allowed_origins);
+        http.allowed_origins = vars.parse("MCP_BRIDGE_HTTP_ALLOWED_ORIGINS", origins, |v| {
+            let origins = list(v, "origins like https://app.example.com:443, comma-separated")?;
+            match origins.iter().find(|o| !o.contains("://") && *o != "null") {
+                Some(bad) => Err(format!(
+                    "origins with their scheme (https://app.example.com:443, http://localhost:*);                      {bad:?} has none"
+                )),
+                None => Ok(origins),
+            }
+        })?;
+        http.resource_url = vars.parse("MCP_BRIDGE_HTTP_RESOURCE_URL", None, |v| {
+            if v.starts_with("https://") || v.starts_with("http://") {
+                Ok(Some(v.to_owned()))
+            } else {
+                Err(
+                    "the URL clients reach the MCP endpoint at, like https://mcp.example.com/mcp"
+                        .into(),
+                )
+            }
+        })?;
+        Ok(())
+    }
+
     /// Cross-field rules, reported against the variable a user would change.
     fn check(self) -> Result<Self, ConfigError> {
         if self.pool_min_idle > self.pool_max {
@@ -813,6 +894,22 @@ pub fn parse_metrics_addr(value: &str) -> Result<Option<SocketAddr>, String> {
         .parse()
         .map(Some)
         .map_err(|_| "an address like 127.0.0.1:9464 (port 0 picks a free one), or off".into())
+}
+
+/// The HTTP listener's `host:port`.
+pub fn parse_http_addr(value: &str) -> Result<SocketAddr, String> {
+    value
+        .parse()
+        .map_err(|_| "an address like 127.0.0.1:8080 (port 0 picks a free one)".into())
+}
+
+/// A comma-separated list of words, none empty.
+fn list(value: &str, expected: &str) -> Result<Vec<String>, String> {
+    let items: Vec<String> = value.split(',').map(|s| s.trim().to_owned()).collect();
+    if items.iter().any(String::is_empty) {
+        return Err(expected.to_owned());
+    }
+    Ok(items)
 }
 
 /// `uid[:gid]` as numbers: names would need the image's /etc/passwd. Ids
@@ -1063,6 +1160,49 @@ mod tests {
         assert_eq!(c.metrics_addr, Some("0.0.0.0:9000".parse().unwrap()));
         assert_eq!(c.log_format, LogFormat::Json);
         assert!(config(&[("MCP_BRIDGE_METRICS_ADDR", "9464")]).is_err());
+    }
+
+    #[test]
+    fn http_listener_settings() {
+        let c = config(&[
+            ("MCP_BRIDGE_HTTP_ADDR", "0.0.0.0:8080"),
+            ("MCP_BRIDGE_HTTP_TOKENS_FILE", "/etc/mcp/tokens"),
+            (
+                "MCP_BRIDGE_HTTP_ALLOWED_HOSTS",
+                "mcp.example.com, mcp.example.com:8443",
+            ),
+            (
+                "MCP_BRIDGE_HTTP_ALLOWED_ORIGINS",
+                "https://app.example.com:443",
+            ),
+            ("MCP_BRIDGE_MAX_CALLS_PER_CLIENT", "3"),
+        ])
+        .unwrap();
+        assert_eq!(c.http.addr, Some("0.0.0.0:8080".parse().unwrap()));
+        assert_eq!(c.http.tokens_file, Some("/etc/mcp/tokens".into()));
+        assert_eq!(
+            c.http.allowed_hosts,
+            ["mcp.example.com", "mcp.example.com:8443"]
+        );
+        assert_eq!(c.http.allowed_origins, ["https://app.example.com:443"]);
+        assert_eq!(c.max_calls_per_client, 3);
+        let defaults = Config::default();
+        assert_eq!(defaults.http.addr, None, "stdio unless asked");
+        assert!(
+            defaults
+                .http
+                .allowed_hosts
+                .contains(&"localhost".to_owned())
+        );
+        for (name, value) in [
+            ("MCP_BRIDGE_HTTP_ADDR", "8080"),
+            ("MCP_BRIDGE_HTTP_ALLOWED_ORIGINS", "app.example.com"),
+            ("MCP_BRIDGE_HTTP_ALLOWED_HOSTS", "a,,b"),
+            ("MCP_BRIDGE_MAX_CALLS_PER_CLIENT", "0"),
+            ("MCP_BRIDGE_HTTP_RESOURCE_URL", "mcp.example.com"),
+        ] {
+            assert_eq!(config(&[(name, value)]).unwrap_err().name, name);
+        }
     }
 
     #[test]

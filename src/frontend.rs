@@ -1,5 +1,8 @@
-//! The MCP front end: a stdio server (rmcp) with one tool, `run_python`,
+//! The MCP front end: an MCP server (rmcp) with one tool, `run_python`,
 //! and resources: the sandbox API manual, and the files runs returned.
+//! Served over stdio ([`transport`]) or streamable HTTP ([`crate::http`]);
+//! each request is made for the principal the HTTP front door put in its
+//! HTTP parts (over stdio: [`Principal::local`]), and sees only its files.
 //!
 //! Owns the tool's contract (arguments, description, output schema), client
 //! cancellation, progress notes that never hold a run, and the context
@@ -33,8 +36,9 @@ use serde_json::json;
 use crate::artifacts;
 use crate::call::{self, CallRequest};
 use crate::config::OutputMode;
+use crate::principals::Principal;
 use crate::proxy::discovery::ServerDefinition;
-use crate::report::RunStatus;
+use crate::report::{RunReport, RunStatus};
 use crate::sandbox::protocol::{FileContent, InputFile};
 use crate::service::Service;
 pub use result::tool_result;
@@ -137,7 +141,22 @@ impl CodeExecServer {
         Parameters(args): Parameters<RunPythonArgs>,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
+        let principal = principal_of(&context)?;
+        // Over HTTP, counted against its principal until the answer is made
+        // (a cancelled call's slot drops with it); stdio's one client is
+        // bounded by the pool, as before.
+        let _slot = match context.extensions.get::<axum::http::request::Parts>() {
+            None => None,
+            Some(_) => match self.service.calls().enter(&principal) {
+                Ok(slot) => Some(slot),
+                Err(error) => {
+                    let refused = RunReport::rejected(RunStatus::Error, error.to_string());
+                    return Ok(tool_result(&refused, self.output_mode));
+                }
+            },
+        };
         let request = CallRequest {
+            principal,
             code: args.code,
             servers: args.servers,
             timeout_secs: args.timeout,
@@ -211,6 +230,20 @@ impl CodeExecServer {
     }
 }
 
+/// Whom a request is for: the principal the HTTP front door authenticated
+/// (in the request's HTTP parts), or the local one over stdio. An HTTP
+/// request without one is refused, never served as `local`.
+fn principal_of(context: &RequestContext<RoleServer>) -> Result<Principal, ErrorData> {
+    match context.extensions.get::<axum::http::request::Parts>() {
+        None => Ok(Principal::local()),
+        Some(parts) => parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .ok_or_else(|| ErrorData::internal_error("the request has no principal", None)),
+    }
+}
+
 fn cancelled() -> ErrorData {
     ErrorData::internal_error("run cancelled by the client", None)
 }
@@ -240,12 +273,13 @@ impl ServerHandler for CodeExecServer {
     async fn list_resources(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
+        let principal = principal_of(&context)?;
         let manual = Resource::new(CAPABILITIES_URI, "capabilities").with_description(
             "How sandboxed Python calls the configured MCP servers: the mcp API and the servers",
         );
-        let artifacts = self.service.artifacts().list();
+        let artifacts = self.service.artifacts().list(&principal);
         let resources = std::iter::once(manual)
             .chain(artifacts.iter().map(artifact_resource))
             .collect();
@@ -255,13 +289,14 @@ impl ServerHandler for CodeExecServer {
     async fn read_resource(
         &self,
         request: ReadResourceRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
         if request.uri.starts_with(artifacts::SCHEME) {
+            let principal = principal_of(&context)?;
             let artifact = self
                 .service
                 .artifacts()
-                .get(&request.uri)
+                .get(&principal, &request.uri)
                 .map_err(|error| ErrorData::resource_not_found(error.to_string(), None))?;
             let contents = result::artifact_contents(&artifact)?;
             return Ok(ReadResourceResult::new(vec![contents]).into());

@@ -4,6 +4,8 @@
 //! # Layout, from the top down (each module imports only modules below it)
 //! - [`frontend`]: the stdio MCP server (rmcp): the tool's contract, the
 //!   capabilities resource, cancellation, report → MCP result.
+//! - [`http`]: MCP over streamable HTTP (rmcp's transport on axum): bearer
+//!   tokens, the protected-resource metadata, Host/Origin checks, drain.
 //! - [`side_port`]: `/metrics`, `/healthz`, `/readyz` over HTTP (axum).
 //! - [`call`]: one `run_python` call from request to [`report::RunReport`]:
 //!   validation, tools, lease, run, classification, observation.
@@ -25,10 +27,11 @@
 //! - [`images`]: the images runs return, read strictly and rebuilt on the host.
 //! - [`allowlist`]: the operator's network allowlist (host patterns, networks,
 //!   refused address ranges); pure.
+//! - [`principals`]: whom a call is for, and each one's calls in flight.
 //! - [`metrics`]: the Prometheus registry; a leaf every module reports into.
 //! - [`config`]: the `MCP_BRIDGE_*` variables, parsed and validated (pure).
 //!
-//! Only `engine` imports bollard; only `frontend` serves MCP (and `proxy` is
+//! Only `engine` imports bollard; only `frontend` serves MCP (over the transports of `frontend` and `http`) (and `proxy` is
 //! the MCP client of the user's servers). `tests/tests.rs` checks that the
 //! imports between these modules form no cycle. See ARCHITECTURE.md.
 
@@ -39,10 +42,12 @@ pub mod config;
 pub mod egress;
 pub mod engine;
 pub mod frontend;
+pub mod http;
 pub mod images;
 pub mod metrics;
 pub mod packages;
 pub mod pool;
+pub mod principals;
 pub mod proxy;
 pub mod report;
 pub mod sandbox;

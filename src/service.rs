@@ -4,7 +4,8 @@
 //!
 //! Owns startup ordering and its failures (connecting to the engine,
 //! resolving the image, removing orphans of dead instances, starting the
-//! pool), the sessions' table, readiness, and shutdown. A failed start is not cached: the next
+//! pool), the sessions' table, each principal's call quota, readiness, and
+//! shutdown. A failed start is not cached: the next
 //! call tries again, so an engine started after the server is picked up.
 //! It does not run calls (that is [`crate::call`]) and serves no protocol.
 
@@ -19,6 +20,7 @@ use crate::engine::{Engine, EngineError};
 use crate::metrics;
 use crate::packages::PackageIndex;
 use crate::pool::{Pool, PoolStatus, RecycleReason, SHUTDOWN_TIMEOUT, StartCause, StartError};
+use crate::principals::CallQuota;
 use crate::proxy::{CallOutcome, Proxy};
 use crate::report::RunStatus;
 use crate::sessions::{EndReason, Sessions};
@@ -35,6 +37,8 @@ pub struct Service {
     egress: Egress,
     /// The host's package index (served to runs through `egress`).
     packages: PackageIndex,
+    /// Each principal's calls in flight (`MCP_BRIDGE_MAX_CALLS_PER_CLIENT`).
+    calls: CallQuota,
 }
 
 impl std::fmt::Debug for Service {
@@ -114,6 +118,7 @@ impl Service {
             egress: Egress::new(config.egress.clone())
                 .with_site(Arc::new(packages.clone()), site_limits),
             packages,
+            calls: CallQuota::new(config.max_calls_per_client),
             config,
             pool: OnceCell::new(),
             proxy,
@@ -142,6 +147,10 @@ impl Service {
 
     pub fn packages(&self) -> &PackageIndex {
         &self.packages
+    }
+
+    pub fn calls(&self) -> &CallQuota {
+        &self.calls
     }
 
     /// The pool, starting the service on first use (concurrent callers share one start).

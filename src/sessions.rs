@@ -25,6 +25,7 @@ use tokio::sync::OwnedMutexGuard;
 
 use crate::metrics;
 use crate::pool::{AcquireError, Lease, Pool, RecycleReason, Verdict};
+use crate::principals::Principal;
 use crate::report::Found;
 
 /// How many ended sessions' reasons are remembered for their next call.
@@ -34,6 +35,31 @@ const REMEMBERED_ENDS: usize = 256;
 const MAX_QUEUED: usize = 16;
 /// How often, at most, idle sessions are looked for.
 const MAX_SWEEP_PERIOD: Duration = Duration::from_secs(15);
+
+/// A session's name as its principal owns it: two principals that both
+/// name a session `eda` have two sessions, and neither sees the other's.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SessionName {
+    pub principal: Principal,
+    /// The name the client gave.
+    pub name: String,
+}
+
+impl SessionName {
+    pub fn new(principal: Principal, name: &str) -> Self {
+        Self {
+            principal,
+            name: name.to_owned(),
+        }
+    }
+}
+
+/// What the client named it (never its principal: errors go to that client).
+impl std::fmt::Display for SessionName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)
+    }
+}
 
 /// Why a session ended. A closed set, fit for a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,9 +204,9 @@ struct Shared {
 
 #[derive(Default)]
 struct Table {
-    live: HashMap<String, Arc<Session>>,
+    live: HashMap<SessionName, Arc<Session>>,
     /// Why sessions ended, by name, oldest first (at most [`REMEMBERED_ENDS`]).
-    ended: VecDeque<(String, Ended)>,
+    ended: VecDeque<(SessionName, Ended)>,
 }
 
 struct Session {
@@ -196,11 +222,11 @@ struct Session {
 struct Queued(Arc<Session>);
 
 impl Queued {
-    fn join(session: Arc<Session>, name: &str) -> Result<Self, SessionError> {
+    fn join(session: Arc<Session>, name: &SessionName) -> Result<Self, SessionError> {
         if session.queued.fetch_add(1, Ordering::AcqRel) >= MAX_QUEUED {
             session.queued.fetch_sub(1, Ordering::AcqRel);
             return Err(SessionError::Queue {
-                name: name.to_owned(),
+                name: name.to_string(),
             });
         }
         Ok(Self(session))
@@ -247,7 +273,7 @@ impl Sessions {
     /// the session was idle (the turn then says it was lost).
     pub async fn enter(
         &self,
-        name: &str,
+        name: &SessionName,
         pool: &Pool,
         wait: Duration,
     ) -> Result<Turn, SessionError> {
@@ -272,7 +298,7 @@ impl Sessions {
     }
 
     /// The session's turn, without a sandbox if it has none (new, or lost).
-    async fn seated(&self, name: &str, wait: Duration) -> Result<Turn, SessionError> {
+    async fn seated(&self, name: &SessionName, wait: Duration) -> Result<Turn, SessionError> {
         if self.shared.max == 0 {
             return Err(SessionError::Off);
         }
@@ -286,7 +312,7 @@ impl Sessions {
                 tokio::time::timeout_at(deadline, session.seat.clone().lock_owned()).await
             else {
                 return Err(SessionError::Busy {
-                    name: name.to_owned(),
+                    name: name.to_string(),
                     waited: wait,
                 });
             };
@@ -295,7 +321,7 @@ impl Sessions {
                 if idle.is_none_or(|idle| idle < self.shared.idle_ttl) {
                     return Ok(Turn {
                         shared: self.shared.clone(),
-                        name: name.to_owned(),
+                        name: name.clone(),
                         session,
                         seat: Some(seat),
                         found: Found::Continued,
@@ -317,7 +343,7 @@ impl Sessions {
     /// When it ended on its own while the request waited (a call timed
     /// out), the session a call queued before the request made in its
     /// place is ended instead: the client asked for the end after that call.
-    pub async fn end(&self, name: &str, reason: Ended) -> Ending {
+    pub async fn end(&self, name: &SessionName, reason: Ended) -> Ending {
         let arrival = self.shared.arrival();
         let Some(mut session) = self.shared.table().live.get(name).cloned() else {
             return self.shared.ended_before(name);
@@ -338,7 +364,7 @@ impl Sessions {
 
     /// Ends every session (their containers go with the pool's).
     pub async fn shutdown(&self) {
-        let names: Vec<String> = self.shared.table().live.keys().cloned().collect();
+        let names: Vec<SessionName> = self.shared.table().live.keys().cloned().collect();
         for name in names {
             let ended = Ended {
                 reason: EndReason::Shutdown,
@@ -382,7 +408,7 @@ async fn sweep(shared: Weak<Shared>, period: Duration) {
             return;
         };
         let sessions = Sessions { shared };
-        let candidates: Vec<(String, Arc<Session>)> = sessions
+        let candidates: Vec<(SessionName, Arc<Session>)> = sessions
             .shared
             .table()
             .live
@@ -414,7 +440,7 @@ impl Shared {
     }
 
     /// What an end request says of a name that is not live (any more).
-    fn ended_before(&self, name: &str) -> Ending {
+    fn ended_before(&self, name: &SessionName) -> Ending {
         match self.table().take_ended(name) {
             Some(ended) => Ending::AlreadyEnded(ended),
             None => Ending::NoSession,
@@ -423,7 +449,11 @@ impl Shared {
 
     /// The live session `name`, or a new one made by the call that arrived
     /// as `arrival`.
-    fn find_or_create(&self, name: &str, arrival: u64) -> Result<Arc<Session>, SessionError> {
+    fn find_or_create(
+        &self,
+        name: &SessionName,
+        arrival: u64,
+    ) -> Result<Arc<Session>, SessionError> {
         let mut table = self.table();
         if let Some(session) = table.live.get(name) {
             return Ok(session.clone());
@@ -432,7 +462,7 @@ impl Shared {
             return Err(SessionError::Limit {
                 live: table.live.len(),
                 max: self.max,
-                listing: table.listing(),
+                listing: table.listing(&name.principal),
                 ttl: self.idle_ttl,
             });
         }
@@ -441,7 +471,7 @@ impl Shared {
             queued: AtomicUsize::new(0),
             made_by: arrival,
         });
-        table.live.insert(name.to_owned(), session.clone());
+        table.live.insert(name.clone(), session.clone());
         Ok(session)
     }
 
@@ -450,7 +480,7 @@ impl Shared {
     /// ended remembered for its next call (unless the client asked for it).
     fn end(
         &self,
-        name: &str,
+        name: &SessionName,
         session: &Arc<Session>,
         seat: &mut Seat,
         ended: Ended,
@@ -461,7 +491,8 @@ impl Shared {
         // The detail quoted: it can hold the agent's stderr, which user code
         // can write under gVisor.
         tracing::info!(
-            session = name,
+            session = %name,
+            principal = %name.principal,
             reason = ended.reason.as_str(),
             detail = ?ended.detail,
             "session ended"
@@ -487,7 +518,7 @@ fn recycle_lease(seat: &mut Seat, reason: RecycleReason) {
 
 impl Table {
     /// Removes `name` from the live sessions if it is still `session`.
-    fn forget_live(&mut self, name: &str, session: &Arc<Session>) {
+    fn forget_live(&mut self, name: &SessionName, session: &Arc<Session>) {
         if self
             .live
             .get(name)
@@ -498,24 +529,26 @@ impl Table {
     }
 
     /// Why `name`'s state was lost, for its next call (the latest only).
-    fn remember(&mut self, name: &str, ended: Ended) {
+    fn remember(&mut self, name: &SessionName, ended: Ended) {
         self.ended.retain(|(n, _)| n != name);
         if self.ended.len() >= REMEMBERED_ENDS {
             self.ended.pop_front();
         }
-        self.ended.push_back((name.to_owned(), ended));
+        self.ended.push_back((name.clone(), ended));
     }
 
-    fn take_ended(&mut self, name: &str) -> Option<Ended> {
+    fn take_ended(&mut self, name: &SessionName) -> Option<Ended> {
         let at = self.ended.iter().position(|(n, _)| n == name)?;
         self.ended.remove(at).map(|(_, ended)| ended)
     }
 
-    /// `a (idle 2m 3s), b (in a call)`, by name.
-    fn listing(&self) -> String {
+    /// `a (idle 2m 3s), b (in a call)`, by name: the sessions of
+    /// `principal`, then how many other clients hold (never their names).
+    fn listing(&self, principal: &Principal) -> String {
         let mut entries: Vec<String> = self
             .live
             .iter()
+            .filter(|(name, _)| name.principal == *principal)
             .map(|(name, session)| {
                 let state = match session.seat.try_lock() {
                     Ok(seat) => match seat.last_used {
@@ -531,6 +564,10 @@ impl Table {
             })
             .collect();
         entries.sort();
+        let others = self.live.len() - entries.len();
+        if others > 0 {
+            entries.push(format!("{others} of other clients"));
+        }
         entries.join(", ")
     }
 }
@@ -542,7 +579,7 @@ impl Table {
 /// trusted after it was cut.
 pub struct Turn {
     shared: Arc<Shared>,
-    name: String,
+    name: SessionName,
     session: Arc<Session>,
     seat: Option<OwnedMutexGuard<Seat>>,
     found: Found,
@@ -590,7 +627,8 @@ impl Turn {
     ) -> Result<(), SessionError> {
         recycle_lease(self.seat_mut(), recycle);
         tracing::info!(
-            session = self.name,
+            session = %self.name,
+            principal = %self.name.principal,
             reason = ended.reason.as_str(),
             detail = ?ended.detail,
             "session lost its interpreter; it goes on in a new sandbox"
@@ -682,6 +720,10 @@ mod tests {
         Sessions::new(max, Duration::from_secs(600)).shared
     }
 
+    fn local(name: &str) -> SessionName {
+        SessionName::new(Principal::local(), name)
+    }
+
     /// Long enough never to be reached by a test that does not mean to.
     const WAIT: Duration = Duration::from_secs(600);
 
@@ -695,36 +737,40 @@ mod tests {
 
     fn queued(sessions: &Sessions, name: &str) -> usize {
         let table = sessions.shared.table();
-        table.live[name].queued.load(Ordering::Acquire)
+        table.live[&local(name)].queued.load(Ordering::Acquire)
     }
 
     #[test]
     fn ended_sessions_are_remembered_within_a_bound_and_requested_ends_are_not() {
         let shared = shared(4);
         let end = |name: &str, reason| {
-            let session = shared.find_or_create(name, 0).unwrap();
+            let name = local(name);
+            let session = shared.find_or_create(&name, 0).unwrap();
             let mut seat = Seat::default();
             let ended = Ended {
                 reason,
                 detail: format!("{name} ended"),
             };
-            shared.end(name, &session, &mut seat, ended, None);
+            shared.end(&name, &session, &mut seat, ended, None);
             assert!(seat.closed);
         };
         end("asked", EndReason::Requested);
-        assert!(shared.table().take_ended("asked").is_none());
+        assert!(shared.table().take_ended(&local("asked")).is_none());
         for i in 0..=REMEMBERED_ENDS {
             end(&format!("s{i}"), EndReason::Idle);
         }
         let mut table = shared.table();
         assert_eq!(table.ended.len(), REMEMBERED_ENDS);
-        assert!(table.take_ended("s0").is_none(), "the oldest is forgotten");
+        assert!(
+            table.take_ended(&local("s0")).is_none(),
+            "the oldest is forgotten"
+        );
         let last = format!("s{REMEMBERED_ENDS}");
         assert_eq!(
-            table.take_ended(&last).unwrap().detail,
+            table.take_ended(&local(&last)).unwrap().detail,
             format!("{last} ended")
         );
-        assert!(table.take_ended(&last).is_none(), "told once");
+        assert!(table.take_ended(&local(&last)).is_none(), "told once");
         assert!(table.live.is_empty());
     }
 
@@ -733,17 +779,22 @@ mod tests {
     #[tokio::test]
     async fn a_session_holds_at_most_max_queued_calls() {
         let sessions = Sessions::new(4, Duration::from_secs(600));
-        let running = sessions.seated("q", WAIT).await.unwrap();
+        let running = sessions.seated(&local("q"), WAIT).await.unwrap();
         let waiting: Vec<_> = (1..MAX_QUEUED)
             .map(|_| {
                 let sessions = sessions.clone();
-                tokio::spawn(async move { sessions.seated("q", WAIT).await.map(Turn::keep) })
+                tokio::spawn(
+                    async move { sessions.seated(&local("q"), WAIT).await.map(Turn::keep) },
+                )
             })
             .collect();
         let_them_queue().await;
         assert_eq!(queued(&sessions, "q"), MAX_QUEUED);
         // Refused at once, not after its (short) wait.
-        let Err(error) = sessions.seated("q", Duration::from_millis(50)).await else {
+        let Err(error) = sessions
+            .seated(&local("q"), Duration::from_millis(50))
+            .await
+        else {
             panic!("one call more than the bound");
         };
         assert_eq!(
@@ -756,14 +807,17 @@ mod tests {
             call.await.unwrap().unwrap();
         }
         assert_eq!(queued(&sessions, "q"), 0, "each call counted out");
-        assert!(sessions.seated("q", WAIT).await.is_ok());
+        assert!(sessions.seated(&local("q"), WAIT).await.is_ok());
     }
 
     #[tokio::test]
     async fn a_call_waits_for_its_turn_within_a_bound() {
         let sessions = Sessions::new(4, Duration::from_secs(600));
-        let running = sessions.seated("slow", WAIT).await.unwrap();
-        let Err(error) = sessions.seated("slow", Duration::from_millis(50)).await else {
+        let running = sessions.seated(&local("slow"), WAIT).await.unwrap();
+        let Err(error) = sessions
+            .seated(&local("slow"), Duration::from_millis(50))
+            .await
+        else {
             panic!("the session is busy");
         };
         assert_eq!(
@@ -787,15 +841,15 @@ mod tests {
     #[tokio::test]
     async fn an_end_queued_behind_a_call_that_made_a_new_session_ends_that_one() {
         let sessions = Sessions::new(4, Duration::from_secs(600));
-        let first = sessions.seated("s", WAIT).await.unwrap();
+        let first = sessions.seated(&local("s"), WAIT).await.unwrap();
         let second = tokio::spawn({
             let sessions = sessions.clone();
-            async move { sessions.seated("s", WAIT).await }
+            async move { sessions.seated(&local("s"), WAIT).await }
         });
         let_them_queue().await;
         let end = tokio::spawn({
             let sessions = sessions.clone();
-            async move { sessions.end("s", Ended::requested()).await }
+            async move { sessions.end(&local("s"), Ended::requested()).await }
         });
         let_them_queue().await;
         let timed_out = Ended {
@@ -817,10 +871,10 @@ mod tests {
         assert_eq!(sessions.live(), 0, "nothing left to idle");
 
         // A call that arrives after the end request is not ended by it.
-        let first = sessions.seated("t", WAIT).await.unwrap();
+        let first = sessions.seated(&local("t"), WAIT).await.unwrap();
         let end = tokio::spawn({
             let sessions = sessions.clone();
-            async move { sessions.end("t", Ended::requested()).await }
+            async move { sessions.end(&local("t"), Ended::requested()).await }
         });
         let_them_queue().await;
         first.end(
@@ -830,7 +884,7 @@ mod tests {
             },
             None,
         );
-        let later = sessions.seated("t", WAIT).await.unwrap();
+        let later = sessions.seated(&local("t"), WAIT).await.unwrap();
         later.keep();
         let Ending::AlreadyEnded(before) = end.await.unwrap() else {
             panic!("the end request finds the session ended before it");
@@ -838,7 +892,7 @@ mod tests {
         assert_eq!(before.detail, "its interpreter exited");
         assert_eq!(sessions.live(), 1, "the later call's session lives on");
         assert_eq!(
-            sessions.end("nobody", Ended::requested()).await,
+            sessions.end(&local("nobody"), Ended::requested()).await,
             Ending::NoSession
         );
     }
@@ -846,12 +900,15 @@ mod tests {
     #[test]
     fn the_limit_error_lists_the_live_sessions() {
         let shared = shared(2);
-        let a = shared.find_or_create("a", 0).unwrap();
+        let a = shared.find_or_create(&local("a"), 0).unwrap();
         a.seat.try_lock().unwrap().last_used = Some(Instant::now() - Duration::from_secs(125));
-        let b = shared.find_or_create("b", 1).unwrap();
+        let b = shared.find_or_create(&local("b"), 1).unwrap();
         let _in_a_call = b.seat.try_lock().unwrap();
-        assert!(Arc::ptr_eq(&shared.find_or_create("a", 2).unwrap(), &a));
-        let Err(error) = shared.find_or_create("c", 3) else {
+        assert!(Arc::ptr_eq(
+            &shared.find_or_create(&local("a"), 2).unwrap(),
+            &a
+        ));
+        let Err(error) = shared.find_or_create(&local("c"), 3) else {
             panic!("a third session is over the limit");
         };
         assert_eq!(
@@ -860,5 +917,32 @@ mod tests {
              b (in a call); end one with end_session: true, or wait until one has been idle \
              for 10m (MCP_BRIDGE_SESSION_IDLE_TTL)"
         );
+    }
+
+    /// Two principals naming a session alike get two sessions, and the
+    /// limit error lists only the asker's own sessions.
+    #[test]
+    fn principals_have_their_own_sessions_under_one_name() {
+        let shared = shared(2);
+        let (ann, bob) = (
+            Principal::new("ann").unwrap(),
+            Principal::new("bob").unwrap(),
+        );
+        let ann_eda = shared
+            .find_or_create(&SessionName::new(ann.clone(), "eda"), 0)
+            .unwrap();
+        let bob_eda = shared
+            .find_or_create(&SessionName::new(bob.clone(), "eda"), 1)
+            .unwrap();
+        assert!(!Arc::ptr_eq(&ann_eda, &bob_eda));
+        let Err(error) = shared.find_or_create(&SessionName::new(bob, "secret"), 2) else {
+            panic!("over the limit");
+        };
+        let error = error.to_string();
+        assert!(
+            error.contains("eda (starting), 1 of other clients;"),
+            "{error}"
+        );
+        assert!(!error.contains("ann"), "{error}");
     }
 }

@@ -23,6 +23,8 @@ mod egress;
 mod fidelity;
 #[path = "suites/host_memory.rs"]
 mod host_memory;
+#[path = "suites/http.rs"]
+mod http;
 #[path = "suites/images.rs"]
 mod images;
 #[path = "suites/isolation.rs"]

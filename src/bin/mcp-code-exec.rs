@@ -23,10 +23,13 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 use mcp_code_exec::call::{CallRequest, call};
-use mcp_code_exec::config::{Config, LogFormat, ProjectServers, parse_metrics_addr};
+use mcp_code_exec::config::{
+    Config, LogFormat, ProjectServers, parse_http_addr, parse_metrics_addr,
+};
 use mcp_code_exec::engine::{Engine, SeccompProfile};
 use mcp_code_exec::frontend::CodeExecServer;
 use mcp_code_exec::frontend::transport::{MAX_MESSAGE_BYTES, StdioTransport};
+use mcp_code_exec::http::HttpFrontDoor;
 use mcp_code_exec::pool::SHUTDOWN_TIMEOUT;
 use mcp_code_exec::proxy::Proxy;
 use mcp_code_exec::proxy::discovery::{self, SearchRoots};
@@ -49,8 +52,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve MCP over stdin/stdout (the default).
-    Serve,
+    /// Serve MCP over stdin/stdout (the default), or over streamable HTTP.
+    Serve {
+        /// Serve MCP over streamable HTTP at `host:port` (path /mcp) instead of
+        /// stdio; overrides MCP_BRIDGE_HTTP_ADDR.
+        #[arg(long, value_name = "ADDR")]
+        http: Option<String>,
+    },
     /// Run code once through the same pool and print the result.
     Run {
         /// File with the code; `-` or nothing reads stdin.
@@ -85,14 +93,24 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let mut config = config;
+    if let Some(Command::Serve { http: Some(addr) }) = &cli.command {
+        match parse_http_addr(addr) {
+            Ok(addr) => config.http.addr = Some(addr),
+            Err(expected) => {
+                eprintln!("mcp-code-exec: --http: {expected}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     let logs = init_logging(&config.log_filter, config.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("a tokio runtime can be built");
     let exit = runtime.block_on(async move {
-        match cli.command.unwrap_or(Command::Serve) {
-            Command::Serve => serve(config).await,
+        match cli.command.unwrap_or(Command::Serve { http: None }) {
+            Command::Serve { .. } => serve(config).await,
             Command::Run {
                 file,
                 timeout,
@@ -233,10 +251,24 @@ impl Write for LogLine {
 async fn serve(config: Config) -> ExitCode {
     let output_mode = config.output_mode;
     let metrics_addr = config.metrics_addr;
+    let http = config.http.clone();
     let proxy = Arc::new(Proxy::discover(&SearchRoots::from_environment(
         config.project_servers,
     )));
     let service = Arc::new(Service::with_proxy(config, proxy));
+    let server = CodeExecServer::new(service.clone(), output_mode);
+    // Over HTTP, the listener is checked and bound before anything starts.
+    let door = match http.addr {
+        None => None,
+        Some(addr) => match HttpFrontDoor::bind(&http, addr, server.clone()).await {
+            Ok(door) => Some(door),
+            Err(error) => {
+                tracing::error!(%error, "MCP over HTTP not started");
+                eprintln!("mcp-code-exec: {error}");
+                return ExitCode::from(2);
+            }
+        },
+    };
     // Warm up in the background: the MCP handshake never waits for it.
     let warm = service.clone();
     tokio::spawn(async move {
@@ -257,7 +289,9 @@ async fn serve(config: Config) -> ExitCode {
             }
         }
     }
-    let server = CodeExecServer::new(service.clone(), output_mode);
+    if let Some(door) = door {
+        return serve_http(door, service).await;
+    }
     let stdin_closed = CancellationToken::new();
     let stdin = WatchedStdin {
         stdin: tokio::io::stdin(),
@@ -301,6 +335,23 @@ async fn serve(config: Config) -> ExitCode {
         let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, &mut waiting).await;
     };
     tokio::join!(service.shutdown(), answers);
+    ExitCode::SUCCESS
+}
+
+/// MCP over streamable HTTP until SIGTERM or SIGINT; then the calls in
+/// flight end (within the front door's drain bound) before the containers go.
+async fn serve_http(door: HttpFrontDoor, service: Arc<Service>) -> ExitCode {
+    match door.local_addr() {
+        Ok(bound) => tracing::info!(%bound, "serving MCP on http://{bound}/mcp"),
+        Err(error) => tracing::warn!(%error, "serving MCP over HTTP at an unknown address"),
+    }
+    let stop = CancellationToken::new();
+    let serving = tokio::spawn(door.serve(service.clone(), stop.clone()));
+    let why = shutdown_signal().await;
+    tracing::info!(why, "shutting down: draining the calls in flight");
+    stop.cancel();
+    let _ = serving.await;
+    service.shutdown().await;
     ExitCode::SUCCESS
 }
 

@@ -39,7 +39,7 @@ engine_test! {
 
 /// Runs `tests/e2e/<script>` (an official-SDK client of the built binary)
 /// and checks that it ends with `passed`, its last line when every check passed.
-fn sdk_script(script: &str, passed: &str) {
+pub(crate) fn sdk_script(script: &str, passed: &str) {
     let path = format!("{}/tests/e2e/{script}", env!("CARGO_MANIFEST_DIR"));
     let output = Command::new(python())
         .args([path.as_str(), BINARY])

@@ -4,6 +4,7 @@
 //! host, and `display()` never lets a bad image stop the run.
 
 use crate::util::{Shared, assert_next_call_works};
+use mcp_code_exec::principals::Principal;
 use mcp_code_exec::report::RunStatus;
 
 static SERVICE: Shared = Shared::new();
@@ -48,7 +49,7 @@ open("/workspace/out/x.svg", "w").write("<svg xmlns='http://www.w3.org/2000/svg'
             assert_eq!(file.mime_type, "text/plain", "{file:#?}");
             assert!(file.inline, "{file:#?}");
             assert!(file.text.as_deref().unwrap().contains("<script>"));
-            let kept = SERVICE.get().artifacts().get(file.uri.as_deref().unwrap()).unwrap();
+            let kept = SERVICE.get().artifacts().get(&Principal::local(), file.uri.as_deref().unwrap()).unwrap();
             assert_eq!(kept.mime_type, "text/plain");
         }
         assert_next_call_works(SERVICE.get());

@@ -1,0 +1,329 @@
+//! The HTTP front door: MCP over streamable HTTP, for many clients at once
+//! on one shared service (one pool, one set of sessions and artifacts, each
+//! principal's kept apart).
+//!
+//! Owns the listener and its router: `/mcp` is rmcp's own
+//! `StreamableHttpService` (no protocol of ours: both revisions, sessions,
+//! SSE, the 16 MiB body bound, `Host`/`Origin` validation against DNS
+//! rebinding, which rmcp does once asked), behind our authentication layer
+//! ([`auth`]), which puts the request's [`Principal`] in its extensions for
+//! the front end to find; `/.well-known/oauth-protected-resource` (RFC 9728);
+//! the refusal to listen beyond loopback without tokens; and the drain at
+//! shutdown. It does not run calls or judge them: each request goes to
+//! [`CodeExecServer`], as stdio's do.
+
+pub mod auth;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::HttpSettings;
+use crate::frontend::CodeExecServer;
+use crate::frontend::transport::MAX_MESSAGE_BYTES;
+use crate::principals::Principal;
+use crate::service::Service;
+use auth::{Auth, TokensFile, Verdict};
+
+/// The path of the MCP endpoint.
+pub const MCP_PATH: &str = "/mcp";
+/// The protected-resource metadata (RFC 9728), at the root and, as RFC
+/// 9728 §3.1 derives it from the resource's path, under `/mcp`.
+pub const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
+/// How long a shutdown waits for the calls in flight to end before it
+/// removes their sandboxes.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long, after the drain, the last answers have to reach their
+/// clients before the sessions and their streams are ended (and as long
+/// again for the connections to close).
+const ANSWER_GRACE: Duration = Duration::from_secs(2);
+
+/// Why the HTTP front door does not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "MCP over HTTP on {addr} is reachable beyond this machine: set \
+         MCP_BRIDGE_HTTP_TOKENS_FILE (name:sha256-hex-of-token lines) so that only \
+         clients with a token are served, or listen on a loopback address"
+    )]
+    Unauthenticated { addr: SocketAddr },
+    #[error(transparent)]
+    Tokens(#[from] auth::TokensError),
+    #[error("cannot listen on {addr} (MCP_BRIDGE_HTTP_ADDR): {error}")]
+    Bind {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+}
+
+/// MCP sessions (2025-11-25) remembered with their principal, at most:
+/// past it, the oldest binding goes, and its session is refused (its
+/// client initializes anew).
+pub const MAX_BOUND_SESSIONS: usize = 10_000;
+/// The header of rmcp's session ids.
+const SESSION_ID: &str = "mcp-session-id";
+
+/// What the authentication layer needs.
+#[derive(Debug, Clone)]
+struct Gate {
+    auth: Auth,
+    resource_url: Option<String>,
+    owners: Arc<SessionOwners>,
+}
+
+/// Which principal opened each MCP session: a session id is served to
+/// that principal only (another principal that learnt it could otherwise
+/// read its stream or cancel its calls). Bounded by [`MAX_BOUND_SESSIONS`].
+#[derive(Debug, Default)]
+struct SessionOwners {
+    owners: std::sync::Mutex<Owners>,
+}
+
+/// Each session's principal, and the sessions oldest first.
+type Owners = (HashMap<Vec<u8>, Principal>, VecDeque<Vec<u8>>);
+
+impl SessionOwners {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Owners> {
+        // Each update is a few map operations that cannot panic halfway.
+        self.owners.lock().expect("never poisoned")
+    }
+
+    /// Whether `principal` opened the session `id` (an unknown id: no).
+    fn owned_by(&self, id: &[u8], principal: &Principal) -> bool {
+        self.lock().0.get(id) == Some(principal)
+    }
+
+    fn bind(&self, id: &[u8], principal: Principal) {
+        let (owners, order) = &mut *self.lock();
+        if owners.insert(id.to_vec(), principal).is_none() {
+            order.push_back(id.to_vec());
+        }
+        while order.len() > MAX_BOUND_SESSIONS {
+            if let Some(oldest) = order.pop_front() {
+                owners.remove(&oldest);
+            }
+        }
+    }
+
+    fn forget(&self, id: &[u8]) {
+        let (owners, order) = &mut *self.lock();
+        if owners.remove(id).is_some() {
+            order.retain(|kept| kept != id);
+        }
+    }
+}
+
+/// The HTTP front door, bound and ready to serve.
+#[derive(Debug)]
+pub struct HttpFrontDoor {
+    listener: tokio::net::TcpListener,
+    router: Router,
+    /// Ends every MCP session and stream of rmcp's service.
+    sessions: CancellationToken,
+}
+
+impl HttpFrontDoor {
+    /// Checks the settings (tokens required beyond loopback, a tokens file
+    /// that reads), binds `settings.addr`, and builds the router.
+    pub async fn bind(
+        settings: &HttpSettings,
+        addr: SocketAddr,
+        server: CodeExecServer,
+    ) -> Result<Self, StartError> {
+        let auth = match &settings.tokens_file {
+            None if !addr.ip().is_loopback() => return Err(StartError::Unauthenticated { addr }),
+            None => Auth::Local,
+            Some(path) => Auth::Tokens(TokensFile::open(path)?),
+        };
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|error| StartError::Bind { addr, error })?;
+        let sessions = CancellationToken::new();
+        if let Auth::Tokens(file) = &auth {
+            file.watch(sessions.clone());
+        }
+        let router = router(settings, auth, server, sessions.clone());
+        Ok(Self {
+            listener,
+            router,
+            sessions,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `stop`; then takes no new connection, lets the calls in
+    /// flight end (at most [`DRAIN_TIMEOUT`]), and ends the MCP sessions.
+    pub async fn serve(self, service: Arc<Service>, stop: CancellationToken) {
+        let Self {
+            listener,
+            router,
+            sessions,
+        } = self;
+        let draining = stop.clone();
+        let server = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { draining.cancelled().await });
+        let server = tokio::spawn(async move { server.await });
+        stop.cancelled().await;
+        let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+        while service.calls().total() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let left = service.calls().total();
+        if left > 0 {
+            tracing::warn!(
+                left,
+                "calls still in flight after the drain; their sandboxes go"
+            );
+        }
+        // The answers of the last calls go out on their streams first; then
+        // the sessions end, and the streams that kept connections open.
+        let mut server = server;
+        if tokio::time::timeout(ANSWER_GRACE, &mut server)
+            .await
+            .is_err()
+        {
+            sessions.cancel();
+            let _ = tokio::time::timeout(ANSWER_GRACE, server).await;
+        }
+    }
+}
+
+/// `/mcp` behind the authentication layer, and the metadata document.
+fn router(
+    settings: &HttpSettings,
+    auth: Auth,
+    server: CodeExecServer,
+    sessions: CancellationToken,
+) -> Router {
+    let config = StreamableHttpServerConfig::default()
+        .with_allowed_hosts(settings.allowed_hosts.clone())
+        .with_allowed_origins(settings.allowed_origins.clone())
+        .enforce_origin_validation()
+        .with_max_request_body_bytes(MAX_MESSAGE_BYTES)
+        .with_cancellation_token(sessions);
+    let mcp = StreamableHttpService::new(
+        move || Ok(server.clone()),
+        Arc::new(LocalSessionManager::default()),
+        config,
+    );
+    let gate = Gate {
+        auth,
+        resource_url: settings.resource_url.clone(),
+        owners: Arc::default(),
+    };
+    Router::new()
+        .route_service(MCP_PATH, mcp)
+        .route_layer(axum::middleware::from_fn_with_state(
+            gate.clone(),
+            authenticate,
+        ))
+        .route(METADATA_PATH, get(metadata))
+        .route(&format!("{METADATA_PATH}{MCP_PATH}"), get(metadata))
+        .with_state(gate)
+}
+
+/// The authentication layer: a request with a principal's token goes on
+/// with that [`Principal`] in its extensions (and without its
+/// `Authorization` header), to a session that principal opened if it names
+/// one (else 404, as an unknown session); any other gets a 401 that says
+/// where the metadata is.
+async fn authenticate(State(gate): State<Gate>, mut request: Request, next: Next) -> Response {
+    let authorization = request.headers().get(header::AUTHORIZATION);
+    let verdict = gate.auth.check(authorization.map(HeaderValue::as_bytes));
+    match verdict {
+        Verdict::Allowed(principal) => {
+            request.headers_mut().remove(header::AUTHORIZATION);
+            let session = request
+                .headers()
+                .get(SESSION_ID)
+                .map(|id| id.as_bytes().to_vec());
+            if let Some(id) = &session
+                && !gate.owners.owned_by(id, &principal)
+            {
+                return (StatusCode::NOT_FOUND, "Not Found: Session not found\n").into_response();
+            }
+            let ends_session = request.method() == axum::http::Method::DELETE;
+            request.extensions_mut().insert(principal.clone());
+            let response = next.run(request).await;
+            match (&session, response.headers().get(SESSION_ID)) {
+                (None, Some(opened)) => gate.owners.bind(opened.as_bytes(), principal),
+                (Some(id), _) if ends_session && response.status().is_success() => {
+                    gate.owners.forget(id);
+                }
+                _ => {}
+            }
+            response
+        }
+        Verdict::Missing | Verdict::Invalid => {
+            let metadata = format!("{}{METADATA_PATH}", origin(&gate, &request));
+            let mut challenge = format!("Bearer resource_metadata=\"{metadata}\"");
+            if verdict == Verdict::Invalid {
+                challenge.push_str(", error=\"invalid_token\"");
+            }
+            tracing::info!(
+                invalid = verdict == Verdict::Invalid,
+                "HTTP request refused: no valid bearer token"
+            );
+            let mut response = (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized: send Authorization: Bearer <token>\n",
+            )
+                .into_response();
+            if let Ok(value) = HeaderValue::from_str(&challenge) {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, value);
+            }
+            response
+        }
+    }
+}
+
+/// The protected-resource metadata document (RFC 9728 §2).
+async fn metadata(State(gate): State<Gate>, request: Request) -> Response {
+    let resource = gate
+        .resource_url
+        .clone()
+        .unwrap_or_else(|| format!("{}{MCP_PATH}", origin(&gate, &request)));
+    axum::Json(serde_json::json!({
+        "resource": resource,
+        "bearer_methods_supported": ["header"],
+        "resource_name": env!("CARGO_PKG_NAME"),
+    }))
+    .into_response()
+}
+
+/// `scheme://authority` clients reach the server at: from
+/// `MCP_BRIDGE_HTTP_RESOURCE_URL`, else `http://` and the request's `Host`
+/// (only when it is a valid authority: nothing else is echoed).
+fn origin(gate: &Gate, request: &Request) -> String {
+    if let Some(url) = &gate.resource_url
+        && let Ok(uri) = url.parse::<axum::http::Uri>()
+        && let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority())
+    {
+        return format!("{scheme}://{authority}");
+    }
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .and_then(|host| host.parse::<axum::http::uri::Authority>().ok());
+    match host {
+        Some(host) => format!("http://{host}"),
+        None => "http://localhost".to_owned(),
+    }
+}
