@@ -39,6 +39,7 @@ pub mod config;
 pub mod egress;
 pub mod engine;
 pub mod frontend;
+pub mod hostfiles;
 pub mod images;
 pub mod metrics;
 pub mod packages;
