@@ -411,7 +411,9 @@ engine_test! {
         let mut first = saving(&write_clean("kept"), &[("out/clean.csv", "session/first.csv")], false);
         first.session = Some("host-files".into());
         first.host_files = vec![host("n.txt", &format!("{name}/n.txt"))];
-        first.code.push_str("\nprint(open('n.txt').read())");
+        // A pause after the write: the agent then trusts the file unchanged
+        // at the next call, which must send it for the save all the same.
+        first.code.push_str("\nimport time\ntime.sleep(0.2)\nprint(open('n.txt').read())");
         let report = run(SERVICE.get(), &first);
         assert_eq!((report.status, report.stdout.as_str()), (RunStatus::Success, "1\n"), "{report:#?}");
         assert_eq!(report.saved.len(), 1);
