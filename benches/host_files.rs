@@ -27,7 +27,9 @@ fn main() {
     let rounds = if quick { 2 } else { 10 };
     let root = std::env::temp_dir().join(format!("host-files-bench-{}", std::process::id()));
     std::fs::create_dir_all(&root).unwrap();
-    let data: Vec<u8> = (0..LARGE).map(|i| (i * 31 % 251) as u8).collect();
+    let data: Vec<u8> = (0..LARGE)
+        .map(|i| u8::try_from(i * 31 % 251).unwrap())
+        .collect();
     std::fs::write(root.join("large.bin"), &data).unwrap();
     let mut config = Config::from_env().expect("valid MCP_BRIDGE_* environment");
     config.host_read = HostRead::Folders(vec![root.clone()]);
