@@ -12,6 +12,7 @@
 //! [`crate::service`]), keep sessions (that is [`crate::sessions`]) nor
 //! speak to the engine.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,8 @@ use base64::Engine as _;
 use tracing::Instrument;
 
 use crate::artifacts::{self, ArtifactStore};
-use crate::config::Config;
+use crate::config::{Config, HostRead};
+use crate::hostfiles::{self, HostFiles, HostRequest, ReadBounds, SaveRequest};
 use crate::images;
 use crate::metrics;
 use crate::pool::{Lease, Pool, RecycleReason, Verdict};
@@ -56,6 +58,17 @@ pub struct CallRequest {
     pub packages: Vec<String>,
     /// Whom the call is for: its sessions and files are that principal's.
     pub principal: Principal,
+    /// `files` entries read from the host (`{"host": path}`), beneath the
+    /// read roots; written under `/workspace` before the code starts.
+    pub host_files: Vec<HostRequest>,
+    /// Files the run leaves under `/workspace/out`, saved beneath the write root.
+    pub save: Vec<SaveRequest>,
+    /// A save may replace an existing file.
+    pub overwrite: bool,
+    /// The client's MCP roots when they are the read roots
+    /// (`MCP_BRIDGE_HOST_READ=roots`): as the front end got them, or why
+    /// it could not; `None` when not asked.
+    pub client_roots: Option<Result<Vec<PathBuf>, String>>,
 }
 
 /// The longest session name.
@@ -112,6 +125,12 @@ impl Limits {
                 "code is {} bytes; the limit is {} bytes (MCP_BRIDGE_MAX_CODE_BYTES)",
                 request.code.len(),
                 self.max_code_bytes
+            ));
+        }
+        if request.files.len() + request.host_files.len() > MAX_INPUT_FILES {
+            return Err(format!(
+                "{} files; a call may bring at most {MAX_INPUT_FILES}",
+                request.files.len() + request.host_files.len()
             ));
         }
         if let Some(unknown) = request.servers.iter().find(|s| !known_servers.contains(s)) {
@@ -172,6 +191,9 @@ impl Limits {
             display: self.images,
             files_out: self.files_out,
             session: false,
+            host_files: &[],
+            host_data: &[],
+            resend: &[],
         }
     }
 
@@ -309,6 +331,10 @@ async fn unobserved(
         }
     };
     let config = service.config();
+    let (host, save_targets) = match host_files(config, request).await {
+        Ok(prepared) => prepared,
+        Err(message) => return Answer::refused(RunStatus::ValidationError, message),
+    };
     let call_limits = CallLimits {
         max_call_bytes: config.max_tool_call_bytes,
         bytes_in_flight: config.tool_bytes_in_flight,
@@ -324,12 +350,20 @@ async fn unobserved(
     // The run's network: its connections end with it.
     let egress = service.egress().run();
     let wheels = service.packages().plan(&config.image, &request.packages);
+    let resend: Vec<String> = request
+        .save
+        .iter()
+        .filter_map(|save| save.source().map(str::to_owned))
+        .collect();
     let run = Run {
         limits: &limits,
         input: RunInput {
             session: request.session.is_some(),
             packages: &request.packages,
             wheels: &wheels,
+            host_files: &host.entries,
+            host_data: &host.frames,
+            resend: &resend,
             ..limits.input(&request.code, &request.files)
         },
         timeout,
@@ -361,6 +395,10 @@ async fn unobserved(
             .packages()
             .remember(image, &request.packages, installed, &network.site_paths);
     }
+    answer.report.notes.splice(0..0, host.notes);
+    if !request.save.is_empty() {
+        save_files(config, request, save_targets, &mut answer.report).await;
+    }
     answer.report.notes.extend(network.notes());
     answer.report.egress = network.connections;
     if !answer.report.files.is_empty() {
@@ -371,6 +409,92 @@ async fn unobserved(
             .keep_files(service.artifacts(), &request.principal, &run_id);
     }
     answer
+}
+
+/// The call's host files read and its saves checked, before anything
+/// runs: an error is the call's `validation_error`. Nothing is done (no
+/// task, no root opened) for a call that names no host path.
+async fn host_files(
+    config: &Config,
+    request: &CallRequest,
+) -> Result<(HostFiles, Vec<Vec<String>>), String> {
+    let targets = hostfiles::check_saves(&request.save, config.host_write.as_deref())?;
+    if request.host_files.is_empty() {
+        return Ok((HostFiles::default(), targets));
+    }
+    let roots = match (&config.host_read, &request.client_roots) {
+        (HostRead::Off, _) => Vec::new(),
+        (HostRead::Folders(folders), _) => folders.clone(),
+        (HostRead::ClientRoots, Some(Ok(roots))) => roots.clone(),
+        (HostRead::ClientRoots, Some(Err(why))) => {
+            return Err(format!(
+                "host files come from the client's roots (MCP_BRIDGE_HOST_READ=roots): {why}"
+            ));
+        }
+        (HostRead::ClientRoots, None) => {
+            return Err(
+                "host files come from the client's roots (MCP_BRIDGE_HOST_READ=roots), \
+                        and this call came with none"
+                    .into(),
+            );
+        }
+    };
+    let requests = request.host_files.clone();
+    let bounds = ReadBounds {
+        max_bytes: config.max_host_files_bytes,
+        max_entries: config.max_host_files,
+    };
+    let method = config.host_resolution;
+    let read =
+        tokio::task::spawn_blocking(move || hostfiles::read(&requests, &roots, bounds, method));
+    let files = read
+        .await
+        .map_err(|error| format!("reading the host files failed: {error}"))??;
+    Ok((files, targets))
+}
+
+/// Saves the files the call's `save` names from what the run returned
+/// (only after a successful run: a failed one may have left them half
+/// made); what was saved goes in the report, what was not in its notes.
+async fn save_files(
+    config: &Config,
+    request: &CallRequest,
+    targets: Vec<Vec<String>>,
+    report: &mut RunReport,
+) {
+    let Some(root) = config.host_write.clone() else {
+        return; // checked before the run
+    };
+    if report.status != RunStatus::Success {
+        report
+            .notes
+            .push("nothing saved: the run did not succeed".into());
+        return;
+    }
+    let out: Vec<(String, bytes::Bytes)> = report
+        .files
+        .iter()
+        .filter(|file| {
+            request
+                .save
+                .iter()
+                .any(|save| save.source() == Some(file.path.as_str()))
+        })
+        .map(|file| (file.path.clone(), file.data.clone()))
+        .collect();
+    let saves = request.save.clone();
+    let (overwrite, method) = (request.overwrite, config.host_resolution);
+    let saved = tokio::task::spawn_blocking(move || {
+        hostfiles::save(&root, &saves, &targets, &out, overwrite, method)
+    })
+    .await;
+    match saved {
+        Ok((saved, notes)) => {
+            report.saved = saved;
+            report.notes.extend(notes);
+        }
+        Err(error) => report.notes.push(format!("nothing saved: {error}")),
+    }
 }
 
 /// `end_session` with no code: the session ends after the calls sent
@@ -533,6 +657,7 @@ impl Run<'_> {
             session: None,
             egress: Vec::new(),
             packages: done.as_ref().and_then(|done| done.packages.clone()),
+            saved: Vec::new(),
         };
         Ran {
             report,

@@ -85,6 +85,19 @@ pub struct Config {
     pub max_images: u32,
     /// The `files` a call brings, decoded, all together.
     pub max_input_files_bytes: u64,
+    /// The host folders runs may read (`MCP_BRIDGE_HOST_READ`).
+    pub host_read: HostRead,
+    /// The host folder runs may save to (`MCP_BRIDGE_HOST_WRITE`).
+    pub host_write: Option<PathBuf>,
+    /// The host files a call reads, all together (`MCP_BRIDGE_MAX_HOST_FILES_BYTES`).
+    pub max_host_files_bytes: u64,
+    /// Files and folders a call's host reads look at (`MCP_BRIDGE_MAX_HOST_FILES`).
+    pub max_host_files: usize,
+    /// How host paths are resolved: the kernel's `openat2` where it has one
+    /// (not a variable: tests choose the walk to run it on Linux too).
+    pub host_resolution: crate::hostfiles::Method,
+    /// The size of `/workspace` (`MCP_BRIDGE_WORKSPACE_BYTES`).
+    pub workspace_bytes: u64,
     /// Files a run returns from `/workspace/out`: how many.
     pub max_output_files: u32,
     /// Files a run returns from `/workspace/out`: bytes, all together.
@@ -145,6 +158,18 @@ impl Default for HttpSettings {
             resource_url: None,
         }
     }
+}
+
+/// Where host files may be read from (see [`crate::hostfiles`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum HostRead {
+    /// No host files (the default).
+    #[default]
+    Off,
+    /// These folders (absolute paths).
+    Folders(Vec<PathBuf>),
+    /// The MCP client's roots (`roots/list`), as it declares them.
+    ClientRoots,
 }
 
 /// What each run may do on the network (see [`crate::egress`]).
@@ -269,6 +294,12 @@ impl Default for Config {
             max_image_bytes: 512 * 1024,
             max_images: 8,
             max_input_files_bytes: 8 * MIB,
+            host_read: HostRead::Off,
+            host_write: None,
+            max_host_files_bytes: 64 * MIB,
+            max_host_files: 10_000,
+            host_resolution: crate::hostfiles::Method::Kernel,
+            workspace_bytes: 128 * MIB,
             max_output_files: 32,
             max_output_files_bytes: 16 * MIB,
             artifact_ttl: Duration::from_secs(30 * 60),
@@ -332,6 +363,7 @@ impl Config {
         config.read_run_limits(&vars)?;
         config.read_output(&vars)?;
         config.read_results(&vars)?;
+        config.read_host_files(&vars)?;
         config.read_tool_calls(&vars)?;
         config.read_egress(&vars)?;
         config.read_packages(&vars)?;
@@ -517,6 +549,56 @@ impl Config {
             self.artifact_bytes,
             size(0, 64 * 1024 * MIB, "0 to 64g"),
         )?;
+        Ok(())
+    }
+
+    /// Host files: where runs may read and save, and the bounds.
+    fn read_host_files(&mut self, vars: &Vars<'_, impl Lookup>) -> Result<(), ConfigError> {
+        self.host_read = vars.parse("MCP_BRIDGE_HOST_READ", HostRead::Off, |v| {
+            if v.eq_ignore_ascii_case("roots") {
+                return Ok(HostRead::ClientRoots);
+            }
+            let folders: Vec<PathBuf> = std::env::split_paths(v).collect();
+            if folders.iter().all(|f| f.is_absolute()) {
+                Ok(HostRead::Folders(folders))
+            } else {
+                Err("absolute folders separated by ':', or roots (the client's MCP roots)".into())
+            }
+        })?;
+        self.host_write = vars.parse("MCP_BRIDGE_HOST_WRITE", None, |v| {
+            let folder = PathBuf::from(v);
+            if folder.is_absolute() {
+                Ok(Some(folder))
+            } else {
+                Err("one absolute folder".into())
+            }
+        })?;
+        self.workspace_bytes =
+            vars.parse("MCP_BRIDGE_WORKSPACE_BYTES", self.workspace_bytes, |v| {
+                parse_bytes(v)
+                    .filter(|b| (MIB..=64 * 1024 * MIB).contains(b))
+                    .ok_or_else(|| "a size from 1m to 64g, like 512m".into())
+            })?;
+        let workspace = self.workspace_bytes;
+        self.max_host_files_bytes = vars.parse(
+            "MCP_BRIDGE_MAX_HOST_FILES_BYTES",
+            self.max_host_files_bytes.min(workspace),
+            |v| {
+                parse_bytes(v).filter(|&b| b <= workspace).ok_or_else(|| {
+                    format!(
+                        "a size of at most MCP_BRIDGE_WORKSPACE_BYTES ({workspace} bytes), \
+                             like 64m"
+                    )
+                })
+            },
+        )?;
+        self.max_host_files =
+            vars.parse("MCP_BRIDGE_MAX_HOST_FILES", self.max_host_files, |v| {
+                v.parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=1_000_000).contains(n))
+                    .ok_or_else(|| "a whole number from 1 to 1000000".into())
+            })?;
         Ok(())
     }
 

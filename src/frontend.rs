@@ -18,6 +18,7 @@ pub mod result;
 pub mod transport;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -35,7 +36,8 @@ use serde_json::json;
 
 use crate::artifacts;
 use crate::call::{self, CallRequest};
-use crate::config::OutputMode;
+use crate::config::{Config, HostRead, OutputMode};
+use crate::hostfiles::{self, HostRequest, SaveRequest};
 use crate::principals::Principal;
 use crate::proxy::discovery::ServerDefinition;
 use crate::report::{RunReport, RunStatus};
@@ -66,6 +68,12 @@ pub struct RunPythonArgs {
     /// Requirements to pip-install first.
     #[serde(default)]
     pub packages: Vec<String>,
+    /// Files the run leaves under /workspace/out saved to the host: `out/...` -> path beneath MCP_BRIDGE_HOST_WRITE.
+    #[serde(default)]
+    pub save: BTreeMap<String, String>,
+    /// A save may replace an existing file.
+    #[serde(default)]
+    pub overwrite: bool,
 }
 
 /// A file's content in `run_python(files=...)`.
@@ -73,16 +81,36 @@ pub struct RunPythonArgs {
 #[serde(untagged)]
 pub enum FileArg {
     Text(String),
-    Binary { base64: String },
+    Binary {
+        base64: String,
+    },
+    /// A host file or folder beneath a read root (`MCP_BRIDGE_HOST_READ`).
+    Host {
+        host: String,
+    },
 }
 
-impl From<FileArg> for FileContent {
-    fn from(arg: FileArg) -> Self {
+/// The call's `files`: those it carries, and those read from the host.
+fn split_files(files: BTreeMap<String, FileArg>) -> (Vec<InputFile>, Vec<HostRequest>) {
+    let mut carried = Vec::new();
+    let mut host = Vec::new();
+    for (path, arg) in files {
         match arg {
-            FileArg::Text(text) => Self::Text(text),
-            FileArg::Binary { base64 } => Self::Base64(base64),
+            FileArg::Text(text) => carried.push(InputFile {
+                path,
+                content: FileContent::Text(text),
+            }),
+            FileArg::Binary { base64 } => carried.push(InputFile {
+                path,
+                content: FileContent::Base64(base64),
+            }),
+            FileArg::Host { host: from } => host.push(HostRequest {
+                dest: path,
+                host: from,
+            }),
         }
     }
+    (carried, host)
 }
 
 /// The manual of the sandbox's `mcp` API, with the configured servers.
@@ -93,6 +121,9 @@ const MANUAL: &str = include_str!("sandbox/manual.md");
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(4);
 /// How much of the tool description may go to server names.
 const SERVER_NAMES_BUDGET: usize = 100;
+/// What the server names give up where host files or saves are enabled:
+/// their arguments take about this much of `tools/list`.
+const HOST_ARGUMENTS_BUDGET: usize = 60;
 /// What `tools/list` may take with any number of servers: under the 2 KiB
 /// of context it aims at, with room for parameters to come.
 #[cfg(test)]
@@ -103,6 +134,10 @@ pub struct CodeExecServer {
     service: Arc<Service>,
     output_mode: OutputMode,
     tool_router: ToolRouter<Self>,
+    /// The client's roots as it last listed them (`MCP_BRIDGE_HOST_READ=roots`):
+    /// asked at the first call that reads host files, forgotten when the
+    /// client says they changed.
+    roots: Arc<tokio::sync::Mutex<Option<Vec<PathBuf>>>>,
 }
 
 impl std::fmt::Debug for CodeExecServer {
@@ -123,14 +158,50 @@ impl CodeExecServer {
             .get_mut("run_python")
             .expect("the tool is routed")
             .attr;
-        tool.description = Some(tool_description(service.proxy().names()).into());
-        tool.input_schema = Arc::new(input_schema());
-        tool.output_schema = Some(Arc::new(output_schema()));
+        let config = service.config();
+        let budget = if config.host_read != HostRead::Off || config.host_write.is_some() {
+            SERVER_NAMES_BUDGET - HOST_ARGUMENTS_BUDGET
+        } else {
+            SERVER_NAMES_BUDGET
+        };
+        tool.description = Some(tool_description(service.proxy().names(), budget).into());
+        tool.input_schema = Arc::new(input_schema(service.config()));
+        tool.output_schema = Some(Arc::new(output_schema(service.config())));
         Self {
             service,
             output_mode,
             tool_router,
+            roots: Arc::default(),
         }
+    }
+
+    /// The client's roots, as local folders: listed once, then kept until
+    /// the client says they changed. (MCP roots are deprecated upstream,
+    /// SEP-2577, and still what clients send.)
+    #[allow(deprecated)]
+    async fn client_roots(&self, peer: &rmcp::Peer<RoleServer>) -> Result<Vec<PathBuf>, String> {
+        let mut kept = self.roots.lock().await;
+        if let Some(roots) = kept.as_ref() {
+            return Ok(roots.clone());
+        }
+        let declared = peer
+            .peer_info()
+            .is_some_and(|info| info.capabilities.roots.is_some());
+        if !declared {
+            return Err("the client declares no roots capability".into());
+        }
+        let listed = tokio::time::timeout(ROOTS_TIMEOUT, peer.list_roots())
+            .await
+            .map_err(|_| format!("the client did not list its roots within {ROOTS_TIMEOUT:?}"))?
+            .map_err(|error| format!("the client did not list its roots: {error}"))?;
+        let roots: Vec<PathBuf> = listed
+            .roots
+            .iter()
+            .filter_map(|root| hostfiles::file_uri_path(&root.uri))
+            .collect();
+        tracing::info!(roots = ?roots, "the client's roots are the read roots");
+        *kept = Some(roots.clone());
+        Ok(roots)
     }
 
     /// (Description and output schema are set in `new`: the description
@@ -155,22 +226,30 @@ impl CodeExecServer {
                 }
             },
         };
+        let (files, host_files) = split_files(args.files);
+        let client_roots = match self.service.config().host_read {
+            HostRead::ClientRoots if !host_files.is_empty() => {
+                Some(self.client_roots(&context.peer).await)
+            }
+            _ => None,
+        };
         let request = CallRequest {
             principal,
             code: args.code,
             servers: args.servers,
             timeout_secs: args.timeout,
-            files: args
-                .files
-                .into_iter()
-                .map(|(path, content)| InputFile {
-                    path,
-                    content: content.into(),
-                })
-                .collect(),
+            files,
             session: args.session,
             end_session: args.end_session,
             packages: args.packages,
+            host_files,
+            save: args
+                .save
+                .into_iter()
+                .map(|(from, to)| SaveRequest { from, to })
+                .collect(),
+            overwrite: args.overwrite,
+            client_roots,
         };
         let Some(token) = context.meta.get_progress_token() else {
             // The usual case: no timer, no channel.
@@ -248,8 +327,20 @@ fn cancelled() -> ErrorData {
     ErrorData::internal_error("run cancelled by the client", None)
 }
 
+/// How long the client may take to list its roots.
+const ROOTS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for CodeExecServer {
+    async fn on_roots_list_changed(
+        &self,
+        _context: rmcp::service::NotificationContext<RoleServer>,
+    ) {
+        // Listed again at the next call that reads host files.
+        *self.roots.lock().await = None;
+        tracing::info!("the client's roots changed");
+    }
+
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(
             ServerCapabilities::builder()
@@ -319,7 +410,7 @@ impl ServerHandler for CodeExecServer {
 
 /// The tool description: what it does, and the configured server names as
 /// far as a fixed budget allows (the resource has them all).
-fn tool_description(servers: &[String]) -> String {
+fn tool_description(servers: &[String], budget: usize) -> String {
     let mut text = String::from(
         "Run Python 3 in an isolated sandbox (read-only system; /tmp and /workspace \
          writable; memory, process, time and network limits). Each call starts clean \
@@ -335,7 +426,7 @@ fn tool_description(servers: &[String]) -> String {
     text.push_str("): ");
     let mut used = 0;
     for (i, name) in servers.iter().enumerate() {
-        if used + name.len() > SERVER_NAMES_BUDGET {
+        if used + name.len() > budget {
             text.push_str(&format!("… and {} more", servers.len() - i));
             break;
         }
@@ -350,9 +441,11 @@ fn tool_description(servers: &[String]) -> String {
 }
 
 /// The arguments' schema, written out compactly (what `RunPythonArgs`
-/// accepts; the generated one costs twice the bytes of `tools/list`).
-fn input_schema() -> serde_json::Map<String, serde_json::Value> {
-    object(json!({
+/// accepts; the generated one costs twice the bytes of `tools/list`). Host
+/// files and saves appear only where the operator enabled them (the manual
+/// resource tells the rest).
+fn input_schema(config: &Config) -> serde_json::Map<String, serde_json::Value> {
+    let mut schema = object(json!({
         "type": "object",
         "properties": {
             "code": {"type": "string", "description": "Python 3 source, run as a script"},
@@ -371,7 +464,25 @@ fn input_schema() -> serde_json::Map<String, serde_json::Value> {
             }
         },
         "required": ["code"]
-    }))
+    }));
+    let properties = schema["properties"]
+        .as_object_mut()
+        .expect("the schema has properties");
+    if config.host_read != HostRead::Off {
+        // One object variant for both (the manual tells their use).
+        properties["files"]["description"] =
+            "written under /workspace first: path -> text, {\"base64\": ...} or {\"host\": path}"
+                .into();
+        properties["files"]["additionalProperties"]["anyOf"][1] = json!({"type": "object"});
+    }
+    if config.host_write.is_some() {
+        properties.insert(
+            "save".into(),
+            json!({"type": "object", "description": "out/x -> host path"}),
+        );
+        properties.insert("overwrite".into(), json!({"type": "boolean"}));
+    }
+    schema
 }
 
 fn object(value: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
@@ -382,8 +493,9 @@ fn object(value: serde_json::Value) -> serde_json::Map<String, serde_json::Value
 }
 
 /// The report's schema, written out compactly (the generated one, with every
-/// doc comment, would cost more context than the rest of `tools/list`).
-fn output_schema() -> serde_json::Map<String, serde_json::Value> {
+/// doc comment, would cost more context than the rest of `tools/list`);
+/// `saved` only where saves are enabled.
+fn output_schema(config: &Config) -> serde_json::Map<String, serde_json::Value> {
     let statuses: Vec<&str> = RunStatus::ALL
         .into_iter()
         .filter(|status| status.is_reported())
@@ -411,7 +523,11 @@ fn output_schema() -> serde_json::Map<String, serde_json::Value> {
             "status", "stdout", "stderr", "durationMs", "stdoutTruncated", "stderrTruncated"
         ]
     });
-    object(schema)
+    let mut schema = object(schema);
+    if config.host_write.is_some() {
+        schema["properties"]["saved"] = json!({"type": "array"});
+    }
+    schema
 }
 
 /// The resource text: the API manual, then every configured server.
@@ -456,6 +572,10 @@ mod tests {
     /// Servers named like real ones (then `extra-server-NN`), each with a
     /// short description, as a user with many configured would have them.
     fn server_with(count: usize) -> CodeExecServer {
+        server_configured(count, Config::default())
+    }
+
+    fn server_configured(count: usize, config: Config) -> CodeExecServer {
         const REAL: [&str; 16] = [
             "github",
             "google-drive",
@@ -491,7 +611,7 @@ mod tests {
                 }
             })
             .collect();
-        let service = Service::with_proxy(Config::default(), Arc::new(Proxy::new(servers)));
+        let service = Service::with_proxy(config, Arc::new(Proxy::new(servers)));
         CodeExecServer::new(Arc::new(service), OutputMode::Compact)
     }
 
@@ -519,7 +639,8 @@ mod tests {
             "the names cost {} bytes",
             twenty - none
         );
-        let description = tool_description(server_with(20).service.proxy().names());
+        let description =
+            tool_description(server_with(20).service.proxy().names(), SERVER_NAMES_BUDGET);
         assert!(
             description.contains("github, google-drive") && description.contains("more"),
             "{description}"
@@ -528,6 +649,26 @@ mod tests {
             !description.contains("extra-server-17"),
             "past the budget: {description}"
         );
+    }
+
+    /// Host files and saves, enabled, add their arguments (their use is in
+    /// the manual) and stay within the bound with 20 servers; disabled, they
+    /// cost nothing.
+    #[test]
+    fn host_files_fit_in_tools_list() {
+        let config = Config {
+            host_read: HostRead::ClientRoots,
+            host_write: Some("/data".into()),
+            ..Config::default()
+        };
+        let off = tools_list_bytes(&server_with(20));
+        let on = tools_list_bytes(&server_configured(20, config));
+        eprintln!("tools/list with 20 servers: {off} bytes, {on} with host files and saves");
+        assert!(on <= TOOLS_LIST_BYTES, "{on} bytes with host files");
+        let server = server_configured(0, Config::default());
+        let tools = server.tool_router.list_all();
+        let text = serde_json::to_string(&tools).unwrap();
+        assert!(!text.contains("host") && !text.contains("saved"), "{text}");
     }
 
     #[test]
@@ -555,10 +696,19 @@ mod tests {
                 bytes_received: 2,
             }],
             packages: Some(crate::sandbox::protocol::Installed::default()),
+            saved: vec![crate::hostfiles::Saved {
+                from: "out/a.txt".into(),
+                to: "/data/a.txt".into(),
+                bytes: 0,
+            }],
             ..crate::report::RunReport::rejected(RunStatus::Error, "x")
         };
         let value = serde_json::to_value(&report).unwrap();
-        let schema = output_schema();
+        let config = Config {
+            host_write: Some("/data".into()),
+            ..Config::default()
+        };
+        let schema = output_schema(&config);
         let properties = schema["properties"].as_object().unwrap();
         let mut fields: Vec<_> = value.as_object().unwrap().keys().collect();
         let mut declared: Vec<_> = properties.keys().collect();

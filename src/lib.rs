@@ -20,6 +20,9 @@
 //!   streams the sandbox opens, the operator's allowlist, the run's bounds.
 //! - [`sandbox`]: one container and its agent (`sandbox/agent.py`, PID 1 in
 //!   the container); [`sandbox::protocol`] is the frame format between them.
+//! - [`hostfiles`]: the user's files by path: read roots, the write root,
+//!   resolution beneath a root (`openat2`, or an `O_NOFOLLOW` walk), bounded
+//!   reads into the frames that carry them, atomic saves.
 //! - [`engine`]: the container engine (Docker/Podman via bollard) and, in
 //!   [`engine::spec`], the hardened container specification.
 //! - [`report`]: the result's shape, the status vocabulary, text renderings.
@@ -42,6 +45,7 @@ pub mod config;
 pub mod egress;
 pub mod engine;
 pub mod frontend;
+pub mod hostfiles;
 pub mod http;
 pub mod images;
 pub mod metrics;

@@ -101,6 +101,9 @@ pub struct RunReport {
     /// What the call's `packages` installed, and how long it took.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub packages: Option<crate::sandbox::protocol::Installed>,
+    /// The files the call's `save` wrote to the host, with their sizes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub saved: Vec<crate::hostfiles::Saved>,
 }
 
 /// The session of a call: how the call found it, and whether it ended.
@@ -214,6 +217,7 @@ impl RunReport {
             session: None,
             egress: Vec::new(),
             packages: None,
+            saved: Vec::new(),
         }
     }
 
@@ -254,6 +258,13 @@ impl RunReport {
                 text.push_str("\nerror: ");
                 text.push_str(error);
             }
+        }
+        for saved in &self.saved {
+            end_line(&mut text);
+            text.push_str(&format!(
+                "saved {} to {} ({} bytes)",
+                saved.from, saved.to, saved.bytes
+            ));
         }
         for note in &self.notes {
             end_line(&mut text);

@@ -21,6 +21,8 @@ mod e2e_mcp;
 mod egress;
 #[path = "suites/fidelity.rs"]
 mod fidelity;
+#[path = "suites/host_files.rs"]
+mod host_files;
 #[path = "suites/host_memory.rs"]
 mod host_memory;
 #[path = "suites/http.rs"]

@@ -19,7 +19,6 @@ pub const OWNER_LABEL: &str = "mcp-code-exec.owner";
 /// Where user code starts, and its `HOME`.
 pub const WORKSPACE: &str = "/workspace";
 const TMP_OPTIONS: &str = "rw,noexec,nosuid,nodev,size=64m,mode=1777";
-const WORKSPACE_OPTIONS: &str = "rw,noexec,nosuid,nodev,size=128m,mode=1777";
 /// Where the agent writes each run's code as `main.py` (see agent.py), apart
 /// from the user's `/tmp` and `/workspace`.
 pub const CODE_DIR: &str = "/run/code";
@@ -95,7 +94,13 @@ fn container_body(
         }),
         tmpfs: Some(HashMap::from([
             ("/tmp".to_owned(), TMP_OPTIONS.to_owned()),
-            (WORKSPACE.to_owned(), WORKSPACE_OPTIONS.to_owned()),
+            (
+                WORKSPACE.to_owned(),
+                format!(
+                    "rw,noexec,nosuid,nodev,size={},mode=1777",
+                    config.workspace_bytes
+                ),
+            ),
             (
                 CODE_DIR.to_owned(),
                 // Room for the largest code a call may bring, in UTF-8, and

@@ -36,7 +36,11 @@
 # successful reset, each with the token of the first, which no run sees),
 # b"O"/b"E" a chunk of the run's stdout/stderr (raw bytes), b"C" a tool call
 # the run makes (JSON), b"I" an image of the run (a PNG), b"P" a file of the
-# run (path length, path, bytes), b"D" run done (JSON), b"F" reset failed (JSON; the host then recycles the container).
+# run (path length, path, bytes), b"D" run done (JSON), b"F" reset failed
+# (JSON; the host then recycles the container).
+# Host files: a request with "host_files" (path and size, or a folder, each)
+# is followed by b"H" frames of their bytes, in order, and nothing else until
+# the last; the agent writes them under /workspace before the code starts.
 # Streams (egress): during a run the agent accepts connections on the proxy
 # port of the sandbox's loopback and relays each as a stream: b"N" opens one
 # (agent -> host), b"S" carries its bytes, b"X" ends or aborts it, b"W" grants
@@ -352,6 +356,10 @@ def spare_main(code_r, status_w, out_w, err_w, call_w, answer_r):
 def run_code(request, module, filename, channel):
     """Writes the request's files, wires its `mcp` package and `display`,
     runs its code in `module`; returns (exit code, status, display)."""
+    if request.get("host_files_error"):
+        message = f"could not write the host files: {request['host_files_error']}"
+        print(message, file=sys.stderr, flush=True)
+        return 1, {"error": message, "error_type": "FileError"}, None
     try:
         write_input_files(request.get("files", []))
     except (OSError, ValueError) as exc:  # e.g. "a" and "a/b" both given, or a full disk
@@ -439,6 +447,80 @@ def write_input_files(files):
         data = base64.b64decode(entry["base64"]) if "base64" in entry else entry["text"].encode()
         with open(path, "wb") as f:
             f.write(data)
+
+
+def receive_host_files(entries):
+    """The call's host files (`host_files`, in order), their bytes read from
+    the b"H" frames behind the request and written under /workspace by the
+    agent before the code starts: through directory fds, never following a
+    link (a session's earlier call may have left one), a file made anew,
+    never written through. Every frame is read even after a failure, so the
+    protocol stays in step. Returns None, or why not."""
+    failure = None
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    top = os.open(WORKSPACE, flags)
+    try:
+        for entry in entries:
+            fd = None
+            if failure is None:
+                try:
+                    fd = make_host_entry(top, entry)
+                except OSError as exc:
+                    failure = f"{entry['path']}: {exc.strerror or exc}"
+            left = entry.get("size", 0)
+            while left > 0:
+                frame = host.wait_frame()
+                if frame is None:
+                    os._exit(0)
+                kind, data = frame
+                if kind != ord("H") or len(data) > left:
+                    sys.stderr.write("mcp-code-exec agent: host file bytes that do not match their sizes\n")
+                    os._exit(3)
+                left -= len(data)
+                if fd is not None:
+                    try:
+                        write_all(fd, data)
+                    except OSError as exc:  # e.g. /workspace full
+                        failure = f"{entry['path']}: {exc.strerror or exc}"
+                        os.close(fd)
+                        fd = None
+            if fd is not None:
+                os.close(fd)
+    finally:
+        os.close(top)
+    return failure
+
+
+def make_host_entry(top, entry):
+    """Makes the folders of `entry` under the fd `top`, then the folder
+    itself, or the file anew (opened for writing, returned)."""
+    *folders, name = entry["path"].split("/")
+    directory = top
+    try:
+        for part in folders if not entry.get("dir") else [*folders, name]:
+            inner = enter_folder(directory, part)
+            if directory != top:
+                os.close(directory)
+            directory = inner
+        if entry.get("dir"):
+            return None
+        try:
+            os.unlink(name, dir_fd=directory)
+        except FileNotFoundError:
+            pass
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        return os.open(name, flags, 0o644, dir_fd=directory)
+    finally:
+        if directory != top:
+            os.close(directory)
+
+
+def enter_folder(dir_fd, name):
+    try:
+        os.mkdir(name, 0o755, dir_fd=dir_fd)
+    except FileExistsError:
+        pass
+    return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
 
 
 def like_a_script():
@@ -1118,7 +1200,7 @@ def run(spare, zygote, payload, request):
         if session:
             wipe_children_quietly(IMAGE_DIR)  # the next call's images are its own
     if "files_out" in request:
-        done.update(send_output_files(request["files_out"], spare.returned))
+        done.update(send_output_files(request["files_out"], spare.returned, request.get("resend", ())))
     if "packages" in status:
         done["packages"] = status["packages"]
     if session:
@@ -1257,22 +1339,24 @@ class OutFiles:
     def __init__(self):
         self.signatures = {}
         self.walked_ns = 0
+        self.resend = frozenset()
 
     def unchanged(self, name, signature):
         return self.signatures.get(name) == signature and signature[2] < self.walked_ns - self.COARSE_CLOCK_NS
 
 
-def send_output_files(bounds, before):
+def send_output_files(bounds, before, resend=()):
     """Regular files under /workspace/out, as b"P" frames (2-byte path
     length, the path, the bytes), within the per-run bounds. Walked through
     directory fds with O_NOFOLLOW: a symlink or a path swapped while we read
     cannot make the agent read anything outside out/. A file that `before`
     (the spare's last walk) shows unchanged is not sent again; `before`
-    becomes this walk."""
+    becomes this walk; the files `resend` names are sent even so."""
     budget = {"files": bounds["max_files"], "bytes": bounds["max_bytes"], "entries": OUT_MAX_ENTRIES}
     dropped = {"files_dropped": 0, "files_dropped_bytes": 0}
     walk = OutFiles()
     walk.walked_ns = time.time_ns()
+    walk.resend = frozenset(resend)
     try:
         top = os.open(OUT_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError:
@@ -1307,7 +1391,7 @@ def send_tree(dir_fd, prefix, budget, dropped, depth, signatures):
             # ctime moves on every write and cannot be set back by user code.
             signature = (info.st_ino, info.st_size, info.st_ctime_ns, info.st_mtime_ns)
             walk.signatures[name] = signature
-            if before.unchanged(name, signature):
+            if name not in walk.resend and before.unchanged(name, signature):
                 continue
             try:
                 path = name.encode()  # strict: the host takes UTF-8 paths only
@@ -1827,6 +1911,11 @@ def main(argv):
             sys.stderr.write(f"mcp-code-exec agent: unknown frame kind {kind}\n")
             os._exit(3)
         request = json.loads(payload)
+        if "host_files" in request:
+            failure = receive_host_files(request["host_files"])
+            if failure:
+                request["host_files_error"] = failure
+                payload = json.dumps(request).encode()
         if spare.calls and not request.get("session"):
             # The host runs stateless code only on a spare that never ran.
             sys.stderr.write("mcp-code-exec agent: a stateless run sent to a session's interpreter\n")

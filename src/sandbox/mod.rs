@@ -128,13 +128,16 @@ impl std::fmt::Debug for RunServices<'_> {
 /// tool call's answer holds its bytes) until it has been written.
 #[derive(Debug)]
 pub struct HostFrame {
-    bytes: Vec<u8>,
+    bytes: Bytes,
     _hold: Option<OwnedSemaphorePermit>,
 }
 
 impl HostFrame {
-    pub fn new(bytes: Vec<u8>, hold: Option<OwnedSemaphorePermit>) -> Self {
-        Self { bytes, _hold: hold }
+    pub fn new(bytes: impl Into<Bytes>, hold: Option<OwnedSemaphorePermit>) -> Self {
+        Self {
+            bytes: bytes.into(),
+            _hold: hold,
+        }
     }
 }
 
@@ -406,6 +409,13 @@ impl Sandbox {
         }
         .encode();
         self.outbox.push_control(frame);
+        // The host files' bytes, right behind the request: the agent reads
+        // them all before the code starts (so before any other frame).
+        for data in input.host_data {
+            self.outbox
+                .control
+                .push_back(HostFrame::new(data.clone(), None));
+        }
         let cap = usize::try_from(input.max_output_bytes).unwrap_or(usize::MAX);
         let mut calls = FuturesUnordered::new();
         // Made at the first stream: most runs open none.

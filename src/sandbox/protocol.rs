@@ -17,6 +17,12 @@
 //! other has granted ([`STREAM_WINDOW`] at open, then each `W`), so no stream
 //! can make either side buffer more than one window, and none can hold up
 //! the channel's other frames.
+//!
+//! Host files (`files` entries read from the host, [`crate::hostfiles`])
+//! follow their run request as `H` frames of raw bytes: the request lists
+//! them (`host_files`: path and size, or a folder), and the agent writes
+//! each file from as many `H` frames as its size takes before the code
+//! starts. Nothing else is sent between a request and its last `H`.
 
 use bytes::{Buf, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
@@ -236,6 +242,43 @@ pub struct RunInput<'a> {
     /// (the agent then skips the reset; see [`RunDone::kept`]).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub session: bool,
+    /// Host files the agent writes under `/workspace` before the code
+    /// starts, in order; their bytes follow the request in `host_data`.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub host_files: &'a [HostEntry],
+    /// The `H` frames carrying the host files' bytes (whole frames).
+    #[serde(skip)]
+    pub host_data: &'a [Bytes],
+    /// Files of `/workspace/out` returned even when unchanged since a
+    /// session's last call (what the call saves).
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub resend: &'a [String],
+}
+
+/// One file or folder the agent makes under `/workspace`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HostEntry {
+    /// Relative to `/workspace`.
+    pub path: String,
+    /// A file's bytes (its frames' data, together).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub size: u64,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dir: bool,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// The header before an `H` frame's data.
+pub const HOST_DATA_HEADER: usize = HEADER_LEN;
+
+/// Makes `frame` (its first [`HOST_DATA_HEADER`] bytes left for the header,
+/// then the data) a whole `H` frame.
+pub fn seal_host_data(frame: &mut [u8]) {
+    frame[0] = b'H';
+    set_length(frame);
 }
 
 /// A run request (`R`).
@@ -913,6 +956,9 @@ mod tests {
                 max_bytes: 4096,
             },
             session: false,
+            host_files: &[],
+            host_data: &[],
+            resend: &[],
         }
     }
 

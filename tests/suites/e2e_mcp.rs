@@ -37,6 +37,16 @@ engine_test! {
     }
 }
 
+engine_test! {
+    /// Host files through the official SDK (tests/e2e/host_files.py): the
+    /// read roots are the client's (its roots callback), a
+    /// roots/list_changed notification moves them, a save lands beneath the
+    /// write root.
+    fn host_files_through_the_official_sdk() {
+        sdk_script("host_files.py", "all host-file checks passed");
+    }
+}
+
 /// Runs `tests/e2e/<script>` (an official-SDK client of the built binary)
 /// and checks that it ends with `passed`, its last line when every check passed.
 pub(crate) fn sdk_script(script: &str, passed: &str) {
