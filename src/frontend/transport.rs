@@ -668,6 +668,12 @@ mod tests {
     async fn a_duplicate_id_in_flight_is_answered_with_an_error() {
         let (mut transport, mut client, mut answers) = pipes(MAX_MESSAGE_BYTES);
         let ping = |id: u32| format!("{{\"jsonrpc\":\"2.0\",\"id\":{id},\"method\":\"ping\"}}\n");
+        // The lifecycle begins (notifications reach rmcp from here on).
+        client.write_all(INITIALIZE.as_bytes()).await.unwrap();
+        assert_eq!(
+            request_id(transport.receive().await),
+            NumberOrString::Number(0)
+        );
         client.write_all(ping(1).as_bytes()).await.unwrap();
         client.write_all(ping(1).as_bytes()).await.unwrap();
         client.write_all(ping(2).as_bytes()).await.unwrap();
@@ -709,5 +715,28 @@ mod tests {
             request_id(transport.receive().await),
             NumberOrString::Number(2)
         );
+    }
+
+    const INITIALIZE: &str = concat!(
+        r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","#,
+        r#""capabilities":{},"clientInfo":{"name":"test","version":"0"}}}"#,
+        "\n"
+    );
+
+    #[tokio::test]
+    async fn a_notification_before_the_lifecycle_is_dropped_and_one_after_passes() {
+        let (mut transport, mut client, _answers) = pipes(MAX_MESSAGE_BYTES);
+        let cancel = "{\"jsonrpc\":\"2.0\",\"method\":\"notifications/cancelled\",\"params\":{\"requestId\":9}}\n";
+        client.write_all(cancel.as_bytes()).await.unwrap();
+        client.write_all(INITIALIZE.as_bytes()).await.unwrap();
+        client.write_all(cancel.as_bytes()).await.unwrap();
+        assert_eq!(
+            request_id(transport.receive().await),
+            NumberOrString::Number(0)
+        );
+        assert!(matches!(
+            transport.receive().await,
+            Some(JsonRpcMessage::Notification(_))
+        ));
     }
 }
