@@ -304,6 +304,10 @@ async fn unobserved(
     let call_limits = CallLimits {
         max_call_bytes: config.max_tool_call_bytes,
         bytes_in_flight: config.tool_bytes_in_flight,
+        calls_per_run: config.tool_calls_per_run,
+        calls_per_tool: config.tool_calls_per_tool,
+        argument_bytes_per_run: config.tool_argument_bytes_per_run,
+        result_bytes_per_run: config.tool_result_bytes_per_run,
     };
     let tools = match service
         .proxy()
