@@ -23,7 +23,7 @@ use crate::config::Config;
 use crate::images;
 use crate::metrics;
 use crate::pool::{Lease, Pool, RecycleReason, Verdict};
-use crate::proxy::CallLimits;
+use crate::proxy::{CallLimits, RunTools};
 use crate::report::{Found, Image, OutputFile, RunReport, RunStatus, SessionReport, decode_output};
 use crate::sandbox::protocol::{
     FileBounds, FileContent, ImageBounds, InputFile, RunDone, RunInput,
@@ -350,6 +350,7 @@ async fn unobserved(
     let network = egress.finish();
     answer.report.notes.extend(network.notes());
     answer.report.egress = network.connections;
+    answer.report.tool_calls = tools.as_ref().map(RunTools::calls).filter(|c| c.total > 0);
     if !answer.report.files.is_empty() {
         // The process id keeps URIs of a restarted server apart.
         let run_id = format!("{}-{call_id}", std::process::id());
@@ -516,6 +517,7 @@ impl Run<'_> {
             notes,
             session: None,
             egress: Vec::new(),
+            tool_calls: None,
             packages: done.as_ref().and_then(|done| done.packages.clone()),
         };
         Ran {

@@ -26,6 +26,7 @@ use tokio::sync::Semaphore;
 
 use crate::metrics;
 use crate::policy::{Action, ToolPolicy};
+use crate::report::{ToolCall, ToolCallList};
 use crate::sandbox::protocol::encode_answer;
 use crate::sandbox::{HostFrame, ToolCalls};
 use budget::{Budget, Hold};
@@ -178,6 +179,7 @@ impl Proxy {
                 ..Usage::default()
             }),
             tool_index,
+            log: Mutex::new(ToolCallList::default()),
             limits,
         }))
     }
@@ -243,6 +245,8 @@ pub struct RunTools {
     tool_index: HashMap<(String, String), usize>,
     /// Only held to count, never across an `.await`.
     usage: Mutex<Usage>,
+    /// The calls for the result (bounded: [`ToolCallList::LISTED`]).
+    log: Mutex<ToolCallList>,
     limits: CallLimits,
 }
 
@@ -558,6 +562,40 @@ impl RunTools {
         Ok(())
     }
 
+    /// Lists a call for the run's result.
+    fn record(
+        &self,
+        server: &str,
+        tool: &str,
+        outcome: CallOutcome,
+        started: Instant,
+        bytes: usize,
+    ) {
+        let outcome = match outcome {
+            CallOutcome::Ok => "ok",
+            CallOutcome::ToolError | CallOutcome::Failed => "error",
+            CallOutcome::Denied => "denied",
+            CallOutcome::OverBudget => "over_budget",
+        };
+        let mut log = self.log.lock().expect("the log is only pushed to");
+        let call = (log.calls.len() < ToolCallList::LISTED).then(|| ToolCall {
+            server: server.to_owned(),
+            tool: tool.to_owned(),
+            outcome,
+            duration_ms: started.elapsed().as_secs_f64() * 1e3,
+            bytes: u64::try_from(bytes).unwrap_or(u64::MAX),
+        });
+        match call {
+            Some(call) => log.push(call),
+            None => log.total += 1,
+        }
+    }
+
+    /// The calls the run made, for its result.
+    pub fn calls(&self) -> ToolCallList {
+        self.log.lock().expect("the log is only pushed to").clone()
+    }
+
     /// Checks a call on its envelope alone (the server it names);
     /// returns the arguments' bytes, a slice of `request`.
     fn admit(&self, request: &Bytes, envelope: &Envelope<'_>) -> Result<Option<Bytes>, String> {
@@ -615,8 +653,10 @@ impl ToolCalls for RunTools {
                 });
             if let Err((outcome, error)) = checked {
                 metrics::observe_proxy_refusal(&server, outcome.as_str());
+                self.record(&server, &tool, outcome, Instant::now(), 0);
                 return refusal(&id, &error);
             }
+            let argument_bytes = raw.as_ref().map_or(0, Bytes::len);
             let Ok(_permit) = self.in_flight.try_acquire() else {
                 let error = format!(
                     "more than {MAX_CALLS_IN_FLIGHT} MCP calls in flight in one run; \
@@ -642,6 +682,9 @@ impl ToolCalls for RunTools {
                 Err(_) => CallOutcome::Failed,
             };
             metrics::observe_proxy_call(&server, observed.as_str(), started.elapsed());
+            let result_bytes = outcome.as_ref().map_or(0, content_bytes);
+            let bytes = argument_bytes + result_bytes;
+            self.record(&server, &tool, observed, started, bytes);
             match outcome {
                 Ok(result) => self.answer(&id, result).await,
                 Err(error) => refusal(&id, &error.to_string()),

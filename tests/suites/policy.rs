@@ -106,9 +106,37 @@ for _ in range(6):
 for i in range(4):
     print(await outcome(mcp_fixture_policy.structured(name=str(i))))
 "#;
-        let stdout = run_ok(code);
+        let mut request = request(code, Some(120.0));
+        request.servers = vec!["time".into(), "fixture-policy".into()];
+        let report = block_on(call(SERVICE.get(), &request));
+        let stdout = report.stdout.clone();
         let lines: Vec<&str> = stdout.lines().collect();
         assert_eq!(lines.len(), 10, "{stdout}");
+        // The result lists the calls: 8 ok, 2 refused, in order.
+        let calls = report.tool_calls.clone().expect("the run made calls");
+        assert_eq!(calls.total, 10);
+        let outcomes: Vec<(&str, &str, &str)> = calls
+            .calls
+            .iter()
+            .map(|c| (c.server.as_str(), c.tool.as_str(), c.outcome))
+            .collect();
+        let time = ("time", "get_current_time", "ok");
+        let structured = ("fixture-policy", "structured", "ok");
+        assert_eq!(
+            outcomes,
+            [
+                time, time, time, time, time,
+                ("time", "get_current_time", "over_budget"),
+                structured, structured, structured,
+                ("fixture-policy", "structured", "over_budget"),
+            ]
+        );
+        assert!(calls.calls[0].bytes > 0 && calls.calls[5].bytes == 0, "{calls:?}");
+        let text = report.render(mcp_code_exec::config::OutputMode::Compact);
+        assert!(
+            text.ends_with("\ntool calls: 10 (8 ok, 2 over_budget)"),
+            "one summary line: {text}"
+        );
         assert_eq!(lines[..5], ["ok"; 5]);
         assert_eq!(
             lines[5],
@@ -186,8 +214,19 @@ for _ in range(3):
 print("8 calls after them")
 print(await refusals("fixture-policy", "structured", {"name": "x"}, 1_000))
 "#;
+        let mut request = request(code, Some(120.0));
+        request.servers = vec!["time".into(), "fixture-policy".into()];
+        let report = block_on(call(SERVICE.get(), &request));
+        let calls = report.tool_calls.as_ref().expect("the run made calls");
+        assert_eq!(calls.total, 11_008, "every call counted");
+        assert_eq!(calls.calls.len(), 100, "the first 100 listed");
+        assert!(
+            report
+                .render(mcp_code_exec::config::OutputMode::Compact)
+                .ends_with("\ntool calls: 11008 (100 denied, 10908 more not listed)")
+        );
         assert_eq!(
-            run_ok(code),
+            report.stdout,
             "{'fixture-policy.crash: tool \"crash\" of server \"fixture-policy\" is denied by the \
              tool policy'}\n8 calls after them\n\
              {'fixture-policy.structured: this run made 8 tool calls, its budget'}\n"
