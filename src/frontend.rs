@@ -370,8 +370,7 @@ fn output_schema() -> serde_json::Map<String, serde_json::Value> {
             "notes": {"type": "array"},
             "session": {"type": "object"},
             "egress": {"type": "array"},
-            "packages": {"type": "object"},
-            "toolCalls": {"type": "object"}
+            "packages": {"type": "object"}
         },
         "required": [
             "status", "stdout", "stderr", "durationMs", "stdoutTruncated", "stderrTruncated"
@@ -523,7 +522,6 @@ mod tests {
                 bytes_received: 2,
             }],
             packages: Some(crate::sandbox::protocol::Installed::default()),
-            tool_calls: Some(crate::report::ToolCallList::default()),
             ..crate::report::RunReport::rejected(RunStatus::Error, "x")
         };
         let value = serde_json::to_value(&report).unwrap();
