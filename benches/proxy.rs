@@ -43,6 +43,8 @@ fn fixture() -> Option<ServerDefinition> {
         cwd: None,
         description: None,
         source: "benches/proxy.rs".into(),
+        allow_tools: None,
+        deny_tools: Vec::new(),
     })
 }
 

@@ -26,7 +26,7 @@ use crate::images;
 use crate::metrics;
 use crate::pool::{Lease, Pool, RecycleReason, Verdict};
 use crate::principals::Principal;
-use crate::proxy::CallLimits;
+use crate::proxy::{CallLimits, RunTools};
 use crate::report::{Found, Image, OutputFile, RunReport, RunStatus, SessionReport, decode_output};
 use crate::sandbox::protocol::{
     FileBounds, FileContent, ImageBounds, InputFile, RunDone, RunInput,
@@ -338,6 +338,10 @@ async fn unobserved(
     let call_limits = CallLimits {
         max_call_bytes: config.max_tool_call_bytes,
         bytes_in_flight: config.tool_bytes_in_flight,
+        calls_per_run: config.tool_calls_per_run,
+        calls_per_tool: config.tool_calls_per_tool,
+        argument_bytes_per_run: config.tool_argument_bytes_per_run,
+        result_bytes_per_run: config.tool_result_bytes_per_run,
     };
     let tools = match service
         .proxy()
@@ -401,6 +405,7 @@ async fn unobserved(
     }
     answer.report.notes.extend(network.notes());
     answer.report.egress = network.connections;
+    answer.report.tool_calls = tools.as_ref().map(RunTools::calls).filter(|c| c.total > 0);
     if !answer.report.files.is_empty() {
         // The process id keeps URIs of a restarted server apart.
         let run_id = format!("{}-{call_id}", std::process::id());
@@ -656,6 +661,7 @@ impl Run<'_> {
             notes,
             session: None,
             egress: Vec::new(),
+            tool_calls: None,
             packages: done.as_ref().and_then(|done| done.packages.clone()),
             saved: Vec::new(),
         };

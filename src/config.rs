@@ -110,6 +110,17 @@ pub struct Config {
     pub max_tool_call_bytes: usize,
     /// What one run's tool calls and their answers may hold on the host at once.
     pub tool_bytes_in_flight: usize,
+    /// Calls one run may send to MCP servers, all tools together.
+    pub tool_calls_per_run: u32,
+    /// Calls one run may send to one tool.
+    pub tool_calls_per_tool: u32,
+    /// Bytes of arguments one run's calls may carry, all together.
+    pub tool_argument_bytes_per_run: u64,
+    /// Bytes of results one run's calls may receive, all together.
+    pub tool_result_bytes_per_run: u64,
+    /// `MCP_BRIDGE_TOOL_POLICY`: the rules file, read at start by the
+    /// binary ([`crate::policy::ToolPolicy::load`]).
+    pub tool_policy_file: Option<std::path::PathBuf>,
     /// The network runs may reach through the host's proxy, and its bounds.
     pub egress: EgressSettings,
     /// Packages runs install, and the host's wheel cache they come from.
@@ -306,6 +317,11 @@ impl Default for Config {
             artifact_bytes: 256 * MIB,
             max_tool_call_bytes: 4 << 20,
             tool_bytes_in_flight: 64 << 20,
+            tool_calls_per_run: 10_000,
+            tool_calls_per_tool: 10_000,
+            tool_argument_bytes_per_run: 1024 * MIB,
+            tool_result_bytes_per_run: 4096 * MIB,
+            tool_policy_file: None,
             egress: EgressSettings::default(),
             packages: PackageSettings::default(),
             log_filter: log_filter("info").expect("info is a level"),
@@ -622,6 +638,40 @@ impl Config {
             self.tool_bytes_in_flight,
             size(MIB, 4096 * MIB, "1m to 4g"),
         )?;
+        let calls = |v: &str| {
+            v.parse::<u32>()
+                .ok()
+                .filter(|n| (1..=1_000_000).contains(n))
+                .ok_or_else(|| "a whole number from 1 to 1000000".to_string())
+        };
+        self.tool_calls_per_run = vars.parse(
+            "MCP_BRIDGE_TOOL_CALLS_PER_RUN",
+            self.tool_calls_per_run,
+            calls,
+        )?;
+        self.tool_calls_per_tool = vars.parse(
+            "MCP_BRIDGE_TOOL_CALLS_PER_TOOL",
+            self.tool_calls_per_tool,
+            calls,
+        )?;
+        let total = |v: &str| {
+            parse_bytes(v)
+                .filter(|b| (1..=1024 * 1024 * MIB).contains(b))
+                .ok_or_else(|| "a size from 1 byte to 1t, like 256m or 4g".to_string())
+        };
+        self.tool_argument_bytes_per_run = vars.parse(
+            "MCP_BRIDGE_TOOL_ARGUMENT_BYTES_PER_RUN",
+            self.tool_argument_bytes_per_run,
+            total,
+        )?;
+        self.tool_result_bytes_per_run = vars.parse(
+            "MCP_BRIDGE_TOOL_RESULT_BYTES_PER_RUN",
+            self.tool_result_bytes_per_run,
+            total,
+        )?;
+        self.tool_policy_file = vars
+            .raw("MCP_BRIDGE_TOOL_POLICY")
+            .map(std::path::PathBuf::from);
         if self.tool_bytes_in_flight < self.max_tool_call_bytes {
             return Err(ConfigError {
                 name: "MCP_BRIDGE_TOOL_BYTES_IN_FLIGHT",

@@ -608,6 +608,8 @@ mod tests {
                     cwd: None,
                     description: Some("Search and edit the team's issues".into()),
                     source: "test".into(),
+                    allow_tools: None,
+                    deny_tools: Vec::new(),
                 }
             })
             .collect();

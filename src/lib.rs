@@ -30,6 +30,8 @@
 //! - [`images`]: the images runs return, read strictly and rebuilt on the host.
 //! - [`allowlist`]: the operator's network allowlist (host patterns, networks,
 //!   refused address ranges); pure.
+//! - [`policy`]: which tools of the user's servers runs may call: the
+//!   servers' `allowTools`/`denyTools` and `MCP_BRIDGE_TOOL_POLICY`; pure.
 //! - [`principals`]: whom a call is for, and each one's calls in flight.
 //! - [`metrics`]: the Prometheus registry; a leaf every module reports into.
 //! - [`config`]: the `MCP_BRIDGE_*` variables, parsed and validated (pure).
@@ -50,6 +52,7 @@ pub mod http;
 pub mod images;
 pub mod metrics;
 pub mod packages;
+pub mod policy;
 pub mod pool;
 pub mod principals;
 pub mod proxy;

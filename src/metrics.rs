@@ -242,7 +242,7 @@ impl ProxyMetrics {
             calls: registrar.counter_vec(
                 "proxy_calls_total",
                 "MCP tool calls made from sandboxes, by server and outcome \
-                 (ok, tool_error, failed)",
+                 (ok, tool_error, failed; refused on the host: denied, over_budget)",
                 &["server", "outcome"],
             ),
             call_duration: registrar.histogram_vec(
@@ -403,6 +403,16 @@ pub fn observe_proxy_call(server: &str, outcome: &'static str, took: Duration) {
         .call_duration
         .with_label_values(&[server])
         .observe(took.as_secs_f64());
+}
+
+/// A proxied tool call the host refused before it reached the server (the
+/// tool policy, a budget): counted, not timed.
+pub fn observe_proxy_refusal(server: &str, outcome: &'static str) {
+    metrics()
+        .proxy
+        .calls
+        .with_label_values(&[server, outcome])
+        .inc();
 }
 
 pub fn observe_proxy_restart(server: &str) {

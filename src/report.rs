@@ -104,6 +104,66 @@ pub struct RunReport {
     /// The files the call's `save` wrote to the host, with their sizes.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub saved: Vec<crate::hostfiles::Saved>,
+    /// The MCP tool calls the run made (the first of them), when it made any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<ToolCallList>,
+}
+
+/// The tool calls of one run, as its result lists them: the first
+/// [`ToolCallList::LISTED`], and how many there were.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ToolCallList {
+    pub total: u64,
+    pub calls: Vec<ToolCall>,
+}
+
+/// One tool call of a run and how it went.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ToolCall {
+    pub server: String,
+    pub tool: String,
+    /// `ok`, `error` (the tool's or the call's), `denied` (the tool policy)
+    /// or `over_budget` (a budget of the run).
+    pub outcome: &'static str,
+    pub duration_ms: f64,
+    /// The call's argument bytes and its result's.
+    pub bytes: u64,
+}
+
+impl ToolCallList {
+    /// Calls listed in a result; past them only the total grows.
+    pub const LISTED: usize = 100;
+
+    /// Counts a call, and lists it while the list has room.
+    pub fn push(&mut self, call: ToolCall) {
+        self.total += 1;
+        if self.calls.len() < Self::LISTED {
+            self.calls.push(call);
+        }
+    }
+
+    /// The compact text's line: `tool calls: 3 (2 ok, 1 denied)`.
+    fn render(&self, text: &mut String) {
+        let mut counts: Vec<(&str, usize)> = Vec::new();
+        for call in &self.calls {
+            match counts.iter_mut().find(|(o, _)| *o == call.outcome) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((call.outcome, 1)),
+            }
+        }
+        let listed: Vec<String> = counts.iter().map(|(o, n)| format!("{n} {o}")).collect();
+        let more = self.total - self.calls.len() as u64;
+        text.push_str(&format!(
+            "tool calls: {} ({}",
+            self.total,
+            listed.join(", ")
+        ));
+        if more > 0 {
+            text.push_str(&format!(", {more} more not listed"));
+        }
+        text.push(')');
+    }
 }
 
 /// The session of a call: how the call found it, and whether it ended.
@@ -218,6 +278,7 @@ impl RunReport {
             egress: Vec::new(),
             packages: None,
             saved: Vec::new(),
+            tool_calls: None,
         }
     }
 
@@ -278,6 +339,10 @@ impl RunReport {
         if let Some(packages) = &self.packages {
             end_line(&mut text);
             render_packages(packages, &mut text);
+        }
+        if let Some(calls) = self.tool_calls.as_ref().filter(|c| c.total > 0) {
+            end_line(&mut text);
+            calls.render(&mut text);
         }
         if text.is_empty() {
             text.push_str(if self.images.is_empty() && self.files.is_empty() {

@@ -37,6 +37,8 @@ mod lifecycle;
 mod observability;
 #[path = "suites/packages.rs"]
 mod packages;
+#[path = "suites/policy.rs"]
+mod policy;
 #[path = "suites/pool.rs"]
 mod pool;
 #[path = "suites/proxy.rs"]

@@ -30,6 +30,7 @@ use mcp_code_exec::engine::{Engine, SeccompProfile};
 use mcp_code_exec::frontend::CodeExecServer;
 use mcp_code_exec::frontend::transport::{MAX_MESSAGE_BYTES, StdioTransport};
 use mcp_code_exec::http::HttpFrontDoor;
+use mcp_code_exec::policy::ToolPolicy;
 use mcp_code_exec::pool::SHUTDOWN_TIMEOUT;
 use mcp_code_exec::proxy::Proxy;
 use mcp_code_exec::proxy::discovery::{self, SearchRoots};
@@ -103,6 +104,15 @@ fn main() -> ExitCode {
             }
         }
     }
+    // A rules file that cannot be used stops the launch, naming its line.
+    let policy = match config.tool_policy_file.as_deref().map(ToolPolicy::load) {
+        None => ToolPolicy::default(),
+        Some(Ok(policy)) => policy,
+        Some(Err(error)) => {
+            eprintln!("mcp-code-exec: invalid tool policy: {error}");
+            return ExitCode::from(2);
+        }
+    };
     let logs = init_logging(&config.log_filter, config.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -110,13 +120,13 @@ fn main() -> ExitCode {
         .expect("a tokio runtime can be built");
     let exit = runtime.block_on(async move {
         match cli.command.unwrap_or(Command::Serve { http: None }) {
-            Command::Serve { .. } => serve(config).await,
+            Command::Serve { .. } => serve(config, policy).await,
             Command::Run {
                 file,
                 timeout,
                 servers,
-            } => run_once(config, file, timeout, servers).await,
-            Command::Doctor => doctor(config).await,
+            } => run_once(config, policy, file, timeout, servers).await,
+            Command::Doctor => doctor(config, &policy).await,
         }
     });
     // Don't wait for the blocking stdin reader: after a signal, stdin may never close.
@@ -248,13 +258,19 @@ impl Write for LogLine {
     }
 }
 
-async fn serve(config: Config) -> ExitCode {
+async fn serve(config: Config, policy: ToolPolicy) -> ExitCode {
     let output_mode = config.output_mode;
     let metrics_addr = config.metrics_addr;
     let http = config.http.clone();
-    let proxy = Arc::new(Proxy::discover(&SearchRoots::from_environment(
-        config.project_servers,
-    )));
+    if policy.asks() {
+        tracing::warn!(
+            "MCP_BRIDGE_TOOL_POLICY has ask rules: approval by elicitation is not available, \
+             so every call they match is refused"
+        );
+    }
+    let proxy = Arc::new(
+        Proxy::discover(&SearchRoots::from_environment(config.project_servers)).with_policy(policy),
+    );
     let service = Arc::new(Service::with_proxy(config, proxy));
     let server = CodeExecServer::new(service.clone(), output_mode);
     // Over HTTP, the listener is checked and bound before anything starts.
@@ -396,6 +412,7 @@ async fn shutdown_signal() -> &'static str {
 
 async fn run_once(
     mut config: Config,
+    policy: ToolPolicy,
     file: Option<PathBuf>,
     timeout: Option<f64>,
     servers: Vec<String>,
@@ -410,9 +427,9 @@ async fn run_once(
     // One run needs one sandbox, not a warm spare.
     config.pool_min_idle = 0;
     let output_mode = config.output_mode;
-    let proxy = Arc::new(Proxy::discover(&SearchRoots::from_environment(
-        config.project_servers,
-    )));
+    let proxy = Arc::new(
+        Proxy::discover(&SearchRoots::from_environment(config.project_servers)).with_policy(policy),
+    );
     let service = Service::with_proxy(config, proxy);
     let request = CallRequest {
         code,
@@ -490,9 +507,25 @@ fn print_egress(egress: &mcp_code_exec::config::EgressSettings) {
 }
 
 /// Each check prints one line; the first failure says how to fix it.
-async fn doctor(mut config: Config) -> ExitCode {
+async fn doctor(mut config: Config, policy: &ToolPolicy) -> ExitCode {
     println!("mcp-code-exec {} doctor", env!("CARGO_PKG_VERSION"));
     print_servers(config.project_servers);
+    match &config.tool_policy_file {
+        None => {
+            println!("ok    tool policy: none (MCP_BRIDGE_TOOL_POLICY unset): every tool allowed")
+        }
+        Some(file) => println!(
+            "ok    tool policy: {}: {}",
+            file.display(),
+            policy.describe()
+        ),
+    }
+    if policy.asks() {
+        println!(
+            "warn  tool policy: ask rules refuse their calls: approval by elicitation is not \
+             available yet"
+        );
+    }
     print_egress(&config.egress);
     println!(
         "ok    packages: {}",

@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::config::ProjectServers;
+use crate::policy::ServerRules;
 
 /// One configured MCP server the sandbox may call. Its `Debug` shows the
 /// names of its environment variables, not their values (often tokens).
@@ -45,6 +46,23 @@ pub struct ServerDefinition {
     pub description: Option<String>,
     /// The file it came from (`doctor` and the capabilities manual show it).
     pub source: PathBuf,
+    /// `"allowTools"`: when present, only the tools these globs match exist
+    /// for runs (see [`crate::policy`]).
+    pub allow_tools: Option<Vec<String>>,
+    /// `"denyTools"`: the tools these globs match do not exist for runs.
+    pub deny_tools: Vec<String>,
+}
+
+impl ServerDefinition {
+    /// The server's own tool patterns, as the policy reads them.
+    pub fn rules(&self) -> ServerRules<'_> {
+        ServerRules {
+            server: &self.name,
+            source: &self.source,
+            allow: self.allow_tools.as_deref(),
+            deny: &self.deny_tools,
+        }
+    }
 }
 
 impl std::fmt::Debug for ServerDefinition {
@@ -58,6 +76,8 @@ impl std::fmt::Debug for ServerDefinition {
             .field("cwd", &self.cwd)
             .field("description", &self.description)
             .field("source", &self.source)
+            .field("allow_tools", &self.allow_tools)
+            .field("deny_tools", &self.deny_tools)
             .finish()
     }
 }
@@ -243,6 +263,10 @@ struct RawEntry {
     cwd: Option<PathBuf>,
     description: Option<String>,
     url: Option<String>,
+    #[serde(rename = "allowTools")]
+    allow_tools: Option<Vec<String>>,
+    #[serde(rename = "denyTools", default)]
+    deny_tools: Vec<String>,
 }
 
 /// Finds every definition, in order, with aliases assigned: the user's
@@ -338,6 +362,8 @@ pub fn discover(roots: &SearchRoots) -> (Vec<ServerDefinition>, Vec<DiscoveryWar
                 cwd: entry.cwd,
                 description: entry.description.or_else(|| file_description.clone()),
                 source: file.clone(),
+                allow_tools: entry.allow_tools,
+                deny_tools: entry.deny_tools,
             });
         }
     }
@@ -511,7 +537,8 @@ mod tests {
             dir.join("project/mcp-servers/b.json"),
             r#"{"description": "file default", "mcpServers": {
                 "time": {"command": "from-folder-b"},
-                "fs": {"command": "fs-bin", "args": ["/data"], "env": {"K": "V"}}}}"#,
+                "fs": {"command": "fs-bin", "args": ["/data"], "env": {"K": "V"},
+                       "allowTools": ["read_*"], "denyTools": ["read_secret*"]}}}"#,
         );
         write(
             dir.join("project/mcp-servers/a.json"),
@@ -547,6 +574,10 @@ mod tests {
         assert_eq!(servers[2].description.as_deref(), Some("own"));
         assert_eq!(servers[3].description.as_deref(), Some("file default"));
         assert_eq!(servers[3].env["K"], "V");
+        assert_eq!(servers[3].allow_tools, Some(vec!["read_*".to_string()]));
+        assert_eq!(servers[3].deny_tools, ["read_secret*"]);
+        assert_eq!(servers[2].allow_tools, None, "no key: every tool");
+        assert!(servers[2].deny_tools.is_empty());
         assert_eq!(servers[1].alias, "codex_one");
         assert_eq!(servers[0].source, dir.join("home/.cursor/mcp.json"));
         assert_eq!(servers[4].source, dir.join("project/.vscode/mcp.json"));

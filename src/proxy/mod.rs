@@ -4,13 +4,16 @@
 //! [`discovery`] finds the definitions, [`clients`] keeps one client per
 //! server. This module turns them into what a run needs: the metadata the
 //! sandbox builds its `mcp` modules from, and the answer to each tool call
-//! the sandbox makes. It never touches containers.
+//! the sandbox makes. It never touches containers. What the tool policy
+//! ([`crate::policy`]) denies is left out of the metadata and refused when
+//! called anyway; each run's calls are counted against its [`CallLimits`].
 
 pub mod budget;
 pub mod clients;
 pub mod discovery;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -22,6 +25,8 @@ use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
 use crate::metrics;
+use crate::policy::{Action, ToolPolicy};
+use crate::report::{ToolCall, ToolCallList};
 use crate::sandbox::protocol::encode_answer;
 use crate::sandbox::{HostFrame, ToolCalls};
 use budget::{Budget, Hold};
@@ -53,6 +58,8 @@ pub struct Proxy {
     /// Every configured server as the sandbox lists it; fixed for the
     /// process's life, so built once rather than per run.
     discovered: Value,
+    /// The operator's rules (`MCP_BRIDGE_TOOL_POLICY`), fixed at start.
+    policy: ToolPolicy,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -89,7 +96,18 @@ impl Proxy {
         Self {
             hub: ClientHub::new(servers),
             discovered: Value::Array(discovered),
+            policy: ToolPolicy::default(),
         }
+    }
+
+    /// The same servers under the operator's rules.
+    pub fn with_policy(mut self, policy: ToolPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    pub fn policy(&self) -> &ToolPolicy {
+        &self.policy
     }
 
     pub fn names(&self) -> &[String] {
@@ -112,9 +130,20 @@ impl Proxy {
             return Ok(None);
         }
         let mut callable = Vec::with_capacity(servers.len());
+        let mut tool_index = HashMap::new();
         for name in servers {
             let client = self.hub.get(name)?;
             let tools = client.tools().await?;
+            let rules = client.definition.rules();
+            // A denied tool does not exist for the run: no function, no docs.
+            let tools: Vec<_> = tools
+                .iter()
+                .filter(|t| self.policy.decide(rules, &t.name).action != Action::Deny)
+                .collect();
+            for tool in &tools {
+                let next = tool_index.len();
+                tool_index.insert((name.clone(), tool.name.to_string()), next);
+            }
             let aliases = unique_identifiers(tools.iter().map(|t| t.name.as_ref()));
             let tools: Vec<Value> = tools
                 .iter()
@@ -145,6 +174,12 @@ impl Proxy {
             budget: Budget::new(limits.bytes_in_flight),
             waiting: Budget::new(limits.bytes_in_flight / 4),
             parse_turn: tokio::sync::Mutex::new(()),
+            usage: Mutex::new(Usage {
+                per_tool: vec![0; tool_index.len()],
+                ..Usage::default()
+            }),
+            tool_index,
+            log: Mutex::new(ToolCallList::default()),
             limits,
         }))
     }
@@ -164,6 +199,28 @@ pub struct CallLimits {
     /// until the server answered it, then its answer until the sandbox has
     /// it).
     pub bytes_in_flight: usize,
+    /// Calls sent to servers in one run, all tools together
+    /// (`MCP_BRIDGE_TOOL_CALLS_PER_RUN`).
+    pub calls_per_run: u32,
+    /// Calls sent to one tool in one run (`MCP_BRIDGE_TOOL_CALLS_PER_TOOL`).
+    pub calls_per_tool: u32,
+    /// The arguments' bytes of one run's calls, all together
+    /// (`MCP_BRIDGE_TOOL_ARGUMENT_BYTES_PER_RUN`).
+    pub argument_bytes_per_run: u64,
+    /// The results' bytes one run's calls receive, all together
+    /// (`MCP_BRIDGE_TOOL_RESULT_BYTES_PER_RUN`).
+    pub result_bytes_per_run: u64,
+}
+
+/// What one run's calls used of its [`CallLimits`] budgets: counters only,
+/// so a refused call adds nothing.
+#[derive(Debug, Default)]
+struct Usage {
+    calls: u32,
+    /// Calls per tool of the run's metadata, by [`RunTools::tool_index`].
+    per_tool: Vec<u32>,
+    argument_bytes: u64,
+    result_bytes: u64,
 }
 
 /// The tools one run may call: the metadata its sandbox builds the `mcp`
@@ -184,6 +241,12 @@ pub struct RunTools {
     waiting: Budget,
     /// Large calls are parsed one at a time (fair: in arrival order).
     parse_turn: tokio::sync::Mutex<()>,
+    /// The run's tools (those it may see), each with its counter in `usage`.
+    tool_index: HashMap<(String, String), usize>,
+    /// Only held to count, never across an `.await`.
+    usage: Mutex<Usage>,
+    /// The calls for the result (bounded: [`ToolCallList::LISTED`]).
+    log: Mutex<ToolCallList>,
     limits: CallLimits,
 }
 
@@ -204,16 +267,28 @@ pub enum CallOutcome {
     ToolError,
     /// The server could not be reached or the call broke.
     Failed,
+    /// The tool policy refused it (a `deny` or an `ask` rule).
+    Denied,
+    /// A budget of the run's [`CallLimits`] refused it.
+    OverBudget,
 }
 
 impl CallOutcome {
-    pub const ALL: [Self; 3] = [Self::Ok, Self::ToolError, Self::Failed];
+    pub const ALL: [Self; 5] = [
+        Self::Ok,
+        Self::ToolError,
+        Self::Failed,
+        Self::Denied,
+        Self::OverBudget,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Ok => "ok",
             Self::ToolError => "tool_error",
             Self::Failed => "failed",
+            Self::Denied => "denied",
+            Self::OverBudget => "over_budget",
         }
     }
 }
@@ -379,6 +454,10 @@ impl RunTools {
         let Ok((owned, result, size)) = measured else {
             return refusal(id, "could not measure the answer");
         };
+        if let Err(error) = self.charge_result(size) {
+            drop(result);
+            return refusal(id, &error);
+        }
         let Some(hold) = self.budget.take(size) else {
             drop(result);
             return refusal(id, &self.over_budget(&format!("the result ({size} bytes)")));
@@ -403,6 +482,118 @@ impl RunTools {
              or pass and ask for less per call",
             self.budget.bytes()
         )
+    }
+
+    /// What the tool policy says of a call: `Err` names the rule that
+    /// refuses it.
+    fn permitted(&self, server: &str, tool: &str) -> Result<(), String> {
+        let Ok(client) = self.proxy.hub.get(server) else {
+            return Ok(()); // The call itself says the server is unknown.
+        };
+        let decision = self.proxy.policy.decide(client.definition.rules(), tool);
+        match decision.action {
+            Action::Allow => Ok(()),
+            Action::Deny => Err(format!(
+                "tool {tool:?} of server {server:?} is denied by the tool policy ({})",
+                decision.rule
+            )),
+            Action::Ask => Err(format!(
+                "tool {tool:?} of server {server:?} needs a human's approval ({}), \
+                 which this server cannot ask for: the call is refused",
+                decision.rule
+            )),
+        }
+    }
+
+    /// Counts a call against the run's budgets of calls and argument bytes,
+    /// or names the budget it would go past (then nothing is counted).
+    fn charge_call(&self, server: &str, tool: &str, argument_bytes: usize) -> Result<(), String> {
+        let limits = &self.limits;
+        let mut usage = self.usage.lock().expect("usage is only counted");
+        if usage.calls >= limits.calls_per_run {
+            return Err(format!(
+                "this run made {} tool calls, its budget (MCP_BRIDGE_TOOL_CALLS_PER_RUN): \
+                 the call is refused",
+                limits.calls_per_run
+            ));
+        }
+        let index = self
+            .tool_index
+            .get(&(server.to_owned(), tool.to_owned()))
+            .copied();
+        if let Some(index) = index
+            && usage.per_tool[index] >= limits.calls_per_tool
+        {
+            return Err(format!(
+                "this run called {server}.{tool} {} times, the budget per tool \
+                 (MCP_BRIDGE_TOOL_CALLS_PER_TOOL): the call is refused",
+                limits.calls_per_tool
+            ));
+        }
+        let bytes = u64::try_from(argument_bytes).unwrap_or(u64::MAX);
+        if usage.argument_bytes.saturating_add(bytes) > limits.argument_bytes_per_run {
+            return Err(format!(
+                "this call's {bytes} bytes of arguments would take the run's past {} bytes, \
+                 its budget (MCP_BRIDGE_TOOL_ARGUMENT_BYTES_PER_RUN): the call is refused",
+                limits.argument_bytes_per_run
+            ));
+        }
+        usage.calls += 1;
+        if let Some(index) = index {
+            usage.per_tool[index] += 1;
+        }
+        usage.argument_bytes += bytes;
+        Ok(())
+    }
+
+    /// Counts a result against the run's budget of result bytes, or names
+    /// the budget it would go past (the result is then not given).
+    fn charge_result(&self, bytes: usize) -> Result<(), String> {
+        let budget = self.limits.result_bytes_per_run;
+        let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+        let mut usage = self.usage.lock().expect("usage is only counted");
+        if usage.result_bytes.saturating_add(bytes) > budget {
+            return Err(format!(
+                "the result's {bytes} bytes would take the run's results past {budget} bytes, \
+                 their budget (MCP_BRIDGE_TOOL_RESULT_BYTES_PER_RUN): the result is refused"
+            ));
+        }
+        usage.result_bytes += bytes;
+        Ok(())
+    }
+
+    /// Lists a call for the run's result.
+    fn record(
+        &self,
+        server: &str,
+        tool: &str,
+        outcome: CallOutcome,
+        started: Instant,
+        bytes: usize,
+    ) {
+        let outcome = match outcome {
+            CallOutcome::Ok => "ok",
+            CallOutcome::ToolError | CallOutcome::Failed => "error",
+            CallOutcome::Denied => "denied",
+            CallOutcome::OverBudget => "over_budget",
+        };
+        let mut log = self.log.lock().expect("the log is only pushed to");
+        let call = (log.calls.len() < ToolCallList::LISTED).then(|| ToolCall {
+            server: server.to_owned(),
+            tool: tool.to_owned(),
+            outcome,
+            duration_ms: started.elapsed().as_secs_f64() * 1e3,
+            bytes: u64::try_from(bytes).unwrap_or(u64::MAX),
+        });
+        match call {
+            Some(call) => log.push(call),
+            None => log.total += 1,
+        }
+    }
+
+    /// The calls the run made, for its result.
+    pub fn calls(&self) -> ToolCallList {
+        self.log.lock().expect("the log is only pushed to").clone()
     }
 
     /// Checks a call on its envelope alone (the server it names);
@@ -452,6 +643,20 @@ impl ToolCalls for RunTools {
             } = envelope;
             // From here the call is its slice of arguments, then their parse.
             drop(request);
+            let checked = self
+                .permitted(&server, &tool)
+                .map_err(|e| (CallOutcome::Denied, e))
+                .and_then(|()| {
+                    let bytes = raw.as_ref().map_or(0, Bytes::len);
+                    self.charge_call(&server, &tool, bytes)
+                        .map_err(|e| (CallOutcome::OverBudget, e))
+                });
+            if let Err((outcome, error)) = checked {
+                metrics::observe_proxy_refusal(&server, outcome.as_str());
+                self.record(&server, &tool, outcome, Instant::now(), 0);
+                return refusal(&id, &error);
+            }
+            let argument_bytes = raw.as_ref().map_or(0, Bytes::len);
             let Ok(_permit) = self.in_flight.try_acquire() else {
                 let error = format!(
                     "more than {MAX_CALLS_IN_FLIGHT} MCP calls in flight in one run; \
@@ -477,6 +682,9 @@ impl ToolCalls for RunTools {
                 Err(_) => CallOutcome::Failed,
             };
             metrics::observe_proxy_call(&server, observed.as_str(), started.elapsed());
+            let result_bytes = outcome.as_ref().map_or(0, content_bytes);
+            let bytes = argument_bytes + result_bytes;
+            self.record(&server, &tool, observed, started, bytes);
             match outcome {
                 Ok(result) => self.answer(&id, result).await,
                 Err(error) => refusal(&id, &error.to_string()),

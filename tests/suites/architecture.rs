@@ -186,6 +186,16 @@ fn metrics_is_a_leaf() {
 }
 
 #[test]
+fn the_tool_policy_is_pure() {
+    let graph = import_graph();
+    assert_eq!(
+        graph["policy"],
+        BTreeSet::new(),
+        "policy decides from the rules it is given; the proxy enforces them"
+    );
+}
+
+#[test]
 fn the_reader_sees_grouped_imports_and_skips_comments() {
     let source = "use crate::{call, config::{Config, EngineKind}, engine::Engine};\n\
                   // crate::pool is only mentioned\n\

@@ -119,6 +119,32 @@ fn invalid_configuration_stops_at_launch_naming_the_variable() {
 }
 
 #[test]
+fn a_tool_policy_that_does_not_parse_stops_the_launch_naming_its_line() {
+    let file = std::env::temp_dir().join(format!("cli-policy-{}.rules", std::process::id()));
+    std::fs::write(&file, "# rules\nallow time.*\nforbid time.convert_time\n").unwrap();
+    let path = file.to_string_lossy().into_owned();
+    for command in [&["serve"][..], &["run"]] {
+        let output = mcp_code_exec(command, "print(1)", &[("MCP_BRIDGE_TOOL_POLICY", &path)]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "invalid tool policy: {path}:3: \"forbid\": a rule starts with allow"
+            )),
+            "{stderr}"
+        );
+        assert!(output.stdout.is_empty(), "nothing on stdout");
+    }
+    std::fs::remove_file(&file).unwrap();
+    let missing = mcp_code_exec(&["run"], "print(1)", &[("MCP_BRIDGE_TOOL_POLICY", &path)]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("MCP_BRIDGE_TOOL_POLICY: cannot read"),
+        "a missing file stops the launch too"
+    );
+}
+
+#[test]
 fn root_ids_and_unknown_log_levels_stop_at_launch() {
     for (name, value) in [
         ("MCP_BRIDGE_CONTAINER_USER", "00"),

@@ -307,6 +307,8 @@ pub fn server(name: &str, command: PathBuf, args: &[&str]) -> ServerDefinition {
         cwd: None,
         description: Some(format!("{name} (test)")),
         source: PathBuf::from("tests/util/mod.rs"),
+        allow_tools: None,
+        deny_tools: Vec::new(),
     }
 }
 
