@@ -95,7 +95,7 @@ pub struct Config {
     pub max_host_files: usize,
     /// How host paths are resolved: the kernel's `openat2` where it has one
     /// (not a variable: tests choose the walk to run it on Linux too).
-    pub host_resolution: crate::hostfiles::Method,
+    pub host_resolution: HostResolution,
     /// The size of `/workspace` (`MCP_BRIDGE_WORKSPACE_BYTES`).
     pub workspace_bytes: u64,
     /// Files a run returns from `/workspace/out`: how many.
@@ -169,6 +169,15 @@ impl Default for HttpSettings {
             resource_url: None,
         }
     }
+}
+
+/// How host paths are resolved beneath a root (see [`crate::hostfiles`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostResolution {
+    /// `openat2` where the kernel has it, else the walk.
+    Kernel,
+    /// The walk only (what runs without `openat2`; tests choose it on Linux).
+    Walk,
 }
 
 /// Where host files may be read from (see [`crate::hostfiles`]).
@@ -309,7 +318,7 @@ impl Default for Config {
             host_write: None,
             max_host_files_bytes: 64 * MIB,
             max_host_files: 10_000,
-            host_resolution: crate::hostfiles::Method::Kernel,
+            host_resolution: HostResolution::Kernel,
             workspace_bytes: 128 * MIB,
             max_output_files: 32,
             max_output_files_bytes: 16 * MIB,

@@ -18,14 +18,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 
-/// How paths are resolved beneath a root.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Method {
-    /// `openat2` where the kernel has it, else the walk.
-    Kernel,
-    /// The walk only (what runs without `openat2`; tests choose it on Linux).
-    Walk,
-}
+/// How paths are resolved beneath a root (a setting of the configuration).
+pub use crate::config::HostResolution as Method;
 
 /// A path's components, checked to be plain; `None` for one that is not
 /// (absolute, `..`, `.`, an empty part, NUL, a part over 255 bytes).
