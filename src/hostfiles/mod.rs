@@ -222,8 +222,13 @@ fn beneath(root: &Path, path: &str) -> Option<Option<Vec<String>>> {
             _ => return Some(None),
         }
     }
-    // `Path` drops `.` and doubled slashes: compare as written.
-    let written = path[root.as_os_str().len()..].trim_start_matches('/');
+    // `Path` drops `.` and doubled slashes: compare as written (a root
+    // written longer than the path it matches, `/srv/out/` for `/srv/out`
+    // or `/a//b` for `/a/b`, leaves nothing to compare, never a panic).
+    let written = path
+        .get(root.as_os_str().len()..)
+        .unwrap_or("")
+        .trim_start_matches('/');
     if !written.is_empty() && plain_components(written).is_none() {
         return Some(None);
     }
@@ -443,8 +448,15 @@ impl Reader {
     /// since is refused.
     fn file(&mut self, fd: OwnedFd, id: (u64, u64), size: u64, dest: &str) -> std::io::Result<()> {
         let (kind, now) = kind_of(&fd)?;
-        if now != id || !matches!(kind, Kind::File { .. }) {
+        let Kind::File { nlink, .. } = kind else {
             return Err(std::io::Error::other("it changed while it was opened"));
+        };
+        if now != id {
+            return Err(std::io::Error::other("it changed while it was opened"));
+        }
+        // A hard link made since the type check is refused as one seen there.
+        if let Some(why) = refused_file(nlink) {
+            return Err(std::io::Error::other(why));
         }
         let mut file = std::fs::File::from(fd);
         let mut left = size;
@@ -725,4 +737,20 @@ pub fn file_uri_path(uri: &str) -> Option<PathBuf> {
     }
     let path = PathBuf::from(String::from_utf8(decoded).ok()?);
     (!path.as_os_str().as_encoded_bytes().contains(&0)).then_some(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_root_written_longer_than_the_path_it_matches_is_no_panic() {
+        let parts = |root: &str, path: &str| beneath(Path::new(root), path);
+        assert_eq!(parts("/srv/out/", "/srv/out"), Some(Some(vec![])));
+        assert_eq!(parts("/a//b", "/a/b/c"), Some(Some(vec!["c".to_owned()])));
+        assert_eq!(parts("/a//b", "/a/bé"), None);
+        assert_eq!(parts("/srv", "/srv/a/./b"), Some(None), "written as is");
+        assert_eq!(parts("/srv", "/srv/../etc"), Some(None));
+        assert_eq!(parts("/srv", "/etc"), None);
+    }
 }
