@@ -57,6 +57,9 @@ pub struct Config {
     pub image: String,
     /// Modules imported once before any run (`MCP_BRIDGE_PRELOAD`).
     pub preload: Vec<String>,
+    /// A light zygote beside the preloaded one, for runs that need none of
+    /// the preload (`MCP_BRIDGE_LIGHT_SPARE`).
+    pub light_spare: bool,
     pub container_user: String,
     pub memory_bytes: u64,
     pub pids_limit: i64,
@@ -291,6 +294,7 @@ impl Default for Config {
             oci_runtime: None,
             image: DEFAULT_IMAGE.into(),
             preload: DEFAULT_PRELOAD.iter().map(|&m| m.to_owned()).collect(),
+            light_spare: true,
             container_user: "65534:65534".into(),
             memory_bytes: 512 * MIB,
             pids_limit: 128,
@@ -419,6 +423,7 @@ impl Config {
         self.image = vars.string("MCP_BRIDGE_IMAGE", std::mem::take(&mut self.image));
         let preload = std::mem::take(&mut self.preload);
         self.preload = vars.parse("MCP_BRIDGE_PRELOAD", preload, parse_modules)?;
+        self.light_spare = vars.parse("MCP_BRIDGE_LIGHT_SPARE", self.light_spare, parse_on_off)?;
         let user = std::mem::take(&mut self.container_user);
         self.container_user = vars.parse("MCP_BRIDGE_CONTAINER_USER", user, parse_user)?;
         Ok(())
@@ -791,11 +796,7 @@ impl Config {
                     .filter(|&b| b >= MIB)
                     .ok_or_else(|| "a size of at least 1m, like 2g".into())
             })?;
-        packages.plans = vars.parse("MCP_BRIDGE_PACKAGE_PLANS", packages.plans, |v| match v {
-            "on" => Ok(true),
-            "off" => Ok(false),
-            _ => Err("on or off".into()),
-        })?;
+        packages.plans = vars.parse("MCP_BRIDGE_PACKAGE_PLANS", packages.plans, parse_on_off)?;
         packages.index = vars.parse("MCP_BRIDGE_PACKAGE_INDEX", None, |v| {
             let valid = (v.starts_with("https://") || v.starts_with("http://"))
                 && !v.contains(char::is_whitespace);
@@ -919,6 +920,15 @@ fn read_ca_bundle(path: PathBuf) -> Result<CaBundle, String> {
         return Err("a PEM file of certificates (no -----BEGIN CERTIFICATE----- in it)".into());
     }
     Ok(CaBundle { path, pem })
+}
+
+/// `on` or `off`.
+fn parse_on_off(value: &str) -> Result<bool, String> {
+    match value {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err("on or off".into()),
+    }
 }
 
 /// A comma-separated list of dotted module names, or `none`.

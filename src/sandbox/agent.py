@@ -10,16 +10,23 @@
 #   PID 1, the agent: holds the protocol (stdin/stdout), reads every request
 #   │   and relays every byte of every run. It never forks user code: its heap
 #   │   holds earlier runs' data (freed memory is not zeroed).
-#   └── the zygote: forked at start, before any request; it never reads the
-#       │   host's frames, only one-byte commands and pipe fds from the agent,
-#       │   so nothing of any run ever reaches its memory. It forks the spares,
-#       │   reaps them (it is the child subreaper of everything below it; where
-#       │   it cannot be, under gVisor, the agent reaps the orphans) and kills
-#       │   everything at reset.
-#       └── a spare: forked ahead of time, warmed up, waits on its code pipe;
-#           it runs one request as `__main__`, then exits. A session's spare
-#           runs one request after another in the same `__main__` (no reset
-#           between them) until its session ends, which recycles the container.
+#   ├── the zygote: forked at start, before any request; it never reads the
+#   │   │   host's frames, only one-byte commands and pipe fds from the agent,
+#   │   │   so nothing of any run ever reaches its memory. It imports the
+#   │   │   preload (MCP_BRIDGE_PRELOAD), forks the spares, reaps them (it is
+#   │   │   the child subreaper of everything below it; where it cannot be,
+#   │   │   under gVisor, the agent reaps the orphans) and kills everything
+#   │   │   but the light zygote at reset.
+#   │   └── a spare: forked ahead of time, warmed up, waits on its code pipe;
+#   │       it runs one request as `__main__`, then exits. A session's spare
+#   │       runs one request after another in the same `__main__` (no reset
+#   │       between them) until its session ends, which recycles the container.
+#   └── the light zygote (when there is a preload and MCP_BRIDGE_LIGHT_SPARE
+#       │   is on): the same as the zygote, with nothing preloaded, forked
+#       │   just before it; it never kills.
+#       └── a light spare: serves the runs that surely need no preloaded
+#           module (spares.py chooses), at the cost of a ~10 MiB fork, not
+#           a ~95 MiB one.
 #
 # Why PID 1 (and no separate init): the container's stdin/stdout are the
 # protocol channel, and every process holding them could forge or steal frames.
@@ -54,10 +61,11 @@
 # stopped (stop_session). Keep in sync with protocol.rs.
 #
 # Agent <-> zygote, one SOCK_SEQPACKET message each: b"S" + six pipe fds
-# (SCM_RIGHTS) asks for a spare, answered b"P<pid>"; b"K" + six fds (the
-# reset) asks to kill every process but the two of them, answered b"k", then
-# forks the spare like S; b"X<reason>" answers either when the zygote cannot
-# be trusted any more. The zygote also says b"E<pid> <code>"
+# (SCM_RIGHTS) asks for a spare, answered b"P<pid>"; b"K" (the reset) asks
+# to kill every process but the two of them and the light zygote, answered
+# b"k", then, when six fds came with it, forks the spare like S;
+# b"X<reason>" answers either when the zygote cannot be trusted any more.
+# The light zygote serves S the same way. The zygote also says b"E<pid> <code>"
 # when a spare exits. No pidfds: this works under gVisor too.
 #
 # Agent <-> spare: requests on the code pipe and statuses on the status pipe
@@ -191,6 +199,10 @@ devnull = os.open(os.devnull, os.O_RDWR)
 # What a spare writes on its status pipe once warmed up.
 WARM = b"W"
 SPARE_WARM_TIMEOUT_S = 10.0
+# How long a container with a light zygote idles before it forks its data
+# spare again (Spares): longer than the gaps of a stream of runs, shorter
+# than a model's turn.
+DATA_SPARE_IDLE_S = 0.1
 
 
 def send(kind, payload):
@@ -238,6 +250,10 @@ class FrameReader:
         payload = bytes(self.buffer[HEADER.size : HEADER.size + length])
         del self.buffer[: HEADER.size + length]
         return kind, payload
+
+    def wait_readable(self, timeout_s):
+        """True when a frame is buffered or the fd turns readable within `timeout_s`."""
+        return bool(self.buffer) or self.closed or bool(select.select([self.fd], [], [], timeout_s)[0])
 
     def wait_frame(self):
         """Blocks until a whole frame arrives; None when the host is gone."""
@@ -678,11 +694,11 @@ def report_uncaught(exc, filename):
 # ---------------------------------------------------------------- the zygote
 
 
-def zygote_main(channel, preload):
+def zygote_main(channel, preload, spared):
     """Imports the preloaded modules, then forks spares on the agent's
-    request, reaps everything below it, kills everything at reset. It reads
-    nothing but the agent's one-byte commands and the pipe fds that come
-    with them."""
+    request, reaps everything below it, kills everything but `spared` (the
+    light zygote's pid, if any) at reset. It reads nothing but the agent's
+    one-byte commands and the pipe fds that come with them."""
     os.dup2(devnull, 0)
     os.dup2(devnull, 1)  # only the agent speaks the protocol; fd 2 stays for crash reports
     missing = preload_modules(preload)
@@ -719,16 +735,19 @@ def zygote_main(channel, preload):
                 channel.send(b"E%d %d" % (pid, os.waitstatus_to_exitcode(wait_status)))
 
     def kill_all():
-        # kill(-1) reaches every process but PID 1 and the caller. As the
-        # subreaper this process inherits every orphan, so it reaps them all
-        # and kill() finds nothing once every other process is gone.
+        # kill(-1) reaches every process but PID 1 and the caller, at once
+        # (nothing forks past it). As the subreaper this process inherits
+        # every orphan, so it reaps them all and kill() finds nothing once
+        # every other process is gone. With a light zygote to spare, kill(-1)
+        # stops everything instead (nothing forks any more), everything else
+        # is killed by pid, and the light zygote continues, to reap its own.
         deadline = time.monotonic() + RESET_DEADLINE_S
+        pause = 0.0005
         while True:
-            try:
-                os.kill(-1, signal.SIGKILL)
-            except ProcessLookupError:
+            if not kill_everyone_but(spared):
                 return True
-            select.select([wake_r], [], [], 0.05)
+            select.select([wake_r], [], [], pause)
+            pause = min(pause * 2, 0.05)
             drain(wake_r)
             reap()
             if time.monotonic() > deadline:
@@ -748,12 +767,17 @@ def zygote_main(channel, preload):
             os._exit(0)  # the agent is gone
         # K: kill everything, say so, then (like S) fork the next spare, so
         # the agent empties the directories while the spare is forked.
+        # It checks itself too: when no spare is forked (the last run was
+        # a light spare's), no S would.
         if message == b"K":
-            if kill_all():
-                channel.send(b"k")
-            else:
+            if not kill_all():
                 channel.send(b"Xprocesses survived SIGKILL")
                 message = b""
+            elif integrity() != baseline:
+                channel.send(b"Xthe zygote's limits or scheduling were changed")
+                message = b""
+            else:
+                channel.send(b"k")
         if message in (b"S", b"K") and len(fds) == 6:
             if integrity() != baseline:
                 channel.send(b"Xthe zygote's limits or scheduling were changed")
@@ -763,10 +787,32 @@ def zygote_main(channel, preload):
                     run_spare(fds)
                 spares.add(pid)
                 channel.send(b"P%d" % pid)
-        elif message:
+        elif message not in (b"", b"K"):  # K without fds: the kill only
             channel.send(b"Xunknown command")
         for fd in fds:
             os.close(fd)
+
+
+def kill_everyone_but(spared):
+    """SIGKILL to every process but PID 1, the caller and `spared`; False
+    when there was none (a zombie counts until its parent reaps it)."""
+    if not spared:
+        try:
+            os.kill(-1, signal.SIGKILL)
+        except ProcessLookupError:
+            return False
+        return True
+    signal_all(signal.SIGSTOP)
+    keep = {1, os.getpid(), *spared}
+    others = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc"))) if pid not in keep]
+    for pid in others:
+        kill(pid)
+    for pid in spared:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    return bool(others)
 
 
 def preload_modules(names):
@@ -821,13 +867,13 @@ def drain(fd):
 class Zygote:
     """The agent's handle on the zygote: commands, replies, spare exits."""
 
-    def __init__(self, preload):
+    def __init__(self, preload, spared=()):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pid = os.fork()
         if pid == 0:
             ours.close()
             try:
-                zygote_main(theirs, preload)
+                zygote_main(theirs, preload, spared)
             except BaseException:
                 traceback.print_exc()
             finally:
@@ -927,6 +973,7 @@ class Spare:
             for fd in theirs:
                 os.close(fd)
         self.pid = int(reply[1:])
+        self.zygote = zygote
         zygote.exits.clear()
         for fd in (self.out_r, self.err_r, self.status_r, self.call_r, self.answer_w):
             os.set_blocking(fd, False)
@@ -1086,9 +1133,10 @@ class CallRelay:
 ORPHAN_POLL_MS = 50
 
 
-def run(spare, zygote, payload, request):
+def run(spare, zygotes, payload, request):
     """Runs one request on `spare` and sends its D frame. Returns whether
     the spare lives on for the session's next call."""
+    zygote = spare.zygote
     started = time.monotonic_ns()
     session = bool(request.get("session"))
     if spare.calls:
@@ -1186,7 +1234,7 @@ def run(spare, zygote, payload, request):
     status = statuses.status or {}
     kept = session and "exit_code" in status and not spare.exited(zygote)
     if kept:
-        stop_session(zygote)  # at once: nothing of it runs while the answer is sent
+        stop_session(zygotes)  # at once: nothing of it runs while the answer is sent
     done = {
         "exit_code": exit_code,
         "oom": oom_counter.read() > oom_before or status.get("error_type") == "MemoryError",
@@ -1212,15 +1260,16 @@ def run(spare, zygote, payload, request):
     return kept
 
 
-def stop_session(zygote):
+def stop_session(zygotes):
     """Stops every process of a session after its call (everything but PID
-    1 and the zygote), so that nothing of it runs until its next call:
+    1 and the zygotes), so that nothing of it runs until its next call:
     background threads and processes escape no time limit. `kill(-1)` also
-    reaches what forks meanwhile; the zygote, stopped too, is continued at
+    reaches what forks meanwhile; the zygotes, stopped too, are continued at
     once (a pending SIGSTOP is discarded by a SIGCONT)."""
     signal_all(signal.SIGSTOP)
-    if not zygote.dead:
-        os.kill(zygote.pid, signal.SIGCONT)
+    for zygote in zygotes:
+        if not zygote.dead:
+            os.kill(zygote.pid, signal.SIGCONT)
 
 
 def signal_all(signum):
@@ -1530,16 +1579,16 @@ class OomCounter:
 # ---------------------------------------------------------------- the reset
 
 
-def reset(spare, zygote, baseline):
-    """After a run: the zygote kills every other process, then forks the next
-    spare while the agent empties the directories and checks itself. Returns
-    (the next spare, None) when the container is as it was before the run,
-    else (None, why not)."""
+def reset(spares, baseline):
+    """After a run: the zygote kills every other process (the light zygote
+    aside), then forks the next spares while the agent empties the
+    directories and checks itself. Returns None when the container is as it
+    was before the run, else why not."""
 
     def clean():
         for _ in reaped():  # the zygote, if it died, and the last orphans (gVisor)
             pass
-        spare.close()
+        spares.close()
         streams_runtime["refuse_waiting"](network.listener)
         failure = fresh_places()
         if failure:
@@ -1548,7 +1597,7 @@ def reset(spare, zygote, baseline):
             return "the agent's limits or scheduling were changed"
         return None
 
-    return fresh_spare(zygote, b"K", clean, RESET_WARM_TIMEOUT_S)
+    return spares.refill(clean)
 
 
 def reset_impossible(queues, sysv):
@@ -1796,8 +1845,82 @@ def fresh_spare(zygote, command=b"S", between=None, warm_timeout_s=SPARE_WARM_TI
         return None, str(lost)
     # Ready means warm: the next run must not pay for the warm-up.
     if not spare.wait_warm(warm_timeout_s):
+        spare.close()
         return None, "the new spare did not warm up"
     return spare, None
+
+
+class Spares:
+    """The container's warm spares: the zygote's (`data`) and, when there is
+    a light zygote, its one (`light`). After a run the data spare is forked
+    again only if that run used it (the next is likely to, too); otherwise it
+    is forked once the container has been idle for DATA_SPARE_IDLE_S, or
+    when a run needs it and there is none (then that run waits for the fork).
+    So a stream of light runs never pays for the preload's fork."""
+
+    def __init__(self, zygote, light_zygote):
+        self.zygote = zygote
+        self.light_zygote = light_zygote
+        self.data = None
+        self.light = None
+        self.data_next = True
+
+    def zygotes(self):
+        return [zygote for zygote in (self.zygote, self.light_zygote) if zygote is not None]
+
+    def fill(self):
+        """The first spares, before any run; why not, or None."""
+        self.data, failure = fresh_spare(self.zygote)
+        if not failure and self.light_zygote is not None:
+            self.light, failure = fresh_spare(self.light_zygote)
+        return failure
+
+    def refill(self, clean):
+        """The reset's spares: the zygote kills everything else (and forks
+        the data spare if the last run used one) while `clean()` runs; why
+        the container cannot be reused, or None."""
+        if self.light_zygote is None or self.data_next:
+            self.data, failure = fresh_spare(self.zygote, b"K", clean, RESET_WARM_TIMEOUT_S)
+            if failure or self.light_zygote is None:
+                return failure
+        else:
+            try:
+                self.zygote.request(b"K")
+            except ZygoteLost as lost:
+                return str(lost)
+            failure = clean()
+            if failure:
+                return failure
+        self.light, failure = fresh_spare(self.light_zygote)
+        return failure
+
+    def take(self, request):
+        """The spare to serve `request`: a light one when the code surely
+        needs nothing preloaded, else the data one (forked now if there is
+        none; the light one if that fork fails: the reset then tells)."""
+        if self.light_zygote is None:
+            return self.data
+        self.data_next = spares_runtime["needs_preload"](request)
+        if not self.data_next and self.light is not None:
+            return self.light
+        if self.data is None:
+            self.data, failure = fresh_spare(self.zygote)
+            if failure:
+                sys.stderr.write(f"mcp-code-exec agent: no data spare, the light one runs: {failure}\n")
+                return self.light
+        return self.data
+
+    def when_idle(self):
+        """Forks the data spare if it is missing and no request came within
+        DATA_SPARE_IDLE_S (a failure is left to take() and the reset)."""
+        if self.data is None and self.light_zygote is not None and not host.wait_readable(DATA_SPARE_IDLE_S):
+            self.data, _ = fresh_spare(self.zygote)
+
+    def close(self):
+        for spare in (self.data, self.light):
+            if spare is not None:
+                spare.close()
+        self.data = self.light = None
 
 
 # ---------------------------------------------------------------- main
@@ -1812,6 +1935,8 @@ display_runtime = {"__name__": "mcp_code_exec_display_runtime"}
 streams_runtime = {"__name__": "mcp_code_exec_streams"}
 # The run's packages (packages.py), also built by main().
 packages_runtime = {"__name__": "mcp_code_exec_packages"}
+# Which zygote's spare serves a run (spares.py), also built by main().
+spares_runtime = {"__name__": "mcp_code_exec_spares"}
 
 
 class Network:
@@ -1840,10 +1965,11 @@ def set_network_environment(port, trust):
 
 
 def main(argv):
-    """argv: the sources of mcp_runtime.py, display.py, streams.py and packages.py, the
-    comma-separated modules the zygote imports before any run
-    (MCP_BRIDGE_PRELOAD), the proxy port, then the sandbox's trust (PEM, in
-    parts: one argument holds at most 128 KiB), if any."""
+    """argv: the sources of mcp_runtime.py, display.py, streams.py, packages.py and
+    spares.py, the comma-separated modules the zygote imports before any run
+    (MCP_BRIDGE_PRELOAD), "light" for a light zygote beside it (or ""), the
+    proxy port, then the sandbox's trust (PEM, in parts: one argument holds
+    at most 128 KiB), if any."""
     if os.getpid() != 1:
         # kill(-1) outside a PID namespace would hit every process of this uid.
         sys.stderr.write("mcp-code-exec agent: refusing to run outside a container (not PID 1)\n")
@@ -1852,10 +1978,12 @@ def main(argv):
     exec(compile(argv[1], "<display>", "exec"), display_runtime)
     exec(compile(argv[2], "<streams>", "exec"), streams_runtime)
     exec(compile(argv[3], "<packages>", "exec"), packages_runtime)
+    exec(compile(argv[4], "<spares>", "exec"), spares_runtime)
     display_runtime["register_backend"]()  # before the preload imports matplotlib
-    preload = [name for name in argv[4].split(",") if name]
-    port = int(argv[5])
-    network.trust = "".join(argv[6:]).encode()
+    preload = [name for name in argv[5].split(",") if name]
+    light = preload and argv[6] == "light"
+    port = int(argv[7])
+    network.trust = "".join(argv[8:]).encode()
     set_network_environment(port, network.trust)
     packages_runtime["set_environment"](os.environ)
     libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # inherited by the zygote
@@ -1869,7 +1997,9 @@ def main(argv):
     # Before the first request: the zygote's memory never holds run data.
     oom_before = oom_counter.read()
     try:
-        zygote = Zygote(preload)
+        # The light zygote first: the zygote spares it at reset.
+        light_zygote = Zygote([]) if light else None
+        zygote = Zygote(preload, (light_zygote.pid,) if light else ())
     except ZygoteLost as lost:
         reason = str(lost)
         if oom_counter.read() > oom_before:
@@ -1891,8 +2021,9 @@ def main(argv):
     # What the preload wrote (e.g. matplotlib's font cache in $HOME) is not
     # the first run's to see.
     failure = fresh_places(sysv=sysv is None)
+    spares = Spares(zygote, light_zygote)
     if not failure:
-        spare, failure = fresh_spare(zygote)
+        failure = spares.fill()
     if failure:
         sys.stderr.write(f"mcp-code-exec agent: no first spare: {failure}\n")
         os._exit(5)
@@ -1900,7 +2031,13 @@ def main(argv):
     if single_use:
         hello["single_use"] = single_use
     send_json(ord("Y"), hello)
+    # The spare of the session in progress, or of the last run once the
+    # container is spent (single use, or a session's end): the host sends
+    # nothing else but a late call of that session.
+    spare = None
     while True:
+        if spare is None:
+            spares.when_idle()
         frame = host.wait_frame()
         if frame is None:
             os._exit(0)
@@ -1916,18 +2053,21 @@ def main(argv):
             if failure:
                 request["host_files_error"] = failure
                 payload = json.dumps(request).encode()
-        if spare.calls and not request.get("session"):
+        if spare is None:
+            spare = spares.take(request)
+        elif not request.get("session"):
             # The host runs stateless code only on a spare that never ran.
             sys.stderr.write("mcp-code-exec agent: a stateless run sent to a session's interpreter\n")
             os._exit(3)
-        if run(spare, zygote, payload, request):
+        if run(spare, spares.zygotes(), payload, request):
             continue  # the session's next call goes to the same spare
         if single_use or request.get("session"):
             # The host recycles this container (a session's is never reset
             # for anyone else); another run would be refused above, or
             # answered session_gone.
             continue
-        spare, failure = reset(spare, zygote, baseline)
+        spare = None
+        failure = reset(spares, baseline)
         if failure:
             # The host recycles this container; nothing here can be trusted now.
             send_json(ord("F"), {"reason": failure})

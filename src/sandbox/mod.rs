@@ -48,6 +48,8 @@ struct AgentSource {
     streams: &'static str,
     /// The run's package directory and installs, the fourth.
     packages: &'static str,
+    /// Which zygote's spare serves a run, the fifth.
+    spares: &'static str,
 }
 
 const AGENT_SOURCE: AgentSource = AgentSource {
@@ -56,6 +58,7 @@ const AGENT_SOURCE: AgentSource = AgentSource {
     display: include_str!("display.py"),
     streams: include_str!("streams.py"),
     packages: include_str!("packages.py"),
+    spares: include_str!("spares.py"),
 };
 
 /// The port of the agent's HTTP proxy on the sandbox's loopback (runs see
@@ -65,8 +68,9 @@ pub const PROXY_PORT: u16 = 3128;
 const MAX_ARGUMENT: usize = 120 * 1024;
 
 /// The container's command: `python3 -c AGENT MCP_PACKAGE DISPLAY STREAMS
-/// PRELOAD PORT [TRUST...]`, where PRELOAD is the comma-separated modules
-/// the zygote imports before any run, PORT the proxy's, and TRUST the
+/// PACKAGES SPARES PRELOAD LIGHT PORT [TRUST...]`, where PRELOAD is the
+/// comma-separated modules the zygote imports before any run, LIGHT `light`
+/// for a light zygote beside it (or empty), PORT the proxy's, and TRUST the
 /// sandbox's CA bundle (PEM; in parts, an argument being bounded), if any.
 pub fn agent_command(config: &Config) -> Vec<String> {
     let mut command = vec![
@@ -77,7 +81,9 @@ pub fn agent_command(config: &Config) -> Vec<String> {
         AGENT_SOURCE.display.into(),
         AGENT_SOURCE.streams.into(),
         AGENT_SOURCE.packages.into(),
+        AGENT_SOURCE.spares.into(),
         config.preload.join(","),
+        if config.light_spare { "light" } else { "" }.into(),
         PROXY_PORT.to_string(),
     ];
     if let Some(bundle) = &config.egress.ca_bundle {
@@ -729,9 +735,16 @@ mod tests {
         assert!(command[4].contains("def register_backend("));
         assert!(command[5].contains("class Streams"));
         assert!(command[6].contains("def site_dir("));
-        assert_eq!(command[7], "numpy,pandas");
-        assert_eq!(command[8], "3128");
-        assert_eq!(command.len(), 9, "no trust: nothing more");
+        assert!(command[7].contains("def needs_preload("));
+        assert_eq!(command[8], "numpy,pandas");
+        assert_eq!(command[9], "light");
+        assert_eq!(command[10], "3128");
+        assert_eq!(command.len(), 11, "no trust: nothing more");
+        let single = Config {
+            light_spare: false,
+            ..config.clone()
+        };
+        assert_eq!(agent_command(&single)[9], "");
         // A trust of 300 KB travels in parts, whole, cut at characters.
         let pem = format!("-----BEGIN CERTIFICATE-----\n{}é\n", "A".repeat(300_000));
         config.egress.ca_bundle = Some(crate::config::CaBundle {
@@ -739,8 +752,8 @@ mod tests {
             pem: pem.clone(),
         });
         let command = agent_command(&config);
-        assert_eq!(command[9..].concat(), pem);
-        assert!(command.len() > 10);
+        assert_eq!(command[11..].concat(), pem);
+        assert!(command.len() > 12);
         // Each argv entry within MAX_ARG_STRLEN (128 KiB).
         assert!(command.iter().all(|arg| arg.len() < 128 * 1024));
     }

@@ -39,3 +39,8 @@ def packages():
 @pytest.fixture(scope="session")
 def streams_module():
     return load("streams")
+
+
+@pytest.fixture(scope="session")
+def spares():
+    return load("spares")

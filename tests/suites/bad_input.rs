@@ -391,10 +391,11 @@ engine_test! {
             (Some(7), "orphan\n"),
             "{report:#?}"
         );
-        // A stopped zygote cannot serve the next run: the sandbox is replaced
-        // (one sandbox only, so the next run shows which container it is in).
+        // A stopped zygote (this run's parent: it imports numpy, so the data
+        // zygote) cannot serve the next run: the sandbox is replaced (one
+        // sandbox only, so the next run shows which container it is in).
         let single = started_service(one_sandbox());
-        let stop = "import os, signal\nos.kill(os.getppid(), signal.SIGSTOP)";
+        let stop = "import numpy, os, signal\nos.kill(os.getppid(), signal.SIGSTOP)";
         let stopped = run_on(&single, stop, Some(10.0));
         assert_eq!(stopped.status, RunStatus::Success, "{stopped:#?}");
         let container = containers_of(&single);
@@ -403,6 +404,20 @@ engine_test! {
         wait_until("the sandbox to be replaced", Duration::from_secs(20), || {
             !containers_of(&single).contains(&container[0])
         });
+        // The light zygote (the parent of a run that imports nothing
+        // preloaded), stopped, is continued by the reset, which spares it:
+        // the same sandbox serves on.
+        let container = containers_of(&single);
+        let stop = "import os, signal\nos.kill(os.getppid(), signal.SIGSTOP)";
+        let stopped = run_on(&single, stop, Some(10.0));
+        assert_eq!(stopped.status, RunStatus::Success, "{stopped:#?}");
+        let next = run_on(&single, "print(1)", Some(30.0));
+        assert_eq!(
+            (next.status, next.stdout.as_str()),
+            (RunStatus::Success, "1\n"),
+            "{next:#?}"
+        );
+        assert_eq!(containers_of(&single), container, "the light zygote serves on");
         block_on(single.shutdown());
 
         let code = "import os, signal, subprocess\nsubprocess.Popen(['sleep', '100'])\n\

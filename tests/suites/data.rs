@@ -3,9 +3,11 @@
 //! posture (nothing a run does to a preloaded module reaches the next run).
 //! A bare image still works. Against the real engine.
 
+use std::time::Duration;
+
 use crate::util::{
-    AGENT_START, BARE_IMAGE, Shared, block_on, one_sandbox, run_on, server, started_service,
-    test_config,
+    AGENT_START, BARE_IMAGE, Shared, block_on, containers_of, one_sandbox, run_on, server,
+    started_service, test_config,
 };
 use mcp_code_exec::report::RunStatus;
 
@@ -137,6 +139,39 @@ engine_test! {
         let (numbers_2, container_2) = second.stdout.split_once('\n').unwrap();
         assert_eq!(container_1, container_2, "one container");
         assert_ne!(numbers_1, numbers_2, "fresh seeds each run");
+        block_on(service.shutdown());
+    }
+}
+
+engine_test! {
+    /// Code that imports only the standard library runs on a light spare
+    /// (nothing preloaded in it); code that may use the preload, on the data
+    /// spare; both on one sandbox, reset between runs, in any order: right
+    /// after a light run (the data spare is forked for the run) and after an
+    /// idle spell (forked while idle). `MCP_BRIDGE_LIGHT_SPARE=off` keeps
+    /// one fork source: every run sees the preload.
+    fn light_runs_skip_the_preload_and_data_runs_get_it() {
+        let service = started_service(one_sandbox());
+        let light = "import sys\nprint('light' if 'pandas' not in sys.modules else 'data')";
+        let data = "import sys\nif sys.argv is None:\n    import pandas\n\
+                    print('light' if 'pandas' not in sys.modules else 'data')";
+        let container = containers_of(&service);
+        let mut seen = Vec::new();
+        for (code, idle) in [(light, 0), (data, 0), (light, 0), (light, 300), (data, 0), (data, 0)] {
+            std::thread::sleep(Duration::from_millis(idle));
+            let report = run_on(&service, code, Some(20.0));
+            assert_eq!(report.status, RunStatus::Success, "{report:#?}");
+            seen.push(report.stdout.trim_end().to_owned());
+        }
+        assert_eq!(seen, ["light", "data", "light", "light", "data", "data"]);
+        assert_eq!(containers_of(&service), container, "one sandbox, reset each time");
+        block_on(service.shutdown());
+
+        let mut config = one_sandbox();
+        config.light_spare = false;
+        let service = started_service(config);
+        let report = run_on(&service, light, Some(20.0));
+        assert_eq!(report.stdout, "data\n", "{report:#?}");
         block_on(service.shutdown());
     }
 }

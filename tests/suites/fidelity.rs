@@ -199,18 +199,25 @@ fn hex(bytes: &[u8]) -> String {
 
 engine_test! {
     /// What user code (same uid) can change from outside about the agent (PID 1)
-    /// and the zygote (the process runs are forked from, the run's parent): each
-    /// change is detected at reset, so the next run sees both as at start.
+    /// and the zygotes (the processes runs are forked from: the run's parent,
+    /// and the other one): each change is detected at reset, so the next run
+    /// sees all three as at start.
     fn changes_to_the_agent_or_zygote_do_not_reach_later_runs() {
         let service = started_service(one_sandbox());
         let look = r#"
 import ctypes, os, resource
 libc = ctypes.CDLL(None, use_errno=True)
-for pid in (0, 1, os.getppid()):
+OTHER_ZYGOTE
+for pid in (0, 1, os.getppid(), other):
     print(pid and "pid", os.sched_getscheduler(pid), os.sched_getparam(pid).sched_priority,
           libc.syscall(252, 1, pid), os.getpriority(os.PRIO_PROCESS, pid),
           resource.prlimit(pid, resource.RLIMIT_NOFILE), sorted(os.sched_getaffinity(pid)))
 "#;
+        // The agent's other child: the zygote that did not fork this run.
+        let other = "other = next(int(p) for p in os.listdir('/proc') if p.isdigit() \
+            and int(p) != os.getppid() and open(f'/proc/{p}/stat').read().rsplit(')', 1)[1].split()[1] == '1')";
+        let look = look.replace("OTHER_ZYGOTE", other);
+        let look = look.as_str();
         let clean = run_on(&service, look, Some(10.0));
         assert_eq!(clean.status, RunStatus::Success, "{clean:#?}");
         let tampers = [
@@ -221,10 +228,10 @@ for pid in (0, 1, os.getppid()):
             "resource.prlimit(TARGET, resource.RLIMIT_NOFILE, (64, 64))",
             "os.sched_setaffinity(TARGET, {0})",
         ];
-        for target in ["1", "os.getppid()"] {
+        for target in ["1", "os.getppid()", "other"] {
             for tamper in tampers {
                 let code = format!(
-                    "import ctypes, os, resource\nlibc = ctypes.CDLL(None, use_errno=True)\n{}\nprint('done')",
+                    "import ctypes, os, resource\nlibc = ctypes.CDLL(None, use_errno=True)\n{other}\n{}\nprint('done')",
                     tamper.replace("TARGET", target)
                 );
                 let report = run_on(&service, &code, Some(10.0));

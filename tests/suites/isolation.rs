@@ -101,11 +101,23 @@ assert libc.semctl(0, 0, 19, info) >= 0
 ipc['sem'] += struct.unpack_from('10i', info)[7]
 assert libc.msgctl(0, 12, info) >= 0
 ipc['msg'] += struct.unpack_from('i', info)[0]
-others = [p for p in os.listdir('/proc') if p.isdigit() and p not in ('1', str(os.getppid()), str(os.getpid()))]
+def parent_and_start(pid):
+    stat = open(f'/proc/{pid}/stat').read()
+    fields = stat[stat.rindex(')') + 2:].split()
+    return int(fields[1]), int(fields[19])
+me = parent_and_start(os.getpid())[1]
+others = {int(p): parent_and_start(p) for p in os.listdir('/proc') if p.isdigit() and int(p) not in (1, os.getppid(), os.getpid())}
+# Besides the agent, our zygote and us, the sandbox's own: the other zygote
+# (a child of the agent) and a spare it forked after ours, if any.
+other_zygote = [pid for pid, (parent, _) in others.items() if parent == 1][:1]
+others = [
+    pid for pid, (parent, start) in others.items()
+    if pid not in other_zygote and not (parent in other_zygote and start >= me)
+]
 print(json.dumps({
     'files': [sorted(os.listdir(d)) if os.path.isdir(d) else None for d in ('/tmp', '/workspace', '/dev/shm', '/dev/mqueue', '/run/code')],
     'leaks': [hasattr(builtins, 'LEAK'), hasattr(json, 'LEAK'), 'LEAK' in os.environ],
-    'processes': others,  # besides the agent, the zygote and us
+    'processes': others,
     'ipc': ipc,
 }, sort_keys=True))
 "#;
@@ -154,7 +166,10 @@ engine_test! {
         let inspect = r#"
 import os, signal
 denied = []
-for pid in (1, os.getppid()):
+# The agent, and the zygotes: ours and the other (the agent's children).
+zygotes = [int(p) for p in os.listdir('/proc') if p.isdigit() and int(p) != os.getpid()
+           and open(f'/proc/{p}/stat').read().rsplit(')', 1)[1].split()[1] == '1']
+for pid in (1, *zygotes):
     for path in ('mem', 'environ', 'fd/0', 'fd/1'):
         try:
             # Opened only: under gVisor fd/0 opens, and reading it would
@@ -172,15 +187,16 @@ for pid in (1, os.getppid()):
         if !under_test().gvisor() {
             let code = format!(
                 "{inspect}for sig in (signal.SIGSTOP, signal.SIGTERM, signal.SIGKILL):\n    \
-                 os.kill(1, sig)\nprint(len(denied), 'denied')"
+                 os.kill(1, sig)\nprint(len(denied), 'denied of', 1 + len(zygotes))"
             );
             let report = SERVICE.run(&code);
-            assert_eq!(report.stdout, "10 denied\n", "{report:#?}");
+            // Both zygotes: the light one (the run's parent) and the other.
+            assert_eq!(report.stdout, "15 denied of 3\n", "{report:#?}");
             assert_next_call_works(SERVICE.get());
             return;
         }
         let report = SERVICE.run(&format!("{inspect}print(denied)"));
-        assert_eq!(report.stdout, "['mem', 'mem']\n", "{report:#?}");
+        assert_eq!(report.stdout, "['mem', 'mem', 'mem']\n", "{report:#?}");
         let stopped = run_on(
             SERVICE.get(),
             "import os, signal\nos.kill(1, signal.SIGSTOP)",
