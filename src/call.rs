@@ -13,12 +13,14 @@
 //! speak to the engine.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use tracing::Instrument;
 
+use crate::approval::Approver;
 use crate::artifacts::{self, ArtifactStore};
 use crate::config::{Config, HostRead};
 use crate::hostfiles::{self, HostFiles, HostRequest, ReadBounds, SaveRequest};
@@ -69,6 +71,9 @@ pub struct CallRequest {
     /// (`MCP_BRIDGE_HOST_READ=roots`): as the front end got them, or why
     /// it could not; `None` when not asked.
     pub client_roots: Option<Result<Vec<PathBuf>, String>>,
+    /// Who answers the tool policy's `ask` rules for this call: the MCP
+    /// client, if it can be asked (elicitation); `None`: such calls are refused.
+    pub approver: Option<Arc<dyn Approver>>,
 }
 
 /// The longest session name.
@@ -345,7 +350,7 @@ async fn unobserved(
     };
     let tools = match service
         .proxy()
-        .tools_for(&request.servers, call_limits)
+        .tools_for(&request.servers, call_limits, request.approver.clone())
         .await
     {
         Ok(tools) => tools,

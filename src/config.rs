@@ -124,6 +124,9 @@ pub struct Config {
     /// `MCP_BRIDGE_TOOL_POLICY`: the rules file, read at start by the
     /// binary ([`crate::policy::ToolPolicy::load`]).
     pub tool_policy_file: Option<std::path::PathBuf>,
+    /// How long an `ask` rule's call waits for the human's answer
+    /// (`MCP_BRIDGE_TOOL_APPROVAL_TIMEOUT`).
+    pub tool_approval_timeout: Duration,
     /// The network runs may reach through the host's proxy, and its bounds.
     pub egress: EgressSettings,
     /// Packages runs install, and the host's wheel cache they come from.
@@ -335,6 +338,7 @@ impl Default for Config {
             tool_argument_bytes_per_run: 1024 * MIB,
             tool_result_bytes_per_run: 4096 * MIB,
             tool_policy_file: None,
+            tool_approval_timeout: Duration::from_secs(120),
             egress: EgressSettings::default(),
             packages: PackageSettings::default(),
             log_filter: log_filter("info").expect("info is a level"),
@@ -686,6 +690,11 @@ impl Config {
         self.tool_policy_file = vars
             .raw("MCP_BRIDGE_TOOL_POLICY")
             .map(std::path::PathBuf::from);
+        self.tool_approval_timeout = vars.parse(
+            "MCP_BRIDGE_TOOL_APPROVAL_TIMEOUT",
+            self.tool_approval_timeout,
+            parse_duration,
+        )?;
         if self.tool_bytes_in_flight < self.max_tool_call_bytes {
             return Err(ConfigError {
                 name: "MCP_BRIDGE_TOOL_BYTES_IN_FLIGHT",
@@ -1141,10 +1150,12 @@ mod tests {
         let c = config(&[
             ("MCP_BRIDGE_TIMEOUT", "45s"),
             ("MCP_BRIDGE_POOL_MAX_AGE", "600"),
+            ("MCP_BRIDGE_TOOL_APPROVAL_TIMEOUT", "5m"),
         ])
         .unwrap();
         assert_eq!(c.default_timeout, Duration::from_secs(45));
         assert_eq!(c.pool_max_age, Duration::from_secs(600));
+        assert_eq!(c.tool_approval_timeout, Duration::from_secs(300));
     }
 
     #[test]

@@ -34,6 +34,7 @@ use rmcp::{ErrorData, RoleServer, ServerHandler, schemars, tool, tool_handler, t
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::approval::ClientApprover;
 use crate::artifacts;
 use crate::call::{self, CallRequest};
 use crate::config::{Config, HostRead, OutputMode};
@@ -250,6 +251,10 @@ impl CodeExecServer {
                 .collect(),
             overwrite: args.overwrite,
             client_roots,
+            approver: ClientApprover::of(
+                &context.peer,
+                self.service.config().tool_approval_timeout,
+            ),
         };
         let Some(token) = context.meta.get_progress_token() else {
             // The usual case: no timer, no channel.

@@ -41,6 +41,7 @@
 //! imports between these modules form no cycle. See ARCHITECTURE.md.
 
 pub mod allowlist;
+pub mod approval;
 pub mod artifacts;
 pub mod call;
 pub mod config;

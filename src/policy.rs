@@ -21,8 +21,8 @@ pub enum Action {
     Allow,
     /// The tool is hidden from the run and a call to it is refused.
     Deny,
-    /// A call needs a human's approval: until the host can ask the MCP
-    /// client for it, a call is refused (the tool stays visible).
+    /// A call needs a human's approval, asked through the MCP client
+    /// ([`crate::approval`]); the tool stays visible.
     Ask,
 }
 

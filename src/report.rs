@@ -123,8 +123,9 @@ pub struct ToolCallList {
 pub struct ToolCall {
     pub server: String,
     pub tool: String,
-    /// `ok`, `error` (the tool's or the call's), `denied` (the tool policy)
-    /// or `over_budget` (a budget of the run).
+    /// `ok`, `error` (the tool's or the call's), `denied` (the tool policy),
+    /// `declined` (an `ask` rule's question, declined or unanswered) or
+    /// `over_budget` (a budget of the run).
     pub outcome: &'static str,
     pub duration_ms: f64,
     /// The call's argument bytes and its result's.

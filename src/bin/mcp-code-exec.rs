@@ -263,9 +263,10 @@ async fn serve(config: Config, policy: ToolPolicy) -> ExitCode {
     let metrics_addr = config.metrics_addr;
     let http = config.http.clone();
     if policy.asks() {
-        tracing::warn!(
-            "MCP_BRIDGE_TOOL_POLICY has ask rules: approval by elicitation is not available, \
-             so every call they match is refused"
+        tracing::info!(
+            "MCP_BRIDGE_TOOL_POLICY has ask rules: each call they match waits for a human's \
+             approval, asked through the MCP client (elicitation); a client that did not declare \
+             elicitation gets those calls refused"
         );
     }
     let proxy = Arc::new(
@@ -522,8 +523,10 @@ async fn doctor(mut config: Config, policy: &ToolPolicy) -> ExitCode {
     }
     if policy.asks() {
         println!(
-            "warn  tool policy: ask rules refuse their calls: approval by elicitation is not \
-             available yet"
+            "info  tool policy: ask rules wait for a human's approval through the MCP client \
+             (elicitation, at most {} each, MCP_BRIDGE_TOOL_APPROVAL_TIMEOUT); a client that did \
+             not declare elicitation gets their calls refused",
+            humantime::format_duration(config.tool_approval_timeout)
         );
     }
     print_egress(&config.egress);

@@ -24,6 +24,7 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
+use crate::approval::{Approver, Question, Reply};
 use crate::metrics;
 use crate::policy::{Action, ToolPolicy};
 use crate::report::{ToolCall, ToolCallList};
@@ -125,6 +126,7 @@ impl Proxy {
         self: &Arc<Self>,
         servers: &[String],
         limits: CallLimits,
+        approver: Option<Arc<dyn Approver>>,
     ) -> Result<Option<RunTools>, ProxyError> {
         if self.hub.names().is_empty() {
             return Ok(None);
@@ -181,6 +183,7 @@ impl Proxy {
             tool_index,
             log: Mutex::new(ToolCallList::default()),
             limits,
+            approver,
         }))
     }
 
@@ -248,6 +251,8 @@ pub struct RunTools {
     /// The calls for the result (bounded: [`ToolCallList::LISTED`]).
     log: Mutex<ToolCallList>,
     limits: CallLimits,
+    /// Who answers `ask` rules; `None`: their calls are refused.
+    approver: Option<Arc<dyn Approver>>,
 }
 
 impl std::fmt::Debug for RunTools {
@@ -267,18 +272,22 @@ pub enum CallOutcome {
     ToolError,
     /// The server could not be reached or the call broke.
     Failed,
-    /// The tool policy refused it (a `deny` or an `ask` rule).
+    /// The tool policy refused it (a `deny` rule, or an `ask` rule the
+    /// client could not be asked about).
     Denied,
+    /// An `ask` rule's question was declined, cancelled or not answered in time.
+    Declined,
     /// A budget of the run's [`CallLimits`] refused it.
     OverBudget,
 }
 
 impl CallOutcome {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Ok,
         Self::ToolError,
         Self::Failed,
         Self::Denied,
+        Self::Declined,
         Self::OverBudget,
     ];
 
@@ -288,6 +297,7 @@ impl CallOutcome {
             Self::ToolError => "tool_error",
             Self::Failed => "failed",
             Self::Denied => "denied",
+            Self::Declined => "declined",
             Self::OverBudget => "over_budget",
         }
     }
@@ -485,22 +495,56 @@ impl RunTools {
     }
 
     /// What the tool policy says of a call: `Err` names the rule that
-    /// refuses it.
-    fn permitted(&self, server: &str, tool: &str) -> Result<(), String> {
+    /// refuses it; `Ok(Some(rule))`: the human must be asked first.
+    fn permitted(&self, server: &str, tool: &str) -> Result<Option<String>, String> {
         let Ok(client) = self.proxy.hub.get(server) else {
-            return Ok(()); // The call itself says the server is unknown.
+            return Ok(None); // The call itself says the server is unknown.
         };
         let decision = self.proxy.policy.decide(client.definition.rules(), tool);
         match decision.action {
-            Action::Allow => Ok(()),
+            Action::Allow => Ok(None),
             Action::Deny => Err(format!(
                 "tool {tool:?} of server {server:?} is denied by the tool policy ({})",
                 decision.rule
             )),
-            Action::Ask => Err(format!(
-                "tool {tool:?} of server {server:?} needs a human's approval ({}), \
-                 which this server cannot ask for: the call is refused",
-                decision.rule
+            Action::Ask => Ok(Some(decision.rule)),
+        }
+    }
+
+    /// Asks the human about a call an `ask` rule matched; `Err` says how
+    /// that ended, naming the rule.
+    async fn approved(
+        &self,
+        server: &str,
+        tool: &str,
+        rule: &str,
+        arguments: &[u8],
+    ) -> Result<(), (CallOutcome, String)> {
+        let needs = format!("tool {tool:?} of server {server:?} needs a human's approval ({rule})");
+        let Some(approver) = &self.approver else {
+            return Err((
+                CallOutcome::Denied,
+                format!(
+                    "{needs}, and this MCP client cannot be asked (it did not declare \
+                     elicitation): the call is refused"
+                ),
+            ));
+        };
+        let question = Question {
+            server,
+            tool,
+            rule,
+            arguments,
+        };
+        match approver.ask(question).await {
+            Reply::Accepted => Ok(()),
+            Reply::Declined(why) => Err((
+                CallOutcome::Declined,
+                format!("{needs}: {why}; the call is refused"),
+            )),
+            Reply::Unavailable(why) => Err((
+                CallOutcome::Denied,
+                format!("{needs}, and asking the MCP client failed ({why}): the call is refused"),
             )),
         }
     }
@@ -575,6 +619,7 @@ impl RunTools {
             CallOutcome::Ok => "ok",
             CallOutcome::ToolError | CallOutcome::Failed => "error",
             CallOutcome::Denied => "denied",
+            CallOutcome::Declined => "declined",
             CallOutcome::OverBudget => "over_budget",
         };
         let mut log = self.log.lock().expect("the log is only pushed to");
@@ -643,14 +688,19 @@ impl ToolCalls for RunTools {
             } = envelope;
             // From here the call is its slice of arguments, then their parse.
             drop(request);
-            let checked = self
-                .permitted(&server, &tool)
-                .map_err(|e| (CallOutcome::Denied, e))
-                .and_then(|()| {
-                    let bytes = raw.as_ref().map_or(0, Bytes::len);
-                    self.charge_call(&server, &tool, bytes)
-                        .map_err(|e| (CallOutcome::OverBudget, e))
-                });
+            // A denied call costs no budget; an asked one does (the budgets
+            // also bound how often a run can ask), before it is asked.
+            let bytes = raw.as_ref().map_or(&[][..], |raw| &raw[..]);
+            let checked = match self.permitted(&server, &tool) {
+                Err(error) => Err((CallOutcome::Denied, error)),
+                Ok(ask) => match self.charge_call(&server, &tool, bytes.len()) {
+                    Err(error) => Err((CallOutcome::OverBudget, error)),
+                    Ok(()) => match ask {
+                        Some(rule) => self.approved(&server, &tool, &rule, bytes).await,
+                        None => Ok(()),
+                    },
+                },
+            };
             if let Err((outcome, error)) = checked {
                 metrics::observe_proxy_refusal(&server, outcome.as_str());
                 self.record(&server, &tool, outcome, Instant::now(), 0);

@@ -165,3 +165,13 @@ engine_test! {
         assert_eq!(result["stdout"], "42\n", "{result}");
     }
 }
+
+engine_test! {
+    /// Tool approval through the official SDK (tests/e2e/approval.py): an
+    /// `ask` rule's call waits for the SDK's elicitation callback; accepted,
+    /// declined, cancelled and unanswered (MCP_BRIDGE_TOOL_APPROVAL_TIMEOUT),
+    /// and a client without elicitation, each as the code and the result see it.
+    fn tool_approval_through_the_official_sdk() {
+        sdk_script("approval.py", "all approval checks passed");
+    }
+}

@@ -82,7 +82,8 @@ print((await mcp_fixture_policy.structured(name="allowed"))["greeting"])
                  fixture-policy.crash: tool \"crash\" of server \"fixture-policy\" is denied by the \
                  tool policy ({rules}:2)\n\
                  fixture-policy.fail: tool \"fail\" of server \"fixture-policy\" needs a human's \
-                 approval ({rules}:3), which this server cannot ask for: the call is refused\n\
+                 approval ({rules}:3), and this MCP client cannot be asked (it did not declare \
+                 elicitation): the call is refused\n\
                  hello allowed\n"
             )
         );
