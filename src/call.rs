@@ -350,7 +350,12 @@ async fn unobserved(
     };
     let tools = match service
         .proxy()
-        .tools_for(&request.servers, call_limits, request.approver.clone())
+        .tools_for(
+            &request.servers,
+            call_limits,
+            request.approver.clone(),
+            request.principal.as_str(),
+        )
         .await
     {
         Ok(tools) => tools,

@@ -57,6 +57,9 @@ struct SessionMetrics {
 /// The MCP tool calls made from sandboxes, by server.
 struct ProxyMetrics {
     calls: IntCounterVec,
+    /// By tool too: its series appear as tools are called (their names come
+    /// from the servers' lists, or `(other)`: a bounded set).
+    tool_calls: IntCounterVec,
     call_duration: HistogramVec,
     restarts: IntCounterVec,
 }
@@ -242,8 +245,14 @@ impl ProxyMetrics {
             calls: registrar.counter_vec(
                 "proxy_calls_total",
                 "MCP tool calls made from sandboxes, by server and outcome \
-                 (ok, tool_error, failed; refused on the host: denied, over_budget)",
+                 (ok, tool_error, failed; refused on the host: denied, declined, over_budget)",
                 &["server", "outcome"],
+            ),
+            tool_calls: registrar.counter_vec(
+                "proxy_tool_calls_total",
+                "MCP tool calls made from sandboxes, by server, tool (one the run's view \
+                 lists, else (other)) and outcome",
+                &["server", "tool", "outcome"],
             ),
             call_duration: registrar.histogram_vec(
                 "proxy_call_duration_seconds",
@@ -396,9 +405,13 @@ pub fn observe_session_ended(reason: &'static str) {
     metrics().sessions.ended.with_label_values(&[reason]).inc();
 }
 
-pub fn observe_proxy_call(server: &str, outcome: &'static str, took: Duration) {
+pub fn observe_proxy_call(server: &str, tool: &str, outcome: &'static str, took: Duration) {
     let m = metrics();
     m.proxy.calls.with_label_values(&[server, outcome]).inc();
+    m.proxy
+        .tool_calls
+        .with_label_values(&[server, tool, outcome])
+        .inc();
     m.proxy
         .call_duration
         .with_label_values(&[server])
@@ -407,11 +420,12 @@ pub fn observe_proxy_call(server: &str, outcome: &'static str, took: Duration) {
 
 /// A proxied tool call the host refused before it reached the server (the
 /// tool policy, a budget): counted, not timed.
-pub fn observe_proxy_refusal(server: &str, outcome: &'static str) {
-    metrics()
-        .proxy
-        .calls
-        .with_label_values(&[server, outcome])
+pub fn observe_proxy_refusal(server: &str, tool: &str, outcome: &'static str) {
+    let m = metrics();
+    m.proxy.calls.with_label_values(&[server, outcome]).inc();
+    m.proxy
+        .tool_calls
+        .with_label_values(&[server, tool, outcome])
         .inc();
 }
 

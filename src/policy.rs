@@ -5,7 +5,9 @@
 //! `"denyTools"` (glob patterns in the servers file, carried by
 //! [`crate::proxy::discovery::ServerDefinition`]) and the operator's rules
 //! file, `MCP_BRIDGE_TOOL_POLICY`: ordered lines `allow|deny|ask
-//! server.tool-glob`, the first match wins, `default allow|deny|ask` sets
+//! server.tool-glob [for principal-glob,…]`, the first match wins (a line
+//! with `for` matches the calls of those principals only: the HTTP
+//! transport's token names, `local` on stdio), `default allow|deny|ask` sets
 //! what no line matches (allow unless said), `#` starts a comment. The file
 //! is read once, at start; a line that does not parse stops the launch
 //! naming the file and the line. Pure: it reads the one file it is given
@@ -43,6 +45,8 @@ struct Rule {
     action: Action,
     server: String,
     tool: String,
+    /// The principals it applies to (globs); empty: everyone.
+    principals: Vec<String>,
     /// `file:line`, for the errors that name the rule.
     origin: String,
 }
@@ -132,7 +136,25 @@ impl ToolPolicy {
                     policy.default = action;
                     policy.default_origin = format!("{origin} (default)");
                 }
-                [word, pattern] => {
+                [word, pattern, rest @ ..] => {
+                    let principals = match rest {
+                        [] => Vec::new(),
+                        ["for", names] => {
+                            let names: Vec<String> = names.split(',').map(str::to_owned).collect();
+                            if names.iter().any(String::is_empty) {
+                                return Err(fail(format!(
+                                    "for {names:?}: principal names, comma-separated, like alice,ci-*"
+                                )));
+                            }
+                            names
+                        }
+                        _ => {
+                            return Err(fail(format!(
+                                "{:?}: after server.tool only `for principal,…` may follow",
+                                rest.join(" ")
+                            )));
+                        }
+                    };
                     let action = Action::parse(word).ok_or_else(|| {
                         fail(format!(
                             "{word:?}: a rule starts with allow, deny, ask or default"
@@ -152,12 +174,14 @@ impl ToolPolicy {
                         action,
                         server: server.into(),
                         tool: tool.into(),
+                        principals,
                         origin,
                     });
                 }
                 _ => {
                     return Err(fail(format!(
-                        "{:?}: expected `allow|deny|ask server.tool` or `default allow|deny|ask`",
+                        "{:?}: expected `allow|deny|ask server.tool [for principal,…]` or \
+                         `default allow|deny|ask`",
                         content.trim()
                     )));
                 }
@@ -189,10 +213,11 @@ impl ToolPolicy {
         self.default == Action::Ask || self.rules.iter().any(|r| r.action == Action::Ask)
     }
 
-    /// What may be done with `tool` of the server `server`: its own
-    /// `"denyTools"`, then its `"allowTools"`, then the rules file in order,
+    /// What may be done with `tool` of the server `server` in a call for
+    /// `principal`: the server's own `"denyTools"`, then its `"allowTools"`,
+    /// then the rules file in order (those for other principals skipped),
     /// then the default.
-    pub fn decide(&self, server: ServerRules<'_>, tool: &str) -> Decision {
+    pub fn decide(&self, server: ServerRules<'_>, tool: &str, principal: &str) -> Decision {
         let key = |key: &str| {
             format!(
                 "{}: \"{key}\" of server {:?}",
@@ -214,11 +239,12 @@ impl ToolPolicy {
                 rule: format!("{} (no pattern matches)", key("allowTools")),
             };
         }
-        match self
-            .rules
-            .iter()
-            .find(|r| glob(&r.server, server.server) && glob(&r.tool, tool))
-        {
+        let applies = |r: &&Rule| {
+            glob(&r.server, server.server)
+                && glob(&r.tool, tool)
+                && (r.principals.is_empty() || r.principals.iter().any(|p| glob(p, principal)))
+        };
+        match self.rules.iter().find(applies) {
             Some(rule) => Decision {
                 action: rule.action,
                 rule: rule.origin.clone(),
@@ -308,7 +334,7 @@ mod tests {
                     default deny\n";
         let policy = ToolPolicy::parse(text, "/etc/rules").unwrap();
         let none = server(None, &[]);
-        let decide = |tool: &str| policy.decide(none, tool);
+        let decide = |tool: &str| policy.decide(none, tool, "local");
         assert_eq!(
             decide("delete_draft"),
             Decision {
@@ -333,11 +359,11 @@ mod tests {
             ..none
         };
         assert_eq!(
-            policy.decide(time, "get_current_time").action,
+            policy.decide(time, "get_current_time", "local").action,
             Action::Allow
         );
         assert_eq!(
-            policy.decide(time, "delete_repo").rule,
+            policy.decide(time, "delete_repo", "local").rule,
             "/etc/rules:7 (default)"
         );
         assert!(!policy.allows_everything());
@@ -349,11 +375,17 @@ mod tests {
         let policy = ToolPolicy::default();
         assert!(policy.allows_everything());
         assert!(!policy.asks());
-        assert_eq!(policy.decide(server(None, &[]), "x").action, Action::Allow);
+        assert_eq!(
+            policy.decide(server(None, &[]), "x", "local").action,
+            Action::Allow
+        );
         let parsed = ToolPolicy::parse("# nothing yet\n\n", "f").unwrap();
         assert!(parsed.allows_everything());
         let asking = ToolPolicy::parse("default ask", "f").unwrap();
-        assert_eq!(asking.decide(server(None, &[]), "x").action, Action::Ask);
+        assert_eq!(
+            asking.decide(server(None, &[]), "x", "local").action,
+            Action::Ask
+        );
     }
 
     #[test]
@@ -361,7 +393,7 @@ mod tests {
         let policy = ToolPolicy::parse("allow github.*\n", "rules").unwrap();
         let deny = strings(&["delete_*"]);
         let allow = strings(&["get_*", "list_*", "delete_draft"]);
-        let decided = policy.decide(server(Some(&allow), &deny), "delete_draft");
+        let decided = policy.decide(server(Some(&allow), &deny), "delete_draft", "local");
         assert_eq!(
             decided.action,
             Action::Deny,
@@ -371,15 +403,40 @@ mod tests {
             decided.rule,
             "/home/u/.mcp.json: \"denyTools\" of server \"github\" (\"delete_*\")"
         );
-        let decided = policy.decide(server(Some(&allow), &deny), "create_issue");
+        let decided = policy.decide(server(Some(&allow), &deny), "create_issue", "local");
         assert_eq!(decided.action, Action::Deny, "not in allowTools");
         assert!(decided.rule.contains("\"allowTools\""), "{}", decided.rule);
         assert_eq!(
-            policy.decide(server(Some(&allow), &deny), "get_issue"),
+            policy.decide(server(Some(&allow), &deny), "get_issue", "local"),
             Decision {
                 action: Action::Allow,
                 rule: "rules:1".into()
             }
+        );
+    }
+
+    #[test]
+    fn a_rule_for_principals_applies_to_their_calls_only() {
+        let policy = ToolPolicy::parse(
+            "allow github.delete_* for admin,ci-*
+\
+             deny  github.delete_*
+\
+             ask   github.* for alice
+",
+            "rules",
+        )
+        .unwrap();
+        let none = server(None, &[]);
+        let decide = |tool: &str, principal: &str| policy.decide(none, tool, principal);
+        assert_eq!(decide("delete_repo", "admin").action, Action::Allow);
+        assert_eq!(decide("delete_repo", "ci-nightly").action, Action::Allow);
+        assert_eq!(decide("delete_repo", "alice").rule, "rules:2");
+        assert_eq!(decide("delete_repo", "local").action, Action::Deny);
+        assert_eq!(decide("create_issue", "alice").action, Action::Ask);
+        assert_eq!(
+            decide("create_issue", "bob").rule,
+            "the default (no MCP_BRIDGE_TOOL_POLICY rule matched)"
         );
     }
 
@@ -392,7 +449,12 @@ mod tests {
         );
         assert!(error("deny github").starts_with("/etc/rules:1: \"github\": expected server.tool"));
         assert!(error("deny .x").contains("may not be empty"));
-        assert!(error("deny a.b c.d").starts_with("/etc/rules:1: \"deny a.b c.d\""));
+        assert_eq!(
+            error("deny a.b c.d"),
+            "/etc/rules:1: \"c.d\": after server.tool only `for principal,…` may follow"
+        );
+        assert!(error("deny a.b for").contains("only `for principal,…` may follow"));
+        assert!(error("deny a.b for alice,,bob").contains("principal names, comma-separated"));
         assert!(error("default maybe").contains("expected allow, deny or ask"));
         assert_eq!(
             error("default deny\ndefault allow"),

@@ -127,6 +127,7 @@ impl Proxy {
         servers: &[String],
         limits: CallLimits,
         approver: Option<Arc<dyn Approver>>,
+        principal: &str,
     ) -> Result<Option<RunTools>, ProxyError> {
         if self.hub.names().is_empty() {
             return Ok(None);
@@ -140,7 +141,7 @@ impl Proxy {
             // A denied tool does not exist for the run: no function, no docs.
             let tools: Vec<_> = tools
                 .iter()
-                .filter(|t| self.policy.decide(rules, &t.name).action != Action::Deny)
+                .filter(|t| self.policy.decide(rules, &t.name, principal).action != Action::Deny)
                 .collect();
             for tool in &tools {
                 let next = tool_index.len();
@@ -184,6 +185,7 @@ impl Proxy {
             log: Mutex::new(ToolCallList::default()),
             limits,
             approver,
+            principal: principal.to_owned(),
         }))
     }
 
@@ -253,6 +255,8 @@ pub struct RunTools {
     limits: CallLimits,
     /// Who answers `ask` rules; `None`: their calls are refused.
     approver: Option<Arc<dyn Approver>>,
+    /// Whom the run is for: rules may be scoped to principals.
+    principal: String,
 }
 
 impl std::fmt::Debug for RunTools {
@@ -500,7 +504,10 @@ impl RunTools {
         let Ok(client) = self.proxy.hub.get(server) else {
             return Ok(None); // The call itself says the server is unknown.
         };
-        let decision = self.proxy.policy.decide(client.definition.rules(), tool);
+        let decision = self
+            .proxy
+            .policy
+            .decide(client.definition.rules(), tool, &self.principal);
         match decision.action {
             Action::Allow => Ok(None),
             Action::Deny => Err(format!(
@@ -606,6 +613,16 @@ impl RunTools {
         Ok(())
     }
 
+    /// The metric's tool label: the tool's name when the run's view lists
+    /// it (so the label set is bounded by what the servers list), else
+    /// `(other)` (a denied tool, or a name the code made up).
+    fn tool_label<'a>(&self, server: &str, tool: &'a str) -> &'a str {
+        let listed = self
+            .tool_index
+            .contains_key(&(server.to_owned(), tool.to_owned()));
+        if listed { tool } else { "(other)" }
+    }
+
     /// Lists a call for the run's result.
     fn record(
         &self,
@@ -702,7 +719,11 @@ impl ToolCalls for RunTools {
                 },
             };
             if let Err((outcome, error)) = checked {
-                metrics::observe_proxy_refusal(&server, outcome.as_str());
+                metrics::observe_proxy_refusal(
+                    &server,
+                    self.tool_label(&server, &tool),
+                    outcome.as_str(),
+                );
                 self.record(&server, &tool, outcome, Instant::now(), 0);
                 return refusal(&id, &error);
             }
@@ -731,7 +752,12 @@ impl ToolCalls for RunTools {
                 Ok(_) => CallOutcome::Ok,
                 Err(_) => CallOutcome::Failed,
             };
-            metrics::observe_proxy_call(&server, observed.as_str(), started.elapsed());
+            metrics::observe_proxy_call(
+                &server,
+                self.tool_label(&server, &tool),
+                observed.as_str(),
+                started.elapsed(),
+            );
             let result_bytes = outcome.as_ref().map_or(0, content_bytes);
             let bytes = argument_bytes + result_bytes;
             self.record(&server, &tool, observed, started, bytes);

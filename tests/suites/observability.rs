@@ -168,10 +168,12 @@ engine_test! {
         let proxied = json!({
             "code": "print((await mcp_fixture.structured(name='a'))['greeting'])\n\
                  for f in (mcp_fixture.fail(message='x'), mcp_fixture.crash()):\n    try:\n        await f\n    except MCPError:\n        pass\n\
-                 print((await mcp_fixture.structured(name='b'))['greeting'])",
+                 print((await mcp_fixture.structured(name='b'))['greeting'])\n\
+                 try:\n    await runtime.call_tool_raw('fixture', 'made_up_' + 'x' * 100, {})\nexcept MCPError:\n    pass",
             "servers": ["fixture"],
         });
-        assert_eq!(server.run_python(proxied)["stdout"], "hello a\nhello b\n");
+        let report = server.run_python(proxied);
+        assert_eq!(report["stdout"], "hello a\nhello b\n", "{report}");
         // A connection while egress is off: refused, and counted so.
         let refused = server.run_python(json!({
             "code": "import urllib.request
@@ -244,10 +246,27 @@ except OSError as error:
             ),
             (
                 "mcp_code_exec_proxy_calls_total{outcome=\"tool_error\",server=\"fixture\"}",
-                1.0,
+                2.0,
             ),
             (
                 "mcp_code_exec_proxy_calls_total{outcome=\"failed\",server=\"fixture\"}",
+                1.0,
+            ),
+            (
+                "mcp_code_exec_proxy_tool_calls_total{outcome=\"ok\",server=\"fixture\",tool=\"structured\"}",
+                2.0,
+            ),
+            (
+                "mcp_code_exec_proxy_tool_calls_total{outcome=\"tool_error\",server=\"fixture\",tool=\"fail\"}",
+                1.0,
+            ),
+            (
+                "mcp_code_exec_proxy_tool_calls_total{outcome=\"failed\",server=\"fixture\",tool=\"crash\"}",
+                1.0,
+            ),
+            // A name no server lists is not a label of its own.
+            (
+                "mcp_code_exec_proxy_tool_calls_total{outcome=\"tool_error\",server=\"fixture\",tool=\"(other)\"}",
                 1.0,
             ),
             (

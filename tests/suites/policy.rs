@@ -10,6 +10,7 @@ use std::sync::{Arc, LazyLock};
 use crate::util::{Shared, block_on, fixture_server, python, request, server, test_config};
 use mcp_code_exec::call::call;
 use mcp_code_exec::policy::ToolPolicy;
+use mcp_code_exec::principals::Principal;
 use mcp_code_exec::proxy::Proxy;
 use mcp_code_exec::report::RunStatus;
 use mcp_code_exec::service::Service;
@@ -22,6 +23,7 @@ static RULES: LazyLock<PathBuf> = LazyLock::new(|| {
         "# the suite's rules\n\
          deny  fixture-policy.crash\n\
          ask   fixture-policy.fail\n\
+         deny  fixture-policy.pid for mallory,eve-*\n\
          allow time.*\n\
          allow fixture-policy.*   # everything else of the fixture\n\
          default deny\n",
@@ -232,5 +234,37 @@ print(await refusals("fixture-policy", "structured", {"name": "x"}, 1_000))
              tool policy'}\n8 calls after them\n\
              {'fixture-policy.structured: this run made 8 tool calls, its budget'}\n"
         );
+    }
+}
+
+engine_test! {
+    /// A rule `for` some principals applies to their runs only: for them the
+    /// tool is hidden and refused naming the rule; for everyone else the next
+    /// rule decides (here: allowed).
+    fn a_rule_for_principals_applies_to_their_runs_only() {
+        let code = r#"
+print(hasattr(mcp_fixture_policy, "pid"))
+try:
+    print(type(await runtime.call_tool_raw("fixture-policy", "pid", {})).__name__)
+except MCPError as e:
+    print(e)
+"#;
+        let rules = RULES.display();
+        let run_as = |name: &str| {
+            let mut request = request(code, Some(120.0));
+            request.servers = vec!["fixture-policy".into()];
+            request.principal = Principal::new(name).unwrap();
+            let report = block_on(call(SERVICE.get(), &request));
+            assert_eq!(report.status, RunStatus::Success, "{report:#?}");
+            report.stdout
+        };
+        let refused = format!(
+            "False\nfixture-policy.pid: tool \"pid\" of server \"fixture-policy\" is denied by \
+             the tool policy ({rules}:4)\n"
+        );
+        assert_eq!(run_as("mallory"), refused);
+        assert_eq!(run_as("eve-2"), refused);
+        assert_eq!(run_as("alice"), "True\ndict\n");
+        assert_eq!(run_as("local"), "True\ndict\n");
     }
 }
