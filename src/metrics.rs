@@ -462,7 +462,7 @@ mod tests {
     #[test]
     fn every_metric_has_help_and_the_prefix() {
         observe_run("validation_error", None);
-        observe_proxy_call("time", "ok", Duration::from_millis(2));
+        observe_proxy_call("time", "get_current_time", "ok", Duration::from_millis(2));
         let text = render(&[("idle", 2), ("busy", 1)], 3);
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             assert!(line.starts_with("mcp_code_exec_"), "{line}");
