@@ -199,10 +199,10 @@ devnull = os.open(os.devnull, os.O_RDWR)
 # What a spare writes on its status pipe once warmed up.
 WARM = b"W"
 SPARE_WARM_TIMEOUT_S = 10.0
-# How long a container with a light zygote idles before it forks its data
-# spare again (Spares): longer than the gaps of a stream of runs, shorter
-# than a model's turn.
-DATA_SPARE_IDLE_S = 0.1
+# How long a container with a light zygote idles before it forks the spare
+# its reset did not (Spares): longer than the gaps of a stream of runs,
+# shorter than a model's turn.
+SPARE_IDLE_S = 0.1
 
 
 def send(kind, payload):
@@ -1852,11 +1852,12 @@ def fresh_spare(zygote, command=b"S", between=None, warm_timeout_s=SPARE_WARM_TI
 
 class Spares:
     """The container's warm spares: the zygote's (`data`) and, when there is
-    a light zygote, its one (`light`). After a run the data spare is forked
-    again only if that run used it (the next is likely to, too); otherwise it
-    is forked once the container has been idle for DATA_SPARE_IDLE_S, or
-    when a run needs it and there is none (then that run waits for the fork).
-    So a stream of light runs never pays for the preload's fork."""
+    a light zygote, its one (`light`). The reset forks again only the kind
+    the last run used (the next run is likely to want it too); the other is
+    forked once the container has been idle for SPARE_IDLE_S, or when a run
+    needs it and there is none (then that run waits for the fork). So a
+    stream of light runs never pays for the preload's fork, and a stream of
+    data runs pays for nothing more than with one fork source."""
 
     def __init__(self, zygote, light_zygote):
         self.zygote = zygote
@@ -1876,45 +1877,51 @@ class Spares:
         return failure
 
     def refill(self, clean):
-        """The reset's spares: the zygote kills everything else (and forks
+        """The reset's spare: the zygote kills everything else (and forks
         the data spare if the last run used one) while `clean()` runs; why
         the container cannot be reused, or None."""
-        if self.light_zygote is None or self.data_next:
+        if self.data_next or self.light_zygote is None:
             self.data, failure = fresh_spare(self.zygote, b"K", clean, RESET_WARM_TIMEOUT_S)
-            if failure or self.light_zygote is None:
-                return failure
-        else:
-            try:
-                self.zygote.request(b"K")
-            except ZygoteLost as lost:
-                return str(lost)
-            failure = clean()
-            if failure:
-                return failure
+            return failure
+        try:
+            self.zygote.request(b"K")
+        except ZygoteLost as lost:
+            return str(lost)
+        failure = clean()
+        if failure:
+            return failure
         self.light, failure = fresh_spare(self.light_zygote)
         return failure
 
     def take(self, request):
         """The spare to serve `request`: a light one when the code surely
-        needs nothing preloaded, else the data one (forked now if there is
-        none; the light one if that fork fails: the reset then tells)."""
+        needs nothing preloaded (the data one if that is the one there is,
+        as with one fork source), else the data one; one is forked now if
+        the wanted kind is missing (the other kind if that fork fails: the
+        reset then tells). None only when no spare can be had at all."""
         if self.light_zygote is None:
             return self.data
         self.data_next = spares_runtime["needs_preload"](request)
-        if not self.data_next and self.light is not None:
-            return self.light
-        if self.data is None:
-            self.data, failure = fresh_spare(self.zygote)
-            if failure:
-                sys.stderr.write(f"mcp-code-exec agent: no data spare, the light one runs: {failure}\n")
-                return self.light
-        return self.data
+        if not self.data_next and self.light is None and self.data is not None:
+            return self.data
+        for kind in ("data", "light") if self.data_next else ("light", "data"):
+            if getattr(self, kind) is None:
+                spare, failure = fresh_spare(self.zygote if kind == "data" else self.light_zygote)
+                if failure:
+                    sys.stderr.write(f"mcp-code-exec agent: no {kind} spare: {failure}\n")
+                    continue
+                setattr(self, kind, spare)
+            return getattr(self, kind)
+        return None
 
     def when_idle(self):
-        """Forks the data spare if it is missing and no request came within
-        DATA_SPARE_IDLE_S (a failure is left to take() and the reset)."""
-        if self.data is None and self.light_zygote is not None and not host.wait_readable(DATA_SPARE_IDLE_S):
-            self.data, _ = fresh_spare(self.zygote)
+        """Forks the spare the reset did not, once no request came within
+        SPARE_IDLE_S (a failure is left to take() and the reset)."""
+        missing = [kind for kind in ("data", "light") if getattr(self, kind) is None]
+        if self.light_zygote is None or not missing or host.wait_readable(SPARE_IDLE_S):
+            return
+        for kind in missing:
+            setattr(self, kind, fresh_spare(self.zygote if kind == "data" else self.light_zygote)[0])
 
     def close(self):
         for spare in (self.data, self.light):
@@ -2055,6 +2062,9 @@ def main(argv):
                 payload = json.dumps(request).encode()
         if spare is None:
             spare = spares.take(request)
+            if spare is None:
+                send_json(ord("F"), {"reason": "no spare could be forked"})
+                os._exit(4)
         elif not request.get("session"):
             # The host runs stateless code only on a spare that never ran.
             sys.stderr.write("mcp-code-exec agent: a stateless run sent to a session's interpreter\n")
