@@ -694,10 +694,13 @@ def report_uncaught(exc, filename):
 # ---------------------------------------------------------------- the zygote
 
 
-def zygote_main(channel, preload, spared):
+def zygote_main(channel, preload, spared, reaped_pipe):
     """Imports the preloaded modules, then forks spares on the agent's
     request, reaps everything below it, kills everything but `spared` (the
-    light zygote's pid, if any) at reset. It reads nothing but the agent's
+    light zygote's pid, if any) at reset. `reaped_pipe`, between the two
+    zygotes, if there are two: the light one writes a byte into it each time
+    it reaps, the other waits on it while it kills (the zombies the light
+    zygote reaps are not its children). It reads nothing but the agent's
     one-byte commands and the pipe fds that come with them."""
     os.dup2(devnull, 0)
     os.dup2(devnull, 1)  # only the agent speaks the protocol; fd 2 stays for crash reports
@@ -733,6 +736,11 @@ def zygote_main(channel, preload, spared):
             if pid in spares:
                 spares.discard(pid)
                 channel.send(b"E%d %d" % (pid, os.waitstatus_to_exitcode(wait_status)))
+            if reaped_pipe is not None and not spared:
+                try:
+                    os.write(reaped_pipe, b".")
+                except BlockingIOError:
+                    pass  # the killer has bytes to wake on already
 
     def kill_all():
         # kill(-1) reaches every process but PID 1 and the caller, at once
@@ -746,9 +754,11 @@ def zygote_main(channel, preload, spared):
         while True:
             if not kill_everyone_but(spared):
                 return True
-            select.select([wake_r], [], [], pause)
+            woken = [wake_r, reaped_pipe] if spared and reaped_pipe is not None else [wake_r]
+            select.select(woken, [], [], pause)
             pause = min(pause * 2, 0.05)
-            drain(wake_r)
+            for fd in woken:
+                drain(fd)
             reap()
             if time.monotonic() > deadline:
                 return False
@@ -867,13 +877,15 @@ def drain(fd):
 class Zygote:
     """The agent's handle on the zygote: commands, replies, spare exits."""
 
-    def __init__(self, preload, spared=()):
+    def __init__(self, preload, spared=(), reaped_pipe=None, other_end=None):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pid = os.fork()
         if pid == 0:
             ours.close()
+            if other_end is not None:
+                os.close(other_end)
             try:
-                zygote_main(theirs, preload, spared)
+                zygote_main(theirs, preload, spared, reaped_pipe)
             except BaseException:
                 traceback.print_exc()
             finally:
@@ -2005,8 +2017,17 @@ def main(argv):
     oom_before = oom_counter.read()
     try:
         # The light zygote first: the zygote spares it at reset.
-        light_zygote = Zygote([]) if light else None
-        zygote = Zygote(preload, (light_zygote.pid,) if light else ())
+        if light:
+            reaped_r, reaped_w = os.pipe()
+            os.set_blocking(reaped_r, False)
+            os.set_blocking(reaped_w, False)
+            light_zygote = Zygote([], reaped_pipe=reaped_w, other_end=reaped_r)
+            os.close(reaped_w)
+            zygote = Zygote(preload, (light_zygote.pid,), reaped_pipe=reaped_r)
+            os.close(reaped_r)
+        else:
+            light_zygote = None
+            zygote = Zygote(preload)
     except ZygoteLost as lost:
         reason = str(lost)
         if oom_counter.read() > oom_before:
