@@ -812,17 +812,33 @@ def kill_everyone_but(spared):
         except ProcessLookupError:
             return False
         return True
-    signal_all(signal.SIGSTOP)
     keep = {1, os.getpid(), *spared}
-    others = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc"))) if pid not in keep]
-    for pid in others:
-        kill(pid)
-    for pid in spared:
+
+    def others():
+        return [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc"))) if pid not in keep]
+
+    listed = others()
+    # Nothing runs when all are zombies: only reaping is left (or nothing).
+    running = not all(map(is_zombie, listed))
+    if running:
+        signal_all(signal.SIGSTOP)
+        for pid in others():  # listed again: what forked before the stop is there too
+            kill(pid)
+    for pid in spared:  # to reap its own (stopped by a run, or by the SIGSTOP)
         try:
             os.kill(pid, signal.SIGCONT)
         except ProcessLookupError:
             pass
-    return bool(others)
+    return bool(listed)
+
+
+def is_zombie(pid):
+    """Whether `pid` has exited (a zombie, or gone already)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2][1:2] in (b"Z", b"X", b"")
+    except OSError:
+        return True
 
 
 def preload_modules(names):
