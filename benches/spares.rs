@@ -109,7 +109,7 @@ fn main() {
     let mut variants = [
         variant(&tokio, "default", |_| {}),
         variant(&tokio, "MCP_BRIDGE_LIGHT_SPARE=off", |c| {
-            c.light_spare = false
+            c.light_spare = Some(false)
         }),
         variant(&tokio, "no preload", |c| c.preload.clear()),
     ];

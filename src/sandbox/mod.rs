@@ -83,7 +83,7 @@ pub fn agent_command(config: &Config) -> Vec<String> {
         AGENT_SOURCE.packages.into(),
         AGENT_SOURCE.spares.into(),
         config.preload.join(","),
-        if config.light_spare { "light" } else { "" }.into(),
+        if config.light_spare() { "light" } else { "" }.into(),
         PROXY_PORT.to_string(),
     ];
     if let Some(bundle) = &config.egress.ca_bundle {
@@ -741,7 +741,7 @@ mod tests {
         assert_eq!(command[10], "3128");
         assert_eq!(command.len(), 11, "no trust: nothing more");
         let single = Config {
-            light_spare: false,
+            light_spare: Some(false),
             ..config.clone()
         };
         assert_eq!(agent_command(&single)[9], "");

@@ -170,7 +170,9 @@ engine_test! {
     fn preloaded_module_names_keep_their_case() {
         let output = mcp_code_exec(
             &["run"],
-            "import sys\nprint('PIL.Image' in sys.modules, 'pandas' in sys.modules)",
+            // `import PIL` (not the standard library) takes the preloaded zygote;
+            // PIL's own `__init__` does not import `PIL.Image`.
+            "import sys, PIL\nprint('PIL.Image' in sys.modules, 'pandas' in sys.modules)",
             &[
                 ("MCP_BRIDGE_PRELOAD", "numpy,PIL.Image"),
                 ("MCP_BRIDGE_LOG_LEVEL", "warn"),
