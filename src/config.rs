@@ -155,6 +155,25 @@ pub struct HttpSettings {
     /// endpoint at, as the protected-resource metadata names it; by default
     /// `http://<Host>/mcp` from the request.
     pub resource_url: Option<String>,
+    /// `MCP_BRIDGE_HTTP_JWT_*`: JWT access tokens of an external
+    /// authorization server, besides (or instead of) the tokens file.
+    pub jwt: Option<JwtSettings>,
+}
+
+/// JWT access tokens (see [`crate::http::jwt`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct JwtSettings {
+    /// `MCP_BRIDGE_HTTP_JWT_ISSUER`: the `iss` every token must carry.
+    pub issuer: String,
+    /// `MCP_BRIDGE_HTTP_JWT_AUDIENCE` (else `MCP_BRIDGE_HTTP_RESOURCE_URL`):
+    /// the `aud` a token must name, this server's URL (RFC 8707).
+    pub audience: String,
+    /// `MCP_BRIDGE_HTTP_JWT_JWKS_URL`: the issuer's signing keys.
+    pub jwks_url: String,
+    /// `MCP_BRIDGE_HTTP_JWT_PRINCIPAL_CLAIM`: the claim naming the principal.
+    pub principal_claim: String,
+    /// `MCP_BRIDGE_HTTP_JWT_ALGORITHMS`: the asymmetric algorithms accepted.
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
 }
 
 impl Default for HttpSettings {
@@ -167,6 +186,7 @@ impl Default for HttpSettings {
                 .map(String::from)
                 .to_vec(),
             resource_url: None,
+            jwt: None,
         }
     }
 }
@@ -872,6 +892,7 @@ impl Config {
                 )
             }
         })?;
+        http.jwt = read_jwt(vars, http.resource_url.as_deref())?;
         Ok(())
     }
 
@@ -1045,6 +1066,88 @@ pub fn parse_http_addr(value: &str) -> Result<SocketAddr, String> {
 }
 
 /// A comma-separated list of words, none empty.
+/// `MCP_BRIDGE_HTTP_JWT_*`: all or nothing (issuer and JWKS URL name each
+/// other; the audience defaults to the resource URL).
+fn read_jwt(
+    vars: &Vars<'_, impl Lookup>,
+    resource_url: Option<&str>,
+) -> Result<Option<JwtSettings>, ConfigError> {
+    const ISSUER: &str = "MCP_BRIDGE_HTTP_JWT_ISSUER";
+    const JWKS: &str = "MCP_BRIDGE_HTTP_JWT_JWKS_URL";
+    let (issuer, jwks) = (vars.raw(ISSUER), vars.raw(JWKS));
+    let needed = |name: &'static str, value: Option<String>, expected: &str| {
+        value.ok_or_else(|| ConfigError {
+            name,
+            value: String::new(),
+            expected: expected.to_owned(),
+        })
+    };
+    let (issuer, jwks_url) = match (issuer, jwks) {
+        (None, None) => return Ok(None),
+        (issuer, jwks) => (
+            needed(
+                ISSUER,
+                issuer,
+                "the authorization server's issuer URL (the tokens' iss), set with MCP_BRIDGE_HTTP_JWT_JWKS_URL",
+            )?,
+            needed(
+                JWKS,
+                jwks,
+                "the URL of the issuer's JSON Web Key Set, set with MCP_BRIDGE_HTTP_JWT_ISSUER",
+            )?,
+        ),
+    };
+    vars.parse(JWKS, (), |v| {
+        let url = reqwest::Url::parse(v).ok();
+        let host = url.as_ref().and_then(reqwest::Url::host_str);
+        let loopback = host.is_some_and(|host| {
+            let ip = host.trim_start_matches('[').trim_end_matches(']');
+            host == "localhost"
+                || ip
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        });
+        match url.as_ref().map(reqwest::Url::scheme) {
+            Some("https") => Ok(()),
+            Some("http") if loopback => Ok(()),
+            _ => Err("an https:// URL (http:// only to a loopback address)".into()),
+        }
+    })?;
+    let audience = vars
+        .raw("MCP_BRIDGE_HTTP_JWT_AUDIENCE")
+        .or(resource_url.map(str::to_owned));
+    let audience = needed(
+        "MCP_BRIDGE_HTTP_JWT_AUDIENCE",
+        audience,
+        "the aud tokens must name: this server's URL (RFC 8707), e.g. https://mcp.example.com/mcp          (or set MCP_BRIDGE_HTTP_RESOURCE_URL)",
+    )?;
+    let principal_claim = vars.string("MCP_BRIDGE_HTTP_JWT_PRINCIPAL_CLAIM", "sub".to_owned());
+    use jsonwebtoken::Algorithm;
+    let algorithms = vars.parse(
+        "MCP_BRIDGE_HTTP_JWT_ALGORITHMS",
+        vec![Algorithm::RS256, Algorithm::ES256],
+        |v| {
+            let expected = "asymmetric JWS algorithms, comma-separated: RS256, RS384, RS512,                             PS256, PS384, PS512, ES256, ES384, EdDSA (never HS*, never none)";
+            list(v, expected)?
+                .iter()
+                .map(|name| match name.parse::<Algorithm>() {
+                    Ok(Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) | Err(_) => {
+                        Err(expected.to_owned())
+                    }
+                    Ok(alg) => Ok(alg),
+                })
+                .collect()
+        },
+    )?;
+    Ok(Some(JwtSettings {
+        issuer,
+        audience,
+        jwks_url,
+        principal_claim,
+        algorithms,
+    }))
+}
+
 fn list(value: &str, expected: &str) -> Result<Vec<String>, String> {
     let items: Vec<String> = value.split(',').map(|s| s.trim().to_owned()).collect();
     if items.iter().any(String::is_empty) {
@@ -1343,6 +1446,59 @@ mod tests {
             ("MCP_BRIDGE_HTTP_RESOURCE_URL", "mcp.example.com"),
         ] {
             assert_eq!(config(&[(name, value)]).unwrap_err().name, name);
+        }
+    }
+
+    #[test]
+    fn jwt_settings_are_all_or_nothing_and_asymmetric_only() {
+        let issuer = ("MCP_BRIDGE_HTTP_JWT_ISSUER", "https://auth.example.com/");
+        let jwks = (
+            "MCP_BRIDGE_HTTP_JWT_JWKS_URL",
+            "https://auth.example.com/jwks.json",
+        );
+        let resource = (
+            "MCP_BRIDGE_HTTP_RESOURCE_URL",
+            "https://mcp.example.com/mcp",
+        );
+        let jwt = config(&[issuer, jwks, resource]).unwrap().http.jwt.unwrap();
+        assert_eq!(jwt.audience, "https://mcp.example.com/mcp");
+        assert_eq!(jwt.principal_claim, "sub");
+        assert_eq!(
+            jwt.algorithms,
+            [
+                jsonwebtoken::Algorithm::RS256,
+                jsonwebtoken::Algorithm::ES256
+            ]
+        );
+        assert_eq!(Config::default().http.jwt, None);
+        let refused = |vars: &[(&str, &str)]| config(vars).unwrap_err().name;
+        assert_eq!(refused(&[issuer, resource]), "MCP_BRIDGE_HTTP_JWT_JWKS_URL");
+        assert_eq!(refused(&[jwks, resource]), "MCP_BRIDGE_HTTP_JWT_ISSUER");
+        assert_eq!(refused(&[issuer, jwks]), "MCP_BRIDGE_HTTP_JWT_AUDIENCE");
+        let plain = (
+            "MCP_BRIDGE_HTTP_JWT_JWKS_URL",
+            "http://auth.example.com/jwks",
+        );
+        assert_eq!(refused(&[issuer, plain, resource]), plain.0);
+        let lookalike = (
+            "MCP_BRIDGE_HTTP_JWT_JWKS_URL",
+            "http://127.0.0.1.evil.example/jwks",
+        );
+        assert_eq!(refused(&[issuer, lookalike, resource]), plain.0);
+        let loopback = ("MCP_BRIDGE_HTTP_JWT_JWKS_URL", "http://127.0.0.1:9/jwks");
+        assert!(config(&[issuer, loopback, resource]).is_ok());
+        for algorithms in ["HS256", "ES256,none", "RS256,HS512", ""] {
+            let vars = [
+                issuer,
+                jwks,
+                resource,
+                ("MCP_BRIDGE_HTTP_JWT_ALGORITHMS", algorithms),
+            ];
+            if algorithms.is_empty() {
+                assert!(config(&vars).is_ok(), "empty means the default");
+            } else {
+                assert_eq!(refused(&vars), "MCP_BRIDGE_HTTP_JWT_ALGORITHMS");
+            }
         }
     }
 

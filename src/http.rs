@@ -6,13 +6,14 @@
 //! `StreamableHttpService` (no protocol of ours: both revisions, sessions,
 //! SSE, the 16 MiB body bound, `Host`/`Origin` validation against DNS
 //! rebinding, which rmcp does once asked), behind our authentication layer
-//! ([`auth`]), which puts the request's [`Principal`] in its extensions for
+//! ([`auth`], [`jwt`]), which puts the request's [`Principal`] in its extensions for
 //! the front end to find; `/.well-known/oauth-protected-resource` (RFC 9728);
 //! the refusal to listen beyond loopback without tokens; and the drain at
 //! shutdown. It does not run calls or judge them: each request goes to
 //! [`CodeExecServer`], as stdio's do.
 
 pub mod auth;
+pub mod jwt;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -29,12 +30,13 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::HttpSettings;
+use crate::config::{CaBundle, HttpSettings};
 use crate::frontend::CodeExecServer;
 use crate::frontend::transport::MAX_MESSAGE_BYTES;
 use crate::principals::Principal;
 use crate::service::Service;
 use auth::{Auth, TokensFile, Verdict};
+use jwt::JwtVerifier;
 
 /// The path of the MCP endpoint.
 pub const MCP_PATH: &str = "/mcp";
@@ -54,12 +56,15 @@ const ANSWER_GRACE: Duration = Duration::from_secs(2);
 pub enum StartError {
     #[error(
         "MCP over HTTP on {addr} is reachable beyond this machine: set \
-         MCP_BRIDGE_HTTP_TOKENS_FILE (name:sha256-hex-of-token lines) so that only \
+         MCP_BRIDGE_HTTP_TOKENS_FILE (name:sha256-hex-of-token lines) or \
+         MCP_BRIDGE_HTTP_JWT_ISSUER and MCP_BRIDGE_HTTP_JWT_JWKS_URL so that only \
          clients with a token are served, or listen on a loopback address"
     )]
     Unauthenticated { addr: SocketAddr },
     #[error(transparent)]
     Tokens(#[from] auth::TokensError),
+    #[error(transparent)]
+    Jwt(#[from] jwt::JwtError),
     #[error("cannot listen on {addr} (MCP_BRIDGE_HTTP_ADDR): {error}")]
     Bind {
         addr: SocketAddr,
@@ -135,22 +140,34 @@ pub struct HttpFrontDoor {
 
 impl HttpFrontDoor {
     /// Checks the settings (tokens required beyond loopback, a tokens file
-    /// that reads), binds `settings.addr`, and builds the router.
+    /// that reads), binds `settings.addr`, and builds the router. The
+    /// issuer's keys are fetched trusting `trust`, else the host's CAs.
     pub async fn bind(
         settings: &HttpSettings,
         addr: SocketAddr,
         server: CodeExecServer,
+        trust: Option<&CaBundle>,
     ) -> Result<Self, StartError> {
-        let auth = match &settings.tokens_file {
-            None if !addr.ip().is_loopback() => return Err(StartError::Unauthenticated { addr }),
-            None => Auth::Local,
-            Some(path) => Auth::Tokens(TokensFile::open(path)?),
+        let tokens = settings.tokens_file.as_deref().map(TokensFile::open);
+        let jwt = settings
+            .jwt
+            .as_ref()
+            .map(|jwt| JwtVerifier::new(jwt, trust));
+        let auth = match (tokens.transpose()?, jwt.transpose()?) {
+            (None, None) if !addr.ip().is_loopback() => {
+                return Err(StartError::Unauthenticated { addr });
+            }
+            (None, None) => Auth::Local,
+            (tokens, jwt) => Auth::Bearer { tokens, jwt },
         };
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|error| StartError::Bind { addr, error })?;
         let sessions = CancellationToken::new();
-        if let Auth::Tokens(file) = &auth {
+        if let Auth::Bearer {
+            tokens: Some(file), ..
+        } = &auth
+        {
             file.watch(sessions.clone());
         }
         let router = router(settings, auth, server, sessions.clone());
@@ -242,8 +259,11 @@ fn router(
 /// one (else 404, as an unknown session); any other gets a 401 that says
 /// where the metadata is.
 async fn authenticate(State(gate): State<Gate>, mut request: Request, next: Next) -> Response {
-    let authorization = request.headers().get(header::AUTHORIZATION);
-    let verdict = gate.auth.check(authorization.map(HeaderValue::as_bytes));
+    let authorization = request.headers().get(header::AUTHORIZATION).cloned();
+    let verdict = gate
+        .auth
+        .check(authorization.as_ref().map(HeaderValue::as_bytes))
+        .await;
     match verdict {
         Verdict::Allowed(principal) => {
             request.headers_mut().remove(header::AUTHORIZATION);
@@ -299,12 +319,15 @@ async fn metadata(State(gate): State<Gate>, request: Request) -> Response {
         .resource_url
         .clone()
         .unwrap_or_else(|| format!("{}{MCP_PATH}", origin(&gate, &request)));
-    axum::Json(serde_json::json!({
+    let mut document = serde_json::json!({
         "resource": resource,
         "bearer_methods_supported": ["header"],
         "resource_name": env!("CARGO_PKG_NAME"),
-    }))
-    .into_response()
+    });
+    if let Auth::Bearer { jwt: Some(jwt), .. } = &gate.auth {
+        document["authorization_servers"] = serde_json::json!([jwt.issuer()]);
+    }
+    axum::Json(document).into_response()
 }
 
 /// `scheme://authority` clients reach the server at: from

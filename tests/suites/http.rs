@@ -3,10 +3,23 @@
 //! run_python, progress, artifacts; two principals kept apart: sessions,
 //! artifacts, the quota, MCP session ids, 2026-07-28 stateless requests;
 //! tokens missing, wrong and revoked, a bad Origin, a body over 16 MiB; a
-//! call in flight at SIGTERM still answered), and the refusal to listen
-//! beyond loopback without tokens.
+//! call in flight at SIGTERM still answered), JWT access tokens of an
+//! external issuer and their forgeries, and the refusal to listen beyond
+//! loopback without tokens.
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use mcp_code_exec::http::auth::token_hash;
+use mcp_code_exec::http::jwt::REFETCH_AFTER;
+use serde_json::{Value, json};
 
 use crate::e2e_mcp::sdk_script;
+use crate::util::block_on;
+use crate::util::issuer::{
+    ISSUER, Issuer, SigningKey, now, sign_eddsa, sign_hs256, tampered, unsigned,
+};
 use crate::util::server::run_binary;
 
 engine_test! {
@@ -39,4 +52,222 @@ fn a_non_loopback_listener_without_tokens_refuses_to_start() {
         stderr.contains("cannot read MCP_BRIDGE_HTTP_TOKENS_FILE /nonexistent/tokens"),
         "{stderr}"
     );
+}
+
+/// `mcp-code-exec serve --http 127.0.0.1:PORT` as a child process, ended
+/// when dropped.
+pub(crate) struct HttpServer {
+    child: std::process::Child,
+    pub url: String,
+}
+
+impl HttpServer {
+    /// Starts it on `port` with `env` and waits until it listens.
+    pub(crate) fn start_on(port: u16, env: &[(&str, &str)]) -> Self {
+        let mut child = crate::util::server::command()
+            .args(["serve", "--http", &format!("127.0.0.1:{port}")])
+            .env("MCP_BRIDGE_METRICS_ADDR", "off")
+            .env("MCP_BRIDGE_POOL_MIN_IDLE", "0")
+            .env("MCP_BRIDGE_LOG_LEVEL", "info")
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        crate::util::wait_until("the HTTP listener", Duration::from_secs(30), || {
+            assert!(child.try_wait().unwrap().is_none(), "the server exited");
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Self {
+            child,
+            url: format!("http://127.0.0.1:{port}/mcp"),
+        }
+    }
+
+    /// POSTs an `initialize` with `Authorization: Bearer token`: the status.
+    pub(crate) fn initialize_with(&self, token: &str) -> (u16, String) {
+        let request = http_client()
+            .post(&self.url)
+            .header("Content-Type", "application/json")
+            .header("Accept", "application/json, text/event-stream")
+            .header("Authorization", format!("Bearer {token}"))
+            .body(
+                r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#,
+            )
+            .send();
+        let response = block_on(request).unwrap();
+        let challenge = response
+            .headers()
+            .get("www-authenticate")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        (response.status().as_u16(), challenge)
+    }
+}
+
+/// A plain-HTTP client (reqwest wants a TLS provider even so).
+fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// JWT access tokens of an external authorization server (a real key-set
+/// server on loopback, keys made now): a valid token is served, as its
+/// `sub`'s principal; every forgery and misuse is a 401 `invalid_token`:
+/// expired, not yet valid, another audience (RFC 8707), another issuer, no
+/// `exp`, tampered claims, another key's signature, `alg: none`, HS256
+/// keyed with the public key (algorithm confusion), a symmetric key in the
+/// set, an EdDSA token under an EC key's id; made-up `kid`s do not make the server
+/// fetch the key set again and again; a key rotated in is found.
+#[test]
+fn jwt_access_tokens_are_verified_and_every_forgery_refused() {
+    let (k1, k2) = (SigningKey::new("k1"), SigningKey::new("k2"));
+    let secret = b"a symmetric key the issuer should never publish";
+    let symmetric = json!({"kty": "oct", "kid": "sym", "k": URL_SAFE_NO_PAD.encode(secret)});
+    let issuer = Issuer::start(vec![k1.jwk(), symmetric]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let resource = format!("http://127.0.0.1:{port}/mcp");
+    let dir = std::env::temp_dir().join(format!("mcp-jwt-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let tokens = dir.join("tokens");
+    std::fs::write(&tokens, format!("ann:{}\n", token_hash("ann-token"))).unwrap();
+    let jwks_url = issuer.jwks_url();
+    let server = HttpServer::start_on(
+        port,
+        &[
+            ("MCP_BRIDGE_HTTP_JWT_ISSUER", ISSUER),
+            ("MCP_BRIDGE_HTTP_JWT_JWKS_URL", &jwks_url),
+            ("MCP_BRIDGE_HTTP_RESOURCE_URL", &resource),
+            ("MCP_BRIDGE_HTTP_JWT_ALGORITHMS", "ES256,EdDSA"),
+            ("MCP_BRIDGE_HTTP_TOKENS_FILE", tokens.to_str().unwrap()),
+        ],
+    );
+    let claims = |changes: Value| {
+        let mut claims = json!({
+            "iss": ISSUER, "aud": resource, "sub": "alice@example.com",
+            "iat": now(), "exp": now() + 300,
+        });
+        for (name, value) in changes.as_object().unwrap() {
+            match value {
+                Value::Null => claims.as_object_mut().unwrap().remove(name),
+                _ => claims
+                    .as_object_mut()
+                    .unwrap()
+                    .insert(name.clone(), value.clone()),
+            };
+        }
+        claims
+    };
+    let good = k1.sign("k1", &claims(json!({})));
+    assert_eq!(server.initialize_with(&good).0, 200, "a valid token");
+    assert_eq!(
+        server.initialize_with("ann-token").0,
+        200,
+        "the tokens file too"
+    );
+    assert_eq!(
+        issuer.fetches(),
+        1,
+        "the key set is fetched once, then cached"
+    );
+    let mut public = k1.jwk().to_string().into_bytes();
+    public.extend_from_slice(b"\n");
+    let forgeries = [
+        (
+            "expired",
+            k1.sign("k1", &claims(json!({"exp": now() - 120}))),
+        ),
+        (
+            "not yet valid",
+            k1.sign("k1", &claims(json!({"nbf": now() + 300}))),
+        ),
+        (
+            "another audience",
+            k1.sign("k1", &claims(json!({"aud": "http://127.0.0.1:1/mcp"}))),
+        ),
+        (
+            "another issuer",
+            k1.sign("k1", &claims(json!({"iss": "https://evil.test/"}))),
+        ),
+        ("no exp", k1.sign("k1", &claims(json!({"exp": null})))),
+        (
+            "no principal claim",
+            k1.sign("k1", &claims(json!({"sub": null}))),
+        ),
+        (
+            "tampered claims",
+            tampered(&good, &claims(json!({"sub": "admin"}))),
+        ),
+        ("another key's signature", k2.sign("k1", &claims(json!({})))),
+        ("alg none", unsigned("k1", &claims(json!({})))),
+        (
+            "HS256 keyed with the public key",
+            sign_hs256("k1", &public, &claims(json!({}))),
+        ),
+        (
+            "HS256 with the set's symmetric key",
+            sign_hs256("sym", secret, &claims(json!({}))),
+        ),
+        (
+            "EdDSA under the EC key's kid",
+            sign_eddsa("k1", &claims(json!({}))),
+        ),
+        ("a truncated token", good[..good.len() - 10].to_owned()),
+    ];
+    for (what, token) in &forgeries {
+        let (status, challenge) = server.initialize_with(token);
+        assert_eq!(status, 401, "{what}");
+        assert!(
+            challenge.contains("error=\"invalid_token\""),
+            "{what}: {challenge}"
+        );
+    }
+    // A client sending made-up key ids: at most one fetch more, not one each.
+    let before = issuer.fetches();
+    for n in 0..20 {
+        let token = k1.sign(&format!("made-up-{n}"), &claims(json!({})));
+        assert_eq!(server.initialize_with(&token).0, 401, "unknown kid {n}");
+    }
+    assert!(
+        issuer.fetches() <= before + 1,
+        "{} fetches",
+        issuer.fetches()
+    );
+    // The issuer rotates k2 in: a token under it is served once the
+    // refetch interval allows another fetch.
+    issuer.publish(vec![k1.jwk(), k2.jwk()]);
+    std::thread::sleep(REFETCH_AFTER + Duration::from_millis(500));
+    let rotated = k2.sign("k2", &claims(json!({})));
+    assert_eq!(server.initialize_with(&rotated).0, 200, "a rotated-in key");
+    let metadata = block_on(async {
+        http_client()
+            .get(format!(
+                "http://127.0.0.1:{port}/.well-known/oauth-protected-resource"
+            ))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    let metadata: Value = serde_json::from_str(&metadata).unwrap();
+    assert_eq!(
+        metadata["authorization_servers"],
+        json!([ISSUER]),
+        "{metadata}"
+    );
+    assert_eq!(metadata["resource"], json!(resource), "{metadata}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -8,6 +8,7 @@
 //! `MCP_CODE_EXEC_SKIP_ENGINE_TESTS=1` turns them into a printed skip.
 
 pub mod forwarder;
+pub mod issuer;
 pub mod server;
 pub mod web;
 
