@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use mcp_code_exec::http::auth::token_hash;
+use mcp_code_exec::http::auth::{RELOAD_EVERY, token_hash};
 use mcp_code_exec::http::jwt::REFETCH_AFTER;
 use serde_json::{Value, json};
 
@@ -83,31 +83,60 @@ impl HttpServer {
         }
     }
 
-    /// POSTs an `initialize` with `Authorization: Bearer token`: the status.
+    /// POSTs an `initialize` with `Authorization: Bearer token`: the
+    /// status and the `WWW-Authenticate` challenge.
     pub(crate) fn initialize_with(&self, token: &str) -> (u16, String) {
-        let request = http_client()
+        let (status, challenge, _) = self.post(token, None, INITIALIZE);
+        (status, challenge)
+    }
+
+    /// POSTs `body` with `token`, in MCP session `session` if any: the
+    /// status, the challenge and the session id answered.
+    pub(crate) fn post(
+        &self,
+        token: &str,
+        session: Option<&str>,
+        body: &'static str,
+    ) -> (u16, String, Option<String>) {
+        let mut request = http_client()
             .post(&self.url)
             .header("Content-Type", "application/json")
             .header("Accept", "application/json, text/event-stream")
             .header("Authorization", format!("Bearer {token}"))
-            .body(
-                r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#,
-            )
-            .send();
-        let response = block_on(request).unwrap();
-        let challenge = response
-            .headers()
-            .get("www-authenticate")
-            .map(|v| v.to_str().unwrap().to_owned())
-            .unwrap_or_default();
-        (response.status().as_u16(), challenge)
+            .body(body);
+        if let Some(id) = session {
+            request = request
+                .header("Mcp-Session-Id", id)
+                .header("MCP-Protocol-Version", "2025-11-25");
+        }
+        let response = block_on(request.send()).unwrap();
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        let (challenge, session) = (header("www-authenticate"), header("mcp-session-id"));
+        (
+            response.status().as_u16(),
+            challenge.unwrap_or_default(),
+            session,
+        )
     }
 }
+
+const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
 
 /// A plain-HTTP client (reqwest wants a TLS provider even so).
 fn http_client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::new()
+}
+
+impl HttpServer {
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for HttpServer {
@@ -268,6 +297,79 @@ fn jwt_access_tokens_are_verified_and_every_forgery_refused() {
         "{metadata}"
     );
     assert_eq!(metadata["resource"], json!(resource), "{metadata}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A token removed from the tokens file is refused on its next request,
+/// without a restart: in an MCP session it opened too, whether the change is
+/// seen by the file's watch or, for an edit that keeps the file's length
+/// and modification time (which the watch cannot see), by SIGHUP.
+#[test]
+fn a_revoked_token_is_refused_on_its_next_request_without_a_restart() {
+    let dir = std::env::temp_dir().join(format!("mcp-revoke-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let tokens = dir.join("tokens");
+    let line = |name: &str| format!("{name}:{}\n", token_hash(&format!("{name}-token")));
+    std::fs::write(&tokens, line("ann") + &line("bob") + &line("cyd")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = HttpServer::start_on(
+        port,
+        &[("MCP_BRIDGE_HTTP_TOKENS_FILE", tokens.to_str().unwrap())],
+    );
+    let (status, _, session) = server.post("bob-token", None, INITIALIZE);
+    assert_eq!(status, 200);
+    let session = session.expect("an MCP session id");
+    const PING: &str = r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#;
+    assert_eq!(
+        server.post("bob-token", Some(&session), PING).0,
+        200,
+        "bob's session serves bob"
+    );
+    // Bob's line goes: the watch sees the file change.
+    std::fs::write(&tokens, line("ann") + &line("cyd")).unwrap();
+    crate::util::wait_until("bob's token refused", Duration::from_secs(10), || {
+        server.initialize_with("bob-token").0 == 401
+    });
+    let (status, challenge, _) = server.post("bob-token", Some(&session), PING);
+    assert_eq!(status, 401, "nor is bob's open session served");
+    assert!(challenge.contains("invalid_token"), "{challenge}");
+    assert_eq!(
+        server.initialize_with("ann-token").0,
+        200,
+        "ann's line stays"
+    );
+    // Cyd's line becomes dan's, the file's length and time kept as they were.
+    let before = std::fs::metadata(&tokens).unwrap().modified().unwrap();
+    std::fs::write(&tokens, line("ann") + &line("dan")).unwrap();
+    let file = std::fs::File::options().write(true).open(&tokens).unwrap();
+    file.set_modified(before).unwrap();
+    drop(file);
+    std::thread::sleep(RELOAD_EVERY * 2);
+    assert_eq!(
+        server.initialize_with("cyd-token").0,
+        200,
+        "the watch cannot see this edit"
+    );
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &server.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    crate::util::wait_until(
+        "cyd's token refused after SIGHUP",
+        Duration::from_secs(10),
+        || server.initialize_with("cyd-token").0 == 401,
+    );
+    assert_eq!(
+        server.initialize_with("dan-token").0,
+        200,
+        "dan's line is read"
+    );
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
