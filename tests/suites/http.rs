@@ -127,6 +127,15 @@ impl HttpServer {
 
 const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
 
+/// A port free on loopback now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A plain-HTTP client (reqwest wants a TLS provider even so).
 fn http_client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -160,11 +169,7 @@ fn jwt_access_tokens_are_verified_and_every_forgery_refused() {
     let secret = b"a symmetric key the issuer should never publish";
     let symmetric = json!({"kty": "oct", "kid": "sym", "k": URL_SAFE_NO_PAD.encode(secret)});
     let issuer = Issuer::start(vec![k1.jwk(), symmetric]);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let resource = format!("http://127.0.0.1:{port}/mcp");
     let dir = std::env::temp_dir().join(format!("mcp-jwt-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -312,11 +317,7 @@ fn a_revoked_token_is_refused_on_its_next_request_without_a_restart() {
     let tokens = dir.join("tokens");
     let line = |name: &str| format!("{name}:{}\n", token_hash(&format!("{name}-token")));
     std::fs::write(&tokens, line("ann") + &line("bob") + &line("cyd")).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let server = HttpServer::start_on(
         port,
         &[("MCP_BRIDGE_HTTP_TOKENS_FILE", tokens.to_str().unwrap())],
@@ -372,4 +373,44 @@ fn a_revoked_token_is_refused_on_its_next_request_without_a_restart() {
     );
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The official MCP conformance suite (`@modelcontextprotocol/conformance`,
+/// pinned in scripts/test.sh, on Node 24) against `serve --http`, every
+/// scenario (`--suite all`) for both protocol revisions: every check passes
+/// but those of tests/e2e/conformance-baseline.yml (fixture tools and
+/// resources, capabilities not declared: README, "Conformance"), and a
+/// baselined check that starts passing fails it too.
+#[test]
+fn the_official_conformance_suite_passes_for_both_revisions() {
+    let node = crate::util::node24();
+    let suite = node.join("node_modules/@modelcontextprotocol/conformance/dist/index.js");
+    let baseline = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/e2e/conformance-baseline.yml"
+    );
+    let server = HttpServer::start_on(free_port(), &[]);
+    let results = std::env::temp_dir().join(format!("mcp-conformance-{}", std::process::id()));
+    for revision in ["2025-11-25", "2026-07-28"] {
+        let output = std::process::Command::new(node.join("node"))
+            .arg(&suite)
+            .args(["server", "--url", &server.url, "--suite", "all"])
+            .args(["--spec-version", revision, "--expected-failures", baseline])
+            .arg("-o")
+            .arg(results.join(revision))
+            .output()
+            .expect("Node 24 runs (scripts/test.sh installs it: MCP_CODE_EXEC_TEST_NODE24)");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let total = stdout
+            .lines()
+            .find_map(|line| line.strip_prefix("Total: "))
+            .unwrap_or_default();
+        assert!(
+            output.status.success() && !total.starts_with("0 "),
+            "conformance {revision} failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+        );
+        eprintln!("conformance {revision}: {total} checks, each failure one the baseline lists");
+    }
+    let _ = std::fs::remove_dir_all(&results);
 }

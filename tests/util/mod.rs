@@ -292,6 +292,15 @@ pub fn everything() -> PathBuf {
         .into()
 }
 
+/// Where scripts/test.sh puts Node 24 (`node`) and the npm packages the
+/// HTTP tests run on it (`node_modules`: the conformance suite, the
+/// TypeScript SDK).
+pub fn node24() -> PathBuf {
+    std::env::var("MCP_CODE_EXEC_TEST_NODE24")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target/e2e-node24").into())
+        .into()
+}
+
 /// An MCP server definition, as discovery would make it.
 pub fn server(name: &str, command: PathBuf, args: &[&str]) -> ServerDefinition {
     assert!(
