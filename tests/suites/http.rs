@@ -3,9 +3,12 @@
 //! run_python, progress, artifacts; two principals kept apart: sessions,
 //! artifacts, the quota, MCP session ids, 2026-07-28 stateless requests;
 //! tokens missing, wrong and revoked, a bad Origin, a body over 16 MiB; a
-//! call in flight at SIGTERM still answered), JWT access tokens of an
-//! external issuer and their forgeries, and the refusal to listen beyond
-//! loopback without tokens.
+//! call in flight at SIGTERM still answered); the official TypeScript SDK's
+//! client (tests/e2e/http_client_ts.mjs: run_python, progress, cancel,
+//! artifacts); the official conformance suite for both revisions; JWT
+//! access tokens of an external issuer and their forgeries; revocation
+//! without a restart; and the refusal to listen beyond loopback without
+//! tokens.
 
 use std::time::Duration;
 
@@ -413,4 +416,41 @@ fn the_official_conformance_suite_passes_for_both_revisions() {
         eprintln!("conformance {revision}: {total} checks, each failure one the baseline lists");
     }
     let _ = std::fs::remove_dir_all(&results);
+}
+
+engine_test! {
+    /// The official TypeScript SDK's streamable-HTTP client
+    /// (tests/e2e/http_client_ts.mjs, `@modelcontextprotocol/sdk` on Node 24):
+    /// run_python, progress, a cancelled call whose seat is freed, an artifact.
+    fn the_official_typescript_sdk_over_streamable_http() {
+        let dir = std::env::temp_dir().join(format!("mcp-ts-sdk-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tokens = dir.join("tokens");
+        std::fs::write(&tokens, format!("ts:{}\n", token_hash("ts-token"))).unwrap();
+        let server = HttpServer::start_on(
+            free_port(),
+            &[
+                ("MCP_BRIDGE_HTTP_TOKENS_FILE", tokens.to_str().unwrap()),
+                ("MCP_BRIDGE_MAX_CALLS_PER_CLIENT", "1"),
+                ("MCP_BRIDGE_POOL_MIN_IDLE", "1"),
+            ],
+        );
+        let node = crate::util::node24();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/http_client_ts.mjs");
+        let output = std::process::Command::new(node.join("node"))
+            .arg(script)
+            .arg(&server.url)
+            .arg("ts-token")
+            .arg(node.join("node_modules"))
+            .output()
+            .expect("Node 24 runs (scripts/test.sh installs it: MCP_CODE_EXEC_TEST_NODE24)");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success() && stdout.contains("all typescript sdk checks passed"),
+            "http_client_ts.mjs failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+        );
+        drop(server);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
