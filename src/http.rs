@@ -8,7 +8,8 @@
 //! rebinding, which rmcp does once asked), behind our authentication layer
 //! ([`auth`], [`jwt`]), which puts the request's [`Principal`] in its extensions for
 //! the front end to find; `/.well-known/oauth-protected-resource` (RFC 9728);
-//! the refusal to listen beyond loopback without tokens; and the drain at
+//! the refusal to listen beyond loopback without tokens; the connections
+//! (a bound on the time a request head may take); and the drain at
 //! shutdown. It does not run calls or judge them: each request goes to
 //! [`CodeExecServer`], as stdio's do.
 
@@ -71,6 +72,11 @@ pub enum StartError {
         error: std::io::Error,
     },
 }
+
+/// How long a client may take to send a request's head (the request line
+/// and headers), counted from the connection's first byte or the previous
+/// response; past it the connection is closed.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// MCP sessions (2025-11-25) remembered with their principal, at most:
 /// past it, the oldest binding goes, and its session is refused (its
@@ -190,10 +196,7 @@ impl HttpFrontDoor {
             router,
             sessions,
         } = self;
-        let draining = stop.clone();
-        let server = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { draining.cancelled().await });
-        let server = tokio::spawn(async move { server.await });
+        let server = tokio::spawn(accept(listener, router, stop.clone()));
         stop.cancelled().await;
         let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
         while service.calls().total() > 0 && tokio::time::Instant::now() < deadline {
@@ -217,6 +220,47 @@ impl HttpFrontDoor {
             let _ = tokio::time::timeout(ANSWER_GRACE, server).await;
         }
     }
+}
+
+/// Serves each connection (HTTP/1.1, a request head within
+/// [`HEADER_READ_TIMEOUT`], else the connection is closed: a client that
+/// dribbles its headers holds a socket that long, not forever) until `stop`;
+/// then asks each to close once its response is sent, and returns when all
+/// have.
+async fn accept(listener: tokio::net::TcpListener, router: Router, stop: CancellationToken) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        let stream = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of descriptors, most likely: give closing ones a moment.
+                    tracing::warn!(%error, "HTTP: cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => return,
+                () = stop.cancelled() => connection.as_mut().graceful_shutdown(),
+            }
+            let _ = connection.await;
+        });
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
 }
 
 /// `/mcp` behind the authentication layer, and the metadata document.

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use mcp_code_exec::http::HEADER_READ_TIMEOUT;
 use mcp_code_exec::http::auth::{RELOAD_EVERY, token_hash};
 use mcp_code_exec::http::jwt::REFETCH_AFTER;
 use serde_json::{Value, json};
@@ -453,4 +454,66 @@ engine_test! {
         drop(server);
         let _ = std::fs::remove_dir_all(&dir);
     }
+}
+
+/// Slowloris: clients that open connections and dribble a request head
+/// (a byte every 200 ms, never ending it) or send nothing hold nothing for
+/// long: other clients are served meanwhile, and every such connection is
+/// closed by the server once `HEADER_READ_TIMEOUT` has passed (checked to
+/// fail without the timeout: then they are held forever).
+#[test]
+fn a_client_dribbling_its_headers_is_cut_off_and_others_are_served() {
+    use std::io::{Read, Write};
+    let server = HttpServer::start_on(free_port(), &[]);
+    let address = server
+        .url
+        .trim_start_matches("http://")
+        .trim_end_matches("/mcp")
+        .to_owned();
+    let mut slow: Vec<std::net::TcpStream> = (0..60)
+        .map(|n| {
+            let mut stream = std::net::TcpStream::connect(&address).unwrap();
+            if n % 2 == 0 {
+                stream
+                    .write_all(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+                    .unwrap();
+            }
+            stream.set_nonblocking(true).unwrap();
+            stream
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let mut served = 0;
+    let mut open = slow.len();
+    while open > 0 && started.elapsed() < HEADER_READ_TIMEOUT * 4 {
+        std::thread::sleep(Duration::from_millis(200));
+        for stream in &mut slow {
+            let _ = stream.write(b"x");
+        }
+        if served < 5 {
+            assert_eq!(
+                server.initialize_with("any").0,
+                200,
+                "another client is served"
+            );
+            served += 1;
+        }
+        open = 0;
+        for stream in &mut slow {
+            let mut bytes = [0u8; 512];
+            if let Err(e) = stream.read(&mut bytes)
+                && e.kind() == std::io::ErrorKind::WouldBlock
+            {
+                open += 1;
+            }
+        }
+    }
+    assert_eq!(served, 5);
+    assert_eq!(
+        open,
+        0,
+        "connections still held after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(server.initialize_with("any").0, 200, "and served after");
 }
