@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{CaBundle, HttpSettings};
 use crate::frontend::CodeExecServer;
 use crate::frontend::transport::MAX_MESSAGE_BYTES;
+use crate::metrics;
 use crate::principals::Principal;
 use crate::service::Service;
 use auth::{Auth, TokensFile, Verdict};
@@ -318,11 +319,13 @@ async fn authenticate(State(gate): State<Gate>, mut request: Request, next: Next
             if let Some(id) = &session
                 && !gate.owners.owned_by(id, &principal)
             {
+                metrics::observe_http_request(principal.metric_label(), 404);
                 return (StatusCode::NOT_FOUND, "Not Found: Session not found\n").into_response();
             }
             let ends_session = request.method() == axum::http::Method::DELETE;
             request.extensions_mut().insert(principal.clone());
             let response = next.run(request).await;
+            metrics::observe_http_request(principal.metric_label(), response.status().as_u16());
             match (&session, response.headers().get(SESSION_ID)) {
                 (None, Some(opened)) => gate.owners.bind(opened.as_bytes(), principal),
                 (Some(id), _) if ends_session && response.status().is_success() => {
@@ -342,6 +345,7 @@ async fn authenticate(State(gate): State<Gate>, mut request: Request, next: Next
                 invalid = verdict == Verdict::Invalid,
                 "HTTP request refused: no valid bearer token"
             );
+            metrics::observe_http_request("unauthenticated", 401);
             let mut response = (
                 StatusCode::UNAUTHORIZED,
                 "unauthorized: send Authorization: Bearer <token>\n",

@@ -60,6 +60,12 @@ impl Principal {
         }
     }
 
+    /// Its metric label, from a set the operator bounds: its name, but
+    /// `jwt` (the source) for every principal an external authority names.
+    pub fn metric_label(&self) -> &str {
+        self.0.split_once(':').map_or(&self.0, |(source, _)| source)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -24,6 +24,9 @@ use crate::principals::Principal;
 
 /// How often the tokens file is looked at for a change.
 pub const RELOAD_EVERY: Duration = Duration::from_secs(1);
+/// Names a tokens-file line cannot take: the principal of a listener
+/// without tokens, and the metric labels of JWT principals and of refusals.
+const RESERVED: [&str; 3] = [Principal::LOCAL, "jwt", "unauthenticated"];
 /// The largest tokens file read (a line is ~100 bytes: thousands of principals).
 pub const MAX_TOKENS_FILE: u64 = 1 << 20;
 
@@ -78,6 +81,12 @@ impl Table {
                 return Err(line_error(number, "no ':' between name and hash".into()));
             };
             let principal = Principal::new(name.trim()).map_err(|e| line_error(number, e))?;
+            if RESERVED.contains(&principal.as_str()) {
+                return Err(line_error(
+                    number,
+                    format!("{principal} is reserved (it names other clients in logs and metrics)"),
+                ));
+            }
             let mut digest = [0u8; 32];
             hex::decode_to_slice(hash.trim(), &mut digest)
                 .map_err(|_| line_error(number, "the hash is not 64 hexadecimal digits".into()))?;
@@ -370,6 +379,9 @@ mod tests {
         assert!(bad(&format!("a b:{hash}\n")).contains("principal name"));
         assert!(bad(&format!("a:{hash}\na:{hash}\n")).contains("a is named twice"));
         assert!(bad("# nobody\n").contains("names no principal"));
+        for reserved in RESERVED {
+            assert!(bad(&format!("{reserved}:{hash}\n")).contains("is reserved"));
+        }
         assert!(!bad(&format!("a:{hash}\na:{hash}\n")).contains(&hash));
         assert_eq!(
             check(&Auth::Local, None),

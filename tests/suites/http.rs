@@ -180,9 +180,11 @@ fn jwt_access_tokens_are_verified_and_every_forgery_refused() {
     let tokens = dir.join("tokens");
     std::fs::write(&tokens, format!("ann:{}\n", token_hash("ann-token"))).unwrap();
     let jwks_url = issuer.jwks_url();
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
     let server = HttpServer::start_on(
         port,
         &[
+            ("MCP_BRIDGE_METRICS_ADDR", &metrics_addr),
             ("MCP_BRIDGE_HTTP_JWT_ISSUER", ISSUER),
             ("MCP_BRIDGE_HTTP_JWT_JWKS_URL", &jwks_url),
             ("MCP_BRIDGE_HTTP_RESOURCE_URL", &resource),
@@ -306,6 +308,38 @@ fn jwt_access_tokens_are_verified_and_every_forgery_refused() {
         "{metadata}"
     );
     assert_eq!(metadata["resource"], json!(resource), "{metadata}");
+    // Metrics by principal, bounded: every JWT subject is the one label `jwt`.
+    let scrape = block_on(async {
+        let response = http_client()
+            .get(format!("http://{metrics_addr}/metrics"))
+            .send()
+            .await
+            .unwrap();
+        response.text().await.unwrap()
+    });
+    let requests = |labels: &str| {
+        let prefix = format!("mcp_code_exec_http_requests_total{{{labels}}} ");
+        scrape
+            .lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .map(|n| n.parse::<u64>().unwrap())
+    };
+    assert_eq!(
+        requests(r#"class="2xx",principal="jwt""#),
+        Some(2),
+        "{scrape}"
+    );
+    assert_eq!(
+        requests(r#"class="2xx",principal="ann""#),
+        Some(1),
+        "{scrape}"
+    );
+    let refused = forgeries.len() as u64 + 20;
+    assert_eq!(
+        requests(r#"class="4xx",principal="unauthenticated""#),
+        Some(refused)
+    );
+    assert!(!scrape.contains("alice"), "no JWT subject becomes a label");
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
