@@ -106,6 +106,8 @@ pub struct Config {
     pub artifact_ttl: Duration,
     /// The host's budget for kept artifacts (least recently used out first).
     pub artifact_bytes: u64,
+    /// What one principal's kept artifacts may take of it together.
+    pub artifact_bytes_per_client: u64,
     /// The largest tool call a run may make (its JSON, arguments included).
     pub max_tool_call_bytes: usize,
     /// What one run's tool calls and their answers may hold on the host at once.
@@ -344,6 +346,7 @@ impl Default for Config {
             max_output_files_bytes: 16 * MIB,
             artifact_ttl: Duration::from_secs(30 * 60),
             artifact_bytes: 256 * MIB,
+            artifact_bytes_per_client: 256 * MIB,
             max_tool_call_bytes: 4 << 20,
             tool_bytes_in_flight: 64 << 20,
             tool_calls_per_run: 10_000,
@@ -591,6 +594,12 @@ impl Config {
             vars.parse("MCP_BRIDGE_ARTIFACT_TTL", self.artifact_ttl, parse_duration)?;
         self.artifact_bytes = vars.parse(
             "MCP_BRIDGE_ARTIFACT_BYTES",
+            self.artifact_bytes,
+            size(0, 64 * 1024 * MIB, "0 to 64g"),
+        )?;
+        // By default a principal may fill the whole store (stdio has one).
+        self.artifact_bytes_per_client = vars.parse(
+            "MCP_BRIDGE_ARTIFACT_BYTES_PER_CLIENT",
             self.artifact_bytes,
             size(0, 64 * 1024 * MIB, "0 to 64g"),
         )?;
@@ -1447,6 +1456,19 @@ mod tests {
         ] {
             assert_eq!(config(&[(name, value)]).unwrap_err().name, name);
         }
+    }
+
+    #[test]
+    fn a_clients_artifact_share_defaults_to_the_whole_store() {
+        let c = config(&[("MCP_BRIDGE_ARTIFACT_BYTES", "1m")]).unwrap();
+        assert_eq!(c.artifact_bytes_per_client, MIB);
+        let c = config(&[("MCP_BRIDGE_ARTIFACT_BYTES_PER_CLIENT", "64k")]).unwrap();
+        assert_eq!(
+            (c.artifact_bytes, c.artifact_bytes_per_client),
+            (256 * MIB, 64 << 10)
+        );
+        let refused = config(&[("MCP_BRIDGE_ARTIFACT_BYTES_PER_CLIENT", "lots")]).unwrap_err();
+        assert_eq!(refused.name, "MCP_BRIDGE_ARTIFACT_BYTES_PER_CLIENT");
     }
 
     #[test]
