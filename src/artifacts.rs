@@ -114,6 +114,10 @@ struct Shared {
     state: Mutex<State>,
     ttl: Duration,
     budget: u64,
+    /// What one principal's files may take of it together
+    /// (`MCP_BRIDGE_ARTIFACT_BYTES_PER_CLIENT`): past it, that principal's
+    /// own least recently used go first, never another's.
+    per_owner: u64,
     /// The expiry timer was started (with the first put in a runtime).
     sweeping: AtomicBool,
 }
@@ -125,12 +129,24 @@ impl ArtifactStore {
                 state: Mutex::new(State::default()),
                 ttl,
                 budget,
+                per_owner: budget,
                 sweeping: AtomicBool::new(false),
             }),
         }
     }
 
-    /// Keeps a run's file for `owner`; `None` when it alone is over the whole budget.
+    /// The store with each principal's files bounded to `bytes` together
+    /// (by default, the whole budget). Call before sharing it.
+    #[must_use]
+    pub fn with_per_owner(mut self, bytes: u64) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.per_owner = bytes.min(shared.budget);
+        }
+        self
+    }
+
+    /// Keeps a run's file for `owner`; `None` when it alone is over the
+    /// whole budget, or over what one principal may keep.
     pub fn put(
         &self,
         owner: &Principal,
@@ -152,7 +168,7 @@ impl ArtifactStore {
     ) -> Option<Artifact> {
         let uri = format!("{SCHEME}{}/{}", encode(run_id), encode(path));
         let size = bytes.len() as u64 + cost(&uri, path);
-        if size > self.shared.budget {
+        if size > self.shared.per_owner {
             return None;
         }
         let artifact = Artifact {
@@ -163,6 +179,9 @@ impl ArtifactStore {
         };
         let mut state = self.shared.lock();
         state.expire(now, self.shared.ttl);
+        while state.owner_bytes(owner) + size > self.shared.per_owner {
+            state.evict_least_recently_used_of(Some(owner));
+        }
         while state.bytes + size > self.shared.budget || state.entries.len() >= MAX_ENTRIES {
             state.evict_least_recently_used();
         }
@@ -300,9 +319,24 @@ impl State {
     }
 
     fn evict_least_recently_used(&mut self) {
+        self.evict_least_recently_used_of(None);
+    }
+
+    /// Bytes charged for `owner`'s files.
+    fn owner_bytes(&self, owner: &Principal) -> u64 {
+        self.entries
+            .values()
+            .filter(|entry| entry.owner == *owner)
+            .map(|entry| entry.artifact.size())
+            .sum()
+    }
+
+    /// Evicts the least recently used file (of `owner` only, if given).
+    fn evict_least_recently_used_of(&mut self, owner: Option<&Principal>) {
         let oldest = self
             .entries
             .iter()
+            .filter(|(_, entry)| owner.is_none_or(|owner| entry.owner == *owner))
             .min_by_key(|(_, entry)| entry.last_used)
             .map(|(uri, _)| uri.clone());
         if let Some(uri) = oldest {
@@ -480,6 +514,44 @@ mod tests {
         assert!(
             store.put_at(&me(), "r3", "huge", huge, t).is_none(),
             "larger than the whole budget"
+        );
+    }
+
+    #[test]
+    fn one_principal_past_its_share_evicts_its_own_files_only() {
+        let entry = |run: &str, path: &str| 4 + cost(&format!("{SCHEME}{run}/{path}"), path);
+        let share = 2 * entry("r1", "a") + 1;
+        let store = ArtifactStore::new(TTL, 10 * share).with_per_owner(share);
+        let (ann, bob) = (
+            Principal::new("ann").unwrap(),
+            Principal::new("bob").unwrap(),
+        );
+        let t = Instant::now();
+        let four = || Bytes::from_static(b"1234");
+        let kept = store.put_at(&bob, "r0", "b", four(), t).unwrap();
+        for (n, run) in ["r1", "r2", "r3", "r4"].iter().enumerate() {
+            let at = t + Duration::from_secs(n as u64 + 1);
+            store.put_at(&ann, run, "a", four(), at).unwrap();
+        }
+        let later = t + Duration::from_secs(9);
+        let anns: Vec<String> = store
+            .list_at(&ann, later)
+            .into_iter()
+            .map(|a| a.uri)
+            .collect();
+        assert_eq!(
+            anns,
+            ["artifact://r4/a", "artifact://r3/a"],
+            "ann keeps her share"
+        );
+        assert!(
+            store.get_at(&bob, &kept.uri, later).is_ok(),
+            "bob's file stays, though it is the oldest of all"
+        );
+        let huge = Bytes::from(vec![0; usize::try_from(share).unwrap()]);
+        assert!(
+            store.put_at(&ann, "r5", "huge", huge, later).is_none(),
+            "over a share"
         );
     }
 

@@ -780,15 +780,15 @@ impl RunReport {
                 file.text = None;
                 self.notes.push(format!(
                     "out/{} was evicted by newer files before this result was sent \
-                     (MCP_BRIDGE_ARTIFACT_BYTES): not kept",
+                     (MCP_BRIDGE_ARTIFACT_BYTES, MCP_BRIDGE_ARTIFACT_BYTES_PER_CLIENT): not kept",
                     file.path
                 ));
             }
         }
         for path in refused {
             self.notes.push(format!(
-                "out/{path} is larger than the whole artifact store (MCP_BRIDGE_ARTIFACT_BYTES): \
-                 not kept"
+                "out/{path} is larger than the whole artifact store (MCP_BRIDGE_ARTIFACT_BYTES, \
+                 or MCP_BRIDGE_ARTIFACT_BYTES_PER_CLIENT for one client): not kept"
             ));
         }
     }

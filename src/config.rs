@@ -110,6 +110,8 @@ pub struct Config {
     pub artifact_ttl: Duration,
     /// The host's budget for kept artifacts (least recently used out first).
     pub artifact_bytes: u64,
+    /// What one principal's kept artifacts may take of it together.
+    pub artifact_bytes_per_client: u64,
     /// The largest tool call a run may make (its JSON, arguments included).
     pub max_tool_call_bytes: usize,
     /// What one run's tool calls and their answers may hold on the host at once.
@@ -162,6 +164,25 @@ pub struct HttpSettings {
     /// endpoint at, as the protected-resource metadata names it; by default
     /// `http://<Host>/mcp` from the request.
     pub resource_url: Option<String>,
+    /// `MCP_BRIDGE_HTTP_JWT_*`: JWT access tokens of an external
+    /// authorization server, besides (or instead of) the tokens file.
+    pub jwt: Option<JwtSettings>,
+}
+
+/// JWT access tokens (see [`crate::http::jwt`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct JwtSettings {
+    /// `MCP_BRIDGE_HTTP_JWT_ISSUER`: the `iss` every token must carry.
+    pub issuer: String,
+    /// `MCP_BRIDGE_HTTP_JWT_AUDIENCE` (else `MCP_BRIDGE_HTTP_RESOURCE_URL`):
+    /// the `aud` a token must name, this server's URL (RFC 8707).
+    pub audience: String,
+    /// `MCP_BRIDGE_HTTP_JWT_JWKS_URL`: the issuer's signing keys.
+    pub jwks_url: String,
+    /// `MCP_BRIDGE_HTTP_JWT_PRINCIPAL_CLAIM`: the claim naming the principal.
+    pub principal_claim: String,
+    /// `MCP_BRIDGE_HTTP_JWT_ALGORITHMS`: the asymmetric algorithms accepted.
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
 }
 
 impl Default for HttpSettings {
@@ -174,6 +195,7 @@ impl Default for HttpSettings {
                 .map(String::from)
                 .to_vec(),
             resource_url: None,
+            jwt: None,
         }
     }
 }
@@ -332,6 +354,7 @@ impl Default for Config {
             max_output_files_bytes: 16 * MIB,
             artifact_ttl: Duration::from_secs(30 * 60),
             artifact_bytes: 256 * MIB,
+            artifact_bytes_per_client: 256 * MIB,
             max_tool_call_bytes: 4 << 20,
             tool_bytes_in_flight: 64 << 20,
             tool_calls_per_run: 10_000,
@@ -595,6 +618,12 @@ impl Config {
             vars.parse("MCP_BRIDGE_ARTIFACT_TTL", self.artifact_ttl, parse_duration)?;
         self.artifact_bytes = vars.parse(
             "MCP_BRIDGE_ARTIFACT_BYTES",
+            self.artifact_bytes,
+            size(0, 64 * 1024 * MIB, "0 to 64g"),
+        )?;
+        // By default a principal may fill the whole store (stdio has one).
+        self.artifact_bytes_per_client = vars.parse(
+            "MCP_BRIDGE_ARTIFACT_BYTES_PER_CLIENT",
             self.artifact_bytes,
             size(0, 64 * 1024 * MIB, "0 to 64g"),
         )?;
@@ -897,6 +926,7 @@ impl Config {
                 )
             }
         })?;
+        http.jwt = read_jwt(vars, http.resource_url.as_deref())?;
         Ok(())
     }
 
@@ -1079,6 +1109,88 @@ pub fn parse_http_addr(value: &str) -> Result<SocketAddr, String> {
 }
 
 /// A comma-separated list of words, none empty.
+/// `MCP_BRIDGE_HTTP_JWT_*`: all or nothing (issuer and JWKS URL name each
+/// other; the audience defaults to the resource URL).
+fn read_jwt(
+    vars: &Vars<'_, impl Lookup>,
+    resource_url: Option<&str>,
+) -> Result<Option<JwtSettings>, ConfigError> {
+    const ISSUER: &str = "MCP_BRIDGE_HTTP_JWT_ISSUER";
+    const JWKS: &str = "MCP_BRIDGE_HTTP_JWT_JWKS_URL";
+    let (issuer, jwks) = (vars.raw(ISSUER), vars.raw(JWKS));
+    let needed = |name: &'static str, value: Option<String>, expected: &str| {
+        value.ok_or_else(|| ConfigError {
+            name,
+            value: String::new(),
+            expected: expected.to_owned(),
+        })
+    };
+    let (issuer, jwks_url) = match (issuer, jwks) {
+        (None, None) => return Ok(None),
+        (issuer, jwks) => (
+            needed(
+                ISSUER,
+                issuer,
+                "the authorization server's issuer URL (the tokens' iss), set with MCP_BRIDGE_HTTP_JWT_JWKS_URL",
+            )?,
+            needed(
+                JWKS,
+                jwks,
+                "the URL of the issuer's JSON Web Key Set, set with MCP_BRIDGE_HTTP_JWT_ISSUER",
+            )?,
+        ),
+    };
+    vars.parse(JWKS, (), |v| {
+        let url = reqwest::Url::parse(v).ok();
+        let host = url.as_ref().and_then(reqwest::Url::host_str);
+        let loopback = host.is_some_and(|host| {
+            let ip = host.trim_start_matches('[').trim_end_matches(']');
+            host == "localhost"
+                || ip
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        });
+        match url.as_ref().map(reqwest::Url::scheme) {
+            Some("https") => Ok(()),
+            Some("http") if loopback => Ok(()),
+            _ => Err("an https:// URL (http:// only to a loopback address)".into()),
+        }
+    })?;
+    let audience = vars
+        .raw("MCP_BRIDGE_HTTP_JWT_AUDIENCE")
+        .or(resource_url.map(str::to_owned));
+    let audience = needed(
+        "MCP_BRIDGE_HTTP_JWT_AUDIENCE",
+        audience,
+        "the aud tokens must name: this server's URL (RFC 8707), e.g. https://mcp.example.com/mcp          (or set MCP_BRIDGE_HTTP_RESOURCE_URL)",
+    )?;
+    let principal_claim = vars.string("MCP_BRIDGE_HTTP_JWT_PRINCIPAL_CLAIM", "sub".to_owned());
+    use jsonwebtoken::Algorithm;
+    let algorithms = vars.parse(
+        "MCP_BRIDGE_HTTP_JWT_ALGORITHMS",
+        vec![Algorithm::RS256, Algorithm::ES256],
+        |v| {
+            let expected = "asymmetric JWS algorithms, comma-separated: RS256, RS384, RS512,                             PS256, PS384, PS512, ES256, ES384, EdDSA (never HS*, never none)";
+            list(v, expected)?
+                .iter()
+                .map(|name| match name.parse::<Algorithm>() {
+                    Ok(Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) | Err(_) => {
+                        Err(expected.to_owned())
+                    }
+                    Ok(alg) => Ok(alg),
+                })
+                .collect()
+        },
+    )?;
+    Ok(Some(JwtSettings {
+        issuer,
+        audience,
+        jwks_url,
+        principal_claim,
+        algorithms,
+    }))
+}
+
 fn list(value: &str, expected: &str) -> Result<Vec<String>, String> {
     let items: Vec<String> = value.split(',').map(|s| s.trim().to_owned()).collect();
     if items.iter().any(String::is_empty) {
@@ -1379,6 +1491,72 @@ mod tests {
             ("MCP_BRIDGE_HTTP_RESOURCE_URL", "mcp.example.com"),
         ] {
             assert_eq!(config(&[(name, value)]).unwrap_err().name, name);
+        }
+    }
+
+    #[test]
+    fn a_clients_artifact_share_defaults_to_the_whole_store() {
+        let c = config(&[("MCP_BRIDGE_ARTIFACT_BYTES", "1m")]).unwrap();
+        assert_eq!(c.artifact_bytes_per_client, MIB);
+        let c = config(&[("MCP_BRIDGE_ARTIFACT_BYTES_PER_CLIENT", "64k")]).unwrap();
+        assert_eq!(
+            (c.artifact_bytes, c.artifact_bytes_per_client),
+            (256 * MIB, 64 << 10)
+        );
+        let refused = config(&[("MCP_BRIDGE_ARTIFACT_BYTES_PER_CLIENT", "lots")]).unwrap_err();
+        assert_eq!(refused.name, "MCP_BRIDGE_ARTIFACT_BYTES_PER_CLIENT");
+    }
+
+    #[test]
+    fn jwt_settings_are_all_or_nothing_and_asymmetric_only() {
+        let issuer = ("MCP_BRIDGE_HTTP_JWT_ISSUER", "https://auth.example.com/");
+        let jwks = (
+            "MCP_BRIDGE_HTTP_JWT_JWKS_URL",
+            "https://auth.example.com/jwks.json",
+        );
+        let resource = (
+            "MCP_BRIDGE_HTTP_RESOURCE_URL",
+            "https://mcp.example.com/mcp",
+        );
+        let jwt = config(&[issuer, jwks, resource]).unwrap().http.jwt.unwrap();
+        assert_eq!(jwt.audience, "https://mcp.example.com/mcp");
+        assert_eq!(jwt.principal_claim, "sub");
+        assert_eq!(
+            jwt.algorithms,
+            [
+                jsonwebtoken::Algorithm::RS256,
+                jsonwebtoken::Algorithm::ES256
+            ]
+        );
+        assert_eq!(Config::default().http.jwt, None);
+        let refused = |vars: &[(&str, &str)]| config(vars).unwrap_err().name;
+        assert_eq!(refused(&[issuer, resource]), "MCP_BRIDGE_HTTP_JWT_JWKS_URL");
+        assert_eq!(refused(&[jwks, resource]), "MCP_BRIDGE_HTTP_JWT_ISSUER");
+        assert_eq!(refused(&[issuer, jwks]), "MCP_BRIDGE_HTTP_JWT_AUDIENCE");
+        let plain = (
+            "MCP_BRIDGE_HTTP_JWT_JWKS_URL",
+            "http://auth.example.com/jwks",
+        );
+        assert_eq!(refused(&[issuer, plain, resource]), plain.0);
+        let lookalike = (
+            "MCP_BRIDGE_HTTP_JWT_JWKS_URL",
+            "http://127.0.0.1.evil.example/jwks",
+        );
+        assert_eq!(refused(&[issuer, lookalike, resource]), plain.0);
+        let loopback = ("MCP_BRIDGE_HTTP_JWT_JWKS_URL", "http://127.0.0.1:9/jwks");
+        assert!(config(&[issuer, loopback, resource]).is_ok());
+        for algorithms in ["HS256", "ES256,none", "RS256,HS512", ""] {
+            let vars = [
+                issuer,
+                jwks,
+                resource,
+                ("MCP_BRIDGE_HTTP_JWT_ALGORITHMS", algorithms),
+            ];
+            if algorithms.is_empty() {
+                assert!(config(&vars).is_ok(), "empty means the default");
+            } else {
+                assert_eq!(refused(&vars), "MCP_BRIDGE_HTTP_JWT_ALGORITHMS");
+            }
         }
     }
 

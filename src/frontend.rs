@@ -393,7 +393,11 @@ impl ServerHandler for CodeExecServer {
                 .service
                 .artifacts()
                 .get(&principal, &request.uri)
-                .map_err(|error| ErrorData::resource_not_found(error.to_string(), None))?;
+                .map_err(|error| {
+                    // SEP-2164: the error names the URI asked for, whoever's it is.
+                    let uri = serde_json::json!({ "uri": request.uri });
+                    ErrorData::resource_not_found(error.to_string(), Some(uri))
+                })?;
             let contents = result::artifact_contents(&artifact)?;
             return Ok(ReadResourceResult::new(vec![contents]).into());
         }
@@ -405,7 +409,7 @@ impl ServerHandler for CodeExecServer {
                     request.uri,
                     artifacts::SCHEME
                 ),
-                None,
+                Some(serde_json::json!({ "uri": request.uri })),
             ));
         }
         let text = capabilities_manual(self.service.proxy().definitions());

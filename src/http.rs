@@ -6,13 +6,15 @@
 //! `StreamableHttpService` (no protocol of ours: both revisions, sessions,
 //! SSE, the 16 MiB body bound, `Host`/`Origin` validation against DNS
 //! rebinding, which rmcp does once asked), behind our authentication layer
-//! ([`auth`]), which puts the request's [`Principal`] in its extensions for
+//! ([`auth`], [`jwt`]), which puts the request's [`Principal`] in its extensions for
 //! the front end to find; `/.well-known/oauth-protected-resource` (RFC 9728);
-//! the refusal to listen beyond loopback without tokens; and the drain at
+//! the refusal to listen beyond loopback without tokens; the connections
+//! (a bound on the time a request head may take); and the drain at
 //! shutdown. It does not run calls or judge them: each request goes to
 //! [`CodeExecServer`], as stdio's do.
 
 pub mod auth;
+pub mod jwt;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -29,12 +31,14 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::HttpSettings;
+use crate::config::{CaBundle, HttpSettings};
 use crate::frontend::CodeExecServer;
 use crate::frontend::transport::MAX_MESSAGE_BYTES;
+use crate::metrics;
 use crate::principals::Principal;
 use crate::service::Service;
 use auth::{Auth, TokensFile, Verdict};
+use jwt::JwtVerifier;
 
 /// The path of the MCP endpoint.
 pub const MCP_PATH: &str = "/mcp";
@@ -54,18 +58,26 @@ const ANSWER_GRACE: Duration = Duration::from_secs(2);
 pub enum StartError {
     #[error(
         "MCP over HTTP on {addr} is reachable beyond this machine: set \
-         MCP_BRIDGE_HTTP_TOKENS_FILE (name:sha256-hex-of-token lines) so that only \
+         MCP_BRIDGE_HTTP_TOKENS_FILE (name:sha256-hex-of-token lines) or \
+         MCP_BRIDGE_HTTP_JWT_ISSUER and MCP_BRIDGE_HTTP_JWT_JWKS_URL so that only \
          clients with a token are served, or listen on a loopback address"
     )]
     Unauthenticated { addr: SocketAddr },
     #[error(transparent)]
     Tokens(#[from] auth::TokensError),
+    #[error(transparent)]
+    Jwt(#[from] jwt::JwtError),
     #[error("cannot listen on {addr} (MCP_BRIDGE_HTTP_ADDR): {error}")]
     Bind {
         addr: SocketAddr,
         error: std::io::Error,
     },
 }
+
+/// How long a client may take to send a request's head (the request line
+/// and headers), counted from the connection's first byte or the previous
+/// response; past it the connection is closed.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// MCP sessions (2025-11-25) remembered with their principal, at most:
 /// past it, the oldest binding goes, and its session is refused (its
@@ -135,22 +147,34 @@ pub struct HttpFrontDoor {
 
 impl HttpFrontDoor {
     /// Checks the settings (tokens required beyond loopback, a tokens file
-    /// that reads), binds `settings.addr`, and builds the router.
+    /// that reads), binds `settings.addr`, and builds the router. The
+    /// issuer's keys are fetched trusting `trust`, else the host's CAs.
     pub async fn bind(
         settings: &HttpSettings,
         addr: SocketAddr,
         server: CodeExecServer,
+        trust: Option<&CaBundle>,
     ) -> Result<Self, StartError> {
-        let auth = match &settings.tokens_file {
-            None if !addr.ip().is_loopback() => return Err(StartError::Unauthenticated { addr }),
-            None => Auth::Local,
-            Some(path) => Auth::Tokens(TokensFile::open(path)?),
+        let tokens = settings.tokens_file.as_deref().map(TokensFile::open);
+        let jwt = settings
+            .jwt
+            .as_ref()
+            .map(|jwt| JwtVerifier::new(jwt, trust));
+        let auth = match (tokens.transpose()?, jwt.transpose()?) {
+            (None, None) if !addr.ip().is_loopback() => {
+                return Err(StartError::Unauthenticated { addr });
+            }
+            (None, None) => Auth::Local,
+            (tokens, jwt) => Auth::Bearer { tokens, jwt },
         };
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|error| StartError::Bind { addr, error })?;
         let sessions = CancellationToken::new();
-        if let Auth::Tokens(file) = &auth {
+        if let Auth::Bearer {
+            tokens: Some(file), ..
+        } = &auth
+        {
             file.watch(sessions.clone());
         }
         let router = router(settings, auth, server, sessions.clone());
@@ -173,10 +197,7 @@ impl HttpFrontDoor {
             router,
             sessions,
         } = self;
-        let draining = stop.clone();
-        let server = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { draining.cancelled().await });
-        let server = tokio::spawn(async move { server.await });
+        let server = tokio::spawn(accept(listener, router, stop.clone()));
         stop.cancelled().await;
         let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
         while service.calls().total() > 0 && tokio::time::Instant::now() < deadline {
@@ -200,6 +221,47 @@ impl HttpFrontDoor {
             let _ = tokio::time::timeout(ANSWER_GRACE, server).await;
         }
     }
+}
+
+/// Serves each connection (HTTP/1.1, a request head within
+/// [`HEADER_READ_TIMEOUT`], else the connection is closed: a client that
+/// dribbles its headers holds a socket that long, not forever) until `stop`;
+/// then asks each to close once its response is sent, and returns when all
+/// have.
+async fn accept(listener: tokio::net::TcpListener, router: Router, stop: CancellationToken) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        let stream = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of descriptors, most likely: give closing ones a moment.
+                    tracing::warn!(%error, "HTTP: cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => return,
+                () = stop.cancelled() => connection.as_mut().graceful_shutdown(),
+            }
+            let _ = connection.await;
+        });
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
 }
 
 /// `/mcp` behind the authentication layer, and the metadata document.
@@ -242,8 +304,11 @@ fn router(
 /// one (else 404, as an unknown session); any other gets a 401 that says
 /// where the metadata is.
 async fn authenticate(State(gate): State<Gate>, mut request: Request, next: Next) -> Response {
-    let authorization = request.headers().get(header::AUTHORIZATION);
-    let verdict = gate.auth.check(authorization.map(HeaderValue::as_bytes));
+    let authorization = request.headers().get(header::AUTHORIZATION).cloned();
+    let verdict = gate
+        .auth
+        .check(authorization.as_ref().map(HeaderValue::as_bytes))
+        .await;
     match verdict {
         Verdict::Allowed(principal) => {
             request.headers_mut().remove(header::AUTHORIZATION);
@@ -254,11 +319,13 @@ async fn authenticate(State(gate): State<Gate>, mut request: Request, next: Next
             if let Some(id) = &session
                 && !gate.owners.owned_by(id, &principal)
             {
+                metrics::observe_http_request(principal.metric_label(), 404);
                 return (StatusCode::NOT_FOUND, "Not Found: Session not found\n").into_response();
             }
             let ends_session = request.method() == axum::http::Method::DELETE;
             request.extensions_mut().insert(principal.clone());
             let response = next.run(request).await;
+            metrics::observe_http_request(principal.metric_label(), response.status().as_u16());
             match (&session, response.headers().get(SESSION_ID)) {
                 (None, Some(opened)) => gate.owners.bind(opened.as_bytes(), principal),
                 (Some(id), _) if ends_session && response.status().is_success() => {
@@ -278,6 +345,7 @@ async fn authenticate(State(gate): State<Gate>, mut request: Request, next: Next
                 invalid = verdict == Verdict::Invalid,
                 "HTTP request refused: no valid bearer token"
             );
+            metrics::observe_http_request("unauthenticated", 401);
             let mut response = (
                 StatusCode::UNAUTHORIZED,
                 "unauthorized: send Authorization: Bearer <token>\n",
@@ -299,12 +367,15 @@ async fn metadata(State(gate): State<Gate>, request: Request) -> Response {
         .resource_url
         .clone()
         .unwrap_or_else(|| format!("{}{MCP_PATH}", origin(&gate, &request)));
-    axum::Json(serde_json::json!({
+    let mut document = serde_json::json!({
         "resource": resource,
         "bearer_methods_supported": ["header"],
         "resource_name": env!("CARGO_PKG_NAME"),
-    }))
-    .into_response()
+    });
+    if let Auth::Bearer { jwt: Some(jwt), .. } = &gate.auth {
+        document["authorization_servers"] = serde_json::json!([jwt.issuer()]);
+    }
+    axum::Json(document).into_response()
 }
 
 /// `scheme://authority` clients reach the server at: from

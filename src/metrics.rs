@@ -5,7 +5,8 @@
 //! without a cycle. Owns every metric (names prefixed `mcp_code_exec_`, help
 //! text on each). Labels are `&'static str` values from closed sets that their
 //! owners list (statuses, recycle reasons, sandbox states, call outcomes), or
-//! the server names of the user's own configuration; nothing the sandbox
+//! the server names of the user's own configuration, or the principals of
+//! the operator's tokens file (JWT principals folded into one); nothing the sandbox
 //! controls becomes a label. [`start_at_zero`] creates every series of those
 //! sets at 0, so dashboards show 0, not "No data". Pool occupancy gauges are
 //! set at scrape time ([`render`]), so they cannot drift. Serving them over
@@ -27,6 +28,12 @@ struct Metrics {
     sessions: SessionMetrics,
     proxy: ProxyMetrics,
     egress: EgressMetrics,
+    http: HttpMetrics,
+}
+
+/// MCP over HTTP: requests by principal and status class.
+struct HttpMetrics {
+    requests: IntCounterVec,
 }
 
 /// The `run_python` calls: outcome, time in a sandbox, wait, truncation.
@@ -106,6 +113,15 @@ fn metrics() -> &'static Metrics {
             sessions: SessionMetrics::new(&registrar),
             proxy: ProxyMetrics::new(&registrar),
             egress: EgressMetrics::new(&registrar),
+            http: HttpMetrics {
+                requests: registrar.counter_vec(
+                    "http_requests_total",
+                    "HTTP requests to the MCP endpoint, by principal (a tokens-file name, local, \
+                     jwt for every JWT principal, unauthenticated for a 401) and status class \
+                     (2xx, 3xx, 4xx, 5xx)",
+                    &["principal", "class"],
+                ),
+            },
             registry,
         }
     })
@@ -330,6 +346,22 @@ pub fn start_at_zero(series: Series<'_>) {
         m.proxy.call_duration.with_label_values(&[server]);
         m.proxy.restarts.with_label_values(&[server]);
     }
+}
+
+/// An HTTP request to the MCP endpoint answered with `status`, for the
+/// principal labelled `principal` (a bounded set: see [`HttpMetrics`]).
+pub fn observe_http_request(principal: &str, status: u16) {
+    let class = match status {
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    metrics()
+        .http
+        .requests
+        .with_label_values(&[principal, class])
+        .inc();
 }
 
 /// A network connection a sandbox asked for, and how it went.

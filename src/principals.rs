@@ -1,7 +1,7 @@
 //! Principals: whom a call is made for, the unit of isolation between clients.
 //!
 //! Owns the [`Principal`] name (who authenticated: a name of the HTTP tokens
-//! file, or [`Principal::LOCAL`] for the one client of stdio and of an
+//! file, `jwt:` and a JWT claim ([`Principal::external`]), or [`Principal::LOCAL`] for the one client of stdio and of an
 //! unauthenticated loopback listener) and the bound on each principal's calls
 //! in flight ([`CallQuota`], `MCP_BRIDGE_MAX_CALLS_PER_CLIENT`). It does not
 //! authenticate anyone (that is [`crate::http`]) nor keep what a principal
@@ -17,6 +17,8 @@ pub struct Principal(Arc<str>);
 
 /// The longest principal name.
 pub const MAX_NAME: usize = 64;
+/// The longest name an external authority gives (a JWT claim).
+pub const MAX_EXTERNAL_NAME: usize = 256;
 
 impl Principal {
     /// The one client of stdio, and of a loopback listener without tokens.
@@ -40,6 +42,28 @@ impl Principal {
                 "principal name {name:?} must be 1 to {MAX_NAME} letters, digits, '_', '-' or '.'"
             ))
         }
+    }
+
+    /// A principal an external authority names, kept apart from every
+    /// tokens-file name by `source` and a `:` (which no such name has):
+    /// `jwt:alice@example.com`. `name` is 1 to [`MAX_EXTERNAL_NAME`]
+    /// printable ASCII characters, no space.
+    pub fn external(source: &str, name: &str) -> Result<Self, String> {
+        let valid = (1..=MAX_EXTERNAL_NAME).contains(&name.len())
+            && name.bytes().all(|b| b.is_ascii_graphic());
+        if valid {
+            Ok(Self(Arc::from(format!("{source}:{name}"))))
+        } else {
+            Err(format!(
+                "a {source} principal is 1 to {MAX_EXTERNAL_NAME} printable ASCII characters, no space"
+            ))
+        }
+    }
+
+    /// Its metric label, from a set the operator bounds: its name, but
+    /// `jwt` (the source) for every principal an external authority names.
+    pub fn metric_label(&self) -> &str {
+        self.0.split_once(':').map_or(&self.0, |(source, _)| source)
     }
 
     pub fn as_str(&self) -> &str {
@@ -152,6 +176,15 @@ mod tests {
             assert!(Principal::new(bad).is_err(), "{bad:?}");
         }
         assert_eq!(Principal::default(), Principal::local());
+        let external = Principal::external("jwt", "ann@example.com").unwrap();
+        assert_eq!(external.as_str(), "jwt:ann@example.com");
+        assert!(
+            Principal::new(external.as_str()).is_err(),
+            "never a tokens-file name"
+        );
+        for bad in ["", "a b", "a\nb", "é", &"x".repeat(MAX_EXTERNAL_NAME + 1)] {
+            assert!(Principal::external("jwt", bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -113,7 +113,8 @@ impl Service {
             bytes: config.packages.run_bytes,
         };
         Self {
-            artifacts: ArtifactStore::new(config.artifact_ttl, config.artifact_bytes),
+            artifacts: ArtifactStore::new(config.artifact_ttl, config.artifact_bytes)
+                .with_per_owner(config.artifact_bytes_per_client),
             sessions: Sessions::new(config.max_sessions, config.session_idle_ttl),
             egress: Egress::new(config.egress.clone())
                 .with_site(Arc::new(packages.clone()), site_limits),

@@ -262,6 +262,7 @@ async fn serve(config: Config, policy: ToolPolicy) -> ExitCode {
     let output_mode = config.output_mode;
     let metrics_addr = config.metrics_addr;
     let http = config.http.clone();
+    let trust = config.egress.ca_bundle.clone();
     if policy.asks() {
         tracing::info!(
             "MCP_BRIDGE_TOOL_POLICY has ask rules: each call they match waits for a human's \
@@ -277,14 +278,16 @@ async fn serve(config: Config, policy: ToolPolicy) -> ExitCode {
     // Over HTTP, the listener is checked and bound before anything starts.
     let door = match http.addr {
         None => None,
-        Some(addr) => match HttpFrontDoor::bind(&http, addr, server.clone()).await {
-            Ok(door) => Some(door),
-            Err(error) => {
-                tracing::error!(%error, "MCP over HTTP not started");
-                eprintln!("mcp-code-exec: {error}");
-                return ExitCode::from(2);
+        Some(addr) => {
+            match HttpFrontDoor::bind(&http, addr, server.clone(), trust.as_ref()).await {
+                Ok(door) => Some(door),
+                Err(error) => {
+                    tracing::error!(%error, "MCP over HTTP not started");
+                    eprintln!("mcp-code-exec: {error}");
+                    return ExitCode::from(2);
+                }
             }
-        },
+        }
     };
     // Warm up in the background: the MCP handshake never waits for it.
     let warm = service.clone();

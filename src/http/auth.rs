@@ -1,4 +1,5 @@
-//! Who is calling: bearer tokens from the operator's tokens file, checked
+//! Who is calling: bearer tokens from the operator's tokens file, or JWT
+//! access tokens of an authorization server ([`super::jwt`]), checked
 //! before any MCP message is read.
 //!
 //! Owns the tokens file (`MCP_BRIDGE_HTTP_TOKENS_FILE`: one
@@ -18,10 +19,14 @@ use std::time::{Duration, SystemTime};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::jwt::JwtVerifier;
 use crate::principals::Principal;
 
 /// How often the tokens file is looked at for a change.
 pub const RELOAD_EVERY: Duration = Duration::from_secs(1);
+/// Names a tokens-file line cannot take: the principal of a listener
+/// without tokens, and the metric labels of JWT principals and of refusals.
+const RESERVED: [&str; 3] = [Principal::LOCAL, "jwt", "unauthenticated"];
 /// The largest tokens file read (a line is ~100 bytes: thousands of principals).
 pub const MAX_TOKENS_FILE: u64 = 1 << 20;
 
@@ -76,6 +81,12 @@ impl Table {
                 return Err(line_error(number, "no ':' between name and hash".into()));
             };
             let principal = Principal::new(name.trim()).map_err(|e| line_error(number, e))?;
+            if RESERVED.contains(&principal.as_str()) {
+                return Err(line_error(
+                    number,
+                    format!("{principal} is reserved (it names other clients in logs and metrics)"),
+                ));
+            }
             let mut digest = [0u8; 32];
             hex::decode_to_slice(hash.trim(), &mut digest)
                 .map_err(|_| line_error(number, "the hash is not 64 hexadecimal digits".into()))?;
@@ -110,10 +121,14 @@ impl Table {
 /// How requests are authenticated.
 #[derive(Debug, Clone)]
 pub enum Auth {
-    /// No tokens file (loopback only): every request is [`Principal::local`].
+    /// No tokens file, no issuer (loopback only): every request is
+    /// [`Principal::local`].
     Local,
-    /// Bearer tokens of the tokens file.
-    Tokens(Arc<TokensFile>),
+    /// Bearer tokens: of the tokens file, JWTs of the issuer, or either.
+    Bearer {
+        tokens: Option<Arc<TokensFile>>,
+        jwt: Option<Arc<JwtVerifier>>,
+    },
 }
 
 /// The tokens file, as last read.
@@ -229,25 +244,37 @@ pub enum Verdict {
 }
 
 impl Auth {
-    /// Checks the `Authorization` header's value, if any.
-    pub fn check(&self, authorization: Option<&[u8]>) -> Verdict {
-        let Self::Tokens(file) = self else {
+    /// Checks the `Authorization` header's value, if any: against the
+    /// tokens file first, then, for a token that is none of its, as a JWT.
+    pub async fn check(&self, authorization: Option<&[u8]>) -> Verdict {
+        let Self::Bearer { tokens, jwt } = self else {
             return Verdict::Allowed(Principal::local());
         };
         let Some(value) = authorization else {
             return Verdict::Missing;
         };
-        let token = std::str::from_utf8(value)
+        let Some(token) = std::str::from_utf8(value)
             .ok()
             .and_then(|value| {
                 let (scheme, token) = value.split_once(' ')?;
                 scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
             })
-            .filter(|token| !token.is_empty());
-        match token.and_then(|token| file.principal_of(token)) {
-            Some(principal) => Verdict::Allowed(principal),
-            None if token.is_none() => Verdict::Missing,
-            None => Verdict::Invalid,
+            .filter(|token| !token.is_empty())
+        else {
+            return Verdict::Missing;
+        };
+        if let Some(principal) = tokens.as_ref().and_then(|file| file.principal_of(token)) {
+            return Verdict::Allowed(principal);
+        }
+        let Some(jwt) = jwt else {
+            return Verdict::Invalid;
+        };
+        match jwt.verify(token).await {
+            Ok(principal) => Verdict::Allowed(principal),
+            Err(reason) => {
+                tracing::info!(%reason, "HTTP request refused: bearer token not valid");
+                Verdict::Invalid
+            }
         }
     }
 }
@@ -290,6 +317,20 @@ mod tests {
         }
     }
 
+    fn tokens(file: Arc<TokensFile>) -> Auth {
+        Auth::Bearer {
+            tokens: Some(file),
+            jwt: None,
+        }
+    }
+
+    fn check(auth: &Auth, authorization: Option<&[u8]>) -> Verdict {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(auth.check(authorization))
+    }
+
     #[test]
     fn tokens_are_checked_against_their_hash_and_reloaded() {
         let text = format!(
@@ -298,34 +339,32 @@ mod tests {
             token_hash("bob-secret")
         );
         let (_dir, path) = file_with(&text);
-        let auth = Auth::Tokens(TokensFile::open(&path).unwrap());
+        let file = TokensFile::open(&path).unwrap();
+        let auth = tokens(file.clone());
         let ann = Principal::new("ann").unwrap();
         assert_eq!(
-            auth.check(Some(b"Bearer ann-secret")),
+            check(&auth, Some(b"Bearer ann-secret")),
             Verdict::Allowed(ann.clone())
         );
         assert_eq!(
-            auth.check(Some(b"bearer bob-secret")),
+            check(&auth, Some(b"bearer bob-secret")),
             Verdict::Allowed(Principal::new("bob").unwrap())
         );
-        assert_eq!(auth.check(Some(b"Bearer wrong")), Verdict::Invalid);
-        assert_eq!(auth.check(None), Verdict::Missing);
-        assert_eq!(auth.check(Some(b"Basic YW5uOng=")), Verdict::Missing);
+        assert_eq!(check(&auth, Some(b"Bearer wrong")), Verdict::Invalid);
+        assert_eq!(check(&auth, None), Verdict::Missing);
+        assert_eq!(check(&auth, Some(b"Basic YW5uOng=")), Verdict::Missing);
         // Revoked: bob's line goes.
         std::fs::write(&path, format!("ann:{}\n", token_hash("ann-secret"))).unwrap();
-        let Auth::Tokens(file) = &auth else {
-            unreachable!()
-        };
         file.reload();
-        assert_eq!(auth.check(Some(b"Bearer bob-secret")), Verdict::Invalid);
+        assert_eq!(check(&auth, Some(b"Bearer bob-secret")), Verdict::Invalid);
         assert_eq!(
-            auth.check(Some(b"Bearer ann-secret")),
+            check(&auth, Some(b"Bearer ann-secret")),
             Verdict::Allowed(ann)
         );
         // A file that no longer reads serves nobody.
         std::fs::write(&path, "ann:nothex\n").unwrap();
         file.reload();
-        assert_eq!(auth.check(Some(b"Bearer ann-secret")), Verdict::Invalid);
+        assert_eq!(check(&auth, Some(b"Bearer ann-secret")), Verdict::Invalid);
     }
 
     #[test]
@@ -340,9 +379,12 @@ mod tests {
         assert!(bad(&format!("a b:{hash}\n")).contains("principal name"));
         assert!(bad(&format!("a:{hash}\na:{hash}\n")).contains("a is named twice"));
         assert!(bad("# nobody\n").contains("names no principal"));
+        for reserved in RESERVED {
+            assert!(bad(&format!("{reserved}:{hash}\n")).contains("is reserved"));
+        }
         assert!(!bad(&format!("a:{hash}\na:{hash}\n")).contains(&hash));
         assert_eq!(
-            Auth::Local.check(None),
+            check(&Auth::Local, None),
             Verdict::Allowed(Principal::local())
         );
     }

@@ -1,6 +1,7 @@
 """MCP over streamable HTTP end to end, with the official MCP Python SDK's
 streamable-HTTP client: run_python, progress, artifacts; two principals
-kept apart (sessions, artifacts, the calls-in-flight quota); bearer tokens
+kept apart (sessions, artifacts, the calls-in-flight quota, cancellation);
+bearer tokens
 (missing, wrong, revoked by editing the tokens file), a bad Origin, a body
 over 16 MiB.
 
@@ -226,6 +227,57 @@ async def quota_checks(ann, bob):
     check((await slow)["stdout"] == "slow\n", "the first call ends", None)
 
 
+async def raw_session(client, url, name):
+    """A 2025-11-25 MCP session opened with raw requests: its headers."""
+    headers = {
+        "Authorization": f"Bearer {TOKENS[name]}",
+        "Accept": "application/json, text/event-stream",
+        "Content-Type": "application/json",
+    }
+    opened = await client.post(url, headers=headers, content=INITIALIZE)
+    headers = {**headers, "Mcp-Session-Id": opened.headers["mcp-session-id"], "MCP-Protocol-Version": "2025-11-25"}
+    await client.post(url, headers=headers, json={"jsonrpc": "2.0", "method": "notifications/initialized"})
+    return headers
+
+
+async def slow_call(client, url, headers, request_id):
+    """tools/call of a 3 s run: its stdout, or None if no result came."""
+    body = {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "method": "tools/call",
+        "params": {"name": "run_python", "arguments": {"code": "import time; time.sleep(3); print('slow')"}},
+    }
+    response = await client.post(url, headers=headers, json=body, timeout=30)
+    for line in response.text.splitlines():
+        if line.startswith("data:") and '"result"' in line:
+            return json.loads(line[5:])["result"]["structuredContent"]["stdout"]
+    return None
+
+
+def cancel(request_id):
+    return {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": request_id}}
+
+
+async def cancellation_checks(url):
+    async with httpx.AsyncClient(timeout=30) as client:
+        ann = await raw_session(client, url, "ann")
+        bob = await raw_session(client, url, "bob")
+        call = asyncio.create_task(slow_call(client, url, ann, 41))
+        await asyncio.sleep(1.5)
+        response = await client.post(url, headers={**bob, "Mcp-Session-Id": ann["Mcp-Session-Id"]}, json=cancel(41))
+        status = response.status_code
+        check(status == 404, "another principal cannot cancel in a principal's session", status)
+        response = await client.post(url, headers=bob, json=cancel(41))
+        status = response.status_code
+        check(status == 202, "a cancel in its own session names its own requests only", status)
+        check(await call == "slow\n", "the call another principal tried to cancel ends with its result", None)
+        call = asyncio.create_task(slow_call(client, url, ann, 42))
+        await asyncio.sleep(1.5)
+        await client.post(url, headers=ann, json=cancel(42))
+        check(await call is None, "its own principal can cancel it", None)
+
+
 async def revocation_check(url, tokens):
     write_tokens(tokens, ["ann"])
     deadline = time.monotonic() + 10
@@ -267,6 +319,7 @@ async def main(binary):
             await session_checks(ann, bob)
             await quota_checks(ann, bob)
         await stateless_checks(url)
+        await cancellation_checks(url)
         await revocation_check(url, tokens)
         async with contextlib.AsyncExitStack() as stack:
             ann = await Client.connect(stack, url, "ann")

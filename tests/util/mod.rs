@@ -8,6 +8,7 @@
 //! `MCP_CODE_EXEC_SKIP_ENGINE_TESTS=1` turns them into a printed skip.
 
 pub mod forwarder;
+pub mod issuer;
 pub mod server;
 pub mod web;
 
@@ -288,6 +289,15 @@ pub fn everything() -> PathBuf {
             )
             .into()
         })
+        .into()
+}
+
+/// Where scripts/test.sh puts Node 24 (`node`) and the npm packages the
+/// HTTP tests run on it (`node_modules`: the conformance suite, the
+/// TypeScript SDK).
+pub fn node24() -> PathBuf {
+    std::env::var("MCP_CODE_EXEC_TEST_NODE24")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target/e2e-node24").into())
         .into()
 }
 
