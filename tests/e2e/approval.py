@@ -10,11 +10,11 @@ Prints one line per passed check, exits non-zero on the first failure.
 
 import asyncio
 import json
-import os
 import pathlib
 import sys
 import tempfile
 
+import small_server
 from mcp import ClientSession, StdioServerParameters, types
 from mcp.client.stdio import stdio_client
 
@@ -58,13 +58,8 @@ def environment(base):
     servers = base / "servers.json"
     fixture = {"command": sys.executable, "args": [str(HERE / "fixture_server.py")]}
     servers.write_text(json.dumps({"mcpServers": {"fixture": fixture}}))
-    env = dict(os.environ)
-    env.update(
-        HOME=str(base),
-        MCP_BRIDGE_POOL_MAX="2",
-        MCP_BRIDGE_POOL_MIN_IDLE="1",
-        MCP_BRIDGE_METRICS_ADDR="off",
-        MCP_BRIDGE_LOG_LEVEL="warn",
+    env = small_server.environment(
+        base,
         MCP_SERVERS_CONFIG=str(servers),
         MCP_BRIDGE_TOOL_POLICY=str(rules),
         MCP_BRIDGE_TOOL_APPROVAL_TIMEOUT="2s",

@@ -8,11 +8,11 @@ Prints one line per passed check, exits non-zero on the first failure.
 """
 
 import asyncio
-import os
 import pathlib
 import sys
 import tempfile
 
+import small_server
 from mcp import ClientSession, StdioServerParameters, types
 from mcp.client.stdio import stdio_client
 
@@ -49,16 +49,7 @@ async def main(binary):
     (first / "data.csv").write_text("first\n")
     (second / "data.csv").write_text("second\n")
     roots = Roots(first)
-    env = dict(os.environ)
-    env.update(
-        HOME=str(base),
-        MCP_BRIDGE_POOL_MAX="2",
-        MCP_BRIDGE_POOL_MIN_IDLE="1",
-        MCP_BRIDGE_METRICS_ADDR="off",
-        MCP_BRIDGE_LOG_LEVEL="warn",
-        MCP_BRIDGE_HOST_READ="roots",
-        MCP_BRIDGE_HOST_WRITE=str(write),
-    )
+    env = small_server.environment(base, MCP_BRIDGE_HOST_READ="roots", MCP_BRIDGE_HOST_WRITE=str(write))
     params = StdioServerParameters(command=binary, args=["serve"], env=env, cwd=str(base))
     async with (
         stdio_client(params) as (reader, writer),
