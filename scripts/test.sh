@@ -33,16 +33,25 @@ echo "test.sh: engine $engine" >&2
 
 scripts/setup-engine.sh "$engine" --bare
 
-# A real Prometheus for the dashboard test (tests/suites/observability.rs).
-if ! command -v prometheus >/dev/null; then
-    echo "test.sh: installing prometheus" >&2
+# Debian packages some tests need: a real Prometheus for the dashboard test
+# (tests/suites/observability.rs), Chromium and its WebDriver for the
+# console's browser test (tests/e2e/console_browser.py).
+apt_install() {
+    local command=$1 package
+    shift
+    command -v "$command" >/dev/null && return
+    echo "test.sh: installing $*" >&2
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >&2 ||
-            { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >&2; }
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2 ||
+            { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2; }
     else
-        echo "test.sh: install Prometheus (Debian: apt-get install prometheus); the dashboard test needs it" >&2
+        for package in "$@"; do
+            echo "test.sh: install $package (Debian: apt-get install $package); a test needs it" >&2
+        done
     fi
-fi
+}
+apt_install prometheus prometheus
+apt_install chromedriver chromium chromium-driver
 
 venv=target/e2e-venv
 # Reinstall when a pinned version changed, not only when something is missing.

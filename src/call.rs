@@ -22,6 +22,7 @@ use tracing::Instrument;
 
 use crate::approval::Approver;
 use crate::artifacts::{self, ArtifactStore};
+use crate::audit::{CallRecord, CallStart};
 use crate::config::{Config, HostRead};
 use crate::hostfiles::{self, HostFiles, HostRequest, ReadBounds, SaveRequest};
 use crate::images;
@@ -279,7 +280,7 @@ pub async fn call_with_tail(
     request: &CallRequest,
     tail: Option<&OutputTail>,
 ) -> RunReport {
-    let observer = CallObserver::new(request);
+    let observer = CallObserver::new(service, request);
     let answer = unobserved(service, request, observer.id, tail)
         .instrument(observer.span.clone())
         .await;
@@ -674,6 +675,7 @@ impl Run<'_> {
             tool_calls: None,
             packages: done.as_ref().and_then(|done| done.packages.clone()),
             saved: Vec::new(),
+            sandbox: Some(lease.sandbox().name().to_owned()),
         };
         Ran {
             report,
@@ -797,18 +799,29 @@ impl RunReport {
 /// Observes one call exactly once: [`CallObserver::finished`] with its
 /// report, or, when the call's future is dropped first (the client
 /// cancelled), as `cancelled` from `Drop`.
-struct CallObserver {
+struct CallObserver<'a> {
     span: tracing::Span,
     /// Names the call's artifacts (`artifact://<pid>-<id>/<path>`).
     id: u64,
     started: Instant,
     finished: bool,
+    /// The call as it started, for the console and the audit log.
+    start: Arc<CallStart>,
+    service: &'a Service,
 }
 
-impl CallObserver {
-    fn new(request: &CallRequest) -> Self {
+impl<'a> CallObserver<'a> {
+    fn new(service: &'a Service, request: &CallRequest) -> Self {
         static CALL_IDS: AtomicU64 = AtomicU64::new(1);
         let id = CALL_IDS.fetch_add(1, Ordering::Relaxed);
+        let start = Arc::new(CallStart::new(
+            id,
+            request.principal.as_str(),
+            request.session.as_deref(),
+            &request.servers,
+            &request.code,
+        ));
+        service.console().begin(&start);
         let span = tracing::info_span!(
             "run",
             id,
@@ -823,7 +836,15 @@ impl CallObserver {
             id,
             started: Instant::now(),
             finished: false,
+            start,
+            service,
         }
+    }
+
+    /// Keeps `record` for the console and queues it for the audit log.
+    fn keep(&self, record: CallRecord) {
+        let record = self.service.console().finish(record);
+        self.service.audit().record(record);
     }
 
     /// `ran`: the call's code went to a sandbox. Only runs are observed as
@@ -853,10 +874,11 @@ impl CallObserver {
         if report.stderr_truncated {
             metrics::observe_truncated("stderr");
         }
+        self.keep(CallRecord::finished(self.start.clone(), report));
     }
 }
 
-impl Drop for CallObserver {
+impl Drop for CallObserver<'_> {
     fn drop(&mut self) {
         if self.finished {
             return;
@@ -868,6 +890,7 @@ impl Drop for CallObserver {
         self.span
             .in_scope(|| tracing::info!("run cancelled by the client"));
         metrics::observe_run(status, Some(took));
+        self.keep(CallRecord::cancelled(self.start.clone()));
     }
 }
 
@@ -1234,7 +1257,15 @@ mod tests {
                 RunStatus::Error,
                 "ValueError: x\n2026-12-02T00:00:00Z  INFO forged: \u{1b}[31mred\r",
             );
-            CallObserver::new(&request("1/0", None)).finished(&report, true);
+            let config = Config {
+                audit: crate::config::AuditSettings {
+                    path: None,
+                    ..Default::default()
+                },
+                ..Config::default()
+            };
+            let service = Service::new(config);
+            CallObserver::new(&service, &request("1/0", None)).finished(&report, true);
         });
         let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
         assert_eq!(text.lines().count(), 1, "{text}");

@@ -139,12 +139,41 @@ pub struct Config {
     pub log_format: LogFormat,
     /// The metrics and health side port; `None` when `off`.
     pub metrics_addr: Option<SocketAddr>,
+    /// The audit log: every call as one JSON line (see [`crate::audit`]).
+    pub audit: AuditSettings,
+    /// Calls the console keeps in memory (`MCP_BRIDGE_CONSOLE_CALLS`).
+    pub console_calls: usize,
     /// `MCP_BRIDGE_PROJECT_SERVERS`.
     pub project_servers: ProjectServers,
     /// Calls one principal may have in flight at once.
     pub max_calls_per_client: usize,
     /// The streamable HTTP listener, when MCP is served over HTTP.
     pub http: HttpSettings,
+}
+
+/// The audit log (see [`crate::audit`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditSettings {
+    /// `MCP_BRIDGE_AUDIT_LOG`: the file; `None` when `off`. By default
+    /// `$XDG_STATE_HOME/mcp-code-exec/audit.jsonl` (`~/.local/state/…`).
+    pub path: Option<PathBuf>,
+    /// `MCP_BRIDGE_AUDIT_LOG_BYTES`: the log and its rotated files together.
+    pub bytes: u64,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        let state = std::env::var_os("XDG_STATE_HOME")
+            .map(PathBuf::from)
+            .filter(|dir| dir.is_absolute())
+            .or_else(|| {
+                std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/state"))
+            });
+        Self {
+            path: state.map(|dir| dir.join("mcp-code-exec").join("audit.jsonl")),
+            bytes: 64 * MIB,
+        }
+    }
 }
 
 /// MCP over streamable HTTP (see [`crate::http`]).
@@ -368,6 +397,8 @@ impl Default for Config {
             log_filter: log_filter("info").expect("info is a level"),
             log_format: LogFormat::Text,
             metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            audit: AuditSettings::default(),
+            console_calls: 200,
             project_servers: ProjectServers::Approved,
             max_calls_per_client: 16,
             http: HttpSettings::default(),
@@ -873,6 +904,29 @@ impl Config {
         })?;
         let addr = self.metrics_addr;
         self.metrics_addr = vars.parse("MCP_BRIDGE_METRICS_ADDR", addr, parse_metrics_addr)?;
+        let path = self.audit.path.take();
+        self.audit.path = vars.parse("MCP_BRIDGE_AUDIT_LOG", path, |v| {
+            if v.eq_ignore_ascii_case("off") {
+                return Ok(None);
+            }
+            let path = PathBuf::from(v);
+            if path.is_absolute() {
+                Ok(Some(path))
+            } else {
+                Err("an absolute file path, or off".into())
+            }
+        })?;
+        self.audit.bytes = vars.parse("MCP_BRIDGE_AUDIT_LOG_BYTES", self.audit.bytes, |v| {
+            parse_bytes(v)
+                .filter(|&b| b >= MIB)
+                .ok_or_else(|| "a size of at least 1m, like 64m".into())
+        })?;
+        self.console_calls = vars.parse("MCP_BRIDGE_CONSOLE_CALLS", self.console_calls, |v| {
+            v.parse()
+                .ok()
+                .filter(|&n: &usize| n <= 10_000)
+                .ok_or_else(|| "a count from 0 (no console) to 10000, like 200".into())
+        })?;
         Ok(())
     }
 
@@ -1449,6 +1503,39 @@ mod tests {
         assert_eq!(c.metrics_addr, Some("0.0.0.0:9000".parse().unwrap()));
         assert_eq!(c.log_format, LogFormat::Json);
         assert!(config(&[("MCP_BRIDGE_METRICS_ADDR", "9464")]).is_err());
+    }
+
+    #[test]
+    fn the_audit_log_and_the_console() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.audit.bytes, 64 * MIB);
+        assert_eq!(c.console_calls, 200);
+        let c = config(&[
+            ("MCP_BRIDGE_AUDIT_LOG", "/var/log/mcp/audit.jsonl"),
+            ("MCP_BRIDGE_AUDIT_LOG_BYTES", "8m"),
+            ("MCP_BRIDGE_CONSOLE_CALLS", "0"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.audit.path.as_deref(),
+            Some(std::path::Path::new("/var/log/mcp/audit.jsonl"))
+        );
+        assert_eq!((c.audit.bytes, c.console_calls), (8 * MIB, 0));
+        assert_eq!(
+            config(&[("MCP_BRIDGE_AUDIT_LOG", "OFF")])
+                .unwrap()
+                .audit
+                .path,
+            None
+        );
+        for (name, value) in [
+            ("MCP_BRIDGE_AUDIT_LOG", "audit.jsonl"),
+            ("MCP_BRIDGE_AUDIT_LOG_BYTES", "100k"),
+            ("MCP_BRIDGE_CONSOLE_CALLS", "10001"),
+        ] {
+            let error = config(&[(name, value)]).unwrap_err().to_string();
+            assert!(error.contains(name), "{error}");
+        }
     }
 
     #[test]

@@ -145,38 +145,49 @@ pub struct HttpFrontDoor {
     sessions: CancellationToken,
 }
 
+/// The authentication `settings` ask for (a tokens file that reads, an
+/// issuer whose settings hold), [`Auth::Local`] when they name neither.
+/// The issuer's keys are fetched trusting `trust`, else the host's CAs. A
+/// tokens file is watched for changes until `stop`.
+pub fn authentication(
+    settings: &HttpSettings,
+    trust: Option<&CaBundle>,
+    stop: CancellationToken,
+) -> Result<Auth, StartError> {
+    let tokens = settings.tokens_file.as_deref().map(TokensFile::open);
+    let jwt = settings
+        .jwt
+        .as_ref()
+        .map(|jwt| JwtVerifier::new(jwt, trust));
+    let auth = match (tokens.transpose()?, jwt.transpose()?) {
+        (None, None) => Auth::Local,
+        (tokens, jwt) => Auth::Bearer { tokens, jwt },
+    };
+    if let Auth::Bearer {
+        tokens: Some(file), ..
+    } = &auth
+    {
+        file.watch(stop);
+    }
+    Ok(auth)
+}
+
 impl HttpFrontDoor {
-    /// Checks the settings (tokens required beyond loopback, a tokens file
-    /// that reads), binds `settings.addr`, and builds the router. The
-    /// issuer's keys are fetched trusting `trust`, else the host's CAs.
+    /// Checks that `auth` asks for tokens beyond loopback, binds
+    /// `settings.addr`, and builds the router.
     pub async fn bind(
         settings: &HttpSettings,
         addr: SocketAddr,
         server: CodeExecServer,
-        trust: Option<&CaBundle>,
+        auth: Auth,
     ) -> Result<Self, StartError> {
-        let tokens = settings.tokens_file.as_deref().map(TokensFile::open);
-        let jwt = settings
-            .jwt
-            .as_ref()
-            .map(|jwt| JwtVerifier::new(jwt, trust));
-        let auth = match (tokens.transpose()?, jwt.transpose()?) {
-            (None, None) if !addr.ip().is_loopback() => {
-                return Err(StartError::Unauthenticated { addr });
-            }
-            (None, None) => Auth::Local,
-            (tokens, jwt) => Auth::Bearer { tokens, jwt },
-        };
+        if matches!(auth, Auth::Local) && !addr.ip().is_loopback() {
+            return Err(StartError::Unauthenticated { addr });
+        }
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|error| StartError::Bind { addr, error })?;
         let sessions = CancellationToken::new();
-        if let Auth::Bearer {
-            tokens: Some(file), ..
-        } = &auth
-        {
-            file.watch(sessions.clone());
-        }
         let router = router(settings, auth, server, sessions.clone());
         Ok(Self {
             listener,

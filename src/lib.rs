@@ -6,7 +6,8 @@
 //!   capabilities resource, cancellation, report → MCP result.
 //! - [`http`]: MCP over streamable HTTP (rmcp's transport on axum): bearer
 //!   tokens, the protected-resource metadata, Host/Origin checks, drain.
-//! - [`side_port`]: `/metrics`, `/healthz`, `/readyz` over HTTP (axum).
+//! - [`side_port`]: `/metrics`, `/healthz`, `/readyz` and the console over
+//!   HTTP (axum); beyond loopback the console asks for the HTTP tokens.
 //! - [`call`]: one `run_python` call from request to [`report::RunReport`]:
 //!   validation, tools, lease, run, classification, observation.
 //! - [`service`]: engine, image, pool, sessions and MCP servers assembled in
@@ -25,6 +26,10 @@
 //!   reads into the frames that carry them, atomic saves.
 //! - [`engine`]: the container engine (Docker/Podman via bollard) and, in
 //!   [`engine::spec`], the hardened container specification.
+//! - [`console`]: the recent calls in memory, who may see which, their live
+//!   feed and the page that shows them (escaped; script and style built in).
+//! - [`audit`]: every call as one JSON line: its record and bounds, the
+//!   writer thread, rotation by size.
 //! - [`report`]: the result's shape, the status vocabulary, text renderings.
 //! - [`artifacts`]: the files runs return, kept as `artifact://` resources.
 //! - [`images`]: the images runs return, read strictly and rebuilt on the host.
@@ -43,8 +48,10 @@
 pub mod allowlist;
 pub mod approval;
 pub mod artifacts;
+pub mod audit;
 pub mod call;
 pub mod config;
+pub mod console;
 pub mod egress;
 pub mod engine;
 pub mod frontend;

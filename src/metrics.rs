@@ -29,6 +29,7 @@ struct Metrics {
     proxy: ProxyMetrics,
     egress: EgressMetrics,
     http: HttpMetrics,
+    audit: IntCounterVec,
 }
 
 /// MCP over HTTP: requests by principal and status class.
@@ -77,6 +78,9 @@ struct EgressMetrics {
     bytes: IntCounterVec,
 }
 
+/// What became of a call's audit record ([`observe_audit`]).
+pub const AUDIT_OUTCOMES: [&str; 3] = ["written", "dropped", "failed"];
+
 /// The directions egress bytes are counted in.
 const DIRECTIONS: [&str; 2] = ["sent", "received"];
 
@@ -113,6 +117,18 @@ fn metrics() -> &'static Metrics {
             sessions: SessionMetrics::new(&registrar),
             proxy: ProxyMetrics::new(&registrar),
             egress: EgressMetrics::new(&registrar),
+            audit: {
+                let audit = registrar.counter_vec(
+                    "audit_records_total",
+                    "Calls' audit log lines, by outcome (written; dropped: the writer's queue was \
+                     full; failed: the file could not be written, e.g. a full disk)",
+                    &["outcome"],
+                );
+                for outcome in AUDIT_OUTCOMES {
+                    audit.with_label_values(&[outcome]);
+                }
+                audit
+            },
             http: HttpMetrics {
                 requests: registrar.counter_vec(
                     "http_requests_total",
@@ -393,6 +409,12 @@ pub fn observe_run(status: &'static str, took: Option<Duration>) {
             .with_label_values(&[status])
             .observe(took.as_secs_f64());
     }
+}
+
+/// A call's audit record `outcome` (one of [`AUDIT_OUTCOMES`]).
+pub fn observe_audit(outcome: &'static str) {
+    debug_assert!(AUDIT_OUTCOMES.contains(&outcome));
+    metrics().audit.with_label_values(&[outcome]).inc();
 }
 
 /// A run whose `stream` (`stdout` or `stderr`) was cut at the output cap.

@@ -513,6 +513,16 @@ impl Pool {
         self.shared.state().status(self.shared.sizing.max)
     }
 
+    /// The idle sandboxes (warmest last): short id, age, runs served.
+    pub fn idle_sandboxes(&self) -> Vec<(String, Duration, u32)> {
+        let state = self.shared.state();
+        state
+            .idle
+            .iter()
+            .map(|sandbox| (sandbox.short_id().to_owned(), sandbox.age(), sandbox.runs()))
+            .collect()
+    }
+
     /// Why sandboxes cannot be started right now (the last failed start, or
     /// a removal the engine refused), until a start succeeds.
     pub fn last_start_error(&self) -> Option<Arc<StartError>> {

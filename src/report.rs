@@ -107,6 +107,9 @@ pub struct RunReport {
     /// The MCP tool calls the run made (the first of them), when it made any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<ToolCallList>,
+    /// The container the code ran in (for the audit log, not the result).
+    #[serde(skip)]
+    pub sandbox: Option<String>,
 }
 
 /// The tool calls of one run, as its result lists them: the first
@@ -130,6 +133,10 @@ pub struct ToolCall {
     pub duration_ms: f64,
     /// The call's argument bytes and its result's.
     pub bytes: u64,
+    /// The arguments' JSON text, cut at [`crate::audit::ARGUMENT_BYTES`]:
+    /// for the audit log and the console, not the result (the model wrote them).
+    #[serde(skip)]
+    pub arguments: String,
 }
 
 impl ToolCallList {
@@ -280,6 +287,7 @@ impl RunReport {
             packages: None,
             saved: Vec::new(),
             tool_calls: None,
+            sandbox: None,
         }
     }
 

@@ -10,11 +10,14 @@
 //! It does not run calls (that is [`crate::call`]) and serves no protocol.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::OnceCell;
 
 use crate::artifacts::ArtifactStore;
+use crate::audit::AuditLog;
 use crate::config::Config;
+use crate::console::Console;
 use crate::egress::{Egress, SiteLimits};
 use crate::engine::{Engine, EngineError};
 use crate::metrics;
@@ -39,6 +42,10 @@ pub struct Service {
     packages: PackageIndex,
     /// Each principal's calls in flight (`MCP_BRIDGE_MAX_CALLS_PER_CLIENT`).
     calls: CallQuota,
+    /// Every call, one JSON line each (`MCP_BRIDGE_AUDIT_LOG`).
+    audit: Arc<AuditLog>,
+    /// The recent calls, for the console (`MCP_BRIDGE_CONSOLE_CALLS`).
+    console: Console,
 }
 
 impl std::fmt::Debug for Service {
@@ -120,6 +127,8 @@ impl Service {
                 .with_site(Arc::new(packages.clone()), site_limits),
             packages,
             calls: CallQuota::new(config.max_calls_per_client),
+            audit: Arc::new(AuditLog::open(&config.audit)),
+            console: Console::new(config.console_calls),
             config,
             pool: OnceCell::new(),
             proxy,
@@ -132,6 +141,14 @@ impl Service {
 
     pub fn artifacts(&self) -> &ArtifactStore {
         &self.artifacts
+    }
+
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    pub fn console(&self) -> &Console {
+        &self.console
     }
 
     pub fn proxy(&self) -> &Arc<Proxy> {
@@ -224,13 +241,14 @@ impl Service {
         // removal brings about.
         let sessions = tokio::time::timeout(SHUTDOWN_TIMEOUT, self.sessions.shutdown());
         let _ = tokio::join!(containers, sessions, self.proxy.shutdown());
+        // The lines of the calls that ended are written (at most 1 s more).
+        let audit = self.audit.clone();
+        let _ = tokio::task::spawn_blocking(move || audit.close(Duration::from_secs(1))).await;
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
     use crate::sandbox::SandboxFailure;
 

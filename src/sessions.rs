@@ -266,6 +266,25 @@ impl Sessions {
         self.shared.table().live.len()
     }
 
+    /// The live sessions and how long each has been idle (`None`: a call
+    /// holds it now), at most `max` of them.
+    pub fn list(&self, max: usize) -> Vec<(SessionName, Option<Duration>)> {
+        let table = self.shared.table();
+        table
+            .live
+            .iter()
+            .take(max)
+            .map(|(name, session)| {
+                let idle = session
+                    .seat
+                    .try_lock()
+                    .ok()
+                    .and_then(|seat| seat.last_used.map(|used| used.elapsed()));
+                (name.clone(), idle)
+            })
+            .collect()
+    }
+
     /// Waits for the session's turn (a session runs one call at a time, in
     /// arrival order; at most `wait`, then [`SessionError::Busy`]) and
     /// returns it with the session's sandbox: its own, or a new one from

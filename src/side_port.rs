@@ -1,32 +1,104 @@
 //! The HTTP side port: `/metrics` (Prometheus text), `/healthz` (the process
-//! is up) and `/readyz` (a call would be served at once; a 503 says why in
-//! prose, and as a word from a closed set in its `x-not-ready-cause` header).
+//! is up), `/readyz` (a call would be served at once; a 503 says why in
+//! prose, and as a word from a closed set in its `x-not-ready-cause` header),
+//! and the console: its page at `/`, its script and style, and its JSON views
+//! and live feed under `/api/`.
 //!
-//! Owns the axum router and its listener. It sits above the service and reads
-//! it through [`Service::readiness`], the pool's counts and the number of
-//! live sessions only; it never
-//! starts anything. The side port never takes the MCP server down: a port
-//! already in use is returned to the caller as a warning.
+//! Owns the axum router and its listener, and who may see the console: on a
+//! loopback address, the operator, every call (a request whose `Host` is not
+//! a loopback name is refused, against DNS rebinding); on any other address,
+//! only a request with a bearer token of the HTTP transport's
+//! ([`crate::http::auth`]), which sees its principal's calls, and nobody
+//! when no tokens are configured. Every console answer carries a strict
+//! Content-Security-Policy. It sits above the service and reads it through
+//! [`Service::readiness`], the pool's counts and sandboxes, the sessions,
+//! the servers' states and the console; it never starts anything. The side
+//! port never takes the MCP server down: a port already in use is returned
+//! to the caller as a warning.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::{HeaderName, StatusCode, header};
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use futures_util::StreamExt;
+use tokio::sync::Semaphore;
 
+use crate::console::{self, PoolView, SandboxView, ServerView, SessionView, Status, Viewer};
+use crate::http::auth::{Auth, Verdict};
 use crate::metrics;
 use crate::service::Service;
 
-/// The side port's router: `/metrics`, `/healthz`, `/readyz`.
-pub fn router(service: Arc<Service>) -> Router {
+/// Live feeds open at once; past this a page gets a 503 (it retries).
+const MAX_FEEDS: usize = 64;
+/// Sessions the console lists.
+const LISTED_SESSIONS: usize = 200;
+/// The console's Content-Security-Policy: its own script and style only.
+pub const CONSOLE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+     img-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'none'; \
+     frame-ancestors 'none'";
+
+/// Who may see the console, by the side port's address.
+#[derive(Debug, Clone)]
+enum Access {
+    /// Loopback: the operator, for a request to a loopback name.
+    Operator,
+    /// Beyond loopback: a bearer token's principal.
+    Bearer(Auth),
+    /// Beyond loopback without tokens: nobody.
+    Closed,
+}
+
+#[derive(Clone)]
+struct PortState {
+    service: Arc<Service>,
+    access: Access,
+    feeds: Arc<Semaphore>,
+}
+
+/// The side port's router for a port bound at `addr`: `/metrics`,
+/// `/healthz`, `/readyz` and the console (see the module's text for who may
+/// see it; `auth` is the HTTP transport's).
+pub fn router(service: Arc<Service>, addr: SocketAddr, auth: Auth) -> Router {
+    let access = match auth {
+        _ if addr.ip().is_loopback() => Access::Operator,
+        Auth::Local => Access::Closed,
+        auth @ Auth::Bearer { .. } => Access::Bearer(auth),
+    };
+    let state = PortState {
+        service: service.clone(),
+        access,
+        feeds: Arc::new(Semaphore::new(MAX_FEEDS)),
+    };
+    let console = Router::new()
+        .route("/", get(serve_page))
+        .route(
+            "/console.js",
+            get(|| async { asset("text/javascript", console::SCRIPT) }),
+        )
+        .route(
+            "/console.css",
+            get(|| async { asset("text/css", console::STYLE) }),
+        )
+        .route("/api/calls", get(serve_calls))
+        .route("/api/calls/{id}", get(serve_call))
+        .route("/api/calls/{id}/images/{index}", get(serve_image))
+        .route("/api/status", get(serve_status))
+        .route("/api/events", get(serve_feed))
+        .layer(axum::middleware::from_fn(console_headers))
+        .with_state(state);
     Router::new()
         .route("/metrics", get(serve_metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(serve_readiness))
         .with_state(service)
+        .merge(console)
 }
 
 async fn serve_metrics(State(service): State<Arc<Service>>) -> impl IntoResponse {
@@ -41,6 +113,214 @@ async fn serve_metrics(State(service): State<Arc<Service>>) -> impl IntoResponse
         )],
         metrics::render(&sandboxes, service.sessions().live()),
     )
+}
+
+/// Every console answer: no script but ours, no framing, no sniffing, no caching.
+async fn console_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (header::CONTENT_SECURITY_POLICY, CONSOLE_CSP),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::CACHE_CONTROL, "no-store"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+fn asset(content_type: &'static str, text: &'static str) -> Response {
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+        text,
+    )
+        .into_response()
+}
+
+/// Who is asking, or the answer that refuses them.
+async fn viewer(state: &PortState, headers: &HeaderMap) -> Result<Viewer, Response> {
+    if !state.service.console().enabled() {
+        return Err(refusal(
+            StatusCode::NOT_FOUND,
+            "the console is off (MCP_BRIDGE_CONSOLE_CALLS=0)",
+        ));
+    }
+    match &state.access {
+        Access::Operator => {
+            let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+            if host.is_some_and(is_loopback_host) {
+                Ok(Viewer::Operator)
+            } else {
+                Err(refusal(
+                    StatusCode::FORBIDDEN,
+                    "the console answers requests to a loopback name (localhost, 127.0.0.1, [::1])",
+                ))
+            }
+        }
+        Access::Closed => Err(refusal(
+            StatusCode::FORBIDDEN,
+            "the console beyond loopback needs bearer tokens: set MCP_BRIDGE_HTTP_TOKENS_FILE \
+             (or MCP_BRIDGE_HTTP_JWT_ISSUER), or bind MCP_BRIDGE_METRICS_ADDR to loopback",
+        )),
+        Access::Bearer(auth) => {
+            let authorization = headers
+                .get(header::AUTHORIZATION)
+                .map(HeaderValue::as_bytes);
+            match auth.check(authorization).await {
+                Verdict::Allowed(principal) => Ok(Viewer::Principal(principal.as_str().to_owned())),
+                Verdict::Missing | Verdict::Invalid => {
+                    let mut response =
+                        refusal(StatusCode::UNAUTHORIZED, "a valid bearer token is needed");
+                    response.headers_mut().insert(
+                        header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static("Bearer realm=\"mcp-code-exec console\""),
+                    );
+                    Err(response)
+                }
+            }
+        }
+    }
+}
+
+/// `localhost`, `127.0.0.1` or `[::1]`, with or without a port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+fn refusal(status: StatusCode, message: &str) -> Response {
+    (status, format!("{message}\n")).into_response()
+}
+
+fn json(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn serve_page(State(state): State<PortState>, headers: HeaderMap) -> Response {
+    let viewer = match viewer(&state, &headers).await {
+        Ok(viewer) => viewer,
+        Err(refused) => return refused,
+    };
+    let status = status(&state.service).for_viewer(&viewer);
+    let page = state.service.console().page(&viewer, &status);
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response()
+}
+
+async fn serve_calls(State(state): State<PortState>, headers: HeaderMap) -> Response {
+    match viewer(&state, &headers).await {
+        Ok(viewer) => json(state.service.console().calls_json(&viewer)),
+        Err(refused) => refused,
+    }
+}
+
+async fn serve_call(
+    State(state): State<PortState>,
+    Path(id): Path<u64>,
+    headers: HeaderMap,
+) -> Response {
+    let viewer = match viewer(&state, &headers).await {
+        Ok(viewer) => viewer,
+        Err(refused) => return refused,
+    };
+    match state.service.console().call_json(&viewer, id) {
+        Some(detail) => json(detail),
+        None => refusal(StatusCode::NOT_FOUND, "no such call (or no longer kept)"),
+    }
+}
+
+async fn serve_image(
+    State(state): State<PortState>,
+    Path((id, index)): Path<(u64, usize)>,
+    headers: HeaderMap,
+) -> Response {
+    let viewer = match viewer(&state, &headers).await {
+        Ok(viewer) => viewer,
+        Err(refused) => return refused,
+    };
+    match state.service.console().image(&viewer, id, index) {
+        Some(png) => ([(header::CONTENT_TYPE, "image/png")], png).into_response(),
+        None => refusal(StatusCode::NOT_FOUND, "no such image (or no longer kept)"),
+    }
+}
+
+async fn serve_status(State(state): State<PortState>, headers: HeaderMap) -> Response {
+    match viewer(&state, &headers).await {
+        Ok(viewer) => json(
+            serde_json::to_string(&status(&state.service).for_viewer(&viewer))
+                .expect("a status serializes"),
+        ),
+        Err(refused) => refused,
+    }
+}
+
+async fn serve_feed(State(state): State<PortState>, headers: HeaderMap) -> Response {
+    let viewer = match viewer(&state, &headers).await {
+        Ok(viewer) => viewer,
+        Err(refused) => return refused,
+    };
+    let Ok(permit) = state.feeds.clone().try_acquire_owned() else {
+        return refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many console pages are open at once",
+        );
+    };
+    let events = state.service.console().feed(viewer).map(move |json| {
+        let _open = &permit;
+        Ok::<_, Infallible>(Event::default().event("call").data(&*json))
+    });
+    Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+/// The pool, the sessions and the servers, as they are now.
+fn status(service: &Service) -> Status {
+    let pool = service.started_pool().map(|pool| {
+        let counts = pool.status();
+        let mut by_state: std::collections::BTreeMap<&'static str, usize> =
+            counts.by_state().into_iter().collect();
+        by_state.insert("waiting", counts.waiting);
+        PoolView {
+            counts: by_state,
+            max: counts.max,
+            sandboxes: pool
+                .idle_sandboxes()
+                .into_iter()
+                .map(|(id, age, runs)| SandboxView {
+                    id,
+                    age_secs: age.as_secs_f64(),
+                    runs,
+                })
+                .collect(),
+        }
+    });
+    Status {
+        pool,
+        sessions: service
+            .sessions()
+            .list(LISTED_SESSIONS)
+            .into_iter()
+            .map(|(name, idle)| SessionView {
+                name: name.name,
+                principal: name.principal.as_str().to_owned(),
+                idle_secs: idle.map(|idle| idle.as_secs_f64()),
+            })
+            .collect(),
+        servers: service
+            .proxy()
+            .states()
+            .into_iter()
+            .map(|(name, state)| ServerView { name, state })
+            .collect(),
+    }
 }
 
 /// The header of a 503 from `/readyz` that names what is missing as a word
@@ -61,15 +341,48 @@ async fn serve_readiness(State(service): State<Arc<Service>>) -> Response {
     }
 }
 
-/// Binds `addr` and serves the side port in the background. A failure to
-/// bind is returned (for a warning); the MCP server goes on either way.
-pub async fn spawn(addr: SocketAddr, service: Arc<Service>) -> std::io::Result<SocketAddr> {
+/// Binds `addr` and serves the side port in the background; `auth` is the
+/// HTTP transport's, for a console beyond loopback. A failure to bind is
+/// returned (for a warning); the MCP server goes on either way.
+pub async fn spawn(
+    addr: SocketAddr,
+    service: Arc<Service>,
+    auth: Auth,
+) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, router(service)).await {
+        if let Err(error) = axum::serve(listener, router(service, bound, auth)).await {
             tracing::warn!(%error, "metrics side port stopped");
         }
     });
     Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_names_reach_the_operators_console() {
+        for host in [
+            "localhost",
+            "localhost:9464",
+            "127.0.0.1:9464",
+            "[::1]:9464",
+            "[::1]",
+            "127.0.0.2",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "evil.example:9464",
+            "10.0.0.1:9464",
+            "localhost.evil.example",
+            "",
+            "[::2]:80",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
+    }
 }

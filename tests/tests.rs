@@ -13,6 +13,8 @@ mod architecture;
 mod bad_input;
 #[path = "suites/cli.rs"]
 mod cli;
+#[path = "suites/console.rs"]
+mod console;
 #[path = "suites/data.rs"]
 mod data;
 #[path = "suites/e2e_mcp.rs"]

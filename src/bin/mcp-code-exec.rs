@@ -30,6 +30,7 @@ use mcp_code_exec::engine::{Engine, SeccompProfile};
 use mcp_code_exec::frontend::CodeExecServer;
 use mcp_code_exec::frontend::transport::{MAX_MESSAGE_BYTES, StdioTransport};
 use mcp_code_exec::http::HttpFrontDoor;
+use mcp_code_exec::http::auth::Auth;
 use mcp_code_exec::policy::ToolPolicy;
 use mcp_code_exec::pool::SHUTDOWN_TIMEOUT;
 use mcp_code_exec::proxy::Proxy;
@@ -275,19 +276,31 @@ async fn serve(config: Config, policy: ToolPolicy) -> ExitCode {
     );
     let service = Arc::new(Service::with_proxy(config, proxy));
     let server = CodeExecServer::new(service.clone(), output_mode);
+    // The tokens: of the HTTP transport, and of a console beyond loopback.
+    let console_beyond_loopback = metrics_addr.is_some_and(|addr| !addr.ip().is_loopback());
+    let auth = if http.addr.is_some() || console_beyond_loopback {
+        match mcp_code_exec::http::authentication(&http, trust.as_ref(), CancellationToken::new()) {
+            Ok(auth) => auth,
+            Err(error) => {
+                tracing::error!(%error, "not started: the tokens cannot be read");
+                eprintln!("mcp-code-exec: {error}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        Auth::Local
+    };
     // Over HTTP, the listener is checked and bound before anything starts.
     let door = match http.addr {
         None => None,
-        Some(addr) => {
-            match HttpFrontDoor::bind(&http, addr, server.clone(), trust.as_ref()).await {
-                Ok(door) => Some(door),
-                Err(error) => {
-                    tracing::error!(%error, "MCP over HTTP not started");
-                    eprintln!("mcp-code-exec: {error}");
-                    return ExitCode::from(2);
-                }
+        Some(addr) => match HttpFrontDoor::bind(&http, addr, server.clone(), auth.clone()).await {
+            Ok(door) => Some(door),
+            Err(error) => {
+                tracing::error!(%error, "MCP over HTTP not started");
+                eprintln!("mcp-code-exec: {error}");
+                return ExitCode::from(2);
             }
-        }
+        },
     };
     // Warm up in the background: the MCP handshake never waits for it.
     let warm = service.clone();
@@ -298,8 +311,11 @@ async fn serve(config: Config, policy: ToolPolicy) -> ExitCode {
     });
     if let Some(addr) = metrics_addr {
         // Metrics never take the MCP server down: a taken port is a warning.
-        match side_port::spawn(addr, service.clone()).await {
-            Ok(bound) => tracing::info!(%bound, "metrics and health on http://{bound}/metrics"),
+        match side_port::spawn(addr, service.clone(), auth).await {
+            Ok(bound) => tracing::info!(
+                %bound,
+                "metrics and health on http://{bound}/metrics, the console on http://{bound}/"
+            ),
             Err(error) => {
                 tracing::warn!(
                     %addr,
@@ -533,6 +549,27 @@ async fn doctor(mut config: Config, policy: &ToolPolicy) -> ExitCode {
         );
     }
     print_egress(&config.egress);
+    match &config.audit.path {
+        None => println!("ok    audit log: off (MCP_BRIDGE_AUDIT_LOG=off)"),
+        Some(path) => println!(
+            "ok    audit log: {} (with its rotated files at most {} MiB, MCP_BRIDGE_AUDIT_LOG_BYTES; \
+             it holds the code and the tool arguments runs sent)",
+            path.display(),
+            config.audit.bytes >> 20
+        ),
+    }
+    match (config.metrics_addr, config.console_calls) {
+        (None, _) => println!("ok    console: off (MCP_BRIDGE_METRICS_ADDR=off)"),
+        (Some(_), 0) => println!("ok    console: off (MCP_BRIDGE_CONSOLE_CALLS=0)"),
+        (Some(addr), calls) => println!(
+            "ok    console: http://{addr}/ (the last {calls} calls, MCP_BRIDGE_CONSOLE_CALLS){}",
+            if addr.ip().is_loopback() {
+                ""
+            } else {
+                "; beyond loopback: bearer tokens of MCP_BRIDGE_HTTP_TOKENS_FILE or the JWT issuer"
+            }
+        ),
+    }
     println!(
         "ok    packages: {}",
         mcp_code_exec::packages::describe(&config.packages)

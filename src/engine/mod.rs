@@ -53,6 +53,8 @@ pub type InputSink = Pin<Box<dyn AsyncWrite + Send>>;
 /// A started container, attached before start so no output is missed.
 pub struct StartedContainer {
     pub id: String,
+    /// The name it was created with (`mcp-code-exec-<owner>-<n>`).
+    pub name: String,
     pub input: InputSink,
     pub output: OutputStream,
 }
@@ -650,6 +652,7 @@ impl Engine {
         });
         Ok(StartedContainer {
             id,
+            name,
             input: attached.input,
             output: Box::pin(output),
         })

@@ -131,6 +131,16 @@ impl ServerClient {
         }
     }
 
+    /// How the client is, in words (for the console).
+    pub fn describe(&self) -> String {
+        match &*self.state() {
+            State::Idle => "not started".into(),
+            State::Starting { .. } => "starting".into(),
+            State::Connected(_) => "running".into(),
+            State::Failed { reason, .. } => format!("failed: {reason}"),
+        }
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         // Nothing panics while holding it; if something did, the state is
         // still one of the variants above.

@@ -25,6 +25,7 @@ use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
 use crate::approval::{Approver, Question, Reply};
+use crate::audit;
 use crate::metrics;
 use crate::policy::{Action, ToolPolicy};
 use crate::report::{ToolCall, ToolCallList};
@@ -109,6 +110,16 @@ impl Proxy {
 
     pub fn policy(&self) -> &ToolPolicy {
         &self.policy
+    }
+
+    /// Each configured server and how its client is (`not started`,
+    /// `starting`, `running`, `failed: …`).
+    pub fn states(&self) -> Vec<(String, String)> {
+        self.hub
+            .names()
+            .iter()
+            .filter_map(|name| Some((name.clone(), self.hub.get(name).ok()?.describe())))
+            .collect()
     }
 
     pub fn names(&self) -> &[String] {
@@ -631,6 +642,7 @@ impl RunTools {
         outcome: CallOutcome,
         started: Instant,
         bytes: usize,
+        arguments: &[u8],
     ) {
         let outcome = match outcome {
             CallOutcome::Ok => "ok",
@@ -646,6 +658,10 @@ impl RunTools {
             outcome,
             duration_ms: started.elapsed().as_secs_f64() * 1e3,
             bytes: u64::try_from(bytes).unwrap_or(u64::MAX),
+            arguments: {
+                let cut = &arguments[..arguments.len().min(audit::ARGUMENT_BYTES)];
+                String::from_utf8_lossy(cut).into_owned()
+            },
         });
         match call {
             Some(call) => log.push(call),
@@ -724,10 +740,15 @@ impl ToolCalls for RunTools {
                     self.tool_label(&server, &tool),
                     outcome.as_str(),
                 );
-                self.record(&server, &tool, outcome, Instant::now(), 0);
+                self.record(&server, &tool, outcome, Instant::now(), 0, bytes);
                 return refusal(&id, &error);
             }
             let argument_bytes = raw.as_ref().map_or(0, Bytes::len);
+            // For the audit log: what the arguments began with.
+            // A copy: a slice would hold the whole request while the call runs.
+            let head = raw.as_ref().map_or_else(Vec::new, |raw| {
+                raw[..raw.len().min(audit::ARGUMENT_BYTES)].to_vec()
+            });
             let Ok(_permit) = self.in_flight.try_acquire() else {
                 let error = format!(
                     "more than {MAX_CALLS_IN_FLIGHT} MCP calls in flight in one run; \
@@ -760,7 +781,7 @@ impl ToolCalls for RunTools {
             );
             let result_bytes = outcome.as_ref().map_or(0, content_bytes);
             let bytes = argument_bytes + result_bytes;
-            self.record(&server, &tool, observed, started, bytes);
+            self.record(&server, &tool, observed, started, bytes, &head);
             match outcome {
                 Ok(result) => self.answer(&id, result).await,
                 Err(error) => refusal(&id, &error.to_string()),

@@ -266,6 +266,7 @@ impl CapturedOutput {
 /// A started container with the agent idle in it.
 pub struct Sandbox {
     id: String,
+    name: String,
     input: InputSink,
     /// Host frames not yet written; empty between runs (kept for its capacity).
     outbox: Outbox,
@@ -310,6 +311,7 @@ impl Sandbox {
     ) -> Result<Self, SandboxFailure> {
         let mut sandbox = Self {
             id: container.id,
+            name: container.name,
             input: container.input,
             outbox: Outbox::default(),
             agent: AgentOutput {
@@ -354,6 +356,11 @@ impl Sandbox {
 
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The container's name, as the engine lists it.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     pub fn short_id(&self) -> &str {

@@ -105,6 +105,11 @@ pub fn test_config() -> Config {
     config.max_sessions = config.max_sessions.min(config.pool_max - 1);
     config.memory_bytes = 256 << 20;
     config.pool_wait_timeout = Duration::from_secs(90);
+    // The tests' calls are audited in the scratch folder, not the user's state.
+    config.audit.path = Some(std::env::temp_dir().join(format!(
+        "mcp-code-exec-test-audit-{}.jsonl",
+        std::process::id()
+    )));
     config
 }
 

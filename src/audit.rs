@@ -1,0 +1,715 @@
+//! The audit log: every call as one JSON line, in a file that rotates by
+//! size and stays within its bound.
+//!
+//! Owns the [`CallRecord`] (what one call was: whom it was for, its code cut
+//! at a bound with its hash and full length, the heads of what it printed,
+//! its images and files, each tool call with its arguments cut, its network
+//! connections, its sandbox), the bounds of each field, and the log file:
+//! written by a thread of its own from a bounded queue, so a slow or full
+//! disk never holds a run, rotated at a quarter of `MCP_BRIDGE_AUDIT_LOG_BYTES`
+//! (three rotated files kept), reopened when something else moved it. A
+//! record the queue has no room for is dropped and counted; a write that
+//! fails (a full disk) is counted and warned of, at most once a minute: the
+//! call's result is never touched. The log holds what the code sent,
+//! secrets in tool arguments included: it is not the log's to judge them.
+//!
+//! It sees no container, request in flight or client: [`crate::call`]
+//! builds the record, [`crate::console`] keeps recent ones in memory.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::config::AuditSettings;
+use crate::metrics;
+use crate::report::{RunReport, RunStatus};
+
+/// The code a record keeps, from its start.
+pub const CODE_BYTES: usize = 64 * 1024;
+/// What a record keeps of stdout, and of stderr.
+pub const OUTPUT_BYTES: usize = 8 * 1024;
+/// What a record keeps of each tool call's arguments (their JSON text).
+pub const ARGUMENT_BYTES: usize = 1024;
+/// The first line of the code, as a list shows it.
+const HEAD_CHARS: usize = 120;
+/// Records waiting for the writer; past this they are dropped.
+const QUEUE: usize = 1024;
+/// Rotated files kept beside the log (`audit.jsonl.1` … `.3`).
+const ROTATED: u32 = 3;
+/// At most one warning about a failed write per this long.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// Text cut at a bound, with how long it was.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Cut {
+    pub text: String,
+    /// The whole text's length in bytes.
+    pub bytes: usize,
+    pub truncated: bool,
+}
+
+impl Cut {
+    /// The first `max` bytes of `text` (at a character boundary).
+    pub fn new(text: &str, max: usize) -> Self {
+        let head = head(text, max);
+        Self {
+            text: head.to_owned(),
+            bytes: text.len(),
+            truncated: head.len() < text.len(),
+        }
+    }
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends at a
+/// character boundary.
+pub fn head(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// A call as it started: what is known before it runs. Made once per
+/// call; the console lists it while it runs.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallStart {
+    pub id: u64,
+    /// RFC 3339, milliseconds, UTC.
+    pub time: String,
+    #[serde(skip)]
+    pub started_at: SystemTime,
+    #[serde(skip)]
+    pub started: Instant,
+    pub principal: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    pub servers: Vec<String>,
+    pub code: String,
+    pub code_bytes: usize,
+    pub code_sha256: String,
+    pub code_truncated: bool,
+    /// The code's first non-blank line, at most [`HEAD_CHARS`] characters.
+    #[serde(skip)]
+    pub head: String,
+}
+
+impl CallStart {
+    pub fn new(
+        id: u64,
+        principal: &str,
+        session: Option<&str>,
+        servers: &[String],
+        code: &str,
+    ) -> Self {
+        let started_at = SystemTime::now();
+        let cut = Cut::new(code, CODE_BYTES);
+        let first = code
+            .lines()
+            .find(|line| !line.trim().is_empty())
+            .unwrap_or("");
+        Self {
+            id,
+            time: humantime::format_rfc3339_millis(started_at).to_string(),
+            started_at,
+            started: Instant::now(),
+            principal: principal.to_owned(),
+            session: session.map(str::to_owned),
+            servers: servers.to_vec(),
+            code: cut.text,
+            code_bytes: cut.bytes,
+            code_sha256: hex::encode(Sha256::digest(code.as_bytes())),
+            code_truncated: cut.truncated,
+            head: first.trim_end().chars().take(HEAD_CHARS).collect(),
+        }
+    }
+
+    /// Milliseconds since the Unix epoch, for a browser's clock.
+    pub fn started_ms(&self) -> f64 {
+        self.started_at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0.0, |since| since.as_secs_f64() * 1e3)
+    }
+}
+
+/// One image of a call: described in the log, its PNG kept for the console.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageEntry {
+    pub index: usize,
+    pub width: u32,
+    pub height: u32,
+    pub bytes: usize,
+    /// Empty when the console does not keep it (see [`CallRecord::images_kept`]).
+    #[serde(skip)]
+    pub data: Bytes,
+}
+
+/// One file the call returned.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileEntry {
+    pub path: String,
+    pub bytes: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+}
+
+/// One tool call of the run, its arguments cut at [`ARGUMENT_BYTES`].
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ToolCallEntry {
+    pub server: String,
+    pub tool: String,
+    pub outcome: &'static str,
+    pub duration_ms: f64,
+    pub bytes: u64,
+    pub arguments: String,
+}
+
+/// A finished call: the audit log's line, the console's detail.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallRecord {
+    #[serde(flatten)]
+    pub start: Arc<CallStart>,
+    pub status: RunStatus,
+    /// From the call's start to its answer, as the host measured it.
+    pub duration_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub stdout: Cut,
+    pub stderr: Cut,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<ImageEntry>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileEntry>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCallEntry>,
+    /// Tool calls made, listed or not.
+    pub tool_calls_total: u64,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub egress: Vec<crate::egress::Connection>,
+    /// The sandbox's container, when the code went to one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+impl CallRecord {
+    /// The record of a call that ended with `report`.
+    pub fn finished(start: Arc<CallStart>, report: &RunReport) -> Self {
+        let (tool_calls, tool_calls_total) = match &report.tool_calls {
+            None => (Vec::new(), 0),
+            Some(list) => (
+                list.calls
+                    .iter()
+                    .map(|call| ToolCallEntry {
+                        server: call.server.clone(),
+                        tool: call.tool.clone(),
+                        outcome: call.outcome,
+                        duration_ms: call.duration_ms,
+                        bytes: call.bytes,
+                        arguments: call.arguments.clone(),
+                    })
+                    .collect(),
+                list.total,
+            ),
+        };
+        Self {
+            duration_ms: start.started.elapsed().as_secs_f64() * 1e3,
+            start,
+            status: report.status,
+            exit_code: report.exit_code,
+            error: report.error.clone(),
+            stdout: Cut::new(&report.stdout, OUTPUT_BYTES),
+            stderr: Cut::new(&report.stderr, OUTPUT_BYTES),
+            images: report
+                .images
+                .iter()
+                .map(|image| ImageEntry {
+                    index: image.index,
+                    width: image.width,
+                    height: image.height,
+                    bytes: image.bytes,
+                    data: image.data.clone(),
+                })
+                .collect(),
+            files: report
+                .files
+                .iter()
+                .map(|file| FileEntry {
+                    path: file.path.clone(),
+                    bytes: file.bytes,
+                    uri: file.uri.clone(),
+                })
+                .collect(),
+            tool_calls,
+            tool_calls_total,
+            egress: report.egress.clone(),
+            sandbox: report.sandbox.clone(),
+            notes: report.notes.clone(),
+        }
+    }
+
+    /// The record of a call whose client went away before its answer.
+    pub fn cancelled(start: Arc<CallStart>) -> Self {
+        let empty = || Cut::new("", 0);
+        Self {
+            duration_ms: start.started.elapsed().as_secs_f64() * 1e3,
+            start,
+            status: RunStatus::Cancelled,
+            exit_code: None,
+            error: Some("the client cancelled the call or went away".into()),
+            stdout: empty(),
+            stderr: empty(),
+            images: Vec::new(),
+            files: Vec::new(),
+            tool_calls: Vec::new(),
+            tool_calls_total: 0,
+            egress: Vec::new(),
+            sandbox: None,
+            notes: Vec::new(),
+        }
+    }
+
+    /// Keeps the images' PNGs while they come to at most `max` bytes
+    /// together; the rest stay described only. Returns the bytes kept.
+    pub fn images_kept(&mut self, max: usize) -> usize {
+        let mut kept = 0;
+        for image in &mut self.images {
+            if kept + image.data.len() <= max {
+                kept += image.data.len();
+            } else {
+                image.data = Bytes::new();
+            }
+        }
+        kept
+    }
+
+    /// What the record holds in memory, roughly: its texts and its images.
+    pub fn weight(&self) -> usize {
+        let start = &self.start;
+        let texts = start.code.len() + start.head.len() + self.stdout.text.len();
+        let calls: usize = self
+            .tool_calls
+            .iter()
+            .map(|call| call.arguments.len() + call.server.len() + call.tool.len() + 64)
+            .sum();
+        let notes: usize = self.notes.iter().map(String::len).sum();
+        let images: usize = self.images.iter().map(|image| image.data.len()).sum();
+        512 + texts + self.stderr.text.len() + calls + notes + images
+    }
+}
+
+/// The audit log's writer: records go in through a bounded queue to a
+/// thread of its own that writes them. Cheap to share.
+#[derive(Debug)]
+pub struct AuditLog {
+    queue: Mutex<Option<SyncSender<Arc<CallRecord>>>>,
+    /// Told when the writer has written everything it was sent.
+    done: Mutex<Option<Receiver<()>>>,
+    path: Option<PathBuf>,
+}
+
+impl AuditLog {
+    /// No log (`MCP_BRIDGE_AUDIT_LOG=off`).
+    pub fn off() -> Self {
+        Self {
+            queue: Mutex::new(None),
+            done: Mutex::new(None),
+            path: None,
+        }
+    }
+
+    /// Starts the writer for `settings`. Never fails: a folder or file that
+    /// cannot be made is a warning now and a failed write later.
+    pub fn open(settings: &AuditSettings) -> Self {
+        let Some(path) = settings.path.clone() else {
+            return Self::off();
+        };
+        if let Some(dir) = path.parent()
+            && let Err(error) = std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+        {
+            tracing::warn!(dir = %dir.display(), %error, "audit log folder cannot be made (MCP_BRIDGE_AUDIT_LOG)");
+        }
+        let (queue, records) = std::sync::mpsc::sync_channel::<Arc<CallRecord>>(QUEUE);
+        let (finished, done) = std::sync::mpsc::channel();
+        let mut file = LogFile::new(path.clone(), settings.bytes);
+        let spawned = std::thread::Builder::new()
+            .name("audit-log".into())
+            .spawn(move || {
+                for record in records {
+                    file.append(&record);
+                }
+                let _ = finished.send(());
+            });
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "audit log writer not started: no audit log");
+            return Self::off();
+        }
+        Self {
+            queue: Mutex::new(Some(queue)),
+            done: Mutex::new(Some(done)),
+            path: Some(path),
+        }
+    }
+
+    /// The log's file, when there is one.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Queues `record` for the log; never waits. A full queue drops it.
+    pub fn record(&self, record: Arc<CallRecord>) {
+        let queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(queue) = queue.as_ref() else {
+            return;
+        };
+        match queue.try_send(record) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => metrics::observe_audit("dropped"),
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+
+    /// Takes no more records and waits (at most `within`) for the writer
+    /// to write those it has.
+    pub fn close(&self, within: Duration) {
+        drop(self.queue.lock().unwrap_or_else(|e| e.into_inner()).take());
+        let done = self.done.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(done) = done {
+            let _ = done.recv_timeout(within);
+        }
+    }
+}
+
+/// The log file as the writer thread holds it.
+struct LogFile {
+    path: PathBuf,
+    /// A file is rotated before it would pass this size.
+    file_bytes: u64,
+    /// The open file and its inode (to see it moved or removed).
+    open: Option<(File, u64)>,
+    last_warning: Option<Instant>,
+    line: Vec<u8>,
+}
+
+impl LogFile {
+    fn new(path: PathBuf, total_bytes: u64) -> Self {
+        Self {
+            path,
+            file_bytes: total_bytes / u64::from(ROTATED + 1),
+            open: None,
+            last_warning: None,
+            line: Vec::new(),
+        }
+    }
+
+    /// Writes one line for `record`, counted and, when it fails, warned of.
+    fn append(&mut self, record: &CallRecord) {
+        self.line.clear();
+        serde_json::to_writer(&mut self.line, record).expect("a record serializes");
+        self.line.push(b'\n');
+        match self.write_line() {
+            Ok(()) => metrics::observe_audit("written"),
+            Err(error) => {
+                metrics::observe_audit("failed");
+                self.open = None;
+                let now = Instant::now();
+                if self
+                    .last_warning
+                    .is_none_or(|at| now.duration_since(at) >= WARN_EVERY)
+                {
+                    self.last_warning = Some(now);
+                    tracing::warn!(
+                        path = %self.path.display(),
+                        %error,
+                        "audit log not written (this call's line is lost; runs go on)"
+                    );
+                }
+            }
+        }
+    }
+
+    fn write_line(&mut self) -> std::io::Result<()> {
+        let line = std::mem::take(&mut self.line);
+        let written = self.write_bytes(&line);
+        self.line = line;
+        written
+    }
+
+    fn write_bytes(&mut self, line: &[u8]) -> std::io::Result<()> {
+        self.reopen_if_moved()?;
+        let (file, _) = self.open.as_mut().expect("reopened");
+        let meta = file.metadata()?;
+        // Only a regular file rotates: a FIFO or a device is a stream.
+        if meta.is_file() && meta.len() > 0 && meta.len() + line.len() as u64 > self.file_bytes {
+            self.rotate()?;
+            self.reopen_if_moved()?;
+        }
+        let (file, _) = self.open.as_mut().expect("reopened");
+        file.write_all(line)
+    }
+
+    /// Opens the path again when it is not the file held (never opened,
+    /// rotated by another server, removed).
+    fn reopen_if_moved(&mut self) -> std::io::Result<()> {
+        let current = std::fs::metadata(&self.path).ok().map(|meta| meta.ino());
+        if let Some((_, inode)) = &self.open
+            && current == Some(*inode)
+        {
+            return Ok(());
+        }
+        let file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&self.path)?;
+        let inode = file.metadata()?.ino();
+        self.open = Some((file, inode));
+        Ok(())
+    }
+
+    /// `audit.jsonl` becomes `.1`, `.1` becomes `.2`, …; the oldest goes.
+    fn rotate(&mut self) -> std::io::Result<()> {
+        self.open = None;
+        for n in (1..ROTATED).rev() {
+            let from = rotated(&self.path, n);
+            if from.exists() {
+                std::fs::rename(&from, rotated(&self.path, n + 1))?;
+            }
+        }
+        std::fs::rename(&self.path, rotated(&self.path, 1))
+    }
+}
+
+fn rotated(path: &Path, n: u32) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{n}"));
+    PathBuf::from(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::{Image, OutputFile, ToolCall, ToolCallList};
+
+    fn start(code: &str) -> Arc<CallStart> {
+        Arc::new(CallStart::new(
+            7,
+            "alice",
+            Some("eda"),
+            &["time".into()],
+            code,
+        ))
+    }
+
+    fn report() -> RunReport {
+        let mut report = RunReport::rejected(RunStatus::Success, "");
+        report.error = None;
+        report.stdout = "42\n".into();
+        report.images = vec![Image::png(0, Bytes::from_static(b"\x89PNG"), 2, 3)];
+        report.files = vec![OutputFile::new(
+            "a.csv".into(),
+            Bytes::from_static(b"x,y\n"),
+        )];
+        let mut calls = ToolCallList::default();
+        calls.push(ToolCall {
+            server: "time".into(),
+            tool: "now".into(),
+            outcome: "ok",
+            duration_ms: 1.5,
+            bytes: 30,
+            arguments: r#"{"tz":"UTC"}"#.into(),
+        });
+        report.tool_calls = Some(calls);
+        report.sandbox = Some("mcp-code-exec-1-2-3".into());
+        report
+    }
+
+    fn line(record: &CallRecord) -> serde_json::Value {
+        serde_json::from_str(&serde_json::to_string(record).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_line_says_who_ran_what_and_how_it_went() {
+        let record = CallRecord::finished(start("print(6*7)\n"), &report());
+        let line = line(&record);
+        for key in [
+            "time",
+            "id",
+            "principal",
+            "session",
+            "servers",
+            "code",
+            "codeBytes",
+            "codeSha256",
+            "codeTruncated",
+            "status",
+            "durationMs",
+            "stdout",
+            "stderr",
+            "images",
+            "files",
+            "toolCalls",
+            "toolCallsTotal",
+            "sandbox",
+        ] {
+            assert!(line.get(key).is_some(), "{key} missing from {line}");
+        }
+        assert_eq!(line["principal"], "alice");
+        assert_eq!(line["status"], "success");
+        assert_eq!(line["stdout"]["text"], "42\n");
+        assert_eq!(
+            line["codeSha256"],
+            hex::encode(Sha256::digest(b"print(6*7)\n"))
+        );
+        assert_eq!(line["toolCalls"][0]["arguments"], r#"{"tz":"UTC"}"#);
+        assert_eq!(line["images"][0]["bytes"], 4);
+        assert!(line["images"][0].get("data").is_none(), "no PNG in the log");
+        assert_eq!(line["files"][0]["path"], "a.csv");
+        assert!(humantime::parse_rfc3339(line["time"].as_str().unwrap()).is_ok());
+        let cancelled = line_of_cancelled();
+        assert_eq!(cancelled["status"], "cancelled");
+    }
+
+    fn line_of_cancelled() -> serde_json::Value {
+        line(&CallRecord::cancelled(start("while True: pass")))
+    }
+
+    #[test]
+    fn every_field_is_bounded() {
+        let code = "é".repeat(CODE_BYTES); // two bytes each: cut mid-way
+        let start = start(&code);
+        assert!(start.code_truncated && start.code.len() <= CODE_BYTES);
+        assert_eq!(start.code_bytes, code.len());
+        assert!(start.code.chars().all(|c| c == 'é'), "cut at a boundary");
+        assert!(start.head.chars().count() <= HEAD_CHARS);
+        let mut report = report();
+        report.stdout = "x".repeat(1 << 20);
+        report.stderr = "\u{fffd}".repeat(1 << 18);
+        let record = CallRecord::finished(start, &report);
+        assert!(record.stdout.truncated && record.stdout.text.len() == OUTPUT_BYTES);
+        assert_eq!(record.stdout.bytes, 1 << 20);
+        assert!(record.stderr.text.len() <= OUTPUT_BYTES);
+        let line = serde_json::to_string(&record).unwrap();
+        assert!(line.len() < CODE_BYTES + 4 * OUTPUT_BYTES, "{}", line.len());
+    }
+
+    #[test]
+    fn hostile_text_cannot_break_the_line() {
+        let code = "print('\\n{\"status\":\"success\"}')\n</script>\u{0}\u{1b}[2J";
+        let mut report = report();
+        report.stdout = "\n{\"forged\":true}\n\u{2028}".into();
+        let text = serde_json::to_string(&CallRecord::finished(start(code), &report)).unwrap();
+        assert!(!text.contains('\n'), "one line: {text}");
+        let back: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back["code"], code);
+        assert_eq!(back["stdout"]["text"], report.stdout);
+    }
+
+    fn settings(path: PathBuf, bytes: u64) -> AuditSettings {
+        AuditSettings {
+            path: Some(path),
+            bytes,
+        }
+    }
+
+    #[test]
+    fn the_log_rotates_and_stays_within_its_bound() {
+        let dir = tempdir();
+        let path = dir.join("audit.jsonl");
+        let log = AuditLog::open(&settings(path.clone(), 1 << 20));
+        let code = "y = 1\n".repeat(4000); // ~24 KiB a line
+        for _ in 0..400 {
+            log.record(Arc::new(CallRecord::finished(start(&code), &report())));
+        }
+        log.close(Duration::from_secs(10));
+        let mut total = 0;
+        for name in [
+            "audit.jsonl",
+            "audit.jsonl.1",
+            "audit.jsonl.2",
+            "audit.jsonl.3",
+        ] {
+            let file = dir.join(name);
+            let meta = std::fs::metadata(&file).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(meta.len() <= (1 << 20) / 4, "{name}: {}", meta.len());
+            assert_eq!(meta.mode() & 0o777, 0o600, "{name}");
+            for line in std::fs::read_to_string(&file).unwrap().lines() {
+                let line: serde_json::Value = serde_json::from_str(line).unwrap();
+                assert_eq!(line["codeBytes"], code.len());
+            }
+            total += meta.len();
+        }
+        assert!(!dir.join("audit.jsonl.4").exists());
+        assert!(total <= 1 << 20 && total > (1 << 20) / 2, "{total}");
+    }
+
+    #[test]
+    fn a_log_moved_away_is_opened_again() {
+        let dir = tempdir();
+        let path = dir.join("audit.jsonl");
+        let mut file = LogFile::new(path.clone(), 64 << 20);
+        let record = CallRecord::finished(start("1"), &report());
+        file.append(&record);
+        std::fs::rename(&path, dir.join("elsewhere")).unwrap();
+        file.append(&record);
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
+    }
+
+    #[test]
+    fn a_full_disk_loses_the_line_not_the_run() {
+        // /dev/full answers every write with ENOSPC, as a full disk does;
+        // a device is never rotated (nor renamed).
+        let mut file = LogFile::new(PathBuf::from("/dev/full"), 1 << 20);
+        let record = CallRecord::finished(start("1"), &report());
+        for _ in 0..3 {
+            file.append(&record);
+            assert!(file.open.is_none(), "the failed file is let go");
+        }
+        assert!(file.last_warning.is_some());
+        assert!(Path::new("/dev/full").exists());
+        assert!(!Path::new("/dev/full.1").exists());
+    }
+
+    #[test]
+    fn a_full_queue_drops_records_and_never_waits() {
+        let (queue, _records) = std::sync::mpsc::sync_channel(1);
+        let log = AuditLog {
+            queue: Mutex::new(Some(queue)),
+            done: Mutex::new(None),
+            path: None,
+        };
+        // Nobody reads the queue: a record that waited for room would hang here.
+        for _ in 0..10 {
+            log.record(Arc::new(CallRecord::cancelled(start("1"))));
+        }
+    }
+
+    fn tempdir() -> PathBuf {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("mcp-audit-test-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}
