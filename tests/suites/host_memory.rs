@@ -13,10 +13,17 @@
 //!   parsed and large answers encoded one at a time, and the rest are
 //!   refused with an `MCPError` naming the variable; the run goes on.
 //!
+//! - Calls: 10,000 calls, each with 16 KiB of code and 8 KiB of output,
+//!   recorded for the console (the last 200 kept) and the audit log:
+//!   resident memory after the last is that after the first 2,000, within
+//!   allocator noise; kept without bound, the records would add ~200 MiB.
+//!
 //! Each measurement runs in a process of its own (this test binary, started
 //! again for that one test), so no other test's allocations blur it.
 
 use std::process::Command;
+
+use futures_util::StreamExt;
 use std::sync::Arc;
 
 use crate::util::{block_on, fixture_server, run_on, started_service, test_config, warmed};
@@ -33,8 +40,18 @@ const CAP_MIB: u64 = 128;
 
 /// This process's peak resident memory (VmHWM), in MiB.
 fn peak_rss_mib() -> u64 {
+    status_mib("VmHWM:")
+}
+
+/// This process's resident memory now (VmRSS), in MiB.
+fn rss_mib() -> u64 {
+    status_mib("VmRSS:")
+}
+
+/// A size line of /proc/self/status (`field` with its colon), in MiB.
+fn status_mib(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(field)).unwrap();
     line.split_whitespace()
         .nth(1)
         .unwrap()
@@ -72,6 +89,56 @@ engine_test! {
     fn a_256_mib_flood_on_both_streams_leaves_host_memory_flat() {
         in_own_process("a_256_mib_flood_on_both_streams_leaves_host_memory_flat", flood);
     }
+}
+
+engine_test! {
+    fn ten_thousand_calls_leave_host_memory_flat() {
+        in_own_process("ten_thousand_calls_leave_host_memory_flat", many_calls);
+    }
+}
+
+/// The calls and the measurement, in the child process.
+fn many_calls() {
+    let config = test_config();
+    let pool_max = config.pool_max;
+    let service = Arc::new(started_service(config));
+    // Each call unlike the others (its number), 16 KiB of code, 8 KiB printed.
+    let batch = |from: usize, to: usize| {
+        let calls = (from..to).map(|n| {
+            let service = service.clone();
+            async move {
+                let code = format!("# {}\nprint('{n}' + 'y' * 8192)", "c".repeat(16 << 10));
+                let request = CallRequest {
+                    code,
+                    timeout_secs: Some(60.0),
+                    ..CallRequest::default()
+                };
+                call(&service, &request).await.status
+            }
+        });
+        let statuses: Vec<RunStatus> = block_on(async {
+            futures_util::stream::iter(calls)
+                .buffer_unordered(pool_max)
+                .collect()
+                .await
+        });
+        assert!(
+            statuses.iter().all(|s| *s == RunStatus::Success),
+            "a call failed"
+        );
+    };
+    batch(0, 2_000);
+    let before = rss_mib();
+    batch(2_000, 10_000);
+    let after = rss_mib();
+    eprintln!(
+        "host peak memory: resident {before} MiB after 2,000 calls, {after} MiB after 10,000"
+    );
+    assert!(
+        after <= before + 24,
+        "host memory grew from {before} to {after} MiB over 8,000 calls"
+    );
+    block_on(service.shutdown());
 }
 
 engine_test! {
