@@ -389,7 +389,7 @@ async fn unobserved(
         tail,
     };
     let mut answer = match &session {
-        None => run.stateless(pool).await,
+        None => run.stateless(pool, &request.principal).await,
         Some(name) => {
             let seat_wait = service.config().pool_wait_timeout;
             run.in_session(
@@ -556,10 +556,11 @@ struct Ran {
 }
 
 impl Run<'_> {
-    /// On a clean sandbox, reset or recycled after.
-    async fn stateless(&self, pool: &Pool) -> Answer {
+    /// On a clean sandbox, reset or recycled after; `principal`'s turn at
+    /// the pool when others wait too.
+    async fn stateless(&self, pool: &Pool, principal: &Principal) -> Answer {
         let waiting = Instant::now();
-        let acquired = pool.acquire().await;
+        let acquired = pool.acquire_for(principal).await;
         metrics::observe_wait(waiting.elapsed());
         let mut lease = match acquired {
             Ok(lease) => lease,

@@ -147,6 +147,9 @@ pub struct Config {
     pub project_servers: ProjectServers,
     /// Calls one principal may have in flight at once.
     pub max_calls_per_client: usize,
+    /// Live sessions one principal may have (`MCP_BRIDGE_MAX_SESSIONS_PER_CLIENT`;
+    /// `None`: `max_sessions`).
+    pub max_sessions_per_client: Option<usize>,
     /// The streamable HTTP listener, when MCP is served over HTTP.
     pub http: HttpSettings,
 }
@@ -401,6 +404,7 @@ impl Default for Config {
             console_calls: 200,
             project_servers: ProjectServers::Approved,
             max_calls_per_client: 16,
+            max_sessions_per_client: None,
             http: HttpSettings::default(),
         }
     }
@@ -951,6 +955,12 @@ impl Config {
                 .filter(|&n| n > 0)
                 .ok_or_else(|| "a whole number, 1 or more".into())
         })?;
+        self.max_sessions_per_client =
+            vars.parse("MCP_BRIDGE_MAX_SESSIONS_PER_CLIENT", None, |v| {
+                v.parse::<usize>()
+                    .map(Some)
+                    .map_err(|_| "a whole number, like 2".into())
+            })?;
         let http = &mut self.http;
         http.addr = vars.parse("MCP_BRIDGE_HTTP_ADDR", http.addr, |v| {
             parse_http_addr(v).map(Some)
@@ -1552,8 +1562,11 @@ mod tests {
                 "https://app.example.com:443",
             ),
             ("MCP_BRIDGE_MAX_CALLS_PER_CLIENT", "3"),
+            ("MCP_BRIDGE_MAX_SESSIONS_PER_CLIENT", "1"),
         ])
         .unwrap();
+        assert_eq!(c.max_sessions_per_client, Some(1));
+        assert_eq!(Config::default().max_sessions_per_client, None);
         assert_eq!(c.http.addr, Some("0.0.0.0:8080".parse().unwrap()));
         assert_eq!(c.http.tokens_file, Some("/etc/mcp/tokens".into()));
         assert_eq!(
@@ -1575,6 +1588,7 @@ mod tests {
             ("MCP_BRIDGE_HTTP_ALLOWED_ORIGINS", "app.example.com"),
             ("MCP_BRIDGE_HTTP_ALLOWED_HOSTS", "a,,b"),
             ("MCP_BRIDGE_MAX_CALLS_PER_CLIENT", "0"),
+            ("MCP_BRIDGE_MAX_SESSIONS_PER_CLIENT", "two"),
             ("MCP_BRIDGE_HTTP_RESOURCE_URL", "mcp.example.com"),
         ] {
             assert_eq!(config(&[(name, value)]).unwrap_err().name, name);

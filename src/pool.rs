@@ -30,6 +30,7 @@
 //! - a waiting caller gives up at once, with the last error, when nothing can
 //!   become idle (nothing starting, busy or resetting) and that error stands.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -40,6 +41,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::engine::{Engine, EngineError, spec};
 use crate::metrics;
+use crate::principals::Principal;
 use crate::sandbox::{Sandbox, SandboxFailure, agent_command};
 
 /// How long a new container may take from create to the agent's first `Ready`.
@@ -250,6 +252,14 @@ impl PoolStatus {
     }
 }
 
+/// One principal's part of the pool: the sandboxes it holds (leased:
+/// runs, sessions) and its callers waiting for one.
+#[derive(Debug, Default, Clone, Copy)]
+struct Share {
+    held: usize,
+    waiting: usize,
+}
+
 /// The pool's limits, from [`Config`].
 #[derive(Debug, Clone, Copy)]
 struct Sizing {
@@ -275,6 +285,9 @@ struct State<S> {
     failed_starts: u32,
     /// Why the last start (or removal) failed; cleared by a successful start.
     last_error: Option<Arc<StartError>>,
+    /// Each principal's leases and waiting callers, while it has either:
+    /// the next idle sandbox goes to a waiting principal holding the fewest.
+    shares: HashMap<String, Share>,
     /// No start before this instant (the back-off after a failed start).
     retry_at: Option<Instant>,
     closed: bool,
@@ -293,6 +306,7 @@ impl<S> State<S> {
             last_error: None,
             retry_at: None,
             closed: false,
+            shares: HashMap::new(),
         }
     }
 
@@ -374,15 +388,57 @@ impl<S> State<S> {
         self.failed_starts
     }
 
-    /// Takes the warmest idle sandbox for a run.
-    fn lease(&mut self) -> Option<S> {
+    /// Takes the warmest idle sandbox for a run of `principal`, unless
+    /// another principal that holds fewer sandboxes is waiting: its turn
+    /// comes first (fair queueing: one principal's flood of calls cannot
+    /// keep another's from the next sandbox).
+    fn lease(&mut self, principal: &str) -> Option<S> {
+        if self.idle.is_empty() {
+            return None;
+        }
+        let held = self.shares.get(principal).map_or(0, |share| share.held);
+        let before_us = self
+            .shares
+            .iter()
+            .any(|(other, share)| share.waiting > 0 && share.held < held && other != principal);
+        if before_us {
+            return None;
+        }
         let sandbox = self.idle.pop()?;
         self.busy += 1;
+        self.shares.entry(principal.to_owned()).or_default().held += 1;
         Some(sandbox)
     }
 
+    /// `principal`'s callers waiting: one `more`, or one fewer.
+    fn wait(&mut self, principal: &str, more: bool) {
+        let share = self.shares.entry(principal.to_owned()).or_default();
+        if more {
+            share.waiting += 1;
+            self.waiting += 1;
+        } else {
+            share.waiting -= 1;
+            self.waiting -= 1;
+            self.forget_if_done(principal);
+        }
+    }
+
+    fn forget_if_done(&mut self, principal: &str) {
+        if self
+            .shares
+            .get(principal)
+            .is_some_and(|share| share.held == 0 && share.waiting == 0)
+        {
+            self.shares.remove(principal);
+        }
+    }
+
     /// A run's sandbox goes to reset (`reuse`) or to removal.
-    fn end_lease(&mut self, reuse: bool) {
+    fn end_lease(&mut self, reuse: bool, principal: &str) {
+        if let Some(share) = self.shares.get_mut(principal) {
+            share.held -= 1;
+            self.forget_if_done(principal);
+        }
         self.busy -= 1;
         if reuse {
             self.resetting += 1;
@@ -543,7 +599,14 @@ impl Pool {
     /// once, with the cause, when nothing can become idle because sandboxes
     /// cannot be started (engine unreachable, image broken, …).
     pub async fn acquire(&self) -> Result<Lease, AcquireError> {
+        self.acquire_for(&Principal::local()).await
+    }
+
+    /// A sandbox for a run of `principal`: the next idle one goes to the
+    /// waiting principal that holds the fewest (see `State::lease`).
+    pub async fn acquire_for(&self, principal: &Principal) -> Result<Lease, AcquireError> {
         let shared = &self.shared;
+        let name = principal.as_str();
         let deadline = tokio::time::Instant::now() + shared.sizing.wait_timeout;
         let mut waiting: Option<Waiting> = None;
         loop {
@@ -556,14 +619,14 @@ impl Pool {
                 if state.closed {
                     return Err(AcquireError::ShuttingDown);
                 }
-                let leased = state.lease();
+                let leased = state.lease(name);
                 if leased.is_some() {
                     // No longer waiting, before refill counts the waiting callers.
                     if let Some(was_waiting) = waiting.take() {
                         was_waiting.leave(&mut state);
                     }
                 } else if waiting.is_none() {
-                    waiting = Some(Waiting::enter(shared, &mut state));
+                    waiting = Some(Waiting::enter(shared, &mut state, name));
                 }
                 leased
             };
@@ -583,6 +646,7 @@ impl Pool {
             let mut lease = Lease {
                 sandbox: Some(sandbox),
                 shared: shared.clone(),
+                principal: name.to_owned(),
             };
             let sandbox = lease.sandbox();
             if sandbox.age() >= shared.sizing.max_age {
@@ -651,24 +715,31 @@ impl Pool {
 
 /// A caller counted as waiting for as long as this lives (also when the
 /// caller's future is dropped).
-struct Waiting<'a>(&'a Shared);
+/// Every caller that leaves is told of to the others: the turn may now be
+/// another principal's.
+struct Waiting<'a> {
+    shared: &'a Shared,
+    principal: &'a str,
+}
 
 impl<'a> Waiting<'a> {
-    fn enter(shared: &'a Shared, state: &mut State<Sandbox>) -> Self {
-        state.waiting += 1;
-        Self(shared)
+    fn enter(shared: &'a Shared, state: &mut State<Sandbox>, principal: &'a str) -> Self {
+        state.wait(principal, true);
+        Self { shared, principal }
     }
 
     /// Stops waiting under a lock already held.
     fn leave(self, state: &mut State<Sandbox>) {
-        state.waiting -= 1;
+        state.wait(self.principal, false);
+        self.shared.sandbox_ready.notify_waiters();
         std::mem::forget(self);
     }
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.0.state().waiting -= 1;
+        self.shared.state().wait(self.principal, false);
+        self.shared.sandbox_ready.notify_waiters();
     }
 }
 
@@ -678,6 +749,8 @@ impl Drop for Waiting<'_> {
 pub struct Lease {
     sandbox: Option<Sandbox>,
     shared: Arc<Shared>,
+    /// Whose run it is (its share of the pool).
+    principal: String,
 }
 
 impl std::fmt::Debug for Lease {
@@ -716,15 +789,18 @@ impl Lease {
                 sizing.max_age,
             ),
         };
-        self.shared.end_lease(sandbox, verdict);
+        self.shared.end_lease(sandbox, verdict, &self.principal);
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
         if let Some(sandbox) = self.sandbox.take() {
-            self.shared
-                .end_lease(sandbox, Verdict::Recycle(RecycleReason::Abandoned));
+            self.shared.end_lease(
+                sandbox,
+                Verdict::Recycle(RecycleReason::Abandoned),
+                &self.principal,
+            );
         }
     }
 }
@@ -735,8 +811,8 @@ impl Shared {
         self.state.lock().expect("pool state is never poisoned")
     }
 
-    fn end_lease(self: &Arc<Self>, mut sandbox: Sandbox, verdict: Verdict) {
-        self.state().end_lease(verdict == Verdict::Reuse);
+    fn end_lease(self: &Arc<Self>, mut sandbox: Sandbox, verdict: Verdict, principal: &str) {
+        self.state().end_lease(verdict == Verdict::Reuse, principal);
         if let Verdict::Recycle(reason) = verdict {
             return self.destroy(sandbox, reason);
         }
@@ -749,7 +825,7 @@ impl Shared {
                     let closed = shared.state().reset_done(sandbox);
                     match closed {
                         Some(sandbox) => shared.remove(sandbox.id().to_owned(), Some(sandbox)),
-                        None => shared.sandbox_ready.notify_one(),
+                        None => shared.sandbox_ready.notify_waiters(),
                     }
                 }
                 Err(failure) => {
@@ -842,7 +918,7 @@ impl Shared {
                 let closed = self.state().started(sandbox);
                 match closed {
                     Some(sandbox) => self.remove(id, Some(sandbox)),
-                    None => self.sandbox_ready.notify_one(),
+                    None => self.sandbox_ready.notify_waiters(),
                 }
                 self.background_task.notify_one();
             }
@@ -1006,8 +1082,8 @@ mod tests {
         // A burst of back-to-back calls: the one sandbox is resetting while
         // the next call arrives; it comes back in ~2 ms, so no start is needed.
         let mut state = with_idle(1);
-        assert_eq!(state.lease(), Some(0));
-        state.end_lease(true);
+        assert_eq!(state.lease("local"), Some(0));
+        state.end_lease(true, "local");
         assert_eq!(state.resetting, 1);
         assert_eq!(state.reserve_starts(&sizing(1, 8), now), 0);
         state.waiting = 1;
@@ -1085,8 +1161,8 @@ mod tests {
     #[test]
     fn a_removal_the_engine_refused_keeps_its_slot() {
         let mut state = with_idle(1);
-        assert_eq!(state.lease(), Some(0));
-        state.end_lease(false);
+        assert_eq!(state.lease("local"), Some(0));
+        state.end_lease(false, "local");
         state.removal_failed(agent_failure("engine unreachable"));
         assert_eq!((state.removing, state.total()), (1, 1));
         assert_eq!(
@@ -1106,9 +1182,48 @@ mod tests {
         assert_eq!(taken.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [0, 2, 4]);
         assert_eq!(state.idle, [1, 3, 5]);
         assert_eq!(state.removing, 3);
-        assert_eq!(state.lease(), Some(5), "the warmest still goes out first");
+        assert_eq!(
+            state.lease("local"),
+            Some(5),
+            "the warmest still goes out first"
+        );
         assert!(state.take_unfit(|_| None).is_empty());
         assert_eq!(state.idle, [1, 3]);
+    }
+
+    #[test]
+    fn the_next_sandbox_goes_to_the_waiting_principal_holding_the_fewest() {
+        let mut state: State<u32> = State::new();
+        state.idle = vec![1, 2];
+        // ann takes both, and waits for a third and a fourth.
+        assert_eq!(state.lease("ann"), Some(2));
+        assert_eq!(state.lease("ann"), Some(1));
+        state.wait("ann", true);
+        state.wait("ann", true);
+        // bob, holding none, comes to wait too; a sandbox comes back.
+        state.wait("bob", true);
+        state.idle.push(3);
+        assert_eq!(state.lease("ann"), None, "bob holds fewer: his turn");
+        assert_eq!(state.lease("bob"), Some(3));
+        state.wait("bob", false);
+        // Both hold some now; ann (2) waits, bob (1) does not: ann may take the next.
+        state.idle.push(4);
+        assert_eq!(state.lease("ann"), Some(4));
+        state.wait("ann", false);
+        // Alone, a principal takes whatever is idle however much it holds.
+        state.idle.push(5);
+        assert_eq!(state.lease("ann"), Some(5));
+        state.wait("ann", false);
+        for _ in 0..4 {
+            state.end_lease(true, "ann");
+        }
+        state.end_lease(true, "bob");
+        assert!(
+            state.shares.is_empty(),
+            "nothing kept of principals gone: {:?}",
+            state.shares
+        );
+        assert_eq!((state.busy, state.waiting), (0, 0));
     }
 
     #[test]

@@ -122,7 +122,12 @@ impl Service {
         Self {
             artifacts: ArtifactStore::new(config.artifact_ttl, config.artifact_bytes)
                 .with_per_owner(config.artifact_bytes_per_client),
-            sessions: Sessions::new(config.max_sessions, config.session_idle_ttl),
+            sessions: Sessions::new(config.max_sessions, config.session_idle_ttl)
+                .with_per_principal(
+                    config
+                        .max_sessions_per_client
+                        .unwrap_or(config.max_sessions),
+                ),
             egress: Egress::new(config.egress.clone())
                 .with_site(Arc::new(packages.clone()), site_limits),
             packages,

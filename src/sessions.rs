@@ -138,13 +138,15 @@ impl Ended {
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
     #[error(
-        "session limit reached: {live} live (MCP_BRIDGE_MAX_SESSIONS={max}): {listing}; end one \
+        "session limit reached: {live} live ({variable}={max}): {listing}; end one \
          with end_session: true, or wait until one has been idle for {ttl} \
          (MCP_BRIDGE_SESSION_IDLE_TTL)",
         ttl = humantime::format_duration(*.ttl)
     )]
     Limit {
         live: usize,
+        /// `MCP_BRIDGE_MAX_SESSIONS`, or `…_PER_CLIENT` for one principal's.
+        variable: &'static str,
         max: usize,
         listing: String,
         ttl: Duration,
@@ -196,6 +198,8 @@ struct Shared {
     table: Mutex<Table>,
     idle_ttl: Duration,
     max: usize,
+    /// Live sessions one principal may have (`MCP_BRIDGE_MAX_SESSIONS_PER_CLIENT`).
+    max_per_principal: usize,
     /// The sweeper of idle sessions was started (with the first session).
     sweeping: AtomicBool,
     /// Numbers the calls and end requests in the order they arrive.
@@ -255,10 +259,19 @@ impl Sessions {
                 table: Mutex::new(Table::default()),
                 idle_ttl,
                 max,
+                max_per_principal: max,
                 sweeping: AtomicBool::new(false),
                 arrivals: AtomicU64::new(0),
             }),
         }
+    }
+
+    /// At most `max` live sessions for each principal (the total bound stays).
+    pub fn with_per_principal(mut self, max: usize) -> Self {
+        Arc::get_mut(&mut self.shared)
+            .expect("set before the sessions are shared")
+            .max_per_principal = max;
+        self
     }
 
     /// How many sessions are live.
@@ -480,7 +493,22 @@ impl Shared {
         if table.live.len() >= self.max {
             return Err(SessionError::Limit {
                 live: table.live.len(),
+                variable: "MCP_BRIDGE_MAX_SESSIONS",
                 max: self.max,
+                listing: table.listing(&name.principal),
+                ttl: self.idle_ttl,
+            });
+        }
+        let own = table
+            .live
+            .keys()
+            .filter(|live| live.principal == name.principal)
+            .count();
+        if own >= self.max_per_principal {
+            return Err(SessionError::Limit {
+                live: own,
+                variable: "MCP_BRIDGE_MAX_SESSIONS_PER_CLIENT",
+                max: self.max_per_principal,
                 listing: table.listing(&name.principal),
                 ttl: self.idle_ttl,
             });
@@ -660,7 +688,7 @@ impl Turn {
     /// or it was lost (and the turn says why).
     async fn take_sandbox(&mut self, pool: &Pool) -> Result<(), SessionError> {
         let waiting = Instant::now();
-        let lease = pool.acquire().await;
+        let lease = pool.acquire_for(&self.name.principal).await;
         metrics::observe_wait(waiting.elapsed());
         // A failed wait drops the turn, which frees the name; why it was
         // lost stays remembered for the next call.
@@ -963,5 +991,35 @@ mod tests {
             "{error}"
         );
         assert!(!error.contains("ann"), "{error}");
+    }
+
+    #[test]
+    fn one_principal_cannot_take_every_session() {
+        let sessions = Sessions::new(4, Duration::from_secs(600)).with_per_principal(2);
+        let shared = &sessions.shared;
+        let (ann, bob) = (
+            Principal::new("ann").unwrap(),
+            Principal::new("bob").unwrap(),
+        );
+        for name in ["a", "b"] {
+            shared
+                .find_or_create(&SessionName::new(ann.clone(), name), 0)
+                .unwrap();
+        }
+        let Err(error) = shared.find_or_create(&SessionName::new(ann.clone(), "c"), 1) else {
+            panic!("ann is over her share");
+        };
+        let error = error.to_string();
+        assert!(
+            error.contains("2 live (MCP_BRIDGE_MAX_SESSIONS_PER_CLIENT=2)"),
+            "{error}"
+        );
+        // Her own live ones still serve her; bob still gets his.
+        shared
+            .find_or_create(&SessionName::new(ann, "a"), 2)
+            .unwrap();
+        shared
+            .find_or_create(&SessionName::new(bob, "a"), 3)
+            .unwrap();
     }
 }

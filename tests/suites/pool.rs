@@ -437,3 +437,46 @@ engine_test! {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+engine_test! {
+    /// Fair queueing: while one principal has 16 calls queued for a pool of
+    /// two, another's call gets the next free sandbox (it holds none), so it
+    /// ends among the first calls, not after the flood.
+    fn one_principals_flood_does_not_starve_another() {
+        let mut config = test_config();
+        config.pool_max = 2;
+        config.pool_min_idle = 2;
+        config.max_sessions = 0;
+        let service = Arc::new(started_service(config));
+        let finished = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let run = |principal: &'static str, code: &'static str| {
+            let (service, finished) = (service.clone(), finished.clone());
+            spawn(async move {
+                let mut request = request(code, Some(60.0));
+                request.principal = mcp_code_exec::principals::Principal::new(principal).unwrap();
+                let report = call(&service, &request).await;
+                assert_eq!(report.status, RunStatus::Success, "{report:?}");
+                finished.lock().unwrap().push(principal);
+            })
+        };
+        let flood: Vec<_> = (0..16)
+            .map(|_| run("flood", "import time; time.sleep(0.4)"))
+            .collect();
+        wait_until("the flood queues", Duration::from_secs(30), || {
+            service.started_pool().unwrap().status().waiting >= 14
+        });
+        let other = run("other", "print(6*7)");
+        block_on(async {
+            other.await.unwrap();
+            for call in flood {
+                call.await.unwrap();
+            }
+        });
+        let order = finished.lock().unwrap().clone();
+        let position = order.iter().position(|p| *p == "other").unwrap();
+        assert!(
+            position <= 4,
+            "the other principal's call ended as number {position} of 17: {order:?}"
+        );
+    }
+}
