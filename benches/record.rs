@@ -30,7 +30,7 @@ fn record(c: &mut Criterion, name: &str, code: &str, stdout: &str) {
             id += 1;
             let start = Arc::new(CallStart::new(id, "local", None, &[], code));
             console.begin(&start);
-            let record = console.finish(CallRecord::finished(start, &report));
+            let record = console.finish(CallRecord::finished(start, &report), Vec::new());
             audit.record(record);
         })
     });

@@ -24,7 +24,6 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -40,8 +39,10 @@ pub const OUTPUT_BYTES: usize = 8 * 1024;
 pub const ARGUMENT_BYTES: usize = 1024;
 /// The first line of the code, as a list shows it.
 const HEAD_CHARS: usize = 120;
-/// Records waiting for the writer; past this they are dropped.
-const QUEUE: usize = 1024;
+/// Records waiting for the writer; past this they are dropped. A record
+/// holds at most ~200 KiB (code, output heads, tool arguments), so a writer
+/// stalled for good (a FIFO nobody reads, a hung mount) pins at most ~50 MiB.
+const QUEUE: usize = 256;
 /// Rotated files kept beside the log (`audit.jsonl.1` … `.3`).
 const ROTATED: u32 = 3;
 /// At most one warning about a failed write per this long.
@@ -144,16 +145,14 @@ impl CallStart {
     }
 }
 
-/// One image of a call: described in the log, its PNG kept for the console.
+/// One image of a call, described (its PNG is the console's to keep, not
+/// the record's: the log's queue holds records, never their images).
 #[derive(Debug, Clone, Serialize)]
 pub struct ImageEntry {
     pub index: usize,
     pub width: u32,
     pub height: u32,
     pub bytes: usize,
-    /// Empty when the console does not keep it (see [`CallRecord::images_kept`]).
-    #[serde(skip)]
-    pub data: Bytes,
 }
 
 /// One file the call returned.
@@ -245,7 +244,6 @@ impl CallRecord {
                     width: image.width,
                     height: image.height,
                     bytes: image.bytes,
-                    data: image.data.clone(),
                 })
                 .collect(),
             files: report
@@ -286,21 +284,7 @@ impl CallRecord {
         }
     }
 
-    /// Keeps the images' PNGs while they come to at most `max` bytes
-    /// together; the rest stay described only. Returns the bytes kept.
-    pub fn images_kept(&mut self, max: usize) -> usize {
-        let mut kept = 0;
-        for image in &mut self.images {
-            if kept + image.data.len() <= max {
-                kept += image.data.len();
-            } else {
-                image.data = Bytes::new();
-            }
-        }
-        kept
-    }
-
-    /// What the record holds in memory, roughly: its texts and its images.
+    /// What the record holds in memory, roughly: its texts.
     pub fn weight(&self) -> usize {
         let start = &self.start;
         let texts = start.code.len() + start.head.len() + self.stdout.text.len();
@@ -310,8 +294,8 @@ impl CallRecord {
             .map(|call| call.arguments.len() + call.server.len() + call.tool.len() + 64)
             .sum();
         let notes: usize = self.notes.iter().map(String::len).sum();
-        let images: usize = self.images.iter().map(|image| image.data.len()).sum();
-        512 + texts + self.stderr.text.len() + calls + notes + images
+        let described = self.images.len() * 32 + self.files.len() * 64;
+        512 + texts + self.stderr.text.len() + calls + notes + described
     }
 }
 
@@ -477,10 +461,13 @@ impl LogFile {
         {
             return Ok(());
         }
+        // Not through a link planted where the log goes.
+        let nofollow = rustix::fs::OFlags::NOFOLLOW.bits();
         let file = OpenOptions::new()
             .append(true)
             .create(true)
             .mode(0o600)
+            .custom_flags(i32::try_from(nofollow).expect("a flag bit"))
             .open(&self.path)?;
         let inode = file.metadata()?.ino();
         self.open = Some((file, inode));
@@ -510,6 +497,7 @@ fn rotated(path: &Path, n: u32) -> PathBuf {
 mod tests {
     use super::*;
     use crate::report::{Image, OutputFile, ToolCall, ToolCallList};
+    use bytes::Bytes;
 
     fn start(code: &str) -> Arc<CallStart> {
         Arc::new(CallStart::new(
@@ -583,7 +571,6 @@ mod tests {
         );
         assert_eq!(line["toolCalls"][0]["arguments"], r#"{"tz":"UTC"}"#);
         assert_eq!(line["images"][0]["bytes"], 4);
-        assert!(line["images"][0].get("data").is_none(), "no PNG in the log");
         assert_eq!(line["files"][0]["path"], "a.csv");
         assert!(humantime::parse_rfc3339(line["time"].as_str().unwrap()).is_ok());
         let cancelled = line_of_cancelled();

@@ -842,9 +842,10 @@ impl<'a> CallObserver<'a> {
         }
     }
 
-    /// Keeps `record` for the console and queues it for the audit log.
-    fn keep(&self, record: CallRecord) {
-        let record = self.service.console().finish(record);
+    /// Keeps `record` (and its images' `pngs`) for the console, and queues
+    /// the record for the audit log.
+    fn keep(&self, record: CallRecord, pngs: Vec<bytes::Bytes>) {
+        let record = self.service.console().finish(record, pngs);
         self.service.audit().record(record);
     }
 
@@ -875,7 +876,12 @@ impl<'a> CallObserver<'a> {
         if report.stderr_truncated {
             metrics::observe_truncated("stderr");
         }
-        self.keep(CallRecord::finished(self.start.clone(), report));
+        let pngs = report
+            .images
+            .iter()
+            .map(|image| image.data.clone())
+            .collect();
+        self.keep(CallRecord::finished(self.start.clone(), report), pngs);
     }
 }
 
@@ -891,7 +897,7 @@ impl Drop for CallObserver<'_> {
         self.span
             .in_scope(|| tracing::info!("run cancelled by the client"));
         metrics::observe_run(status, Some(took));
-        self.keep(CallRecord::cancelled(self.start.clone()));
+        self.keep(CallRecord::cancelled(self.start.clone()), Vec::new());
     }
 }
 

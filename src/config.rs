@@ -199,6 +199,9 @@ pub struct HttpSettings {
     /// `MCP_BRIDGE_HTTP_JWT_*`: JWT access tokens of an external
     /// authorization server, besides (or instead of) the tokens file.
     pub jwt: Option<JwtSettings>,
+    /// `MCP_BRIDGE_HTTP_MAX_CONNECTIONS`: connections served at once; more
+    /// wait in the listen backlog.
+    pub max_connections: usize,
 }
 
 /// JWT access tokens (see [`crate::http::jwt`]).
@@ -228,6 +231,7 @@ impl Default for HttpSettings {
                 .to_vec(),
             resource_url: None,
             jwt: None,
+            max_connections: 4096,
         }
     }
 }
@@ -962,6 +966,16 @@ impl Config {
                     .map_err(|_| "a whole number, like 2".into())
             })?;
         let http = &mut self.http;
+        http.max_connections = vars.parse(
+            "MCP_BRIDGE_HTTP_MAX_CONNECTIONS",
+            http.max_connections,
+            |v| {
+                v.parse::<usize>()
+                    .ok()
+                    .filter(|n| (16..=1_000_000).contains(n))
+                    .ok_or_else(|| "a count from 16 to 1000000, like 4096".into())
+            },
+        )?;
         http.addr = vars.parse("MCP_BRIDGE_HTTP_ADDR", http.addr, |v| {
             parse_http_addr(v).map(Some)
         })?;
@@ -1589,6 +1603,7 @@ mod tests {
             ("MCP_BRIDGE_HTTP_ALLOWED_HOSTS", "a,,b"),
             ("MCP_BRIDGE_MAX_CALLS_PER_CLIENT", "0"),
             ("MCP_BRIDGE_MAX_SESSIONS_PER_CLIENT", "two"),
+            ("MCP_BRIDGE_HTTP_MAX_CONNECTIONS", "8"),
             ("MCP_BRIDGE_HTTP_RESOURCE_URL", "mcp.example.com"),
         ] {
             assert_eq!(config(&[(name, value)]).unwrap_err().name, name);

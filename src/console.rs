@@ -60,6 +60,15 @@ pub struct Event {
     pub json: Arc<str>,
 }
 
+/// What the live feed carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Feed {
+    /// A call's summary (JSON), as it started or finished.
+    Call(Arc<str>),
+    /// Events were skipped: the list is to be read again.
+    Resync,
+}
+
 /// The recent calls.
 #[derive(Debug)]
 pub struct Console {
@@ -72,9 +81,19 @@ pub struct Console {
 struct Inner {
     running: BTreeMap<u64, Arc<CallStart>>,
     /// Newest first.
-    finished: VecDeque<Arc<CallRecord>>,
-    /// What `finished` weighs ([`CallRecord::weight`]).
+    finished: VecDeque<Kept>,
+    /// What `finished` weighs ([`Kept::weight`]).
     bytes: usize,
+}
+
+/// A finished call as the console keeps it: its record (shared with the
+/// audit log's queue) and the PNGs of its images kept for the page.
+#[derive(Debug)]
+struct Kept {
+    record: Arc<CallRecord>,
+    /// By image index; empty: not kept (past [`CALL_IMAGE_BYTES`]).
+    pngs: Vec<bytes::Bytes>,
+    weight: usize,
 }
 
 impl Console {
@@ -105,25 +124,41 @@ impl Console {
         self.announce(&start.principal, &Summary::running(start));
     }
 
-    /// A call finished: kept (its images within [`CALL_IMAGE_BYTES`]), the
-    /// oldest let go past the bounds. Returns the record, for the audit log.
-    pub fn finish(&self, mut record: CallRecord) -> Arc<CallRecord> {
-        if !self.enabled() {
-            record.images_kept(0);
-            return Arc::new(record);
-        }
-        record.images_kept(CALL_IMAGE_BYTES);
+    /// A call finished: kept with its images' `pngs` (by index, within
+    /// [`CALL_IMAGE_BYTES`]), the oldest let go past the bounds. Returns
+    /// the record, for the audit log.
+    pub fn finish(&self, record: CallRecord, pngs: Vec<bytes::Bytes>) -> Arc<CallRecord> {
         let record = Arc::new(record);
+        if !self.enabled() {
+            return record;
+        }
+        let mut kept_bytes = 0;
+        let pngs: Vec<bytes::Bytes> = pngs
+            .into_iter()
+            .map(|png| {
+                if kept_bytes + png.len() <= CALL_IMAGE_BYTES {
+                    kept_bytes += png.len();
+                    png
+                } else {
+                    bytes::Bytes::new()
+                }
+            })
+            .collect();
+        let kept = Kept {
+            weight: record.weight() + kept_bytes,
+            record: record.clone(),
+            pngs,
+        };
         {
             let mut inner = self.inner();
             inner.running.remove(&record.start.id);
-            inner.bytes += record.weight();
-            inner.finished.push_front(record.clone());
+            inner.bytes += kept.weight;
+            inner.finished.push_front(kept);
             while inner.finished.len() > self.capacity || inner.bytes > CONSOLE_BYTES {
                 let Some(oldest) = inner.finished.pop_back() else {
                     break;
                 };
-                inner.bytes -= oldest.weight();
+                inner.bytes -= oldest.weight;
             }
         }
         self.announce(&record.start.principal, &Summary::finished(&record));
@@ -159,8 +194,8 @@ impl Console {
         let finished = inner
             .finished
             .iter()
-            .filter(|record| viewer.sees(&record.start.principal))
-            .map(|record| Summary::finished(record));
+            .filter(|kept| viewer.sees(&kept.record.start.principal))
+            .map(|kept| Summary::finished(&kept.record));
         running.chain(finished)
     }
 
@@ -173,11 +208,10 @@ impl Console {
                 .sees(&start.principal)
                 .then(|| Detail::new(Summary::running(start), start, None))
         } else {
-            inner
-                .finished
-                .iter()
-                .find(|record| record.start.id == id && viewer.sees(&record.start.principal))
-                .map(|record| Detail::new(Summary::finished(record), &record.start, Some(record)))
+            inner.find(viewer, id).map(|kept| {
+                let record = &kept.record;
+                Detail::new(Summary::finished(record), &record.start, Some(kept))
+            })
         }?;
         Some(serde_json::to_string(&detail).expect("a detail serializes"))
     }
@@ -185,25 +219,25 @@ impl Console {
     /// A kept image of a call `viewer` sees, as PNG.
     pub fn image(&self, viewer: &Viewer, id: u64, index: usize) -> Option<bytes::Bytes> {
         let inner = self.inner();
-        let record = inner
-            .finished
-            .iter()
-            .find(|record| record.start.id == id && viewer.sees(&record.start.principal))?;
-        let image = record.images.iter().find(|image| image.index == index)?;
-        (!image.data.is_empty()).then(|| image.data.clone())
+        let png = inner.find(viewer, id)?.pngs.get(index)?;
+        (!png.is_empty()).then(|| png.clone())
     }
 
-    /// The calls as they start and finish, those `viewer` sees, as JSON
-    /// summaries. A reader that falls behind skips what it missed.
-    pub fn feed(&self, viewer: Viewer) -> impl Stream<Item = Arc<str>> + Send + 'static {
+    /// The calls as they start and finish, those `viewer` sees. A reader
+    /// that falls behind skips what it missed and is told to read the list
+    /// again ([`Feed::Resync`]).
+    pub fn feed(&self, viewer: Viewer) -> impl Stream<Item = Feed> + Send + 'static {
         let receiver = self.feed.subscribe();
         futures_util::stream::unfold((receiver, viewer), |(mut receiver, viewer)| async move {
             loop {
                 match receiver.recv().await {
                     Ok(event) if viewer.sees(&event.principal) => {
-                        return Some((event.json, (receiver, viewer)));
+                        return Some((Feed::Call(event.json), (receiver, viewer)));
                     }
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Ok(_) => continue,
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        return Some((Feed::Resync, (receiver, viewer)));
+                    }
                     Err(broadcast::error::RecvError::Closed) => return None,
                 }
             }
@@ -253,6 +287,15 @@ impl Console {
         drop(inner);
         html.push_str("</ol></section></main></body></html>");
         html
+    }
+}
+
+impl Inner {
+    /// The finished call `id`, if `viewer` sees it.
+    fn find(&self, viewer: &Viewer, id: u64) -> Option<&Kept> {
+        self.finished
+            .iter()
+            .find(|kept| kept.record.start.id == id && viewer.sees(&kept.record.start.principal))
     }
 }
 
@@ -372,8 +415,9 @@ struct ImageView {
 }
 
 impl<'a> Detail<'a> {
-    fn new(summary: Summary<'a>, start: &'a CallStart, record: Option<&'a CallRecord>) -> Self {
+    fn new(summary: Summary<'a>, start: &'a CallStart, kept: Option<&'a Kept>) -> Self {
         let id = start.id;
+        let record = kept.map(|kept| &*kept.record);
         Self {
             summary,
             code: &start.code,
@@ -385,15 +429,19 @@ impl<'a> Detail<'a> {
             stdout_truncated: record.is_some_and(|r| r.stdout.truncated),
             stderr_truncated: record.is_some_and(|r| r.stderr.truncated),
             exit_code: record.and_then(|r| r.exit_code),
-            images: record.map_or_else(Vec::new, |r| {
-                r.images
+            images: kept.map_or_else(Vec::new, |kept| {
+                kept.record
+                    .images
                     .iter()
                     .map(|image| ImageView {
                         index: image.index,
                         width: image.width,
                         height: image.height,
                         bytes: image.bytes,
-                        url: (!image.data.is_empty())
+                        url: kept
+                            .pngs
+                            .get(image.index)
+                            .is_some_and(|png| !png.is_empty())
                             .then(|| format!("/api/calls/{id}/images/{}", image.index)),
                     })
                     .collect()
@@ -451,13 +499,6 @@ pub struct ServerView {
 }
 
 impl Status {
-    /// The status `viewer` may see: other principals' sessions left out.
-    pub fn for_viewer(mut self, viewer: &Viewer) -> Self {
-        self.sessions
-            .retain(|session| viewer.sees(&session.principal));
-        self
-    }
-
     fn render_pool(&self, html: &mut String) {
         let Some(pool) = &self.pool else {
             html.push_str("not started");
@@ -502,6 +543,14 @@ mod tests {
         Arc::new(CallStart::new(id, principal, None, &[], code))
     }
 
+    fn pngs(report: &RunReport) -> Vec<bytes::Bytes> {
+        report
+            .images
+            .iter()
+            .map(|image| image.data.clone())
+            .collect()
+    }
+
     fn finished(id: u64, principal: &str, code: &str, stdout: &str) -> CallRecord {
         let mut report = RunReport::nothing_ran(RunStatus::Success);
         report.stdout = stdout.into();
@@ -517,7 +566,7 @@ mod tests {
              onerror=&quot;alert(2)&quot;&gt;&#39;"
         );
         let console = Console::new(10);
-        console.finish(finished(1, "p<b>", hostile, hostile));
+        console.finish(finished(1, "p<b>", hostile, hostile), Vec::new());
         let page = console.page(&Viewer::Operator, &Status::default());
         assert!(!page.contains("<script>alert") && !page.contains("<img src=x"));
         assert!(
@@ -529,7 +578,7 @@ mod tests {
         assert_eq!(page.matches("<script").count(), 1);
         // Invalid UTF-8 reached the report as replacement characters.
         let bytes = String::from_utf8_lossy(b"ok \xff\xfe </textarea>").into_owned();
-        console.finish(finished(2, "local", &bytes, &bytes));
+        console.finish(finished(2, "local", &bytes, &bytes), Vec::new());
         let page = console.page(&Viewer::Operator, &Status::default());
         assert!(page.contains("ok \u{fffd}\u{fffd} &lt;/textarea&gt;"));
         // JSON views are JSON: the script sets them as text.
@@ -542,7 +591,7 @@ mod tests {
     fn a_megabyte_line_is_shown_cut() {
         let line = "x".repeat(1 << 20);
         let console = Console::new(10);
-        console.finish(finished(1, "local", &line, &line));
+        console.finish(finished(1, "local", &line, &line), Vec::new());
         let detail: serde_json::Value =
             serde_json::from_str(&console.call_json(&Viewer::Operator, 1).unwrap()).unwrap();
         assert_eq!(detail["codeBytes"], 1 << 20);
@@ -560,8 +609,8 @@ mod tests {
     #[test]
     fn a_principal_sees_only_its_own_calls() {
         let console = Console::new(10);
-        console.finish(finished(1, "alice", "print('a')", "a"));
-        console.finish(finished(2, "bob", "print('b')", "b"));
+        console.finish(finished(1, "alice", "print('a')", "a"), Vec::new());
+        console.finish(finished(2, "bob", "print('b')", "b"), Vec::new());
         console.begin(&start(3, "bob", "import time"));
         let alice = Viewer::Principal("alice".into());
         let list: serde_json::Value = serde_json::from_str(&console.calls_json(&alice)).unwrap();
@@ -609,15 +658,15 @@ mod tests {
             let mut report = RunReport::nothing_ran(RunStatus::Success);
             report.stdout = "y".repeat(100_000);
             report.images = vec![crate::report::Image::png(0, png.clone(), 10, 10)];
-            console.finish(CallRecord::finished(start, &report));
+            console.finish(CallRecord::finished(start, &report), pngs(&report));
         }
         let inner = console.inner();
         assert!(inner.running.is_empty());
         assert!(inner.finished.len() <= 200);
         assert!(inner.bytes <= CONSOLE_BYTES, "{}", inner.bytes);
-        let weighed: usize = inner.finished.iter().map(|r| r.weight()).sum();
+        let weighed: usize = inner.finished.iter().map(|kept| kept.weight).sum();
         assert_eq!(weighed, inner.bytes, "the count matches what is kept");
-        assert_eq!(inner.finished.front().unwrap().start.id, 9_999);
+        assert_eq!(inner.finished.front().unwrap().record.start.id, 9_999);
     }
 
     #[test]
@@ -627,7 +676,10 @@ mod tests {
         report.images = (0..3)
             .map(|i| crate::report::Image::png(i, bytes::Bytes::from(vec![1u8; 400_000]), 10, 10))
             .collect();
-        console.finish(CallRecord::finished(start(1, "local", "plot"), &report));
+        console.finish(
+            CallRecord::finished(start(1, "local", "plot"), &report),
+            pngs(&report),
+        );
         assert!(console.image(&Viewer::Operator, 1, 1).is_some());
         assert!(
             console.image(&Viewer::Operator, 1, 2).is_none(),
@@ -651,22 +703,35 @@ mod tests {
         let mut alice = Box::pin(console.feed(Viewer::Principal("alice".into())));
         console.begin(&start(1, "bob", "b"));
         console.begin(&start(2, "alice", "a"));
-        console.finish(finished(2, "alice", "a", ""));
-        let first: serde_json::Value = serde_json::from_str(&alice.next().await.unwrap()).unwrap();
+        console.finish(finished(2, "alice", "a", ""), Vec::new());
+        let first = summary(alice.next().await);
         assert_eq!(
             (first["id"].as_u64(), first["state"].as_str()),
             (Some(2), Some("running"))
         );
-        let second: serde_json::Value = serde_json::from_str(&alice.next().await.unwrap()).unwrap();
+        let second = summary(alice.next().await);
         assert_eq!(second["state"], "finished");
         assert_eq!(second["status"], "success");
+        // A reader that falls behind is told to read the list again.
+        let mut slow = Box::pin(console.feed(Viewer::Operator));
+        for id in 0..(FEED as u64 + 10) {
+            console.begin(&start(id + 100, "bob", "b"));
+        }
+        assert_eq!(slow.next().await, Some(Feed::Resync));
+    }
+
+    fn summary(item: Option<Feed>) -> serde_json::Value {
+        match item {
+            Some(Feed::Call(json)) => serde_json::from_str(&json).unwrap(),
+            other => panic!("a call's summary, not {other:?}"),
+        }
     }
 
     #[test]
     fn a_console_of_no_calls_keeps_nothing() {
         let console = Console::new(0);
         console.begin(&start(1, "local", "1"));
-        let record = console.finish(finished(1, "local", "1", ""));
+        let record = console.finish(finished(1, "local", "1", ""), Vec::new());
         assert_eq!(record.start.id, 1);
         assert!(console.inner().finished.is_empty() && console.inner().running.is_empty());
     }

@@ -143,6 +143,8 @@ pub struct HttpFrontDoor {
     router: Router,
     /// Ends every MCP session and stream of rmcp's service.
     sessions: CancellationToken,
+    /// Connections served at once (`MCP_BRIDGE_HTTP_MAX_CONNECTIONS`).
+    max_connections: usize,
 }
 
 /// The authentication `settings` ask for (a tokens file that reads, an
@@ -193,6 +195,7 @@ impl HttpFrontDoor {
             listener,
             router,
             sessions,
+            max_connections: settings.max_connections,
         })
     }
 
@@ -207,8 +210,9 @@ impl HttpFrontDoor {
             listener,
             router,
             sessions,
+            max_connections,
         } = self;
-        let server = tokio::spawn(accept(listener, router, stop.clone()));
+        let server = tokio::spawn(accept(listener, router, stop.clone(), max_connections));
         stop.cancelled().await;
         let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
         while service.calls().total() > 0 && tokio::time::Instant::now() < deadline {
@@ -239,10 +243,21 @@ impl HttpFrontDoor {
 /// dribbles its headers holds a socket that long, not forever) until `stop`;
 /// then asks each to close once its response is sent, and returns when all
 /// have.
-async fn accept(listener: tokio::net::TcpListener, router: Router, stop: CancellationToken) {
+async fn accept(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    stop: CancellationToken,
+    max_connections: usize,
+) {
     use hyper_util::rt::{TokioIo, TokioTimer};
     let connections = tokio_util::task::TaskTracker::new();
+    let open = Arc::new(tokio::sync::Semaphore::new(max_connections));
     loop {
+        // At the bound, the next connection waits in the listen backlog.
+        let permit = tokio::select! {
+            () = stop.cancelled() => break,
+            permit = open.clone().acquire_owned() => permit.expect("never closed"),
+        };
         let stream = tokio::select! {
             () = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -258,6 +273,7 @@ async fn accept(listener: tokio::net::TcpListener, router: Router, stop: Cancell
         let service = hyper_util::service::TowerToHyperService::new(router.clone());
         let stop = stop.clone();
         connections.spawn(async move {
+            let _open = permit;
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)

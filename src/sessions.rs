@@ -279,14 +279,13 @@ impl Sessions {
         self.shared.table().live.len()
     }
 
-    /// The live sessions and how long each has been idle (`None`: a call
-    /// holds it now), at most `max` of them.
-    pub fn list(&self, max: usize) -> Vec<(SessionName, Option<Duration>)> {
+    /// The live sessions (at most `MCP_BRIDGE_MAX_SESSIONS`) and how long
+    /// each has been idle (`None`: a call holds it now).
+    pub fn list(&self) -> Vec<(SessionName, Option<Duration>)> {
         let table = self.shared.table();
         table
             .live
             .iter()
-            .take(max)
             .map(|(name, session)| {
                 let idle = session
                     .seat

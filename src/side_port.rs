@@ -30,7 +30,7 @@ use axum::routing::get;
 use futures_util::StreamExt;
 use tokio::sync::Semaphore;
 
-use crate::console::{self, PoolView, SandboxView, ServerView, SessionView, Status, Viewer};
+use crate::console::{self, Feed, PoolView, SandboxView, ServerView, SessionView, Status, Viewer};
 use crate::http::auth::{Auth, Verdict};
 use crate::metrics;
 use crate::service::Service;
@@ -44,12 +44,12 @@ pub const CONSOLE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 
      img-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'none'; \
      frame-ancestors 'none'";
 
-/// Who may see the console, by the side port's address.
+/// Who may see the console, by the side port's address and the tokens.
 #[derive(Debug, Clone)]
 enum Access {
-    /// Loopback: the operator, for a request to a loopback name.
+    /// Loopback without tokens: the operator, for a request to a loopback name.
     Operator,
-    /// Beyond loopback: a bearer token's principal.
+    /// Tokens configured: a bearer token's principal, on any address.
     Bearer(Auth),
     /// Beyond loopback without tokens: nobody.
     Closed,
@@ -66,8 +66,11 @@ struct PortState {
 /// `/healthz`, `/readyz` and the console (see the module's text for who may
 /// see it; `auth` is the HTTP transport's).
 pub fn router(service: Arc<Service>, addr: SocketAddr, auth: Auth) -> Router {
+    // With tokens, a token's principal even on loopback: the port is
+    // reachable by every local user and process, and the calls are the
+    // principals' own.
     let access = match auth {
-        _ if addr.ip().is_loopback() => Access::Operator,
+        Auth::Local if addr.ip().is_loopback() => Access::Operator,
         Auth::Local => Access::Closed,
         auth @ Auth::Bearer { .. } => Access::Bearer(auth),
     };
@@ -80,11 +83,11 @@ pub fn router(service: Arc<Service>, addr: SocketAddr, auth: Auth) -> Router {
         .route("/", get(serve_page))
         .route(
             "/console.js",
-            get(|| async { asset("text/javascript", console::SCRIPT) }),
+            get(|| async { asset("text/javascript; charset=utf-8", console::SCRIPT) }),
         )
         .route(
             "/console.css",
-            get(|| async { asset("text/css", console::STYLE) }),
+            get(|| async { asset("text/css; charset=utf-8", console::STYLE) }),
         )
         .route("/api/calls", get(serve_calls))
         .route("/api/calls/{id}", get(serve_call))
@@ -125,6 +128,11 @@ async fn console_headers(request: Request, next: Next) -> Response {
         (header::X_FRAME_OPTIONS, "DENY"),
         (header::REFERRER_POLICY, "no-referrer"),
         (header::CACHE_CONTROL, "no-store"),
+        // Another site's page may not even embed an image of it.
+        (
+            HeaderName::from_static("cross-origin-resource-policy"),
+            "same-origin",
+        ),
     ] {
         headers.insert(name, HeaderValue::from_static(value));
     }
@@ -145,6 +153,15 @@ async fn viewer(state: &PortState, headers: &HeaderMap) -> Result<Viewer, Respon
         return Err(refusal(
             StatusCode::NOT_FOUND,
             "the console is off (MCP_BRIDGE_CONSOLE_CALLS=0)",
+        ));
+    }
+    // A page of another site (a fetch, an <img>, an EventSource) is refused
+    // before anything is looked up.
+    let fetched_by = headers.get("sec-fetch-site").and_then(|h| h.to_str().ok());
+    if fetched_by == Some("cross-site") {
+        return Err(refusal(
+            StatusCode::FORBIDDEN,
+            "the console answers its own pages only",
         ));
     }
     match &state.access {
@@ -184,16 +201,27 @@ async fn viewer(state: &PortState, headers: &HeaderMap) -> Result<Viewer, Respon
     }
 }
 
-/// `localhost`, `127.0.0.1` or `[::1]`, with or without a port.
+/// `localhost`, `127.0.0.1` or `[::1]`, with or without a port (digits).
 fn is_loopback_host(host: &str) -> bool {
-    let name = match host.strip_prefix('[') {
-        Some(rest) => rest.split(']').next().unwrap_or(""),
-        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    let (name, port) = match host.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some(parts) => parts,
+            None => return false,
+        },
+        None => match host.rfind(':') {
+            Some(colon) => host.split_at(colon),
+            None => (host, ""),
+        },
     };
-    name.eq_ignore_ascii_case("localhost")
-        || name
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+    let port_ok = port.is_empty()
+        || port
+            .strip_prefix(':')
+            .is_some_and(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()));
+    port_ok
+        && (name.eq_ignore_ascii_case("localhost")
+            || name
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback()))
 }
 
 fn refusal(status: StatusCode, message: &str) -> Response {
@@ -209,7 +237,7 @@ async fn serve_page(State(state): State<PortState>, headers: HeaderMap) -> Respo
         Ok(viewer) => viewer,
         Err(refused) => return refused,
     };
-    let status = status(&state.service).for_viewer(&viewer);
+    let status = status(&state.service, &viewer);
     let page = state.service.console().page(&viewer, &status);
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response()
 }
@@ -254,8 +282,7 @@ async fn serve_image(
 async fn serve_status(State(state): State<PortState>, headers: HeaderMap) -> Response {
     match viewer(&state, &headers).await {
         Ok(viewer) => json(
-            serde_json::to_string(&status(&state.service).for_viewer(&viewer))
-                .expect("a status serializes"),
+            serde_json::to_string(&status(&state.service, &viewer)).expect("a status serializes"),
         ),
         Err(refused) => refused,
     }
@@ -272,17 +299,21 @@ async fn serve_feed(State(state): State<PortState>, headers: HeaderMap) -> Respo
             "too many console pages are open at once",
         );
     };
-    let events = state.service.console().feed(viewer).map(move |json| {
+    let events = state.service.console().feed(viewer).map(move |item| {
         let _open = &permit;
-        Ok::<_, Infallible>(Event::default().event("call").data(&*json))
+        Ok::<_, Infallible>(match item {
+            Feed::Call(json) => Event::default().event("call").data(&*json),
+            Feed::Resync => Event::default().event("resync").data(""),
+        })
     });
     Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response()
 }
 
-/// The pool, the sessions and the servers, as they are now.
-fn status(service: &Service) -> Status {
+/// The pool, the sessions `viewer` sees (at most [`LISTED_SESSIONS`]) and
+/// the servers, as they are now.
+fn status(service: &Service, viewer: &Viewer) -> Status {
     let pool = service.started_pool().map(|pool| {
         let counts = pool.status();
         let mut by_state: std::collections::BTreeMap<&'static str, usize> =
@@ -306,8 +337,10 @@ fn status(service: &Service) -> Status {
         pool,
         sessions: service
             .sessions()
-            .list(LISTED_SESSIONS)
+            .list()
             .into_iter()
+            .filter(|(name, _)| viewer.sees(name.principal.as_str()))
+            .take(LISTED_SESSIONS)
             .map(|(name, idle)| SessionView {
                 name: name.name,
                 principal: name.principal.as_str().to_owned(),
@@ -381,6 +414,11 @@ mod tests {
             "localhost.evil.example",
             "",
             "[::2]:80",
+            "[::1]evil",
+            "[::1]evil:80",
+            "localhost.",
+            "[::ffff:10.0.0.1]:80",
+            "127.0.0.1.nip.io",
         ] {
             assert!(!is_loopback_host(host), "{host}");
         }

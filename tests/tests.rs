@@ -29,6 +29,8 @@ mod host_files;
 mod host_memory;
 #[path = "suites/http.rs"]
 mod http;
+#[path = "suites/http_load.rs"]
+mod http_load;
 #[path = "suites/images.rs"]
 mod images;
 #[path = "suites/isolation.rs"]

@@ -81,7 +81,14 @@
   async function resync() {
     try {
       const answer = await (await fetch("/api/calls", { cache: "no-store" })).json();
-      for (const call of (answer.calls || []).slice(0, MAX_CALLS).reverse()) upsert(call);
+      const listed = answer.calls || [];
+      for (const call of listed.slice(0, MAX_CALLS).reverse()) upsert(call);
+      // A call shown running that the server no longer lists ended unseen
+      // and is no longer kept: it goes.
+      const known = new Set(listed.map((call) => String(call.id)));
+      for (const li of calls.querySelectorAll('li.call[data-state="running"]')) {
+        if (!known.has(li.dataset.id)) li.remove();
+      }
     } catch (_) {
       // the events keep coming; the next open tries again
     }
@@ -109,6 +116,8 @@
       // EventSource retries by itself unless the answer was not an event stream.
       if (source.readyState === EventSource.CLOSED) setTimeout(connect, 3000);
     });
+    // The server's feed skipped events this page was too slow for.
+    source.addEventListener("resync", () => resync());
     source.addEventListener("call", (event) => {
       try {
         upsert(JSON.parse(event.data));

@@ -24,6 +24,8 @@ use crate::util::{block_on, fixture_server, request, test_config, wait_until, wa
 struct Ports {
     operator: SocketAddr,
     bearer: SocketAddr,
+    /// Loopback, with tokens: a token's principal here too.
+    bearer_loopback: SocketAddr,
     closed: SocketAddr,
 }
 
@@ -96,7 +98,10 @@ engine_test! {
                 operator: side_port::spawn("127.0.0.1:0".parse().unwrap(), service.clone(), Auth::Local)
                     .await
                     .unwrap(),
-                bearer: side_port::spawn(any, service.clone(), bearer_auth).await.unwrap(),
+                bearer: side_port::spawn(any, service.clone(), bearer_auth.clone()).await.unwrap(),
+                bearer_loopback: side_port::spawn("127.0.0.1:0".parse().unwrap(), service.clone(), bearer_auth)
+                    .await
+                    .unwrap(),
                 closed: side_port::spawn(any, service.clone(), Auth::Local).await.unwrap(),
             }
         });
@@ -149,7 +154,18 @@ engine_test! {
         assert!(!html.contains("<script>window"), "{html}");
         let (status, script) = text(get(ports.operator, "/console.js", "127.0.0.1", None));
         assert_eq!(status, 200);
-        assert!(!script.contains("innerHTML"), "the script only sets text");
+        for sink in ["innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "DOMParser", "eval("] {
+            assert!(!script.contains(sink), "the script only sets text, yet uses {sink}");
+        }
+        // Another site's page is refused, even on loopback.
+        let url = format!("http://127.0.0.1:{}/api/calls", ports.operator.port());
+        let cross = block_on(client().get(url).header("sec-fetch-site", "cross-site").send()).unwrap();
+        assert_eq!(cross.status(), 403);
+        // With tokens, loopback asks for one too, and shows its principal's calls only.
+        let (status, _) = text(get(ports.bearer_loopback, "/api/calls", "127.0.0.1", None));
+        assert_eq!(status, 401);
+        let (_, list) = text(get(ports.bearer_loopback, "/api/calls", "127.0.0.1", Some("bob-token")));
+        assert_eq!(ids(&list), [bob_id]);
 
         // Beyond loopback: a token's principal sees its own calls only.
         let (status, _) = text(get(ports.bearer, "/api/calls", "mcp.example", None));

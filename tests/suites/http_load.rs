@@ -1,0 +1,206 @@
+//! MCP over HTTP under load, against the built binary: a thousand idle
+//! event streams hold a descriptor each and little memory, and other
+//! clients are served meanwhile; 64 clients of four principals make 10,000
+//! calls without an error, and the server's memory stays flat.
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use mcp_code_exec::http::auth::token_hash;
+
+use crate::http::{HttpServer, INITIALIZE, free_port, http_client};
+use crate::util::{block_on, wait_until};
+
+/// The server's open descriptors and resident memory (MiB).
+fn usage(pid: u32) -> (usize, u64) {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (fds, kib / 1024)
+}
+
+/// A 2025-11-25 MCP session over HTTP: its id, after `initialize` and
+/// `notifications/initialized`.
+async fn open_session(client: &reqwest::Client, url: &str, token: &str) -> String {
+    let response = client
+        .post(url)
+        .header("Content-Type", "application/json")
+        .header("Accept", "application/json, text/event-stream")
+        .bearer_auth(token)
+        .body(INITIALIZE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let session = response.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    drop(response.bytes().await.unwrap());
+    let initialized = post(
+        client,
+        url,
+        token,
+        &session,
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#.into(),
+    )
+    .await;
+    assert_eq!(initialized.0, 202, "{}", initialized.1);
+    session
+}
+
+/// POSTs `body` in `session`: the status and the whole answer.
+async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    session: &str,
+    body: String,
+) -> (u16, String) {
+    let response = client
+        .post(url)
+        .header("Content-Type", "application/json")
+        .header("Accept", "application/json, text/event-stream")
+        .header("MCP-Protocol-Version", "2025-11-25")
+        .header("Mcp-Session-Id", session)
+        .bearer_auth(token)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
+#[test]
+fn a_thousand_idle_event_streams_are_bounded_and_others_are_served() {
+    let server = HttpServer::start_on(free_port(), &[]);
+    let url = server.url.clone();
+    let client = http_client();
+    let pid = server.pid();
+    // One session first, so what is measured after is the streams' cost.
+    block_on(open_session(&client, &url, "any"));
+    let (fds_before, rss_before) = usage(pid);
+    let streams = block_on(async {
+        let mut streams = Vec::new();
+        for _ in 0..1000 {
+            let session = open_session(&client, &url, "any").await;
+            let stream = client
+                .get(&url)
+                .header("Accept", "text/event-stream")
+                .header("MCP-Protocol-Version", "2025-11-25")
+                .header("Mcp-Session-Id", &session)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(stream.status(), 200);
+            streams.push(stream.bytes_stream());
+        }
+        streams
+    });
+    let (fds_open, rss_open) = usage(pid);
+    eprintln!(
+        "1000 idle streams: descriptors {fds_before} -> {fds_open}, resident {rss_before} -> {rss_open} MiB"
+    );
+    assert!(
+        fds_open <= fds_before + 1000 + 32,
+        "one descriptor a stream: {fds_before} -> {fds_open}"
+    );
+    // Each holds an MCP session (rmcp's, with its worker and channels) and
+    // a connection: ~75 KiB measured; at most 128 KiB.
+    assert!(
+        rss_open <= rss_before + 125,
+        "1000 idle streams took {} MiB",
+        rss_open - rss_before
+    );
+    // Another client is served meanwhile, at once.
+    let served = block_on(async {
+        let session = open_session(&client, &url, "any").await;
+        post(
+            &client,
+            &url,
+            "any",
+            &session,
+            r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#.into(),
+        )
+        .await
+    });
+    assert_eq!(served.0, 200, "{}", served.1);
+    drop(streams);
+    wait_until(
+        "the streams' descriptors closed",
+        Duration::from_secs(30),
+        || usage(pid).0 <= fds_before + 32,
+    );
+}
+
+engine_test! {
+    fn sixty_four_clients_make_ten_thousand_calls_and_memory_stays_flat() {
+        let dir = std::env::temp_dir().join(format!("mcp-http-load-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tokens = dir.join("tokens");
+        let principals = ["p0", "p1", "p2", "p3"];
+        let lines: String = principals
+            .iter()
+            .map(|p| format!("{p}:{}\n", token_hash(&format!("{p}-token"))))
+            .collect();
+        std::fs::write(&tokens, lines).unwrap();
+        let server = HttpServer::start_on(
+            free_port(),
+            &[
+                ("MCP_BRIDGE_HTTP_TOKENS_FILE", tokens.to_str().unwrap()),
+                ("MCP_BRIDGE_POOL_MIN_IDLE", "4"),
+                ("MCP_BRIDGE_POOL_MAX", "8"),
+                ("MCP_BRIDGE_LOG_LEVEL", "warn"),
+            ],
+        );
+        let (url, pid) = (server.url.clone(), server.pid());
+        let client = http_client();
+        // 64 clients, 16 of each principal (its MCP_BRIDGE_MAX_CALLS_PER_CLIENT),
+        // in two rounds: 2,000 calls, then 8,000; memory is read between.
+        let round = |calls_each: usize| {
+            let clients = (0..64).map(|n| {
+                let (client, url) = (client.clone(), url.clone());
+                let token = format!("{}-token", principals[n % 4]);
+                async move {
+                    let session = open_session(&client, &url, &token).await;
+                    for i in 0..calls_each {
+                        let body = format!(
+                            r#"{{"jsonrpc":"2.0","id":{},"method":"tools/call","params":{{"name":"run_python","arguments":{{"code":"print({n} * {i})"}}}}}}"#,
+                            i + 10
+                        );
+                        let (status, answer) = post(&client, &url, &token, &session, body).await;
+                        let expected = format!(r#""stdout":"{}\n""#, n * i);
+                        assert!(
+                            status == 200 && answer.contains("\"status\":\"success\"")
+                                && answer.contains(&expected),
+                            "client {n}, call {i}: {status} {answer}"
+                        );
+                    }
+                }
+            });
+            block_on(futures_util::stream::iter(clients).for_each_concurrent(None, |c| c));
+        };
+        let started = Instant::now();
+        round(32); // 2,048 calls
+        let (_, rss_warm) = usage(pid);
+        let warm_took = started.elapsed();
+        round(125); // 8,000 calls
+        let (_, rss_end) = usage(pid);
+        let took = started.elapsed();
+        eprintln!(
+            "64 HTTP clients, 10,048 calls: {:.0} calls/s ({:.0} in the first round); resident {rss_warm} MiB after 2,048, {rss_end} MiB after 10,048",
+            10_048.0 / took.as_secs_f64(),
+            2_048.0 / warm_took.as_secs_f64()
+        );
+        assert!(
+            rss_end <= rss_warm + 32,
+            "the server's memory grew from {rss_warm} to {rss_end} MiB over 8,000 calls"
+        );
+        drop(server);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
