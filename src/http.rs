@@ -270,6 +270,11 @@ async fn accept(
                 }
             },
         };
+        // Answers are small writes after a read: without this, Nagle's
+        // algorithm and the client's delayed ACK hold each answer ~40 ms.
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "HTTP: TCP_NODELAY not set");
+        }
         let service = hyper_util::service::TowerToHyperService::new(router.clone());
         let stop = stop.clone();
         connections.spawn(async move {
