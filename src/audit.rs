@@ -29,7 +29,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::AuditSettings;
 use crate::metrics;
-use crate::report::{RunReport, RunStatus};
+use crate::report::{RunReport, RunStatus, ToolCallList};
 
 /// The code a record keeps, from its start.
 pub const CODE_BYTES: usize = 64 * 1024;
@@ -211,23 +211,7 @@ pub struct CallRecord {
 impl CallRecord {
     /// The record of a call that ended with `report`.
     pub fn finished(start: Arc<CallStart>, report: &RunReport) -> Self {
-        let (tool_calls, tool_calls_total) = match &report.tool_calls {
-            None => (Vec::new(), 0),
-            Some(list) => (
-                list.calls
-                    .iter()
-                    .map(|call| ToolCallEntry {
-                        server: call.server.clone(),
-                        tool: call.tool.clone(),
-                        outcome: call.outcome,
-                        duration_ms: call.duration_ms,
-                        bytes: call.bytes,
-                        arguments: call.arguments.clone(),
-                    })
-                    .collect(),
-                list.total,
-            ),
-        };
+        let (tool_calls, tool_calls_total) = entries(report.tool_calls.as_ref());
         Self {
             duration_ms: start.started.elapsed().as_secs_f64() * 1e3,
             start,
@@ -263,9 +247,16 @@ impl CallRecord {
         }
     }
 
-    /// The record of a call whose client went away before its answer.
-    pub fn cancelled(start: Arc<CallStart>) -> Self {
+    /// The record of a call whose client went away before its answer: the
+    /// tool calls its run had made (`so_far`) and its sandbox, if it had one
+    /// (its output and connections are not known).
+    pub fn cancelled(
+        start: Arc<CallStart>,
+        so_far: Option<&ToolCallList>,
+        sandbox: Option<String>,
+    ) -> Self {
         let empty = || Cut::new("", 0);
+        let (tool_calls, tool_calls_total) = entries(so_far);
         Self {
             duration_ms: start.started.elapsed().as_secs_f64() * 1e3,
             start,
@@ -276,10 +267,10 @@ impl CallRecord {
             stderr: empty(),
             images: Vec::new(),
             files: Vec::new(),
-            tool_calls: Vec::new(),
-            tool_calls_total: 0,
+            tool_calls,
+            tool_calls_total,
             egress: Vec::new(),
-            sandbox: None,
+            sandbox,
             notes: Vec::new(),
         }
     }
@@ -297,6 +288,26 @@ impl CallRecord {
         let described = self.images.len() * 32 + self.files.len() * 64;
         512 + texts + self.stderr.text.len() + calls + notes + described
     }
+}
+
+/// A run's tool calls as records list them, and how many there were.
+fn entries(list: Option<&ToolCallList>) -> (Vec<ToolCallEntry>, u64) {
+    let Some(list) = list else {
+        return (Vec::new(), 0);
+    };
+    let calls = list
+        .calls
+        .iter()
+        .map(|call| ToolCallEntry {
+            server: call.server.clone(),
+            tool: call.tool.clone(),
+            outcome: call.outcome,
+            duration_ms: call.duration_ms,
+            bytes: call.bytes,
+            arguments: call.arguments.clone(),
+        })
+        .collect();
+    (calls, list.total)
 }
 
 /// The audit log's writer: records go in through a bounded queue to a
@@ -496,7 +507,7 @@ fn rotated(path: &Path, n: u32) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{Image, OutputFile, ToolCall, ToolCallList};
+    use crate::report::{Image, OutputFile, ToolCall};
     use bytes::Bytes;
 
     fn start(code: &str) -> Arc<CallStart> {
@@ -575,10 +586,18 @@ mod tests {
         assert!(humantime::parse_rfc3339(line["time"].as_str().unwrap()).is_ok());
         let cancelled = line_of_cancelled();
         assert_eq!(cancelled["status"], "cancelled");
+        assert_eq!(cancelled["toolCalls"][0]["arguments"], r#"{"tz":"UTC"}"#);
+        assert_eq!(cancelled["sandbox"], "mcp-code-exec-1-2-3");
     }
 
     fn line_of_cancelled() -> serde_json::Value {
-        line(&CallRecord::cancelled(start("while True: pass")))
+        let so_far = report().tool_calls;
+        let cancelled = CallRecord::cancelled(
+            start("while True: pass"),
+            so_far.as_ref(),
+            Some("mcp-code-exec-1-2-3".into()),
+        );
+        line(&cancelled)
     }
 
     #[test]
@@ -687,7 +706,7 @@ mod tests {
         };
         // Nobody reads the queue: a record that waited for room would hang here.
         for _ in 0..10 {
-            log.record(Arc::new(CallRecord::cancelled(start("1"))));
+            log.record(Arc::new(CallRecord::cancelled(start("1"), None, None)));
         }
     }
 

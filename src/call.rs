@@ -30,7 +30,9 @@ use crate::metrics;
 use crate::pool::{Lease, Pool, RecycleReason, Verdict};
 use crate::principals::Principal;
 use crate::proxy::{CallLimits, RunTools};
-use crate::report::{Found, Image, OutputFile, RunReport, RunStatus, SessionReport, decode_output};
+use crate::report::{
+    Found, Image, OutputFile, RunReport, RunStatus, SessionReport, ToolCallList, decode_output,
+};
 use crate::sandbox::protocol::{
     FileBounds, FileContent, ImageBounds, InputFile, RunDone, RunInput,
 };
@@ -281,7 +283,7 @@ pub async fn call_with_tail(
     tail: Option<&OutputTail>,
 ) -> RunReport {
     let observer = CallObserver::new(service, request);
-    let answer = unobserved(service, request, observer.id, tail)
+    let answer = unobserved(service, request, observer.id, tail, &observer.progress)
         .instrument(observer.span.clone())
         .await;
     observer.finished(&answer.report, answer.ran);
@@ -311,6 +313,7 @@ async fn unobserved(
     request: &CallRequest,
     call_id: u64,
     tail: Option<&OutputTail>,
+    progress: &Progress,
 ) -> Answer {
     let limits = Limits::from(service.config());
     let timeout = match limits.validate(request, service.proxy().names()) {
@@ -362,6 +365,9 @@ async fn unobserved(
         Ok(tools) => tools,
         Err(error) => return Answer::refused(RunStatus::Error, error.to_string()),
     };
+    if let Some(tools) = &tools {
+        let _ = progress.tools.set(tools.call_log());
+    }
     // The run's network: its connections end with it.
     let egress = service.egress().run();
     let wheels = service.packages().plan(&config.image, &request.packages);
@@ -387,6 +393,7 @@ async fn unobserved(
             streams: Some(&egress),
         },
         tail,
+        progress,
     };
     let mut answer = match &session {
         None => run.stateless(pool, &request.principal).await,
@@ -545,6 +552,7 @@ struct Run<'a> {
     timeout: Duration,
     services: RunServices<'a>,
     tail: Option<&'a OutputTail>,
+    progress: &'a Progress,
 }
 
 /// A run on a leased sandbox: the report, and what it means for the sandbox.
@@ -624,6 +632,7 @@ impl Run<'_> {
         let limits = self.limits;
         let mut output = CapturedOutput::default();
         output.tail = self.tail.cloned();
+        *lock(&self.progress.sandbox) = Some(lease.sandbox().name().to_owned());
         let started = Instant::now();
         let result = lease
             .sandbox()
@@ -808,7 +817,22 @@ struct CallObserver<'a> {
     finished: bool,
     /// The call as it started, for the console and the audit log.
     start: Arc<CallStart>,
+    /// What it has done so far, for its record if it is cancelled.
+    progress: Progress,
     service: &'a Service,
+}
+
+/// What a call has done so far: its run's tool calls and its sandbox, for
+/// the record of a call whose client goes away before its result.
+#[derive(Default)]
+struct Progress {
+    tools: std::sync::OnceLock<Arc<std::sync::Mutex<ToolCallList>>>,
+    sandbox: std::sync::Mutex<Option<String>>,
+}
+
+/// A lock nothing panics while holding.
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl<'a> CallObserver<'a> {
@@ -838,6 +862,7 @@ impl<'a> CallObserver<'a> {
             started: Instant::now(),
             finished: false,
             start,
+            progress: Progress::default(),
             service,
         }
     }
@@ -897,7 +922,10 @@ impl Drop for CallObserver<'_> {
         self.span
             .in_scope(|| tracing::info!("run cancelled by the client"));
         metrics::observe_run(status, Some(took));
-        self.keep(CallRecord::cancelled(self.start.clone()), Vec::new());
+        let so_far = self.progress.tools.get().map(|log| lock(log).clone());
+        let sandbox = lock(&self.progress.sandbox).take();
+        let record = CallRecord::cancelled(self.start.clone(), so_far.as_ref(), sandbox);
+        self.keep(record, Vec::new());
     }
 }
 

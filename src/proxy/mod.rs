@@ -193,7 +193,7 @@ impl Proxy {
                 ..Usage::default()
             }),
             tool_index,
-            log: Mutex::new(ToolCallList::default()),
+            log: Arc::new(Mutex::new(ToolCallList::default())),
             limits,
             approver,
             principal: principal.to_owned(),
@@ -262,7 +262,7 @@ pub struct RunTools {
     /// Only held to count, never across an `.await`.
     usage: Mutex<Usage>,
     /// The calls for the result (bounded: [`ToolCallList::LISTED`]).
-    log: Mutex<ToolCallList>,
+    log: Arc<Mutex<ToolCallList>>,
     limits: CallLimits,
     /// Who answers `ask` rules; `None`: their calls are refused.
     approver: Option<Arc<dyn Approver>>,
@@ -672,6 +672,12 @@ impl RunTools {
     /// The calls the run made, for its result.
     pub fn calls(&self) -> ToolCallList {
         self.log.lock().expect("the log is only pushed to").clone()
+    }
+
+    /// The list the run's calls go into, as they are made: for the record
+    /// of a call whose client goes away before its result.
+    pub fn call_log(&self) -> Arc<Mutex<ToolCallList>> {
+        self.log.clone()
     }
 
     /// Checks a call on its envelope alone (the server it names);

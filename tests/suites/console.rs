@@ -29,8 +29,9 @@ struct Ports {
     closed: SocketAddr,
 }
 
-fn scratch() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("mcp-console-test-{}", std::process::id()));
+/// A folder of this test's own (each test its `name`: they run at once).
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("mcp-console-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -76,7 +77,7 @@ fn run_as(service: &Service, principal: &str, code: &str) {
 
 engine_test! {
     fn the_console_shows_each_principal_its_calls_and_the_audit_log_keeps_them() {
-        let dir = scratch();
+        let dir = scratch("principals");
         let mut config = test_config();
         config.audit.path = Some(dir.join("audit.jsonl"));
         config.console_calls = 50;
@@ -229,5 +230,44 @@ engine_test! {
     /// running; screenshots land in target/test-artifacts/console.
     fn the_console_in_a_real_browser() {
         crate::e2e_mcp::sdk_script("console_browser.py", "all console checks passed");
+    }
+}
+
+engine_test! {
+    /// A call whose client goes away mid-run is recorded as `cancelled`
+    /// with the tool calls its run had made and its sandbox.
+    fn a_cancelled_call_is_recorded_with_what_its_run_had_done() {
+        let dir = scratch("cancelled");
+        let mut config = test_config();
+        config.audit.path = Some(dir.join("audit.jsonl"));
+        let proxy = Proxy::new(vec![fixture_server("fixture-console")]);
+        let service = Arc::new(warmed(Service::with_proxy(config, Arc::new(proxy))));
+        let mut request = request(
+            "await mcp_fixture_console.structured(name='before-cancel')\n\
+             print('called', flush=True)\nimport time\ntime.sleep(60)",
+            Some(90.0),
+        );
+        request.servers = vec!["fixture-console".into()];
+        let running = crate::util::spawn({
+            let service = service.clone();
+            async move { call(&service, &request).await }
+        });
+        wait_until("the call runs", Duration::from_secs(30), || {
+            service.console().calls_json(&mcp_code_exec::console::Viewer::Operator).contains("\"running\"")
+        });
+        // Its tool call is made within milliseconds of the start.
+        std::thread::sleep(Duration::from_secs(3));
+        running.abort();
+        let path = dir.join("audit.jsonl");
+        wait_until("the cancelled call's line", Duration::from_secs(10), || {
+            std::fs::read_to_string(&path).is_ok_and(|text| text.contains("cancelled"))
+        });
+        let line: Value =
+            serde_json::from_str(std::fs::read_to_string(&path).unwrap().lines().next().unwrap()).unwrap();
+        assert_eq!(line["status"], "cancelled", "{line}");
+        assert_eq!(line["toolCallsTotal"], 1, "{line}");
+        assert!(line["toolCalls"][0]["arguments"].as_str().unwrap().contains("before-cancel"));
+        assert!(line["sandbox"].as_str().unwrap().starts_with("mcp-code-exec-"), "{line}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
