@@ -37,7 +37,7 @@ pub const STYLE: &str = include_str!("console/console.css");
 
 /// Who is looking: the operator (on loopback) sees every call, a principal
 /// only its own.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Viewer {
     Operator,
     Principal(String),

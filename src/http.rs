@@ -242,8 +242,8 @@ impl HttpFrontDoor {
 /// [`HEADER_READ_TIMEOUT`], else the connection is closed: a client that
 /// dribbles its headers holds a socket that long, not forever) until `stop`;
 /// then asks each to close once its response is sent, and returns when all
-/// have.
-async fn accept(
+/// have. The side port serves its connections the same way.
+pub async fn accept(
     listener: tokio::net::TcpListener,
     router: Router,
     stop: CancellationToken,

@@ -16,6 +16,7 @@
 //! port never takes the MCP server down: a port already in use is returned
 //! to the caller as a warning.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,6 +38,10 @@ use crate::service::Service;
 
 /// Live feeds open at once; past this a page gets a 503 (it retries).
 const MAX_FEEDS: usize = 64;
+/// Live feeds one viewer may hold of them.
+const FEEDS_PER_VIEWER: usize = 8;
+/// Connections the side port serves at once; more wait in the backlog.
+const MAX_CONNECTIONS: usize = 256;
 /// Sessions the console lists.
 const LISTED_SESSIONS: usize = 200;
 /// The console's Content-Security-Policy: its own script and style only.
@@ -60,6 +65,44 @@ struct PortState {
     service: Arc<Service>,
     access: Access,
     feeds: Arc<Semaphore>,
+    /// Feeds open, by viewer (at most [`FEEDS_PER_VIEWER`] each).
+    viewers: Arc<std::sync::Mutex<HashMap<Viewer, usize>>>,
+}
+
+/// One viewer's open feed, counted while it lives.
+struct FeedSeat {
+    viewers: Arc<std::sync::Mutex<HashMap<Viewer, usize>>>,
+    viewer: Viewer,
+}
+
+impl FeedSeat {
+    fn take(
+        viewers: &Arc<std::sync::Mutex<HashMap<Viewer, usize>>>,
+        viewer: &Viewer,
+    ) -> Option<Self> {
+        let mut open = viewers.lock().unwrap_or_else(|e| e.into_inner());
+        let count = open.entry(viewer.clone()).or_default();
+        if *count >= FEEDS_PER_VIEWER {
+            return None;
+        }
+        *count += 1;
+        Some(Self {
+            viewers: viewers.clone(),
+            viewer: viewer.clone(),
+        })
+    }
+}
+
+impl Drop for FeedSeat {
+    fn drop(&mut self) {
+        let mut open = self.viewers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = open.get_mut(&self.viewer) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.viewer);
+            }
+        }
+    }
 }
 
 /// The side port's router for a port bound at `addr`: `/metrics`,
@@ -78,6 +121,7 @@ pub fn router(service: Arc<Service>, addr: SocketAddr, auth: Auth) -> Router {
         service: service.clone(),
         access,
         feeds: Arc::new(Semaphore::new(MAX_FEEDS)),
+        viewers: Arc::default(),
     };
     let console = Router::new()
         .route("/", get(serve_page))
@@ -293,6 +337,11 @@ async fn serve_feed(State(state): State<PortState>, headers: HeaderMap) -> Respo
         Ok(viewer) => viewer,
         Err(refused) => return refused,
     };
+    let Some(seat) = FeedSeat::take(&state.viewers, &viewer) else {
+        let message =
+            format!("this viewer has {FEEDS_PER_VIEWER} console pages open already: close one");
+        return refusal(StatusCode::SERVICE_UNAVAILABLE, &message);
+    };
     let Ok(permit) = state.feeds.clone().try_acquire_owned() else {
         return refusal(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -300,7 +349,7 @@ async fn serve_feed(State(state): State<PortState>, headers: HeaderMap) -> Respo
         );
     };
     let events = state.service.console().feed(viewer).map(move |item| {
-        let _open = &permit;
+        let _open = (&permit, &seat);
         Ok::<_, Infallible>(match item {
             Feed::Call(json) => Event::default().event("call").data(&*json),
             Feed::Resync => Event::default().event("resync").data(""),
@@ -384,11 +433,15 @@ pub async fn spawn(
 ) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, router(service, bound, auth)).await {
-            tracing::warn!(%error, "metrics side port stopped");
-        }
-    });
+    // The front door's loop: a request head within its timeout, a bound on
+    // connections; it serves for the process's life.
+    let router = router(service, bound, auth);
+    tokio::spawn(crate::http::accept(
+        listener,
+        router,
+        tokio_util::sync::CancellationToken::new(),
+        MAX_CONNECTIONS,
+    ));
     Ok(bound)
 }
 

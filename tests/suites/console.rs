@@ -190,6 +190,16 @@ engine_test! {
         let status_json: Value = serde_json::from_str(&status_json).unwrap();
         assert!(status_json["pool"]["max"].as_u64().unwrap() >= 1, "{status_json}");
         assert_eq!(status_json["servers"][0]["name"], "fixture-console");
+        // One principal's pages cannot take every live feed.
+        let feeds: Vec<_> = (0..8)
+            .map(|_| get(ports.bearer, "/api/events", "mcp.example", Some("alice-token")))
+            .collect();
+        assert!(feeds.iter().all(|feed| feed.status() == 200));
+        let (status, _) = text(get(ports.bearer, "/api/events", "mcp.example", Some("alice-token")));
+        assert_eq!(status, 503, "a ninth page of alice's");
+        let bobs_feed = get(ports.bearer, "/api/events", "mcp.example", Some("bob-token"));
+        assert_eq!(bobs_feed.status(), 200, "bob's page still gets one");
+        drop((feeds, bobs_feed));
         // Beyond loopback without tokens: nobody, and the reason names the variable.
         let (status, body) = text(get(ports.closed, "/api/calls", "mcp.example", None));
         assert_eq!(status, 403);
