@@ -39,6 +39,7 @@ use crate::sandbox::protocol::{
 use crate::sandbox::{CapturedOutput, RunServices, SandboxFailure, ToolCalls};
 use crate::service::Service;
 use crate::sessions::{EndReason, Ended, Ending, SessionName, Sessions};
+use crate::skills::SkillCalls;
 
 /// How many files a call may bring.
 pub const MAX_INPUT_FILES: usize = 256;
@@ -202,6 +203,7 @@ impl Limits {
             host_files: &[],
             host_data: &[],
             resend: &[],
+            skills: false,
         }
     }
 
@@ -376,9 +378,17 @@ async fn unobserved(
         .iter()
         .filter_map(|save| save.source().map(str::to_owned))
         .collect();
+    // Skills' calls are answered beside the MCP tools' (as the principal's).
+    let skills = service.skills();
+    let calls = skills.enabled().then(|| SkillCalls {
+        store: skills.clone(),
+        owner: request.principal.clone(),
+        tools: tools.as_ref().map(|tools| tools as &dyn ToolCalls),
+    });
     let run = Run {
         limits: &limits,
         input: RunInput {
+            skills: calls.is_some(),
             session: request.session.is_some(),
             packages: &request.packages,
             wheels: &wheels,
@@ -389,7 +399,10 @@ async fn unobserved(
         },
         timeout,
         services: RunServices {
-            tools: tools.as_ref().map(|tools| tools as &dyn ToolCalls),
+            tools: match &calls {
+                Some(calls) => Some(calls as &dyn ToolCalls),
+                None => tools.as_ref().map(|tools| tools as &dyn ToolCalls),
+            },
             streams: Some(&egress),
         },
         tail,

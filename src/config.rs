@@ -143,6 +143,8 @@ pub struct Config {
     pub audit: AuditSettings,
     /// Calls the console keeps in memory (`MCP_BRIDGE_CONSOLE_CALLS`).
     pub console_calls: usize,
+    /// Where runs' skills are kept (see [`crate::skills`]).
+    pub skills: SkillSettings,
     /// `MCP_BRIDGE_PROJECT_SERVERS`.
     pub project_servers: ProjectServers,
     /// Calls one principal may have in flight at once.
@@ -152,6 +154,32 @@ pub struct Config {
     pub max_sessions_per_client: Option<usize>,
     /// The streamable HTTP listener, when MCP is served over HTTP.
     pub http: HttpSettings,
+}
+
+/// The skills' store (see [`crate::skills`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkillSettings {
+    /// `MCP_BRIDGE_SKILLS_DIR`; `None` when `off`. By default
+    /// `$XDG_DATA_HOME/mcp-code-exec/skills` (`~/.local/share/…`).
+    pub dir: Option<PathBuf>,
+    /// `MCP_BRIDGE_SKILLS_BYTES`: one principal's skills together, previous
+    /// versions included.
+    pub bytes: u64,
+}
+
+impl Default for SkillSettings {
+    fn default() -> Self {
+        let data = std::env::var_os("XDG_DATA_HOME")
+            .map(PathBuf::from)
+            .filter(|dir| dir.is_absolute())
+            .or_else(|| {
+                std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/share"))
+            });
+        Self {
+            dir: data.map(|dir| dir.join("mcp-code-exec").join("skills")),
+            bytes: 64 * MIB,
+        }
+    }
 }
 
 /// The audit log (see [`crate::audit`]).
@@ -406,6 +434,7 @@ impl Default for Config {
             metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
             audit: AuditSettings::default(),
             console_calls: 200,
+            skills: SkillSettings::default(),
             project_servers: ProjectServers::Approved,
             max_calls_per_client: 16,
             max_sessions_per_client: None,
@@ -925,6 +954,23 @@ impl Config {
             }
         })?;
         self.audit.bytes = vars.parse("MCP_BRIDGE_AUDIT_LOG_BYTES", self.audit.bytes, |v| {
+            parse_bytes(v)
+                .filter(|&b| b >= MIB)
+                .ok_or_else(|| "a size of at least 1m, like 64m".into())
+        })?;
+        let dir = self.skills.dir.take();
+        self.skills.dir = vars.parse("MCP_BRIDGE_SKILLS_DIR", dir, |v| {
+            if v.eq_ignore_ascii_case("off") {
+                return Ok(None);
+            }
+            let path = PathBuf::from(v);
+            if path.is_absolute() {
+                Ok(Some(path))
+            } else {
+                Err("an absolute folder path, or off".into())
+            }
+        })?;
+        self.skills.bytes = vars.parse("MCP_BRIDGE_SKILLS_BYTES", self.skills.bytes, |v| {
             parse_bytes(v)
                 .filter(|&b| b >= MIB)
                 .ok_or_else(|| "a size of at least 1m, like 64m".into())
@@ -1552,7 +1598,26 @@ mod tests {
                 .path,
             None
         );
+        let c = config(&[
+            ("MCP_BRIDGE_SKILLS_DIR", "/srv/skills"),
+            ("MCP_BRIDGE_SKILLS_BYTES", "2m"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.skills.dir.as_deref(),
+            Some(std::path::Path::new("/srv/skills"))
+        );
+        assert_eq!(c.skills.bytes, 2 * MIB);
+        assert_eq!(
+            config(&[("MCP_BRIDGE_SKILLS_DIR", "off")])
+                .unwrap()
+                .skills
+                .dir,
+            None
+        );
         for (name, value) in [
+            ("MCP_BRIDGE_SKILLS_DIR", "skills"),
+            ("MCP_BRIDGE_SKILLS_BYTES", "10k"),
             ("MCP_BRIDGE_AUDIT_LOG", "audit.jsonl"),
             ("MCP_BRIDGE_AUDIT_LOG_BYTES", "100k"),
             ("MCP_BRIDGE_CONSOLE_CALLS", "10001"),

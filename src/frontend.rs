@@ -25,9 +25,10 @@ use std::sync::Arc;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
-    CallToolResult, Implementation, ListResourcesResult, PaginatedRequestParams,
-    ProgressNotificationParam, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult,
-    Resource, ResourceContents, ServerCapabilities, ServerConfig,
+    CallToolResult, GetSkillRequestParams, GetSkillResult, Implementation, ListResourcesResult,
+    ListSkillsResult, PaginatedRequestParams, ProgressNotificationParam, ReadResourceRequestParams,
+    ReadResourceResponse, ReadResourceResult, Resource, ResourceContents, ServerCapabilities,
+    ServerConfig, skill_name_from_uri,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler, schemars, tool, tool_handler, tool_router};
@@ -44,6 +45,7 @@ use crate::proxy::discovery::ServerDefinition;
 use crate::report::{RunReport, RunStatus};
 use crate::sandbox::protocol::{FileContent, InputFile};
 use crate::service::Service;
+use crate::skills;
 pub use result::tool_result;
 
 /// Arguments of `run_python`.
@@ -347,23 +349,27 @@ impl ServerHandler for CodeExecServer {
     }
 
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(
-            ServerCapabilities::builder()
-                .enable_tools()
-                .enable_resources()
-                .build(),
-        )
-        .with_server_info(Implementation::new(
-            env!("CARGO_PKG_NAME"),
-            env!("CARGO_PKG_VERSION"),
-        ))
-        .with_instructions(
-            "Use run_python to compute, transform data or test code, and to call the \
+        let capabilities = ServerCapabilities::builder()
+            .enable_tools()
+            .enable_resources();
+        // The skills extension (SEP-2640), when the store is on.
+        let capabilities = if self.service.skills().enabled() {
+            capabilities.enable_skills().build()
+        } else {
+            capabilities.build()
+        };
+        ServerConfig::new(capabilities)
+            .with_server_info(Implementation::new(
+                env!("CARGO_PKG_NAME"),
+                env!("CARGO_PKG_VERSION"),
+            ))
+            .with_instructions(
+                "Use run_python to compute, transform data or test code, and to call the \
              configured MCP servers from Python. Every call runs in a fresh sandbox, \
              unless calls name the same `session`: then variables, imports and files \
              persist between them (the result says whether the session is new, \
              continued or was lost).",
-        )
+            )
     }
 
     async fn list_resources(
@@ -401,6 +407,22 @@ impl ServerHandler for CodeExecServer {
             let contents = result::artifact_contents(&artifact)?;
             return Ok(ReadResourceResult::new(vec![contents]).into());
         }
+        if request.uri.starts_with(skills::SCHEME) {
+            let principal = principal_of(&context)?;
+            let store = self.service.skills().clone();
+            let uri = request.uri.clone();
+            let bytes = tokio::task::spawn_blocking(move || store.read(&principal, &uri))
+                .await
+                .ok()
+                .flatten()
+                .ok_or_else(|| {
+                    ErrorData::resource_not_found(
+                        format!("no skill file {}", request.uri),
+                        Some(serde_json::json!({ "uri": request.uri })),
+                    )
+                })?;
+            return Ok(ReadResourceResult::new(vec![skill_contents(&request.uri, bytes)]).into());
+        }
         if request.uri != CAPABILITIES_URI {
             return Err(ErrorData::resource_not_found(
                 format!(
@@ -412,8 +434,109 @@ impl ServerHandler for CodeExecServer {
                 Some(serde_json::json!({ "uri": request.uri })),
             ));
         }
-        let text = capabilities_manual(self.service.proxy().definitions());
+        let principal = principal_of(&context)?;
+        let store = self.service.skills().clone();
+        let saved = tokio::task::spawn_blocking(move || store.list(&principal))
+            .await
+            .unwrap_or_default();
+        let mut text = capabilities_manual(self.service.proxy().definitions());
+        skills_section(&mut text, self.service.skills().enabled(), &saved);
         Ok(ReadResourceResult::new(vec![ResourceContents::text(text, CAPABILITIES_URI)]).into())
+    }
+
+    async fn list_skills(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListSkillsResult, ErrorData> {
+        let principal = principal_of(&context)?;
+        let store = self.service.skills().clone();
+        let skills = tokio::task::spawn_blocking(move || store.manifests(&principal))
+            .await
+            .unwrap_or_default();
+        Ok(ListSkillsResult::with_all_items(skills))
+    }
+
+    async fn get_skill(
+        &self,
+        request: GetSkillRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetSkillResult, ErrorData> {
+        let principal = principal_of(&context)?;
+        let store = self.service.skills().clone();
+        let uri = request.uri.clone();
+        let skill = tokio::task::spawn_blocking(move || {
+            let name = skill_name_from_uri(&uri)?.replace('-', "_");
+            store
+                .manifest(&principal, &name)
+                .filter(|skill| skill.uri == uri)
+        })
+        .await
+        .ok()
+        .flatten();
+        match skill {
+            Some(skill) => Ok(GetSkillResult::new(skill)),
+            None => Err(ErrorData::invalid_params(
+                format!("no skill at {}", request.uri),
+                Some(serde_json::json!({ "uri": request.uri })),
+            )),
+        }
+    }
+}
+
+/// A skill's file as `resources/read` gives it: text when it is UTF-8.
+fn skill_contents(uri: &str, bytes: Vec<u8>) -> ResourceContents {
+    let mime = if uri.ends_with(".md") {
+        "text/markdown"
+    } else if uri.ends_with(".py") {
+        "text/x-python"
+    } else {
+        "text/plain"
+    };
+    match String::from_utf8(bytes) {
+        Ok(text) => ResourceContents::text(text, uri).with_mime_type(mime),
+        Err(error) => {
+            use base64::Engine as _;
+            let blob = base64::engine::general_purpose::STANDARD.encode(error.into_bytes());
+            ResourceContents::blob(blob, uri).with_mime_type("application/octet-stream")
+        }
+    }
+}
+
+/// The manual's list of the asker's saved skills, bounded.
+fn skills_section(text: &mut String, enabled: bool, saved: &[skills::SkillInfo]) {
+    const LISTED: usize = 100;
+    text.push_str(
+        "
+## Saved skills
+
+",
+    );
+    if !enabled {
+        text.push_str(
+            "Skills are off (MCP_BRIDGE_SKILLS_DIR=off).
+",
+        );
+        return;
+    }
+    if saved.is_empty() {
+        text.push_str(
+            "None yet: `runtime.save_skill(name, code, description)` saves one.
+",
+        );
+        return;
+    }
+    for skill in saved.iter().take(LISTED) {
+        text.push_str(&format!(
+            "- `skills.{}`: {}\n",
+            skill.name, skill.description
+        ));
+    }
+    if saved.len() > LISTED {
+        text.push_str(&format!(
+            "- … and {} more (`runtime.list_skills()`)\n",
+            saved.len() - LISTED
+        ));
     }
 }
 

@@ -26,6 +26,8 @@
 //!   reads into the frames that carry them, atomic saves.
 //! - [`engine`]: the container engine (Docker/Podman via bollard) and, in
 //!   [`engine::spec`], the hardened container specification.
+//! - [`skills`]: code runs save for later: the host's store (per principal,
+//!   one version back), the sandbox's `@skills` calls, the MCP manifests.
 //! - [`console`]: the recent calls in memory, who may see which, their live
 //!   feed and the page that shows them (escaped; script and style built in).
 //! - [`audit`]: every call as one JSON line: its record and bounds, the
@@ -69,3 +71,4 @@ pub mod sandbox;
 pub mod service;
 pub mod sessions;
 pub mod side_port;
+pub mod skills;

@@ -27,6 +27,7 @@ use crate::principals::CallQuota;
 use crate::proxy::{CallOutcome, Proxy};
 use crate::report::RunStatus;
 use crate::sessions::{EndReason, Sessions};
+use crate::skills::SkillStore;
 
 pub struct Service {
     config: Config,
@@ -46,6 +47,8 @@ pub struct Service {
     audit: Arc<AuditLog>,
     /// The recent calls, for the console (`MCP_BRIDGE_CONSOLE_CALLS`).
     console: Console,
+    /// Runs' saved skills (`MCP_BRIDGE_SKILLS_DIR`).
+    skills: Arc<SkillStore>,
 }
 
 impl std::fmt::Debug for Service {
@@ -134,6 +137,7 @@ impl Service {
             calls: CallQuota::new(config.max_calls_per_client),
             audit: Arc::new(AuditLog::open(&config.audit)),
             console: Console::new(config.console_calls),
+            skills: Arc::new(SkillStore::open(&config.skills)),
             config,
             pool: OnceCell::new(),
             proxy,
@@ -154,6 +158,10 @@ impl Service {
 
     pub fn console(&self) -> &Console {
         &self.console
+    }
+
+    pub fn skills(&self) -> &Arc<SkillStore> {
+        &self.skills
     }
 
     pub fn proxy(&self) -> &Arc<Proxy> {

@@ -51,5 +51,7 @@ mod proxy;
 mod sessions;
 #[path = "suites/shared_kernel.rs"]
 mod shared_kernel;
+#[path = "suites/skills.rs"]
+mod skills;
 #[path = "suites/stdio.rs"]
 mod stdio;

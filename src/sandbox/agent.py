@@ -382,13 +382,15 @@ def run_code(request, module, filename, channel):
         message = f"could not write the call's files: {type(exc).__name__}: {exc}"
         print(message, file=sys.stderr, flush=True)
         return 1, {"error": message, "error_type": "FileError"}, None
-    if request.get("servers") or request.get("discovered"):
+    if request.get("servers") or request.get("discovered") or request.get("skills"):
         mcp_runtime["install"](
             module.__dict__,
             channel,
             request.get("servers", []),
             request.get("discovered", []),
         )
+    if request.get("skills"):
+        skills_runtime["install"](module.__dict__, channel)
     installed = None
     if request.get("packages"):
         try:
@@ -1972,6 +1974,8 @@ streams_runtime = {"__name__": "mcp_code_exec_streams"}
 packages_runtime = {"__name__": "mcp_code_exec_packages"}
 # Which zygote's spare serves a run (spares.py), also built by main().
 spares_runtime = {"__name__": "mcp_code_exec_spares"}
+# Saved skills and their imports (skills.py), also built by main().
+skills_runtime = {"__name__": "mcp_code_exec_skills"}
 
 
 class Network:
@@ -2000,8 +2004,8 @@ def set_network_environment(port, trust):
 
 
 def main(argv):
-    """argv: the sources of mcp_runtime.py, display.py, streams.py, packages.py and
-    spares.py, the comma-separated modules the zygote imports before any run
+    """argv: the sources of mcp_runtime.py, display.py, streams.py, packages.py,
+    spares.py and skills.py, the comma-separated modules the zygote imports before any run
     (MCP_BRIDGE_PRELOAD), "light" for a light zygote beside it (or ""), the
     proxy port, then the sandbox's trust (PEM, in parts: one argument holds
     at most 128 KiB), if any."""
@@ -2014,11 +2018,12 @@ def main(argv):
     exec(compile(argv[2], "<streams>", "exec"), streams_runtime)
     exec(compile(argv[3], "<packages>", "exec"), packages_runtime)
     exec(compile(argv[4], "<spares>", "exec"), spares_runtime)
+    exec(compile(argv[5], "<skills>", "exec"), skills_runtime)
     display_runtime["register_backend"]()  # before the preload imports matplotlib
-    preload = [name for name in argv[5].split(",") if name]
-    light = preload and argv[6] == "light"
-    port = int(argv[7])
-    network.trust = "".join(argv[8:]).encode()
+    preload = [name for name in argv[6].split(",") if name]
+    light = preload and argv[7] == "light"
+    port = int(argv[8])
+    network.trust = "".join(argv[9:]).encode()
     set_network_environment(port, network.trust)
     packages_runtime["set_environment"](os.environ)
     libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # inherited by the zygote

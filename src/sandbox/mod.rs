@@ -50,6 +50,8 @@ struct AgentSource {
     packages: &'static str,
     /// Which zygote's spare serves a run, the fifth.
     spares: &'static str,
+    /// Saved skills and their imports, the sixth.
+    skills: &'static str,
 }
 
 const AGENT_SOURCE: AgentSource = AgentSource {
@@ -59,6 +61,7 @@ const AGENT_SOURCE: AgentSource = AgentSource {
     streams: include_str!("streams.py"),
     packages: include_str!("packages.py"),
     spares: include_str!("spares.py"),
+    skills: include_str!("skills.py"),
 };
 
 /// The port of the agent's HTTP proxy on the sandbox's loopback (runs see
@@ -68,7 +71,7 @@ pub const PROXY_PORT: u16 = 3128;
 const MAX_ARGUMENT: usize = 120 * 1024;
 
 /// The container's command: `python3 -c AGENT MCP_PACKAGE DISPLAY STREAMS
-/// PACKAGES SPARES PRELOAD LIGHT PORT [TRUST...]`, where PRELOAD is the
+/// PACKAGES SPARES SKILLS PRELOAD LIGHT PORT [TRUST...]`, where PRELOAD is the
 /// comma-separated modules the zygote imports before any run, LIGHT `light`
 /// for a light zygote beside it (or empty), PORT the proxy's, and TRUST the
 /// sandbox's CA bundle (PEM; in parts, an argument being bounded), if any.
@@ -82,6 +85,7 @@ pub fn agent_command(config: &Config) -> Vec<String> {
         AGENT_SOURCE.streams.into(),
         AGENT_SOURCE.packages.into(),
         AGENT_SOURCE.spares.into(),
+        AGENT_SOURCE.skills.into(),
         config.preload.join(","),
         if config.light_spare() { "light" } else { "" }.into(),
         PROXY_PORT.to_string(),
@@ -743,15 +747,16 @@ mod tests {
         assert!(command[5].contains("class Streams"));
         assert!(command[6].contains("def site_dir("));
         assert!(command[7].contains("def needs_preload("));
-        assert_eq!(command[8], "numpy,pandas");
-        assert_eq!(command[9], "light");
-        assert_eq!(command[10], "3128");
-        assert_eq!(command.len(), 11, "no trust: nothing more");
+        assert!(command[8].contains("class _Finder("));
+        assert_eq!(command[9], "numpy,pandas");
+        assert_eq!(command[10], "light");
+        assert_eq!(command[11], "3128");
+        assert_eq!(command.len(), 12, "no trust: nothing more");
         let single = Config {
             light_spare: Some(false),
             ..config.clone()
         };
-        assert_eq!(agent_command(&single)[9], "");
+        assert_eq!(agent_command(&single)[10], "");
         // A trust of 300 KB travels in parts, whole, cut at characters.
         let pem = format!("-----BEGIN CERTIFICATE-----\n{}é\n", "A".repeat(300_000));
         config.egress.ca_bundle = Some(crate::config::CaBundle {
@@ -759,8 +764,8 @@ mod tests {
             pem: pem.clone(),
         });
         let command = agent_command(&config);
-        assert_eq!(command[11..].concat(), pem);
-        assert!(command.len() > 12);
+        assert_eq!(command[12..].concat(), pem);
+        assert!(command.len() > 13);
         // Each argv entry within MAX_ARG_STRLEN (128 KiB).
         assert!(command.iter().all(|arg| arg.len() < 128 * 1024));
     }

@@ -253,6 +253,10 @@ pub struct RunInput<'a> {
     /// session's last call (what the call saves).
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     pub resend: &'a [String],
+    /// The run may save and import skills (`runtime.save_skill`,
+    /// `from skills import …`): its `@skills` calls are answered.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub skills: bool,
 }
 
 /// One file or folder the agent makes under `/workspace`.
@@ -959,6 +963,7 @@ mod tests {
             host_files: &[],
             host_data: &[],
             resend: &[],
+            skills: false,
         }
     }
 

@@ -44,3 +44,8 @@ def streams_module():
 @pytest.fixture(scope="session")
 def spares():
     return load("spares")
+
+
+@pytest.fixture(scope="session")
+def skills_module():
+    return load("skills")

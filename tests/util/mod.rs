@@ -106,6 +106,10 @@ pub fn test_config() -> Config {
     config.memory_bytes = 256 << 20;
     config.pool_wait_timeout = Duration::from_secs(90);
     // The tests' calls are audited in the scratch folder, not the user's state.
+    // Skills too: a suite that tests them names its own folder.
+    config.skills.dir = Some(
+        std::env::temp_dir().join(format!("mcp-code-exec-test-skills-{}", std::process::id())),
+    );
     config.audit.path = Some(std::env::temp_dir().join(format!(
         "mcp-code-exec-test-audit-{}.jsonl",
         std::process::id()

@@ -1,0 +1,134 @@
+# mcp-code-exec: skills as sandboxed code sees them.
+#
+# The agent compiles this once at startup (its sixth argument) and, in a run
+# the host lets use skills, calls `install(env, channel)`: `runtime` gains
+# save_skill, list_skills, delete_skill and restore_skill, and the package
+# `skills` imports each saved skill as `skills.<name>` from the host, on
+# import, through the run's channel to the host (the `@skills` calls). The
+# host stores bytes and checks names and sizes; the code is compiled here
+# before it is saved and only ever runs here.
+
+import base64
+import importlib.abc
+import importlib.util
+import linecache
+import re
+import sys
+import types
+
+SERVER = "@skills"
+NAME = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*\Z")
+
+
+class SkillError(Exception):
+    """The skill store refused (a bad name, a size over its bound, no such skill)."""
+
+
+def _ask(channel, operation, arguments):
+    answer = channel.request(SERVER, operation, arguments).result()
+    if not answer.get("ok"):
+        raise SkillError(answer.get("error") or "the skill store refused")
+    return answer.get("result")
+
+
+def _check_name(name):
+    if not isinstance(name, str) or len(name) > 64 or not NAME.match(name):
+        raise SkillError(
+            f"{name!r} is not a skill name: a lowercase letter, then lowercase letters, digits and "
+            "single underscores between them, at most 64 (like load_sales)"
+        )
+
+
+def _filename(name):
+    return f"skill://{name.replace('_', '-')}/{name}.py"
+
+
+class _Skills:
+    """The skill functions bound onto `runtime`."""
+
+    def __init__(self, channel):
+        self._channel = channel
+
+    def save_skill(self, name, code, description, files=None, usage=None):
+        """Saves `code` as the skill `name` (a module: `from skills import name`
+        in later runs) with a one-line `description`, an optional `usage`
+        text for its SKILL.md and `files` ({relative path: str or bytes}).
+        The code must compile; a skill of that name is replaced, and
+        restore_skill(name) brings it back."""
+        _check_name(name)
+        if not isinstance(code, str) or not isinstance(description, str):
+            raise TypeError("save_skill(name, code, description): code and description are str")
+        compile(code, _filename(name), "exec")  # a SyntaxError is the caller's
+        encoded = {}
+        for path, data in (files or {}).items():
+            if isinstance(data, str):
+                data = data.encode()
+            encoded[path] = base64.b64encode(bytes(data)).decode()
+        arguments = {"name": name, "code": code, "description": description, "files": encoded}
+        if usage is not None:
+            arguments["usage"] = str(usage)
+        saved = _ask(self._channel, "save", arguments)
+        sys.modules.pop(f"skills.{name}", None)  # the next import reads the new one
+        return saved
+
+    def list_skills(self):
+        """The saved skills: [{"name", "description", "bytes"}]."""
+        return _ask(self._channel, "list", {})
+
+    def delete_skill(self, name):
+        _check_name(name)
+        sys.modules.pop(f"skills.{name}", None)
+        return _ask(self._channel, "delete", {"name": name})
+
+    def restore_skill(self, name):
+        """Brings back the version the last save of `name` replaced."""
+        _check_name(name)
+        sys.modules.pop(f"skills.{name}", None)
+        return _ask(self._channel, "restore", {"name": name})
+
+
+class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Finds `skills.<name>` on the host; tracebacks show its source."""
+
+    def __init__(self, channel):
+        self._channel = channel
+
+    def find_spec(self, fullname, path, target=None):
+        prefix, _, name = fullname.partition(".")
+        if prefix != "skills" or not name or "." in name or not NAME.match(name):
+            return None
+        return importlib.util.spec_from_loader(fullname, self, origin=_filename(name))
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        name = module.__name__.partition(".")[2]
+        try:
+            source = _ask(self._channel, "source", {"name": name})["code"]
+        except SkillError as exc:
+            # Without `name`: `from skills import x` would take a
+            # ModuleNotFoundError naming `skills.x` for "no such attribute"
+            # and say only "cannot import name".
+            raise ModuleNotFoundError(f"no skill {name!r} ({exc})") from None
+        filename = _filename(name)
+        linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
+        module.__file__ = filename
+        exec(compile(source, filename, "exec"), module.__dict__)
+
+
+def install(env, channel):
+    """Binds the skill functions onto `env["runtime"]` and makes the
+    `skills` package importable, for this process (a session's later calls
+    find it there)."""
+    runtime = env["runtime"]
+    skills = _Skills(channel)
+    for name in ("save_skill", "list_skills", "delete_skill", "restore_skill"):
+        setattr(runtime, name, getattr(skills, name))
+    if not getattr(sys.modules.get("skills"), "_saved_skills", False):
+        package = types.ModuleType("skills", "The skills saved by runs: `from skills import <name>`.")
+        package.__path__ = []
+        package._saved_skills = True
+        sys.modules["skills"] = package
+    sys.meta_path[:] = [finder for finder in sys.meta_path if not isinstance(finder, _Finder)]
+    sys.meta_path.insert(0, _Finder(channel))

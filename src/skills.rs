@@ -1,0 +1,696 @@
+//! Skills: code a run saves for later (`runtime.save_skill`), importable in
+//! every later run (`from skills import name`) and served to the client as
+//! MCP skills (`skills/list`, `skills/get`, `skill://` resources).
+//!
+//! Owns the host's store of them (`MCP_BRIDGE_SKILLS_DIR`, one folder per
+//! principal, one per skill: `SKILL.md`, `<name>.py`, its other files; the
+//! version it replaced in `.previous/`), the checks on what is stored
+//! (names, paths, sizes per skill and in all, `MCP_BRIDGE_SKILLS_BYTES`),
+//! atomic replacement (staged, then renamed; one writer at a time), and the
+//! sandbox's `@skills` calls, answered beside the run's MCP tool calls
+//! ([`SkillCalls`]). A skill is user code: the host only stores bytes and
+//! checks names and sizes; it runs only inside sandboxes (the sandbox's
+//! `skills.py` compiles it before saving and imports it). Nothing here
+//! speaks MCP ([`crate::frontend`] serves the manifests) or sees a container.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use rmcp::model::{Skill, SkillFrontmatter, SkillResource, SkillResources};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::config::SkillSettings;
+use crate::principals::Principal;
+use crate::sandbox::protocol::encode_answer;
+use crate::sandbox::{HostFrame, ToolCalls};
+
+/// What the sandbox names as the server of its skill calls (no MCP server
+/// of the user's is named so: names start with a letter or digit).
+pub const SERVER: &str = "@skills";
+/// One skill's files together, at most.
+pub const SKILL_BYTES: usize = 1 << 20;
+/// Files of one skill besides its `SKILL.md` and module.
+const SKILL_FILES: usize = 32;
+/// The longest one-line description.
+const DESCRIPTION_CHARS: usize = 1024;
+/// The scheme of the skills' files as MCP resources.
+pub const SCHEME: &str = "skill://";
+
+/// The store of every principal's skills.
+#[derive(Debug)]
+pub struct SkillStore {
+    /// `None`: skills are off (`MCP_BRIDGE_SKILLS_DIR=off`).
+    root: Option<PathBuf>,
+    max_bytes: u64,
+    /// One save, delete or restore at a time (two runs saving one name at
+    /// once: the later wins, the earlier is its previous version).
+    writing: Mutex<()>,
+}
+
+/// A skill as listed: its module name, description and size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SkillInfo {
+    pub name: String,
+    pub description: String,
+    pub bytes: u64,
+}
+
+/// What `runtime.save_skill` sends.
+#[derive(Debug, Deserialize)]
+struct Save {
+    name: String,
+    code: String,
+    description: String,
+    #[serde(default)]
+    usage: Option<String>,
+    /// Relative path → base64 bytes.
+    #[serde(default)]
+    files: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Named {
+    name: String,
+}
+
+impl SkillStore {
+    pub fn open(settings: &SkillSettings) -> Self {
+        Self {
+            root: settings.dir.clone(),
+            max_bytes: settings.bytes,
+            writing: Mutex::new(()),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.root.is_some()
+    }
+
+    /// The folder of `owner`'s skills (its name escaped: `jwt:` principals
+    /// carry any text).
+    fn owner_dir(&self, owner: &Principal) -> Result<PathBuf, String> {
+        let root = self
+            .root
+            .as_ref()
+            .ok_or("skills are off (MCP_BRIDGE_SKILLS_DIR=off)")?;
+        let mut name = String::from("p-");
+        for byte in owner.as_str().bytes() {
+            if byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-' {
+                name.push(char::from(byte));
+            } else {
+                name.push_str(&format!("%{byte:02x}"));
+            }
+        }
+        Ok(root.join(name))
+    }
+
+    /// Stores a skill, keeping the version it replaces as the previous one.
+    fn save(&self, owner: &Principal, save: Save) -> Result<Value, String> {
+        check_name(&save.name)?;
+        let description = save.description.trim();
+        if description.is_empty()
+            || description.contains(['\n', '\r'])
+            || description.chars().count() > DESCRIPTION_CHARS
+        {
+            return Err(format!(
+                "a skill's description is one line of 1 to {DESCRIPTION_CHARS} characters"
+            ));
+        }
+        if save.files.len() > SKILL_FILES {
+            return Err(format!(
+                "a skill has at most {SKILL_FILES} files besides its module"
+            ));
+        }
+        let name = &save.name;
+        let module = format!("{name}.py");
+        let mut files: Vec<(String, Vec<u8>)> = vec![
+            (
+                "SKILL.md".into(),
+                skill_md(name, description, save.usage.as_deref()).into_bytes(),
+            ),
+            (module.clone(), save.code.into_bytes()),
+        ];
+        for (path, data) in save.files {
+            check_path(&path)?;
+            if path == "SKILL.md" || path == module {
+                return Err(format!(
+                    "{path} is the skill's own: pass it as code or description"
+                ));
+            }
+            let data = base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .map_err(|error| format!("{path}: not base64 ({error})"))?;
+            files.push((path, data));
+        }
+        let bytes: usize = files.iter().map(|(_, data)| data.len()).sum();
+        if bytes > SKILL_BYTES {
+            return Err(format!(
+                "the skill is {bytes} bytes; a skill may be at most {SKILL_BYTES} bytes, its files together"
+            ));
+        }
+        let dir = self.owner_dir(owner)?;
+        let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        let replaced = folder_bytes(&dir.join(".previous").join(name));
+        let used = folder_bytes(&dir).saturating_sub(replaced);
+        if used + bytes as u64 > self.max_bytes {
+            return Err(format!(
+                "the skill store is full: {used} bytes used, {bytes} more would pass \
+                 {} (MCP_BRIDGE_SKILLS_BYTES); delete a skill with runtime.delete_skill(name)",
+                self.max_bytes
+            ));
+        }
+        let staging = dir.join(format!(".staging-{name}"));
+        let written = write_folder(&staging, &files);
+        if let Err(error) = written {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(format!("the skill could not be stored: {error}"));
+        }
+        let current = dir.join(name);
+        let previous = dir.join(".previous").join(name);
+        let kept_previous = current.exists();
+        let swapped = (|| {
+            if kept_previous {
+                std::fs::create_dir_all(dir.join(".previous"))?;
+                if previous.exists() {
+                    std::fs::remove_dir_all(&previous)?;
+                }
+                std::fs::rename(&current, &previous)?;
+            }
+            std::fs::rename(&staging, &current)
+        })();
+        swapped.map_err(|error| format!("the skill could not be stored: {error}"))?;
+        Ok(json!({
+            "name": name,
+            "bytes": bytes,
+            "replaced": kept_previous,
+            "uri": format!("{SCHEME}{}/SKILL.md", skill_name(name)),
+        }))
+    }
+
+    /// `owner`'s skills, by name.
+    pub fn list(&self, owner: &Principal) -> Vec<SkillInfo> {
+        let Ok(dir) = self.owner_dir(owner) else {
+            return Vec::new();
+        };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Vec::new();
+        };
+        let mut skills: Vec<SkillInfo> = entries
+            .filter_map(Result::ok)
+            .filter_map(|entry| {
+                let name = entry.file_name().into_string().ok()?;
+                check_name(&name).ok()?;
+                let text = std::fs::read_to_string(entry.path().join("SKILL.md")).ok()?;
+                Some(SkillInfo {
+                    description: description_of(&text),
+                    bytes: folder_bytes(&entry.path()),
+                    name,
+                })
+            })
+            .collect();
+        skills.sort_by(|a, b| a.name.cmp(&b.name));
+        skills
+    }
+
+    /// A skill's module source.
+    fn source(&self, owner: &Principal, name: &str) -> Result<String, String> {
+        check_name(name)?;
+        let path = self.owner_dir(owner)?.join(name).join(format!("{name}.py"));
+        std::fs::read_to_string(path).map_err(|_| format!("no skill {name:?} is saved"))
+    }
+
+    fn delete(&self, owner: &Principal, name: &str) -> Result<Value, String> {
+        check_name(name)?;
+        let dir = self.owner_dir(owner)?;
+        let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        let current = dir.join(name);
+        if !current.exists() {
+            return Err(format!("no skill {name:?} is saved"));
+        }
+        std::fs::remove_dir_all(&current).map_err(|e| format!("not deleted: {e}"))?;
+        Ok(json!({ "name": name, "deleted": true }))
+    }
+
+    /// Brings back the version a save replaced (the current one becomes
+    /// the previous: restoring twice undoes it).
+    fn restore(&self, owner: &Principal, name: &str) -> Result<Value, String> {
+        check_name(name)?;
+        let dir = self.owner_dir(owner)?;
+        let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        let (current, previous) = (dir.join(name), dir.join(".previous").join(name));
+        if !previous.exists() {
+            return Err(format!("skill {name:?} has no previous version"));
+        }
+        let swap = dir.join(format!(".staging-{name}"));
+        let _ = std::fs::remove_dir_all(&swap);
+        let swapped = (|| {
+            let had_current = current.exists();
+            if had_current {
+                std::fs::rename(&current, &swap)?;
+            }
+            std::fs::rename(&previous, &current)?;
+            if had_current {
+                std::fs::rename(&swap, &previous)?;
+            }
+            Ok::<_, std::io::Error>(())
+        })();
+        swapped.map_err(|e| format!("not restored: {e}"))?;
+        Ok(json!({ "name": name, "restored": true }))
+    }
+
+    /// `owner`'s skills as the MCP skills extension lists them.
+    pub fn manifests(&self, owner: &Principal) -> Vec<Skill> {
+        self.list(owner)
+            .into_iter()
+            .filter_map(|info| self.manifest(owner, &info.name))
+            .collect()
+    }
+
+    /// One skill's manifest: its `SKILL.md` URI, front matter and files.
+    pub fn manifest(&self, owner: &Principal, name: &str) -> Option<Skill> {
+        let dir = self.owner_dir(owner).ok()?.join(name);
+        let skill_md = std::fs::read_to_string(dir.join("SKILL.md")).ok()?;
+        let base = format!("{SCHEME}{}/", skill_name(name));
+        let mut resources = Vec::new();
+        for (path, data) in read_folder(&dir).ok()? {
+            resources.push(SkillResource::from_bytes(format!("{base}{path}"), &data));
+        }
+        resources.sort_by(|a, b| a.uri.cmp(&b.uri));
+        let frontmatter = SkillFrontmatter::new(skill_name(name), description_of(&skill_md));
+        Some(Skill::new(
+            format!("{base}SKILL.md"),
+            frontmatter,
+            SkillResources::Files(resources),
+        ))
+    }
+
+    /// The file of `owner`'s skills at `uri` (`skill://<name>/<path>`).
+    pub fn read(&self, owner: &Principal, uri: &str) -> Option<Vec<u8>> {
+        let rest = uri.strip_prefix(SCHEME)?;
+        let (skill, path) = rest.split_once('/')?;
+        let name = skill.replace('-', "_");
+        check_name(&name).ok()?;
+        check_path(path).ok()?;
+        let file = self.owner_dir(owner).ok()?.join(&name).join(path);
+        std::fs::read(file).ok()
+    }
+
+    /// Answers one `@skills` call of a run of `owner`.
+    fn answer(&self, owner: &Principal, op: &str, arguments: Value) -> Result<Value, String> {
+        let named = || {
+            serde_json::from_value::<Named>(arguments.clone())
+                .map(|named| named.name)
+                .map_err(|e| format!("{op}: {e}"))
+        };
+        match op {
+            "save" => {
+                let save: Save =
+                    serde_json::from_value(arguments).map_err(|e| format!("save_skill: {e}"))?;
+                self.save(owner, save)
+            }
+            "list" => Ok(serde_json::to_value(self.list(owner)).expect("infos serialize")),
+            "source" => self
+                .source(owner, &named()?)
+                .map(|code| json!({ "code": code })),
+            "delete" => self.delete(owner, &named()?),
+            "restore" => self.restore(owner, &named()?),
+            _ => Err(format!("no skill operation {op:?}")),
+        }
+    }
+}
+
+/// A module name: `[a-z][a-z0-9]*`, words joined by single underscores
+/// (so its MCP name, hyphens for underscores, is a valid skill name).
+fn check_name(name: &str) -> Result<(), String> {
+    let valid = name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('_')
+        && !name.contains("__")
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a skill name: a lowercase letter, then lowercase letters, digits \
+             and single underscores between them, at most 64 (like load_sales)"
+        ))
+    }
+}
+
+/// The MCP skill name of module `name` (`load_sales` → `load-sales`).
+fn skill_name(name: &str) -> String {
+    name.replace('_', "-")
+}
+
+/// A relative path of a skill's file: parts of letters, digits, `.`, `_`
+/// and `-`, none hidden or `..`, at most 4 deep.
+fn check_path(path: &str) -> Result<(), String> {
+    let parts: Vec<&str> = path.split('/').collect();
+    let valid = !path.is_empty()
+        && parts.len() <= 4
+        && parts.iter().all(|part| {
+            !part.is_empty()
+                && !part.starts_with('.')
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        });
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "{path:?} is not a skill file's path: relative, parts of letters, digits, . _ -, \
+             none hidden, at most 4 deep"
+        ))
+    }
+}
+
+/// The generated `SKILL.md`: front matter (name, description), then usage.
+fn skill_md(name: &str, description: &str, usage: Option<&str>) -> String {
+    let quoted = serde_json::to_string(description).expect("a string serializes");
+    let mut text = format!(
+        "---\nname: {}\ndescription: {quoted}\n---\n\n# {name}\n\n{description}\n\n\
+         In a run: `from skills import {name}`, or `from skills.{name} import ...`.\n",
+        skill_name(name)
+    );
+    if let Some(usage) = usage.filter(|u| !u.trim().is_empty()) {
+        text.push_str("\n## Usage\n\n");
+        text.push_str(usage.trim());
+        text.push('\n');
+    }
+    text.push_str(&format!("\nModule: [{name}.py]({name}.py)\n"));
+    text
+}
+
+/// The description in a `SKILL.md`'s front matter.
+fn description_of(skill_md: &str) -> String {
+    skill_md
+        .lines()
+        .find_map(|line| line.strip_prefix("description: "))
+        .map(|quoted| serde_json::from_str(quoted).unwrap_or_else(|_| quoted.to_owned()))
+        .unwrap_or_default()
+}
+
+fn write_folder(dir: &Path, files: &[(String, Vec<u8>)]) -> std::io::Result<()> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)?;
+    }
+    for (path, data) in files {
+        let file = dir.join(path);
+        std::fs::create_dir_all(file.parent().expect("beneath dir"))?;
+        std::fs::write(file, data)?;
+    }
+    Ok(())
+}
+
+/// Every file beneath `dir` (relative paths), links not followed.
+fn read_folder(dir: &Path) -> std::io::Result<Vec<(String, Vec<u8>)>> {
+    let mut files = Vec::new();
+    let mut stack = vec![(dir.to_owned(), String::new())];
+    while let Some((folder, prefix)) = stack.pop() {
+        for entry in std::fs::read_dir(&folder)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let kind = entry.file_type()?;
+            let path = format!("{prefix}{name}");
+            if kind.is_dir() {
+                stack.push((entry.path(), format!("{path}/")));
+            } else if kind.is_file() {
+                files.push((path, std::fs::read(entry.path())?));
+            }
+        }
+    }
+    Ok(files)
+}
+
+/// The bytes of the files beneath `dir` (0 when there is none).
+fn folder_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|entry| match entry.file_type() {
+            Ok(kind) if kind.is_dir() => folder_bytes(&entry.path()),
+            Ok(kind) if kind.is_file() => entry.metadata().map_or(0, |meta| meta.len()),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// A run's calls to the host: its `@skills` calls answered by the store
+/// (as the run's principal), every other call handed to the run's MCP
+/// tools, if it has any.
+pub struct SkillCalls<'a> {
+    pub store: std::sync::Arc<SkillStore>,
+    pub owner: Principal,
+    pub tools: Option<&'a dyn ToolCalls>,
+}
+
+impl std::fmt::Debug for SkillCalls<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SkillCalls")
+            .field("owner", &self.owner)
+            .field("tools", &self.tools.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the sandbox's `mcp` package is built from when a run has skills
+/// but no MCP servers: nothing.
+fn no_servers() -> &'static Value {
+    static EMPTY: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(|| json!({}))
+}
+
+/// The envelope of a skill call, as the sandbox's channel writes it.
+#[derive(Deserialize)]
+struct Envelope {
+    id: Value,
+    tool: String,
+    #[serde(default)]
+    arguments: Value,
+}
+
+#[derive(Serialize)]
+struct Answer<'a> {
+    id: &'a Value,
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// Whether the call's JSON names [`SERVER`]: the channel writes
+/// `{"id":N,"server": "@skills", ...`; anything else is the MCP tools'.
+fn is_skill_call(request: &[u8]) -> bool {
+    let Some(comma) = request.iter().position(|&b| b == b',') else {
+        return false;
+    };
+    request[comma + 1..].starts_with(br#""server": "@skills""#)
+}
+
+impl ToolCalls for SkillCalls<'_> {
+    fn metadata(&self) -> &Value {
+        match self.tools {
+            Some(tools) => tools.metadata(),
+            None => no_servers(),
+        }
+    }
+
+    fn call(&self, request: Bytes) -> BoxFuture<'_, HostFrame> {
+        if !is_skill_call(&request) {
+            return match self.tools {
+                Some(tools) => tools.call(request),
+                None => Box::pin(async move {
+                    let answer = Answer {
+                        id: &Value::Null,
+                        ok: false,
+                        result: None,
+                        error: Some("this run has no MCP servers".into()),
+                    };
+                    HostFrame::new(encode_answer(&answer, 64), None)
+                }),
+            };
+        }
+        Box::pin(async move {
+            let (id, answered) = match serde_json::from_slice::<Envelope>(&request) {
+                Err(error) => (Value::Null, Err(format!("malformed skill call: {error}"))),
+                Ok(envelope) => {
+                    let (store, owner) = (self.store.clone(), self.owner.clone());
+                    let Envelope {
+                        id,
+                        tool,
+                        arguments,
+                    } = envelope;
+                    // Files: off the runtime's threads.
+                    let answered =
+                        tokio::task::spawn_blocking(move || store.answer(&owner, &tool, arguments))
+                            .await
+                            .unwrap_or_else(|_| Err("the skill store failed".into()));
+                    (id, answered)
+                }
+            };
+            let (result, error) = match answered {
+                Ok(result) => (Some(result), None),
+                Err(error) => (None, Some(error)),
+            };
+            let answer = Answer {
+                id: &id,
+                ok: error.is_none(),
+                result,
+                error,
+            };
+            HostFrame::new(encode_answer(&answer, 256), None)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(bytes: u64) -> (SkillStore, PathBuf) {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("mcp-skills-test-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let settings = SkillSettings {
+            dir: Some(dir.clone()),
+            bytes,
+        };
+        (SkillStore::open(&settings), dir)
+    }
+
+    fn save(name: &str, code: &str) -> Value {
+        json!({"name": name, "code": code, "description": "Loads the sales table."})
+    }
+
+    #[test]
+    fn a_skill_is_saved_listed_replaced_restored_and_deleted() {
+        let (store, dir) = store(1 << 20);
+        let ann = Principal::new("ann").unwrap();
+        let saved = store.answer(&ann, "save", save("load_sales", "def f():\n    return 1\n"));
+        assert_eq!(saved.unwrap()["uri"], "skill://load-sales/SKILL.md");
+        let listed = store.list(&ann);
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].description, "Loads the sales table.");
+        store
+            .answer(&ann, "save", save("load_sales", "def f():\n    return 2\n"))
+            .unwrap();
+        assert!(
+            store
+                .source(&ann, "load_sales")
+                .unwrap()
+                .contains("return 2")
+        );
+        store
+            .answer(&ann, "restore", json!({"name": "load_sales"}))
+            .unwrap();
+        assert!(
+            store
+                .source(&ann, "load_sales")
+                .unwrap()
+                .contains("return 1")
+        );
+        store
+            .answer(&ann, "restore", json!({"name": "load_sales"}))
+            .unwrap();
+        assert!(
+            store
+                .source(&ann, "load_sales")
+                .unwrap()
+                .contains("return 2"),
+            "twice undoes it"
+        );
+        // The manifest is valid for the skills extension.
+        let skill = store.manifest(&ann, "load_sales").unwrap();
+        skill.validate().unwrap();
+        assert_eq!(skill.frontmatter.name, "load-sales");
+        let module = store
+            .read(&ann, "skill://load-sales/load_sales.py")
+            .unwrap();
+        assert!(String::from_utf8(module).unwrap().contains("return 2"));
+        // Another principal sees none of it.
+        let bob = Principal::new("bob").unwrap();
+        assert!(store.list(&bob).is_empty());
+        assert!(
+            store
+                .read(&bob, "skill://load-sales/load_sales.py")
+                .is_none()
+        );
+        assert!(store.source(&bob, "load_sales").is_err());
+        store
+            .answer(&ann, "delete", json!({"name": "load_sales"}))
+            .unwrap();
+        assert!(store.list(&ann).is_empty());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn names_paths_and_sizes_are_checked() {
+        let (store, dir) = store(64 << 10);
+        let ann = Principal::new("ann").unwrap();
+        for bad in [
+            "Load",
+            "1x",
+            "a__b",
+            "a_",
+            "a-b",
+            "",
+            &"a".repeat(65),
+            "../x",
+        ] {
+            let error = store.answer(&ann, "save", save(bad, "x = 1")).unwrap_err();
+            assert!(error.contains("not a skill name"), "{bad}: {error}");
+        }
+        let mut with_file = save("ok", "x = 1");
+        with_file["files"] = json!({"../../etc/passwd": "eA=="});
+        assert!(
+            store
+                .answer(&ann, "save", with_file)
+                .unwrap_err()
+                .contains("not a skill file")
+        );
+        let mut hidden = save("ok", "x = 1");
+        hidden["files"] = json!({"data/.hidden": "eA=="});
+        assert!(store.answer(&ann, "save", hidden).is_err());
+        let big = "x".repeat(SKILL_BYTES + 1);
+        assert!(
+            store
+                .answer(&ann, "save", save("big", &big))
+                .unwrap_err()
+                .contains("at most")
+        );
+        // The store's bound, across skills.
+        let half = "y".repeat(40 << 10);
+        store.answer(&ann, "save", save("one", &half)).unwrap();
+        let full = store.answer(&ann, "save", save("two", &half)).unwrap_err();
+        assert!(full.contains("MCP_BRIDGE_SKILLS_BYTES"), "{full}");
+        let mut multi = save("doc", "x = 1");
+        multi["description"] = json!("two\nlines");
+        assert!(store.answer(&ann, "save", multi).is_err());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn only_the_channels_skill_calls_go_to_the_store() {
+        assert!(is_skill_call(
+            br#"{"id":3,"server": "@skills", "tool": "list"}"#
+        ));
+        assert!(!is_skill_call(
+            br#"{"id":3,"server": "time", "tool": "now"}"#
+        ));
+        assert!(!is_skill_call(
+            br#"{"id":3,"tool": "x", "server": "@skills"}"#
+        ));
+        assert!(!is_skill_call(b"garbage"));
+    }
+}
