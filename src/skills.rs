@@ -25,6 +25,7 @@ use serde_json::{Value, json};
 
 use crate::config::SkillSettings;
 use crate::principals::Principal;
+use crate::proxy::leading_id;
 use crate::sandbox::protocol::encode_answer;
 use crate::sandbox::{HostFrame, ToolCalls};
 
@@ -33,6 +34,8 @@ use crate::sandbox::{HostFrame, ToolCalls};
 pub const SERVER: &str = "@skills";
 /// One skill's files together, at most.
 pub const SKILL_BYTES: usize = 1 << 20;
+/// The largest `@skills` call read: a whole skill in base64, and its JSON.
+const MAX_CALL_BYTES: usize = SKILL_BYTES * 3 / 2 + (64 << 10);
 /// Files of one skill besides its `SKILL.md` and module.
 const SKILL_FILES: usize = 32;
 /// The longest one-line description.
@@ -511,7 +514,7 @@ impl ToolCalls for SkillCalls<'_> {
                 Some(tools) => tools.call(request),
                 None => Box::pin(async move {
                     let answer = Answer {
-                        id: &Value::Null,
+                        id: &leading_id(&request),
                         ok: false,
                         result: None,
                         error: Some("this run has no MCP servers".into()),
@@ -521,8 +524,25 @@ impl ToolCalls for SkillCalls<'_> {
             };
         }
         Box::pin(async move {
+            if request.len() > MAX_CALL_BYTES {
+                let error = format!(
+                    "the skill call is {} bytes; a skill is at most {SKILL_BYTES} bytes, \
+                     its files together",
+                    request.len()
+                );
+                let answer = Answer {
+                    id: &leading_id(&request),
+                    ok: false,
+                    result: None,
+                    error: Some(error),
+                };
+                return HostFrame::new(encode_answer(&answer, 128), None);
+            }
             let (id, answered) = match serde_json::from_slice::<Envelope>(&request) {
-                Err(error) => (Value::Null, Err(format!("malformed skill call: {error}"))),
+                Err(error) => (
+                    leading_id(&request),
+                    Err(format!("malformed skill call: {error}")),
+                ),
                 Ok(envelope) => {
                     let (store, owner) = (self.store.clone(), self.owner.clone());
                     let Envelope {

@@ -401,7 +401,7 @@ fn content_bytes(result: &CallToolResult) -> usize {
 
 /// The id a call starts with (the sandbox's `mcp` package writes
 /// `{"id":N,` first), read without parsing the rest; null otherwise.
-fn leading_id(request: &[u8]) -> Value {
+pub fn leading_id(request: &[u8]) -> Value {
     request
         .strip_prefix(br#"{"id":"#)
         .and_then(|rest| {

@@ -82,6 +82,7 @@ engine_test! {
             ("runtime.save_skill('broken', 'def f(:', 'd')", "SyntaxError"),
             ("runtime.save_skill('big', 'x = 1', 'd', files={'data.bin': b'0' * (1 << 20)})", "at most 1048576 bytes"),
             ("runtime.save_skill('two_lines', 'x = 1', 'a\\nb')", "one line"),
+            ("runtime.save_skill('huge', 'x = 1', 'd', files={'a.bin': b'0' * (2 << 20)})", "the skill call is"),
         ] {
             let report = run_as(&service, "ann", code);
             assert_eq!(report.status, RunStatus::Error, "{code}: {report:#?}");
