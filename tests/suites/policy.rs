@@ -268,3 +268,32 @@ except MCPError as e:
         assert_eq!(run_as("local"), "True\ndict\n");
     }
 }
+
+engine_test! {
+    /// In a session the budgets are per call: each call of the session may
+    /// make its own five calls to a tool, its interpreter kept between them.
+    fn a_sessions_calls_each_have_the_runs_budgets() {
+        let code = r#"
+calls = globals().get("calls", 0)
+for _ in range(5):
+    await mcp_time.get_current_time(timezone="UTC")
+    calls += 1
+print(calls)
+"#;
+        for expected in ["5\n", "10\n"] {
+            let mut request = request(code, Some(120.0));
+            request.servers = vec!["time".into()];
+            request.session = Some("budgets".into());
+            let report = block_on(call(SERVICE.get(), &request));
+            assert_eq!(report.status, RunStatus::Success, "{report:#?}");
+            assert_eq!(report.stdout, expected, "the session kept its state");
+            let calls = report.tool_calls.expect("the call made calls");
+            assert_eq!(calls.total, 5);
+            assert!(calls.calls.iter().all(|c| c.outcome == "ok"), "{calls:?}");
+        }
+        let mut end = request("", None);
+        end.session = Some("budgets".into());
+        end.end_session = true;
+        block_on(call(SERVICE.get(), &end));
+    }
+}
