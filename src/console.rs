@@ -471,7 +471,7 @@ pub struct PoolView {
     #[serde(flatten)]
     pub counts: BTreeMap<&'static str, usize>,
     pub max: usize,
-    /// The idle ones, warmest last.
+    /// The idle ones (warmest last), then the busy ones.
     pub sandboxes: Vec<SandboxView>,
 }
 
@@ -479,6 +479,8 @@ pub struct PoolView {
 #[serde(rename_all = "camelCase")]
 pub struct SandboxView {
     pub id: String,
+    /// `idle` or `busy`.
+    pub state: &'static str,
     pub age_secs: f64,
     pub runs: u32,
 }

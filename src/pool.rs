@@ -252,6 +252,13 @@ impl PoolStatus {
     }
 }
 
+/// A leased sandbox as the console lists it.
+#[derive(Debug, Clone, Copy)]
+struct Leased {
+    created: Instant,
+    runs: u32,
+}
+
 /// One principal's part of the pool: the sandboxes it holds (leased:
 /// runs, sessions) and its callers waiting for one.
 #[derive(Debug, Default, Clone, Copy)]
@@ -285,6 +292,8 @@ struct State<S> {
     failed_starts: u32,
     /// Why the last start (or removal) failed; cleared by a successful start.
     last_error: Option<Arc<StartError>>,
+    /// The leased sandboxes, by short id (for the console).
+    leased: HashMap<String, Leased>,
     /// Each principal's leases and waiting callers, while it has either:
     /// the next idle sandbox goes to a waiting principal holding the fewest.
     shares: HashMap<String, Share>,
@@ -307,6 +316,7 @@ impl<S> State<S> {
             retry_at: None,
             closed: false,
             shares: HashMap::new(),
+            leased: HashMap::new(),
         }
     }
 
@@ -569,14 +579,24 @@ impl Pool {
         self.shared.state().status(self.shared.sizing.max)
     }
 
-    /// The idle sandboxes (warmest last): short id, age, runs served.
-    pub fn idle_sandboxes(&self) -> Vec<(String, Duration, u32)> {
+    /// The idle sandboxes (warmest last), then the leased ones: short id,
+    /// state (`idle` or `busy`), age, runs served (a leased one's when it
+    /// was leased).
+    pub fn sandboxes(&self) -> Vec<(String, &'static str, Duration, u32)> {
         let state = self.shared.state();
-        state
-            .idle
+        let idle = state.idle.iter().map(|sandbox| {
+            (
+                sandbox.short_id().to_owned(),
+                "idle",
+                sandbox.age(),
+                sandbox.runs(),
+            )
+        });
+        let leased = state
+            .leased
             .iter()
-            .map(|sandbox| (sandbox.short_id().to_owned(), sandbox.age(), sandbox.runs()))
-            .collect()
+            .map(|(id, leased)| (id.clone(), "busy", leased.created.elapsed(), leased.runs));
+        idle.chain(leased).collect()
     }
 
     /// Why sandboxes cannot be started right now (the last failed start, or
@@ -620,7 +640,14 @@ impl Pool {
                     return Err(AcquireError::ShuttingDown);
                 }
                 let leased = state.lease(name);
-                if leased.is_some() {
+                if let Some(sandbox) = &leased {
+                    let created = Instant::now()
+                        .checked_sub(sandbox.age())
+                        .unwrap_or_else(Instant::now);
+                    let runs = sandbox.runs();
+                    state
+                        .leased
+                        .insert(sandbox.short_id().to_owned(), Leased { created, runs });
                     // No longer waiting, before refill counts the waiting callers.
                     if let Some(was_waiting) = waiting.take() {
                         was_waiting.leave(&mut state);
@@ -812,7 +839,11 @@ impl Shared {
     }
 
     fn end_lease(self: &Arc<Self>, mut sandbox: Sandbox, verdict: Verdict, principal: &str) {
-        self.state().end_lease(verdict == Verdict::Reuse, principal);
+        {
+            let mut state = self.state();
+            state.end_lease(verdict == Verdict::Reuse, principal);
+            state.leased.remove(sandbox.short_id());
+        }
         if let Verdict::Recycle(reason) = verdict {
             return self.destroy(sandbox, reason);
         }

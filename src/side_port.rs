@@ -372,10 +372,11 @@ fn status(service: &Service, viewer: &Viewer) -> Status {
             counts: by_state,
             max: counts.max,
             sandboxes: pool
-                .idle_sandboxes()
+                .sandboxes()
                 .into_iter()
-                .map(|(id, age, runs)| SandboxView {
+                .map(|(id, state, age, runs)| SandboxView {
                     id,
+                    state,
                     age_secs: age.as_secs_f64(),
                     runs,
                 })

@@ -160,8 +160,13 @@
         }
         counts.append(el("span", "count count-max", `at most ${pool.max}`));
         nodes.push(counts);
-        const boxes = (pool.sandboxes || []).map((s) => [String(s.id).slice(0, 12), secs(s.ageSecs), String(s.runs ?? "")]);
-        if (boxes.length) nodes.push(table(["idle sandbox", "age", "runs"], boxes, "sandboxes"));
+        const boxes = (pool.sandboxes || []).map((s) => [
+          String(s.id).slice(0, 12),
+          String(s.state ?? ""),
+          secs(s.ageSecs),
+          String(s.runs ?? ""),
+        ]);
+        if (boxes.length) nodes.push(table(["sandbox", "state", "age", "runs"], boxes, "sandboxes"));
       }
       document.getElementById("pool").replaceChildren(...(nodes.length ? nodes : ["not started"]));
       items(document.getElementById("sessions"), status.sessions || [], (s) => {

@@ -189,6 +189,11 @@ engine_test! {
         assert_eq!(status, 200);
         let status_json: Value = serde_json::from_str(&status_json).unwrap();
         assert!(status_json["pool"]["max"].as_u64().unwrap() >= 1, "{status_json}");
+        let sandboxes = status_json["pool"]["sandboxes"].as_array().unwrap();
+        assert!(
+            sandboxes.iter().any(|s| s["state"] == "idle" && s["runs"].is_number()),
+            "{status_json}"
+        );
         assert_eq!(status_json["servers"][0]["name"], "fixture-console");
         // One principal's pages cannot take every live feed.
         let feeds: Vec<_> = (0..8)
