@@ -380,10 +380,9 @@ async fn unobserved(
         .collect();
     // Skills' calls are answered beside the MCP tools' (as the principal's).
     let skills = service.skills();
-    let calls = skills.enabled().then(|| SkillCalls {
-        store: skills.clone(),
-        owner: request.principal.clone(),
-        tools: tools.as_ref().map(|tools| tools as &dyn ToolCalls),
+    let calls = skills.enabled().then(|| {
+        let tools = tools.as_ref().map(|tools| tools as &dyn ToolCalls);
+        SkillCalls::new(skills.clone(), request.principal.clone(), tools)
     });
     let run = Run {
         limits: &limits,

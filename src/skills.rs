@@ -36,6 +36,10 @@ pub const SERVER: &str = "@skills";
 pub const SKILL_BYTES: usize = 1 << 20;
 /// The largest `@skills` call read: a whole skill in base64, and its JSON.
 const MAX_CALL_BYTES: usize = SKILL_BYTES * 3 / 2 + (64 << 10);
+/// Skills one principal may keep.
+const MAX_SKILLS: usize = 256;
+/// What a file or folder is charged at least (its inode and block).
+const MIN_CHARGE: u64 = 4096;
 /// Files of one skill besides its `SKILL.md` and module.
 const SKILL_FILES: usize = 32;
 /// The longest one-line description.
@@ -100,13 +104,20 @@ impl SkillStore {
             .root
             .as_ref()
             .ok_or("skills are off (MCP_BRIDGE_SKILLS_DIR=off)")?;
+        // Lowercase letters, digits, `_` and `-` as they are, every other
+        // byte escaped (so `Ann` and `ann` differ on a case-insensitive
+        // file system too); a long name by its hash.
         let mut name = String::from("p-");
         for byte in owner.as_str().bytes() {
-            if byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-' {
+            if byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'_' || byte == b'-' {
                 name.push(char::from(byte));
             } else {
                 name.push_str(&format!("%{byte:02x}"));
             }
+        }
+        if name.len() > 128 {
+            use sha2::Digest as _;
+            name = format!("h-{}", hex::encode(sha2::Sha256::digest(owner.as_str())));
         }
         Ok(root.join(name))
     }
@@ -139,7 +150,7 @@ impl SkillStore {
         ];
         for (path, data) in save.files {
             check_path(&path)?;
-            if path == "SKILL.md" || path == module {
+            if path == module || path.rsplit('/').next() == Some("SKILL.md") {
                 return Err(format!(
                     "{path} is the skill's own: pass it as code or description"
                 ));
@@ -157,27 +168,40 @@ impl SkillStore {
         }
         let dir = self.owner_dir(owner)?;
         let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        sweep_staging(&dir);
+        let current = dir.join(name);
+        if !current.exists() && self.list(owner).len() >= MAX_SKILLS {
+            return Err(format!(
+                "{MAX_SKILLS} skills are saved, the most one client may keep; delete one with \
+                 runtime.delete_skill(name)"
+            ));
+        }
         let replaced = folder_bytes(&dir.join(".previous").join(name));
         let used = folder_bytes(&dir).saturating_sub(replaced);
-        if used + bytes as u64 > self.max_bytes {
+        // The skill's folder and its files, each at least a block.
+        let charge = MIN_CHARGE
+            + files
+                .iter()
+                .map(|(_, data)| charged(data.len()))
+                .sum::<u64>();
+        if used + charge > self.max_bytes {
             return Err(format!(
-                "the skill store is full: {used} bytes used, {bytes} more would pass \
+                "the skill store is full: {used} bytes used, {charge} more would pass \
                  {} (MCP_BRIDGE_SKILLS_BYTES); delete a skill with runtime.delete_skill(name)",
                 self.max_bytes
             ));
         }
         let staging = dir.join(format!(".staging-{name}"));
-        let written = write_folder(&staging, &files);
+        let written = private_folder(&dir).and_then(|()| write_folder(&staging, &files));
         if let Err(error) = written {
             let _ = std::fs::remove_dir_all(&staging);
             return Err(format!("the skill could not be stored: {error}"));
         }
-        let current = dir.join(name);
         let previous = dir.join(".previous").join(name);
         let kept_previous = current.exists();
         let swapped = (|| {
             if kept_previous {
-                std::fs::create_dir_all(dir.join(".previous"))?;
+                private_folder(&dir.join(".previous"))?;
                 if previous.exists() {
                     std::fs::remove_dir_all(&previous)?;
                 }
@@ -235,6 +259,11 @@ impl SkillStore {
             return Err(format!("no skill {name:?} is saved"));
         }
         std::fs::remove_dir_all(&current).map_err(|e| format!("not deleted: {e}"))?;
+        // Its previous version goes too: deleted means gone, and freed.
+        let previous = dir.join(".previous").join(name);
+        if previous.exists() {
+            std::fs::remove_dir_all(&previous).map_err(|e| format!("not deleted: {e}"))?;
+        }
         Ok(json!({ "name": name, "deleted": true }))
     }
 
@@ -248,8 +277,13 @@ impl SkillStore {
         if !previous.exists() {
             return Err(format!("skill {name:?} has no previous version"));
         }
-        let swap = dir.join(format!(".staging-{name}"));
+        // A swap a crash interrupted is put back first (it was the current one).
+        let swap = dir.join(".swap").join(name);
+        if swap.exists() && !current.exists() {
+            let _ = std::fs::rename(&swap, &current);
+        }
         let _ = std::fs::remove_dir_all(&swap);
+        private_folder(&dir.join(".swap")).map_err(|e| format!("not restored: {e}"))?;
         let swapped = (|| {
             let had_current = current.exists();
             if had_current {
@@ -265,16 +299,24 @@ impl SkillStore {
         Ok(json!({ "name": name, "restored": true }))
     }
 
-    /// `owner`'s skills as the MCP skills extension lists them.
+    /// `owner`'s skills as the MCP skills extension lists them (read
+    /// while no save changes them).
     pub fn manifests(&self, owner: &Principal) -> Vec<Skill> {
+        let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
         self.list(owner)
             .into_iter()
-            .filter_map(|info| self.manifest(owner, &info.name))
+            .filter_map(|info| self.manifest_unlocked(owner, &info.name))
             .collect()
     }
 
     /// One skill's manifest: its `SKILL.md` URI, front matter and files.
     pub fn manifest(&self, owner: &Principal, name: &str) -> Option<Skill> {
+        check_name(name).ok()?;
+        let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        self.manifest_unlocked(owner, name)
+    }
+
+    fn manifest_unlocked(&self, owner: &Principal, name: &str) -> Option<Skill> {
         let dir = self.owner_dir(owner).ok()?.join(name);
         let skill_md = std::fs::read_to_string(dir.join("SKILL.md")).ok()?;
         let base = format!("{SCHEME}{}/", skill_name(name));
@@ -296,9 +338,14 @@ impl SkillStore {
         let rest = uri.strip_prefix(SCHEME)?;
         let (skill, path) = rest.split_once('/')?;
         let name = skill.replace('-', "_");
+        // Only the canonical name (`load-sales`), only a checked path.
         check_name(&name).ok()?;
+        if skill != skill_name(&name) {
+            return None;
+        }
         check_path(path).ok()?;
         let file = self.owner_dir(owner).ok()?.join(&name).join(path);
+        let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
         std::fs::read(file).ok()
     }
 
@@ -400,14 +447,47 @@ fn description_of(skill_md: &str) -> String {
         .unwrap_or_default()
 }
 
+/// What a file of `len` bytes is charged against the store's bound.
+fn charged(len: usize) -> u64 {
+    (len as u64).max(MIN_CHARGE)
+}
+
+/// Makes `dir` (and the folders above it) readable by this user only.
+fn private_folder(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Removes what a save a crash interrupted left (`.staging-*`).
+fn sweep_staging(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        if entry.file_name().to_string_lossy().starts_with(".staging-") {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 fn write_folder(dir: &Path, files: &[(String, Vec<u8>)]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
     if dir.exists() {
         std::fs::remove_dir_all(dir)?;
     }
     for (path, data) in files {
         let file = dir.join(path);
-        std::fs::create_dir_all(file.parent().expect("beneath dir"))?;
-        std::fs::write(file, data)?;
+        private_folder(file.parent().expect("beneath dir"))?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(file)?
+            .write_all(data)?;
     }
     Ok(())
 }
@@ -432,7 +512,8 @@ fn read_folder(dir: &Path) -> std::io::Result<Vec<(String, Vec<u8>)>> {
     Ok(files)
 }
 
-/// The bytes of the files beneath `dir` (0 when there is none).
+/// What the files and folders beneath `dir` are charged (0 when there is
+/// none): each at least [`MIN_CHARGE`].
 fn folder_bytes(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
@@ -440,8 +521,10 @@ fn folder_bytes(dir: &Path) -> u64 {
     entries
         .filter_map(Result::ok)
         .map(|entry| match entry.file_type() {
-            Ok(kind) if kind.is_dir() => folder_bytes(&entry.path()),
-            Ok(kind) if kind.is_file() => entry.metadata().map_or(0, |meta| meta.len()),
+            Ok(kind) if kind.is_dir() => MIN_CHARGE + folder_bytes(&entry.path()),
+            Ok(kind) if kind.is_file() => {
+                (entry.metadata().map_or(0, |meta| meta.len())).max(MIN_CHARGE)
+            }
             _ => 0,
         })
         .sum()
@@ -451,9 +534,30 @@ fn folder_bytes(dir: &Path) -> u64 {
 /// (as the run's principal), every other call handed to the run's MCP
 /// tools, if it has any.
 pub struct SkillCalls<'a> {
-    pub store: std::sync::Arc<SkillStore>,
-    pub owner: Principal,
-    pub tools: Option<&'a dyn ToolCalls>,
+    store: std::sync::Arc<SkillStore>,
+    owner: Principal,
+    tools: Option<&'a dyn ToolCalls>,
+    /// The run's skill calls in flight (at most [`SKILL_CALLS_IN_FLIGHT`]).
+    in_flight: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+/// Skill calls one run may have in flight; one more is refused at once.
+const SKILL_CALLS_IN_FLIGHT: usize = 4;
+
+impl<'a> SkillCalls<'a> {
+    /// The host calls of one run of `owner`, with its MCP `tools`, if any.
+    pub fn new(
+        store: std::sync::Arc<SkillStore>,
+        owner: Principal,
+        tools: Option<&'a dyn ToolCalls>,
+    ) -> Self {
+        Self {
+            store,
+            owner,
+            tools,
+            in_flight: std::sync::Arc::new(tokio::sync::Semaphore::new(SKILL_CALLS_IN_FLIGHT)),
+        }
+    }
 }
 
 impl std::fmt::Debug for SkillCalls<'_> {
@@ -538,26 +642,37 @@ impl ToolCalls for SkillCalls<'_> {
                 };
                 return HostFrame::new(encode_answer(&answer, 128), None);
             }
-            let (id, answered) = match serde_json::from_slice::<Envelope>(&request) {
-                Err(error) => (
-                    leading_id(&request),
-                    Err(format!("malformed skill call: {error}")),
-                ),
-                Ok(envelope) => {
-                    let (store, owner) = (self.store.clone(), self.owner.clone());
-                    let Envelope {
-                        id,
-                        tool,
-                        arguments,
-                    } = envelope;
-                    // Files: off the runtime's threads.
-                    let answered =
-                        tokio::task::spawn_blocking(move || store.answer(&owner, &tool, arguments))
-                            .await
-                            .unwrap_or_else(|_| Err("the skill store failed".into()));
-                    (id, answered)
-                }
+            let Ok(_permit) = self.in_flight.clone().try_acquire_owned() else {
+                let error = format!(
+                    "more than {SKILL_CALLS_IN_FLIGHT} skill calls in flight in one run; \
+                     await some before starting more"
+                );
+                let answer = Answer {
+                    id: &leading_id(&request),
+                    ok: false,
+                    result: None,
+                    error: Some(error),
+                };
+                return HostFrame::new(encode_answer(&answer, 128), None);
             };
+            let (store, owner) = (self.store.clone(), self.owner.clone());
+            // The parse and the files: off the runtime's threads.
+            let (id, answered) =
+                tokio::task::spawn_blocking(move || {
+                    match serde_json::from_slice::<Envelope>(&request) {
+                        Err(error) => (
+                            leading_id(&request),
+                            Err(format!("malformed skill call: {error}")),
+                        ),
+                        Ok(Envelope {
+                            id,
+                            tool,
+                            arguments,
+                        }) => (id, store.answer(&owner, &tool, arguments)),
+                    }
+                })
+                .await
+                .unwrap_or_else(|_| (Value::Null, Err("the skill store failed".into())));
             let (result, error) = match answered {
                 Ok(result) => (Some(result), None),
                 Err(error) => (None, Some(error)),
@@ -697,6 +812,61 @@ mod tests {
         let mut multi = save("doc", "x = 1");
         multi["description"] = json!("two\nlines");
         assert!(store.answer(&ann, "save", multi).is_err());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn reads_take_only_canonical_names_and_checked_paths() {
+        let (store, dir) = store(1 << 20);
+        let ann = Principal::new("ann").unwrap();
+        store
+            .answer(&ann, "save", save("load_sales", "x = 1"))
+            .unwrap();
+        store
+            .answer(&ann, "save", save("load_sales", "x = 2"))
+            .unwrap();
+        assert!(store.read(&ann, "skill://load-sales/SKILL.md").is_some());
+        for uri in [
+            "skill://load_sales/SKILL.md",
+            "skill://load-sales/../load-sales/SKILL.md",
+            "skill://load-sales/%2e%2e/SKILL.md",
+            "skill://../p-ann/load_sales/SKILL.md",
+            "skill://load-sales/.hidden",
+            "skill://.previous/load_sales/SKILL.md",
+        ] {
+            assert!(store.read(&ann, uri).is_none(), "{uri}");
+        }
+        assert!(store.manifest(&ann, "..").is_none());
+        // Names that differ only in case are two owners, on any file system.
+        let upper = Principal::new("Ann").unwrap();
+        assert_ne!(
+            store.owner_dir(&ann).unwrap(),
+            store.owner_dir(&upper).unwrap()
+        );
+        assert!(store.list(&upper).is_empty());
+        // Deleted: its previous version too.
+        store
+            .answer(&ann, "delete", json!({"name": "load_sales"}))
+            .unwrap();
+        let restored = store.answer(&ann, "restore", json!({"name": "load_sales"}));
+        assert!(restored.unwrap_err().contains("no previous version"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_principal_keeps_at_most_its_count_of_skills() {
+        let (store, dir) = store(64 << 20);
+        let ann = Principal::new("ann").unwrap();
+        for n in 0..MAX_SKILLS {
+            store
+                .answer(&ann, "save", save(&format!("s{n}"), "x = 1"))
+                .unwrap();
+        }
+        let error = store
+            .answer(&ann, "save", save("one_more", "x = 1"))
+            .unwrap_err();
+        assert!(error.contains("256 skills"), "{error}");
+        store.answer(&ann, "save", save("s0", "x = 2")).unwrap();
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -382,7 +382,7 @@ def run_code(request, module, filename, channel):
         message = f"could not write the call's files: {type(exc).__name__}: {exc}"
         print(message, file=sys.stderr, flush=True)
         return 1, {"error": message, "error_type": "FileError"}, None
-    if request.get("servers") or request.get("discovered") or request.get("skills"):
+    if request.get("servers") or request.get("discovered"):
         mcp_runtime["install"](
             module.__dict__,
             channel,

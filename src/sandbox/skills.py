@@ -68,7 +68,7 @@ class _Skills:
         if usage is not None:
             arguments["usage"] = str(usage)
         saved = _ask(self._channel, "save", arguments)
-        sys.modules.pop(f"skills.{name}", None)  # the next import reads the new one
+        _forget(name)  # the next import reads the new one
         return saved
 
     def list_skills(self):
@@ -77,32 +77,50 @@ class _Skills:
 
     def delete_skill(self, name):
         _check_name(name)
-        sys.modules.pop(f"skills.{name}", None)
+        _forget(name)
         return _ask(self._channel, "delete", {"name": name})
 
     def restore_skill(self, name):
         """Brings back the version the last save of `name` replaced."""
         _check_name(name)
-        sys.modules.pop(f"skills.{name}", None)
+        _forget(name)
         return _ask(self._channel, "restore", {"name": name})
 
 
+def _forget(name):
+    """Drops an imported skill, so that the next import reads it anew."""
+    sys.modules.pop(f"skills.{name}", None)
+    package = sys.modules.get("skills")
+    if isinstance(getattr(package, "__loader__", None), _Finder):
+        package.__dict__.pop(name, None)
+
+
 class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Finds `skills.<name>` on the host; tracebacks show its source."""
+    """The `skills` package (unless the run has a real one on its path: it
+    is last on `sys.meta_path`) and each `skills.<name>`, fetched from the
+    host; tracebacks show a skill's source."""
 
     def __init__(self, channel):
         self._channel = channel
 
     def find_spec(self, fullname, path, target=None):
+        if fullname == "skills":
+            return importlib.util.spec_from_loader("skills", self, is_package=True)
         prefix, _, name = fullname.partition(".")
         if prefix != "skills" or not name or "." in name or not NAME.match(name):
             return None
+        if not isinstance(getattr(sys.modules.get("skills"), "__loader__", None), _Finder):
+            return None  # a package of the run's own, not the saved skills
         return importlib.util.spec_from_loader(fullname, self, origin=_filename(name))
 
     def create_module(self, spec):
         return None
 
     def exec_module(self, module):
+        if module.__name__ == "skills":
+            module.__doc__ = "The skills saved by runs: `from skills import <name>`."
+            module.__path__ = []
+            return
         name = module.__name__.partition(".")[2]
         try:
             source = _ask(self._channel, "source", {"name": name})["code"]
@@ -118,17 +136,19 @@ class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 
 def install(env, channel):
-    """Binds the skill functions onto `env["runtime"]` and makes the
-    `skills` package importable, for this process (a session's later calls
+    """Binds the skill functions onto the run's `runtime` (the `mcp`
+    package's when the run has MCP servers, else a module of their own) and
+    makes `skills` importable, for this process (a session's later calls
     find it there)."""
-    runtime = env["runtime"]
+    runtime = env.get("runtime")
+    if getattr(runtime, "__name__", None) not in ("mcp.runtime", "runtime"):
+        runtime = types.ModuleType("runtime", "Saved skills: save_skill, list_skills, delete_skill, restore_skill.")
+        env["runtime"] = runtime
     skills = _Skills(channel)
     for name in ("save_skill", "list_skills", "delete_skill", "restore_skill"):
         setattr(runtime, name, getattr(skills, name))
-    if not getattr(sys.modules.get("skills"), "_saved_skills", False):
-        package = types.ModuleType("skills", "The skills saved by runs: `from skills import <name>`.")
-        package.__path__ = []
-        package._saved_skills = True
-        sys.modules["skills"] = package
-    sys.meta_path[:] = [finder for finder in sys.meta_path if not isinstance(finder, _Finder)]
-    sys.meta_path.insert(0, _Finder(channel))
+    finders = [finder for finder in sys.meta_path if isinstance(finder, _Finder)]
+    for finder in finders:
+        finder._channel = channel  # the same process's channel, kept
+    if not finders:
+        sys.meta_path.append(_Finder(channel))

@@ -4,7 +4,6 @@ what save_skill checks before it sends, and `from skills import …`."""
 import concurrent.futures
 import sys
 import traceback
-import types
 
 import pytest
 
@@ -22,6 +21,8 @@ class FakeHost:
         if tool == "save":
             self.saved[arguments["name"]] = arguments["code"]
             answer = {"ok": True, "result": {"name": arguments["name"]}}
+        elif tool == "delete" and self.saved.pop(arguments["name"], None) is not None:
+            answer = {"ok": True, "result": {"deleted": True}}
         elif tool == "source" and arguments["name"] in self.saved:
             answer = {"ok": True, "result": {"code": self.saved[arguments["name"]]}}
         else:
@@ -33,7 +34,7 @@ class FakeHost:
 @pytest.fixture
 def installed(skills_module):
     host = FakeHost()
-    env = {"runtime": types.SimpleNamespace()}
+    env = {}
     saved_modules = dict(sys.modules)
     saved_path = list(sys.meta_path)
     skills_module.install(env, host)
@@ -56,6 +57,27 @@ def test_a_saved_skill_is_imported_in_a_later_run(installed, skills_module):
     # Installed again (a session's next call): one finder, the module kept.
     skills_module.install({"runtime": runtime}, host)
     assert sum(isinstance(f, skills_module._Finder) for f in sys.meta_path) == 1
+    # Saved again: the next import, in the same process, reads the new one.
+    runtime.save_skill("load_sales", "def total(rows):\n    return -1\n", "Negative.")
+    from skills import load_sales as again  # noqa: PLC0415
+
+    assert again.total([1]) == -1
+    runtime.delete_skill("load_sales")
+    with pytest.raises(ModuleNotFoundError):
+        from skills import load_sales  # noqa: F401, F811, PLC0415
+
+
+def test_the_package_has_a_spec_and_a_real_package_of_the_run_wins(installed, tmp_path, monkeypatch):
+    import importlib.util  # noqa: PLC0415
+
+    assert importlib.util.find_spec("skills") is not None
+    (tmp_path / "skills").mkdir()
+    (tmp_path / "skills" / "__init__.py").write_text("MINE = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("skills", None)
+    import skills  # noqa: PLC0415
+
+    assert skills.MINE, "the run's own package, found first on sys.path"
 
 
 def test_code_that_does_not_compile_is_not_sent(installed):
