@@ -167,16 +167,20 @@ pub struct SkillSettings {
     pub bytes: u64,
 }
 
+/// This program's folder `name` in the XDG base directory `variable`
+/// (an absolute path), else in its default under `$HOME` (`home_default`).
+fn xdg_folder(variable: &str, home_default: &str, name: &str) -> Option<PathBuf> {
+    std::env::var_os(variable)
+        .map(PathBuf::from)
+        .filter(|dir| dir.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(home_default)))
+        .map(|dir| dir.join("mcp-code-exec").join(name))
+}
+
 impl Default for SkillSettings {
     fn default() -> Self {
-        let data = std::env::var_os("XDG_DATA_HOME")
-            .map(PathBuf::from)
-            .filter(|dir| dir.is_absolute())
-            .or_else(|| {
-                std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/share"))
-            });
         Self {
-            dir: data.map(|dir| dir.join("mcp-code-exec").join("skills")),
+            dir: xdg_folder("XDG_DATA_HOME", ".local/share", "skills"),
             bytes: 64 * MIB,
         }
     }
@@ -194,14 +198,8 @@ pub struct AuditSettings {
 
 impl Default for AuditSettings {
     fn default() -> Self {
-        let state = std::env::var_os("XDG_STATE_HOME")
-            .map(PathBuf::from)
-            .filter(|dir| dir.is_absolute())
-            .or_else(|| {
-                std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/state"))
-            });
         Self {
-            path: state.map(|dir| dir.join("mcp-code-exec").join("audit.jsonl")),
+            path: xdg_folder("XDG_STATE_HOME", ".local/state", "audit.jsonl"),
             bytes: 64 * MIB,
         }
     }
@@ -943,38 +941,16 @@ impl Config {
         self.metrics_addr = vars.parse("MCP_BRIDGE_METRICS_ADDR", addr, parse_metrics_addr)?;
         let path = self.audit.path.take();
         self.audit.path = vars.parse("MCP_BRIDGE_AUDIT_LOG", path, |v| {
-            if v.eq_ignore_ascii_case("off") {
-                return Ok(None);
-            }
-            let path = PathBuf::from(v);
-            if path.is_absolute() {
-                Ok(Some(path))
-            } else {
-                Err("an absolute file path, or off".into())
-            }
+            absolute_or_off(v, "an absolute file path, or off")
         })?;
-        self.audit.bytes = vars.parse("MCP_BRIDGE_AUDIT_LOG_BYTES", self.audit.bytes, |v| {
-            parse_bytes(v)
-                .filter(|&b| b >= MIB)
-                .ok_or_else(|| "a size of at least 1m, like 64m".into())
-        })?;
+        let bytes = self.audit.bytes;
+        self.audit.bytes = vars.parse("MCP_BRIDGE_AUDIT_LOG_BYTES", bytes, at_least_a_mib)?;
         let dir = self.skills.dir.take();
         self.skills.dir = vars.parse("MCP_BRIDGE_SKILLS_DIR", dir, |v| {
-            if v.eq_ignore_ascii_case("off") {
-                return Ok(None);
-            }
-            let path = PathBuf::from(v);
-            if path.is_absolute() {
-                Ok(Some(path))
-            } else {
-                Err("an absolute folder path, or off".into())
-            }
+            absolute_or_off(v, "an absolute folder path, or off")
         })?;
-        self.skills.bytes = vars.parse("MCP_BRIDGE_SKILLS_BYTES", self.skills.bytes, |v| {
-            parse_bytes(v)
-                .filter(|&b| b >= MIB)
-                .ok_or_else(|| "a size of at least 1m, like 64m".into())
-        })?;
+        let bytes = self.skills.bytes;
+        self.skills.bytes = vars.parse("MCP_BRIDGE_SKILLS_BYTES", bytes, at_least_a_mib)?;
         self.console_calls = vars.parse("MCP_BRIDGE_CONSOLE_CALLS", self.console_calls, |v| {
             v.parse()
                 .ok()
@@ -1212,6 +1188,26 @@ pub fn parse_bytes(value: &str) -> Option<u64> {
         _ => return None,
     };
     number.checked_mul(multiplier)
+}
+
+/// An absolute path, or `off` (`None`); else `expected`.
+fn absolute_or_off(value: &str, expected: &str) -> Result<Option<PathBuf>, String> {
+    if value.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let path = PathBuf::from(value);
+    if path.is_absolute() {
+        Ok(Some(path))
+    } else {
+        Err(expected.to_owned())
+    }
+}
+
+/// A byte size of at least 1 MiB.
+fn at_least_a_mib(value: &str) -> Result<u64, String> {
+    parse_bytes(value)
+        .filter(|&b| b >= MIB)
+        .ok_or_else(|| "a size of at least 1m, like 64m".into())
 }
 
 /// `host:port`, or `off` to disable the side port.

@@ -604,6 +604,17 @@ fn is_skill_call(request: &[u8]) -> bool {
     request[comma + 1..].starts_with(br#""server": "@skills""#)
 }
 
+/// The answer refusing `request`, by the id it starts with.
+fn refusal(request: &[u8], error: &str) -> HostFrame {
+    let answer = Answer {
+        id: &leading_id(request),
+        ok: false,
+        result: None,
+        error: Some(error.to_owned()),
+    };
+    HostFrame::new(encode_answer(&answer, 64 + error.len()), None)
+}
+
 impl ToolCalls for SkillCalls<'_> {
     fn metadata(&self) -> &Value {
         match self.tools {
@@ -616,15 +627,7 @@ impl ToolCalls for SkillCalls<'_> {
         if !is_skill_call(&request) {
             return match self.tools {
                 Some(tools) => tools.call(request),
-                None => Box::pin(async move {
-                    let answer = Answer {
-                        id: &leading_id(&request),
-                        ok: false,
-                        result: None,
-                        error: Some("this run has no MCP servers".into()),
-                    };
-                    HostFrame::new(encode_answer(&answer, 64), None)
-                }),
+                None => Box::pin(async move { refusal(&request, "this run has no MCP servers") }),
             };
         }
         Box::pin(async move {
@@ -634,26 +637,14 @@ impl ToolCalls for SkillCalls<'_> {
                      its files together",
                     request.len()
                 );
-                let answer = Answer {
-                    id: &leading_id(&request),
-                    ok: false,
-                    result: None,
-                    error: Some(error),
-                };
-                return HostFrame::new(encode_answer(&answer, 128), None);
+                return refusal(&request, &error);
             }
             let Ok(_permit) = self.in_flight.clone().try_acquire_owned() else {
                 let error = format!(
                     "more than {SKILL_CALLS_IN_FLIGHT} skill calls in flight in one run; \
                      await some before starting more"
                 );
-                let answer = Answer {
-                    id: &leading_id(&request),
-                    ok: false,
-                    result: None,
-                    error: Some(error),
-                };
-                return HostFrame::new(encode_answer(&answer, 128), None);
+                return refusal(&request, &error);
             };
             let (store, owner) = (self.store.clone(), self.owner.clone());
             // The parse and the files: off the runtime's threads.
@@ -720,31 +711,14 @@ mod tests {
         store
             .answer(&ann, "save", save("load_sales", "def f():\n    return 2\n"))
             .unwrap();
-        assert!(
+        let returns = |n: &str| store.source(&ann, "load_sales").unwrap().contains(n);
+        assert!(returns("return 2"));
+        for expected in ["return 1", "return 2"] {
             store
-                .source(&ann, "load_sales")
-                .unwrap()
-                .contains("return 2")
-        );
-        store
-            .answer(&ann, "restore", json!({"name": "load_sales"}))
-            .unwrap();
-        assert!(
-            store
-                .source(&ann, "load_sales")
-                .unwrap()
-                .contains("return 1")
-        );
-        store
-            .answer(&ann, "restore", json!({"name": "load_sales"}))
-            .unwrap();
-        assert!(
-            store
-                .source(&ann, "load_sales")
-                .unwrap()
-                .contains("return 2"),
-            "twice undoes it"
-        );
+                .answer(&ann, "restore", json!({"name": "load_sales"}))
+                .unwrap();
+            assert!(returns(expected), "restoring twice undoes it");
+        }
         // The manifest is valid for the skills extension.
         let skill = store.manifest(&ann, "load_sales").unwrap();
         skill.validate().unwrap();
