@@ -278,7 +278,8 @@ async fn serve(config: Config, policy: ToolPolicy) -> ExitCode {
     let server = CodeExecServer::new(service.clone(), output_mode);
     // The tokens: of the HTTP transport, and of a console beyond loopback.
     let console_beyond_loopback = metrics_addr.is_some_and(|addr| !addr.ip().is_loopback());
-    let auth = if http.addr.is_some() || console_beyond_loopback {
+    let tokens = http.tokens_file.is_some() || http.jwt.is_some();
+    let auth = if http.addr.is_some() || tokens || console_beyond_loopback {
         match mcp_code_exec::http::authentication(&http, trust.as_ref(), CancellationToken::new()) {
             Ok(auth) => auth,
             Err(error) => {
@@ -563,10 +564,13 @@ async fn doctor(mut config: Config, policy: &ToolPolicy) -> ExitCode {
         (Some(_), 0) => println!("ok    console: off (MCP_BRIDGE_CONSOLE_CALLS=0)"),
         (Some(addr), calls) => println!(
             "ok    console: http://{addr}/ (the last {calls} calls, MCP_BRIDGE_CONSOLE_CALLS){}",
-            if addr.ip().is_loopback() {
-                ""
-            } else {
-                "; beyond loopback: bearer tokens of MCP_BRIDGE_HTTP_TOKENS_FILE or the JWT issuer"
+            match (
+                config.http.tokens_file.is_some() || config.http.jwt.is_some(),
+                addr.ip().is_loopback(),
+            ) {
+                (true, _) => "; a bearer token of the HTTP transport's on every address",
+                (false, true) => "; every call, for the operator on this machine",
+                (false, false) => "; refused to everyone: beyond loopback it needs tokens",
             }
         ),
     }
