@@ -173,7 +173,16 @@ engine_test! {
         let code =
             "with open('/tmp/fill', 'wb') as f:\n    while True:\n        f.write(b'x' * (1 << 20))";
         let report = run_on(SERVICE.get(), code, Some(30.0));
-        assert_eq!(report.status, RunStatus::Error, "{report:#?}");
+        // Under gVisor the sentry charges the full 64 MiB /tmp, and its own
+        // cache of it, against the suite's 256 MiB beside an idle sandbox's
+        // ~176 MiB: after the ENOSPC the sandbox may be OOM-killed as the
+        // run ends (seen once in a CI lane, never alone in three runs). The
+        // run still saw the full disk, and the next call is served.
+        if under_test().gvisor() && report.status == RunStatus::Oom {
+            eprintln!("gVisor: the sandbox ran out of memory after the full /tmp");
+        } else {
+            assert_eq!(report.status, RunStatus::Error, "{report:#?}");
+        }
         assert!(
             report.stderr.contains("No space left on device"),
             "{}",
