@@ -28,7 +28,7 @@ use rmcp::model::{
     CallToolResult, GetSkillRequestParams, GetSkillResult, Implementation, ListResourcesResult,
     ListSkillsResult, PaginatedRequestParams, ProgressNotificationParam, ReadResourceRequestParams,
     ReadResourceResponse, ReadResourceResult, Resource, ResourceContents, ServerCapabilities,
-    ServerConfig, skill_name_from_uri,
+    ServerConfig,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler, schemars, tool, tool_handler, tool_router};
@@ -408,13 +408,10 @@ impl ServerHandler for CodeExecServer {
             return Ok(ReadResourceResult::new(vec![contents]).into());
         }
         if request.uri.starts_with(skills::SCHEME) {
-            let principal = principal_of(&context)?;
-            let store = self.service.skills().clone();
             let uri = request.uri.clone();
-            let bytes = tokio::task::spawn_blocking(move || store.read(&principal, &uri))
-                .await
-                .ok()
-                .flatten()
+            let bytes = self
+                .in_skills(&context, move |store, owner| store.read(owner, &uri))
+                .await?
                 .ok_or_else(|| {
                     ErrorData::resource_not_found(
                         format!("no skill file {}", request.uri),
@@ -434,11 +431,9 @@ impl ServerHandler for CodeExecServer {
                 Some(serde_json::json!({ "uri": request.uri })),
             ));
         }
-        let principal = principal_of(&context)?;
-        let store = self.service.skills().clone();
-        let saved = tokio::task::spawn_blocking(move || store.list(&principal))
-            .await
-            .unwrap_or_default();
+        let saved = self
+            .in_skills(&context, |store, owner| store.list(owner))
+            .await?;
         let mut text = capabilities_manual(self.service.proxy().definitions());
         skills_section(&mut text, self.service.skills().enabled(), &saved);
         Ok(ReadResourceResult::new(vec![ResourceContents::text(text, CAPABILITIES_URI)]).into())
@@ -449,11 +444,9 @@ impl ServerHandler for CodeExecServer {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListSkillsResult, ErrorData> {
-        let principal = principal_of(&context)?;
-        let store = self.service.skills().clone();
-        let skills = tokio::task::spawn_blocking(move || store.manifests(&principal))
-            .await
-            .unwrap_or_default();
+        let skills = self
+            .in_skills(&context, |store, owner| store.manifests(owner))
+            .await?;
         Ok(ListSkillsResult::with_all_items(skills))
     }
 
@@ -462,18 +455,10 @@ impl ServerHandler for CodeExecServer {
         request: GetSkillRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<GetSkillResult, ErrorData> {
-        let principal = principal_of(&context)?;
-        let store = self.service.skills().clone();
         let uri = request.uri.clone();
-        let skill = tokio::task::spawn_blocking(move || {
-            let name = skill_name_from_uri(&uri)?.replace('-', "_");
-            store
-                .manifest(&principal, &name)
-                .filter(|skill| skill.uri == uri)
-        })
-        .await
-        .ok()
-        .flatten();
+        let skill = self
+            .in_skills(&context, move |store, owner| store.manifest_at(owner, &uri))
+            .await?;
         match skill {
             Some(skill) => Ok(GetSkillResult::new(skill)),
             None => Err(ErrorData::invalid_params(
@@ -481,6 +466,22 @@ impl ServerHandler for CodeExecServer {
                 Some(serde_json::json!({ "uri": request.uri })),
             )),
         }
+    }
+}
+
+impl CodeExecServer {
+    /// `work` on the skill store as the request's principal, off the
+    /// runtime's threads (the store reads files).
+    async fn in_skills<T: Send + 'static>(
+        &self,
+        context: &RequestContext<RoleServer>,
+        work: impl FnOnce(&skills::SkillStore, &Principal) -> T + Send + 'static,
+    ) -> Result<T, ErrorData> {
+        let principal = principal_of(context)?;
+        let store = self.service.skills().clone();
+        tokio::task::spawn_blocking(move || work(&store, &principal))
+            .await
+            .map_err(|_| ErrorData::internal_error("the skill store failed", None))
     }
 }
 

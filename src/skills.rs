@@ -316,6 +316,12 @@ impl SkillStore {
         self.manifest_unlocked(owner, name)
     }
 
+    /// The manifest of the skill whose `SKILL.md` is `uri`, if `owner` has it.
+    pub fn manifest_at(&self, owner: &Principal, uri: &str) -> Option<Skill> {
+        let name = rmcp::model::skill_name_from_uri(uri)?.replace('-', "_");
+        self.manifest(owner, &name).filter(|skill| skill.uri == uri)
+    }
+
     fn manifest_unlocked(&self, owner: &Principal, name: &str) -> Option<Skill> {
         let dir = self.owner_dir(owner).ok()?.join(name);
         let skill_md = std::fs::read_to_string(dir.join("SKILL.md")).ok()?;

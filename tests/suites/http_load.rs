@@ -204,3 +204,49 @@ engine_test! {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// `MCP_BRIDGE_HTTP_MAX_CONNECTIONS`: past the bound a connection waits in
+/// the listen backlog, unserved, and is served once one of the others closes.
+#[test]
+fn a_connection_past_the_bound_waits_until_another_closes() {
+    use std::io::{Read, Write};
+    let listener = block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let router = axum::Router::new().route("/", axum::routing::get(|| async { "served" }));
+    let stop = tokio_util::sync::CancellationToken::new();
+    crate::util::spawn(mcp_code_exec::http::accept(
+        listener,
+        router,
+        stop.clone(),
+        2,
+    ));
+    let connect = || std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut idle = vec![connect(), connect()];
+    let mut third = connect();
+    third
+        .write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut answer = [0u8; 256];
+    let waited = third.read(&mut answer);
+    assert!(
+        waited.as_ref().is_err_and(|e| matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        )),
+        "the third connection was served while two were open: {waited:?}"
+    );
+    drop(idle.pop());
+    third
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut text = String::new();
+    third.read_to_string(&mut text).unwrap();
+    assert!(
+        text.starts_with("HTTP/1.1 200") && text.ends_with("served"),
+        "{text}"
+    );
+    stop.cancel();
+}
