@@ -480,8 +480,13 @@ impl Config {
     /// fork source and its spare against `MCP_BRIDGE_MEMORY` (measured idle:
     /// 218 MiB a sandbox with it, 176 without; runc: 91 and 88).
     pub fn light_spare(&self) -> bool {
-        self.light_spare
-            .unwrap_or(self.oci_runtime.as_deref() != Some("runsc"))
+        self.light_spare.unwrap_or(!self.gvisor())
+    }
+
+    /// Whether sandboxes run under gVisor (`runsc`): a kernel of their own,
+    /// whose own threads are what the host sees of them.
+    pub fn gvisor(&self) -> bool {
+        self.oci_runtime.as_deref() == Some("runsc")
     }
 
     /// Reads variables through `lookup`; unset and empty mean "default".

@@ -32,7 +32,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -796,8 +796,11 @@ impl Lease {
     /// Whether the engine saw this sandbox OOM-killed (an engine request:
     /// only for the failure path, when the agent itself died).
     pub async fn engine_saw_oom(&mut self) -> bool {
+        let started = SystemTime::now()
+            .checked_sub(self.sandbox().age())
+            .unwrap_or(UNIX_EPOCH);
         let id = self.sandbox().id().to_owned();
-        self.shared.engine.oom_killed(&id).await.unwrap_or(false)
+        self.shared.engine.oom_killed(&id, started).await
     }
 
     /// Returns the sandbox: reset and back to idle, or destroyed. Either way

@@ -16,14 +16,14 @@ use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
-    InspectContainerOptions, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+    EventsOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
     StartContainerOptions,
 };
 use bytes::Bytes;
@@ -37,6 +37,10 @@ const REQUEST_TIMEOUT_SECS: u64 = 60;
 const PULL_TIMEOUT: Duration = Duration::from_secs(600);
 /// A removal the engine refuses with a 500 is tried again this many times,
 /// this far apart, before it is an error (see [`Engine::try_remove`]).
+/// How long [`Engine::oom_killed`] waits for each of a dead container's
+/// events, and after its end for a late OOM (a failure path: bounded, short).
+const OOM_EVENTS_WAIT: Duration = Duration::from_secs(2);
+const OOM_AFTER_DIE: Duration = Duration::from_millis(100);
 const REMOVE_SETTLE_TRIES: u32 = 10;
 const REMOVE_SETTLE_PAUSE: Duration = Duration::from_millis(100);
 
@@ -706,14 +710,47 @@ impl Engine {
         futures_util::future::join_all(ids.iter().map(|id| self.remove(id))).await;
     }
 
-    /// Whether the engine recorded an OOM kill for the container, if it still exists.
-    pub async fn oom_killed(&self, id: &str) -> Option<bool> {
-        let inspect = self
-            .docker
-            .inspect_container(id, None::<InspectContainerOptions>)
-            .await
-            .ok()?;
-        inspect.state?.oom_killed
+    /// Whether the engine saw the container run out of memory, asked once
+    /// its agent has gone: from the container's events since `since` (its
+    /// start), until its end (`die`) or the container's removal. Not from
+    /// an inspection: that races with the engine's own bookkeeping (the
+    /// container may still be running, or already removed with
+    /// `auto_remove`, when the attach stream ends).
+    pub async fn oom_killed(&self, id: &str, since: SystemTime) -> bool {
+        let since = since
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_secs().saturating_sub(1));
+        let filters = HashMap::from([
+            ("type", vec!["container"]),
+            ("container", vec![id]),
+            ("event", vec!["oom", "die", "destroy"]),
+        ]);
+        let options = EventsOptionsBuilder::default()
+            .since(&since.to_string())
+            .filters(&filters)
+            .build();
+        let mut events = self.docker.events(Some(options));
+        let mut ended = false;
+        loop {
+            // After its end, a moment for an OOM the engine reports late.
+            let wait = if ended {
+                OOM_AFTER_DIE
+            } else {
+                OOM_EVENTS_WAIT
+            };
+            match tokio::time::timeout(wait, events.next()).await {
+                Ok(Some(Ok(event))) => match event.action.as_deref() {
+                    Some("oom") => return true,
+                    Some("destroy") => return false,
+                    _ => ended = true,
+                },
+                Ok(Some(Err(error))) => {
+                    tracing::debug!(container = id, %error, "the engine's events failed");
+                    return false;
+                }
+                Ok(None) | Err(_) => return false,
+            }
+        }
     }
 
     /// Ids and owner labels of every container this program created, on any instance.

@@ -30,9 +30,31 @@ pub const PACKAGES_DIR: &str = "/run/packages";
 /// `/dev/shm` is memory too; keep it small (it also counts against the memory limit).
 const SHM_BYTES: i64 = 64 * 1024 * 1024;
 const NOFILE: i64 = 1024;
-/// RLIMIT_NPROC counts every process of the uid on the host, across all
-/// sandboxes; the per-container pids cgroup is the real limit.
+/// Under a kernel shared with the host, RLIMIT_NPROC counts every process
+/// of the uid on the host, across all sandboxes: the per-container pids
+/// cgroup is the real limit, and this only a backstop.
 const NPROC: i64 = 4096;
+/// Under gVisor the host's pids cgroup holds gVisor's own threads, not the
+/// sandbox's processes (measured: 38 for an idle data sandbox, 690 with 128
+/// sleeping processes in it, 74 with 100 threads), so `MCP_BRIDGE_PIDS`
+/// becomes the sandbox kernel's RLIMIT_NPROC (one kernel per sandbox: the
+/// count is the sandbox's alone, threads included, as the cgroup's is under
+/// runc) and the cgroup bounds gVisor's threads at this much per process.
+const GVISOR_HOST_TASKS_BASE: i64 = 64;
+const GVISOR_HOST_TASKS_PER_PROCESS: i64 = 8;
+
+/// The container's pids cgroup limit and its RLIMIT_NPROC.
+fn process_limits(config: &Config) -> (i64, i64) {
+    if config.gvisor() {
+        let host_tasks = config
+            .pids_limit
+            .saturating_mul(GVISOR_HOST_TASKS_PER_PROCESS)
+            .saturating_add(GVISOR_HOST_TASKS_BASE);
+        (host_tasks, config.pids_limit)
+    } else {
+        (config.pids_limit, NPROC)
+    }
+}
 
 /// Everything the engine needs to create one sandbox container. Opaque
 /// outside this module, so that only the engine speaks the engine's types.
@@ -71,6 +93,7 @@ fn container_body(
     // the engine would read as "no limit").
     #[allow(clippy::cast_possible_truncation)]
     let nano_cpus = config.cpus.map(|cpus| (cpus * 1e9).round() as i64);
+    let (pids_limit, nproc) = process_limits(config);
     let host_config = HostConfig {
         network_mode: Some("none".into()),
         readonly_rootfs: Some(true),
@@ -79,9 +102,9 @@ fn container_body(
         memory: Some(memory),
         // Equal to memory: no swap on top of the limit.
         memory_swap: Some(memory),
-        pids_limit: Some(config.pids_limit),
+        pids_limit: Some(pids_limit),
         nano_cpus,
-        ulimits: Some(vec![ulimit("nofile", NOFILE), ulimit("nproc", NPROC)]),
+        ulimits: Some(vec![ulimit("nofile", NOFILE), ulimit("nproc", nproc)]),
         // The agent is the container's init (PID 1): it reaps orphans and is
         // the only holder of the protocol pipes. A separate init would hold
         // them too, and could be used to forge frames (see agent.py).
@@ -241,9 +264,20 @@ mod tests {
             ..Config::default()
         };
         let body_gvisor = container_body(&gvisor, "img:tag", "host:1:2", vec![]);
-        assert_eq!(
-            body_gvisor.host_config.unwrap().runtime.as_deref(),
-            Some("runsc")
-        );
+        let host_gvisor = body_gvisor.host_config.unwrap();
+        assert_eq!(host_gvisor.runtime.as_deref(), Some("runsc"));
+        // gVisor's kernel counts the sandbox's processes; the host's
+        // cgroup, gVisor's own threads.
+        assert_eq!(host_gvisor.pids_limit, Some(64 + 8 * 128));
+        let nproc = |host: &HostConfig| {
+            host.ulimits
+                .as_ref()
+                .unwrap()
+                .iter()
+                .find(|u| u.name.as_deref() == Some("nproc"))
+                .map(|u| (u.soft, u.hard))
+        };
+        assert_eq!(nproc(&host_gvisor), Some((Some(128), Some(128))));
+        assert_eq!(nproc(host), Some((Some(NPROC), Some(NPROC))));
     }
 }

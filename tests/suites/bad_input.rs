@@ -8,26 +8,9 @@ use crate::util::{
     test_config, under_test, wait_until,
 };
 use mcp_code_exec::config::Config;
-use mcp_code_exec::report::{RunReport, RunStatus};
+use mcp_code_exec::report::RunStatus;
 
 static SERVICE: Shared = Shared::new();
-
-/// Under gVisor, `MCP_BRIDGE_PIDS` bounds the host threads of gVisor's
-/// kernel (the pids cgroup of the container holds them), not the sandbox's
-/// processes: a run that starts a few dozen processes takes the whole
-/// sandbox down (measured: fewer than 20 at 128). The run is then reported
-/// as such, and the sandbox replaced.
-fn assert_gvisor_lost_the_sandbox(report: &RunReport) {
-    assert_eq!(report.status, RunStatus::Error, "{report:#?}");
-    assert!(
-        report
-            .error
-            .as_deref()
-            .unwrap()
-            .starts_with("the sandbox agent stopped unexpectedly; the sandbox was replaced"),
-        "{report:#?}"
-    );
-}
 
 engine_test! {
     fn empty_code_is_a_validation_error() {
@@ -123,7 +106,10 @@ while True:
 "#;
         let report = run_on(&service, code, Some(10.0));
         if under_test().gvisor() {
-            assert_gvisor_lost_the_sandbox(&report);
+            // gVisor's processes cost more memory (measured: 128 of them
+            // outgrow 2 GiB), so there the memory limit holds first; its
+            // kernel's process limit is what the next test meets.
+            assert_eq!(report.status, RunStatus::Oom, "{report:#?}");
             assert_next_call_works(&service);
             block_on(service.shutdown());
             return;
@@ -155,15 +141,11 @@ engine_test! {
         let code = "chunks = []\nwhile True:\n    chunks.append(bytearray(16 << 20))";
         let report = run_on(SERVICE.get(), code, Some(30.0));
         let error = report.error.clone().unwrap_or_default();
-        if under_test().gvisor() && report.status == RunStatus::Error {
-            // gVisor's OOM can take the whole sandbox (its memory overhead
-            // counts too) before the container's counter says why (seen
-            // once in three runs): the status is then a true, vaguer one.
-            assert!(error.contains("the sandbox agent stopped unexpectedly"), "{report:#?}");
-        } else {
-            assert_eq!(report.status, RunStatus::Oom, "{report:#?}");
-            assert!(error.contains("MCP_BRIDGE_MEMORY"), "{report:#?}");
-        }
+        // Under gVisor too, where the OOM killer may take gVisor's kernel
+        // (its memory counts) and the engine says so after the attach
+        // stream has ended.
+        assert_eq!(report.status, RunStatus::Oom, "{report:#?}");
+        assert!(error.contains("MCP_BRIDGE_MEMORY"), "{report:#?}");
         assert_next_call_works(SERVICE.get());
     }
 }
@@ -465,11 +447,6 @@ except OSError as e:
     print("stopped after", len(procs), "processes:", e.strerror)
 "#;
         let report = SERVICE.run(code);
-        if under_test().gvisor() {
-            assert_gvisor_lost_the_sandbox(&report);
-            assert_next_call_works(SERVICE.get());
-            return;
-        }
         assert_eq!(report.status, RunStatus::Success, "{report:#?}");
         let (count, reason) = report
             .stdout
