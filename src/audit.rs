@@ -29,14 +29,14 @@ use sha2::{Digest, Sha256};
 
 use crate::config::AuditSettings;
 use crate::metrics;
+#[cfg(doc)]
+use crate::report::ToolCall;
 use crate::report::{RunReport, RunStatus, ToolCallList};
 
 /// The code a record keeps, from its start.
 pub const CODE_BYTES: usize = 64 * 1024;
 /// What a record keeps of stdout, and of stderr.
 pub const OUTPUT_BYTES: usize = 8 * 1024;
-/// What a record keeps of each tool call's arguments (their JSON text).
-pub const ARGUMENT_BYTES: usize = 1024;
 /// The first line of the code, as a list shows it.
 const HEAD_CHARS: usize = 120;
 /// Records waiting for the writer; past this they are dropped. A record
@@ -164,7 +164,7 @@ pub struct FileEntry {
     pub uri: Option<String>,
 }
 
-/// One tool call of the run, its arguments cut at [`ARGUMENT_BYTES`].
+/// One tool call of the run, its arguments cut at [`ToolCall::ARGUMENT_BYTES`].
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ToolCallEntry {
@@ -530,7 +530,7 @@ mod tests {
             Bytes::from_static(b"x,y\n"),
         )];
         let mut calls = ToolCallList::default();
-        calls.push(ToolCall {
+        calls.push_with(|| ToolCall {
             server: "time".into(),
             tool: "now".into(),
             outcome: "ok",

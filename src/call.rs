@@ -367,9 +367,11 @@ async fn unobserved(
         Ok(tools) => tools,
         Err(error) => return Answer::refused(RunStatus::Error, error.to_string()),
     };
-    if let Some(tools) = &tools {
-        let _ = progress.tools.set(tools.call_log());
-    }
+    // The run's tool calls, its MCP tools' and its skill calls, as made.
+    let call_log = tools
+        .as_ref()
+        .map_or_else(Default::default, RunTools::call_log);
+    let _ = progress.tools.set(call_log.clone());
     // The run's network: its connections end with it.
     let egress = service.egress().run();
     let wheels = service.packages().plan(&config.image, &request.packages);
@@ -382,7 +384,12 @@ async fn unobserved(
     let skills = service.skills();
     let calls = skills.enabled().then(|| {
         let tools = tools.as_ref().map(|tools| tools as &dyn ToolCalls);
-        SkillCalls::new(skills.clone(), request.principal.clone(), tools)
+        SkillCalls::new(
+            skills.clone(),
+            request.principal.clone(),
+            tools,
+            call_log.clone(),
+        )
     });
     let run = Run {
         limits: &limits,
@@ -435,7 +442,7 @@ async fn unobserved(
     }
     answer.report.notes.extend(network.notes());
     answer.report.egress = network.connections;
-    answer.report.tool_calls = tools.as_ref().map(RunTools::calls).filter(|c| c.total > 0);
+    answer.report.tool_calls = Some(lock(&call_log).clone()).filter(|c| c.total > 0);
     if !answer.report.files.is_empty() {
         // The process id keeps URIs of a restarted server apart.
         let run_id = format!("{}-{call_id}", std::process::id());

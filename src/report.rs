@@ -133,21 +133,48 @@ pub struct ToolCall {
     pub duration_ms: f64,
     /// The call's argument bytes and its result's.
     pub bytes: u64,
-    /// The arguments' JSON text, cut at [`crate::audit::ARGUMENT_BYTES`]:
+    /// The arguments' JSON text, cut at [`ToolCall::ARGUMENT_BYTES`]:
     /// for the audit log and the console, not the result (the model wrote them).
     #[serde(skip)]
     pub arguments: String,
+}
+
+impl ToolCall {
+    /// What a call keeps of its arguments (their JSON text), for the audit
+    /// log and the console.
+    pub const ARGUMENT_BYTES: usize = 1024;
+
+    /// A call of `server`'s `tool` begun at `started`, with `bytes` in and
+    /// out, its `arguments` kept up to [`Self::ARGUMENT_BYTES`].
+    pub fn new(
+        server: &str,
+        tool: &str,
+        outcome: &'static str,
+        started: std::time::Instant,
+        bytes: usize,
+        arguments: &[u8],
+    ) -> Self {
+        let kept = &arguments[..arguments.len().min(Self::ARGUMENT_BYTES)];
+        Self {
+            server: server.to_owned(),
+            tool: tool.to_owned(),
+            outcome,
+            duration_ms: started.elapsed().as_secs_f64() * 1e3,
+            bytes: u64::try_from(bytes).unwrap_or(u64::MAX),
+            arguments: String::from_utf8_lossy(kept).into_owned(),
+        }
+    }
 }
 
 impl ToolCallList {
     /// Calls listed in a result; past them only the total grows.
     pub const LISTED: usize = 100;
 
-    /// Counts a call, and lists it while the list has room.
-    pub fn push(&mut self, call: ToolCall) {
+    /// Counts a call, and lists it (made by `call`) while the list has room.
+    pub fn push_with(&mut self, call: impl FnOnce() -> ToolCall) {
         self.total += 1;
         if self.calls.len() < Self::LISTED {
-            self.calls.push(call);
+            self.calls.push(call());
         }
     }
 

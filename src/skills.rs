@@ -26,6 +26,7 @@ use serde_json::{Value, json};
 use crate::config::SkillSettings;
 use crate::principals::Principal;
 use crate::proxy::leading_id;
+use crate::report::{ToolCall, ToolCallList};
 use crate::sandbox::protocol::encode_answer;
 use crate::sandbox::{HostFrame, ToolCalls};
 
@@ -537,12 +538,16 @@ fn folder_bytes(dir: &Path) -> u64 {
 }
 
 /// A run's calls to the host: its `@skills` calls answered by the store
-/// (as the run's principal), every other call handed to the run's MCP
-/// tools, if it has any.
+/// (as the run's principal) and listed with the run's tool calls (server
+/// `@skills`, tool the runtime function: what a run saved, imported or
+/// deleted is in its result and its audit record), every other call handed
+/// to the run's MCP tools, if it has any.
 pub struct SkillCalls<'a> {
     store: std::sync::Arc<SkillStore>,
     owner: Principal,
     tools: Option<&'a dyn ToolCalls>,
+    /// The run's tool-call list (its MCP tools' own, when it has them).
+    log: std::sync::Arc<Mutex<ToolCallList>>,
     /// The run's skill calls in flight (at most [`SKILL_CALLS_IN_FLIGHT`]).
     in_flight: std::sync::Arc<tokio::sync::Semaphore>,
 }
@@ -551,16 +556,19 @@ pub struct SkillCalls<'a> {
 const SKILL_CALLS_IN_FLIGHT: usize = 4;
 
 impl<'a> SkillCalls<'a> {
-    /// The host calls of one run of `owner`, with its MCP `tools`, if any.
+    /// The host calls of one run of `owner`, with its MCP `tools`, if
+    /// any, its skill calls listed in `log`.
     pub fn new(
         store: std::sync::Arc<SkillStore>,
         owner: Principal,
         tools: Option<&'a dyn ToolCalls>,
+        log: std::sync::Arc<Mutex<ToolCallList>>,
     ) -> Self {
         Self {
             store,
             owner,
             tools,
+            log,
             in_flight: std::sync::Arc::new(tokio::sync::Semaphore::new(SKILL_CALLS_IN_FLIGHT)),
         }
     }
@@ -587,8 +595,20 @@ fn no_servers() -> &'static Value {
 struct Envelope {
     id: Value,
     tool: String,
-    #[serde(default)]
-    arguments: Value,
+    arguments: Option<Box<serde_json::value::RawValue>>,
+}
+
+/// A skill operation as a run's tool-call list names it: the runtime's
+/// function (`import` for a module's source), so the label set is closed.
+fn operation_label(op: &str) -> &'static str {
+    match op {
+        "save" => "save_skill",
+        "list" => "list_skills",
+        "source" => "import",
+        "delete" => "delete_skill",
+        "restore" => "restore_skill",
+        _ => "(other)",
+    }
 }
 
 #[derive(Serialize)]
@@ -652,24 +672,33 @@ impl ToolCalls for SkillCalls<'_> {
                 );
                 return refusal(&request, &error);
             };
+            let started = std::time::Instant::now();
             let (store, owner) = (self.store.clone(), self.owner.clone());
+            let request_bytes = request.len();
             // The parse and the files: off the runtime's threads.
-            let (id, answered) =
-                tokio::task::spawn_blocking(move || {
-                    match serde_json::from_slice::<Envelope>(&request) {
-                        Err(error) => (
-                            leading_id(&request),
-                            Err(format!("malformed skill call: {error}")),
-                        ),
-                        Ok(Envelope {
-                            id,
-                            tool,
-                            arguments,
-                        }) => (id, store.answer(&owner, &tool, arguments)),
-                    }
-                })
-                .await
-                .unwrap_or_else(|_| (Value::Null, Err("the skill store failed".into())));
+            let answered = tokio::task::spawn_blocking(move || {
+                let envelope = serde_json::from_slice::<Envelope>(&request)
+                    .map_err(|error| format!("malformed skill call: {error}"));
+                let Envelope {
+                    id,
+                    tool,
+                    arguments,
+                } = match envelope {
+                    Ok(envelope) => envelope,
+                    Err(error) => return (leading_id(&request), "(other)", Vec::new(), Err(error)),
+                };
+                let raw = arguments.as_ref().map_or("null", |raw| raw.get());
+                let head = raw.as_bytes()[..raw.len().min(ToolCall::ARGUMENT_BYTES)].to_vec();
+                let answered = serde_json::from_str(raw)
+                    .map_err(|error| format!("malformed skill call: {error}"))
+                    .and_then(|arguments| store.answer(&owner, &tool, arguments));
+                (id, operation_label(&tool), head, answered)
+            })
+            .await;
+            let (id, operation, head, answered) = answered.unwrap_or_else(|_| {
+                let failed = Err("the skill store failed".to_owned());
+                (Value::Null, "(other)", Vec::new(), failed)
+            });
             let (result, error) = match answered {
                 Ok(result) => (Some(result), None),
                 Err(error) => (None, Some(error)),
@@ -680,7 +709,15 @@ impl ToolCalls for SkillCalls<'_> {
                 result,
                 error,
             };
-            HostFrame::new(encode_answer(&answer, 256), None)
+            let frame = encode_answer(&answer, 256);
+            let outcome = if answer.ok { "ok" } else { "error" };
+            let bytes = request_bytes + frame.len();
+            let mut log = self
+                .log
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            log.push_with(|| ToolCall::new(SERVER, operation, outcome, started, bytes, &head));
+            HostFrame::new(frame, None)
         })
     }
 }

@@ -25,7 +25,6 @@ use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
 use crate::approval::{Approver, Question, Reply};
-use crate::audit;
 use crate::metrics;
 use crate::policy::{Action, ToolPolicy};
 use crate::report::{ToolCall, ToolCallList};
@@ -652,26 +651,7 @@ impl RunTools {
             CallOutcome::OverBudget => "over_budget",
         };
         let mut log = self.log.lock().expect("the log is only pushed to");
-        let call = (log.calls.len() < ToolCallList::LISTED).then(|| ToolCall {
-            server: server.to_owned(),
-            tool: tool.to_owned(),
-            outcome,
-            duration_ms: started.elapsed().as_secs_f64() * 1e3,
-            bytes: u64::try_from(bytes).unwrap_or(u64::MAX),
-            arguments: {
-                let cut = &arguments[..arguments.len().min(audit::ARGUMENT_BYTES)];
-                String::from_utf8_lossy(cut).into_owned()
-            },
-        });
-        match call {
-            Some(call) => log.push(call),
-            None => log.total += 1,
-        }
-    }
-
-    /// The calls the run made, for its result.
-    pub fn calls(&self) -> ToolCallList {
-        self.log.lock().expect("the log is only pushed to").clone()
+        log.push_with(|| ToolCall::new(server, tool, outcome, started, bytes, arguments));
     }
 
     /// The list the run's calls go into, as they are made: for the record
@@ -753,7 +733,7 @@ impl ToolCalls for RunTools {
             // For the audit log: what the arguments began with.
             // A copy: a slice would hold the whole request while the call runs.
             let head = raw.as_ref().map_or_else(Vec::new, |raw| {
-                raw[..raw.len().min(audit::ARGUMENT_BYTES)].to_vec()
+                raw[..raw.len().min(ToolCall::ARGUMENT_BYTES)].to_vec()
             });
             let Ok(_permit) = self.in_flight.try_acquire() else {
                 let error = format!(

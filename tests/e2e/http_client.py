@@ -1,6 +1,7 @@
 """MCP over streamable HTTP end to end, with the official MCP Python SDK's
 streamable-HTTP client: run_python, progress, artifacts; two principals
-kept apart (sessions, artifacts, the calls-in-flight quota, cancellation);
+kept apart (sessions, artifacts, skills, the calls-in-flight quota,
+cancellation);
 bearer tokens
 (missing, wrong, revoked by editing the tokens file), a bad Origin, a body
 over 16 MiB.
@@ -161,32 +162,38 @@ async def run_progress_and_artifacts(ann, bob):
     )
 
 
-def stateless_call(url, name, code, session, **extra):
-    """A 2026-07-28 tools/call: no initialize, no MCP session, the protocol in `_meta` and headers."""
+def stateless_request(url, name, method, params, mcp_name=None):
+    """A 2026-07-28 request: no initialize, no MCP session, the protocol in `_meta` and headers.
+    Returns the JSON-RPC answer (its `result` or its `error`)."""
     meta = {
         "io.modelcontextprotocol/protocolVersion": "2026-07-28",
         "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
         "io.modelcontextprotocol/clientCapabilities": {},
     }
-    body = {
-        "jsonrpc": "2.0",
-        "id": 7,
-        "method": "tools/call",
-        "params": {"name": "run_python", "arguments": {"code": code, "session": session, **extra}, "_meta": meta},
-    }
+    body = {"jsonrpc": "2.0", "id": 7, "method": method, "params": {**params, "_meta": meta}}
     headers = {
         "Authorization": f"Bearer {TOKENS[name]}",
         "MCP-Protocol-Version": "2026-07-28",
-        "Mcp-Method": "tools/call",
-        "Mcp-Name": "run_python",
+        "Mcp-Method": method,
     }
+    if mcp_name is not None:
+        headers["Mcp-Name"] = mcp_name
     response = post(url, headers, json.dumps(body).encode())
+    if response.headers.get("content-type", "").startswith("application/json"):
+        return response.json()
     for line in response.text.splitlines():
-        if line.startswith("data:") and '"result"' in line:
-            return json.loads(line[5:])["result"]["structuredContent"]
-        if response.headers.get("content-type", "").startswith("application/json"):
-            return response.json()["result"]["structuredContent"]
-    raise AssertionError(f"no result: {response.status_code} {response.text[:500]}")
+        if line.startswith("data:") and ('"result"' in line or '"error"' in line):
+            return json.loads(line[5:])
+    raise AssertionError(f"no answer: {response.status_code} {response.text[:500]}")
+
+
+def stateless_call(url, name, code, session=None, **extra):
+    """A 2026-07-28 tools/call of run_python (in `session`, if named); its structured result."""
+    arguments = {"code": code, **({"session": session} if session else {}), **extra}
+    answer = stateless_request(url, name, "tools/call", {"name": "run_python", "arguments": arguments}, "run_python")
+    if "result" not in answer:
+        raise AssertionError(f"no result: {answer}")
+    return answer["result"]["structuredContent"]
 
 
 async def stateless_checks(url):
@@ -197,6 +204,31 @@ async def stateless_checks(url):
     check(report["stdout"] == "ann\n", "2026-07-28: a principal's session goes on across requests", report)
     for name in ("ann", "bob"):
         stateless_call(url, name, "", "st", end_session=True)
+
+
+async def skill_checks(url):
+    save = 'print(runtime.save_skill("ann_tools", "def double(x):\\n    return 2 * x\\n", "Doubles.")["replaced"])'
+    report = stateless_call(url, "ann", save)
+    check(report["stdout"] == "False\n", "a principal saves a skill", report)
+    report = stateless_call(url, "ann", "from skills import ann_tools\nprint(ann_tools.double(21))")
+    check(report["stdout"] == "42\n", "its later runs import it", report)
+    report = stateless_call(url, "bob", "print(runtime.list_skills())")
+    check(report["stdout"] == "[]\n", "another principal's runs do not see it", report)
+    uris = {}
+    for name in ("ann", "bob"):
+        answer = stateless_request(url, name, "skills/list", {})
+        uris[name] = [skill["uri"] for skill in answer["result"]["skills"]]
+    uri = "skill://ann-tools/SKILL.md"
+    check(uris == {"ann": [uri], "bob": []}, "skills/list lists a principal's own skills", uris)
+    answer = stateless_request(url, "ann", "skills/get", {"uri": uri})
+    check(answer["result"]["skill"]["frontmatter"]["description"] == "Doubles.", "skills/get serves it", answer)
+    answer = stateless_request(url, "bob", "skills/get", {"uri": uri})
+    check("error" in answer, "skills/get refuses it to another principal", answer)
+    source = "skill://ann-tools/ann_tools.py"
+    answer = stateless_request(url, "ann", "resources/read", {"uri": source}, source)
+    check("return 2 * x" in answer["result"]["contents"][0]["text"], "its files are resources", answer)
+    answer = stateless_request(url, "bob", "resources/read", {"uri": source}, source)
+    check("error" in answer, "another principal cannot read its files", answer)
 
 
 async def session_checks(ann, bob):
@@ -319,6 +351,7 @@ async def main(binary):
             await session_checks(ann, bob)
             await quota_checks(ann, bob)
         await stateless_checks(url)
+        await skill_checks(url)
         await cancellation_checks(url)
         await revocation_check(url, tokens)
         async with contextlib.AsyncExitStack() as stack:

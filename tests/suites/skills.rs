@@ -57,6 +57,20 @@ engine_test! {
         // A new stateless run imports it, without any argument.
         let import = "from skills import load_sales\nprint(load_sales.total([1, 2]))";
         assert_eq!(ok(&service, "ann", import), "3\n");
+        // What a run did with skills is listed with its tool calls (so in
+        // its audit record too), refusals with the arguments they had.
+        let listed = |report: &RunReport| -> Vec<(String, String, &'static str)> {
+            let calls = report.tool_calls.as_ref().map_or(&[][..], |list| &list.calls[..]);
+            calls.iter().map(|c| (c.server.clone(), c.tool.clone(), c.outcome)).collect()
+        };
+        let report = run_as(&service, "ann", import);
+        let import_call = ("@skills".to_owned(), "import".to_owned(), "ok");
+        assert!(listed(&report).contains(&import_call), "{report:#?}");
+        let refused = run_as(&service, "ann", "runtime.restore_skill('never_saved')");
+        assert_eq!(refused.status, RunStatus::Error, "{refused:#?}");
+        assert_eq!(listed(&refused), [("@skills".to_owned(), "restore_skill".to_owned(), "error")]);
+        let arguments = &refused.tool_calls.as_ref().unwrap().calls[0].arguments;
+        assert!(arguments.contains("never_saved"), "{arguments}");
         let from = "from skills.load_sales import total\nprint(total([5]))";
         assert_eq!(ok(&service, "ann", from), "5\n");
         // In a session too.
