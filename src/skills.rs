@@ -85,6 +85,13 @@ struct Named {
     name: String,
 }
 
+/// The arguments of a `file` call: a skill and a path in it.
+#[derive(Deserialize)]
+struct NamedFile {
+    name: String,
+    path: String,
+}
+
 impl SkillStore {
     pub fn open(settings: &SkillSettings) -> Self {
         Self {
@@ -345,15 +352,21 @@ impl SkillStore {
         let rest = uri.strip_prefix(SCHEME)?;
         let (skill, path) = rest.split_once('/')?;
         let name = skill.replace('-', "_");
-        // Only the canonical name (`load-sales`), only a checked path.
-        check_name(&name).ok()?;
+        // Only the canonical name (`load-sales`).
         if skill != skill_name(&name) {
             return None;
         }
-        check_path(path).ok()?;
-        let file = self.owner_dir(owner).ok()?.join(&name).join(path);
+        self.file(owner, &name, path).ok()
+    }
+
+    /// One file of `owner`'s skill `name` (its module, its SKILL.md or a
+    /// file saved with it), by a checked relative path.
+    fn file(&self, owner: &Principal, name: &str, path: &str) -> Result<Vec<u8>, String> {
+        check_name(name)?;
+        check_path(path)?;
+        let file = self.owner_dir(owner)?.join(name).join(path);
         let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
-        std::fs::read(file).ok()
+        std::fs::read(file).map_err(|_| format!("skill {name:?} has no file {path:?}"))
     }
 
     /// Answers one `@skills` call of a run of `owner`.
@@ -375,6 +388,12 @@ impl SkillStore {
                 .map(|code| json!({ "code": code })),
             "delete" => self.delete(owner, &named()?),
             "restore" => self.restore(owner, &named()?),
+            "file" => {
+                let file: NamedFile =
+                    serde_json::from_value(arguments).map_err(|e| format!("skill_file: {e}"))?;
+                let data = self.file(owner, &file.name, &file.path)?;
+                Ok(json!({ "data": base64::engine::general_purpose::STANDARD.encode(data) }))
+            }
             _ => Err(format!("no skill operation {op:?}")),
         }
     }
@@ -607,6 +626,7 @@ fn operation_label(op: &str) -> &'static str {
         "source" => "import",
         "delete" => "delete_skill",
         "restore" => "restore_skill",
+        "file" => "skill_file",
         _ => "(other)",
     }
 }

@@ -2,7 +2,7 @@
 #
 # The agent compiles this once at startup (its sixth argument) and, in a run
 # the host lets use skills, calls `install(env, channel)`: `runtime` gains
-# save_skill, list_skills, delete_skill and restore_skill, and the package
+# save_skill, list_skills, delete_skill, restore_skill and skill_file, and the package
 # `skills` imports each saved skill as `skills.<name>` from the host, on
 # import, through the run's channel to the host (the `@skills` calls). The
 # host stores bytes and checks names and sizes; the code is compiled here
@@ -80,11 +80,23 @@ class _Skills:
         _forget(name)
         return _ask(self._channel, "delete", {"name": name})
 
+    def skill_file(self, name, path):
+        """The bytes of a file saved with skill `name` (`files={path: ...}`;
+        `SKILL.md` and `<name>.py` are there too)."""
+        _check_name(name)
+        return _file(self._channel, name, path)
+
     def restore_skill(self, name):
         """Brings back the version the last save of `name` replaced."""
         _check_name(name)
         _forget(name)
         return _ask(self._channel, "restore", {"name": name})
+
+
+def _file(channel, name, path):
+    if not isinstance(path, str):
+        raise TypeError("skill_file: the path is a str, like 'data/lookup.csv'")
+    return base64.b64decode(_ask(channel, "file", {"name": name, "path": path})["data"])
 
 
 def _forget(name):
@@ -132,6 +144,9 @@ class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         filename = _filename(name)
         linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
         module.__file__ = filename
+        # The skill's own files, from its code: skill_file("data/lookup.csv").
+        channel = self._channel
+        module.skill_file = lambda path: _file(channel, name, path)
         exec(compile(source, filename, "exec"), module.__dict__)
 
 
@@ -142,10 +157,12 @@ def install(env, channel):
     find it there)."""
     runtime = env.get("runtime")
     if getattr(runtime, "__name__", None) not in ("mcp.runtime", "runtime"):
-        runtime = types.ModuleType("runtime", "Saved skills: save_skill, list_skills, delete_skill, restore_skill.")
+        runtime = types.ModuleType(
+            "runtime", "Saved skills: save_skill, list_skills, delete_skill, restore_skill, skill_file."
+        )
         env["runtime"] = runtime
     skills = _Skills(channel)
-    for name in ("save_skill", "list_skills", "delete_skill", "restore_skill"):
+    for name in ("save_skill", "list_skills", "delete_skill", "restore_skill", "skill_file"):
         setattr(runtime, name, getattr(skills, name))
     finders = [finder for finder in sys.meta_path if isinstance(finder, _Finder)]
     for finder in finders:

@@ -71,6 +71,19 @@ engine_test! {
         assert_eq!(listed(&refused), [("@skills".to_owned(), "restore_skill".to_owned(), "error")]);
         let arguments = &refused.tool_calls.as_ref().unwrap().calls[0].arguments;
         assert!(arguments.contains("never_saved"), "{arguments}");
+        // A skill's files: read by its own code and by runs, by a checked path.
+        let with_files = r#"runtime.save_skill("lookup", "def first():\n    return skill_file('data/t.csv').decode().split()[1]\n", "Reads its table.", files={"data/t.csv": "a,b\n1,2\n"})"#;
+        ok(&service, "ann", with_files);
+        let uses = "from skills import lookup\nprint(lookup.first(), runtime.skill_file('lookup', 'data/t.csv'))";
+        assert_eq!(ok(&service, "ann", uses), "1,2 b'a,b\\n1,2\\n'\n");
+        for path in ["data/none.csv", "../load_sales/load_sales.py", "/etc/passwd", "data/../../x"] {
+            let report = run_as(&service, "ann", &format!("runtime.skill_file('lookup', {path:?})"));
+            assert_eq!(report.status, RunStatus::Error, "{path}: {report:#?}");
+            assert!(report.stderr.contains("SkillError"), "{path}: {}", report.stderr);
+        }
+        let theirs = run_as(&service, "bob", "runtime.skill_file('lookup', 'data/t.csv')");
+        assert!(theirs.stderr.contains("has no file"), "{}", theirs.stderr);
+        ok(&service, "ann", "runtime.delete_skill('lookup')");
         let from = "from skills.load_sales import total\nprint(total([5]))";
         assert_eq!(ok(&service, "ann", from), "5\n");
         // In a session too.
@@ -104,6 +117,8 @@ engine_test! {
         }
         // The store's bound: 1 MiB here, ~700 KB in use after these.
         ok(&service, "ann", "runtime.save_skill('half', 'x = 1', 'd', files={'a.bin': b'1' * 700_000})");
+        let read = "print(runtime.skill_file('half', 'a.bin') == b'1' * 700_000)";
+        assert_eq!(ok(&service, "ann", read), "True\n", "a large file comes back whole");
         let full = run_as(&service, "ann", "runtime.save_skill('more', 'x = 1', 'd', files={'a.bin': b'1' * 700_000})");
         assert!(full.stderr.contains("MCP_BRIDGE_SKILLS_BYTES"), "{}", full.stderr);
         // Two runs saving one name at once: both succeed, one wins, the other is its previous.
