@@ -128,6 +128,42 @@ fn sample<F: Future<Output = ()>>(
         .collect()
 }
 
+/// What skills cost a run that does not use them (the agent installs the
+/// finder and binds `runtime`'s functions in every run when the store is
+/// on): this service's runs beside a second service's, skills off,
+/// alternating, 10 ms apart, so both see the same machine.
+fn skills_cost(setup: &Setup, n: usize) {
+    let mut config = setup.config.clone();
+    config.skills.dir = None;
+    let off = Service::new(config);
+    let warm = setup.tokio.block_on(async {
+        let pool = off.pool().await.expect("the service starts");
+        pool.wait_warm(Duration::from_secs(60)).await
+    });
+    assert!(warm, "the second pool warmed up");
+    let request = CallRequest {
+        code: PRINT.into(),
+        ..CallRequest::default()
+    };
+    let (mut on_samples, mut off_samples) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        for (service, samples) in [(&setup.service, &mut on_samples), (&off, &mut off_samples)] {
+            std::thread::sleep(Duration::from_millis(10));
+            let started = Instant::now();
+            let report = setup.tokio.block_on(call(service, &request));
+            samples.push(started.elapsed());
+            assert_eq!(report.status, RunStatus::Success, "{report:?}");
+        }
+    }
+    let on = percentiles("warm print(6*7), skills on, alternating", on_samples);
+    let off_p50 = percentiles("warm print(6*7), skills off, alternating", off_samples);
+    println!(
+        "skills cost {:+.3} ms a run at p50",
+        (on.as_secs_f64() - off_p50.as_secs_f64()) * 1e3
+    );
+    setup.tokio.block_on(off.shutdown());
+}
+
 /// `full`: `cargo bench`; otherwise (`cargo test --all-targets` runs benches
 /// once as a smoke test) a few samples only.
 fn percentile_pass(setup: &Setup, full: bool) {
@@ -163,6 +199,9 @@ fn percentile_pass(setup: &Setup, full: bool) {
         "warm is {:.0}x faster than cold at p50",
         cold.as_secs_f64() / warm.as_secs_f64()
     );
+    if setup.config.skills.dir.is_some() {
+        skills_cost(setup, n(500));
+    }
 }
 
 fn main() {
