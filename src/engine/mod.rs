@@ -720,11 +720,9 @@ impl Engine {
         let since = since
             .duration_since(UNIX_EPOCH)
             .map_or(0, |elapsed| elapsed.as_secs().saturating_sub(1));
-        let filters = HashMap::from([
-            ("type", vec!["container"]),
-            ("container", vec![id]),
-            ("event", vec!["oom", "die", "destroy"]),
-        ]);
+        // No `event` filter: Podman matches it against its own names
+        // (`died`), so it would pass nothing; the actions are sorted here.
+        let filters = HashMap::from([("type", vec!["container"]), ("container", vec![id])]);
         let options = EventsOptionsBuilder::default()
             .since(&since.to_string())
             .filters(&filters)
@@ -741,8 +739,9 @@ impl Engine {
             match tokio::time::timeout(wait, events.next()).await {
                 Ok(Some(Ok(event))) => match event.action.as_deref() {
                     Some("oom") => return true,
-                    Some("destroy") => return false,
-                    _ => ended = true,
+                    Some("destroy" | "remove") => return false,
+                    Some("die" | "cleanup") => ended = true,
+                    _ => {} // its create, start, attach...
                 },
                 Ok(Some(Err(error))) => {
                     tracing::debug!(container = id, %error, "the engine's events failed");
