@@ -35,12 +35,12 @@ use crate::config::{DEFAULT_IMAGE, EngineKind};
 /// How long engine requests (not attach streams) may take.
 const REQUEST_TIMEOUT_SECS: u64 = 60;
 const PULL_TIMEOUT: Duration = Duration::from_secs(600);
-/// A removal the engine refuses with a 500 is tried again this many times,
-/// this far apart, before it is an error (see [`Engine::try_remove`]).
 /// How long [`Engine::oom_killed`] waits for each of a dead container's
 /// events, and after its end for a late OOM (a failure path: bounded, short).
 const OOM_EVENTS_WAIT: Duration = Duration::from_secs(2);
 const OOM_AFTER_DIE: Duration = Duration::from_millis(100);
+/// A removal the engine refuses with a 500 is tried again this many times,
+/// this far apart, before it is an error (see [`Engine::try_remove`]).
 const REMOVE_SETTLE_TRIES: u32 = 10;
 const REMOVE_SETTLE_PAUSE: Duration = Duration::from_millis(100);
 

@@ -171,9 +171,8 @@ def install(env, channel):
     _finder._channel = channel
     runtime = env.get("runtime")
     if getattr(runtime, "__name__", None) not in ("mcp.runtime", "runtime"):
-        env["runtime"] = _runtime
-    elif runtime is not _runtime:
-        for name in FUNCTIONS:
-            setattr(runtime, name, getattr(_skills, name))
+        env["runtime"] = runtime = _runtime
+    for name in FUNCTIONS:  # again in a session: a call may have replaced one
+        setattr(runtime, name, getattr(_skills, name))
     if _finder not in sys.meta_path:
         sys.meta_path.append(_finder)

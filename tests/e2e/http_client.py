@@ -339,6 +339,7 @@ async def main(binary):
         MCP_BRIDGE_MAX_CALLS_PER_CLIENT="1",
         MCP_BRIDGE_METRICS_ADDR="off",
         MCP_BRIDGE_HTTP_TOKENS_FILE=tokens,
+        MCP_BRIDGE_SKILLS_DIR=os.path.join(home, "skills"),
     )
     server = subprocess.Popen([binary, "serve", "--http", f"127.0.0.1:{port}"], env=env, cwd=home)
     try:
