@@ -737,7 +737,9 @@ mod tests {
         let queue = LogQueue::start(gate.clone(), 64 << 10);
         // Ten lines of 16 KiB into a 64 KiB queue whose sink is stuck: four
         // are kept (the one being written counts until it is written), six
-        // dropped, and no push waits.
+        // dropped, and no push waits; five kept when the writer took the
+        // first line off the queue before the fifth push (a loaded machine:
+        // seen once in CI), never more.
         let line = |i: usize| format!("{i}{}\n", "-".repeat((16 << 10) - 2));
         for i in 0..10 {
             queue.push(line(i).as_bytes());
@@ -749,13 +751,18 @@ mod tests {
         gate.open();
         assert!(queue.flush(Duration::from_secs(10)));
         let taken = String::from_utf8(gate.taken.lock().unwrap().clone()).unwrap();
-        let note = "mcp-code-exec: 6 log lines dropped: stderr was not read fast enough \
-                    (at most 64 KiB wait for it)\n";
+        let note = |dropped: usize| {
+            format!(
+                "mcp-code-exec: {dropped} log lines dropped: stderr was not read fast enough \
+                 (at most 64 KiB wait for it)\n"
+            )
+        };
+        let dropped = if taken.contains(&note(6)) { 6 } else { 5 };
         // The note comes before the first line written after the drops.
-        assert_eq!(taken.matches(note).count(), 1, "{taken:.200}");
+        assert_eq!(taken.matches(&note(dropped)).count(), 1, "{taken:.200}");
         assert_eq!(
-            taken.replace(note, ""),
-            (0..4).map(line).collect::<String>()
+            taken.replace(&note(dropped), ""),
+            (0..10 - dropped).map(line).collect::<String>()
         );
         queue.push(b"after\n");
         assert!(queue.flush(Duration::from_secs(10)));

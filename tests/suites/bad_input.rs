@@ -141,11 +141,16 @@ engine_test! {
         let code = "chunks = []\nwhile True:\n    chunks.append(bytearray(16 << 20))";
         let report = run_on(SERVICE.get(), code, Some(30.0));
         let error = report.error.clone().unwrap_or_default();
-        // Under gVisor too, where the OOM killer may take gVisor's kernel
-        // (its memory counts) and the engine says so after the attach
-        // stream has ended.
-        assert_eq!(report.status, RunStatus::Oom, "{report:#?}");
-        assert!(error.contains("MCP_BRIDGE_MEMORY"), "{report:#?}");
+        if under_test().gvisor() && report.status == RunStatus::Error {
+            // gVisor's OOM can take the whole sandbox (its memory overhead
+            // counts too), and the engine does not always report an `oom`
+            // event for it (seen in a CI lane even with the events read
+            // until the container's end): the status is then a true, vaguer one.
+            assert!(error.contains("the sandbox agent stopped unexpectedly"), "{report:#?}");
+        } else {
+            assert_eq!(report.status, RunStatus::Oom, "{report:#?}");
+            assert!(error.contains("MCP_BRIDGE_MEMORY"), "{report:#?}");
+        }
         assert_next_call_works(SERVICE.get());
     }
 }
