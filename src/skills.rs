@@ -366,7 +366,13 @@ impl SkillStore {
         check_path(path)?;
         let file = self.owner_dir(owner)?.join(name).join(path);
         let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
-        std::fs::read(file).map_err(|_| format!("skill {name:?} has no file {path:?}"))
+        read_stored(&file).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => format!("skill {name:?} has no file {path:?}"),
+            _ => {
+                tracing::warn!(file = %file.display(), error = %e, "a skill file could not be read");
+                format!("skill {name:?}: its file {path:?} could not be read: {e}")
+            }
+        })
     }
 
     /// Answers one `@skills` call of a run of `owner`.
@@ -518,6 +524,36 @@ fn write_folder(dir: &Path, files: &[(String, Vec<u8>)]) -> std::io::Result<()> 
     Ok(())
 }
 
+/// A stored file's bytes: a regular file, not through a link in its last
+/// part (the store is the host's: only its writes put files there, but an
+/// operator's link, FIFO or device, or a file grown past [`SKILL_BYTES`],
+/// must not make a run's read follow it, block, or read without bound).
+fn read_stored(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(i32::try_from(flags.bits()).expect("open flags fit an int"))
+        .open(path)?;
+    let too_large =
+        || std::io::Error::other(format!("larger than a skill may be ({SKILL_BYTES} bytes)"));
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    if meta.len() > SKILL_BYTES as u64 {
+        return Err(too_large());
+    }
+    let mut data = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    // It may grow while read.
+    file.take(SKILL_BYTES as u64 + 1).read_to_end(&mut data)?;
+    if data.len() > SKILL_BYTES {
+        return Err(too_large());
+    }
+    Ok(data)
+}
+
 /// Every file beneath `dir` (relative paths), links not followed.
 fn read_folder(dir: &Path) -> std::io::Result<Vec<(String, Vec<u8>)>> {
     let mut files = Vec::new();
@@ -531,7 +567,11 @@ fn read_folder(dir: &Path) -> std::io::Result<Vec<(String, Vec<u8>)>> {
             if kind.is_dir() {
                 stack.push((entry.path(), format!("{path}/")));
             } else if kind.is_file() {
-                files.push((path, std::fs::read(entry.path())?));
+                match read_stored(&entry.path()) {
+                    Ok(data) => files.push((path, data)),
+                    Err(e) => tracing::warn!(file = %entry.path().display(), error = %e,
+                        "a skill file left out: it could not be read"),
+                }
             }
         }
     }
@@ -650,6 +690,26 @@ fn is_skill_call(request: &[u8]) -> bool {
     request[comma + 1..].starts_with(br#""server": "@skills""#)
 }
 
+/// The operation a skill call names, read off the channel's fixed layout
+/// (`"server": "@skills", "tool": "save"`) without parsing the rest: the
+/// label of a call refused before it is parsed.
+fn leading_operation(request: &[u8]) -> &'static str {
+    const PREFIX: &[u8] = br#""server": "@skills", "tool": ""#;
+    let Some(comma) = request.iter().position(|&b| b == b',') else {
+        return "(other)";
+    };
+    let Some(rest) = request[comma + 1..].strip_prefix(PREFIX) else {
+        return "(other)";
+    };
+    let name = rest
+        .iter()
+        .take(16)
+        .position(|&b| b == b'"')
+        .map(|end| &rest[..end]);
+    name.and_then(|name| std::str::from_utf8(name).ok())
+        .map_or("(other)", operation_label)
+}
+
 /// The answer refusing `request`, by the id it starts with.
 fn refusal(request: &[u8], error: &str) -> HostFrame {
     let answer = Answer {
@@ -677,22 +737,22 @@ impl ToolCalls for SkillCalls<'_> {
             };
         }
         Box::pin(async move {
+            let started = std::time::Instant::now();
             if request.len() > MAX_CALL_BYTES {
                 let error = format!(
                     "the skill call is {} bytes; a skill is at most {SKILL_BYTES} bytes, \
                      its files together",
                     request.len()
                 );
-                return refusal(&request, &error);
+                return self.refuse(&request, &error, started);
             }
             let Ok(_permit) = self.in_flight.clone().try_acquire_owned() else {
                 let error = format!(
                     "more than {SKILL_CALLS_IN_FLIGHT} skill calls in flight in one run; \
                      await some before starting more"
                 );
-                return refusal(&request, &error);
+                return self.refuse(&request, &error, started);
             };
-            let started = std::time::Instant::now();
             let (store, owner) = (self.store.clone(), self.owner.clone());
             let request_bytes = request.len();
             // The parse and the files: off the runtime's threads.
@@ -731,14 +791,47 @@ impl ToolCalls for SkillCalls<'_> {
             };
             let frame = encode_answer(&answer, 256);
             let outcome = if answer.ok { "ok" } else { "error" };
-            let bytes = request_bytes + frame.len();
-            let mut log = self
-                .log
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            log.push_with(|| ToolCall::new(SERVER, operation, outcome, started, bytes, &head));
+            self.list(
+                operation,
+                outcome,
+                started,
+                request_bytes + frame.len(),
+                &head,
+            );
             HostFrame::new(frame, None)
         })
+    }
+}
+
+impl SkillCalls<'_> {
+    /// Lists one skill call with the run's tool calls.
+    fn list(
+        &self,
+        operation: &'static str,
+        outcome: &'static str,
+        started: std::time::Instant,
+        bytes: usize,
+        head: &[u8],
+    ) {
+        let mut log = self
+            .log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        log.push_with(|| ToolCall::new(SERVER, operation, outcome, started, bytes, head));
+    }
+
+    /// Refuses a skill call over a bound before it is parsed, and lists it
+    /// as `over_budget` (as the MCP tool calls' bounds do).
+    fn refuse(&self, request: &[u8], error: &str, started: std::time::Instant) -> HostFrame {
+        let frame = refusal(request, error);
+        self.list(
+            leading_operation(request),
+            "over_budget",
+            started,
+            request.len(),
+            &[],
+        );
+        frame
     }
 }
 
@@ -760,6 +853,59 @@ mod tests {
 
     fn save(name: &str, code: &str) -> Value {
         json!({"name": name, "code": code, "description": "Loads the sales table."})
+    }
+
+    #[test]
+    fn a_stored_file_is_read_only_as_a_bounded_regular_file() {
+        let (store, dir) = store(1 << 20);
+        let ann = Principal::new("ann").unwrap();
+        let files = json!({"notes.txt": base64::engine::general_purpose::STANDARD.encode("hi")});
+        let mut skill = save("load_sales", "X = 1\n");
+        skill["files"] = files;
+        store.answer(&ann, "save", skill).unwrap();
+        let file =
+            |path: &str| store.answer(&ann, "file", json!({"name": "load_sales", "path": path}));
+        assert_eq!(file("notes.txt").unwrap()["data"], "aGk=");
+        assert!(
+            file("missing.txt")
+                .unwrap_err()
+                .contains("has no file \"missing.txt\"")
+        );
+        let skill_dir = store.owner_dir(&ann).unwrap().join("load_sales");
+        // A link put there on the host, to a secret outside the store.
+        let secret = dir.join("secret");
+        std::fs::write(&secret, "password").unwrap();
+        std::os::unix::fs::symlink(&secret, skill_dir.join("link.txt")).unwrap();
+        let refused = file("link.txt").unwrap_err();
+        assert!(refused.contains("could not be read"), "{refused}");
+        // A FIFO: refused at once, not a read that blocks.
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            skill_dir.join("fifo"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
+            0,
+        )
+        .unwrap();
+        assert!(file("fifo").unwrap_err().contains("not a regular file"));
+        // A file grown past a skill's bound on the host.
+        std::fs::write(skill_dir.join("big.bin"), vec![0u8; SKILL_BYTES + 1]).unwrap();
+        assert!(
+            file("big.bin")
+                .unwrap_err()
+                .contains("larger than a skill may be")
+        );
+        // The manifest leaves all three out and lists the rest.
+        let skill = store.manifest(&ann, "load_sales").unwrap();
+        let SkillResources::Files(resources) = skill.resources else {
+            panic!("files expected");
+        };
+        let uris: Vec<&str> = resources.iter().map(|r| r.uri.as_str()).collect();
+        assert!(uris.iter().any(|u| u.ends_with("/notes.txt")), "{uris:?}");
+        for left_out in ["link.txt", "fifo", "big.bin"] {
+            assert!(!uris.iter().any(|u| u.ends_with(left_out)), "{uris:?}");
+        }
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
@@ -907,8 +1053,78 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    #[tokio::test]
+    #[allow(
+        clippy::await_holding_lock,
+        reason = "the held lock is what keeps four reads in flight"
+    )]
+    async fn calls_over_a_bound_are_refused_and_listed() {
+        let (store, dir) = store(1 << 20);
+        let store = std::sync::Arc::new(store);
+        let log = std::sync::Arc::new(Mutex::new(ToolCallList::default()));
+        let ann = Principal::new("ann").unwrap();
+        let calls = SkillCalls::new(store.clone(), ann, None, log.clone());
+        let file = |id: u32| {
+            Bytes::from(format!(
+                r#"{{"id":{id},"server": "@skills", "tool": "file", "arguments": {{"name": "a", "path": "b"}}}}"#
+            ))
+        };
+        // Four reads held on the store's lock: the fifth is refused at once.
+        let writing = store.writing.lock().unwrap();
+        let mut held: Vec<_> = (0..4).map(|id| calls.call(file(id))).collect();
+        for call in &mut held {
+            assert!(futures_util::poll!(call).is_pending());
+        }
+        let mut fifth = calls.call(file(4));
+        assert!(futures_util::poll!(&mut fifth).is_ready());
+        let oversize = format!(
+            r#"{{"id":5,"server": "@skills", "tool": "save", "arguments": {{"code": "{}"}}}}"#,
+            "x".repeat(MAX_CALL_BYTES)
+        );
+        calls.call(Bytes::from(oversize)).await;
+        drop(writing);
+        for call in held {
+            call.await;
+        }
+        let log = log.lock().unwrap();
+        assert_eq!(log.total, 6);
+        let listed: Vec<(&str, &str)> = log
+            .calls
+            .iter()
+            .map(|c| (c.tool.as_str(), c.outcome))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                ("skill_file", "over_budget"),
+                ("save_skill", "over_budget"),
+                ("skill_file", "error"),
+                ("skill_file", "error"),
+                ("skill_file", "error"),
+                ("skill_file", "error"),
+            ]
+        );
+        assert!(log.calls.iter().all(|c| c.server == SERVER));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     #[test]
     fn only_the_channels_skill_calls_go_to_the_store() {
+        assert_eq!(
+            leading_operation(br#"{"id":3,"server": "@skills", "tool": "save", "arguments": {}}"#),
+            "save_skill"
+        );
+        assert_eq!(
+            leading_operation(
+                br#"{"id":3,"server": "@skills", "tool": "rm -rf", "arguments": {}}"#
+            ),
+            "(other)"
+        );
+        assert_eq!(
+            leading_operation(br#"{"id":3,"server": "@skills", "tool": "saveeeeeeeeeeeeeeeeeeee"#),
+            "(other)"
+        );
+        assert_eq!(leading_operation(b"garbage"), "(other)");
         assert!(is_skill_call(
             br#"{"id":3,"server": "@skills", "tool": "list"}"#
         ));
