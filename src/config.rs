@@ -54,6 +54,9 @@ pub struct Config {
     /// The OCI runtime sandboxes run under (`runsc` for gVisor); `None`:
     /// the engine's default.
     pub oci_runtime: Option<String>,
+    /// Whether `oci_runtime` is gVisor's, as the engine said when it was
+    /// checked (its program is `runsc`); `None` before: its name tells.
+    pub gvisor_runtime: Option<bool>,
     pub image: String,
     /// Modules imported once before any run (`MCP_BRIDGE_PRELOAD`).
     pub preload: Vec<String>,
@@ -367,6 +370,17 @@ impl Default for EgressLimits {
     }
 }
 
+/// Whether the runtime registered as `name`, running the program at
+/// `path` (as the engine lists it), is gVisor's: its program is `runsc`,
+/// whatever the operator named it (`gvisor`, `runsc-debug`, a path of
+/// their own).
+pub fn is_gvisor(name: &str, path: Option<&str>) -> bool {
+    let program = path
+        .and_then(|path| std::path::Path::new(path).file_name())
+        .and_then(|name| name.to_str());
+    name.starts_with("runsc") || program.is_some_and(|program| program.starts_with("runsc"))
+}
+
 /// How logs (stderr) are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -380,6 +394,7 @@ impl Default for Config {
         Self {
             engine: EngineKind::Auto,
             oci_runtime: None,
+            gvisor_runtime: None,
             image: DEFAULT_IMAGE.into(),
             preload: DEFAULT_PRELOAD.iter().map(|&m| m.to_owned()).collect(),
             light_spare: None,
@@ -486,7 +501,11 @@ impl Config {
     /// Whether sandboxes run under gVisor (`runsc`): a kernel of their own,
     /// whose own threads are what the host sees of them.
     pub fn gvisor(&self) -> bool {
-        self.oci_runtime.as_deref() == Some("runsc")
+        self.gvisor_runtime.unwrap_or_else(|| {
+            self.oci_runtime
+                .as_deref()
+                .is_some_and(|runtime| is_gvisor(runtime, None))
+        })
     }
 
     /// Reads variables through `lookup`; unset and empty mean "default".
@@ -1757,6 +1776,28 @@ mod tests {
             assert_eq!(error.name, "MCP_BRIDGE_LOG_LEVEL", "{invalid}");
             assert!(error.to_string().contains("one of off, error"), "{error}");
         }
+    }
+
+    #[test]
+    fn gvisor_is_known_by_its_program_whatever_its_name() {
+        assert!(is_gvisor("runsc", None));
+        assert!(is_gvisor("runsc-debug", Some("/usr/local/bin/runsc-debug")));
+        assert!(is_gvisor("gvisor", Some("/usr/bin/runsc")));
+        assert!(is_gvisor("sandboxed", Some("/opt/gvisor/runsc")));
+        assert!(!is_gvisor("runc", Some("runc")));
+        assert!(!is_gvisor("crun", Some("/usr/bin/crun")));
+        assert!(
+            !is_gvisor("gvisor", None),
+            "a name alone says so only as runsc"
+        );
+        // Before the engine is asked the name tells; after, the engine does.
+        let named = config(&[("MCP_BRIDGE_OCI_RUNTIME", "gvisor")]).unwrap();
+        assert!(!named.gvisor());
+        let checked = Config {
+            gvisor_runtime: Some(true),
+            ..named
+        };
+        assert!(checked.gvisor() && !checked.light_spare());
     }
 
     #[test]

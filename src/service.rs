@@ -188,12 +188,20 @@ impl Service {
     pub async fn pool(&self) -> Result<&Pool, EngineError> {
         self.pool
             .get_or_try_init(|| async {
-                let config = &self.config;
-                let engine = Engine::connect(config.engine).await?;
+                let engine = Engine::connect(self.config.engine).await?;
                 let description = engine.describe().await.unwrap_or_else(|e| e.to_string());
-                if let Some(runtime) = &config.oci_runtime {
-                    engine.check_runtime(runtime).await?;
-                }
+                let checked;
+                let config = match &self.config.oci_runtime {
+                    Some(runtime) => {
+                        let gvisor = engine.check_runtime(runtime).await?;
+                        checked = Config {
+                            gvisor_runtime: Some(gvisor),
+                            ..self.config.clone()
+                        };
+                        &checked
+                    }
+                    None => &self.config,
+                };
                 let image = engine.resolve_image(&config.image).await?;
                 tracing::info!(
                     endpoint = engine.endpoint(),

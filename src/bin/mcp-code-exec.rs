@@ -591,17 +591,20 @@ async fn doctor(mut config: Config, policy: &ToolPolicy) -> ExitCode {
         facts.description,
         engine.endpoint()
     );
+    let mut gvisor = false;
     if let Some(runtime) = &config.oci_runtime {
-        if let Err(error) = engine.check_runtime(runtime).await {
-            return fail("OCI runtime", error);
+        match engine.check_runtime(runtime).await {
+            Ok(is_gvisor) => gvisor = is_gvisor,
+            Err(error) => return fail("OCI runtime", error),
         }
     }
     println!(
-        "ok    OCI runtime: {} (engine's runtimes: {}); rootless: {}",
+        "ok    OCI runtime: {}{} (engine's runtimes: {}); rootless: {}",
         config
             .oci_runtime
             .as_deref()
             .unwrap_or(&facts.default_runtime),
+        if gvisor { " (gVisor)" } else { "" },
         facts.runtimes.join(", "),
         if facts.rootless { "yes" } else { "no" }
     );

@@ -141,6 +141,8 @@ pub struct EngineFacts {
     pub default_runtime: String,
     /// Every OCI runtime registered with the engine.
     pub runtimes: Vec<String>,
+    /// Those of them that are gVisor's ([`crate::config::is_gvisor`]).
+    pub gvisor_runtimes: Vec<String>,
     pub rootless: bool,
 }
 
@@ -513,8 +515,15 @@ impl Engine {
             .info()
             .await
             .map_err(self.failed("reading the engine's information"))?;
-        let mut runtimes: Vec<String> = info.runtimes.unwrap_or_default().into_keys().collect();
+        let registered = info.runtimes.unwrap_or_default();
+        let mut runtimes: Vec<String> = registered.keys().cloned().collect();
         runtimes.sort();
+        let mut gvisor_runtimes: Vec<String> = registered
+            .iter()
+            .filter(|(name, runtime)| crate::config::is_gvisor(name, runtime.path.as_deref()))
+            .map(|(name, _)| name.clone())
+            .collect();
+        gvisor_runtimes.sort();
         let rootless = info
             .security_options
             .unwrap_or_default()
@@ -524,15 +533,20 @@ impl Engine {
             description,
             default_runtime: info.default_runtime.unwrap_or_else(|| "runc".into()),
             runtimes,
+            gvisor_runtimes,
             rootless,
         })
     }
 
-    /// `wanted` (from `MCP_BRIDGE_OCI_RUNTIME`) is a runtime of this engine.
-    pub async fn check_runtime(&self, wanted: &str) -> Result<(), EngineError> {
+    /// `wanted` (from `MCP_BRIDGE_OCI_RUNTIME`) is a runtime of this
+    /// engine; `true` when it is gVisor's.
+    pub async fn check_runtime(&self, wanted: &str) -> Result<bool, EngineError> {
         let facts = self.facts().await?;
         if facts.runtimes.iter().any(|runtime| runtime == wanted) {
-            Ok(())
+            Ok(facts
+                .gvisor_runtimes
+                .iter()
+                .any(|runtime| runtime == wanted))
         } else {
             Err(EngineError::UnknownRuntime {
                 wanted: wanted.to_owned(),
