@@ -39,6 +39,8 @@ const PULL_TIMEOUT: Duration = Duration::from_secs(600);
 /// events, and after its end for a late OOM (a failure path: bounded, short).
 const OOM_EVENTS_WAIT: Duration = Duration::from_secs(2);
 const OOM_AFTER_DIE: Duration = Duration::from_millis(100);
+/// All of [`Engine::oom_killed`]'s reading, at most.
+const OOM_QUESTION_WAIT: Duration = Duration::from_secs(5);
 /// A removal the engine refuses with a 500 is tried again this many times,
 /// this far apart, before it is an error (see [`Engine::try_remove`]).
 const REMOVE_SETTLE_TRIES: u32 = 10;
@@ -144,6 +146,30 @@ pub struct EngineFacts {
     /// Those of them that are gVisor's ([`crate::config::is_gvisor`]).
     pub gvisor_runtimes: Vec<String>,
     pub rootless: bool,
+}
+
+/// What one of a dead container's events says to [`Engine::oom_killed`].
+#[derive(Debug, PartialEq, Eq)]
+enum OomStep {
+    /// The kernel's OOM killer killed in it.
+    Oom,
+    /// Removed: no event of it follows.
+    Gone,
+    /// Its processes ended (an OOM may still be reported just after).
+    Ended,
+    /// Its create, start, attach...
+    Other,
+}
+
+/// Docker's and Podman's actions (Podman's compatible API names them as
+/// Docker does, its own `died` too).
+fn oom_step(action: Option<&str>) -> OomStep {
+    match action {
+        Some("oom") => OomStep::Oom,
+        Some("destroy" | "remove") => OomStep::Gone,
+        Some("die" | "died" | "cleanup") => OomStep::Ended,
+        _ => OomStep::Other,
+    }
 }
 
 /// Whether creating a container failed because its image is missing: the
@@ -742,6 +768,7 @@ impl Engine {
             .filters(&filters)
             .build();
         let mut events = self.docker.events(Some(options));
+        let deadline = tokio::time::Instant::now() + OOM_QUESTION_WAIT;
         let mut ended = false;
         loop {
             // After its end, a moment for an OOM the engine reports late.
@@ -750,15 +777,20 @@ impl Engine {
             } else {
                 OOM_EVENTS_WAIT
             };
-            match tokio::time::timeout(wait, events.next()).await {
-                Ok(Some(Ok(event))) => match event.action.as_deref() {
-                    Some("oom") => return true,
-                    Some("destroy" | "remove") => return false,
-                    Some("die" | "cleanup") => ended = true,
-                    _ => {} // its create, start, attach...
+            let until = deadline.min(tokio::time::Instant::now() + wait);
+            match tokio::time::timeout_at(until, events.next()).await {
+                Ok(Some(Ok(event))) => match oom_step(event.action.as_deref()) {
+                    OomStep::Oom => return true,
+                    OomStep::Gone => return false,
+                    OomStep::Ended => ended = true,
+                    OomStep::Other => {}
                 },
                 Ok(Some(Err(error))) => {
-                    tracing::debug!(container = id, %error, "the engine's events failed");
+                    tracing::warn!(
+                        container = id,
+                        %error,
+                        "the engine's events failed: an OOM kill, if any, is reported as the agent's death"
+                    );
                     return false;
                 }
                 Ok(None) | Err(_) => return false,
@@ -905,6 +937,21 @@ fn split_image_tag(image: &str) -> (&str, &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dead_containers_events_are_sorted_for_the_oom_question() {
+        assert_eq!(oom_step(Some("oom")), OomStep::Oom);
+        for ended in ["die", "died", "cleanup"] {
+            assert_eq!(oom_step(Some(ended)), OomStep::Ended, "{ended}");
+        }
+        for gone in ["destroy", "remove"] {
+            assert_eq!(oom_step(Some(gone)), OomStep::Gone, "{gone}");
+        }
+        for other in ["create", "start", "attach", "kill", "exec_create: sh", ""] {
+            assert_eq!(oom_step(Some(other)), OomStep::Other, "{other}");
+        }
+        assert_eq!(oom_step(None), OomStep::Other);
+    }
 
     #[test]
     fn podman_means_a_podman_socket_never_dockers() {
