@@ -234,13 +234,11 @@ fn throughput(tokio: &tokio::runtime::Runtime, full: bool, preload: Option<Vec<S
 /// Host memory of each idle warm sandbox: the container's cgroup (without
 /// reclaimable page cache, as `docker stats` counts it) plus the PSS of its
 /// containerd shim.
-fn idle_memory(tokio: &tokio::runtime::Runtime, preload: Option<Vec<String>>, label: &str) {
+fn idle_memory(tokio: &tokio::runtime::Runtime, label: &str, change: fn(&mut Config)) {
     let mut config = Config::from_env().expect("valid MCP_BRIDGE_* environment");
     config.pool_min_idle = 4;
     config.pool_max = 4;
-    if let Some(preload) = preload {
-        config.preload = preload;
-    }
+    change(&mut config);
     let service = Service::new(config);
     tokio.block_on(async {
         let pool = service.pool().await.expect("the service starts");
@@ -363,7 +361,8 @@ fn main() {
     launch_to_warm(full);
     throughput(&tokio, full, None);
     throughput(&tokio, full, Some(Vec::new()));
-    idle_memory(&tokio, None, "default preload");
-    idle_memory(&tokio, Some(Vec::new()), "no preload");
+    idle_memory(&tokio, "default preload", |_| {});
+    idle_memory(&tokio, "small pages", |c| c.huge_pages = false);
+    idle_memory(&tokio, "no preload", |c| c.preload.clear());
     criterion.final_summary();
 }

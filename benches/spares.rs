@@ -1,10 +1,11 @@
-//! The two fork sources side by side, in one run (issue 25, part 1): the
-//! default (a light zygote beside the preloaded one), the previous design
+//! The fork sources side by side, in one run (issue 25, part 1): the
+//! default (a light zygote beside the preloaded one, both in huge pages),
+//! the zygotes in small pages (`MCP_BRIDGE_HUGE_PAGES=off`), one fork source
 //! (`MCP_BRIDGE_LIGHT_SPARE=off`: every run forked from the preloaded zygote)
 //! and no preload at all (`MCP_BRIDGE_PRELOAD=none`), each on a pool of 4.
 //! For `print(6*7)` and (but with no preload, which imports pandas in every
 //! run: no baseline worth its half hour) the pandas snippet: back-to-back
-//! p50/p99 and throughput at 4 in flight. The rounds alternate between the three, so a
+//! p50/p99 and throughput at 4 in flight. The rounds alternate between the four, so a
 //! machine that speeds up or slows down during the run moves all alike; the
 //! ratios to the no-preload figures are printed at the end.
 //!
@@ -108,6 +109,9 @@ fn main() {
     let (rounds, n) = if full { (5, 400) } else { (1, 8) };
     let mut variants = [
         variant(&tokio, "default", |_| {}),
+        variant(&tokio, "MCP_BRIDGE_HUGE_PAGES=off", |c| {
+            c.huge_pages = false
+        }),
         variant(&tokio, "MCP_BRIDGE_LIGHT_SPARE=off", |c| {
             c.light_spare = Some(false)
         }),
@@ -116,7 +120,7 @@ fn main() {
     for _ in 0..rounds {
         for (i, variant) in variants.iter_mut().enumerate() {
             round(&tokio, variant, 0, PRINT, n);
-            if i < 2 {
+            if i < 3 {
                 round(&tokio, variant, 1, PANDAS, n);
             }
         }
@@ -157,27 +161,33 @@ fn main() {
             rate / base_rate,
         );
     };
-    ratio(
-        "default",
-        "print(6*7)",
-        summary[0],
-        summary[4],
-        "no preload",
-    );
-    ratio(
-        "light spare off",
-        "print(6*7)",
-        summary[2],
-        summary[4],
-        "no preload",
-    );
-    ratio(
-        "default",
-        "pandas snippet",
-        summary[1],
-        summary[3],
-        "light spare off",
-    );
+    // In `summary`: print then pandas for each variant but the last, its print.
+    let (default, small_pages, light_off, no_preload) = (0, 2, 4, 6);
+    for (label, print) in [
+        ("default", default),
+        ("huge pages off", small_pages),
+        ("light spare off", light_off),
+    ] {
+        ratio(
+            label,
+            "print(6*7)",
+            summary[print],
+            summary[no_preload],
+            "no preload",
+        );
+    }
+    for (base, pandas) in [
+        ("huge pages off", small_pages + 1),
+        ("light spare off", light_off + 1),
+    ] {
+        ratio(
+            "default",
+            "pandas snippet",
+            summary[default + 1],
+            summary[pandas],
+            base,
+        );
+    }
     for variant in &variants {
         tokio.block_on(variant.service.shutdown());
     }

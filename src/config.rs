@@ -64,6 +64,9 @@ pub struct Config {
     /// the preload (`MCP_BRIDGE_LIGHT_SPARE`); `None`: the runtime's default
     /// (see [`Config::light_spare`]).
     pub light_spare: Option<bool>,
+    /// Whether the zygotes move their memory into huge pages before the
+    /// first fork (`MCP_BRIDGE_HUGE_PAGES`).
+    pub huge_pages: bool,
     pub container_user: String,
     pub memory_bytes: u64,
     pub pids_limit: i64,
@@ -398,6 +401,7 @@ impl Default for Config {
             image: DEFAULT_IMAGE.into(),
             preload: DEFAULT_PRELOAD.iter().map(|&m| m.to_owned()).collect(),
             light_spare: None,
+            huge_pages: true,
             container_user: "65534:65534".into(),
             memory_bytes: 512 * MIB,
             pids_limit: 128,
@@ -556,6 +560,7 @@ impl Config {
                 .map(Some)
                 .map_err(|_| "auto, on or off".into()),
         })?;
+        self.huge_pages = vars.parse("MCP_BRIDGE_HUGE_PAGES", self.huge_pages, parse_on_off)?;
         let user = std::mem::take(&mut self.container_user);
         self.container_user = vars.parse("MCP_BRIDGE_CONTAINER_USER", user, parse_user)?;
         Ok(())
@@ -1823,6 +1828,18 @@ mod tests {
         let error = config(&[("MCP_BRIDGE_LIGHT_SPARE", "yes")]).unwrap_err();
         assert_eq!(error.name, "MCP_BRIDGE_LIGHT_SPARE");
         assert!(error.to_string().contains("auto, on or off"), "{error}");
+    }
+
+    #[test]
+    fn huge_pages_are_on_unless_turned_off() {
+        assert!(config(&[]).unwrap().huge_pages);
+        assert!(
+            !config(&[("MCP_BRIDGE_HUGE_PAGES", "off")])
+                .unwrap()
+                .huge_pages
+        );
+        let error = config(&[("MCP_BRIDGE_HUGE_PAGES", "2m")]).unwrap_err();
+        assert_eq!(error.name, "MCP_BRIDGE_HUGE_PAGES");
     }
 
     #[test]

@@ -159,6 +159,8 @@ PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_SECCOMP = 22
+MADV_COLLAPSE = 25  # Linux 6.1
+HUGE_PAGE = 2 << 20
 SECCOMP_MODE_FILTER = 2
 IPC_PRIVATE = 0
 IPC_RMID = 0
@@ -195,6 +197,7 @@ PRELOAD_WARM_UPS = {
 WARMUP_CODE = "x = [i * 2 for i in range(8)]\nprint(6 * 7, sum(x), 'warm')\n"
 
 libc = ctypes.CDLL(None, use_errno=True)
+libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 devnull = os.open(os.devnull, os.O_RDWR)
 # What a spare writes on its status pipe once warmed up.
 WARM = b"W"
@@ -696,8 +699,9 @@ def report_uncaught(exc, filename):
 # ---------------------------------------------------------------- the zygote
 
 
-def zygote_main(channel, preload, spared, reaped_pipe):
-    """Imports the preloaded modules, then forks spares on the agent's
+def zygote_main(channel, preload, spared, reaped_pipe, huge_pages):
+    """Imports the preloaded modules (then, with `huge_pages`, moves its
+    memory into huge pages), then forks spares on the agent's
     request, reaps everything below it, kills everything but `spared` (the
     light zygote's pid, if any) at reset. `reaped_pipe`, between the two
     zygotes, if there are two: the light one writes a byte into it each time
@@ -767,6 +771,8 @@ def zygote_main(channel, preload, spared, reaped_pipe):
 
     gc.collect()
     gc.freeze()  # forked spares then share these pages untouched by the GC
+    if huge_pages:
+        collapse_into_huge_pages()
     while True:
         ready, _, _ = select.select([channel, wake_r], [], [])
         if wake_r in ready:
@@ -874,6 +880,41 @@ def shared_writable_mappings(maps="/proc/self/maps"):
     return found
 
 
+def huge_page_ranges(maps="/proc/self/maps"):
+    """The whole 2 MiB pages of this process's private writable anonymous
+    memory (the heap, the allocators' arenas), as (start, length)."""
+    ranges = []
+    with open(maps) as f:
+        for line in f:
+            fields = line.split(maxsplit=5)
+            name = fields[5].strip() if len(fields) > 5 else ""
+            if len(fields) > 1 and fields[1][1:2] == "w" and fields[1][3:4] == "p" and name in ("", "[heap]"):
+                start, end = (int(bound, 16) for bound in fields[0].split("-"))
+                start = -(-start // HUGE_PAGE) * HUGE_PAGE
+                end = end // HUGE_PAGE * HUGE_PAGE
+                if end > start:
+                    ranges.append((start, end - start))
+    return ranges
+
+
+def collapse_into_huge_pages():
+    """Backs the zygote's anonymous memory with huge pages where the kernel
+    can (MADV_COLLAPSE): a fork then copies one page-table entry for each
+    2 MiB instead of 512 (measured in the data image: 28-30 MiB of ~100
+    collapsed, RSS +0.3 MiB, the CPU of a fork and a run's exit about a
+    fifth less).
+    A copy-on-write fault in a run still copies 4 KiB (the kernel splits the
+    huge page), and the ranges are not marked MADV_HUGEPAGE, so a run's own
+    allocations stay in small pages. Best effort: a kernel before 6.1,
+    gVisor, or a range the kernel cannot collapse refuses (EINVAL, EAGAIN),
+    and the zygote forks as it would have. Returns the bytes collapsed."""
+    collapsed = 0
+    for start, length in huge_page_ranges():
+        if libc.madvise(start, length, MADV_COLLAPSE) == 0:
+            collapsed += length
+    return collapsed
+
+
 def run_spare(fds):
     try:
         spare_main(*fds)
@@ -895,7 +936,7 @@ def drain(fd):
 class Zygote:
     """The agent's handle on the zygote: commands, replies, spare exits."""
 
-    def __init__(self, preload, spared=(), reaped_pipe=None, other_end=None):
+    def __init__(self, preload, huge_pages, spared=(), reaped_pipe=None, other_end=None):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pid = os.fork()
         if pid == 0:
@@ -903,7 +944,7 @@ class Zygote:
             if other_end is not None:
                 os.close(other_end)
             try:
-                zygote_main(theirs, preload, spared, reaped_pipe)
+                zygote_main(theirs, preload, spared, reaped_pipe, huge_pages)
             except BaseException:
                 traceback.print_exc()
             finally:
@@ -2006,7 +2047,8 @@ def set_network_environment(port, trust):
 def main(argv):
     """argv: the sources of mcp_runtime.py, display.py, streams.py, packages.py,
     spares.py and skills.py, the comma-separated modules the zygote imports before any run
-    (MCP_BRIDGE_PRELOAD), "light" for a light zygote beside it (or ""), the
+    (MCP_BRIDGE_PRELOAD), the zygotes' comma-separated flags ("light" for a
+    light zygote beside it, "huge-pages" for MADV_COLLAPSE; or ""), the
     proxy port, then the sandbox's trust (PEM, in parts: one argument holds
     at most 128 KiB), if any."""
     if os.getpid() != 1:
@@ -2021,7 +2063,9 @@ def main(argv):
     exec(compile(argv[5], "<skills>", "exec"), skills_runtime)
     display_runtime["register_backend"]()  # before the preload imports matplotlib
     preload = [name for name in argv[6].split(",") if name]
-    light = preload and argv[7] == "light"
+    flags = argv[7].split(",")
+    light = preload and "light" in flags
+    huge_pages = "huge-pages" in flags
     port = int(argv[8])
     network.trust = "".join(argv[9:]).encode()
     set_network_environment(port, network.trust)
@@ -2042,13 +2086,13 @@ def main(argv):
             reaped_r, reaped_w = os.pipe()
             os.set_blocking(reaped_r, False)
             os.set_blocking(reaped_w, False)
-            light_zygote = Zygote([], reaped_pipe=reaped_w, other_end=reaped_r)
+            light_zygote = Zygote([], huge_pages, reaped_pipe=reaped_w, other_end=reaped_r)
             os.close(reaped_w)
-            zygote = Zygote(preload, (light_zygote.pid,), reaped_pipe=reaped_r)
+            zygote = Zygote(preload, huge_pages, (light_zygote.pid,), reaped_pipe=reaped_r)
             os.close(reaped_r)
         else:
             light_zygote = None
-            zygote = Zygote(preload)
+            zygote = Zygote(preload, huge_pages)
     except ZygoteLost as lost:
         reason = str(lost)
         if oom_counter.read() > oom_before:

@@ -70,10 +70,25 @@ pub const PROXY_PORT: u16 = 3128;
 /// The most bytes one argument may have (Linux's `MAX_ARG_STRLEN` is 128 KiB).
 const MAX_ARGUMENT: usize = 120 * 1024;
 
+/// The zygotes' comma-separated flags: `light` for a light zygote beside
+/// the preloaded one, `huge-pages` for their memory in huge pages.
+fn zygote_flags(config: &Config) -> String {
+    let flags = [
+        (config.light_spare(), "light"),
+        (config.huge_pages, "huge-pages"),
+    ];
+    let on: Vec<&str> = flags
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, flag)| *flag)
+        .collect();
+    on.join(",")
+}
+
 /// The container's command: `python3 -c AGENT MCP_PACKAGE DISPLAY STREAMS
-/// PACKAGES SPARES SKILLS PRELOAD LIGHT PORT [TRUST...]`, where PRELOAD is the
-/// comma-separated modules the zygote imports before any run, LIGHT `light`
-/// for a light zygote beside it (or empty), PORT the proxy's, and TRUST the
+/// PACKAGES SPARES SKILLS PRELOAD FLAGS PORT [TRUST...]`, where PRELOAD is the
+/// comma-separated modules the zygote imports before any run, FLAGS the
+/// zygotes' (see [`zygote_flags`]), PORT the proxy's, and TRUST the
 /// sandbox's CA bundle (PEM; in parts, an argument being bounded), if any.
 pub fn agent_command(config: &Config) -> Vec<String> {
     let mut command = vec![
@@ -87,7 +102,7 @@ pub fn agent_command(config: &Config) -> Vec<String> {
         AGENT_SOURCE.spares.into(),
         AGENT_SOURCE.skills.into(),
         config.preload.join(","),
-        if config.light_spare() { "light" } else { "" }.into(),
+        zygote_flags(config),
         PROXY_PORT.to_string(),
     ];
     if let Some(bundle) = &config.egress.ca_bundle {
@@ -749,14 +764,19 @@ mod tests {
         assert!(command[7].contains("def needs_preload("));
         assert!(command[8].contains("class _Finder("));
         assert_eq!(command[9], "numpy,pandas");
-        assert_eq!(command[10], "light");
+        assert_eq!(command[10], "light,huge-pages");
         assert_eq!(command[11], "3128");
         assert_eq!(command.len(), 12, "no trust: nothing more");
         let single = Config {
             light_spare: Some(false),
             ..config.clone()
         };
-        assert_eq!(agent_command(&single)[10], "");
+        assert_eq!(agent_command(&single)[10], "huge-pages");
+        let plain = Config {
+            huge_pages: false,
+            ..single
+        };
+        assert_eq!(agent_command(&plain)[10], "");
         // A trust of 300 KB travels in parts, whole, cut at characters.
         let pem = format!("-----BEGIN CERTIFICATE-----\n{}é\n", "A".repeat(300_000));
         config.egress.ca_bundle = Some(crate::config::CaBundle {

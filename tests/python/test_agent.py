@@ -5,6 +5,7 @@ through the real engine (tests/suites/fidelity.rs, isolation.rs, bad_input.rs)."
 import json
 import os
 import pathlib
+import re
 import struct
 import subprocess
 import sys
@@ -256,6 +257,39 @@ def test_shared_writable_mappings_are_found(agent, tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=30)
     assert out.stdout == "[] 1\n", "a plain interpreter has none; an anonymous shared mmap is one"
+
+
+def test_huge_page_ranges_are_whole_2mib_pages_of_private_writable_anonymous_memory(agent, tmp_path):
+    maps = tmp_path / "maps"
+    maps.write_text(
+        "55d000000000-55d000600000 r-xp 00000000 08:01 42 /usr/bin/python3\n"
+        "55d000600000-55d001a00000 rw-p 00000000 00:00 0 [heap]\n"
+        "7f0000100000-7f0000700000 rw-p 00000000 00:00 0 \n"
+        "7f0000800000-7f0000a00000 rw-s 00000000 00:01 3\n"
+        "7f0000a00000-7f0000c00000 rw-p 00000000 08:01 9 /usr/lib/libz.so\n"
+        "7f0000c00000-7f0000e00000 r--p 00000000 00:00 0 \n"
+        "7f0000e00000-7f0000f00000 rw-p 00000000 00:00 0 \n"
+        "7ffc00000000-7ffc00400000 rw-p 00000000 00:00 0 [stack]\n"
+    )
+    assert agent.huge_page_ranges(str(maps)) == [
+        (0x55D000600000, 0x1400000),  # the heap, 2 MiB-aligned at both ends already
+        (0x7F0000200000, 0x400000),  # an arena, rounded in to whole huge pages
+    ], "not shared, file-backed, read-only, under 2 MiB, or the stack"
+
+
+def test_collapse_into_huge_pages_is_best_effort_and_keeps_memory_intact(agent):
+    script = (
+        f"import sys\nsys.path.insert(0, {str(pathlib.Path(agent.__file__).parent)!r})\n"
+        "import agent\ndata = bytearray(range(256)) * (64 * 1024)\nbefore = hash(bytes(data))\n"
+        "collapsed = agent.collapse_into_huge_pages()\n"
+        "print(collapsed // agent.HUGE_PAGE, collapsed % agent.HUGE_PAGE, hash(bytes(data)) == before)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=30)
+    pages, rest, intact = out.stdout.split()
+    assert (rest, intact) == ("0", "True"), out.stderr
+    release = tuple(int(part) for part in re.match(r"(\d+)\.(\d+)", os.uname().release).groups())
+    if release >= (6, 1) and os.path.isdir("/sys/kernel/mm/transparent_hugepage"):
+        assert int(pages) >= 6, "16 MiB of fresh data spans at least six whole huge pages"
 
 
 def test_integrity_is_stable_and_sees_a_nice_change(agent):

@@ -177,3 +177,33 @@ engine_test! {
         block_on(service.shutdown());
     }
 }
+
+engine_test! {
+    /// The zygote's memory is in huge pages (`MCP_BRIDGE_HUGE_PAGES`, on by
+    /// default), which a run forked from it shares until it writes to them;
+    /// off, it is in small pages. Under gVisor the kernel refuses
+    /// (MADV_COLLAPSE is Linux's) and the sandbox works as before.
+    fn the_zygote_memory_is_in_huge_pages_unless_turned_off() {
+        let code = "import pandas\n\
+                    fields = dict(line.split(':', 1) for line in open('/proc/self/smaps_rollup'))\n\
+                    print(int(fields['AnonHugePages'].split()[0]) > 0)";
+        let huge = SERVICE.run(code);
+        let mut config = one_sandbox();
+        config.huge_pages = false;
+        let service = started_service(config);
+        let small = run_on(&service, code, Some(20.0));
+        block_on(service.shutdown());
+        if test_config().gvisor() {
+            assert_eq!(huge.status, RunStatus::Success, "{huge:#?}");
+            assert_eq!(small.status, RunStatus::Success, "{small:#?}");
+            return;
+        }
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+        let mut parts = release.split(|c: char| !c.is_ascii_digit()).map(|p| p.parse::<u32>());
+        let (major, minor) = (parts.next().unwrap().unwrap(), parts.next().unwrap().unwrap());
+        assert_eq!(small.stdout, "False\n", "{small:#?}");
+        if (major, minor) >= (6, 1) {
+            assert_eq!(huge.stdout, "True\n", "{huge:#?}");
+        }
+    }
+}
