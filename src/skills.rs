@@ -681,24 +681,26 @@ struct Answer<'a> {
     error: Option<String>,
 }
 
-/// Whether the call's JSON names [`SERVER`]: the channel writes
-/// `{"id":N,"server": "@skills", ...`; anything else is the MCP tools'.
+/// What follows the server field when the call's JSON names [`SERVER`]:
+/// the channel writes `{"id":N,"server": "@skills", ...`; `None` for anything
+/// else (the MCP tools' calls).
+fn after_skill_server(request: &[u8]) -> Option<&[u8]> {
+    let comma = request.iter().position(|&b| b == b',')?;
+    request[comma + 1..].strip_prefix(br#""server": "@skills""#)
+}
+
+/// Whether the call is the skill store's (see [`after_skill_server`]).
 fn is_skill_call(request: &[u8]) -> bool {
-    let Some(comma) = request.iter().position(|&b| b == b',') else {
-        return false;
-    };
-    request[comma + 1..].starts_with(br#""server": "@skills""#)
+    after_skill_server(request).is_some()
 }
 
 /// The operation a skill call names, read off the channel's fixed layout
 /// (`"server": "@skills", "tool": "save"`) without parsing the rest: the
 /// label of a call refused before it is parsed.
 fn leading_operation(request: &[u8]) -> &'static str {
-    const PREFIX: &[u8] = br#""server": "@skills", "tool": ""#;
-    let Some(comma) = request.iter().position(|&b| b == b',') else {
-        return "(other)";
-    };
-    let Some(rest) = request[comma + 1..].strip_prefix(PREFIX) else {
+    let Some(rest) =
+        after_skill_server(request).and_then(|rest| rest.strip_prefix(br#", "tool": ""#))
+    else {
         return "(other)";
     };
     let name = rest
