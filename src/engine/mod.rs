@@ -45,6 +45,9 @@ const OOM_QUESTION_WAIT: Duration = Duration::from_secs(5);
 /// this far apart, before it is an error (see [`Engine::try_remove`]).
 const REMOVE_SETTLE_TRIES: u32 = 10;
 const REMOVE_SETTLE_PAUSE: Duration = Duration::from_millis(100);
+/// How often a list that raced a removal is tried, and the pause between.
+const LIST_ATTEMPTS: u32 = 5;
+const LIST_RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 /// A chunk of a container's output, as the engine demultiplexed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,6 +195,18 @@ fn image_fix(image: &str) -> &'static str {
     } else {
         "pull or build it, or unset MCP_BRIDGE_IMAGE to use the project's image"
     }
+}
+
+/// Whether a list failed only because a container it had found was removed
+/// before the engine read it: Podman (4.3 and later, podman#10120, #11810)
+/// then fails the whole list with a 500 "does not exist in database: no such
+/// container". Listing again sees the removal done.
+fn lost_a_listed_container(error: &BollardError) -> bool {
+    matches!(
+        error,
+        BollardError::DockerResponseServerError { status_code: 500, message }
+            if message.contains("no such container")
+    )
 }
 
 /// Whether the engine answered at all: anything else (no socket, refused,
@@ -805,11 +820,18 @@ impl Engine {
             .all(true)
             .filters(&filters)
             .build();
-        let containers = self
-            .docker
-            .list_containers(Some(options))
-            .await
-            .map_err(self.failed("listing sandbox containers"))?;
+        let mut attempt = 1;
+        let containers = loop {
+            match self.docker.list_containers(Some(options.clone())).await {
+                Ok(containers) => break containers,
+                Err(error) if attempt < LIST_ATTEMPTS && lost_a_listed_container(&error) => {
+                    tracing::debug!(%error, attempt, "listing raced a removal; listing again");
+                    attempt += 1;
+                    tokio::time::sleep(LIST_RETRY_PAUSE).await;
+                }
+                Err(error) => return Err(self.failed("listing sandbox containers")(error)),
+            }
+        };
         Ok(containers
             .into_iter()
             .filter_map(|container| {
@@ -984,6 +1006,25 @@ mod tests {
         let timeout = BollardError::RequestTimeoutError;
         assert!(!image_is_missing(&timeout));
         assert!(!engine_answered(&timeout), "no answer: unreachable");
+    }
+
+    #[test]
+    fn only_podmans_lost_container_makes_a_list_try_again() {
+        let response = |status_code, message: &str| BollardError::DockerResponseServerError {
+            status_code,
+            message: message.into(),
+        };
+        let lost = "container 5224255e does not exist in database: no such container";
+        assert!(lost_a_listed_container(&response(500, lost)));
+        assert!(!lost_a_listed_container(&response(
+            500,
+            "database is locked"
+        )));
+        assert!(
+            !lost_a_listed_container(&response(404, lost)),
+            "not a list's answer"
+        );
+        assert!(!lost_a_listed_container(&BollardError::RequestTimeoutError));
     }
 
     #[test]

@@ -24,26 +24,40 @@ use serde_json::json;
 /// Runs `work`, sampling all through it what the engine has of `pool`'s
 /// containers (`docker ps -a --filter label=…`): its result and the peak.
 /// The work starts once a first sample is in (a slow engine's listing,
-/// Podman's under load, could otherwise let the work end unsampled).
+/// Podman's under load, could otherwise let the work end unsampled); a list
+/// the engine fails is sampled again, and no first sample within a minute
+/// fails the test with the engine's last error (it never waits forever).
 fn peak_containers_during<T>(pool: &Pool, work: impl Future<Output = T>) -> (T, usize) {
     let peak = Arc::new(AtomicUsize::new(0));
     let sampled = Arc::new(tokio::sync::Notify::new());
+    let last_error = Arc::new(std::sync::Mutex::new(None));
     let sampler = spawn({
         let (pool, peak, sampled) = (pool.clone(), peak.clone(), sampled.clone());
+        let last_error = last_error.clone();
         async move {
             loop {
-                let count = pool.engine().list_owned().await.unwrap().len();
-                peak.fetch_max(count, Ordering::Relaxed);
-                sampled.notify_one();
+                match pool.engine().list_owned().await {
+                    Ok(owned) => {
+                        peak.fetch_max(owned.len(), Ordering::Relaxed);
+                        sampled.notify_one();
+                    }
+                    Err(error) => *last_error.lock().unwrap() = Some(error.to_string()),
+                }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
     });
     let result = block_on(async {
-        sampled.notified().await;
-        work.await
+        match tokio::time::timeout(Duration::from_secs(60), sampled.notified()).await {
+            Ok(()) => Some(work.await),
+            Err(_) => None,
+        }
     });
     sampler.abort();
+    let Some(result) = result else {
+        let error = last_error.lock().unwrap().take();
+        panic!("the engine listed no containers within 60 s; last error: {error:?}");
+    };
     (result, peak.load(Ordering::Relaxed))
 }
 
