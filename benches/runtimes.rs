@@ -5,9 +5,11 @@
 //! so they do not compete for the CPUs): a pool of the configuration users
 //! run (`MCP_BRIDGE_*` respected, the runtime set), warm `print(6*7)` calls
 //! 10 ms apart once a warm sandbox is idle, the throughput of 4 calls in
-//! flight on a pool of 4, then cold create + start + run + remove. The last
-//! row is runsc with single-use sandboxes (`MCP_BRIDGE_POOL_MAX_USES=1`, what
-//! gVisor had before its reset was complete). A runtime the engine does not
+//! flight on a pool of 4, then cold create + start + run + remove (once per
+//! runtime). Then runsc with one fork source (`MCP_BRIDGE_LIGHT_SPARE=off`,
+//! gVisor's default before the light zygote was on there too), and runsc
+//! with single-use sandboxes (`MCP_BRIDGE_POOL_MAX_USES=1`, what gVisor had
+//! before its reset was complete). A runtime the engine does not
 //! have is a row saying so (`scripts/setup-engine.sh gvisor` registers runsc
 //! with Docker); no engine at all skips with a message, as the latency
 //! bench does.
@@ -24,11 +26,49 @@ use mcp_code_exec::engine::Engine;
 use mcp_code_exec::report::RunStatus;
 use mcp_code_exec::service::Service;
 
-/// The rows: a label, the OCI runtime, and whether a sandbox serves one run.
-const ROWS: [(&str, &str, bool); 3] = [
-    ("runc", "runc", false),
-    ("runsc", "runsc", false),
-    ("runsc, single use", "runsc", true),
+/// One configuration measured.
+#[derive(Clone, Copy)]
+struct Row {
+    label: &'static str,
+    /// The OCI runtime.
+    runtime: &'static str,
+    /// Whether a sandbox serves one run.
+    single_use: bool,
+    /// `MCP_BRIDGE_LIGHT_SPARE=off`.
+    one_fork_source: bool,
+    /// Whether the row measures the runtime's cold start.
+    cold: bool,
+}
+
+const ROWS: [Row; 4] = [
+    Row {
+        label: "runc",
+        runtime: "runc",
+        single_use: false,
+        one_fork_source: false,
+        cold: true,
+    },
+    Row {
+        label: "runsc",
+        runtime: "runsc",
+        single_use: false,
+        one_fork_source: false,
+        cold: true,
+    },
+    Row {
+        label: "runsc, one fork",
+        runtime: "runsc",
+        single_use: false,
+        one_fork_source: true,
+        cold: false,
+    },
+    Row {
+        label: "runsc, single use",
+        runtime: "runsc",
+        single_use: true,
+        one_fork_source: false,
+        cold: false,
+    },
 ];
 
 /// Warm and cold tails of one row, and its throughput.
@@ -112,15 +152,20 @@ fn throughput(tokio: &tokio::runtime::Runtime, service: &Arc<Service>, total: us
 
 /// Warm and cold tails of a row, and its throughput, or why it could not be
 /// measured. The cold start is the runtime's, measured once per runtime.
-fn measure(
-    tokio: &tokio::runtime::Runtime,
-    (_, runtime, single_use): (&str, &str, bool),
-    full: bool,
-) -> Result<Measured, String> {
+fn measure(tokio: &tokio::runtime::Runtime, row: Row, full: bool) -> Result<Measured, String> {
+    let Row {
+        label,
+        runtime,
+        single_use,
+        ..
+    } = row;
     let mut config = Config::from_env().expect("valid MCP_BRIDGE_* environment");
     config.oci_runtime = Some(runtime.to_owned());
     if single_use {
         config.pool_max_uses = 1;
+    }
+    if row.one_fork_source {
+        config.light_spare = false;
     }
     let (engine, image) = tokio
         .block_on(async {
@@ -147,7 +192,7 @@ fn measure(
         assert!(tokio.block_on(pool.wait_warm(Duration::from_secs(60))));
     };
     let warm = tail(
-        &format!("{runtime}: warm print(6*7), a warm sandbox idle, 10 ms or more apart"),
+        &format!("{label}: warm print(6*7), a warm sandbox idle, 10 ms or more apart"),
         timed(
             tokio,
             n(match (runtime, single_use) {
@@ -169,12 +214,9 @@ fn measure(
     config.pool_wait_timeout = Duration::from_secs(120);
     let service = warm_service(tokio, &config)?;
     let runs_per_s = throughput(tokio, &service, n(if single_use { 40 } else { 1000 }));
-    println!(
-        "{runtime}{}: {runs_per_s:.1} runs/s, 4 in flight, pool of 4",
-        if single_use { ", single use" } else { "" }
-    );
+    println!("{label}: {runs_per_s:.1} runs/s, 4 in flight, pool of 4");
     tokio.block_on(service.shutdown());
-    let cold = (!single_use).then(|| {
+    let cold = row.cold.then(|| {
         tail(
             &format!("{runtime}: cold create+start+run+remove"),
             timed(tokio, n(30), || {}, || cold_run(&engine, &config, &image)),
@@ -204,7 +246,7 @@ fn main() {
     let full = std::env::args().any(|arg| arg == "--bench");
     let rows: Vec<(&str, Result<Measured, String>)> = ROWS
         .iter()
-        .map(|row| (row.0, measure(&tokio, *row, full)))
+        .map(|row| (row.label, measure(&tokio, *row, full)))
         .collect();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(

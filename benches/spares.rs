@@ -113,7 +113,7 @@ fn main() {
             c.huge_pages = false
         }),
         variant(&tokio, "MCP_BRIDGE_LIGHT_SPARE=off", |c| {
-            c.light_spare = Some(false)
+            c.light_spare = false
         }),
         variant(&tokio, "no preload", |c| c.preload.clear()),
     ];

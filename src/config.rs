@@ -61,9 +61,14 @@ pub struct Config {
     /// Modules imported once before any run (`MCP_BRIDGE_PRELOAD`).
     pub preload: Vec<String>,
     /// A light zygote beside the preloaded one, for runs that need none of
-    /// the preload (`MCP_BRIDGE_LIGHT_SPARE`); `None`: the runtime's default
-    /// (see [`Config::light_spare`]).
-    pub light_spare: Option<bool>,
+    /// the preload (`MCP_BRIDGE_LIGHT_SPARE`), under every runtime unless
+    /// turned off. Under gVisor it costs memory: the sentry charges the
+    /// second fork source and its spare against `MCP_BRIDGE_MEMORY`
+    /// (measured idle: 218 MiB a sandbox with it, 176 without; runc: 91 and
+    /// 88), and it pays back most there, where forking the preloaded zygote
+    /// is slow (43 ms for a fork and exit, 4 ms under runc): warm runs and
+    /// resets of runs that need no preload fork the light one instead.
+    pub light_spare: bool,
     /// Whether the zygotes move their memory into huge pages before the
     /// first fork (`MCP_BRIDGE_HUGE_PAGES`).
     pub huge_pages: bool,
@@ -400,7 +405,7 @@ impl Default for Config {
             gvisor_runtime: None,
             image: DEFAULT_IMAGE.into(),
             preload: DEFAULT_PRELOAD.iter().map(|&m| m.to_owned()).collect(),
-            light_spare: None,
+            light_spare: true,
             huge_pages: true,
             container_user: "65534:65534".into(),
             memory_bytes: 512 * MIB,
@@ -494,14 +499,6 @@ impl Config {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
 
-    /// Whether sandboxes keep a light zygote: as set, or by default under
-    /// every runtime but gVisor's `runsc`, whose sentry charges the second
-    /// fork source and its spare against `MCP_BRIDGE_MEMORY` (measured idle:
-    /// 218 MiB a sandbox with it, 176 without; runc: 91 and 88).
-    pub fn light_spare(&self) -> bool {
-        self.light_spare.unwrap_or(!self.gvisor())
-    }
-
     /// Whether sandboxes run under gVisor (`runsc`): a kernel of their own,
     /// whose own threads are what the host sees of them.
     pub fn gvisor(&self) -> bool {
@@ -554,11 +551,10 @@ impl Config {
         self.image = vars.string("MCP_BRIDGE_IMAGE", std::mem::take(&mut self.image));
         let preload = std::mem::take(&mut self.preload);
         self.preload = vars.parse("MCP_BRIDGE_PRELOAD", preload, parse_modules)?;
+        // `auto` (the default until gVisor got the light zygote too) is `on`.
         self.light_spare = vars.parse("MCP_BRIDGE_LIGHT_SPARE", self.light_spare, |v| match v {
-            "auto" => Ok(None),
-            _ => parse_on_off(v)
-                .map(Some)
-                .map_err(|_| "auto, on or off".into()),
+            "auto" => Ok(true),
+            _ => parse_on_off(v),
         })?;
         self.huge_pages = vars.parse("MCP_BRIDGE_HUGE_PAGES", self.huge_pages, parse_on_off)?;
         let user = std::mem::take(&mut self.container_user);
@@ -1802,32 +1798,21 @@ mod tests {
             gvisor_runtime: Some(true),
             ..named
         };
-        assert!(checked.gvisor() && !checked.light_spare());
+        assert!(checked.gvisor());
     }
 
     #[test]
-    fn the_light_spare_is_on_but_under_gvisor_unless_set() {
-        let runsc = [("MCP_BRIDGE_OCI_RUNTIME", "runsc")];
-        assert!(config(&[]).unwrap().light_spare());
-        assert!(!config(&runsc).unwrap().light_spare());
-        assert!(
-            config(&[runsc[0], ("MCP_BRIDGE_LIGHT_SPARE", "on")])
-                .unwrap()
-                .light_spare()
-        );
-        assert!(
-            !config(&[("MCP_BRIDGE_LIGHT_SPARE", "off")])
-                .unwrap()
-                .light_spare()
-        );
-        assert!(
-            !config(&[runsc[0], ("MCP_BRIDGE_LIGHT_SPARE", "auto")])
-                .unwrap()
-                .light_spare()
-        );
+    fn the_light_spare_is_on_under_every_runtime_unless_turned_off() {
+        let runsc = ("MCP_BRIDGE_OCI_RUNTIME", "runsc");
+        let light = |vars: &[(&str, &str)]| config(vars).unwrap().light_spare;
+        assert!(light(&[]));
+        assert!(light(&[runsc]));
+        assert!(!light(&[("MCP_BRIDGE_LIGHT_SPARE", "off")]));
+        assert!(!light(&[runsc, ("MCP_BRIDGE_LIGHT_SPARE", "off")]));
+        assert!(light(&[runsc, ("MCP_BRIDGE_LIGHT_SPARE", "auto")]));
         let error = config(&[("MCP_BRIDGE_LIGHT_SPARE", "yes")]).unwrap_err();
         assert_eq!(error.name, "MCP_BRIDGE_LIGHT_SPARE");
-        assert!(error.to_string().contains("auto, on or off"), "{error}");
+        assert!(error.to_string().contains("on or off"), "{error}");
     }
 
     #[test]

@@ -74,7 +74,7 @@ const MAX_ARGUMENT: usize = 120 * 1024;
 /// the preloaded one, `huge-pages` for their memory in huge pages.
 fn zygote_flags(config: &Config) -> String {
     let flags = [
-        (config.light_spare(), "light"),
+        (config.light_spare, "light"),
         (config.huge_pages, "huge-pages"),
     ];
     let on: Vec<&str> = flags
@@ -768,7 +768,7 @@ mod tests {
         assert_eq!(command[11], "3128");
         assert_eq!(command.len(), 12, "no trust: nothing more");
         let single = Config {
-            light_spare: Some(false),
+            light_spare: false,
             ..config.clone()
         };
         assert_eq!(agent_command(&single)[10], "huge-pages");

@@ -7,7 +7,6 @@ use crate::util::{
     Shared, assert_next_call_works, block_on, containers_of, one_sandbox, run_on, started_service,
     test_config, under_test, wait_until,
 };
-use mcp_code_exec::config::Config;
 use mcp_code_exec::report::RunStatus;
 
 static SERVICE: Shared = Shared::new();
@@ -392,11 +391,7 @@ engine_test! {
         // A stopped zygote (this run's parent: it imports numpy, so the data
         // zygote) cannot serve the next run: the sandbox is replaced (one
         // sandbox only, so the next run shows which container it is in).
-        // With a light zygote on every runtime (gVisor has none by default).
-        let single = started_service(Config {
-            light_spare: Some(true),
-            ..one_sandbox()
-        });
+        let single = started_service(one_sandbox());
         let stop = "import numpy, os, signal\nos.kill(os.getppid(), signal.SIGSTOP)";
         let stopped = run_on(&single, stop, Some(10.0));
         assert_eq!(stopped.status, RunStatus::Success, "{stopped:#?}");

@@ -170,7 +170,7 @@ engine_test! {
         block_on(service.shutdown());
 
         let mut config = one_sandbox();
-        config.light_spare = Some(false);
+        config.light_spare = false;
         let service = started_service(config);
         let report = run_on(&service, light, Some(20.0));
         assert_eq!(report.stdout, "data\n", "{report:#?}");

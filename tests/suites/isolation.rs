@@ -186,7 +186,7 @@ for pid in (1, *zygotes):
 "#;
         // The agent and both zygotes (the light one, the run's parent, and
         // the other), or the one zygote where there is no light one (gVisor).
-        let processes = if test_config().light_spare() { 3 } else { 2 };
+        let processes = if test_config().light_spare { 3 } else { 2 };
         if !under_test().gvisor() {
             let code = format!(
                 "{inspect}for sig in (signal.SIGSTOP, signal.SIGTERM, signal.SIGKILL):\n    \
