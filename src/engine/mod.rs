@@ -45,9 +45,13 @@ const OOM_QUESTION_WAIT: Duration = Duration::from_secs(5);
 /// this far apart, before it is an error (see [`Engine::try_remove`]).
 const REMOVE_SETTLE_TRIES: u32 = 10;
 const REMOVE_SETTLE_PAUSE: Duration = Duration::from_millis(100);
-/// How often a list that raced a removal is tried, and the pause between.
-const LIST_ATTEMPTS: u32 = 5;
-const LIST_RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// A list that caught a container between two states (see
+/// [`listing_caught_a_passing_state`]) is tried again, the pause doubling
+/// from the first up to the last, for this long in all: twice (the two
+/// listings of [`crate::pool::Pool::shutdown`]) fits its time.
+const LIST_RETRY_WITHIN: Duration = Duration::from_secs(2);
+const LIST_RETRY_PAUSES: (Duration, Duration) =
+    (Duration::from_millis(25), Duration::from_millis(400));
 
 /// A chunk of a container's output, as the engine demultiplexed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,16 +201,28 @@ fn image_fix(image: &str) -> &'static str {
     }
 }
 
-/// Whether a list failed only because a container it had found was removed
-/// before the engine read it: Podman (4.3 and later, podman#10120, #11810)
-/// then fails the whole list with a 500 "does not exist in database: no such
-/// container". Listing again sees the removal done.
-fn lost_a_listed_container(error: &BollardError) -> bool {
-    matches!(
-        error,
-        BollardError::DockerResponseServerError { status_code: 500, message }
-            if message.contains("no such container")
-    )
+/// Whether a list failed only because it caught a container between two
+/// states, which listing again a moment later does not. Two such cases, both
+/// Podman's (4.3 here):
+/// - a container it had found was removed before it read it: it fails the
+///   whole list with a 500 "does not exist in database: no such container"
+///   (podman#10120, #11810);
+/// - a container whose PID 1 exited on its own is `stopped` until its
+///   cleanup makes it `exited` (~140 ms on an idle machine), and its
+///   Docker-compatible list reports that libpod state as it is, which
+///   bollard's `ContainerSummary` cannot read ("unknown variant `stopped`"),
+///   failing the whole list again.
+fn listing_caught_a_passing_state(error: &BollardError) -> bool {
+    match error {
+        BollardError::DockerResponseServerError {
+            status_code: 500,
+            message,
+        } => message.contains("no such container"),
+        BollardError::JsonDataError { message, .. } => {
+            message.contains("unknown variant `stopped`")
+        }
+        _ => false,
+    }
 }
 
 /// Whether the engine answered at all: anything else (no socket, refused,
@@ -820,14 +836,18 @@ impl Engine {
             .all(true)
             .filters(&filters)
             .build();
-        let mut attempt = 1;
+        let give_up = tokio::time::Instant::now() + LIST_RETRY_WITHIN;
+        let (mut pause, longest) = LIST_RETRY_PAUSES;
         let containers = loop {
             match self.docker.list_containers(Some(options.clone())).await {
                 Ok(containers) => break containers,
-                Err(error) if attempt < LIST_ATTEMPTS && lost_a_listed_container(&error) => {
-                    tracing::debug!(%error, attempt, "listing raced a removal; listing again");
-                    attempt += 1;
-                    tokio::time::sleep(LIST_RETRY_PAUSE).await;
+                Err(error)
+                    if listing_caught_a_passing_state(&error)
+                        && tokio::time::Instant::now() + pause < give_up =>
+                {
+                    tracing::debug!(%error, "the listing caught a container between two states; listing again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(longest);
                 }
                 Err(error) => return Err(self.failed("listing sandbox containers")(error)),
             }
@@ -1009,22 +1029,41 @@ mod tests {
     }
 
     #[test]
-    fn only_podmans_lost_container_makes_a_list_try_again() {
+    fn only_a_container_caught_between_two_states_makes_a_list_try_again() {
         let response = |status_code, message: &str| BollardError::DockerResponseServerError {
             status_code,
             message: message.into(),
         };
         let lost = "container 5224255e does not exist in database: no such container";
-        assert!(lost_a_listed_container(&response(500, lost)));
-        assert!(!lost_a_listed_container(&response(
+        assert!(listing_caught_a_passing_state(&response(500, lost)));
+        assert!(!listing_caught_a_passing_state(&response(
             500,
             "database is locked"
         )));
         assert!(
-            !lost_a_listed_container(&response(404, lost)),
+            !listing_caught_a_passing_state(&response(404, lost)),
             "not a list's answer"
         );
-        assert!(!lost_a_listed_container(&BollardError::RequestTimeoutError));
+        // What CI's Podman lane failed a list with (2026-12-04).
+        let stopped = BollardError::JsonDataError {
+            message: "unknown variant `stopped`, expected one of ``, `created`, `running`, \
+                      `paused`, `restarting`, `exited`, `removing`, `dead`, `stopping` at line 1 \
+                      column 37885"
+                .into(),
+            column: 37885,
+        };
+        assert!(listing_caught_a_passing_state(&stopped));
+        let unreadable = BollardError::JsonDataError {
+            message: "invalid type: string \"x\", expected u64 at line 1 column 9".into(),
+            column: 9,
+        };
+        assert!(
+            !listing_caught_a_passing_state(&unreadable),
+            "not a passing state"
+        );
+        assert!(!listing_caught_a_passing_state(
+            &BollardError::RequestTimeoutError
+        ));
     }
 
     #[test]

@@ -189,6 +189,62 @@ engine_test! {
 }
 
 engine_test! {
+    /// Self-removing containers (as sandboxes are) whose PID 1 exits on its
+    /// own pass through a state Podman's list reports as `stopped` (~100 ms
+    /// here), which its client cannot read, and then vanish mid-list: a
+    /// listing (at launch, at shutdown, in this suite's sampler) tries again
+    /// instead of failing. Another instance's containers (another host's
+    /// owner label, so no sweep touches them) exit one after another while
+    /// this one lists every 10 ms; that they are gone after proves they ran.
+    fn a_listing_reads_through_containers_exiting_on_their_own() {
+        let engine = block_on(Engine::connect(test_config().engine)).unwrap();
+        let image = block_on(engine.resolve_image(&test_config().image)).unwrap();
+        let exiting: Vec<String> = (0..4)
+            .map(|n| {
+                let id = docker(&[
+                    "run",
+                    "-d",
+                    "--rm",
+                    "--network",
+                    "none",
+                    // Podman's default limits exceed what this host allows.
+                    "--ulimit",
+                    "nofile=1024:1024",
+                    "--ulimit",
+                    "nproc=4096:4096",
+                    "--label",
+                    "mcp-code-exec.managed=true",
+                    "--label",
+                    "mcp-code-exec.owner=some-other-host/1/1/0",
+                    &image,
+                    "sleep",
+                    &format!("0.{}", 3 + 2 * n),
+                ]);
+                assert!(!id.is_empty(), "could not start a container that exits");
+                id
+            })
+            .collect();
+        let listed = block_on(async {
+            let mut listed = 0;
+            let until = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < until {
+                engine.list_owned().await?;
+                listed += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Ok::<_, mcp_code_exec::engine::EngineError>(listed)
+        });
+        let gone = exiting.iter().all(|id| !container_exists(id));
+        let mut removal = vec!["rm", "-f"];
+        removal.extend(exiting.iter().map(String::as_str));
+        docker(&removal);
+        let listed = listed.unwrap_or_else(|error| panic!("a listing failed: {error}"));
+        assert!(listed > 10, "only {listed} listings in 2 s");
+        assert!(gone, "the containers did not run and exit within 2 s");
+    }
+}
+
+engine_test! {
     fn leftovers_of_dead_instances_are_removed_at_startup_and_own_ones_at_shutdown() {
         let (image, probe_owner) = block_on(async {
             let engine = Engine::connect(test_config().engine).await.unwrap();
