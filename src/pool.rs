@@ -50,6 +50,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 const RESET_TIMEOUT: Duration = Duration::from_secs(10);
 /// Removal of all containers at shutdown.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long shutdown waits for the background work between its two
+/// listings.
+const SHUTDOWN_BACKGROUND_WAIT: Duration = Duration::from_secs(2);
 /// The longest wait between failed starts: also how long, at most, the pool
 /// takes to notice that the engine is back.
 const MAX_CREATE_BACKOFF: Duration = Duration::from_secs(10);
@@ -723,7 +726,7 @@ impl Pool {
         shared.background.close();
         let removal = async {
             let first = shared.engine.remove_all_owned().await?;
-            let _ = tokio::time::timeout(Duration::from_secs(2), shared.background.wait()).await;
+            let _ = tokio::time::timeout(SHUTDOWN_BACKGROUND_WAIT, shared.background.wait()).await;
             let second = shared.engine.remove_all_owned().await?;
             Ok::<_, EngineError>(first + second)
         };
@@ -1014,6 +1017,15 @@ async fn refill_loop(shared: Arc<Shared>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shutdowns_listings_and_its_wait_fit_its_time() {
+        // Each listing may try again for this long (a Podman list that
+        // caught a container between two states), and still leave time
+        // for the removals.
+        let listings = 2 * crate::engine::LIST_RETRY_WITHIN;
+        assert!(listings + SHUTDOWN_BACKGROUND_WAIT + Duration::from_secs(1) <= SHUTDOWN_TIMEOUT);
+    }
 
     const MINUTE: Duration = Duration::from_secs(60);
 

@@ -46,12 +46,13 @@ const OOM_QUESTION_WAIT: Duration = Duration::from_secs(5);
 const REMOVE_SETTLE_TRIES: u32 = 10;
 const REMOVE_SETTLE_PAUSE: Duration = Duration::from_millis(100);
 /// A list that caught a container between two states (see
-/// [`listing_caught_a_passing_state`]) is tried again, the pause doubling
-/// from the first up to the last, for this long in all: twice (the two
-/// listings of [`crate::pool::Pool::shutdown`]) fits its time.
-const LIST_RETRY_WITHIN: Duration = Duration::from_secs(2);
-const LIST_RETRY_PAUSES: (Duration, Duration) =
-    (Duration::from_millis(25), Duration::from_millis(400));
+/// [`listing_caught_a_passing_state`]) is tried again for this long in all,
+/// the pause doubling from the first up to the longest: the two listings of
+/// [`crate::pool::Pool::shutdown`] and its 2 s wait between them still fit
+/// its 5 s.
+pub(crate) const LIST_RETRY_WITHIN: Duration = Duration::from_secs(1);
+const LIST_FIRST_PAUSE: Duration = Duration::from_millis(25);
+const LIST_LONGEST_PAUSE: Duration = Duration::from_millis(400);
 
 /// A chunk of a container's output, as the engine demultiplexed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -208,10 +209,11 @@ fn image_fix(image: &str) -> &'static str {
 ///   whole list with a 500 "does not exist in database: no such container"
 ///   (podman#10120, #11810);
 /// - a container whose PID 1 exited on its own is `stopped` until its
-///   cleanup makes it `exited` (~140 ms on an idle machine), and its
-///   Docker-compatible list reports that libpod state as it is, which
-///   bollard's `ContainerSummary` cannot read ("unknown variant `stopped`"),
-///   failing the whole list again.
+///   cleanup removes it (a sandbox: auto-removed; ~100 ms here) or makes
+///   it `exited`, and its Docker-compatible list reports that libpod state
+///   as it is, which bollard's `ContainerSummary` cannot read ("unknown
+///   variant `stopped`"; bollard has no looser list), failing the whole
+///   list again.
 fn listing_caught_a_passing_state(error: &BollardError) -> bool {
     match error {
         BollardError::DockerResponseServerError {
@@ -837,7 +839,7 @@ impl Engine {
             .filters(&filters)
             .build();
         let give_up = tokio::time::Instant::now() + LIST_RETRY_WITHIN;
-        let (mut pause, longest) = LIST_RETRY_PAUSES;
+        let mut pause = LIST_FIRST_PAUSE;
         let containers = loop {
             match self.docker.list_containers(Some(options.clone())).await {
                 Ok(containers) => break containers,
@@ -847,7 +849,7 @@ impl Engine {
                 {
                     tracing::debug!(%error, "the listing caught a container between two states; listing again");
                     tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(longest);
+                    pause = (pause * 2).min(LIST_LONGEST_PAUSE);
                 }
                 Err(error) => return Err(self.failed("listing sandbox containers")(error)),
             }

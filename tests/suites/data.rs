@@ -180,7 +180,9 @@ engine_test! {
 
 /// The `AnonHugePages` (KiB) of the processes in `service`'s one container,
 /// read from the host's `/proc` (root reads a zygote's memory map, which a
-/// run in the sandbox may not): the agent and every process under it.
+/// run in the sandbox may not): the agent and every process under it. One
+/// that exits while the tree is walked (the reset after a run forks and
+/// reaps) is left out: it is not the zygote, which lives on.
 fn huge_pages_in_the_sandbox(service: &mcp_code_exec::service::Service) -> u64 {
     let [container] = &containers_of(service)[..] else {
         panic!("one container")
@@ -189,17 +191,28 @@ fn huge_pages_in_the_sandbox(service: &mcp_code_exec::service::Service) -> u64 {
     let mut processes = vec![agent];
     let mut huge = 0;
     while let Some(pid) = processes.pop() {
-        let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-            .unwrap_or_else(|error| panic!("/proc/{pid}/smaps_rollup: {error}"));
+        let rollup = match std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) {
+            Ok(rollup) => rollup,
+            Err(error)
+                if error.raw_os_error() == Some(rustix::io::Errno::SRCH.raw_os_error())
+                    || error.kind() == std::io::ErrorKind::NotFound =>
+            {
+                continue;
+            }
+            Err(error) => panic!("/proc/{pid}/smaps_rollup: {error}"),
+        };
         let field = rollup
             .lines()
             .find_map(|line| line.strip_prefix("AnonHugePages:"));
         huge += field
             .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             .unwrap_or_else(|| panic!("AnonHugePages in {rollup}"));
-        for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue; // It exited after its rollup was read.
+        };
+        for task in tasks.flatten() {
             let children =
-                std::fs::read_to_string(task.unwrap().path().join("children")).unwrap_or_default();
+                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
             processes.extend(children.split_whitespace().map(str::to_owned));
         }
     }
