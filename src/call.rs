@@ -78,6 +78,10 @@ pub struct CallRequest {
     /// Who answers the tool policy's `ask` rules for this call: the MCP
     /// client, if it can be asked (elicitation); `None`: such calls are refused.
     pub approver: Option<Arc<dyn Approver>>,
+    /// Counted against its principal's calls in flight
+    /// (`MCP_BRIDGE_MAX_CALLS_PER_CLIENT`) until it is answered: over HTTP.
+    /// Stdio's one client is bounded by the pool, as is the `run` subcommand.
+    pub counted: bool,
 }
 
 /// The longest session name.
@@ -285,6 +289,20 @@ pub async fn call_with_tail(
     tail: Option<&OutputTail>,
 ) -> RunReport {
     let observer = CallObserver::new(service, request);
+    // A refused call is observed like any other (the console, the audit
+    // log); a cancelled one gives its seat back as its future drops.
+    let _seat = match request
+        .counted
+        .then(|| service.calls().enter(&request.principal))
+        .transpose()
+    {
+        Ok(seat) => seat,
+        Err(refused) => {
+            let report = RunReport::rejected(RunStatus::Error, refused.to_string());
+            observer.finished(&report, false);
+            return report;
+        }
+    };
     let answer = unobserved(service, request, observer.id, tail, &observer.progress)
         .instrument(observer.span.clone())
         .await;

@@ -42,7 +42,7 @@ use crate::config::{Config, HostRead, OutputMode};
 use crate::hostfiles::{self, HostRequest, SaveRequest};
 use crate::principals::Principal;
 use crate::proxy::discovery::ServerDefinition;
-use crate::report::{RunReport, RunStatus};
+use crate::report::RunStatus;
 use crate::sandbox::protocol::{FileContent, InputFile};
 use crate::service::Service;
 use crate::skills;
@@ -216,19 +216,6 @@ impl CodeExecServer {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
         let principal = principal_of(&context)?;
-        // Over HTTP, counted against its principal until the answer is made
-        // (a cancelled call's slot drops with it); stdio's one client is
-        // bounded by the pool, as before.
-        let _slot = match context.extensions.get::<axum::http::request::Parts>() {
-            None => None,
-            Some(_) => match self.service.calls().enter(&principal) {
-                Ok(slot) => Some(slot),
-                Err(error) => {
-                    let refused = RunReport::rejected(RunStatus::Error, error.to_string());
-                    return Ok(tool_result(&refused, self.output_mode));
-                }
-            },
-        };
         let (files, host_files) = split_files(args.files);
         let client_roots = match self.service.config().host_read {
             HostRead::ClientRoots if !host_files.is_empty() => {
@@ -257,6 +244,11 @@ impl CodeExecServer {
                 &context.peer,
                 self.service.config().tool_approval_timeout,
             ),
+            // Over HTTP, each principal's calls in flight are bounded.
+            counted: context
+                .extensions
+                .get::<axum::http::request::Parts>()
+                .is_some(),
         };
         let Some(token) = context.meta.get_progress_token() else {
             // The usual case: no timer, no channel.

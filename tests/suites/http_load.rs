@@ -250,3 +250,96 @@ fn a_connection_past_the_bound_waits_until_another_closes() {
     );
     stop.cancel();
 }
+
+engine_test! {
+    /// `MCP_BRIDGE_MAX_CALLS_PER_CLIENT`: while a principal's one call runs,
+    /// its next is refused at once, naming the variable, and the refusal
+    /// has its line in the audit log like any other call (checked to fail
+    /// with the refusal made in the front end, before the call's pipeline:
+    /// then no line).
+    fn a_call_past_its_clients_bound_is_refused_naming_the_variable_and_audited() {
+        let dir = std::env::temp_dir().join(format!("mcp-http-quota-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tokens = dir.join("tokens");
+        std::fs::write(&tokens, format!("ann:{}\n", token_hash("ann-token"))).unwrap();
+        let audit = dir.join("audit.jsonl");
+        let server = HttpServer::start_on(
+            free_port(),
+            &[
+                ("MCP_BRIDGE_HTTP_TOKENS_FILE", tokens.to_str().unwrap()),
+                ("MCP_BRIDGE_MAX_CALLS_PER_CLIENT", "1"),
+                ("MCP_BRIDGE_POOL_MIN_IDLE", "1"),
+                ("MCP_BRIDGE_AUDIT_LOG", audit.to_str().unwrap()),
+            ],
+        );
+        let client = http_client();
+        let url = server.url.clone();
+        let call = |id: u32, code: &str| {
+            format!(
+                r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"run_python","arguments":{{"code":"{code}"}}}}}}"#
+            )
+        };
+        let (quick, slow_code) = (
+            "print('quick')",
+            "import time; time.sleep(5); print('slow')",
+        );
+        let (slow, refused) = block_on(async {
+            let session = open_session(&client, &url, "ann-token").await;
+            let slow_done = std::sync::atomic::AtomicBool::new(false);
+            let slow = async {
+                let answer = post(&client, &url, "ann-token", &session, call(2, slow_code)).await.1;
+                slow_done.store(true, std::sync::atomic::Ordering::Relaxed);
+                answer
+            };
+            // Quick calls until one finds the slow one in flight (or, when
+            // one was in flight as the slow one came, until that is answered).
+            let refused = async {
+                while !slow_done.load(std::sync::atomic::Ordering::Relaxed) {
+                    let (_, answer) = post(&client, &url, "ann-token", &session, call(3, quick)).await;
+                    if !answer.contains(r#""status":"success""#) {
+                        return Some(answer);
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                None
+            };
+            tokio::join!(slow, refused)
+        });
+        // Whichever came second is refused; the other runs.
+        let (refused, refused_code) = match refused {
+            Some(refused) => {
+                assert!(slow.contains(r#""stdout":"slow\n""#), "{slow}");
+                (refused, quick)
+            }
+            None => (slow, slow_code),
+        };
+        assert!(
+            refused.contains(r#""status":"error""#)
+                && refused.contains("MCP_BRIDGE_MAX_CALLS_PER_CLIENT=1"),
+            "{refused}"
+        );
+        let refusals = || -> Vec<serde_json::Value> {
+            std::fs::read_to_string(&audit)
+                .unwrap_or_default()
+                .lines()
+                .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+                .filter(|line| line["status"] == "error")
+                .collect()
+        };
+        wait_until("the refusal's audit line", Duration::from_secs(10), || {
+            !refusals().is_empty()
+        });
+        let line = &refusals()[0];
+        assert_eq!(line["principal"], "ann", "{line}");
+        assert_eq!(line["code"], refused_code, "{line}");
+        assert!(
+            line["error"]
+                .as_str()
+                .is_some_and(|error| error.contains("MCP_BRIDGE_MAX_CALLS_PER_CLIENT=1")),
+            "{line}"
+        );
+        assert!(line.get("sandbox").is_none(), "a refused call had a sandbox: {line}");
+        drop(server);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
