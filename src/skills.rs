@@ -43,6 +43,11 @@ const MAX_SKILLS: usize = 256;
 const MIN_CHARGE: u64 = 4096;
 /// Files of one skill besides its `SKILL.md` and module.
 const SKILL_FILES: usize = 32;
+/// The parts of a skill file's path, at most (`a/b/c/data.csv`).
+const PATH_PARTS: usize = 4;
+/// Entries of a skill's folder read at most: its files (its own two
+/// besides) and the folders each may be in.
+const FOLDER_ENTRIES: usize = SKILL_FILES + 2 + SKILL_FILES * (PATH_PARTS - 1);
 /// The longest one-line description.
 const DESCRIPTION_CHARS: usize = 1024;
 /// The scheme of the skills' files as MCP resources.
@@ -239,7 +244,7 @@ impl SkillStore {
             .filter_map(|entry| {
                 let name = entry.file_name().into_string().ok()?;
                 check_name(&name).ok()?;
-                let text = std::fs::read_to_string(entry.path().join("SKILL.md")).ok()?;
+                let text = read_stored_text(&entry.path().join("SKILL.md")).ok()?;
                 Some(SkillInfo {
                     description: description_of(&text),
                     bytes: folder_bytes(&entry.path()),
@@ -255,7 +260,7 @@ impl SkillStore {
     fn source(&self, owner: &Principal, name: &str) -> Result<String, String> {
         check_name(name)?;
         let path = self.owner_dir(owner)?.join(name).join(format!("{name}.py"));
-        std::fs::read_to_string(path).map_err(|_| format!("no skill {name:?} is saved"))
+        read_stored_text(&path).map_err(|_| format!("no skill {name:?} is saved"))
     }
 
     fn delete(&self, owner: &Principal, name: &str) -> Result<Value, String> {
@@ -332,7 +337,7 @@ impl SkillStore {
 
     fn manifest_unlocked(&self, owner: &Principal, name: &str) -> Option<Skill> {
         let dir = self.owner_dir(owner).ok()?.join(name);
-        let skill_md = std::fs::read_to_string(dir.join("SKILL.md")).ok()?;
+        let skill_md = read_stored_text(&dir.join("SKILL.md")).ok()?;
         let base = format!("{SCHEME}{}/", skill_name(name));
         let mut resources = Vec::new();
         for (path, data) in read_folder(&dir).ok()? {
@@ -366,7 +371,7 @@ impl SkillStore {
         check_path(path)?;
         let file = self.owner_dir(owner)?.join(name).join(path);
         let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
-        read_stored(&file).map_err(|e| match e.kind() {
+        read_stored(&file, SKILL_BYTES).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => format!("skill {name:?} has no file {path:?}"),
             _ => {
                 tracing::warn!(file = %file.display(), error = %e, "a skill file could not be read");
@@ -435,7 +440,7 @@ fn skill_name(name: &str) -> String {
 fn check_path(path: &str) -> Result<(), String> {
     let parts: Vec<&str> = path.split('/').collect();
     let valid = !path.is_empty()
-        && parts.len() <= 4
+        && parts.len() <= PATH_PARTS
         && parts.iter().all(|part| {
             !part.is_empty()
                 && !part.starts_with('.')
@@ -448,7 +453,7 @@ fn check_path(path: &str) -> Result<(), String> {
     } else {
         Err(format!(
             "{path:?} is not a skill file's path: relative, parts of letters, digits, . _ -, \
-             none hidden, at most 4 deep"
+             none hidden, at most {PATH_PARTS} deep"
         ))
     }
 }
@@ -524,11 +529,12 @@ fn write_folder(dir: &Path, files: &[(String, Vec<u8>)]) -> std::io::Result<()> 
     Ok(())
 }
 
-/// A stored file's bytes: a regular file, not through a link in its last
-/// part (the store is the host's: only its writes put files there, but an
-/// operator's link, FIFO or device, or a file grown past [`SKILL_BYTES`],
-/// must not make a run's read follow it, block, or read without bound).
-fn read_stored(path: &Path) -> std::io::Result<Vec<u8>> {
+/// A stored file's bytes, at most `limit` of them: a regular file, not
+/// through a link in its last part (the store is the host's: only its
+/// writes put files there, but an operator's link, FIFO or device, or a file
+/// grown past [`SKILL_BYTES`], must not make a run's read follow it, block,
+/// or read without bound).
+fn read_stored(path: &Path, limit: usize) -> std::io::Result<Vec<u8>> {
     use std::io::Read as _;
     use std::os::unix::fs::OpenOptionsExt;
     let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
@@ -536,39 +542,61 @@ fn read_stored(path: &Path) -> std::io::Result<Vec<u8>> {
         .read(true)
         .custom_flags(i32::try_from(flags.bits()).expect("open flags fit an int"))
         .open(path)?;
-    let too_large =
-        || std::io::Error::other(format!("larger than a skill may be ({SKILL_BYTES} bytes)"));
+    let too_large = || {
+        std::io::Error::other(format!(
+            "larger than a skill may be ({SKILL_BYTES} bytes, its files together)"
+        ))
+    };
     let meta = file.metadata()?;
     if !meta.is_file() {
         return Err(std::io::Error::other("not a regular file"));
     }
-    if meta.len() > SKILL_BYTES as u64 {
+    if meta.len() > limit as u64 {
         return Err(too_large());
     }
     let mut data = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
     // It may grow while read.
-    file.take(SKILL_BYTES as u64 + 1).read_to_end(&mut data)?;
-    if data.len() > SKILL_BYTES {
+    file.take(limit as u64 + 1).read_to_end(&mut data)?;
+    if data.len() > limit {
         return Err(too_large());
     }
     Ok(data)
 }
 
-/// Every file beneath `dir` (relative paths), links not followed.
+/// [`read_stored`] within a whole skill's bound, as UTF-8 text.
+fn read_stored_text(path: &Path) -> std::io::Result<String> {
+    String::from_utf8(read_stored(path, SKILL_BYTES)?)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// Every file beneath `dir` (relative paths), links not followed, within a
+/// skill's bounds: [`FOLDER_ENTRIES`] entries and [`SKILL_BYTES`] in all
+/// (what the store's saves put there fits; a tree copied in on the host is
+/// read no further, and what is left out is warned of).
 fn read_folder(dir: &Path) -> std::io::Result<Vec<(String, Vec<u8>)>> {
     let mut files = Vec::new();
+    let (mut entries, mut left) = (0, SKILL_BYTES);
     let mut stack = vec![(dir.to_owned(), String::new())];
     while let Some((folder, prefix)) = stack.pop() {
         for entry in std::fs::read_dir(&folder)? {
             let entry = entry?;
+            entries += 1;
+            if entries > FOLDER_ENTRIES {
+                tracing::warn!(folder = %dir.display(),
+                    "a skill's folder has more than {FOLDER_ENTRIES} entries: the rest is left out");
+                return Ok(files);
+            }
             let name = entry.file_name().to_string_lossy().into_owned();
             let kind = entry.file_type()?;
             let path = format!("{prefix}{name}");
             if kind.is_dir() {
                 stack.push((entry.path(), format!("{path}/")));
             } else if kind.is_file() {
-                match read_stored(&entry.path()) {
-                    Ok(data) => files.push((path, data)),
+                match read_stored(&entry.path(), left) {
+                    Ok(data) => {
+                        left -= data.len();
+                        files.push((path, data));
+                    }
                     Err(e) => tracing::warn!(file = %entry.path().display(), error = %e,
                         "a skill file left out: it could not be read"),
                 }
@@ -855,6 +883,61 @@ mod tests {
 
     fn save(name: &str, code: &str) -> Value {
         json!({"name": name, "code": code, "description": "Loads the sales table."})
+    }
+
+    #[test]
+    fn a_folder_planted_on_the_host_is_read_only_within_a_skills_bounds() {
+        let (store, dir) = store(64 << 20);
+        let ann = Principal::new("ann").unwrap();
+        let listed = |name: &str| {
+            let skill = store.manifest(&ann, name).unwrap();
+            let SkillResources::Files(resources) = skill.resources else {
+                panic!("files expected");
+            };
+            resources
+        };
+        // The largest layout a save makes is read whole: every file as deep
+        // as a path may go, each in folders of its own.
+        let files: serde_json::Map<String, Value> = (0..SKILL_FILES)
+            .map(|n| (format!("a{n}/b/c/f.txt"), json!("aGk=")))
+            .collect();
+        let mut skill = save("deep", "X = 1\n");
+        skill["files"] = Value::Object(files);
+        store.answer(&ann, "save", skill).unwrap();
+        assert_eq!(listed("deep").len(), SKILL_FILES + 2);
+        // A tree copied in on the host: no more entries than a skill has…
+        store.answer(&ann, "save", save("wide", "X = 1\n")).unwrap();
+        let wide = store.owner_dir(&ann).unwrap().join("wide");
+        for n in 0..500 {
+            std::fs::write(wide.join(format!("f{n}.txt")), "x").unwrap();
+        }
+        let resources = listed("wide");
+        assert!(
+            (SKILL_FILES..=FOLDER_ENTRIES).contains(&resources.len()),
+            "{} files listed",
+            resources.len()
+        );
+        // …and no more bytes than a skill has, in all.
+        store
+            .answer(&ann, "save", save("heavy", "X = 1\n"))
+            .unwrap();
+        let heavy = store.owner_dir(&ann).unwrap().join("heavy");
+        for n in 0..3 {
+            std::fs::write(
+                heavy.join(format!("big{n}.bin")),
+                vec![0u8; SKILL_BYTES / 2 + 1],
+            )
+            .unwrap();
+        }
+        let resources = listed("heavy");
+        let bytes: u64 = resources.iter().map(|r| r.size).sum();
+        assert!(bytes <= SKILL_BYTES as u64, "{bytes} bytes listed");
+        let big = resources.iter().filter(|r| r.uri.contains("/big")).count();
+        assert_eq!(
+            big, 1,
+            "one half-skill file fits beside its module and SKILL.md"
+        );
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
