@@ -277,6 +277,19 @@ def test_huge_page_ranges_are_whole_2mib_pages_of_private_writable_anonymous_mem
     ], "not shared, file-backed, read-only, under 2 MiB, or the stack"
 
 
+def test_huge_page_ranges_leave_out_what_the_process_had_before(agent, tmp_path):
+    maps = tmp_path / "maps"
+    maps.write_text(
+        "55d000600000-55d001a00000 rw-p 00000000 00:00 0 [heap]\n7f0000000000-7f0000800000 rw-p 00000000 00:00 0 \n"
+    )
+    before = [(0x55D000600000, 0x55D000900000), (0x7F0000400000, 0x7F0000400001)]
+    assert agent.huge_page_ranges(str(maps), before) == [
+        (0x55D000A00000, 0x1000000),  # the heap past the pages the old one touches
+        (0x7F0000000000, 0x400000),  # an arena but for the page with a byte of the old
+        (0x7F0000600000, 0x200000),
+    ], "a huge page that touches old memory is not collapsed: the agent shares it"
+
+
 def test_collapse_into_huge_pages_is_best_effort_and_keeps_memory_intact(agent):
     script = (
         f"import sys\nsys.path.insert(0, {str(pathlib.Path(agent.__file__).parent)!r})\n"
