@@ -866,11 +866,17 @@ impl Shared {
                     }
                 }
                 Err(failure) => {
-                    tracing::warn!(
-                        sandbox = sandbox.short_id(),
-                        %failure,
-                        "reset failed; recycling"
-                    );
+                    if shared.state().closed {
+                        // Shutdown ends the agents (their stdin closes),
+                        // resets in flight with them: nothing went wrong.
+                        tracing::debug!(sandbox = sandbox.short_id(), %failure, "reset ended by the shutdown");
+                    } else {
+                        tracing::warn!(
+                            sandbox = sandbox.short_id(),
+                            %failure,
+                            "reset failed; recycling"
+                        );
+                    }
                     shared.state().reset_failed();
                     shared.destroy(sandbox, RecycleReason::ResetFailed);
                 }
