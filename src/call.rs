@@ -28,7 +28,7 @@ use crate::hostfiles::{self, HostFiles, HostRequest, ReadBounds, SaveRequest};
 use crate::images;
 use crate::metrics;
 use crate::pool::{Lease, Pool, RecycleReason, Verdict};
-use crate::principals::Principal;
+use crate::principals::{Principal, QuotaError};
 use crate::proxy::{CallLimits, RunTools};
 use crate::report::{
     Found, Image, OutputFile, RunReport, RunStatus, SessionReport, ToolCallList, decode_output,
@@ -78,10 +78,11 @@ pub struct CallRequest {
     /// Who answers the tool policy's `ask` rules for this call: the MCP
     /// client, if it can be asked (elicitation); `None`: such calls are refused.
     pub approver: Option<Arc<dyn Approver>>,
-    /// Counted against its principal's calls in flight
-    /// (`MCP_BRIDGE_MAX_CALLS_PER_CLIENT`) until it is answered: over HTTP.
-    /// Stdio's one client is bounded by the pool, as is the `run` subcommand.
-    pub counted: bool,
+    /// The front end found its principal at `MCP_BRIDGE_MAX_CALLS_PER_CLIENT`
+    /// calls in flight (over HTTP, where it holds each call's seat until the
+    /// answer is sent): the call is refused with this, and observed like any
+    /// other (the console, the audit log).
+    pub over_quota: Option<QuotaError>,
 }
 
 /// The longest session name.
@@ -289,20 +290,11 @@ pub async fn call_with_tail(
     tail: Option<&OutputTail>,
 ) -> RunReport {
     let observer = CallObserver::new(service, request);
-    // A refused call is observed like any other (the console, the audit
-    // log); a cancelled one gives its seat back as its future drops.
-    let _seat = match request
-        .counted
-        .then(|| service.calls().enter(&request.principal))
-        .transpose()
-    {
-        Ok(seat) => seat,
-        Err(refused) => {
-            let report = RunReport::rejected(RunStatus::Error, refused.to_string());
-            observer.finished(&report, false);
-            return report;
-        }
-    };
+    if let Some(refused) = &request.over_quota {
+        let report = RunReport::rejected(RunStatus::Error, refused.to_string());
+        observer.finished(&report, false);
+        return report;
+    }
     let answer = unobserved(service, request, observer.id, tail, &observer.progress)
         .instrument(observer.span.clone())
         .await;

@@ -216,9 +216,20 @@ impl CodeExecServer {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
         let principal = principal_of(&context)?;
+        // Over HTTP, counted against its principal until the answer is sent
+        // (a cancelled call's seat drops with it); a call past the bound is
+        // refused, and `call` observes the refusal. Stdio's one client is
+        // bounded by the pool, as is the `run` subcommand.
+        let (_seat, over_quota) = match context.extensions.get::<axum::http::request::Parts>() {
+            None => (None, None),
+            Some(_) => match self.service.calls().enter(&principal) {
+                Ok(seat) => (Some(seat), None),
+                Err(refused) => (None, Some(refused)),
+            },
+        };
         let (files, host_files) = split_files(args.files);
         let client_roots = match self.service.config().host_read {
-            HostRead::ClientRoots if !host_files.is_empty() => {
+            HostRead::ClientRoots if !host_files.is_empty() && over_quota.is_none() => {
                 Some(self.client_roots(&context.peer).await)
             }
             _ => None,
@@ -244,11 +255,7 @@ impl CodeExecServer {
                 &context.peer,
                 self.service.config().tool_approval_timeout,
             ),
-            // Over HTTP, each principal's calls in flight are bounded.
-            counted: context
-                .extensions
-                .get::<axum::http::request::Parts>()
-                .is_some(),
+            over_quota,
         };
         let Some(token) = context.meta.get_progress_token() else {
             // The usual case: no timer, no channel.
