@@ -866,7 +866,7 @@ impl Shared {
                     }
                 }
                 Err(failure) => {
-                    if shared.state().closed {
+                    if matches!(failure, SandboxFailure::AgentDied { .. }) && shared.state().closed {
                         // Shutdown ends the agents (their stdin closes),
                         // resets in flight with them: nothing went wrong.
                         tracing::debug!(sandbox = sandbox.short_id(), %failure, "reset ended by the shutdown");

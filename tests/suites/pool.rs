@@ -195,15 +195,16 @@ engine_test! {
     /// listing (at launch, at shutdown, in this suite's sampler) tries again
     /// instead of failing. Another instance's containers (another host's
     /// owner label, so no sweep touches them) exit one after another, at
-    /// moments set before any starts (however slowly they start), while
-    /// this one lists every 10 ms; that they are gone after proves they ran.
+    /// moments set before any starts (5 s ahead: starts slower than that
+    /// fail the test, saying so), while this one lists every 10 ms; that
+    /// they are gone after proves they ran.
     fn a_listing_reads_through_containers_exiting_on_their_own() {
         let engine = block_on(Engine::connect(test_config().engine)).unwrap();
         let image = block_on(engine.resolve_image(&test_config().image)).unwrap();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap();
-        let first_exit = now + Duration::from_secs(3);
+        let first_exit = now + Duration::from_secs(5);
         let exiting: Vec<String> = (0..4u32)
             .map(|n| {
                 let exit_at = (first_exit + Duration::from_millis(200) * n).as_secs_f64();
@@ -238,6 +239,10 @@ engine_test! {
             let since_epoch = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap();
+            assert!(
+                since_epoch + Duration::from_millis(500) < first_exit,
+                "the four containers took over 4.5 s to start: nothing would be listed while they exit"
+            );
             let until = Instant::now()
                 + (first_exit + Duration::from_millis(1600)).saturating_sub(since_epoch);
             while Instant::now() < until {
