@@ -189,8 +189,8 @@ impl SkillStore {
                  runtime.delete_skill(name)"
             ));
         }
-        let replaced = folder_bytes(&dir.join(".previous").join(name));
-        let used = folder_bytes(&dir).saturating_sub(replaced);
+        let replaced = folder_bytes(&dir.join(".previous").join(name), 1);
+        let used = folder_bytes(&dir, MAX_SKILLS).saturating_sub(replaced);
         // The skill's folder and its files, each at least a block.
         let charge = MIN_CHARGE
             + files
@@ -239,7 +239,11 @@ impl SkillStore {
         let Ok(entries) = std::fs::read_dir(&dir) else {
             return Vec::new();
         };
+        // Its skills, their previous versions' folder and a save's staging:
+        // a folder with more than that (copied in on the host) is read no
+        // further.
         let mut skills: Vec<SkillInfo> = entries
+            .take(2 * MAX_SKILLS)
             .filter_map(Result::ok)
             .filter_map(|entry| {
                 let name = entry.file_name().into_string().ok()?;
@@ -247,7 +251,7 @@ impl SkillStore {
                 let text = read_stored_text(&entry.path().join("SKILL.md")).ok()?;
                 Some(SkillInfo {
                     description: description_of(&text),
-                    bytes: folder_bytes(&entry.path()),
+                    bytes: folder_bytes(&entry.path(), 1),
                     name,
                 })
             })
@@ -607,21 +611,40 @@ fn read_folder(dir: &Path) -> std::io::Result<Vec<(String, Vec<u8>)>> {
 }
 
 /// What the files and folders beneath `dir` are charged (0 when there is
-/// none): each at least [`MIN_CHARGE`].
-fn folder_bytes(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .filter_map(Result::ok)
-        .map(|entry| match entry.file_type() {
-            Ok(kind) if kind.is_dir() => MIN_CHARGE + folder_bytes(&entry.path()),
-            Ok(kind) if kind.is_file() => {
-                (entry.metadata().map_or(0, |meta| meta.len())).max(MIN_CHARGE)
+/// none): each at least [`MIN_CHARGE`]. Links are not followed, and at most
+/// as many entries are looked at as `skills` skills (and their previous
+/// versions) may hold: a tree copied in on the host is counted no further,
+/// and what is left out is warned of.
+fn folder_bytes(dir: &Path, skills: usize) -> u64 {
+    let mut budget = (2 * skills + 2) * FOLDER_ENTRIES;
+    let (mut bytes, mut folders) = (0, vec![dir.to_owned()]);
+    while let Some(folder) = folders.pop() {
+        let Ok(entries) = std::fs::read_dir(&folder) else {
+            continue;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            if budget == 0 {
+                tracing::warn!(folder = %dir.display(),
+                    "a skills folder has more entries than its skills may have: the rest is not counted");
+                return bytes;
             }
-            _ => 0,
-        })
-        .sum()
+            budget -= 1;
+            match entry.file_type() {
+                Ok(kind) if kind.is_dir() => {
+                    bytes += MIN_CHARGE;
+                    folders.push(entry.path());
+                }
+                Ok(kind) if kind.is_file() => {
+                    bytes += entry
+                        .metadata()
+                        .map_or(0, |meta| meta.len())
+                        .max(MIN_CHARGE);
+                }
+                _ => {}
+            }
+        }
+    }
+    bytes
 }
 
 /// A run's calls to the host: its `@skills` calls answered by the store
@@ -908,7 +931,7 @@ mod tests {
         // A tree copied in on the host: no more entries than a skill has…
         store.answer(&ann, "save", save("wide", "X = 1\n")).unwrap();
         let wide = store.owner_dir(&ann).unwrap().join("wide");
-        for n in 0..500 {
+        for n in 0..600 {
             std::fs::write(wide.join(format!("f{n}.txt")), "x").unwrap();
         }
         let resources = listed("wide");
@@ -916,6 +939,17 @@ mod tests {
             (SKILL_FILES..=FOLDER_ENTRIES).contains(&resources.len()),
             "{} files listed",
             resources.len()
+        );
+        // …nor counts them all for its size.
+        let wide_bytes = store
+            .list(&ann)
+            .into_iter()
+            .find(|s| s.name == "wide")
+            .unwrap()
+            .bytes;
+        assert!(
+            wide_bytes <= 4 * FOLDER_ENTRIES as u64 * MIN_CHARGE,
+            "{wide_bytes} bytes counted"
         );
         // …and no more bytes than a skill has, in all.
         store
