@@ -53,6 +53,13 @@ pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long shutdown waits for the background work between its two
 /// listings.
 const SHUTDOWN_BACKGROUND_WAIT: Duration = Duration::from_secs(2);
+// Each of shutdown's two listings may try again for this long (a Podman list
+// that caught a container between two states), and a second is left for the
+// removals: the build fails when the budgets stop fitting.
+const _: () = assert!(
+    2 * crate::engine::LIST_RETRY_WITHIN.as_millis() + SHUTDOWN_BACKGROUND_WAIT.as_millis() + 1000
+        <= SHUTDOWN_TIMEOUT.as_millis()
+);
 /// The longest wait between failed starts: also how long, at most, the pool
 /// takes to notice that the engine is back.
 const MAX_CREATE_BACKOFF: Duration = Duration::from_secs(10);
@@ -1023,15 +1030,6 @@ async fn refill_loop(shared: Arc<Shared>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn shutdowns_listings_and_its_wait_fit_its_time() {
-        // Each listing may try again for this long (a Podman list that
-        // caught a container between two states), and still leave time
-        // for the removals.
-        let listings = 2 * crate::engine::LIST_RETRY_WITHIN;
-        assert!(listings + SHUTDOWN_BACKGROUND_WAIT + Duration::from_secs(1) <= SHUTDOWN_TIMEOUT);
-    }
 
     const MINUTE: Duration = Duration::from_secs(60);
 

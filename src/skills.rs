@@ -547,9 +547,11 @@ fn read_stored(path: &Path, limit: usize) -> std::io::Result<Vec<u8>> {
         .custom_flags(i32::try_from(flags.bits()).expect("open flags fit an int"))
         .open(path)?;
     let too_large = || {
-        std::io::Error::other(format!(
-            "larger than a skill may be ({SKILL_BYTES} bytes, its files together)"
-        ))
+        std::io::Error::other(if limit == SKILL_BYTES {
+            format!("larger than a skill may be ({SKILL_BYTES} bytes, its files together)")
+        } else {
+            format!("larger than the {limit} bytes left of a skill's {SKILL_BYTES}")
+        })
     };
     let meta = file.metadata()?;
     if !meta.is_file() {
@@ -573,39 +575,65 @@ fn read_stored_text(path: &Path) -> std::io::Result<String> {
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
+/// Each entry beneath `dir`, links not followed (a link is an entry, never
+/// its target), given to `visit` with its path relative to `dir`; at most
+/// `budget` entries. `Ok(false)` when the budget ran out before the tree; an
+/// error only when `dir` itself cannot be read (a folder beneath it that
+/// cannot is left out).
+fn walk(
+    dir: &Path,
+    mut budget: usize,
+    mut visit: impl FnMut(&str, &std::fs::DirEntry, std::fs::FileType),
+) -> std::io::Result<bool> {
+    let mut folders = vec![(dir.to_owned(), String::new())];
+    let mut first = true;
+    while let Some((folder, prefix)) = folders.pop() {
+        let entries = match std::fs::read_dir(&folder) {
+            Ok(entries) => entries,
+            Err(error) if first => return Err(error),
+            Err(_) => continue,
+        };
+        first = false;
+        for entry in entries.filter_map(Result::ok) {
+            if budget == 0 {
+                return Ok(false);
+            }
+            budget -= 1;
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            let path = format!("{prefix}{}", entry.file_name().to_string_lossy());
+            if kind.is_dir() {
+                folders.push((entry.path(), format!("{path}/")));
+            }
+            visit(&path, &entry, kind);
+        }
+    }
+    Ok(true)
+}
+
 /// Every file beneath `dir` (relative paths), links not followed, within a
 /// skill's bounds: [`FOLDER_ENTRIES`] entries and [`SKILL_BYTES`] in all
 /// (what the store's saves put there fits; a tree copied in on the host is
 /// read no further, and what is left out is warned of).
 fn read_folder(dir: &Path) -> std::io::Result<Vec<(String, Vec<u8>)>> {
-    let mut files = Vec::new();
-    let (mut entries, mut left) = (0, SKILL_BYTES);
-    let mut stack = vec![(dir.to_owned(), String::new())];
-    while let Some((folder, prefix)) = stack.pop() {
-        for entry in std::fs::read_dir(&folder)? {
-            let entry = entry?;
-            entries += 1;
-            if entries > FOLDER_ENTRIES {
-                tracing::warn!(folder = %dir.display(),
-                    "a skill's folder has more than {FOLDER_ENTRIES} entries: the rest is left out");
-                return Ok(files);
-            }
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let kind = entry.file_type()?;
-            let path = format!("{prefix}{name}");
-            if kind.is_dir() {
-                stack.push((entry.path(), format!("{path}/")));
-            } else if kind.is_file() {
-                match read_stored(&entry.path(), left) {
-                    Ok(data) => {
-                        left -= data.len();
-                        files.push((path, data));
-                    }
-                    Err(e) => tracing::warn!(file = %entry.path().display(), error = %e,
-                        "a skill file left out: it could not be read"),
-                }
-            }
+    let (mut files, mut left) = (Vec::new(), SKILL_BYTES);
+    let whole = walk(dir, FOLDER_ENTRIES, |path, entry, kind| {
+        if !kind.is_file() {
+            return;
         }
+        match read_stored(&entry.path(), left) {
+            Ok(data) => {
+                left -= data.len();
+                files.push((path.to_owned(), data));
+            }
+            Err(e) => tracing::warn!(file = %entry.path().display(), error = %e,
+                "a skill file left out: it could not be read"),
+        }
+    })?;
+    if !whole {
+        tracing::warn!(folder = %dir.display(),
+            "a skill's folder has more than {FOLDER_ENTRIES} entries: the rest is left out");
     }
     Ok(files)
 }
@@ -616,33 +644,20 @@ fn read_folder(dir: &Path) -> std::io::Result<Vec<(String, Vec<u8>)>> {
 /// versions) may hold: a tree copied in on the host is counted no further,
 /// and what is left out is warned of.
 fn folder_bytes(dir: &Path, skills: usize) -> u64 {
-    let mut budget = (2 * skills + 2) * FOLDER_ENTRIES;
-    let (mut bytes, mut folders) = (0, vec![dir.to_owned()]);
-    while let Some(folder) = folders.pop() {
-        let Ok(entries) = std::fs::read_dir(&folder) else {
-            continue;
-        };
-        for entry in entries.filter_map(Result::ok) {
-            if budget == 0 {
-                tracing::warn!(folder = %dir.display(),
-                    "a skills folder has more entries than its skills may have: the rest is not counted");
-                return bytes;
-            }
-            budget -= 1;
-            match entry.file_type() {
-                Ok(kind) if kind.is_dir() => {
-                    bytes += MIN_CHARGE;
-                    folders.push(entry.path());
-                }
-                Ok(kind) if kind.is_file() => {
-                    bytes += entry
-                        .metadata()
-                        .map_or(0, |meta| meta.len())
-                        .max(MIN_CHARGE);
-                }
-                _ => {}
-            }
+    let mut bytes = 0;
+    let whole = walk(dir, (2 * skills + 2) * FOLDER_ENTRIES, |_, entry, kind| {
+        if kind.is_dir() {
+            bytes += MIN_CHARGE;
+        } else if kind.is_file() {
+            bytes += entry
+                .metadata()
+                .map_or(0, |meta| meta.len())
+                .max(MIN_CHARGE);
         }
+    });
+    if matches!(whole, Ok(false)) {
+        tracing::warn!(folder = %dir.display(),
+            "a skills folder has more entries than its skills may have: the rest is not counted");
     }
     bytes
 }
@@ -971,6 +986,16 @@ mod tests {
             big, 1,
             "one half-skill file fits beside its module and SKILL.md"
         );
+        // More skill folders than a principal may keep, copied in on the
+        // host: a listing looks at no more than twice what it may keep.
+        let owner = store.owner_dir(&ann).unwrap();
+        for n in 0..2 * MAX_SKILLS + 8 {
+            let planted = owner.join(format!("planted{n}"));
+            std::fs::create_dir(&planted).unwrap();
+            std::fs::write(planted.join("SKILL.md"), "---\ndescription: x\n---\n").unwrap();
+        }
+        let listed = store.list(&ann).len();
+        assert!(listed <= 2 * MAX_SKILLS, "{listed} skills listed");
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -132,6 +132,24 @@ impl HttpServer {
 pub(crate) const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
 
 /// A port free on loopback now.
+/// A fresh folder `mcp-{label}-<pid>` in the temp folder, holding a tokens
+/// file (`MCP_BRIDGE_HTTP_TOKENS_FILE`) that gives each of `principals` the
+/// token `<name>-token`: the folder and the file.
+pub(crate) fn tokens_file(
+    label: &str,
+    principals: &[&str],
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("mcp-{label}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let tokens = dir.join("tokens");
+    let lines: String = principals
+        .iter()
+        .map(|name| format!("{name}:{}\n", token_hash(&format!("{name}-token"))))
+        .collect();
+    std::fs::write(&tokens, lines).unwrap();
+    (dir, tokens)
+}
+
 pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -175,10 +193,7 @@ fn jwt_access_tokens_are_verified_and_every_forgery_refused() {
     let issuer = Issuer::start(vec![k1.jwk(), symmetric]);
     let port = free_port();
     let resource = format!("http://127.0.0.1:{port}/mcp");
-    let dir = std::env::temp_dir().join(format!("mcp-jwt-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let tokens = dir.join("tokens");
-    std::fs::write(&tokens, format!("ann:{}\n", token_hash("ann-token"))).unwrap();
+    let (dir, tokens) = tokens_file("jwt-test", &["ann"]);
     let jwks_url = issuer.jwks_url();
     let metrics_addr = format!("127.0.0.1:{}", free_port());
     let server = HttpServer::start_on(
@@ -458,10 +473,7 @@ engine_test! {
     /// (tests/e2e/http_client_ts.mjs, `@modelcontextprotocol/sdk` on Node 24):
     /// run_python, progress, a cancelled call whose seat is freed, an artifact.
     fn the_official_typescript_sdk_over_streamable_http() {
-        let dir = std::env::temp_dir().join(format!("mcp-ts-sdk-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let tokens = dir.join("tokens");
-        std::fs::write(&tokens, format!("ts:{}\n", token_hash("ts-token"))).unwrap();
+        let (dir, tokens) = tokens_file("ts-sdk-test", &["ts"]);
         let server = HttpServer::start_on(
             free_port(),
             &[

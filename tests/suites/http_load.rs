@@ -6,9 +6,8 @@
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use mcp_code_exec::http::auth::token_hash;
 
-use crate::http::{HttpServer, INITIALIZE, free_port, http_client};
+use crate::http::{HttpServer, INITIALIZE, free_port, http_client, tokens_file};
 use crate::util::{block_on, wait_until};
 
 /// The server's open descriptors and resident memory (MiB).
@@ -139,15 +138,8 @@ fn a_thousand_idle_event_streams_are_bounded_and_others_are_served() {
 
 engine_test! {
     fn sixty_four_clients_make_ten_thousand_calls_and_memory_stays_flat() {
-        let dir = std::env::temp_dir().join(format!("mcp-http-load-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let tokens = dir.join("tokens");
         let principals = ["p0", "p1", "p2", "p3"];
-        let lines: String = principals
-            .iter()
-            .map(|p| format!("{p}:{}\n", token_hash(&format!("{p}-token"))))
-            .collect();
-        std::fs::write(&tokens, lines).unwrap();
+        let (dir, tokens) = tokens_file("http-load", &principals);
         let server = HttpServer::start_on(
             free_port(),
             &[
@@ -253,15 +245,14 @@ fn a_connection_past_the_bound_waits_until_another_closes() {
 
 engine_test! {
     /// `MCP_BRIDGE_MAX_CALLS_PER_CLIENT`: while a principal's one call runs,
-    /// its next is refused at once, naming the variable, and the refusal
-    /// has its line in the audit log like any other call (checked to fail
-    /// with the refusal made in the front end, before the call's pipeline:
-    /// then no line).
+    /// its next is refused at once, naming the variable, even from another
+    /// MCP session of the same token (the bound is the principal's, not a
+    /// session's), and the refusal has its line in the audit log like any
+    /// other call (checked to fail with the refusal answered before the call
+    /// is observed: then no line). The seat is given back: a call after both
+    /// runs.
     fn a_call_past_its_clients_bound_is_refused_naming_the_variable_and_audited() {
-        let dir = std::env::temp_dir().join(format!("mcp-http-quota-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let tokens = dir.join("tokens");
-        std::fs::write(&tokens, format!("ann:{}\n", token_hash("ann-token"))).unwrap();
+        let (dir, tokens) = tokens_file("http-quota", &["ann"]);
         let audit = dir.join("audit.jsonl");
         let server = HttpServer::start_on(
             free_port(),
@@ -285,6 +276,7 @@ engine_test! {
         );
         let (slow, refused) = block_on(async {
             let session = open_session(&client, &url, "ann-token").await;
+            let other_session = open_session(&client, &url, "ann-token").await;
             let slow_done = std::sync::atomic::AtomicBool::new(false);
             let slow = async {
                 let answer = post(&client, &url, "ann-token", &session, call(2, slow_code)).await.1;
@@ -295,7 +287,8 @@ engine_test! {
             // one was in flight as the slow one came, until that is answered).
             let refused = async {
                 while !slow_done.load(std::sync::atomic::Ordering::Relaxed) {
-                    let (_, answer) = post(&client, &url, "ann-token", &session, call(3, quick)).await;
+                    let (_, answer) =
+                        post(&client, &url, "ann-token", &other_session, call(3, quick)).await;
                     if !answer.contains(r#""status":"success""#) {
                         return Some(answer);
                     }
@@ -303,7 +296,10 @@ engine_test! {
                 }
                 None
             };
-            tokio::join!(slow, refused)
+            let answers = tokio::join!(slow, refused);
+            let (_, after) = post(&client, &url, "ann-token", &session, call(4, quick)).await;
+            assert!(after.contains(r#""stdout":"quick\n""#), "the seat was not given back: {after}");
+            answers
         });
         // Whichever came second is refused; the other runs.
         let (refused, refused_code) = match refused {
