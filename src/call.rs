@@ -671,6 +671,9 @@ impl Run<'_> {
         let mut notes = Vec::new();
         let (outcome, done) = match result {
             Ok(done) => {
+                if !done.session_gone {
+                    metrics::observe_agent(Duration::from_micros(done.agent_us));
+                }
                 notes = result_notes(&done, limits);
                 (Outcome::from_done(&done, limits.memory_bytes), Some(done))
             }

@@ -41,6 +41,7 @@ struct HttpMetrics {
 struct CallMetrics {
     runs: IntCounterVec,
     run_duration: HistogramVec,
+    agent_duration: Histogram,
     wait: Histogram,
     truncations: IntCounterVec,
 }
@@ -203,6 +204,12 @@ impl CallMetrics {
                 "run_duration_seconds",
                 "Time from the start of a run in a sandbox to its result, by status",
                 &["status"],
+                RUN_BUCKETS,
+            ),
+            agent_duration: registrar.histogram(
+                "run_agent_seconds",
+                "Time the sandbox's agent took for a run that ended with its result, from the \
+                 request to the result (the rest of run_duration is the host's and the channel's)",
                 RUN_BUCKETS,
             ),
             wait: registrar.histogram(
@@ -425,6 +432,11 @@ pub fn observe_truncated(stream: &'static str) {
         .truncations
         .with_label_values(&[stream])
         .inc();
+}
+
+/// The agent's own time for a run that sent its result (`agent_us`).
+pub fn observe_agent(took: Duration) {
+    metrics().calls.agent_duration.observe(took.as_secs_f64());
 }
 
 pub fn observe_wait(waited: Duration) {

@@ -500,7 +500,8 @@ pub struct RunDone {
     pub dropped_stdout: u64,
     #[serde(default)]
     pub dropped_stderr: u64,
-    /// Time inside the agent from request to exit, for latency accounting.
+    /// Time inside the agent from the request to this frame (the
+    /// `run_agent_seconds` metric).
     #[serde(default)]
     pub agent_us: u64,
     /// Images made but not returned (over the count, or too large).

@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::util::server::{BINARY, Server};
-use crate::util::{docker, everything, python, wait_until};
+use crate::util::{docker_ps, everything, python, wait_until};
 
 engine_test! {
     fn official_python_sdk_drives_the_server() {
@@ -66,8 +66,7 @@ pub(crate) fn sdk_script(script: &str, passed: &str) {
 
 /// The labels of this server's containers.
 fn containers(server: &Server) -> Vec<String> {
-    let owners = docker(&[
-        "ps",
+    let owners = docker_ps(&[
         "-a",
         "--filter",
         "label=mcp-code-exec.managed=true",

@@ -7,13 +7,12 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::util::server::{BINARY, Server, empty_home, run_binary};
-use crate::util::{block_on, docker, test_config, wait_until};
+use crate::util::{block_on, docker, docker_ps, test_config, wait_until};
 use mcp_code_exec::engine::Engine;
 
 /// Every container this program made, any instance's: (id, owner label).
 fn managed_containers() -> Vec<(String, String)> {
-    let listed = docker(&[
-        "ps",
+    let listed = docker_ps(&[
         "-a",
         "--no-trunc",
         "--filter",
@@ -153,7 +152,7 @@ engine_test! {
         let outer = run_binary(&["run"], "print(1)", &[("MCP_BRIDGE_PRELOAD", "none")]);
         assert_eq!(String::from_utf8_lossy(&outer.stdout), "1\n");
         wait_until("the dead instance's leftover is removed", Duration::from_secs(15), || {
-            docker(&["ps", "-aq", "--filter", &format!("id={dead}")]).is_empty()
+            docker_ps(&["-aq", "--filter", &format!("id={dead}")]).is_empty()
         });
         let survivors = managed_containers();
         drop(inner.stdin.take());

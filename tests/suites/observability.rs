@@ -283,6 +283,8 @@ except OSError as error:
             ),
             ("mcp_code_exec_sessions", 0.0),
             ("mcp_code_exec_sandbox_resets_total", 5.0),
+            // Every run that sent its result: not the timeout, not the cancelled one.
+            ("mcp_code_exec_run_agent_seconds_count", 7.0),
             (
                 "mcp_code_exec_egress_connections_total{outcome=\"refused_host\"}",
                 1.0,
@@ -290,6 +292,17 @@ except OSError as error:
         ] {
             assert_eq!(delta(series), expected, "{series}\n{after}");
         }
+        // The agent's time is part of the host's time for the same runs.
+        let agent = delta("mcp_code_exec_run_agent_seconds_sum");
+        let host: f64 = ["success", "error", "oom"]
+            .iter()
+            .map(|status| {
+                delta(&format!(
+                    "mcp_code_exec_run_duration_seconds_sum{{status=\"{status}\"}}"
+                ))
+            })
+            .sum();
+        assert!(agent > 0.0 && agent < host, "agent {agent} s, host {host} s");
         assert!(
             delta("mcp_code_exec_sandboxes_created_total") >= 2.0,
             "replacements were started"

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::util::forwarder::EngineForwarder;
 use crate::util::server::{Server, free_port, http_get};
 use crate::util::{
-    AGENT_START, block_on, containers_of, docker, one_sandbox, request, run_on, spawn,
+    AGENT_START, block_on, containers_of, docker, docker_ps, one_sandbox, request, run_on, spawn,
     started_service, test_config, under_test, wait_until,
 };
 use mcp_code_exec::call::Limits;
@@ -62,7 +62,7 @@ fn peak_containers_during<T>(pool: &Pool, work: impl Future<Output = T>) -> (T, 
 }
 
 fn container_exists(id: &str) -> bool {
-    !docker(&["ps", "-aq", "--no-trunc", "--filter", &format!("id={id}")]).is_empty()
+    !docker_ps(&["-aq", "--no-trunc", "--filter", &format!("id={id}")]).is_empty()
 }
 
 engine_test! {
@@ -126,20 +126,27 @@ engine_test! {
         let mut config = one_sandbox();
         config.pool_max_uses = 2;
         let service = started_service(config);
-        let containers: Vec<Vec<String>> = (0..3)
-            .map(|_| {
-                run_on(&service, "pass", None);
-                containers_of(&service)
-            })
-            .collect();
-        assert_eq!(containers[0].len(), 1, "{containers:?}");
-        assert_eq!(containers[0], containers[1], "second run reuses the container");
-        assert_ne!(
-            containers[2], containers[1],
-            "third run gets a new one after MCP_BRIDGE_POOL_MAX_USES=2"
+        run_on(&service, "pass", None);
+        let first = containers_of(&service);
+        assert_eq!(first.len(), 1, "{first:?}");
+        // Listed while the second run sleeps: once it is over, its worn-out
+        // container can be gone already (Podman removes it within ms).
+        let during_second = std::thread::scope(|scope| {
+            let second = scope.spawn(|| run_on(&service, "import time\ntime.sleep(1)", None));
+            std::thread::sleep(Duration::from_millis(300));
+            let listed = containers_of(&service);
+            assert_eq!(second.join().unwrap().status, RunStatus::Success);
+            listed
+        });
+        assert_eq!(during_second, first, "second run reuses the container");
+        run_on(&service, "pass", None);
+        let third = containers_of(&service);
+        assert!(
+            third.iter().any(|id| *id != first[0]),
+            "third run gets a new one after MCP_BRIDGE_POOL_MAX_USES=2: {third:?}"
         );
         wait_until("the worn-out container to go", Duration::from_secs(20), || {
-            !containers_of(&service).contains(&containers[1][0])
+            !containers_of(&service).contains(&first[0])
         });
         block_on(service.shutdown());
     }
@@ -310,8 +317,7 @@ engine_test! {
             .engine()
             .owner_label();
         let mine = || {
-            docker(&[
-                "ps",
+            docker_ps(&[
                 "-aq",
                 "--filter",
                 &format!("label=mcp-code-exec.owner={owner}"),
@@ -388,8 +394,7 @@ engine_test! {
             .unwrap()
             .engine()
             .owner_label();
-        let names = docker(&[
-            "ps",
+        let names = docker_ps(&[
             "-a",
             "--filter",
             &format!("label=mcp-code-exec.owner={owner}"),

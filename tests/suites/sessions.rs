@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::util::{
-    Shared, block_on, docker, fixture_server, spawn, started_service, test_config, wait_until,
+    Shared, block_on, docker, docker_ps, fixture_server, spawn, started_service, test_config,
+    wait_until,
 };
 use mcp_code_exec::call::{CallRequest, call};
 use mcp_code_exec::proxy::Proxy;
@@ -103,7 +104,7 @@ impl Drop for ShutDown<'_> {
 /// Waits until the engine no longer has container `id`.
 fn wait_gone(what: &str, id: &str) {
     wait_until(what, Duration::from_secs(20), || {
-        docker(&["ps", "-aq", "--no-trunc", "--filter", &format!("id={id}")]).is_empty()
+        docker_ps(&["-aq", "--no-trunc", "--filter", &format!("id={id}")]).is_empty()
     });
 }
 

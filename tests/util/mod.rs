@@ -271,8 +271,35 @@ pub fn containers_of(service: &Service) -> Vec<String> {
         mcp_code_exec::engine::spec::OWNER_LABEL,
         pool.engine().owner_label()
     );
-    let ids = docker(&["ps", "-aq", "--no-trunc", "--filter", &owner]);
+    let ids = docker_ps(&["-aq", "--no-trunc", "--filter", &owner]);
     ids.lines().map(str::to_owned).collect()
+}
+
+/// `docker ps ARGS`' trimmed stdout. A listing fails whole when it catches
+/// a container being removed (Podman: "no such container"; the suites run
+/// in parallel, so another test's sandbox is often going away): that
+/// listing is repeated for up to 10 s. Any other failure panics, so a
+/// listing that failed never reads as "no containers".
+pub fn docker_ps(args: &[&str]) -> String {
+    let give_up = Instant::now() + Duration::from_secs(10);
+    loop {
+        let output = Command::new("docker")
+            .env("DOCKER_HOST", &under_test().endpoint)
+            .arg("ps")
+            .args(args)
+            .output()
+            .expect("the docker CLI runs");
+        if output.status.success() {
+            return String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        }
+        let error = String::from_utf8_lossy(&output.stderr);
+        let passing = error.to_lowercase().contains("no such container");
+        assert!(
+            passing && Instant::now() < give_up,
+            "docker ps {args:?} failed: {error}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// The docker CLI's trimmed stdout, against the engine under test (Podman
