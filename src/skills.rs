@@ -110,13 +110,17 @@ impl SkillStore {
         self.root.is_some()
     }
 
-    /// The folder of `owner`'s skills (its name escaped: `jwt:` principals
-    /// carry any text).
-    fn owner_dir(&self, owner: &Principal) -> Result<PathBuf, String> {
-        let root = self
-            .root
-            .as_ref()
-            .ok_or("skills are off (MCP_BRIDGE_SKILLS_DIR=off)")?;
+    /// The store's root (the operator's: links in its path are followed).
+    fn root(&self) -> Result<&Path, String> {
+        self.root
+            .as_deref()
+            .ok_or_else(|| "skills are off (MCP_BRIDGE_SKILLS_DIR=off)".into())
+    }
+
+    /// The name of `owner`'s folder beneath the root (escaped: `jwt:`
+    /// principals carry any text).
+    fn owner_folder(&self, owner: &Principal) -> Result<PathBuf, String> {
+        self.root()?;
         // Lowercase letters, digits, `_` and `-` as they are, every other
         // byte escaped (so `Ann` and `ann` differ on a case-insensitive
         // file system too); a long name by its hash.
@@ -132,7 +136,33 @@ impl SkillStore {
             use sha2::Digest as _;
             name = format!("h-{}", hex::encode(sha2::Sha256::digest(owner.as_str())));
         }
-        Ok(root.join(name))
+        Ok(PathBuf::from(name))
+    }
+
+    /// The folder of `owner`'s skills, opened for reading; `None` when
+    /// skills are off or it has none (or it is not a folder: a link put
+    /// there on the host is not followed).
+    fn owner_tree(&self, owner: &Principal) -> Option<Tree> {
+        Tree::open(self.root().ok()?, &self.owner_folder(owner).ok()?).ok()
+    }
+
+    /// The folder of `owner`'s skills, for a save, delete or restore:
+    /// refused when it, or its folders of previous versions and of a swap,
+    /// is a link (put there on the host), which those would write through.
+    fn owner_dir(&self, owner: &Principal) -> Result<PathBuf, String> {
+        let dir = self.root()?.join(self.owner_folder(owner)?);
+        for folder in [dir.clone(), dir.join(".previous"), dir.join(".swap")] {
+            if let Ok(meta) = std::fs::symlink_metadata(&folder)
+                && !meta.is_dir()
+            {
+                return Err(format!(
+                    "the skills folder {} is not a folder (a link or file put there on the \
+                     host): refused",
+                    folder.display()
+                ));
+            }
+        }
+        Ok(dir)
     }
 
     /// Stores a skill, keeping the version it replaces as the previous one.
@@ -189,8 +219,15 @@ impl SkillStore {
                  runtime.delete_skill(name)"
             ));
         }
-        let replaced = folder_bytes(&dir.join(".previous").join(name), 1);
-        let used = folder_bytes(&dir, MAX_SKILLS).saturating_sub(replaced);
+        let owned = self.owner_tree(owner);
+        let replaced = owned
+            .as_ref()
+            .and_then(|tree| tree.folder(&Path::new(".previous").join(name)).ok())
+            .map_or(0, |previous| folder_bytes(&previous, 1));
+        let used = owned
+            .as_ref()
+            .map_or(0, |tree| folder_bytes(tree, MAX_SKILLS))
+            .saturating_sub(replaced);
         // The skill's folder and its files, each at least a block.
         let charge = MIN_CHARGE
             + files
@@ -233,25 +270,28 @@ impl SkillStore {
 
     /// `owner`'s skills, by name.
     pub fn list(&self, owner: &Principal) -> Vec<SkillInfo> {
-        let Ok(dir) = self.owner_dir(owner) else {
-            return Vec::new();
-        };
-        let Ok(entries) = std::fs::read_dir(&dir) else {
+        let Some(tree) = self.owner_tree(owner) else {
             return Vec::new();
         };
         // Its skills, their previous versions' folder and a save's staging:
         // a folder with more than that (copied in on the host) is read no
         // further.
-        let mut skills: Vec<SkillInfo> = entries
-            .take(2 * MAX_SKILLS)
-            .filter_map(Result::ok)
-            .filter_map(|entry| {
-                let name = entry.file_name().into_string().ok()?;
+        let Ok(names) = tree.names(2 * MAX_SKILLS) else {
+            return Vec::new();
+        };
+        let mut skills: Vec<SkillInfo> = names
+            .into_iter()
+            .filter_map(|(name, kind)| {
+                let name = name.into_string().ok()?;
                 check_name(&name).ok()?;
-                let text = read_stored_text(&entry.path().join("SKILL.md")).ok()?;
+                if kind != FileType::Directory {
+                    return None;
+                }
+                let skill = tree.folder(Path::new(&name)).ok()?;
+                let text = skill.read_text(Path::new("SKILL.md")).ok()?;
                 Some(SkillInfo {
                     description: description_of(&text),
-                    bytes: folder_bytes(&entry.path(), 1),
+                    bytes: folder_bytes(&skill, 1),
                     name,
                 })
             })
@@ -263,8 +303,10 @@ impl SkillStore {
     /// A skill's module source.
     fn source(&self, owner: &Principal, name: &str) -> Result<String, String> {
         check_name(name)?;
-        let path = self.owner_dir(owner)?.join(name).join(format!("{name}.py"));
-        read_stored_text(&path).map_err(|_| format!("no skill {name:?} is saved"))
+        let module = Path::new(name).join(format!("{name}.py"));
+        self.owner_tree(owner)
+            .and_then(|tree| tree.read_text(&module).ok())
+            .ok_or_else(|| format!("no skill {name:?} is saved"))
     }
 
     fn delete(&self, owner: &Principal, name: &str) -> Result<Value, String> {
@@ -340,11 +382,11 @@ impl SkillStore {
     }
 
     fn manifest_unlocked(&self, owner: &Principal, name: &str) -> Option<Skill> {
-        let dir = self.owner_dir(owner).ok()?.join(name);
-        let skill_md = read_stored_text(&dir.join("SKILL.md")).ok()?;
+        let skill = self.owner_tree(owner)?.folder(Path::new(name)).ok()?;
+        let skill_md = skill.read_text(Path::new("SKILL.md")).ok()?;
         let base = format!("{SCHEME}{}/", skill_name(name));
         let mut resources = Vec::new();
-        for (path, data) in read_folder(&dir).ok()? {
+        for (path, data) in read_folder(&skill, name) {
             resources.push(SkillResource::from_bytes(format!("{base}{path}"), &data));
         }
         resources.sort_by(|a, b| a.uri.cmp(&b.uri));
@@ -373,15 +415,18 @@ impl SkillStore {
     fn file(&self, owner: &Principal, name: &str, path: &str) -> Result<Vec<u8>, String> {
         check_name(name)?;
         check_path(path)?;
-        let file = self.owner_dir(owner)?.join(name).join(path);
+        let missing = || format!("skill {name:?} has no file {path:?}");
         let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
-        read_stored(&file, SKILL_BYTES).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => format!("skill {name:?} has no file {path:?}"),
-            _ => {
-                tracing::warn!(file = %file.display(), error = %e, "a skill file could not be read");
-                format!("skill {name:?}: its file {path:?} could not be read: {e}")
-            }
-        })
+        let tree = self.owner_tree(owner).ok_or_else(missing)?;
+        tree.read(&Path::new(name).join(path), SKILL_BYTES)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => missing(),
+                _ => {
+                    tracing::warn!(skill = name, file = path, error = %e,
+                        "a skill file could not be read");
+                    format!("skill {name:?}: its file {path:?} could not be read: {e}")
+                }
+            })
     }
 
     /// Answers one `@skills` call of a run of `owner`.
@@ -533,19 +578,166 @@ fn write_folder(dir: &Path, files: &[(String, Vec<u8>)]) -> std::io::Result<()> 
     Ok(())
 }
 
-/// A stored file's bytes, at most `limit` of them: a regular file, not
-/// through a link in its last part (the store is the host's: only its
-/// writes put files there, but an operator's link, FIFO or device, or a file
-/// grown past [`SKILL_BYTES`], must not make a run's read follow it, block,
-/// or read without bound).
-fn read_stored(path: &Path, limit: usize) -> std::io::Result<Vec<u8>> {
+/// A folder of the store opened for reading. Every part of a path beneath
+/// it is opened on its own, none through a link, so a link, FIFO or device
+/// put in the store on the host (only the store's writes put anything
+/// there) is never followed, blocked on or read without bound; only the
+/// operator's root path may hold links.
+struct Tree {
+    dir: std::os::fd::OwnedFd,
+}
+
+impl Tree {
+    /// The folder `beneath` of the store at `root`.
+    fn open(root: &Path, beneath: &Path) -> std::io::Result<Self> {
+        use rustix::fs::{Mode, OFlags};
+        let root = rustix::fs::open(
+            root,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(Self {
+            dir: open_parts(&root, beneath, OFlags::DIRECTORY)?,
+        })
+    }
+
+    /// Its folder `beneath`.
+    fn folder(&self, beneath: &Path) -> std::io::Result<Self> {
+        Ok(Self {
+            dir: open_parts(&self.dir, beneath, rustix::fs::OFlags::DIRECTORY)?,
+        })
+    }
+
+    /// The bytes of its file `beneath`, at most `limit` of them: a regular
+    /// file (opened without blocking, so a FIFO is refused at once).
+    fn read(&self, beneath: &Path, limit: usize) -> std::io::Result<Vec<u8>> {
+        let fd = open_parts(&self.dir, beneath, rustix::fs::OFlags::NONBLOCK)?;
+        read_opened(std::fs::File::from(fd), limit)
+    }
+
+    /// [`Tree::read`] within a whole skill's bound, as UTF-8 text.
+    fn read_text(&self, beneath: &Path) -> std::io::Result<String> {
+        String::from_utf8(self.read(beneath, SKILL_BYTES)?)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    }
+
+    /// Its entries' names ("." and ".." left out), at most `budget`.
+    fn names(&self, budget: usize) -> std::io::Result<Vec<(std::ffi::OsString, FileType)>> {
+        use std::os::unix::ffi::OsStrExt as _;
+        let mut names = Vec::new();
+        for entry in rustix::fs::Dir::read_from(&self.dir)? {
+            let Ok(entry) = entry else { continue };
+            let name = entry.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            if names.len() == budget {
+                break;
+            }
+            let name = std::ffi::OsStr::from_bytes(name).to_owned();
+            let kind = match entry.file_type() {
+                FileType::Unknown => match self.stat(&name) {
+                    Ok(stat) => FileType::from_raw_mode(stat.st_mode),
+                    Err(_) => continue,
+                },
+                kind => kind,
+            };
+            names.push((name, kind));
+        }
+        Ok(names)
+    }
+
+    /// Its entry `name` as it is (a link's own, not its target's).
+    fn stat(&self, name: &std::ffi::OsStr) -> std::io::Result<rustix::fs::Stat> {
+        Ok(rustix::fs::statat(
+            &self.dir,
+            name,
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )?)
+    }
+
+    /// Each entry beneath it, links not followed (a link is an entry, never
+    /// its target), given to `visit` with its path relative to it, the
+    /// folder it is in and its name; at most `budget` entries. `false` when
+    /// the budget ran out before the tree (a folder beneath it that cannot
+    /// be read is left out).
+    fn walk(
+        &self,
+        mut budget: usize,
+        mut visit: impl FnMut(&str, &Tree, &std::ffi::OsStr, FileType),
+    ) -> bool {
+        let mut folders = vec![(PathBuf::new(), String::new())];
+        while let Some((beneath, prefix)) = folders.pop() {
+            let opened;
+            let folder = if beneath.as_os_str().is_empty() {
+                self
+            } else {
+                match self.folder(&beneath) {
+                    Ok(folder) => {
+                        opened = folder;
+                        &opened
+                    }
+                    Err(_) => continue,
+                }
+            };
+            let Ok(names) = folder.names(budget + 1) else {
+                continue;
+            };
+            for (name, kind) in names {
+                if budget == 0 {
+                    return false;
+                }
+                budget -= 1;
+                let path = format!("{prefix}{}", name.to_string_lossy());
+                visit(&path, folder, &name, kind);
+                if kind == FileType::Directory {
+                    folders.push((beneath.join(&name), format!("{path}/")));
+                }
+            }
+        }
+        true
+    }
+}
+
+use rustix::fs::FileType;
+
+/// `beneath` opened from `start` one part at a time, each without following
+/// a link: the folders as folders, the last part with `last` besides.
+fn open_parts(
+    start: &impl std::os::fd::AsFd,
+    beneath: &Path,
+    last: rustix::fs::OFlags,
+) -> std::io::Result<std::os::fd::OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    use std::path::Component;
+    let parts: Vec<_> = beneath
+        .components()
+        .map(|part| match part {
+            Component::Normal(part) => Ok(part),
+            _ => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a plain relative path",
+            )),
+        })
+        .collect::<std::io::Result<_>>()?;
+    let plain = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut fd = rustix::io::fcntl_dupfd_cloexec(start, 0)?;
+    for (n, part) in parts.iter().enumerate() {
+        let flags = if n + 1 == parts.len() {
+            plain | last
+        } else {
+            plain | OFlags::DIRECTORY
+        };
+        fd = rustix::fs::openat(&fd, *part, flags, Mode::empty())?;
+    }
+    Ok(fd)
+}
+
+/// An opened stored file's bytes, at most `limit` of them, when it is a
+/// regular file (an operator's file grown past [`SKILL_BYTES`] is not read
+/// without bound).
+fn read_opened(file: std::fs::File, limit: usize) -> std::io::Result<Vec<u8>> {
     use std::io::Read as _;
-    use std::os::unix::fs::OpenOptionsExt;
-    let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(i32::try_from(flags.bits()).expect("open flags fit an int"))
-        .open(path)?;
     let too_large = || {
         std::io::Error::other(if limit == SKILL_BYTES {
             format!("larger than a skill may be ({SKILL_BYTES} bytes, its files together)")
@@ -569,95 +761,56 @@ fn read_stored(path: &Path, limit: usize) -> std::io::Result<Vec<u8>> {
     Ok(data)
 }
 
-/// [`read_stored`] within a whole skill's bound, as UTF-8 text.
-fn read_stored_text(path: &Path) -> std::io::Result<String> {
-    String::from_utf8(read_stored(path, SKILL_BYTES)?)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
-}
-
-/// Each entry beneath `dir`, links not followed (a link is an entry, never
-/// its target), given to `visit` with its path relative to `dir`; at most
-/// `budget` entries. `Ok(false)` when the budget ran out before the tree; an
-/// error only when `dir` itself cannot be read (a folder beneath it that
-/// cannot is left out).
-fn walk(
-    dir: &Path,
-    mut budget: usize,
-    mut visit: impl FnMut(&str, &std::fs::DirEntry, std::fs::FileType),
-) -> std::io::Result<bool> {
-    let mut folders = vec![(dir.to_owned(), String::new())];
-    let mut first = true;
-    while let Some((folder, prefix)) = folders.pop() {
-        let entries = match std::fs::read_dir(&folder) {
-            Ok(entries) => entries,
-            Err(error) if first => return Err(error),
-            Err(_) => continue,
-        };
-        first = false;
-        for entry in entries.filter_map(Result::ok) {
-            if budget == 0 {
-                return Ok(false);
-            }
-            budget -= 1;
-            let Ok(kind) = entry.file_type() else {
-                continue;
-            };
-            let path = format!("{prefix}{}", entry.file_name().to_string_lossy());
-            if kind.is_dir() {
-                folders.push((entry.path(), format!("{path}/")));
-            }
-            visit(&path, &entry, kind);
-        }
-    }
-    Ok(true)
-}
-
-/// Every file beneath `dir` (relative paths), links not followed, within a
-/// skill's bounds: [`FOLDER_ENTRIES`] entries and [`SKILL_BYTES`] in all
+/// Every file beneath `skill` (relative paths), links not followed, within
+/// a skill's bounds: [`FOLDER_ENTRIES`] entries and [`SKILL_BYTES`] in all
 /// (what the store's saves put there fits; a tree copied in on the host is
 /// read no further, and what is left out is warned of).
-fn read_folder(dir: &Path) -> std::io::Result<Vec<(String, Vec<u8>)>> {
+fn read_folder(skill: &Tree, name: &str) -> Vec<(String, Vec<u8>)> {
     let (mut files, mut left) = (Vec::new(), SKILL_BYTES);
-    let whole = walk(dir, FOLDER_ENTRIES, |path, entry, kind| {
-        if !kind.is_file() {
+    let whole = skill.walk(FOLDER_ENTRIES, |path, folder, entry, kind| {
+        if kind != FileType::RegularFile {
             return;
         }
-        match read_stored(&entry.path(), left) {
+        match folder.read(Path::new(entry), left) {
             Ok(data) => {
                 left -= data.len();
                 files.push((path.to_owned(), data));
             }
-            Err(e) => tracing::warn!(file = %entry.path().display(), error = %e,
+            Err(e) => tracing::warn!(skill = name, file = path, error = %e,
                 "a skill file left out: it could not be read"),
         }
-    })?;
+    });
     if !whole {
-        tracing::warn!(folder = %dir.display(),
-            "a skill's folder has more than {FOLDER_ENTRIES} entries: the rest is left out");
+        tracing::warn!(
+            skill = name,
+            "a skill's folder has more than {FOLDER_ENTRIES} entries: the rest is left out"
+        );
     }
-    Ok(files)
+    files
 }
 
-/// What the files and folders beneath `dir` are charged (0 when there is
+/// What the files and folders beneath `tree` are charged (0 when there is
 /// none): each at least [`MIN_CHARGE`]. Links are not followed, and at most
 /// as many entries are looked at as `skills` skills (and their previous
 /// versions) may hold: a tree copied in on the host is counted no further,
 /// and what is left out is warned of.
-fn folder_bytes(dir: &Path, skills: usize) -> u64 {
+fn folder_bytes(tree: &Tree, skills: usize) -> u64 {
     let mut bytes = 0;
-    let whole = walk(dir, (2 * skills + 2) * FOLDER_ENTRIES, |_, entry, kind| {
-        if kind.is_dir() {
-            bytes += MIN_CHARGE;
-        } else if kind.is_file() {
-            bytes += entry
-                .metadata()
-                .map_or(0, |meta| meta.len())
-                .max(MIN_CHARGE);
-        }
-    });
-    if matches!(whole, Ok(false)) {
-        tracing::warn!(folder = %dir.display(),
-            "a skills folder has more entries than its skills may have: the rest is not counted");
+    let whole = tree.walk(
+        (2 * skills + 2) * FOLDER_ENTRIES,
+        |_, folder, name, kind| match kind {
+            FileType::Directory => bytes += MIN_CHARGE,
+            FileType::RegularFile => {
+                let size = folder.stat(name).map_or(0, |stat| stat.st_size);
+                bytes += u64::try_from(size).unwrap_or(0).max(MIN_CHARGE);
+            }
+            _ => {}
+        },
+    );
+    if !whole {
+        tracing::warn!(
+            "a skills folder has more entries than its skills may have: the rest is not counted"
+        );
     }
     bytes
 }
@@ -1049,6 +1202,62 @@ mod tests {
         for left_out in ["link.txt", "fifo", "big.bin"] {
             assert!(!uris.iter().any(|u| u.ends_with(left_out)), "{uris:?}");
         }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn links_put_in_the_store_on_the_host_are_never_followed() {
+        let (store, dir) = store(1 << 20);
+        let ann = Principal::new("ann").unwrap();
+        store.answer(&ann, "save", save("kept", "X = 1\n")).unwrap();
+        let owner = store.owner_dir(&ann).unwrap();
+        // A skill's layout outside the store, with a secret in a folder.
+        let outside = dir.join("outside");
+        std::fs::create_dir_all(outside.join("data")).unwrap();
+        std::fs::write(outside.join("SKILL.md"), "---\ndescription: x\n---\n").unwrap();
+        std::fs::write(outside.join("linked.py"), "SECRET = 1\n").unwrap();
+        std::fs::write(outside.join("data/secret.txt"), "password").unwrap();
+        let call = |op: &str, arguments: Value| store.answer(&ann, op, arguments);
+        // A skill folder that is a link.
+        std::os::unix::fs::symlink(&outside, owner.join("linked")).unwrap();
+        let names: Vec<String> = store.list(&ann).into_iter().map(|s| s.name).collect();
+        assert_eq!(names, ["kept"]);
+        assert!(store.manifest(&ann, "linked").is_none());
+        assert!(call("source", json!({"name": "linked"})).is_err());
+        let read = call("file", json!({"name": "linked", "path": "data/secret.txt"}));
+        assert!(read.unwrap_err().contains("could not be read"));
+        assert!(store.read(&ann, "skill://linked/data/secret.txt").is_none());
+        // A folder in a skill that is a link.
+        let kept = owner.join("kept");
+        std::os::unix::fs::symlink(outside.join("data"), kept.join("data")).unwrap();
+        let read = call("file", json!({"name": "kept", "path": "data/secret.txt"}));
+        assert!(read.unwrap_err().contains("could not be read"));
+        let skill = store.manifest(&ann, "kept").unwrap();
+        let SkillResources::Files(resources) = skill.resources else {
+            panic!("files expected");
+        };
+        assert_eq!(resources.len(), 2, "{resources:?}");
+        // The principal's folder itself a link: nothing read, nothing written.
+        std::fs::remove_dir_all(&owner).unwrap();
+        std::fs::create_dir_all(outside.join("kept")).unwrap();
+        std::fs::write(outside.join("kept/SKILL.md"), "---\ndescription: x\n---\n").unwrap();
+        std::os::unix::fs::symlink(&outside, &owner).unwrap();
+        assert!(store.list(&ann).is_empty());
+        assert!(store.manifest(&ann, "kept").is_none());
+        let refused = call("save", save("other", "X = 1\n")).unwrap_err();
+        assert!(refused.contains("not a folder"), "{refused}");
+        assert!(!outside.join("other").exists());
+        // Its folder of previous versions a link: a replacing save would
+        // move the current version through it.
+        std::fs::remove_file(&owner).unwrap();
+        std::fs::remove_dir_all(outside.join("kept")).unwrap();
+        store.answer(&ann, "save", save("kept", "X = 1\n")).unwrap();
+        std::os::unix::fs::symlink(&outside, owner.join(".previous")).unwrap();
+        let refused = call("save", save("kept", "X = 2\n")).unwrap_err();
+        assert!(refused.contains("not a folder"), "{refused}");
+        let refused = call("restore", json!({"name": "kept"})).unwrap_err();
+        assert!(refused.contains("not a folder"), "{refused}");
+        assert!(!outside.join("kept/kept.py").exists());
         let _ = std::fs::remove_dir_all(dir);
     }
 
