@@ -452,6 +452,9 @@ async fn unobserved(
     }
     answer.report.notes.extend(network.notes());
     answer.report.egress = network.connections;
+    if let Some(calls) = &calls {
+        calls.settled().await;
+    }
     answer.report.tool_calls = Some(lock(&call_log).clone()).filter(|c| c.total > 0);
     if !answer.report.files.is_empty() {
         // The process id keeps URIs of a restarted server apart.

@@ -830,6 +830,9 @@ pub struct SkillCalls<'a> {
     in_flight: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
+/// How long a run's end waits for its skill calls still at work.
+const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Skill calls one run may have in flight; one more is refused at once.
 const SKILL_CALLS_IN_FLIGHT: usize = 4;
 
@@ -967,85 +970,112 @@ impl ToolCalls for SkillCalls<'_> {
                 );
                 return self.refuse(&request, &error, started);
             }
-            let Ok(_permit) = self.in_flight.clone().try_acquire_owned() else {
+            let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
                 let error = format!(
                     "more than {SKILL_CALLS_IN_FLIGHT} skill calls in flight in one run; \
                      await some before starting more"
                 );
                 return self.refuse(&request, &error, started);
             };
-            let (store, owner) = (self.store.clone(), self.owner.clone());
-            let request_bytes = request.len();
-            // The parse and the files: off the runtime's threads.
+            let (store, owner, log) = (self.store.clone(), self.owner.clone(), self.log.clone());
+            // The parse, the files and the listing: off the runtime's
+            // threads, and to the end even when the run ends first (a save
+            // then done is in its list: see `settled`), holding its seat.
             let answered = tokio::task::spawn_blocking(move || {
-                let envelope = serde_json::from_slice::<Envelope>(&request)
-                    .map_err(|error| format!("malformed skill call: {error}"));
-                let Envelope {
-                    id,
-                    tool,
-                    arguments,
-                } = match envelope {
-                    Ok(envelope) => envelope,
-                    Err(error) => return (leading_id(&request), "(other)", Vec::new(), Err(error)),
-                };
-                let raw = arguments.as_ref().map_or("null", |raw| raw.get());
-                let head = raw.as_bytes()[..raw.len().min(ToolCall::ARGUMENT_BYTES)].to_vec();
-                let answered = serde_json::from_str(raw)
-                    .map_err(|error| format!("malformed skill call: {error}"))
-                    .and_then(|arguments| store.answer(&owner, &tool, arguments));
-                (id, operation_label(&tool), head, answered)
+                let frame = answer_call(&store, &owner, &request, started, &log);
+                drop(permit);
+                frame
             })
             .await;
-            let (id, operation, head, answered) = answered.unwrap_or_else(|_| {
-                let failed = Err("the skill store failed".to_owned());
-                (Value::Null, "(other)", Vec::new(), failed)
-            });
-            let (result, error) = match answered {
-                Ok(result) => (Some(result), None),
-                Err(error) => (None, Some(error)),
-            };
-            let answer = Answer {
-                id: &id,
-                ok: error.is_none(),
-                result,
-                error,
-            };
-            let frame = encode_answer(&answer, 256);
-            let outcome = if answer.ok { "ok" } else { "error" };
-            self.list(
-                operation,
-                outcome,
-                started,
-                request_bytes + frame.len(),
-                &head,
-            );
-            HostFrame::new(frame, None)
+            answered.unwrap_or_else(|_| refusal(b"", "the skill store failed"))
         })
     }
 }
 
+/// Answers one skill call (its JSON as the sandbox sent it) as `owner`,
+/// and lists it in `log`.
+fn answer_call(
+    store: &SkillStore,
+    owner: &Principal,
+    request: &[u8],
+    started: std::time::Instant,
+    log: &Mutex<ToolCallList>,
+) -> HostFrame {
+    let (id, operation, head, answered) = match serde_json::from_slice::<Envelope>(request) {
+        Err(error) => (
+            leading_id(request),
+            "(other)",
+            Vec::new(),
+            Err(format!("malformed skill call: {error}")),
+        ),
+        Ok(Envelope {
+            id,
+            tool,
+            arguments,
+        }) => {
+            let raw = arguments.as_ref().map_or("null", |raw| raw.get());
+            let head = raw.as_bytes()[..raw.len().min(ToolCall::ARGUMENT_BYTES)].to_vec();
+            let answered = serde_json::from_str(raw)
+                .map_err(|error| format!("malformed skill call: {error}"))
+                .and_then(|arguments| store.answer(owner, &tool, arguments));
+            (id, operation_label(&tool), head, answered)
+        }
+    };
+    let (result, error) = match answered {
+        Ok(result) => (Some(result), None),
+        Err(error) => (None, Some(error)),
+    };
+    let answer = Answer {
+        id: &id,
+        ok: error.is_none(),
+        result,
+        error,
+    };
+    let frame = encode_answer(&answer, 256);
+    let outcome = if answer.ok { "ok" } else { "error" };
+    let bytes = request.len() + frame.len();
+    list_call(log, operation, outcome, started, bytes, &head);
+    HostFrame::new(frame, None)
+}
+
+/// Lists one skill call with the run's tool calls.
+fn list_call(
+    log: &Mutex<ToolCallList>,
+    operation: &'static str,
+    outcome: &'static str,
+    started: std::time::Instant,
+    bytes: usize,
+    head: &[u8],
+) {
+    let mut log = log
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    log.push_with(|| ToolCall::new(SERVER, operation, outcome, started, bytes, head));
+}
+
 impl SkillCalls<'_> {
-    /// Lists one skill call with the run's tool calls.
-    fn list(
-        &self,
-        operation: &'static str,
-        outcome: &'static str,
-        started: std::time::Instant,
-        bytes: usize,
-        head: &[u8],
-    ) {
-        let mut log = self
-            .log
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        log.push_with(|| ToolCall::new(SERVER, operation, outcome, started, bytes, head));
+    /// Once every skill call the run started is done and listed: a run
+    /// can end while one is still at work on the host (its answer then
+    /// goes nowhere, but what it did belongs in the run's list).
+    /// Waits at most [`SETTLE_WAIT`] (a store on a hung file system must
+    /// not hold the call's answer).
+    pub async fn settled(&self) {
+        let all = u32::try_from(SKILL_CALLS_IN_FLIGHT).expect("a small count");
+        let settled = tokio::time::timeout(SETTLE_WAIT, self.in_flight.acquire_many(all)).await;
+        if settled.is_err() {
+            tracing::warn!(
+                "a skill call still at work {SETTLE_WAIT:?} after its run ended: \
+                 the run's list may miss it"
+            );
+        }
     }
 
     /// Refuses a skill call over a bound before it is parsed, and lists it
     /// as `over_budget` (as the MCP tool calls' bounds do).
     fn refuse(&self, request: &[u8], error: &str, started: std::time::Instant) -> HostFrame {
         let frame = refusal(request, error);
-        self.list(
+        list_call(
+            &self.log,
             leading_operation(request),
             "over_budget",
             started,
@@ -1403,6 +1433,43 @@ mod tests {
             .unwrap_err();
         assert!(error.contains("256 skills"), "{error}");
         store.answer(&ann, "save", save("s0", "x = 2")).unwrap();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    #[allow(
+        clippy::await_holding_lock,
+        reason = "the held lock is what keeps the save at work as its run ends"
+    )]
+    async fn a_call_at_work_when_its_run_ends_is_still_listed() {
+        let (store, dir) = store(1 << 20);
+        let store = std::sync::Arc::new(store);
+        let log = std::sync::Arc::new(Mutex::new(ToolCallList::default()));
+        let ann = Principal::new("ann").unwrap();
+        let calls = SkillCalls::new(store.clone(), ann.clone(), None, log.clone());
+        let request = format!(
+            r#"{{"id":1,"server": "@skills", "tool": "save", "arguments": {}}}"#,
+            save("late", "X = 1\n")
+        );
+        // The save waits on the store's lock when its run ends (the
+        // sandbox loop drops the call's future).
+        let writing = store.writing.lock().unwrap();
+        let mut call = calls.call(Bytes::from(request));
+        assert!(futures_util::poll!(&mut call).is_pending());
+        drop(call);
+        let mut settled = std::pin::pin!(calls.settled());
+        assert!(futures_util::poll!(&mut settled).is_pending());
+        drop(writing);
+        settled.await;
+        let listed: Vec<(String, &str)> = log
+            .lock()
+            .unwrap()
+            .calls
+            .iter()
+            .map(|c| (c.tool.clone(), c.outcome))
+            .collect();
+        assert_eq!(listed, [("save_skill".to_owned(), "ok")]);
+        assert_eq!(store.list(&ann)[0].name, "late");
         let _ = std::fs::remove_dir_all(dir);
     }
 
