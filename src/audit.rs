@@ -7,7 +7,8 @@
 //! connections, its sandbox), the bounds of each field, and the log file:
 //! written by a thread of its own from a bounded queue, so a slow or full
 //! disk never holds a run, rotated at a quarter of `MCP_BRIDGE_AUDIT_LOG_BYTES`
-//! (three rotated files kept), reopened when something else moved it. A
+//! (three rotated files kept; servers sharing the file rotate it one at a
+//! time, under a lock beside it), reopened when something else moved it. A
 //! record the queue has no room for is dropped and counted; a write that
 //! fails (a full disk) is counted and warned of, at most once a minute: the
 //! call's result is never touched. The log holds what the code sent,
@@ -456,7 +457,7 @@ impl LogFile {
         let meta = file.metadata()?;
         // Only a regular file rotates: a FIFO or a device is a stream.
         if meta.is_file() && meta.len() > 0 && meta.len() + line.len() as u64 > self.file_bytes {
-            self.rotate()?;
+            self.rotate(meta.ino())?;
             self.reopen_if_moved()?;
         }
         let (file, _) = self.open.as_mut().expect("reopened");
@@ -485,9 +486,27 @@ impl LogFile {
         Ok(())
     }
 
-    /// `audit.jsonl` becomes `.1`, `.1` becomes `.2`, …; the oldest goes.
-    fn rotate(&mut self) -> std::io::Result<()> {
+    /// `audit.jsonl` becomes `.1`, `.1` becomes `.2`, …; the oldest goes;
+    /// unless the file there is no longer `full` (the inode found too large).
+    /// Servers sharing one log rotate one at a time, under a lock on
+    /// `audit.jsonl.lock`: two that found it full at once would otherwise
+    /// both rotate, and the second would push a generation out for a file
+    /// that had just been started.
+    fn rotate(&mut self, full: u64) -> std::io::Result<()> {
         self.open = None;
+        let nofollow = rustix::fs::OFlags::NOFOLLOW.bits();
+        let lock = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(i32::try_from(nofollow).expect("a flag bit"))
+            .open(with_suffix(&self.path, ".lock"))?;
+        // Held only for the renames, by whichever server rotates.
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)?;
+        let current = std::fs::symlink_metadata(&self.path).map(|meta| meta.ino());
+        if current.ok() != Some(full) {
+            return Ok(()); // another server rotated it: write to the new one
+        }
         for n in (1..ROTATED).rev() {
             let from = rotated(&self.path, n);
             if from.exists() {
@@ -499,8 +518,12 @@ impl LogFile {
 }
 
 fn rotated(path: &Path, n: u32) -> PathBuf {
+    with_suffix(path, &format!(".{n}"))
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
-    name.push(format!(".{n}"));
+    name.push(suffix);
     PathBuf::from(name)
 }
 
@@ -667,6 +690,35 @@ mod tests {
         }
         assert!(!dir.join("audit.jsonl.4").exists());
         assert!(total <= 1 << 20 && total > (1 << 20) / 2, "{total}");
+    }
+
+    #[test]
+    fn two_servers_finding_the_log_full_at_once_rotate_it_once() {
+        let dir = tempdir();
+        let path = dir.join("audit.jsonl");
+        let (mut a, mut b) = (
+            LogFile::new(path.clone(), 64 << 20),
+            LogFile::new(path.clone(), 64 << 20),
+        );
+        let record = CallRecord::finished(start("1"), &report());
+        a.append(&record);
+        b.append(&record);
+        let full = std::fs::metadata(&path).unwrap().ino();
+        // Both found it full; the first rotates and writes anew…
+        a.rotate(full).unwrap();
+        a.append(&record);
+        // …and the second, rotating after it, leaves the new file be.
+        b.rotate(full).unwrap();
+        b.append(&record);
+        let lines = |name: &str| {
+            std::fs::read_to_string(dir.join(name)).map_or(0, |text| text.lines().count())
+        };
+        assert_eq!(
+            [lines("audit.jsonl"), lines("audit.jsonl.1")],
+            [2, 2],
+            "the new file holds both servers' next lines, .1 their first"
+        );
+        assert!(!dir.join("audit.jsonl.2").exists(), "rotated once");
     }
 
     #[test]
