@@ -46,6 +46,8 @@ const HEAD_CHARS: usize = 120;
 const QUEUE: usize = 256;
 /// Rotated files kept beside the log (`audit.jsonl.1` … `.3`).
 const ROTATED: u32 = 3;
+/// How long a rotation waits for another server's to end.
+const ROTATION_LOCK_WAIT: Duration = Duration::from_secs(2);
 /// At most one warning about a failed write per this long.
 const WARN_EVERY: Duration = Duration::from_secs(60);
 
@@ -494,15 +496,7 @@ impl LogFile {
     /// that had just been started.
     fn rotate(&mut self, full: u64) -> std::io::Result<()> {
         self.open = None;
-        let nofollow = rustix::fs::OFlags::NOFOLLOW.bits();
-        let lock = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .mode(0o600)
-            .custom_flags(i32::try_from(nofollow).expect("a flag bit"))
-            .open(with_suffix(&self.path, ".lock"))?;
-        // Held only for the renames, by whichever server rotates.
-        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)?;
+        let _lock = rotation_lock(&self.path);
         let current = std::fs::symlink_metadata(&self.path).map(|meta| meta.ino());
         if current.ok() != Some(full) {
             return Ok(()); // another server rotated it: write to the new one
@@ -515,6 +509,38 @@ impl LogFile {
         }
         std::fs::rename(&self.path, rotated(&self.path, 1))
     }
+}
+
+/// The lock on `<log>.lock` while this server rotates, when it
+/// can be had within [`ROTATION_LOCK_WAIT`]. Past that (a server stopped
+/// mid-rotation, a process holding it for good), or where the file
+/// system has no locks, the rotation goes on without it: a log that
+/// never rotated would pass its bound. Opened without blocking (a FIFO
+/// put there) or following a link.
+fn rotation_lock(path: &Path) -> Option<std::os::fd::OwnedFd> {
+    use rustix::fs::{FlockOperation, Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK;
+    let lock = rustix::fs::open(
+        with_suffix(path, ".lock"),
+        flags | OFlags::CLOEXEC,
+        Mode::RUSR | Mode::WUSR,
+    );
+    let give_up = Instant::now() + ROTATION_LOCK_WAIT;
+    let error = match lock {
+        Err(error) => error,
+        Ok(lock) => loop {
+            match rustix::fs::flock(&lock, FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => return Some(lock),
+                Err(rustix::io::Errno::WOULDBLOCK) if Instant::now() < give_up => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(error) => break error,
+            }
+        },
+    };
+    tracing::warn!(path = %path.display(), %error,
+            "audit log rotated without its lock (another server sharing it may rotate it too)");
+    None
 }
 
 fn rotated(path: &Path, n: u32) -> PathBuf {
@@ -719,6 +745,37 @@ mod tests {
             "the new file holds both servers' next lines, .1 their first"
         );
         assert!(!dir.join("audit.jsonl.2").exists(), "rotated once");
+    }
+
+    #[test]
+    fn a_held_or_planted_lock_never_stops_the_rotation() {
+        let dir = tempdir();
+        let path = dir.join("audit.jsonl");
+        let mut file = LogFile::new(path.clone(), 64 << 20);
+        let record = CallRecord::finished(start("1"), &report());
+        let rotate = |file: &mut LogFile| {
+            file.append(&record);
+            let full = std::fs::metadata(&path).unwrap().ino();
+            file.rotate(full).unwrap();
+        };
+        // Held for good by another process (a server stopped mid-rotation).
+        let held = File::create(dir.join("audit.jsonl.lock")).unwrap();
+        rustix::fs::flock(&held, rustix::fs::FlockOperation::LockExclusive).unwrap();
+        rotate(&mut file);
+        assert!(dir.join("audit.jsonl.1").exists());
+        // A FIFO in its place: not a writer thread blocked on its open.
+        drop(held);
+        std::fs::remove_file(dir.join("audit.jsonl.lock")).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            dir.join("audit.jsonl.lock"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
+            0,
+        )
+        .unwrap();
+        rotate(&mut file);
+        assert!(dir.join("audit.jsonl.2").exists());
     }
 
     #[test]

@@ -45,6 +45,9 @@ const MIN_CHARGE: u64 = 4096;
 const SKILL_FILES: usize = 32;
 /// The parts of a skill file's path, at most (`a/b/c/data.csv`).
 const PATH_PARTS: usize = 4;
+/// Folders a walk goes down at most: a skill's deepest file's (its path's
+/// parts but the last), beneath `.previous/<name>` in a principal's folder.
+const WALK_DEPTH: usize = PATH_PARTS + 1;
 /// Entries of a skill's folder read at most: its files (its own two
 /// besides) and the folders each may be in.
 const FOLDER_ENTRIES: usize = SKILL_FILES + 2 + SKILL_FILES * (PATH_PARTS - 1);
@@ -386,7 +389,7 @@ impl SkillStore {
         let skill_md = skill.read_text(Path::new("SKILL.md")).ok()?;
         let base = format!("{SCHEME}{}/", skill_name(name));
         let mut resources = Vec::new();
-        for (path, data) in read_folder(&skill, name) {
+        for (path, data) in read_folder(&skill, name).ok()? {
             resources.push(SkillResource::from_bytes(format!("{base}{path}"), &data));
         }
         resources.sort_by(|a, b| a.uri.cmp(&b.uri));
@@ -658,16 +661,19 @@ impl Tree {
 
     /// Each entry beneath it, links not followed (a link is an entry, never
     /// its target), given to `visit` with its path relative to it, the
-    /// folder it is in and its name; at most `budget` entries. `false` when
-    /// the budget ran out before the tree (a folder beneath it that cannot
-    /// be read is left out).
+    /// folder it is in and its name; at most `budget` entries, and no deeper
+    /// than [`WALK_DEPTH`] folders (each is opened a part at a time from
+    /// here: a chain planted deeper is not a cost that grows with its
+    /// square). `Ok(false)` when the budget ran out before the tree; an
+    /// error only when it cannot be read itself (a folder beneath it that
+    /// cannot is left out).
     fn walk(
         &self,
         mut budget: usize,
         mut visit: impl FnMut(&str, &Tree, &std::ffi::OsStr, FileType),
-    ) -> bool {
-        let mut folders = vec![(PathBuf::new(), String::new())];
-        while let Some((beneath, prefix)) = folders.pop() {
+    ) -> std::io::Result<bool> {
+        let mut folders = vec![(PathBuf::new(), String::new(), 0)];
+        while let Some((beneath, prefix, depth)) = folders.pop() {
             let opened;
             let folder = if beneath.as_os_str().is_empty() {
                 self
@@ -680,22 +686,24 @@ impl Tree {
                     Err(_) => continue,
                 }
             };
-            let Ok(names) = folder.names(budget + 1) else {
-                continue;
+            let names = match folder.names(budget + 1) {
+                Ok(names) => names,
+                Err(error) if depth == 0 => return Err(error),
+                Err(_) => continue,
             };
             for (name, kind) in names {
                 if budget == 0 {
-                    return false;
+                    return Ok(false);
                 }
                 budget -= 1;
                 let path = format!("{prefix}{}", name.to_string_lossy());
                 visit(&path, folder, &name, kind);
-                if kind == FileType::Directory {
-                    folders.push((beneath.join(&name), format!("{path}/")));
+                if kind == FileType::Directory && depth < WALK_DEPTH {
+                    folders.push((beneath.join(&name), format!("{path}/"), depth + 1));
                 }
             }
         }
-        true
+        Ok(true)
     }
 }
 
@@ -765,7 +773,7 @@ fn read_opened(file: std::fs::File, limit: usize) -> std::io::Result<Vec<u8>> {
 /// a skill's bounds: [`FOLDER_ENTRIES`] entries and [`SKILL_BYTES`] in all
 /// (what the store's saves put there fits; a tree copied in on the host is
 /// read no further, and what is left out is warned of).
-fn read_folder(skill: &Tree, name: &str) -> Vec<(String, Vec<u8>)> {
+fn read_folder(skill: &Tree, name: &str) -> std::io::Result<Vec<(String, Vec<u8>)>> {
     let (mut files, mut left) = (Vec::new(), SKILL_BYTES);
     let whole = skill.walk(FOLDER_ENTRIES, |path, folder, entry, kind| {
         if kind != FileType::RegularFile {
@@ -779,14 +787,14 @@ fn read_folder(skill: &Tree, name: &str) -> Vec<(String, Vec<u8>)> {
             Err(e) => tracing::warn!(skill = name, file = path, error = %e,
                 "a skill file left out: it could not be read"),
         }
-    });
+    })?;
     if !whole {
         tracing::warn!(
             skill = name,
             "a skill's folder has more than {FOLDER_ENTRIES} entries: the rest is left out"
         );
     }
-    files
+    Ok(files)
 }
 
 /// What the files and folders beneath `tree` are charged (0 when there is
@@ -807,7 +815,7 @@ fn folder_bytes(tree: &Tree, skills: usize) -> u64 {
             _ => {}
         },
     );
-    if !whole {
+    if matches!(whole, Ok(false)) {
         tracing::warn!(
             "a skills folder has more entries than its skills may have: the rest is not counted"
         );
@@ -978,6 +986,7 @@ impl ToolCalls for SkillCalls<'_> {
                 return self.refuse(&request, &error, started);
             };
             let (store, owner, log) = (self.store.clone(), self.owner.clone(), self.log.clone());
+            let failed = refusal(&request, "the skill store failed");
             // The parse, the files and the listing: off the runtime's
             // threads, and to the end even when the run ends first (a save
             // then done is in its list: see `settled`), holding its seat.
@@ -987,7 +996,10 @@ impl ToolCalls for SkillCalls<'_> {
                 frame
             })
             .await;
-            answered.unwrap_or_else(|_| refusal(b"", "the skill store failed"))
+            answered.unwrap_or_else(|_| {
+                list_call(&self.log, "(other)", "error", started, 0, &[]);
+                failed
+            })
         })
     }
 }
@@ -1126,6 +1138,17 @@ mod tests {
         skill["files"] = Value::Object(files);
         store.answer(&ann, "save", skill).unwrap();
         assert_eq!(listed("deep").len(), SKILL_FILES + 2);
+        // A chain of folders deeper than a save makes is not walked down.
+        store
+            .answer(&ann, "save", save("chain", "X = 1\n"))
+            .unwrap();
+        let mut bottom = store.owner_dir(&ann).unwrap().join("chain");
+        for _ in 0..50 {
+            bottom.push("d");
+        }
+        std::fs::create_dir_all(&bottom).unwrap();
+        std::fs::write(bottom.join("bottom.txt"), "x").unwrap();
+        assert_eq!(listed("chain").len(), 2);
         // A tree copied in on the host: no more entries than a skill has…
         store.answer(&ann, "save", save("wide", "X = 1\n")).unwrap();
         let wide = store.owner_dir(&ann).unwrap().join("wide");
@@ -1285,6 +1308,11 @@ mod tests {
         std::os::unix::fs::symlink(&outside, owner.join(".previous")).unwrap();
         let refused = call("save", save("kept", "X = 2\n")).unwrap_err();
         assert!(refused.contains("not a folder"), "{refused}");
+        let refused = call("restore", json!({"name": "kept"})).unwrap_err();
+        assert!(refused.contains("not a folder"), "{refused}");
+        // …nor its folder of a restore's swap.
+        std::fs::remove_file(owner.join(".previous")).unwrap();
+        std::os::unix::fs::symlink(&outside, owner.join(".swap")).unwrap();
         let refused = call("restore", json!({"name": "kept"})).unwrap_err();
         assert!(refused.contains("not a folder"), "{refused}");
         assert!(!outside.join("kept/kept.py").exists());
