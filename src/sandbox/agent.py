@@ -208,19 +208,30 @@ SPARE_WARM_TIMEOUT_S = 10.0
 SPARE_IDLE_S = 0.1
 
 
-def send(kind, payload):
-    header = HEADER.pack(kind, len(payload))
-    if len(payload) < 4096:
-        write_all(1, header + payload)  # one write: one hop through the engine's relay
-    else:
-        write_all(1, header)  # no copy of a large payload
-        write_all(1, payload)
+def send(kind, *parts):
+    """One frame to the host on fd 1 (the protocol channel), in one write
+    when the pipe takes it: one hop through the engine's relay."""
+    write_parts(1, [HEADER.pack(kind, sum(len(part) for part in parts)), *parts])
 
 
 def write_all(fd, data):
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+def write_parts(fd, parts):
+    """Writes the buffers in order, whole (one writev when the fd takes them)."""
+    parts = [memoryview(part) for part in parts if part]
+    while parts:
+        written = os.writev(fd, parts)
+        while written:
+            if written >= len(parts[0]):
+                written -= len(parts[0])
+                parts.pop(0)
+            else:
+                parts[0] = parts[0][written:]
+                written = 0
 
 
 def send_json(kind, obj):
@@ -1255,7 +1266,7 @@ def run(spare, zygotes, payload, request):
     # or when it exits (killed, os._exit, crash).
     poller = select.poll()
     relay = CallRelay(spare.answer_w, lambda line: send(ord("C"), line), poller, spare.cut_answer)
-    streams = streams_runtime["Streams"](network.listener, poller)
+    streams = streams_runtime["Streams"](network.listener, poller, send)
     for fd in (*outputs, spare.status_r, zygote.fd, spare.call_r, 0):
         poller.register(fd, select.POLLIN)
     statuses = StatusReader()

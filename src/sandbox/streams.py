@@ -8,7 +8,8 @@
 # speaks HTTP proxy on each stream and decides every connection; this side
 # knows nothing of HTTP and never opens a connection itself. It owns no
 # file or process: the agent calls it from its run loop and gives it the
-# poller and the frame writer.
+# poller and the frame writer (`send(kind, *parts)`, which keeps the
+# frames in order with the run's output).
 #
 # Credit both ways: the agent reads from a connection only what the host
 # granted (STREAM_WINDOW at the start, then each W), and grants the host
@@ -16,7 +17,6 @@
 # stream never makes either side buffer more than one window, and a slow
 # connection never stops the channel.
 
-import os
 import select
 import socket
 import struct
@@ -31,26 +31,6 @@ OPEN, DATA, CLOSE, WINDOW = b"N", b"S", b"X", b"W"
 HTTP_PROXY = b"h"
 # A connection closed both ways, or broken: its stream is aborted.
 GONE = select.POLLHUP | select.POLLERR
-
-
-def write_all(fd, parts):
-    """Writes the buffers in order, whole (one writev when the pipe takes them)."""
-    parts = [memoryview(part) for part in parts if part]
-    while parts:
-        written = os.writev(fd, parts)
-        while written and parts:
-            if written >= len(parts[0]):
-                written -= len(parts[0])
-                parts.pop(0)
-            else:
-                parts[0] = parts[0][written:]
-                written = 0
-
-
-def send(kind, *parts):
-    """One frame to the host on fd 1 (the agent's protocol channel)."""
-    length = sum(len(part) for part in parts)
-    write_all(1, [HEADER.pack(kind[0], length), *parts])
 
 
 def listen(port):
@@ -99,9 +79,10 @@ class Streams:
 
     next_ident = 1
 
-    def __init__(self, listener, poller):
+    def __init__(self, listener, poller, send):
         self.listener = listener
         self.poller = poller
+        self.send = send
         self.by_fd = {}
         self.by_ident = {}
         # Fds of streams closed since the poll: their events in the batch
@@ -132,7 +113,7 @@ class Streams:
             stream = Stream(ident, sock)
             self.by_fd[sock.fileno()] = stream
             self.by_ident[ident] = stream
-            send(OPEN, ID.pack(ident), HTTP_PROXY)
+            self.send(OPEN[0], ID.pack(ident), HTTP_PROXY)
             self.watch(stream, register=True)
 
     def event(self, fd, events):
@@ -154,10 +135,10 @@ class Streams:
                 return self.abort(stream)
             if data:
                 stream.credit -= len(data)
-                send(DATA, ID.pack(stream.ident), data)
+                self.send(DATA[0], ID.pack(stream.ident), data)
             elif data is not None:
                 stream.client_ended = True
-                send(CLOSE, ID.pack(stream.ident), b"\x00")
+                self.send(CLOSE[0], ID.pack(stream.ident), b"\x00")
         elif events & GONE:
             # Nothing more can go either way (what it had sent is read first,
             # when the host has room for it).
@@ -196,7 +177,7 @@ class Streams:
             del stream.out[:written]
             stream.returned += written
         if stream.returned >= WINDOW_UPDATE_AT or (stream.returned and not stream.out):
-            send(WINDOW, CREDIT.pack(stream.ident, stream.returned))
+            self.send(WINDOW[0], CREDIT.pack(stream.ident, stream.returned))
             stream.returned = 0
 
     def settle(self, stream):
@@ -224,7 +205,7 @@ class Streams:
             self.poller.modify(stream.sock, mask)
 
     def abort(self, stream):
-        send(CLOSE, ID.pack(stream.ident), b"\x01")
+        self.send(CLOSE[0], ID.pack(stream.ident), b"\x01")
         self.forget(stream)
 
     def forget(self, stream):
