@@ -239,6 +239,17 @@ pub struct HttpSettings {
     /// `MCP_BRIDGE_HTTP_MAX_CONNECTIONS`: connections served at once; more
     /// wait in the listen backlog.
     pub max_connections: usize,
+    /// `MCP_BRIDGE_HTTP_MAX_MCP_SESSIONS(_PER_CLIENT)`: the MCP sessions kept.
+    pub mcp_sessions: SessionBounds,
+}
+
+/// The bounds on live MCP sessions over HTTP (see `http::mcp_sessions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionBounds {
+    /// `MCP_BRIDGE_HTTP_MAX_MCP_SESSIONS`: in all.
+    pub total: usize,
+    /// `MCP_BRIDGE_HTTP_MAX_MCP_SESSIONS_PER_CLIENT`: of one principal.
+    pub per_client: usize,
 }
 
 /// JWT access tokens (see [`crate::http::jwt`]).
@@ -269,6 +280,10 @@ impl Default for HttpSettings {
             resource_url: None,
             jwt: None,
             max_connections: 4096,
+            mcp_sessions: SessionBounds {
+                total: 1024,
+                per_client: 64,
+            },
         }
     }
 }
@@ -1023,6 +1038,19 @@ impl Config {
                     .ok_or_else(|| "a count from 16 to 1000000, like 4096".into())
             },
         )?;
+        let count = |v: &str| {
+            v.parse::<usize>()
+                .ok()
+                .filter(|n| (1..=1_000_000).contains(n))
+                .ok_or_else(|| "a count from 1 to 1000000, like 64".to_owned())
+        };
+        let bounds = &mut http.mcp_sessions;
+        bounds.total = vars.parse("MCP_BRIDGE_HTTP_MAX_MCP_SESSIONS", bounds.total, count)?;
+        bounds.per_client = vars.parse(
+            "MCP_BRIDGE_HTTP_MAX_MCP_SESSIONS_PER_CLIENT",
+            bounds.per_client,
+            count,
+        )?;
         http.addr = vars.parse("MCP_BRIDGE_HTTP_ADDR", http.addr, |v| {
             parse_http_addr(v).map(Some)
         })?;
@@ -1690,6 +1718,8 @@ mod tests {
             ("MCP_BRIDGE_MAX_CALLS_PER_CLIENT", "0"),
             ("MCP_BRIDGE_MAX_SESSIONS_PER_CLIENT", "two"),
             ("MCP_BRIDGE_HTTP_MAX_CONNECTIONS", "8"),
+            ("MCP_BRIDGE_HTTP_MAX_MCP_SESSIONS", "0"),
+            ("MCP_BRIDGE_HTTP_MAX_MCP_SESSIONS_PER_CLIENT", "many"),
             ("MCP_BRIDGE_HTTP_RESOURCE_URL", "mcp.example.com"),
         ] {
             assert_eq!(config(&[(name, value)]).unwrap_err().name, name);

@@ -15,8 +15,8 @@
 
 pub mod auth;
 pub mod jwt;
+pub mod mcp_sessions;
 
-use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +27,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use http_body_util::BodyExt;
+use rmcp::transport::streamable_http_server::session::SessionManager;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
@@ -39,6 +41,7 @@ use crate::principals::Principal;
 use crate::service::Service;
 use auth::{Auth, TokensFile, Verdict};
 use jwt::JwtVerifier;
+use mcp_sessions::{McpSessions, Opened};
 
 /// The path of the MCP endpoint.
 pub const MCP_PATH: &str = "/mcp";
@@ -79,10 +82,6 @@ pub enum StartError {
 /// response; past it the connection is closed.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// MCP sessions (2025-11-25) remembered with their principal, at most:
-/// past it, the oldest binding goes, and its session is refused (its
-/// client initializes anew).
-pub const MAX_BOUND_SESSIONS: usize = 10_000;
 /// The header of rmcp's session ids.
 const SESSION_ID: &str = "mcp-session-id";
 
@@ -91,49 +90,9 @@ const SESSION_ID: &str = "mcp-session-id";
 struct Gate {
     auth: Auth,
     resource_url: Option<String>,
-    owners: Arc<SessionOwners>,
-}
-
-/// Which principal opened each MCP session: a session id is served to
-/// that principal only (another principal that learnt it could otherwise
-/// read its stream or cancel its calls). Bounded by [`MAX_BOUND_SESSIONS`].
-#[derive(Debug, Default)]
-struct SessionOwners {
-    owners: std::sync::Mutex<Owners>,
-}
-
-/// Each session's principal, and the sessions oldest first.
-type Owners = (HashMap<Vec<u8>, Principal>, VecDeque<Vec<u8>>);
-
-impl SessionOwners {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Owners> {
-        // Each update is a few map operations that cannot panic halfway.
-        self.owners.lock().expect("never poisoned")
-    }
-
-    /// Whether `principal` opened the session `id` (an unknown id: no).
-    fn owned_by(&self, id: &[u8], principal: &Principal) -> bool {
-        self.lock().0.get(id) == Some(principal)
-    }
-
-    fn bind(&self, id: &[u8], principal: Principal) {
-        let (owners, order) = &mut *self.lock();
-        if owners.insert(id.to_vec(), principal).is_none() {
-            order.push_back(id.to_vec());
-        }
-        while order.len() > MAX_BOUND_SESSIONS {
-            if let Some(oldest) = order.pop_front() {
-                owners.remove(&oldest);
-            }
-        }
-    }
-
-    fn forget(&self, id: &[u8]) {
-        let (owners, order) = &mut *self.lock();
-        if owners.remove(id).is_some() {
-            order.retain(|kept| kept != id);
-        }
-    }
+    sessions: Arc<McpSessions>,
+    /// rmcp's sessions, to close those [`McpSessions`] lets go.
+    manager: Arc<LocalSessionManager>,
 }
 
 /// The HTTP front door, bound and ready to serve.
@@ -309,15 +268,13 @@ fn router(
         .enforce_origin_validation()
         .with_max_request_body_bytes(MAX_MESSAGE_BYTES)
         .with_cancellation_token(sessions);
-    let mcp = StreamableHttpService::new(
-        move || Ok(server.clone()),
-        Arc::new(LocalSessionManager::default()),
-        config,
-    );
+    let manager = Arc::new(LocalSessionManager::default());
+    let mcp = StreamableHttpService::new(move || Ok(server.clone()), manager.clone(), config);
     let gate = Gate {
         auth,
         resource_url: settings.resource_url.clone(),
-        owners: Arc::default(),
+        sessions: Arc::new(McpSessions::new(settings.mcp_sessions)),
+        manager,
     };
     Router::new()
         .route_service(MCP_PATH, mcp)
@@ -348,24 +305,43 @@ async fn authenticate(State(gate): State<Gate>, mut request: Request, next: Next
                 .headers()
                 .get(SESSION_ID)
                 .map(|id| id.as_bytes().to_vec());
-            if let Some(id) = &session
-                && !gate.owners.owned_by(id, &principal)
-            {
-                metrics::observe_http_request(principal.metric_label(), 404);
-                return (StatusCode::NOT_FOUND, "Not Found: Session not found\n").into_response();
-            }
+            let in_use = match &session {
+                Some(id) => match gate.sessions.enter(id, &principal) {
+                    Some(in_use) => Some(in_use),
+                    None => {
+                        metrics::observe_http_request(principal.metric_label(), 404);
+                        return (StatusCode::NOT_FOUND, "Not Found: Session not found\n")
+                            .into_response();
+                    }
+                },
+                None => None,
+            };
             let ends_session = request.method() == axum::http::Method::DELETE;
             request.extensions_mut().insert(principal.clone());
-            let response = next.run(request).await;
-            metrics::observe_http_request(principal.metric_label(), response.status().as_u16());
+            let mut response = next.run(request).await;
             match (&session, response.headers().get(SESSION_ID)) {
-                (None, Some(opened)) => gate.owners.bind(opened.as_bytes(), principal),
+                (None, Some(opened)) => {
+                    let opened = opened.as_bytes().to_vec();
+                    if let Some(refusal) = open_session(&gate, &opened, &principal).await {
+                        response = refusal;
+                    }
+                }
                 (Some(id), _) if ends_session && response.status().is_success() => {
-                    gate.owners.forget(id);
+                    gate.sessions.forget(id);
                 }
                 _ => {}
             }
-            response
+            metrics::observe_http_request(principal.metric_label(), response.status().as_u16());
+            match in_use {
+                // The session is in use until its answer's stream ends.
+                Some(in_use) => response.map(|body| {
+                    axum::body::Body::new(body.map_frame(move |frame| {
+                        let _held = &in_use;
+                        frame
+                    }))
+                }),
+                None => response,
+            }
         }
         Verdict::Missing | Verdict::Invalid => {
             let metadata = format!("{}{METADATA_PATH}", origin(&gate, &request));
@@ -391,6 +367,35 @@ async fn authenticate(State(gate): State<Gate>, mut request: Request, next: Next
             response
         }
     }
+}
+
+/// Keeps the session rmcp just opened for `principal` within the bounds,
+/// closing those it pushes out; when it is refused, closes it and returns
+/// the answer to send instead (503, naming the variable).
+async fn open_session(gate: &Gate, id: &[u8], principal: &Principal) -> Option<Response> {
+    let (closed, refusal) = match gate.sessions.open(id, principal) {
+        Opened::Kept { closed } => (closed, None),
+        Opened::Refused { message } => (vec![id.to_vec()], Some(message)),
+    };
+    for id in &closed {
+        let Ok(id) = std::str::from_utf8(id) else {
+            continue; // rmcp's ids are UUIDs: never
+        };
+        if let Err(error) = gate.manager.close_session(&Arc::from(id)).await {
+            tracing::warn!(%error, "an MCP session could not be closed");
+        }
+    }
+    if let Some(message) = &refusal {
+        tracing::warn!(principal = %principal, "new MCP session refused: {message}");
+    } else if !closed.is_empty() {
+        tracing::info!(
+            principal = %principal,
+            closed = closed.len(),
+            "least recently used MCP sessions closed to keep within \
+             MCP_BRIDGE_HTTP_MAX_MCP_SESSIONS(_PER_CLIENT)"
+        );
+    }
+    refusal.map(|message| (StatusCode::SERVICE_UNAVAILABLE, format!("{message}\n")).into_response())
 }
 
 /// The protected-resource metadata document (RFC 9728 §2).

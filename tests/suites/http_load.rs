@@ -1,7 +1,9 @@
 //! MCP over HTTP under load, against the built binary: a thousand idle
 //! event streams hold a descriptor each and little memory, and other
 //! clients are served meanwhile; 64 clients of four principals make 10,000
-//! calls without an error, and the server's memory stays flat.
+//! calls without an error, and the server's memory stays flat; sessions a
+//! client opens and leaves are bounded, the least recently used idle one
+//! closed first.
 
 use std::time::{Duration, Instant};
 
@@ -24,15 +26,7 @@ fn usage(pid: u32) -> (usize, u64) {
 /// A 2025-11-25 MCP session over HTTP: its id, after `initialize` and
 /// `notifications/initialized`.
 async fn open_session(client: &reqwest::Client, url: &str, token: &str) -> String {
-    let response = client
-        .post(url)
-        .header("Content-Type", "application/json")
-        .header("Accept", "application/json, text/event-stream")
-        .bearer_auth(token)
-        .body(INITIALIZE)
-        .send()
-        .await
-        .unwrap();
+    let response = initialize(client, url, token).await;
     assert_eq!(response.status(), 200);
     let session = response.headers()["mcp-session-id"]
         .to_str()
@@ -49,6 +43,19 @@ async fn open_session(client: &reqwest::Client, url: &str, token: &str) -> Strin
     .await;
     assert_eq!(initialized.0, 202, "{}", initialized.1);
     session
+}
+
+/// POSTs an `initialize` (no session yet).
+async fn initialize(client: &reqwest::Client, url: &str, token: &str) -> reqwest::Response {
+    client
+        .post(url)
+        .header("Content-Type", "application/json")
+        .header("Accept", "application/json, text/event-stream")
+        .bearer_auth(token)
+        .body(INITIALIZE)
+        .send()
+        .await
+        .unwrap()
 }
 
 /// POSTs `body` in `session`: the status and the whole answer.
@@ -76,7 +83,9 @@ async fn post(
 
 #[test]
 fn a_thousand_idle_event_streams_are_bounded_and_others_are_served() {
-    let server = HttpServer::start_on(free_port(), &[]);
+    // One principal (loopback, no token) with a thousand sessions in use.
+    let bounds = [("MCP_BRIDGE_HTTP_MAX_MCP_SESSIONS_PER_CLIENT", "1024")];
+    let server = HttpServer::start_on(free_port(), &bounds);
     let url = server.url.clone();
     let client = http_client();
     let pid = server.pid();
@@ -134,6 +143,122 @@ fn a_thousand_idle_event_streams_are_bounded_and_others_are_served() {
         Duration::from_secs(30),
         || usage(pid).0 <= fds_before + 32,
     );
+}
+
+/// A GET event stream of `session`, open (the session is in use) while
+/// the response lives.
+async fn event_stream(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    session: &str,
+) -> reqwest::Response {
+    let stream = client
+        .get(url)
+        .header("Accept", "text/event-stream")
+        .header("MCP-Protocol-Version", "2025-11-25")
+        .header("Mcp-Session-Id", session)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    stream
+}
+
+const PING: &str = r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#;
+
+#[test]
+fn sessions_a_client_opens_and_leaves_are_bounded_the_least_recently_used_idle_one_closed() {
+    let (dir, tokens) = tokens_file("mcp-sessions", &["p0", "p1"]);
+    let server = HttpServer::start_on(
+        free_port(),
+        &[
+            ("MCP_BRIDGE_HTTP_TOKENS_FILE", tokens.to_str().unwrap()),
+            ("MCP_BRIDGE_HTTP_MAX_MCP_SESSIONS_PER_CLIENT", "4"),
+        ],
+    );
+    let (url, pid) = (server.url.clone(), server.pid());
+    let client = http_client();
+    block_on(async {
+        let mut sessions = Vec::new();
+        for _ in 0..4 {
+            sessions.push(open_session(&client, &url, "p0-token").await);
+        }
+        // s0 is used again: s1 is now the one used longest ago.
+        let ping = |session: String| {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                post(&client, &url, "p0-token", &session, PING.into())
+                    .await
+                    .0
+            }
+        };
+        assert_eq!(ping(sessions[0].clone()).await, 200);
+        sessions.push(open_session(&client, &url, "p0-token").await);
+        assert_eq!(
+            ping(sessions[1].clone()).await,
+            404,
+            "the least recently used went"
+        );
+        for kept in [0, 2, 3, 4] {
+            assert_eq!(
+                ping(sessions[kept].clone()).await,
+                200,
+                "session {kept} kept"
+            );
+        }
+        // Each of the four in use (an open event stream): a fifth is refused.
+        let mut streams = Vec::new();
+        for kept in [0, 2, 3, 4] {
+            streams.push(event_stream(&client, &url, "p0-token", &sessions[kept]).await);
+        }
+        let refused = initialize(&client, &url, "p0-token").await;
+        assert_eq!(refused.status(), 503);
+        let text = refused.text().await.unwrap();
+        assert!(
+            text.contains("MCP_BRIDGE_HTTP_MAX_MCP_SESSIONS_PER_CLIENT=4"),
+            "{text}"
+        );
+        // Another principal has its own bound.
+        let other = open_session(&client, &url, "p1-token").await;
+        assert_eq!(
+            post(&client, &url, "p1-token", &other, PING.into()).await.0,
+            200
+        );
+        // A stream that ends leaves its session idle, and it can go again.
+        drop(streams.remove(0));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if initialize(&client, &url, "p0-token").await.status() == 200 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the stream's end was never noted"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(ping(sessions[0].clone()).await, 404, "the idle one went");
+        drop(streams);
+    });
+    // A client that opens sessions and leaves them (600: ~75 KiB each in
+    // rmcp, were they all kept until its 5-minute idle timeout) grows the
+    // server by its four, not by all.
+    let (_, rss_before) = usage(pid);
+    block_on(async {
+        for _ in 0..600 {
+            open_session(&client, &url, "p0-token").await;
+        }
+    });
+    let (_, rss_after) = usage(pid);
+    eprintln!("600 sessions opened and left: resident {rss_before} -> {rss_after} MiB");
+    assert!(
+        rss_after <= rss_before + 12,
+        "600 sessions left open grew the server from {rss_before} to {rss_after} MiB"
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 engine_test! {
