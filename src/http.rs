@@ -17,6 +17,7 @@ pub mod auth;
 pub mod jwt;
 pub mod mcp_sessions;
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +29,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http_body_util::BodyExt;
+use rmcp::transport::common::server_side_http::SessionId;
 use rmcp::transport::streamable_http_server::session::SessionManager;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
@@ -267,7 +269,7 @@ fn router(
         .with_allowed_origins(settings.allowed_origins.clone())
         .enforce_origin_validation()
         .with_max_request_body_bytes(MAX_MESSAGE_BYTES)
-        .with_cancellation_token(sessions);
+        .with_cancellation_token(sessions.clone());
     let manager = Arc::new(LocalSessionManager::default());
     let mcp = StreamableHttpService::new(move || Ok(server.clone()), manager.clone(), config);
     let gate = Gate {
@@ -276,6 +278,11 @@ fn router(
         sessions: Arc::new(McpSessions::new(settings.mcp_sessions)),
         manager,
     };
+    tokio::spawn(sweep_sessions(
+        gate.sessions.clone(),
+        gate.manager.clone(),
+        sessions,
+    ));
     Router::new()
         .route_service(MCP_PATH, mcp)
         .route_layer(axum::middleware::from_fn_with_state(
@@ -321,8 +328,13 @@ async fn authenticate(State(gate): State<Gate>, mut request: Request, next: Next
             let mut response = next.run(request).await;
             match (&session, response.headers().get(SESSION_ID)) {
                 (None, Some(opened)) => {
-                    let opened = opened.as_bytes().to_vec();
-                    if let Some(refusal) = open_session(&gate, &opened, &principal).await {
+                    // In a task of its own: a client that goes away now
+                    // must not leave rmcp's session outside the table.
+                    let (opened, gate) = (opened.as_bytes().to_vec(), gate.clone());
+                    let principal = principal.clone();
+                    let opening =
+                        tokio::spawn(async move { open_session(&gate, &opened, &principal).await });
+                    if let Ok(Some(refusal)) = opening.await {
                         response = refusal;
                     }
                 }
@@ -398,6 +410,55 @@ async fn open_session(gate: &Gate, id: &[u8], principal: &Principal) -> Option<R
     refusal.map(|message| (StatusCode::SERVICE_UNAVAILABLE, format!("{message}\n")).into_response())
 }
 
+/// How often [`sweep_sessions`] looks at rmcp's sessions.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Until `stop`, closes the sessions rmcp holds that the table does not
+/// know, two looks in a row ([`SWEEP_EVERY`] apart): those whose opening
+/// request went away before its answer reached the table, which would
+/// otherwise live outside the bounds until rmcp's own timeouts.
+async fn sweep_sessions(
+    sessions: Arc<McpSessions>,
+    manager: Arc<LocalSessionManager>,
+    stop: CancellationToken,
+) {
+    let mut unknown = HashSet::new();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(SWEEP_EVERY) => {}
+        }
+        unknown = sweep_once(&sessions, &manager, &unknown).await;
+    }
+}
+
+/// One look: closes the sessions unknown to the table that were unknown at
+/// the last look too; returns those unknown now.
+async fn sweep_once(
+    sessions: &McpSessions,
+    manager: &LocalSessionManager,
+    unknown_before: &HashSet<SessionId>,
+) -> HashSet<SessionId> {
+    let live: Vec<SessionId> = manager.sessions.read().await.keys().cloned().collect();
+    let mut unknown = HashSet::new();
+    for id in live {
+        if sessions.knows(id.as_bytes()) {
+            continue;
+        }
+        if unknown_before.contains(&id) {
+            tracing::info!(
+                "an MCP session outside the table closed (its opening request went away)"
+            );
+            if let Err(error) = manager.close_session(&id).await {
+                tracing::warn!(%error, "an MCP session could not be closed");
+            }
+        } else {
+            unknown.insert(id);
+        }
+    }
+    unknown
+}
+
 /// The protected-resource metadata document (RFC 9728 §2).
 async fn metadata(State(gate): State<Gate>, request: Request) -> Response {
     let resource = gate
@@ -433,5 +494,39 @@ fn origin(gate: &Gate, request: &Request) -> String {
     match host {
         Some(host) => format!("http://{host}"),
         None => "http://localhost".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SessionBounds;
+
+    #[tokio::test]
+    async fn a_session_rmcp_holds_outside_the_table_is_closed_at_the_second_look() {
+        let manager = LocalSessionManager::default();
+        let sessions = McpSessions::new(SessionBounds {
+            total: 8,
+            per_client: 8,
+        });
+        let (lost, _lost_transport) = manager.create_session().await.unwrap();
+        let (kept, _kept_transport) = manager.create_session().await.unwrap();
+        let owner = Principal::new("p").unwrap();
+        assert_eq!(
+            sessions.open(kept.as_bytes(), &owner),
+            Opened::Kept { closed: vec![] }
+        );
+        let unknown = sweep_once(&sessions, &manager, &HashSet::new()).await;
+        assert_eq!(unknown, HashSet::from([lost.clone()]));
+        assert!(
+            manager.has_session(&lost).await.unwrap(),
+            "one look: it may be opening still"
+        );
+        sweep_once(&sessions, &manager, &unknown).await;
+        assert!(!manager.has_session(&lost).await.unwrap(), "closed");
+        assert!(
+            manager.has_session(&kept).await.unwrap(),
+            "the table's stays"
+        );
     }
 }

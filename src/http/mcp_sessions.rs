@@ -64,7 +64,7 @@ pub struct InUse {
 impl Drop for InUse {
     fn drop(&mut self) {
         if let Some(entry) = lock(&self.table).by_id.get_mut(&self.id) {
-            entry.in_use -= 1;
+            entry.in_use = entry.in_use.saturating_sub(1);
             entry.last_used = Instant::now();
         }
     }
@@ -138,16 +138,20 @@ impl McpSessions {
                 }
             }
         }
-        table.by_id.insert(
-            id.to_vec(),
-            Entry {
-                principal: principal.clone(),
-                last_used: Instant::now(),
-                in_use: 0,
-            },
-        );
-        *table.per_principal.entry(principal.clone()).or_insert(0) += 1;
+        let entry = Entry {
+            principal: principal.clone(),
+            last_used: Instant::now(),
+            in_use: 0,
+        };
+        if table.by_id.insert(id.to_vec(), entry).is_none() {
+            *table.per_principal.entry(principal.clone()).or_insert(0) += 1;
+        }
         Opened::Kept { closed }
+    }
+
+    /// Whether session `id` is in the table.
+    pub fn knows(&self, id: &[u8]) -> bool {
+        lock(&self.table).by_id.contains_key(id)
     }
 
     /// Session `id` ended (its client's DELETE, or rmcp closed it).

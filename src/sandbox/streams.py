@@ -24,7 +24,6 @@ import struct
 STREAM_WINDOW = 256 * 1024  # protocol.rs STREAM_WINDOW
 MAX_CHUNK = 64 * 1024  # protocol.rs MAX_STREAM_CHUNK
 WINDOW_UPDATE_AT = STREAM_WINDOW // 4
-HEADER = struct.Struct(">BI")
 ID = struct.Struct(">I")
 CREDIT = struct.Struct(">II")
 OPEN, DATA, CLOSE, WINDOW = b"N", b"S", b"X", b"W"
