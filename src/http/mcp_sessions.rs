@@ -33,7 +33,6 @@ pub struct McpSessions {
 #[derive(Debug, Default)]
 struct Table {
     by_id: HashMap<Vec<u8>, Entry>,
-    per_principal: HashMap<Principal, usize>,
 }
 
 #[derive(Debug)]
@@ -106,46 +105,47 @@ impl McpSessions {
     pub fn open(&self, id: &[u8], principal: &Principal) -> Opened {
         let mut table = lock(&self.table);
         let mut closed = Vec::new();
-        let own = table.per_principal.get(principal).copied().unwrap_or(0);
-        if own >= self.bounds.per_client {
-            match table.least_recently_used(Some(principal)) {
-                Some(oldest) => closed.push(table.remove(&oldest)),
-                None => {
-                    return Opened::Refused {
-                        message: format!(
-                            "this client has {own} MCP sessions open, each in use, the most one \
-                             client may have (MCP_BRIDGE_HTTP_MAX_MCP_SESSIONS_PER_CLIENT={}): \
-                             end one (DELETE) or raise the bound",
-                            self.bounds.per_client
-                        ),
-                    };
-                }
+        // Each bound: whose sessions it counts, and how its refusal reads.
+        let bounds = [
+            (
+                Some(principal),
+                self.bounds.per_client,
+                "this client has",
+                "one client may have",
+                "MCP_BRIDGE_HTTP_MAX_MCP_SESSIONS_PER_CLIENT",
+                "end one (DELETE)",
+            ),
+            (
+                None,
+                self.bounds.total,
+                "the server has",
+                "it keeps",
+                "MCP_BRIDGE_HTTP_MAX_MCP_SESSIONS",
+                "try again later,",
+            ),
+        ];
+        for (scope, bound, who, most, variable, advice) in bounds {
+            let open = table.count(scope);
+            if open < bound {
+                continue;
             }
-        }
-        if table.by_id.len() >= self.bounds.total {
-            match table.least_recently_used(None) {
-                Some(oldest) => closed.push(table.remove(&oldest)),
-                None => {
-                    return Opened::Refused {
-                        message: format!(
-                            "the server has {} MCP sessions open, each in use, the most it \
-                             keeps (MCP_BRIDGE_HTTP_MAX_MCP_SESSIONS={}): try again later, \
-                             or raise the bound",
-                            table.by_id.len(),
-                            self.bounds.total
-                        ),
-                    };
-                }
-            }
+            let Some(oldest) = table.least_recently_used(scope) else {
+                return Opened::Refused {
+                    message: format!(
+                        "{who} {open} MCP sessions open, each in use, the most {most} \
+                         ({variable}={bound}): {advice} or raise the bound"
+                    ),
+                };
+            };
+            table.by_id.remove(&oldest);
+            closed.push(oldest);
         }
         let entry = Entry {
             principal: principal.clone(),
             last_used: Instant::now(),
             in_use: 0,
         };
-        if table.by_id.insert(id.to_vec(), entry).is_none() {
-            *table.per_principal.entry(principal.clone()).or_insert(0) += 1;
-        }
+        table.by_id.insert(id.to_vec(), entry);
         Opened::Kept { closed }
     }
 
@@ -156,34 +156,31 @@ impl McpSessions {
 
     /// Session `id` ended (its client's DELETE, or rmcp closed it).
     pub fn forget(&self, id: &[u8]) {
-        let mut table = lock(&self.table);
-        if table.by_id.contains_key(id) {
-            table.remove(id);
-        }
+        lock(&self.table).by_id.remove(id);
     }
 }
 
 impl Table {
-    /// The idle session (of `principal`, if given) used longest ago.
-    fn least_recently_used(&self, principal: Option<&Principal>) -> Option<Vec<u8>> {
+    /// The sessions (of `principal`, if given).
+    fn of<'a>(
+        &'a self,
+        principal: Option<&'a Principal>,
+    ) -> impl Iterator<Item = (&'a Vec<u8>, &'a Entry)> {
         self.by_id
             .iter()
-            .filter(|(_, entry)| entry.in_use == 0)
-            .filter(|(_, entry)| principal.is_none_or(|p| entry.principal == *p))
-            .min_by_key(|(_, entry)| entry.last_used)
-            .map(|(id, _)| id.clone())
+            .filter(move |(_, entry)| principal.is_none_or(|p| entry.principal == *p))
     }
 
-    /// Removes a session that is there; returns its id.
-    fn remove(&mut self, id: &[u8]) -> Vec<u8> {
-        let entry = self.by_id.remove(id).expect("a session of the table");
-        if let Some(count) = self.per_principal.get_mut(&entry.principal) {
-            *count -= 1;
-            if *count == 0 {
-                self.per_principal.remove(&entry.principal);
-            }
-        }
-        id.to_vec()
+    fn count(&self, principal: Option<&Principal>) -> usize {
+        self.of(principal).count()
+    }
+
+    /// The idle session (of `principal`, if given) used longest ago.
+    fn least_recently_used(&self, principal: Option<&Principal>) -> Option<Vec<u8>> {
+        self.of(principal)
+            .filter(|(_, entry)| entry.in_use == 0)
+            .min_by_key(|(_, entry)| entry.last_used)
+            .map(|(id, _)| id.clone())
     }
 }
 

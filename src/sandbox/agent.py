@@ -215,9 +215,7 @@ def send(kind, *parts):
 
 
 def write_all(fd, data):
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+    write_parts(fd, (data,))
 
 
 def write_parts(fd, parts):
@@ -1254,8 +1252,7 @@ def run(spare, zygotes, payload, request):
         spare.err_r: Output(ord("E"), request["max_output_bytes"]),
     }
     try:
-        write_all(spare.code_w, LENGTH.pack(len(payload)))
-        write_all(spare.code_w, payload)
+        write_parts(spare.code_w, (LENGTH.pack(len(payload)), payload))  # one write: one wake-up
     except OSError:
         pass  # the child is gone; its exit status says why
     if not session:

@@ -31,6 +31,16 @@ def test_frames_arrive_whole_across_chunks(agent):
     os.close(r)
 
 
+def test_parts_are_written_whole_and_in_order_across_short_writes(agent, monkeypatch):
+    real = os.writev
+    monkeypatch.setattr(agent.os, "writev", lambda fd, parts: real(fd, [bytes(parts[0][:3])]))
+    r, w = os.pipe()
+    agent.write_parts(w, [b"ab", b"", b"cdefg", memoryview(b"hijk")])
+    os.close(w)
+    assert os.read(r, 100) == b"abcdefghijk"
+    os.close(r)
+
+
 def test_output_keeps_the_head_and_counts_the_rest(agent, monkeypatch):
     sent = []
     monkeypatch.setattr(agent, "send", lambda kind, data: sent.append((kind, bytes(data))))
