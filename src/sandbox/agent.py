@@ -17,7 +17,7 @@
 #   │   │   the child subreaper of everything below it; where it cannot be,
 #   │   │   under gVisor, the agent reaps the orphans) and kills everything
 #   │   │   but the light zygote at reset.
-#   │   └── a spare: forked ahead of time, warmed up, waits on its code pipe;
+#   │   └── a spare: forked ahead of time, rehearsed, waits on its code pipe;
 #   │       it runs one request as `__main__`, then exits. A session's spare
 #   │       runs one request after another in the same `__main__` (no reset
 #   │       between them) until its session ends, which recycles the container.
@@ -70,7 +70,8 @@
 #
 # Agent <-> spare: requests on the code pipe and statuses on the status pipe
 # are messages of a 4-byte big-endian length and JSON (after the status pipe's
-# one-byte "warm" signal).
+# one-byte "warm" signal). Before a fresh spare's first request the agent
+# writes its code to /run/code/main.py.
 #
 # User code never touches the protocol: its fd 0 is /dev/null and its fd 1/2
 # are pipes the agent reads, so `os.write(1, ...)`, `sys.__stdout__` and
@@ -195,6 +196,26 @@ PRELOAD_WARM_UPS = {
     ),
 }
 WARMUP_CODE = "x = [i * 2 for i in range(8)]\nprint(6 * 7, sum(x), 'warm')\n"
+# The request a spare rehearses (rehearse), shaped as the host sends one
+# (protocol.rs RunFrame): its parsing and every install a run goes through.
+REHEARSAL = json.dumps(
+    {
+        "code": WARMUP_CODE,
+        "max_output_bytes": 1 << 20,
+        "display": {"max_images": 1, "max_pixels": 1, "max_bytes": 1},
+        "files_out": {"max_files": 1, "max_bytes": 1},
+        "skills": True,
+        "servers": [
+            {
+                "name": "rehearsal",
+                "alias": "rehearsal",
+                "description": "",
+                "tools": [{"name": "tool", "alias": "tool", "description": "", "input_schema": {"type": "object"}}],
+            }
+        ],
+        "discovered": [{"name": "rehearsal"}],
+    }
+).encode()
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
@@ -341,16 +362,16 @@ def spare_main(code_r, status_w, out_w, err_w, call_w, answer_r):
     )
     sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
     reseed_random_generators()
-    warm_up()
+    channel = mcp_runtime["connect"](call_w, answer_r, MAX_CALL_BYTES)
+    rehearse(channel)
     write_all(status_w, WARM)
 
     module = None
     calls = 0
-    channel = mcp_runtime["connect"](call_w, answer_r, MAX_CALL_BYTES)
     while (request := read_message(code_r)) is not None:
         calls += 1
         if module is None:
-            module = main_module(request["code"])
+            module = fresh_main_module()  # the agent wrote the script (write_script)
             filename = SCRIPT
         else:
             # A session's later call: the same `__main__`; its code is served
@@ -384,8 +405,8 @@ def spare_main(code_r, status_w, out_w, err_w, call_w, answer_r):
 def run_code(request, module, filename, channel):
     """Writes the request's files, wires its `mcp` package and `display`,
     runs its code in `module`; returns (exit code, status, display)."""
-    if request.get("host_files_error"):
-        message = f"could not write the host files: {request['host_files_error']}"
+    if request.get("setup_error"):
+        message = request["setup_error"]
         print(message, file=sys.stderr, flush=True)
         return 1, {"error": message, "error_type": "FileError"}, None
     try:
@@ -468,7 +489,7 @@ def write_input_files(files):
     """The call's `files`, under /workspace before the code starts. The host
     checked each path (relative, inside /workspace) and the total size; a
     path that still escapes is refused here too."""
-    root = os.path.realpath(WORKSPACE)
+    root = os.path.realpath(WORKSPACE) if files else None
     for entry in files:
         path = os.path.realpath(os.path.join(root, entry["path"]))
         if not path.startswith(root + os.sep):
@@ -563,15 +584,9 @@ def like_a_script():
     sys.path[0:1] = [SCRIPT_DIR, packages_runtime["site_dir"](), WORKSPACE]
 
 
-def main_module(source):
-    """The request's code in its file and a fresh, real `__main__` module in
-    sys.modules (so pickle and multiprocessing find its functions and
-    classes)."""
-    write_script(source)
-    return fresh_main_module()
-
-
 def fresh_main_module():
+    """A fresh, real `__main__` module in sys.modules (so pickle and
+    multiprocessing find its functions and classes), from the script."""
     module = types.ModuleType("__main__")
     module.__dict__.update(
         __file__=SCRIPT,
@@ -584,8 +599,14 @@ def fresh_main_module():
 
 
 def write_script(source):
-    """/run/code/main.py, made anew."""
-    write_fresh(SCRIPT_DIR, SCRIPT_NAME, source.encode("utf-8", "surrogatepass"))
+    """/run/code/main.py, made anew; None, or why it could not be. The
+    agent writes it before it hands the request to a fresh spare (no user
+    code runs then), so the run does not pay for it."""
+    try:
+        write_fresh(SCRIPT_DIR, SCRIPT_NAME, source.encode("utf-8", "surrogatepass"))
+    except OSError as exc:
+        return f"could not write {SCRIPT}: {exc}"
+    return None
 
 
 def write_fresh(directory_path, name, data):
@@ -608,20 +629,38 @@ def write_fresh(directory_path, name, data):
         os.close(fd)
 
 
-def warm_up():
-    """Run a tiny snippet to /dev/null, the way a run's code runs, so that the
-    copy-on-write faults and caches of a first execution happen before a
-    request, not during it. It touches no file: the spare warms up while the
-    agent still empties the directories the last run had (its source is
-    compiled from memory, and it imports nothing)."""
+def rehearse(channel):
+    """Goes once through a request's path, as a run would (REHEARSAL: a
+    tiny snippet, an MCP server, skills, the display), its output and
+    status to /dev/null, so that the copy-on-write faults of that path
+    (~100 pages here, each ~5 µs in a VM) and the interpreter's caches
+    happen before a request, not during it. Nothing of it stays: what it
+    put in sys.modules, sys.meta_path and builtins is taken out again. It
+    touches no file: the spare rehearses while the agent still empties the
+    directories the last run had."""
     like_a_script()
-    real = sys.stdout
-    sys.stdout = io.TextIOWrapper(io.FileIO(0, "w", closefd=False))  # fd 0 is /dev/null, opened read-write
+    modules, finders, names = set(sys.modules), list(sys.meta_path), set(vars(builtins))
+    real = sys.stdout, sys.stderr
+    sys.stdout = sys.stderr = io.TextIOWrapper(io.FileIO(0, "w", closefd=False))  # fd 0 is /dev/null, opened read-write
+    read_end, write_end = os.pipe()
     try:
-        execute(WARMUP_CODE, fresh_main_module().__dict__, WARMUP_FILENAME)
-        sys.stdout.flush()
+        write_parts(write_end, (LENGTH.pack(len(REHEARSAL)), REHEARSAL))
+        request = read_message(read_end)
+        exit_code, status, display = run_code(request, fresh_main_module(), WARMUP_FILENAME, channel)
+        threads_done()
+        status.update(display_runtime["finish"](display))
+        flush_standard_streams()
+        status["exit_code"] = exit_code
+        write_status(0, status)
     finally:
-        sys.stdout = real
+        os.close(read_end)
+        os.close(write_end)
+        sys.stdout, sys.stderr = real
+        for name in set(sys.modules) - modules:
+            del sys.modules[name]
+        sys.meta_path[:] = finders
+        for name in set(vars(builtins)) - names:
+            delattr(builtins, name)
 
 
 def execute(source, env, filename):
@@ -647,6 +686,17 @@ def interpreter_exit(exit_code, after_threads=None):
     for non-daemon threads, (call `after_threads`,) run atexit handlers,
     flush the standard streams. A thread that never ends keeps the run going
     until its deadline."""
+    threads_done()
+    if after_threads is not None:
+        after_threads()
+    atexit._run_exitfuncs()  # prints "Exception ignored in atexit callback" itself
+    if not flush_standard_streams():
+        exit_code = exit_code or 120  # what Python exits with when stdout's flush fails
+    return exit_code
+
+
+def threads_done():
+    """Waits for the non-daemon threads, as the interpreter does at exit."""
     threading = sys.modules.get("threading")
     # Nothing to join and nothing registered with threading: skip its shutdown
     # (it is most of the cost of ending a run that started no thread).
@@ -656,12 +706,6 @@ def interpreter_exit(exit_code, after_threads=None):
             threading._shutdown()
         except BaseException as exc:  # e.g. KeyboardInterrupt while joining
             report_uncaught(exc, SCRIPT)
-    if after_threads is not None:
-        after_threads()
-    atexit._run_exitfuncs()  # prints "Exception ignored in atexit callback" itself
-    if not flush_standard_streams():
-        exit_code = exit_code or 120  # what Python exits with when stdout's flush fails
-    return exit_code
 
 
 def flush_standard_streams():
@@ -2167,20 +2211,24 @@ def main(argv):
             sys.stderr.write(f"mcp-code-exec agent: unknown frame kind {kind}\n")
             os._exit(3)
         request = json.loads(payload)
+        failure = None
         if "host_files" in request:
             failure = receive_host_files(request["host_files"])
             if failure:
-                request["host_files_error"] = failure
-                payload = json.dumps(request).encode()
+                failure = f"could not write the host files: {failure}"
         if spare is None:
             spare = spares.take(request)
             if spare is None:
                 send_json(ord("F"), {"reason": "no spare could be forked"})
                 os._exit(4)
+            failure = failure or write_script(request["code"])
         elif not request.get("session"):
             # The host runs stateless code only on a spare that never ran.
             sys.stderr.write("mcp-code-exec agent: a stateless run sent to a session's interpreter\n")
             os._exit(3)
+        if failure:
+            request["setup_error"] = failure
+            payload = json.dumps(request).encode()
         if run(spare, spares.zygotes(), payload, request):
             continue  # the session's next call goes to the same spare
         if single_use or request.get("session"):

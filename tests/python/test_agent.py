@@ -199,6 +199,50 @@ def test_a_run_ends_like_the_interpreter(agent):
     assert out.stdout == "main\nthread\natexit\nexit 0\n"
 
 
+def test_the_rehearsal_goes_through_a_run_and_leaves_nothing_behind(agent):
+    # In a process of its own: it rewires sys.stdout, sys.path and sys.modules.
+    sandbox = pathlib.Path(agent.__file__).parent
+    script = (
+        f"import builtins, io, json, os, sys\nsys.path.insert(0, {str(sandbox)!r})\n"
+        "import agent\n"
+        "for ns, name in ((agent.mcp_runtime, 'mcp_runtime'), (agent.display_runtime, 'display'),\n"
+        "                 (agent.skills_runtime, 'skills'), (agent.packages_runtime, 'packages')):\n"
+        f"    exec(compile(open(f'{sandbox}/{{name}}.py').read(), name, 'exec'), ns)\n"
+        "statuses = []\n"
+        "agent.write_status = lambda fd, status: statuses.append((fd, status))\n"
+        "modules, finders, names = set(sys.modules), list(sys.meta_path), set(vars(builtins))\n"
+        "stdout, stderr = sys.stdout, sys.stderr\n"
+        "calls, answers = os.pipe()\n"
+        "agent.rehearse(agent.mcp_runtime['connect'](answers, calls, 1 << 20))\n"
+        "print(json.dumps({\n"
+        "    'statuses': statuses,\n"
+        "    'modules': sorted(set(sys.modules) ^ modules),\n"
+        "    'finders': sys.meta_path == finders,\n"
+        "    'builtins': sorted(set(vars(builtins)) ^ names),\n"
+        "    'streams': sys.stdout is stdout and sys.stderr is stderr,\n"
+        "}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=30)
+    assert out.stdout.count("\n") == 1, out.stdout  # the rehearsal printed nothing of its own
+    seen = json.loads(out.stdout)
+    # It went the whole way, its status to /dev/null (fd 0 in a spare).
+    assert seen["statuses"] == [[0, {"images_dropped": 0, "image_notes": [], "exit_code": 0}]]
+    assert seen["modules"] == [] and seen["finders"] and seen["builtins"] == [] and seen["streams"]
+
+
+def test_the_script_is_made_anew_through_a_planted_link_and_a_failure_is_told(agent, tmp_path, monkeypatch):
+    target = tmp_path / "elsewhere"
+    target.write_text("kept")
+    monkeypatch.setattr(agent, "SCRIPT_DIR", str(tmp_path))
+    (tmp_path / agent.SCRIPT_NAME).symlink_to(target)
+    assert agent.write_script("print('run')") is None
+    script = tmp_path / agent.SCRIPT_NAME
+    assert not script.is_symlink() and script.read_text() == "print('run')"
+    assert target.read_text() == "kept"
+    monkeypatch.setattr(agent, "SCRIPT_DIR", str(tmp_path / "gone"))
+    assert agent.write_script("x").startswith(f"could not write {agent.SCRIPT}: ")
+
+
 def test_preload_reports_what_is_missing(agent):
     missing = agent.preload_modules(["json", "no_such_module_for_this_test"])
     assert len(missing) == 1
