@@ -198,6 +198,7 @@ PRELOAD_WARM_UPS = {
 WARMUP_CODE = "x = [i * 2 for i in range(8)]\nprint(6 * 7, sum(x), 'warm')\n"
 # The request a spare rehearses (rehearse), shaped as the host sends one
 # (protocol.rs RunFrame): its parsing and every install a run goes through.
+# Written whole into a pipe before it is read: far below a pipe's 64 KiB.
 REHEARSAL = json.dumps(
     {
         "code": WARMUP_CODE,
@@ -223,6 +224,8 @@ devnull = os.open(os.devnull, os.O_RDWR)
 # What a spare writes on its status pipe once warmed up.
 WARM = b"W"
 SPARE_WARM_TIMEOUT_S = 10.0
+# How much of what a spare that did not warm up wrote is told (Spare.last_words).
+LAST_WORDS_LIMIT = 300
 # How long a container with a light zygote idles before it forks the spare
 # its reset did not (Spares): longer than the gaps of a stream of runs,
 # shorter than a model's turn.
@@ -601,7 +604,8 @@ def fresh_main_module():
 def write_script(source):
     """/run/code/main.py, made anew; None, or why it could not be. The
     agent writes it before it hands the request to a fresh spare (no user
-    code runs then), so the run does not pay for it."""
+    code runs then): in the agent, whose pages are its own, it costs no
+    copy-on-write faults, which it did in a fresh spare."""
     try:
         write_fresh(SCRIPT_DIR, SCRIPT_NAME, source.encode("utf-8", "surrogatepass"))
     except OSError as exc:
@@ -635,9 +639,11 @@ def rehearse(channel):
     status to /dev/null, so that the copy-on-write faults of that path
     (~100 pages here, each ~5 µs in a VM) and the interpreter's caches
     happen before a request, not during it. Nothing of it stays: what it
-    put in sys.modules, sys.meta_path and builtins is taken out again. It
-    touches no file: the spare rehearses while the agent still empties the
-    directories the last run had."""
+    put in sys.modules, sys.meta_path and builtins is taken out again, and
+    what a run binds anew (`__main__`, the display's and the skills'
+    bindings) the run's own installs replace; threading is never shut
+    down. It touches no file: the spare rehearses while the agent still
+    empties the directories the last run had."""
     like_a_script()
     modules, finders, names = set(sys.modules), list(sys.meta_path), set(vars(builtins))
     real = sys.stdout, sys.stderr
@@ -647,7 +653,7 @@ def rehearse(channel):
         write_parts(write_end, (LENGTH.pack(len(REHEARSAL)), REHEARSAL))
         request = read_message(read_end)
         exit_code, status, display = run_code(request, fresh_main_module(), WARMUP_FILENAME, channel)
-        threads_done()
+        threads_idle()  # never threading._shutdown(): threads must start and be joined in the run
         status.update(display_runtime["finish"](display))
         flush_standard_streams()
         status["exit_code"] = exit_code
@@ -697,15 +703,19 @@ def interpreter_exit(exit_code, after_threads=None):
 
 def threads_done():
     """Waits for the non-daemon threads, as the interpreter does at exit."""
-    threading = sys.modules.get("threading")
-    # Nothing to join and nothing registered with threading: skip its shutdown
-    # (it is most of the cost of ending a run that started no thread).
-    idle = threading is None or (threading.active_count() == 1 and not getattr(threading, "_threading_atexits", 1))
-    if not idle:
+    if not threads_idle():
         try:
-            threading._shutdown()
+            sys.modules["threading"]._shutdown()
         except BaseException as exc:  # e.g. KeyboardInterrupt while joining
             report_uncaught(exc, SCRIPT)
+
+
+def threads_idle():
+    """Nothing to join and nothing registered with threading (a pool of
+    concurrent.futures registers its ending): its shutdown can be skipped
+    (it is most of the cost of ending a run that started no thread)."""
+    threading = sys.modules.get("threading")
+    return threading is None or (threading.active_count() == 1 and not getattr(threading, "_threading_atexits", 1))
 
 
 def flush_standard_streams():
@@ -1155,6 +1165,13 @@ class Spare:
         """True once the spare has warmed up and waits for code."""
         ready, _, _ = select.select([self.status_r], [], [], timeout_s)
         return bool(ready) and read_some(self.status_r) == WARM
+
+    def last_words(self):
+        """The last line a spare that did not warm up wrote to its stderr
+        (run_spare's traceback of an agent bug: no user code ran there)."""
+        data = read_some(self.err_r) or b""
+        lines = data.decode(errors="replace").strip().splitlines()
+        return lines[-1][:LAST_WORDS_LIMIT] if lines else ""
 
     def close(self):
         for fd in (self.code_w, self.status_r, self.out_r, self.err_r, self.call_r, self.answer_w):
@@ -1986,8 +2003,9 @@ def fresh_spare(zygote, command=b"S", between=None, warm_timeout_s=SPARE_WARM_TI
         return None, str(lost)
     # Ready means warm: the next run must not pay for the warm-up.
     if not spare.wait_warm(warm_timeout_s):
+        said = spare.last_words()
         spare.close()
-        return None, "the new spare did not warm up"
+        return None, "the new spare did not warm up" + (f": {said}" if said else "")
     return spare, None
 
 
@@ -2221,7 +2239,8 @@ def main(argv):
             if spare is None:
                 send_json(ord("F"), {"reason": "no spare could be forked"})
                 os._exit(4)
-            failure = failure or write_script(request["code"])
+            script_failure = write_script(request["code"])  # a session's later calls need it too
+            failure = failure or script_failure
         elif not request.get("session"):
             # The host runs stateless code only on a spare that never ran.
             sys.stderr.write("mcp-code-exec agent: a stateless run sent to a session's interpreter\n")

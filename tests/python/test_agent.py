@@ -201,33 +201,58 @@ def test_a_run_ends_like_the_interpreter(agent):
 
 def test_the_rehearsal_goes_through_a_run_and_leaves_nothing_behind(agent):
     # In a process of its own: it rewires sys.stdout, sys.path and sys.modules.
+    # A preloaded thread pool (sklearn's) registers with threading: the
+    # rehearsal must not shut threading down for the run.
     sandbox = pathlib.Path(agent.__file__).parent
     script = (
-        f"import builtins, io, json, os, sys\nsys.path.insert(0, {str(sandbox)!r})\n"
+        f"import builtins, concurrent.futures, io, json, os, sys, threading\nsys.path.insert(0, {str(sandbox)!r})\n"
         "import agent\n"
         "for ns, name in ((agent.mcp_runtime, 'mcp_runtime'), (agent.display_runtime, 'display'),\n"
         "                 (agent.skills_runtime, 'skills'), (agent.packages_runtime, 'packages')):\n"
         f"    exec(compile(open(f'{sandbox}/{{name}}.py').read(), name, 'exec'), ns)\n"
+        "threading._register_atexit(lambda: None)\n"
         "statuses = []\n"
-        "agent.write_status = lambda fd, status: statuses.append((fd, status))\n"
+        "write_status = agent.write_status\n"
+        "agent.write_status = lambda fd, status: (statuses.append((fd, dict(status))), write_status(fd, status))\n"
         "modules, finders, names = set(sys.modules), list(sys.meta_path), set(vars(builtins))\n"
         "stdout, stderr = sys.stdout, sys.stderr\n"
         "calls, answers = os.pipe()\n"
         "agent.rehearse(agent.mcp_runtime['connect'](answers, calls, 1 << 20))\n"
-        "print(json.dumps({\n"
+        "seen = {\n"
         "    'statuses': statuses,\n"
         "    'modules': sorted(set(sys.modules) ^ modules),\n"
         "    'finders': sys.meta_path == finders,\n"
         "    'builtins': sorted(set(vars(builtins)) ^ names),\n"
         "    'streams': sys.stdout is stdout and sys.stderr is stderr,\n"
-        "}))\n"
+        "}\n"
+        "with concurrent.futures.ThreadPoolExecutor() as pool:\n"
+        "    seen['threads'] = [threading._SHUTTING_DOWN, pool.submit(lambda: 'pooled').result()]\n"
+        "print(json.dumps(seen))\n"
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=30)
-    assert out.stdout.count("\n") == 1, out.stdout  # the rehearsal printed nothing of its own
+    with open(os.devnull, "r+b") as devnull:  # fd 0 of a spare: /dev/null, read-write
+        out = subprocess.run(
+            [sys.executable, "-c", script], stdin=devnull, capture_output=True, text=True, check=True, timeout=30
+        )
+    assert out.stdout.count("\n") == 1 and not out.stderr, out  # the rehearsal printed nothing of its own
     seen = json.loads(out.stdout)
-    # It went the whole way, its status to /dev/null (fd 0 in a spare).
+    # It went the whole way, its status to /dev/null.
     assert seen["statuses"] == [[0, {"images_dropped": 0, "image_notes": [], "exit_code": 0}]]
     assert seen["modules"] == [] and seen["finders"] and seen["builtins"] == [] and seen["streams"]
+    assert seen["threads"] == [False, "pooled"]
+
+
+def test_a_spare_that_did_not_warm_up_tells_its_last_line(agent):
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    spare = type("Spare", (), {"err_r": read_end})()
+    try:
+        assert agent.Spare.last_words(spare) == ""  # nothing written: no wait either
+        os.write(write_end, b"Traceback (most recent call last):\n  ...\nKeyError: 'servers' " + b"x" * 500 + b"\n")
+        said = agent.Spare.last_words(spare)
+        assert said.startswith("KeyError: 'servers' x") and len(said) == agent.LAST_WORDS_LIMIT
+    finally:
+        os.close(read_end)
+        os.close(write_end)
 
 
 def test_the_script_is_made_anew_through_a_planted_link_and_a_failure_is_told(agent, tmp_path, monkeypatch):
