@@ -198,6 +198,9 @@ PRELOAD_WARM_UPS = {
 WARMUP_CODE = "x = [i * 2 for i in range(8)]\nprint(6 * 7, sum(x), 'warm')\n"
 # The request a spare rehearses (rehearse), shaped as the host sends one
 # (protocol.rs RunFrame): its parsing and every install a run goes through.
+# A session's call, so that it ends as a notebook cell: atexit is not run
+# (that would unregister its handlers) nor threading shut down (a
+# preloaded thread pool registers with it; runs must still start threads).
 # Written whole into a pipe before it is read: far below a pipe's 64 KiB.
 REHEARSAL = json.dumps(
     {
@@ -206,6 +209,7 @@ REHEARSAL = json.dumps(
         "display": {"max_images": 1, "max_pixels": 1, "max_bytes": 1},
         "files_out": {"max_files": 1, "max_bytes": 1},
         "skills": True,
+        "session": True,
         "servers": [
             {
                 "name": "rehearsal",
@@ -382,27 +386,35 @@ def spare_main(code_r, status_w, out_w, err_w, call_w, answer_r):
             filename = f"{SCRIPT_DIR}/call{calls}.py"
             lines = request["code"].splitlines(keepends=True)
             linecache.cache[filename] = (len(request["code"]), None, lines, filename)
-        exit_code, status, display = run_code(request, module, filename, channel)
-
-        def figures_left_open(status=status, display=display):  # after threads, before atexit
-            if display is not None:
-                status.update(display_runtime["finish"](display))
-
-        if request.get("session"):
-            # Like a notebook cell: figures shown, streams flushed; threads
-            # run on and atexit waits for the end of the session.
-            figures_left_open()
-            flush_standard_streams()
-        else:
-            exit_code = interpreter_exit(exit_code, figures_left_open)
-        status["exit_code"] = exit_code
-        write_status(status_w, status)
+        exit_code = serve(request, module, filename, channel, status_w)
         if not request.get("session"):
             # The output is in its pipes and the status sent: the teardown of
             # this process (its whole copy-on-write address space) need not
             # delay the answer.
             os._exit(exit_code)
     os._exit(0)
+
+
+def serve(request, module, filename, channel, status_fd):
+    """Runs one request in `module`, ends it as the interpreter ends (a
+    session's call as a notebook cell), sends its status on `status_fd`;
+    returns its exit code."""
+    exit_code, status, display = run_code(request, module, filename, channel)
+
+    def figures_left_open():  # after threads, before atexit
+        if display is not None:
+            status.update(display_runtime["finish"](display))
+
+    if request.get("session"):
+        # Like a notebook cell: figures shown, streams flushed; threads
+        # run on and atexit waits for the end of the session.
+        figures_left_open()
+        flush_standard_streams()
+    else:
+        exit_code = interpreter_exit(exit_code, figures_left_open)
+    status["exit_code"] = exit_code
+    write_status(status_fd, status)
+    return exit_code
 
 
 def run_code(request, module, filename, channel):
@@ -635,15 +647,15 @@ def write_fresh(directory_path, name, data):
 
 def rehearse(channel):
     """Goes once through a request's path, as a run would (REHEARSAL: a
-    tiny snippet, an MCP server, skills, the display), its output and
-    status to /dev/null, so that the copy-on-write faults of that path
-    (~100 pages here, each ~5 µs in a VM) and the interpreter's caches
-    happen before a request, not during it. Nothing of it stays: what it
-    put in sys.modules, sys.meta_path and builtins is taken out again, and
-    what a run binds anew (`__main__`, the display's and the skills'
-    bindings) the run's own installs replace; threading is never shut
-    down. It touches no file: the spare rehearses while the agent still
-    empties the directories the last run had."""
+    tiny snippet, an MCP server, skills, the display, ended as a session's
+    call), its output and status to /dev/null, so that the copy-on-write
+    faults of that path (~100 pages here, each ~5 µs in a VM) and the
+    interpreter's caches happen before a request, not during it. Nothing
+    of it stays: what it put in sys.modules, sys.meta_path and builtins is
+    taken out again, and what a run binds anew (`__main__`, the display's
+    and the skills' bindings) the run's own installs replace. It touches
+    no file: the spare rehearses while the agent still empties the
+    directories the last run had."""
     like_a_script()
     modules, finders, names = set(sys.modules), list(sys.meta_path), set(vars(builtins))
     real = sys.stdout, sys.stderr
@@ -652,12 +664,7 @@ def rehearse(channel):
     try:
         write_parts(write_end, (LENGTH.pack(len(REHEARSAL)), REHEARSAL))
         request = read_message(read_end)
-        exit_code, status, display = run_code(request, fresh_main_module(), WARMUP_FILENAME, channel)
-        threads_idle()  # never threading._shutdown(): threads must start and be joined in the run
-        status.update(display_runtime["finish"](display))
-        flush_standard_streams()
-        status["exit_code"] = exit_code
-        write_status(0, status)
+        serve(request, fresh_main_module(), WARMUP_FILENAME, channel, 0)
     finally:
         os.close(read_end)
         os.close(write_end)
@@ -692,30 +699,21 @@ def interpreter_exit(exit_code, after_threads=None):
     for non-daemon threads, (call `after_threads`,) run atexit handlers,
     flush the standard streams. A thread that never ends keeps the run going
     until its deadline."""
-    threads_done()
+    threading = sys.modules.get("threading")
+    # Nothing to join and nothing registered with threading: skip its shutdown
+    # (it is most of the cost of ending a run that started no thread).
+    idle = threading is None or (threading.active_count() == 1 and not getattr(threading, "_threading_atexits", 1))
+    if not idle:
+        try:
+            threading._shutdown()
+        except BaseException as exc:  # e.g. KeyboardInterrupt while joining
+            report_uncaught(exc, SCRIPT)
     if after_threads is not None:
         after_threads()
     atexit._run_exitfuncs()  # prints "Exception ignored in atexit callback" itself
     if not flush_standard_streams():
         exit_code = exit_code or 120  # what Python exits with when stdout's flush fails
     return exit_code
-
-
-def threads_done():
-    """Waits for the non-daemon threads, as the interpreter does at exit."""
-    if not threads_idle():
-        try:
-            sys.modules["threading"]._shutdown()
-        except BaseException as exc:  # e.g. KeyboardInterrupt while joining
-            report_uncaught(exc, SCRIPT)
-
-
-def threads_idle():
-    """Nothing to join and nothing registered with threading (a pool of
-    concurrent.futures registers its ending): its shutdown can be skipped
-    (it is most of the cost of ending a run that started no thread)."""
-    threading = sys.modules.get("threading")
-    return threading is None or (threading.active_count() == 1 and not getattr(threading, "_threading_atexits", 1))
 
 
 def flush_standard_streams():
