@@ -196,31 +196,14 @@ PRELOAD_WARM_UPS = {
     ),
 }
 WARMUP_CODE = "x = [i * 2 for i in range(8)]\nprint(6 * 7, sum(x), 'warm')\n"
-# The request a spare rehearses (rehearse), shaped as the host sends one
-# (protocol.rs RunFrame): its parsing and every install a run goes through.
-# A session's call, so that it ends as a notebook cell: atexit is not run
-# (that would unregister its handlers) nor threading shut down (a
-# preloaded thread pool registers with it; runs must still start threads).
-# Written whole into a pipe before it is read: far below a pipe's 64 KiB.
-REHEARSAL = json.dumps(
-    {
-        "code": WARMUP_CODE,
-        "max_output_bytes": 1 << 20,
-        "display": {"max_images": 1, "max_pixels": 1, "max_bytes": 1},
-        "files_out": {"max_files": 1, "max_bytes": 1},
-        "skills": True,
-        "session": True,
-        "servers": [
-            {
-                "name": "rehearsal",
-                "alias": "rehearsal",
-                "description": "",
-                "tools": [{"name": "tool", "alias": "tool", "description": "", "input_schema": {"type": "object"}}],
-            }
-        ],
-        "discovered": [{"name": "rehearsal"}],
-    }
-).encode()
+# The MCP server of a rehearsal (rehearsal_for): one tool, as the host
+# describes a server (protocol.rs RunFrame).
+REHEARSAL_SERVER = {
+    "name": "rehearsal",
+    "alias": "rehearsal",
+    "description": "",
+    "tools": [{"name": "tool", "alias": "tool", "description": "", "input_schema": {"type": "object"}}],
+}
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
@@ -354,8 +337,11 @@ def spare_main(code_r, status_w, out_w, err_w, call_w, answer_r):
     # the OOM killer, so a memory bomb kills the run, not the agent.
     libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
     try:
-        with open("/proc/self/oom_score_adj", "w") as f:
-            f.write("1000")
+        fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)  # not open(): its three layers cost ~20 faults
+        try:
+            os.write(fd, b"1000")
+        finally:
+            os.close(fd)
     except OSError:
         pass
     sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
@@ -370,7 +356,10 @@ def spare_main(code_r, status_w, out_w, err_w, call_w, answer_r):
     sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
     reseed_random_generators()
     channel = mcp_runtime["connect"](call_w, answer_r, MAX_CALL_BYTES)
-    rehearse(channel)
+    rehearsal = read_message(code_r)  # the agent's, before any request (Spare)
+    if rehearsal is None:
+        os._exit(0)
+    rehearse(rehearsal, channel)
     write_all(status_w, WARM)
 
     module = None
@@ -645,35 +634,71 @@ def write_fresh(directory_path, name, data):
         os.close(fd)
 
 
-def rehearse(channel):
-    """Goes once through a request's path, as a run would (REHEARSAL: a
-    tiny snippet, an MCP server, skills, the display, ended as a session's
-    call), its output and status to /dev/null, so that the copy-on-write
-    faults of that path (~100 pages here, each ~5 µs in a VM) and the
-    interpreter's caches happen before a request, not during it. Nothing
-    of it stays: what it put in sys.modules, sys.meta_path and builtins is
-    taken out again, and what a run binds anew (`__main__`, the display's
-    and the skills' bindings) the run's own installs replace. It touches
-    no file: the spare rehearses while the agent still empties the
-    directories the last run had."""
+def rehearsal_for(last):
+    """The request a new spare rehearses (rehearse), shaped as `last`, the
+    request the container ran last (None before any: every install): a
+    snippet, the display, and an MCP server and skills where `last` had
+    them. A session's call, so that it ends as a notebook cell: atexit is
+    not run (that would unregister its handlers) nor threading shut down
+    (a preloaded thread pool registers with it; runs must still start
+    threads). Encoded once per shape."""
+    shape = (
+        last is None or bool(last.get("servers") or last.get("discovered")),
+        last is None or bool(last.get("skills")),
+    )
+    if shape not in rehearsals:
+        servers, skills = shape
+        request = {
+            "code": WARMUP_CODE,
+            "max_output_bytes": 1 << 20,
+            "display": {"max_images": 1, "max_pixels": 1, "max_bytes": 1},
+            "files_out": {"max_files": 1, "max_bytes": 1},
+            "session": True,
+        }
+        if servers:
+            request.update(servers=[REHEARSAL_SERVER], discovered=[{"name": REHEARSAL_SERVER["name"]}])
+        if skills:
+            request["skills"] = True
+        rehearsals[shape] = json.dumps(request).encode()
+    return rehearsals[shape]
+
+
+rehearsals = {}
+
+
+def rehearse(request, channel):
+    """Goes once through a request's path, as a run would (`request`: see
+    rehearsal_for; read from the code pipe as a run's is), its output and
+    status to /dev/null, so that the copy-on-write faults of that path
+    (~100 pages here, each ~5 µs in a VM) and the interpreter's caches
+    happen before a request, not during it. Nothing of it stays: what it
+    put in sys.modules, sys.meta_path and builtins is taken out again, and
+    what a run binds anew (`__main__`, the display's and the skills'
+    bindings) the run's own installs replace. It touches no file: the spare
+    rehearses while the agent still empties the directories the last run
+    had."""
     like_a_script()
-    modules, finders, names = set(sys.modules), list(sys.meta_path), set(vars(builtins))
+    # Counts, not copies: a copy of sys.modules touches every name's
+    # refcount (~35 pages copied here, ~0.1 ms); what the rehearsal adds
+    # is at the end of these dicts, which keep their insertion order.
+    modules, finders, names = len(sys.modules), list(sys.meta_path), len(vars(builtins))
     real = sys.stdout, sys.stderr
     sys.stdout = sys.stderr = io.TextIOWrapper(io.FileIO(0, "w", closefd=False))  # fd 0 is /dev/null, opened read-write
-    read_end, write_end = os.pipe()
     try:
-        write_parts(write_end, (LENGTH.pack(len(REHEARSAL)), REHEARSAL))
-        request = read_message(read_end)
         serve(request, fresh_main_module(), WARMUP_FILENAME, channel, 0)
     finally:
-        os.close(read_end)
-        os.close(write_end)
         sys.stdout, sys.stderr = real
-        for name in set(sys.modules) - modules:
+        for name in newest(sys.modules, modules):
             del sys.modules[name]
         sys.meta_path[:] = finders
-        for name in set(vars(builtins)) - names:
+        for name in newest(vars(builtins), names):
             delattr(builtins, name)
+
+
+def newest(mapping, count):
+    """The keys `mapping` gained since it held `count`, read from its end
+    (a dict keeps insertion order), touching no other key."""
+    return list(itertools.islice(reversed(mapping), max(len(mapping) - count, 0)))
 
 
 def execute(source, env, filename):
@@ -1097,12 +1122,15 @@ class ZygoteLost(Exception):
 
 class Spare:
     """A spare forked by the zygote, with the agent's ends of its pipes.
-    `command` is b"S" (fork one) or b"K" (kill everything first: the reset);
-    `between()` runs after the zygote's first reply, while it forks, and
-    returns why the container cannot be reused, or None."""
+    `rehearsal` is the first message on its code pipe, written before the
+    fork (rehearsal_for). `command` is b"S" (fork one) or b"K" (kill
+    everything first: the reset); `between()` runs after the zygote's first
+    reply, while it forks, and returns why the container cannot be reused,
+    or None."""
 
-    def __init__(self, zygote, command=b"S", between=None):
+    def __init__(self, zygote, rehearsal, command=b"S", between=None):
         code_r, self.code_w = os.pipe()
+        write_parts(self.code_w, (LENGTH.pack(len(rehearsal)), rehearsal))  # far below a pipe's 64 KiB
         self.status_r, status_w = os.pipe()
         self.out_r, out_w = os.pipe()
         self.err_r, err_w = os.pipe()
@@ -1993,10 +2021,10 @@ def sysv_unlistable():
     return f"/proc/sysvipc missing, and {failure}" if failure else None
 
 
-def fresh_spare(zygote, command=b"S", between=None, warm_timeout_s=SPARE_WARM_TIMEOUT_S):
+def fresh_spare(zygote, rehearsal, command=b"S", between=None, warm_timeout_s=SPARE_WARM_TIMEOUT_S):
     """A new warm spare, or why there is none (the container is then recycled)."""
     try:
-        spare = Spare(zygote, command, between)
+        spare = Spare(zygote, rehearsal, command, between)
     except ZygoteLost as lost:
         return None, str(lost)
     # Ready means warm: the next run must not pay for the warm-up.
@@ -2022,15 +2050,17 @@ class Spares:
         self.data = None
         self.light = None
         self.data_next = True
+        # What new spares rehearse: the shape of the last request.
+        self.rehearsal = rehearsal_for(None)
 
     def zygotes(self):
         return [zygote for zygote in (self.zygote, self.light_zygote) if zygote is not None]
 
     def fill(self):
         """The first spares, before any run; why not, or None."""
-        self.data, failure = fresh_spare(self.zygote)
+        self.data, failure = fresh_spare(self.zygote, self.rehearsal)
         if not failure and self.light_zygote is not None:
-            self.light, failure = fresh_spare(self.light_zygote)
+            self.light, failure = fresh_spare(self.light_zygote, self.rehearsal)
         return failure
 
     def refill(self, clean):
@@ -2038,7 +2068,7 @@ class Spares:
         the data spare if the last run used one) while `clean()` runs; why
         the container cannot be reused, or None."""
         if self.data_next or self.light_zygote is None:
-            self.data, failure = fresh_spare(self.zygote, b"K", clean, RESET_WARM_TIMEOUT_S)
+            self.data, failure = fresh_spare(self.zygote, self.rehearsal, b"K", clean, RESET_WARM_TIMEOUT_S)
             return failure
         try:
             self.zygote.request(b"K")
@@ -2047,7 +2077,7 @@ class Spares:
         failure = clean()
         if failure:
             return failure
-        self.light, failure = fresh_spare(self.light_zygote)
+        self.light, failure = fresh_spare(self.light_zygote, self.rehearsal)
         return failure
 
     def take(self, request):
@@ -2055,7 +2085,9 @@ class Spares:
         needs nothing preloaded (the data one if that is the one there is,
         as with one fork source), else the data one; one is forked now if
         the wanted kind is missing (the other kind if that fork fails: the
-        reset then tells). None only when no spare can be had at all."""
+        reset then tells). None only when no spare can be had at all.
+        The spares forked from now on rehearse `request`'s shape."""
+        self.rehearsal = rehearsal_for(request)
         if self.light_zygote is None:
             return self.data
         self.data_next = spares_runtime["needs_preload"](request)
@@ -2063,7 +2095,7 @@ class Spares:
             return self.data
         for kind in ("data", "light") if self.data_next else ("light", "data"):
             if getattr(self, kind) is None:
-                spare, failure = fresh_spare(self.zygote if kind == "data" else self.light_zygote)
+                spare, failure = fresh_spare(self.zygote if kind == "data" else self.light_zygote, self.rehearsal)
                 if failure:
                     sys.stderr.write(f"mcp-code-exec agent: no {kind} spare: {failure}\n")
                     continue
@@ -2078,7 +2110,7 @@ class Spares:
         if self.light_zygote is None or not missing or host.wait_readable(SPARE_IDLE_S):
             return
         for kind in missing:
-            setattr(self, kind, fresh_spare(self.zygote if kind == "data" else self.light_zygote)[0])
+            setattr(self, kind, fresh_spare(self.zygote if kind == "data" else self.light_zygote, self.rehearsal)[0])
 
     def close(self):
         for spare in (self.data, self.light):

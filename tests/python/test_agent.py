@@ -199,7 +199,16 @@ def test_a_run_ends_like_the_interpreter(agent):
     assert out.stdout == "main\nthread\natexit\nexit 0\n"
 
 
-def test_the_rehearsal_goes_through_a_run_and_leaves_nothing_behind(agent):
+@pytest.mark.parametrize(
+    ("last", "installs"),
+    [
+        (None, ["mcp", "skills"]),  # before any request: every install
+        ({"code": "1", "skills": True}, ["skills"]),
+        ({"code": "1", "servers": [{"name": "s"}]}, ["mcp"]),
+        ({"code": "1"}, []),
+    ],
+)
+def test_the_rehearsal_goes_through_a_run_shaped_as_the_last_and_leaves_nothing_behind(agent, last, installs):
     # In a process of its own: it rewires sys.stdout, sys.path and sys.modules.
     # A preloaded thread pool (sklearn's) registers with threading: the
     # rehearsal must not shut threading down for the run.
@@ -211,15 +220,22 @@ def test_the_rehearsal_goes_through_a_run_and_leaves_nothing_behind(agent):
         "                 (agent.skills_runtime, 'skills'), (agent.packages_runtime, 'packages')):\n"
         f"    exec(compile(open(f'{sandbox}/{{name}}.py').read(), name, 'exec'), ns)\n"
         "threading._register_atexit(lambda: None)\n"
-        "statuses = []\n"
+        "statuses, installs = [], []\n"
         "write_status = agent.write_status\n"
         "agent.write_status = lambda fd, status: (statuses.append((fd, dict(status))), write_status(fd, status))\n"
+        "for name, runtime in (('mcp', agent.mcp_runtime), ('skills', agent.skills_runtime)):\n"
+        "    install = runtime['install']\n"
+        "    runtime['install'] = lambda *a, _i=install, _n=name: (installs.append(_n), _i(*a))\n"
         "modules, finders, names = set(sys.modules), list(sys.meta_path), set(vars(builtins))\n"
         "stdout, stderr = sys.stdout, sys.stderr\n"
+        "code_r, code_w = os.pipe()\n"
+        f"rehearsal = agent.rehearsal_for({last!r})\n"
+        "agent.write_parts(code_w, (agent.LENGTH.pack(len(rehearsal)), rehearsal))\n"
         "calls, answers = os.pipe()\n"
-        "agent.rehearse(agent.mcp_runtime['connect'](answers, calls, 1 << 20))\n"
+        "agent.rehearse(agent.read_message(code_r), agent.mcp_runtime['connect'](answers, calls, 1 << 20))\n"
         "seen = {\n"
         "    'statuses': statuses,\n"
+        "    'installs': installs,\n"
         "    'modules': sorted(set(sys.modules) ^ modules),\n"
         "    'finders': sys.meta_path == finders,\n"
         "    'builtins': sorted(set(vars(builtins)) ^ names),\n"
@@ -237,8 +253,23 @@ def test_the_rehearsal_goes_through_a_run_and_leaves_nothing_behind(agent):
     seen = json.loads(out.stdout)
     # It went the whole way, its status to /dev/null.
     assert seen["statuses"] == [[0, {"images_dropped": 0, "image_notes": [], "exit_code": 0}]]
+    assert seen["installs"] == installs
     assert seen["modules"] == [] and seen["finders"] and seen["builtins"] == [] and seen["streams"]
     assert seen["threads"] == [False, "pooled"]
+
+
+def test_a_rehearsal_is_encoded_once_per_shape(agent):
+    assert agent.rehearsal_for({"code": "a", "skills": True}) is agent.rehearsal_for({"code": "b", "skills": True})
+    assert agent.rehearsal_for({"code": "a"}) != agent.rehearsal_for({"code": "a", "skills": True})
+
+
+def test_the_newest_keys_are_read_from_the_end(agent):
+    mapping = dict.fromkeys("abc")
+    count = len(mapping)
+    mapping["d"] = mapping["e"] = None
+    mapping["a"] = 1  # a value replaced keeps its place
+    assert agent.newest(mapping, count) == ["e", "d"]
+    assert agent.newest(mapping, len(mapping) + 1) == []
 
 
 def test_a_spare_that_did_not_warm_up_tells_its_last_line(agent):
