@@ -360,6 +360,7 @@ def spare_main(code_r, status_w, out_w, err_w, call_w, answer_r):
     if rehearsal is None:
         os._exit(0)
     rehearse(rehearsal, channel)
+    del rehearsal  # its shape is the last request's: not the run's to read
     write_all(status_w, WARM)
 
     module = None
@@ -641,7 +642,9 @@ def rehearsal_for(last):
     them. A session's call, so that it ends as a notebook cell: atexit is
     not run (that would unregister its handlers) nor threading shut down
     (a preloaded thread pool registers with it; runs must still start
-    threads). Encoded once per shape."""
+    threads). Encoded once per shape. The host sets both service-wide
+    (servers configured, skills on), so the shape tells a run nothing of
+    another's."""
     shape = (
         last is None or bool(last.get("servers") or last.get("discovered")),
         last is None or bool(last.get("skills")),
@@ -681,7 +684,10 @@ def rehearse(request, channel):
     # Counts, not copies: a copy of sys.modules touches every name's
     # refcount (~35 pages copied here, ~0.1 ms); what the rehearsal adds
     # is at the end of these dicts, which keep their insertion order.
+    # Its last entries before are checked to be last again after: a
+    # rehearsal that moved a key it did not add fails (the spare stays cold).
     modules, finders, names = len(sys.modules), list(sys.meta_path), len(vars(builtins))
+    ends = last_key(sys.modules), last_key(vars(builtins))
     real = sys.stdout, sys.stderr
     sys.stdout = sys.stderr = io.TextIOWrapper(io.FileIO(0, "w", closefd=False))  # fd 0 is /dev/null, opened read-write
     try:
@@ -693,6 +699,12 @@ def rehearse(request, channel):
         sys.meta_path[:] = finders
         for name in newest(vars(builtins), names):
             delattr(builtins, name)
+    if (last_key(sys.modules), last_key(vars(builtins))) != ends:
+        raise RuntimeError("the rehearsal moved a module or builtin it did not add")
+
+
+def last_key(mapping):
+    return next(reversed(mapping), None)
 
 
 def newest(mapping, count):

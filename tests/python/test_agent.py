@@ -205,6 +205,7 @@ def test_a_run_ends_like_the_interpreter(agent):
         (None, ["mcp", "skills"]),  # before any request: every install
         ({"code": "1", "skills": True}, ["skills"]),
         ({"code": "1", "servers": [{"name": "s"}]}, ["mcp"]),
+        ({"code": "1", "servers": [], "discovered": [{"name": "s"}]}, ["mcp"]),  # servers configured, none allowed
         ({"code": "1"}, []),
     ],
 )
@@ -270,6 +271,18 @@ def test_the_newest_keys_are_read_from_the_end(agent):
     mapping["a"] = 1  # a value replaced keeps its place
     assert agent.newest(mapping, count) == ["e", "d"]
     assert agent.newest(mapping, len(mapping) + 1) == []
+    del mapping["b"]
+    mapping["b"] = 2  # a key moved to the end is taken for an added one: rehearse() checks its ends
+    assert agent.newest(mapping, count) == ["b", "e"]
+
+
+def test_a_rehearsal_that_moves_a_module_it_did_not_add_fails(agent, monkeypatch):
+    monkeypatch.setattr(agent, "serve", lambda *args: sys.modules.__setitem__("json", sys.modules.pop("json")))
+    monkeypatch.setattr(agent, "like_a_script", lambda: None)
+    monkeypatch.setattr(agent, "fresh_main_module", lambda: None)
+    with pytest.raises(RuntimeError, match="moved a module"):
+        agent.rehearse({}, None)
+    assert "json" in sys.modules
 
 
 def test_a_spare_that_did_not_warm_up_tells_its_last_line(agent):
