@@ -204,6 +204,8 @@ REHEARSAL_SERVER = {
     "description": "",
     "tools": [{"name": "tool", "alias": "tool", "description": "", "input_schema": {"type": "object"}}],
 }
+# The rehearsals' requests, encoded, by shape (rehearsal_for).
+rehearsals = {}
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
@@ -356,11 +358,7 @@ def spare_main(code_r, status_w, out_w, err_w, call_w, answer_r):
     sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
     reseed_random_generators()
     channel = mcp_runtime["connect"](call_w, answer_r, MAX_CALL_BYTES)
-    rehearsal = read_message(code_r)  # the agent's, before any request (Spare)
-    if rehearsal is None:
-        os._exit(0)
-    rehearse(rehearsal, channel)
-    del rehearsal  # its shape is the last request's: not the run's to read
+    rehearse(read_message(code_r), channel)  # the agent's, written before the fork (Spare)
     write_all(status_w, WARM)
 
     module = None
@@ -420,7 +418,7 @@ def run_code(request, module, filename, channel):
         message = f"could not write the call's files: {type(exc).__name__}: {exc}"
         print(message, file=sys.stderr, flush=True)
         return 1, {"error": message, "error_type": "FileError"}, None
-    if request.get("servers") or request.get("discovered"):
+    if installs_mcp(request):
         mcp_runtime["install"](
             module.__dict__,
             channel,
@@ -444,6 +442,11 @@ def run_code(request, module, filename, channel):
     if installed is not None:
         status["packages"] = installed
     return exit_code, status, display
+
+
+def installs_mcp(request):
+    """Whether a run of `request` installs the `mcp` package (run_code)."""
+    return bool(request.get("servers") or request.get("discovered"))
 
 
 def read_message(fd):
@@ -645,10 +648,7 @@ def rehearsal_for(last):
     threads). Encoded once per shape. The host sets both service-wide
     (servers configured, skills on), so the shape tells a run nothing of
     another's."""
-    shape = (
-        last is None or bool(last.get("servers") or last.get("discovered")),
-        last is None or bool(last.get("skills")),
-    )
+    shape = (last is None or installs_mcp(last), last is None or bool(last.get("skills")))
     if shape not in rehearsals:
         servers, skills = shape
         request = {
@@ -664,9 +664,6 @@ def rehearsal_for(last):
             request["skills"] = True
         rehearsals[shape] = json.dumps(request).encode()
     return rehearsals[shape]
-
-
-rehearsals = {}
 
 
 def rehearse(request, channel):
@@ -2033,20 +2030,6 @@ def sysv_unlistable():
     return f"/proc/sysvipc missing, and {failure}" if failure else None
 
 
-def fresh_spare(zygote, rehearsal, command=b"S", between=None, warm_timeout_s=SPARE_WARM_TIMEOUT_S):
-    """A new warm spare, or why there is none (the container is then recycled)."""
-    try:
-        spare = Spare(zygote, rehearsal, command, between)
-    except ZygoteLost as lost:
-        return None, str(lost)
-    # Ready means warm: the next run must not pay for the warm-up.
-    if not spare.wait_warm(warm_timeout_s):
-        said = spare.last_words()
-        spare.close()
-        return None, "the new spare did not warm up" + (f": {said}" if said else "")
-    return spare, None
-
-
 class Spares:
     """The container's warm spares: the zygote's (`data`) and, when there is
     a light zygote, its one (`light`). The reset forks again only the kind
@@ -2068,11 +2051,26 @@ class Spares:
     def zygotes(self):
         return [zygote for zygote in (self.zygote, self.light_zygote) if zygote is not None]
 
+    def fresh(self, kind, command=b"S", between=None, warm_timeout_s=SPARE_WARM_TIMEOUT_S):
+        """A new warm spare of `kind` ("data" or "light"), rehearsed as the
+        last request, or why there is none (the container is then recycled)."""
+        zygote = self.zygote if kind == "data" else self.light_zygote
+        try:
+            spare = Spare(zygote, self.rehearsal, command, between)
+        except ZygoteLost as lost:
+            return None, str(lost)
+        # Ready means warm: the next run must not pay for the warm-up.
+        if not spare.wait_warm(warm_timeout_s):
+            said = spare.last_words()
+            spare.close()
+            return None, "the new spare did not warm up" + (f": {said}" if said else "")
+        return spare, None
+
     def fill(self):
         """The first spares, before any run; why not, or None."""
-        self.data, failure = fresh_spare(self.zygote, self.rehearsal)
+        self.data, failure = self.fresh("data")
         if not failure and self.light_zygote is not None:
-            self.light, failure = fresh_spare(self.light_zygote, self.rehearsal)
+            self.light, failure = self.fresh("light")
         return failure
 
     def refill(self, clean):
@@ -2080,7 +2078,7 @@ class Spares:
         the data spare if the last run used one) while `clean()` runs; why
         the container cannot be reused, or None."""
         if self.data_next or self.light_zygote is None:
-            self.data, failure = fresh_spare(self.zygote, self.rehearsal, b"K", clean, RESET_WARM_TIMEOUT_S)
+            self.data, failure = self.fresh("data", b"K", clean, RESET_WARM_TIMEOUT_S)
             return failure
         try:
             self.zygote.request(b"K")
@@ -2089,7 +2087,7 @@ class Spares:
         failure = clean()
         if failure:
             return failure
-        self.light, failure = fresh_spare(self.light_zygote, self.rehearsal)
+        self.light, failure = self.fresh("light")
         return failure
 
     def take(self, request):
@@ -2107,7 +2105,7 @@ class Spares:
             return self.data
         for kind in ("data", "light") if self.data_next else ("light", "data"):
             if getattr(self, kind) is None:
-                spare, failure = fresh_spare(self.zygote if kind == "data" else self.light_zygote, self.rehearsal)
+                spare, failure = self.fresh(kind)
                 if failure:
                     sys.stderr.write(f"mcp-code-exec agent: no {kind} spare: {failure}\n")
                     continue
@@ -2122,7 +2120,7 @@ class Spares:
         if self.light_zygote is None or not missing or host.wait_readable(SPARE_IDLE_S):
             return
         for kind in missing:
-            setattr(self, kind, fresh_spare(self.zygote if kind == "data" else self.light_zygote, self.rehearsal)[0])
+            setattr(self, kind, self.fresh(kind)[0])
 
     def close(self):
         for spare in (self.data, self.light):
