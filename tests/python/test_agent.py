@@ -659,3 +659,11 @@ def test_sysv_objects_are_counted_the_way_linux_and_gvisor_agree(agent):
     assert sem.unpack(struct.pack("10i", 1, 2, 3, 4, 5, 6, 7, 9, 10, 11)) == 9
     assert msg.unpack(struct.pack("8i", 4, 0, 0, 0, 0, 0, 0, 0)) == 4
     assert [kind.count() for kind in agent.SYSV_KINDS] == [shm.count(), sem.count(), msg.count()]
+
+
+def test_a_setup_failure_is_the_runs_file_error_and_runs_no_code(agent, capsys):
+    request = {"code": "raise SystemExit('ran')", "setup_error": "could not write /run/code/main.py: disk full"}
+    exit_code, status, display = agent.run_code(request, None, agent.SCRIPT, None)
+    assert (exit_code, display) == (1, None)
+    assert status == {"error": request["setup_error"], "error_type": "FileError"}
+    assert capsys.readouterr().err == request["setup_error"] + "\n"
