@@ -43,6 +43,28 @@ if __name__ == "__main__":
 }
 
 engine_test! {
+    fn what_the_zygote_held_is_immortal_and_what_a_run_makes_is_counted() {
+        // PEP 683: the zygote makes what it holds immortal before it forks,
+        // so a run's reads of it write no reference count (no page copied).
+        // The run's own objects are counted and freed as usual.
+        let code = r#"import json, sys, weakref
+IMMORTAL = sys.getrefcount(None)
+print(sys.getrefcount(json) == IMMORTAL, sys.getrefcount(json.dumps) == IMMORTAL)
+class Mine:
+    pass
+mine = Mine()
+alias = mine
+print(sys.getrefcount(mine) < 10)
+gone = weakref.ref(Mine())
+print(gone() is None)
+"#;
+        let report = SERVICE.run(code);
+        assert_eq!(report.status, RunStatus::Success, "{report:#?}");
+        assert_eq!(report.stdout, "True True\nTrue\nTrue\n");
+    }
+}
+
+engine_test! {
     fn tracebacks_warnings_and_inspect_show_the_source() {
         let code = r#"import inspect, warnings
 
