@@ -1021,9 +1021,9 @@ def immortal_refcount():
 
 
 def immortalize_objects():
-    """Makes every object the zygote can reach immortal (PEP 683: the
-    interpreter then never writes its reference count), as Instagram's
-    pre-fork servers do: a spare's every read of a shared object (a call,
+    """Makes every object reachable from the GC-tracked ones immortal (PEP
+    683: the interpreter then never writes its reference count), as
+    Instagram's pre-fork servers do: a spare's every read of a shared object (a call,
     an attribute, a module's global) was a write to its count, and each
     write to a page still shared with the zygote a copy-on-write fault
     (~5 µs here). Measured in a forked child of the bare image: a spare's
@@ -1037,27 +1037,28 @@ def immortalize_objects():
     value = immortal_refcount()
     if value is None:
         return 0
-    # The counts, as 32-bit words of the lowest 128 TiB of the address
-    # space (x86-64's whole user space), indexed by address: ~0.17 µs a
-    # count where a ctypes object for each took ~0.66 (the data image's
-    # zygote holds ~176,000 objects: 300 -> 105 ms). Only the addresses of
-    # live objects are read or written; an object above keeps its count.
-    counts = memoryview((ctypes.c_char * (1 << 47)).from_address(0)).cast("B").cast("I")
     changed = 0
-    layer = gc.get_objects()
-    while layer:
-        # The mark is the visit: an object immortal already (None, interned
-        # strings, what the agent's call changed) is not walked again, and
-        # no set of the visited is kept.
-        fresh = []
-        for obj in layer:
-            word = id(obj) >> 2
-            if word < len(counts) and counts[word] != value:
-                counts[word] = value
-                fresh.append(obj)
-        changed += len(fresh)
-        layer = gc.get_referents(*fresh)
-    counts.release()
+    layer = gc.get_objects()  # before the view: it is not among them
+    # The counts, as 32-bit words of the lowest 256 TiB of the address
+    # space (a 48-bit user space: x86-64's, arm64's), indexed by address:
+    # ~0.17 µs a count where a ctypes object for each took ~0.66 (the data
+    # image's zygote holds ~176,000 objects: 300 -> 105 ms). Only the
+    # addresses of live objects are read or written; an object above keeps
+    # its count. Released on the way out, whatever happens.
+    whole = (ctypes.c_char * (1 << 48)).from_address(0)
+    with memoryview(whole) as raw, raw.cast("B") as octets, octets.cast("I") as counts:
+        while layer:
+            # The mark is the visit: an object immortal already (None,
+            # interned strings, what the agent's pass changed) is not walked
+            # again, and no set of the visited is kept.
+            fresh = []
+            for obj in layer:
+                word = id(obj) >> 2
+                if word < len(counts) and counts[word] != value:
+                    counts[word] = value
+                    fresh.append(obj)
+            changed += len(fresh)
+            layer = gc.get_referents(*fresh)
     return changed
 
 
@@ -2260,8 +2261,10 @@ def main(argv):
     os.chdir(WORKSPACE)
     baseline = integrity()
     gc.collect()
-    # Here, not only in the zygotes: their copies of the agent's pages would
-    # each be written, and so copied (an idle sandbox took 14-49 MiB more).
+    # Here, not only in the zygotes: there each would write, and so copy,
+    # its pages shared with the agent. With the pass in the zygotes alone
+    # (and a set of the visited objects) an idle sandbox took 14 MiB more
+    # without preload, 49 with it; with this one, none.
     immortalize_objects()
     gc.freeze()
     # Before the first request: the zygote's memory never holds run data.

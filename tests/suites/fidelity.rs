@@ -47,6 +47,8 @@ engine_test! {
         // PEP 683: the zygote makes what it holds immortal before it forks,
         // so a run's reads of it write no reference count (no page copied).
         // The run's own objects are counted and freed as usual.
+        // (The images' Python is 3.13: a build the agent does not know,
+        // such as 3.14, keeps its counts, and this test says so.)
         let code = r#"import json, sys, weakref
 IMMORTAL = sys.getrefcount(None)
 print(sys.getrefcount(json) == IMMORTAL, sys.getrefcount(json.dumps) == IMMORTAL)
@@ -61,6 +63,12 @@ print(gone() is None)
         let report = SERVICE.run(code);
         assert_eq!(report.status, RunStatus::Success, "{report:#?}");
         assert_eq!(report.stdout, "True True\nTrue\nTrue\n");
+        // The preloaded zygote's own pass: numpy comes from its preload.
+        let data = SERVICE.run(
+            "import numpy, sys\nprint(sys.getrefcount(numpy) == sys.getrefcount(None), numpy.ones(3).sum())",
+        );
+        assert_eq!(data.status, RunStatus::Success, "{data:#?}");
+        assert_eq!(data.stdout, "True 3.0\n");
     }
 }
 
